@@ -1,0 +1,86 @@
+"""File helpers shared by the readers and writers: JSON with clear errors, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..labels import ImageLabels, LoadReport, RooftraceError
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a missing, empty or malformed file raises :class:`RooftraceError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise RooftraceError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise RooftraceError(f"{path}: is a folder, expected a JSON file") from None
+    except UnicodeDecodeError:
+        raise RooftraceError(f"{path}: not a text file (not UTF-8)") from None
+    if not text.strip():
+        raise RooftraceError(f"{path}: the file is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RooftraceError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+
+
+def atomic_write_text(path: str | Path, text: str, force: bool = False) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader never sees a half-written file, and a crash leaves the old file (or none).
+
+    Raises:
+        RooftraceError: ``path`` exists and ``force`` is false, or the folder cannot be written.
+    """
+    return atomic_write_bytes(path, text.encode("utf-8"), force=force)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, force: bool = False) -> Path:
+    """Bytes version of :func:`atomic_write_text`."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise RooftraceError(f"{path}: already exists; pass --force to overwrite it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise RooftraceError(f"{path}: cannot write here ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_image_file(path: Path | None, img: ImageLabels, where: str, report: LoadReport) -> None:
+    """Report a missing or unreadable image, and fill in or check its size against the record."""
+    from ..imagery import read_size
+
+    if path is None:
+        return
+    if not path.exists():
+        report.note(f"{where}: image file {path} is missing")
+        report.counts["missing image files"] += 1
+        return
+    try:
+        width, height = read_size(path)
+    except RooftraceError as exc:
+        report.note(f"{where}: {exc}")
+        report.counts["unreadable image files"] += 1
+        return
+    if img.width is None or img.height is None:
+        img.width, img.height = width, height
+    elif (img.width, img.height) != (width, height):
+        report.note(f"{where}: record says {img.width} x {img.height} but {path.name} is {width} x {height}; the file's size is used")
+        report.counts["size mismatches"] += 1
+        img.width, img.height = width, height

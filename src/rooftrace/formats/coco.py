@@ -1,0 +1,252 @@
+"""COCO JSON: BEGC2024 ground truth (``images`` + ``annotations``) and COCO *results* (a list).
+
+Ground truth: ``images[]`` with ``id``, ``file_name`` relative to the split folder, ``width``,
+``height`` and optionally ``source``; ``annotations[]`` with ``image_id``, any ``category_id`` and a
+``segmentation`` that is a list of flat ``[x0, y0, x1, y1, ...]`` rings in pixel coordinates (one
+object, possibly in several parts) or an RLE, which is decoded with pycocotools and traced on pixel
+edges. Results: ``[{"image_id", "segmentation", "score", ...}]`` as written by
+:func:`write_coco_results`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..geometry import Footprint, exterior_rings, polygon_from_rings
+from ..labels import ImageLabels, LabelSet, LoadReport, RooftraceError, image_key
+from ._io import atomic_write_text, check_image_file, read_json
+
+
+def _rings_from_flat(seg: Any, where: str, report: LoadReport) -> list[list[tuple[float, float]]] | None:
+    """Turn a COCO polygon segmentation into rings, or report why it cannot be one."""
+    if isinstance(seg, str):
+        try:
+            seg = json.loads(seg)
+        except json.JSONDecodeError:
+            report.note(f"{where}: segmentation is a string that is not a JSON list of rings")
+            report.counts["dropped: malformed segmentation"] += 1
+            return None
+    if not isinstance(seg, list) or not seg:
+        report.note(f"{where}: segmentation is {type(seg).__name__}, not a list of rings")
+        report.counts["dropped: malformed segmentation"] += 1
+        return None
+    if all(isinstance(v, (int, float)) for v in seg):  # a single flat ring without the outer list
+        seg = [seg]
+    rings = []
+    for ring in seg:
+        if not isinstance(ring, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ring):
+            report.note(f"{where}: a ring is not a flat list of numbers")
+            report.counts["dropped: malformed segmentation"] += 1
+            return None
+        if len(ring) % 2:
+            report.note(f"{where}: a ring has an odd number of coordinates ({len(ring)})")
+            report.counts["dropped: malformed segmentation"] += 1
+            return None
+        rings.append([(float(ring[i]), float(ring[i + 1])) for i in range(0, len(ring), 2)])
+    return rings
+
+
+def _geometry_from_rle(seg: dict, height: int | None, width: int | None, where: str, report: LoadReport):
+    """Decode an RLE segmentation with pycocotools and trace it on pixel edges."""
+    from pycocotools import mask as mask_utils
+
+    from ..polygons import mask_to_footprints  # local import: polygons is heavier
+
+    try:
+        if isinstance(seg.get("counts"), list):
+            h, w = seg.get("size", [height, width])
+            rle = mask_utils.frPyObjects(seg, h, w)
+        else:
+            rle = dict(seg)
+            if isinstance(rle.get("counts"), str):
+                rle["counts"] = rle["counts"].encode("ascii")
+        mask = mask_utils.decode(rle).astype(bool)
+    except Exception as exc:  # pycocotools raises plain exceptions on malformed RLE
+        report.note(f"{where}: RLE segmentation could not be decoded ({exc})")
+        report.counts["dropped: malformed segmentation"] += 1
+        return None
+    parts = mask_to_footprints(mask)
+    if not parts:
+        return None
+    import shapely
+
+    return parts[0] if len(parts) == 1 else shapely.union_all(parts)
+
+
+def read_coco(path: str | Path, check_images: bool = True) -> LabelSet:
+    """Read a COCO ground-truth file (BEGC2024 layout) into a :class:`LabelSet`.
+
+    Args:
+        path: The JSON file; ``file_name`` entries are relative to its folder.
+        check_images: Report image files that are missing, unreadable, or whose size disagrees
+            with the record (reads headers only).
+
+    Raises:
+        RooftraceError: The file is not JSON or not COCO (no ``images`` or ``annotations``).
+    """
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict) or "images" not in data:
+        raise RooftraceError(f"{path}: not a COCO file: no 'images' list at the top level")
+    return coco_to_labelset(data, path, check_images=check_images)
+
+
+def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> LabelSet:
+    """Build a LabelSet from parsed COCO ground truth (see :func:`read_coco`)."""
+    report = LoadReport(path=str(path))
+    ls = LabelSet(root=path.parent, report=report, format="coco")
+    images = data.get("images")
+    annotations = data.get("annotations", [])
+    if not isinstance(images, list):
+        raise RooftraceError(f"{path}: 'images' is not a list")
+    if not isinstance(annotations, list):
+        raise RooftraceError(f"{path}: 'annotations' is not a list")
+    by_id: dict[Any, ImageLabels] = {}
+    for n, rec in enumerate(images):
+        where = f"images[{n}]"
+        if not isinstance(rec, dict) or "id" not in rec or "file_name" not in rec:
+            report.note(f"{where}: record has no 'id' or 'file_name'; skipped")
+            report.counts["dropped: malformed image record"] += 1
+            continue
+        key = image_key(rec["file_name"])
+        if rec["id"] in by_id:
+            report.note(f"{where}: duplicate image id {rec['id']!r}; the later record is ignored")
+            report.counts["duplicate image ids"] += 1
+            continue
+        if key in ls:
+            report.note(f"{where}: two images share the key {key!r} (file stem); the later is ignored")
+            report.counts["duplicate image ids"] += 1
+            continue
+        w, h = rec.get("width"), rec.get("height")
+        img = ImageLabels(
+            key=key,
+            file_name=str(rec["file_name"]),
+            width=int(w) if isinstance(w, (int, float)) and w > 0 else None,
+            height=int(h) if isinstance(h, (int, float)) and h > 0 else None,
+            source=rec.get("source"),
+            record_id=rec["id"],
+        )
+        ls.images[key] = img
+        by_id[rec["id"]] = img
+        report.counts["images"] += 1
+        if check_images:
+            check_image_file(ls.image_path(img), img, where, report)
+    seen_ann_ids: set = set()
+    for n, ann in enumerate(annotations):
+        where = f"annotations[{n}]"
+        if not isinstance(ann, dict) or "image_id" not in ann or "segmentation" not in ann:
+            report.note(f"{where}: record has no 'image_id' or 'segmentation'; skipped")
+            report.counts["dropped: malformed annotation"] += 1
+            continue
+        if "id" in ann:
+            where = f"annotations[{n}] (id {ann['id']})"
+            if ann["id"] in seen_ann_ids:
+                report.note(f"{where}: duplicate annotation id")
+                report.counts["duplicate annotation ids"] += 1
+            seen_ann_ids.add(ann["id"])
+        img = by_id.get(ann["image_id"])
+        if img is None:
+            report.note(f"{where}: unknown image_id {ann['image_id']!r}; skipped")
+            report.counts["unknown image ids"] += 1
+            continue
+        add_segmentation(ls, img, ann["segmentation"], where, score=ann.get("score"))
+    return ls
+
+
+def add_segmentation(ls: LabelSet, img: ImageLabels, seg: Any, where: str, score: float | None = None) -> None:
+    """Parse one COCO segmentation (polygon rings or RLE) and add it to ``img`` in ``ls``."""
+    report = ls.report
+    if isinstance(seg, dict):
+        geom = _geometry_from_rle(seg, img.height, img.width, where, report)
+        if geom is None:
+            return
+    else:
+        rings = _rings_from_flat(seg, where, report)
+        if rings is None:
+            return
+        geom, skipped = polygon_from_rings(rings)
+        if skipped and geom is not None:
+            report.note(f"{where}: {skipped} ring(s) with fewer than 3 points dropped")
+        if geom is None:
+            report.add_outcome("dropped: ring with fewer than 3 points", where)
+            return
+    if score is not None and not (isinstance(score, (int, float)) and math.isfinite(score)):
+        report.note(f"{where}: score {score!r} is not a number; 1.0 used")
+        score = 1.0
+    ls.add(img.key, geom, where, score=score)
+
+
+def read_coco_results(path: str | Path, data: list | None = None) -> LabelSet:
+    """Read COCO results (a JSON list of ``{"image_id", "segmentation", "score"}``).
+
+    Keys are the ``image_id`` values as they are; :func:`rooftrace.formats.align_keys` maps them
+    to the ground truth's keys when the ground truth is COCO with its own image ids.
+    """
+    path = Path(path)
+    if data is None:
+        data = read_json(path)
+    if not isinstance(data, list):
+        raise RooftraceError(f"{path}: not COCO results: expected a JSON list of detections")
+    report = LoadReport(path=str(path))
+    ls = LabelSet(report=report, format="coco-results")
+    for n, det in enumerate(data):
+        where = f"[{n}]"
+        if not isinstance(det, dict) or "image_id" not in det or "segmentation" not in det:
+            report.note(f"{where}: record has no 'image_id' or 'segmentation'; skipped")
+            report.counts["dropped: malformed annotation"] += 1
+            continue
+        key = det["image_id"]
+        if key not in ls:
+            report.counts["images"] += 1
+        img = ls.get_or_add(key)
+        img.record_id = key
+        add_segmentation(ls, img, det["segmentation"], where, score=det.get("score", 1.0))
+    return ls
+
+
+def _flat_rings(fp: Footprint, decimals: int) -> list[list[float]]:
+    return [np.round(r, decimals).ravel().tolist() for r in exterior_rings(fp)]
+
+
+def write_coco(ls: LabelSet, path: str | Path, decimals: int = 2, force: bool = False) -> Path:
+    """Write ground truth in the BEGC2024 COCO layout (category 0 ``building``); atomic."""
+    images, anns = [], []
+    for n, img in enumerate(ls):
+        image_id = img.record_id if isinstance(img.record_id, int) else (img.key if isinstance(img.key, int) else n)
+        rec: dict[str, Any] = {"id": image_id, "file_name": img.file_name or f"image/{img.key}.tif"}
+        if img.width is not None:
+            rec["width"], rec["height"] = img.width, img.height
+        if img.source is not None:
+            rec["source"] = img.source
+        images.append(rec)
+        for fp in img.footprints:
+            minx, miny, maxx, maxy = fp.bounds
+            anns.append({
+                "id": len(anns), "image_id": image_id, "category_id": 0, "iscrowd": 0,
+                "segmentation": _flat_rings(fp, decimals), "area": round(fp.area, decimals),
+                "bbox": [round(minx, decimals), round(miny, decimals), round(maxx - minx, decimals), round(maxy - miny, decimals)],
+            })
+    data = {"categories": [{"id": 0, "name": "building", "supercategory": "building"}], "images": images, "annotations": anns}
+    return atomic_write_text(path, json.dumps(data), force=force)
+
+
+def write_coco_results(ls: LabelSet, path: str | Path, decimals: int = 2, force: bool = False) -> Path:
+    """Write predictions as COCO results: one detection per footprint with its score; atomic."""
+    dets = []
+    for img in ls:
+        image_id = img.record_id if img.record_id is not None else img.key
+        scores = img.scores or [1.0] * len(img.footprints)
+        for fp, s in zip(img.footprints, scores):
+            minx, miny, maxx, maxy = fp.bounds
+            dets.append({
+                "image_id": image_id, "category_id": 0, "score": round(float(s), 4),
+                "segmentation": _flat_rings(fp, decimals),
+                "bbox": [round(minx, decimals), round(miny, decimals), round(maxx - minx, decimals), round(maxy - miny, decimals)],
+                "area": round(fp.area, decimals),
+            })
+    return atomic_write_text(path, json.dumps(dets), force=force)

@@ -1,0 +1,204 @@
+"""GeoJSON (and GeoPackage) footprints, in map coordinates with their raster, or in pixels.
+
+Map coordinates: a file of polygons in some CRS, read with pyogrio. Given the GeoTIFF the labels
+belong to, the polygons are reprojected to the raster's CRS when it differs and converted to pixel
+coordinates through the inverse of its transform; the scene becomes one image keyed by the
+raster's stem. Without a raster they stay in map coordinates and the set records the CRS.
+
+Pixel coordinates: rooftrace writes predictions of many tiles as one GeoJSON whose features carry
+an ``image_id`` property and whose top level carries ``"rooftrace": {"coordinates": "pixel"}``;
+such a file is read back as pixel labels keyed by ``image_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyogrio
+import rasterio
+import shapely
+from pyproj import CRS, Transformer
+from rasterio.errors import NotGeoreferencedWarning
+from shapely.geometry import mapping, shape
+
+from ..geometry import map_to_pixel, pixel_to_map
+from ..labels import ImageKey, LabelSet, LoadReport, RooftraceError, image_key
+from ._io import atomic_write_text, read_json
+from .begc import sort_keys
+
+PIXEL_MARKER = {"coordinates": "pixel"}
+
+
+def is_pixel_geojson(data: Any) -> bool:
+    """Whether parsed GeoJSON is rooftrace's multi-image, pixel-coordinate kind."""
+    return isinstance(data, dict) and data.get("rooftrace", {}).get("coordinates") == "pixel"
+
+
+def reproject(geoms: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
+    """Reproject an array of shapely geometries between CRSs (x/y in each CRS's axis order: east, north)."""
+    if src == dst:
+        return geoms
+    t = Transformer.from_crs(src, dst, always_xy=True)
+    return shapely.transform(geoms, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+
+
+def _read_vector(path: Path) -> tuple[np.ndarray, CRS | None, dict[str, np.ndarray]]:
+    try:
+        meta, _, wkb, fields = pyogrio.raw.read(path)
+    except pyogrio.errors.DataSourceError as exc:
+        raise RooftraceError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
+    geoms = shapely.from_wkb(wkb) if wkb is not None else np.array([], dtype=object)
+    crs = CRS.from_user_input(meta["crs"]) if meta.get("crs") else None
+    return geoms, crs, dict(zip(meta.get("fields", []), fields))
+
+
+def read_geojson(path: str | Path, raster: str | Path | None = None) -> LabelSet:
+    """Read footprints from GeoJSON or GeoPackage.
+
+    Args:
+        path: The vector file.
+        raster: The GeoTIFF the footprints belong to; when given, the result is in its pixel
+            coordinates (one image keyed by the raster's stem, with its size).
+
+    Raises:
+        RooftraceError: Unreadable file; a raster with no CRS or transform while the labels have a CRS.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RooftraceError(f"{path}: no such file")
+    if path.suffix.lower() in (".geojson", ".json"):
+        data = read_json(path)
+        if is_pixel_geojson(data):
+            return _read_pixel_geojson(path, data)
+    geoms, crs, fields = _read_vector(path)
+    report = LoadReport(path=str(path))
+    scores = fields.get("score")
+    if raster is None:
+        ls = LabelSet(report=report, crs=crs.to_string() if crs else None, format="geojson")
+        key: ImageKey = image_key(path)
+        ls.get_or_add(key)
+        report.counts["images"] += 1
+        if crs is None:
+            report.note("the file declares no CRS; coordinates are taken as they are")
+    else:
+        raster = Path(raster)
+        transform, rcrs, width, height = raster_georeference(raster)
+        if crs is not None and rcrs is not None and crs != rcrs:
+            report.note(f"labels are in {crs.to_string()}, the raster in {rcrs.to_string()}: reprojected")
+            geoms = reproject(geoms, crs, rcrs)
+        elif crs is None and rcrs is not None:
+            report.note(f"the file declares no CRS; its coordinates are taken to be in the raster's ({rcrs.to_string()})")
+        elif rcrs is None and crs is not None:
+            report.note(f"{raster} has no CRS; the labels' coordinates are used through its transform as they are")
+        geoms = np.asarray([map_to_pixel(g, transform) if g is not None else None for g in geoms], dtype=object)
+        ls = LabelSet(report=report, root=raster.parent, format="geojson")
+        key = image_key(raster)
+        img = ls.get_or_add(key)
+        img.file_name, img.width, img.height = raster.name, width, height
+        report.counts["images"] += 1
+    for n, g in enumerate(geoms):
+        score = None
+        if scores is not None:
+            s = scores[n]
+            score = float(s) if s is not None and math.isfinite(float(s)) else None
+        ls.add(key, g, f"feature {n}", score=score)
+    return ls
+
+
+def _read_pixel_geojson(path: Path, data: dict) -> LabelSet:
+    report = LoadReport(path=str(path))
+    ls = LabelSet(report=report, format="geojson")
+    for n, feat in enumerate(data.get("features", [])):
+        where = f"feature {n}"
+        props = (feat or {}).get("properties") or {}
+        if "image_id" not in props:
+            report.note(f"{where}: no 'image_id' property; skipped")
+            report.counts["dropped: malformed feature"] += 1
+            continue
+        key = props["image_id"]
+        if isinstance(key, str) and key.isdigit():
+            key = int(key)
+        if key not in ls:
+            report.counts["images"] += 1
+        img = ls.get_or_add(key)
+        for attr in ("file_name", "width", "height"):
+            if props.get(attr) is not None:
+                setattr(img, attr, props[attr])
+        if feat.get("geometry") is None:
+            continue  # an image listed without buildings
+        try:
+            geom = shape(feat["geometry"])
+        except Exception as exc:  # shapely raises several types for malformed GeoJSON geometry
+            report.note(f"{where}: geometry is not valid GeoJSON ({exc}); skipped")
+            report.counts["dropped: malformed feature"] += 1
+            continue
+        ls.add(key, geom, where, score=props.get("score"))
+    return ls
+
+
+def raster_georeference(raster: str | Path) -> tuple[Any, CRS | None, int, int]:
+    """``(transform, crs, width, height)`` of a raster, with a clear error if it cannot be read."""
+    raster = Path(raster)
+    if not raster.exists():
+        raise RooftraceError(f"{raster}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(raster) as src:
+                crs = CRS.from_user_input(src.crs.to_wkt()) if src.crs else None
+                return src.transform, crs, src.width, src.height
+    except rasterio.errors.RasterioIOError as exc:
+        raise RooftraceError(f"{raster}: not a readable raster ({str(exc).splitlines()[0]})") from None
+
+
+def write_geojson(
+    ls: LabelSet,
+    path: str | Path,
+    transform=None,
+    crs: str | None = None,
+    decimals: int = 2,
+    force: bool = False,
+) -> Path:
+    """Write footprints as a GeoJSON FeatureCollection, atomically.
+
+    Pixel sets without ``transform``: pixel coordinates, features carry ``image_id`` (and the
+    file marks itself as pixel GeoJSON so it reads back as such). With ``transform`` (and
+    ``crs``), or for a set already in map coordinates (``ls.crs``): map coordinates, the CRS
+    recorded in the legacy ``crs`` member that GDAL and QGIS read.
+    """
+    crs = crs or ls.crs
+    in_map = transform is not None or ls.crs is not None
+    features = []
+    for key in sort_keys(ls.images):
+        img = ls.images[key]
+        scores = img.scores or [1.0] * len(img.footprints)
+        if not img.footprints and not in_map:
+            features.append({"type": "Feature", "properties": _props(img, None), "geometry": None})
+        for fp, s in zip(img.footprints, scores):
+            geom = pixel_to_map(fp, transform) if transform is not None else fp
+            geom = shapely.set_precision(geom, 10.0**-decimals) if decimals is not None else geom
+            props = {"score": round(float(s), 4), "area": round(geom.area, 3)} if in_map else _props(img, s)
+            features.append({"type": "Feature", "properties": props, "geometry": mapping(geom)})
+    data: dict[str, Any] = {"type": "FeatureCollection"}
+    if not in_map:
+        data["rooftrace"] = PIXEL_MARKER
+    elif crs is not None:
+        data["crs"] = {"type": "name", "properties": {"name": CRS.from_user_input(crs).to_string()}}
+    data["features"] = features
+    return atomic_write_text(path, json.dumps(data), force=force)
+
+
+def _props(img, score) -> dict:
+    p: dict[str, Any] = {"image_id": img.key}
+    if img.file_name is not None:
+        p["file_name"] = img.file_name
+    if img.width is not None:
+        p["width"], p["height"] = img.width, img.height
+    if score is not None:
+        p["score"] = round(float(score), 4)
+    return p

@@ -1,0 +1,186 @@
+"""The one in-memory form of building labels that every reader produces and every stage consumes.
+
+A :class:`LabelSet` is an ordered mapping from an image *key* to :class:`ImageLabels`: the image's
+file, its size and its building footprints in pixel coordinates (see :mod:`rooftrace.geometry` for
+the convention). Keys are how images are matched across formats: the integer of the file stem when
+the stem is a number (``0007.tif`` -> ``7``, as BEGC2024's ``ImageID``), else the stem itself
+(``inria_austin1_4``); SpaceNet's ``ImageId`` is used as it is.
+
+Readers record what they repaired, dropped or could not resolve in a :class:`LoadReport`, which
+names the file and the record for every problem, so that a user can fix the source.
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .geometry import Cleaned, Footprint, Outcome, clean_footprint
+
+ImageKey = int | str
+
+
+class RooftraceError(Exception):
+    """An error about the user's input or environment, with a message meant for the user.
+
+    The CLI prints it without a traceback. Messages name the file (and record) and the problem.
+    """
+
+
+def image_key(name: str | Path) -> ImageKey:
+    """The key of an image from its file name or stem: ``int(stem)`` if the stem is all digits."""
+    stem = Path(str(name)).stem
+    return int(stem) if stem.isdigit() else stem
+
+
+@dataclass
+class ImageLabels:
+    """Labels of one image.
+
+    Attributes:
+        key: The image key (see module docstring).
+        footprints: One valid areal geometry per building, in pixel coordinates (or, for labels
+            read without their raster, in the map coordinates of ``LabelSet.crs``).
+        file_name: The image file, relative to ``LabelSet.root`` when that is set.
+        width, height: Image size in pixels, when known.
+        scores: One confidence per footprint for predictions, else ``None``.
+        source: Where the image comes from (BEGC2024 COCO ``source``), for per-part scores.
+        record_id: The id the image had in its file (a COCO image ``id``), when it had one.
+    """
+
+    key: ImageKey
+    footprints: list[Footprint] = field(default_factory=list)
+    file_name: str | None = None
+    width: int | None = None
+    height: int | None = None
+    scores: list[float] | None = None
+    source: str | None = None
+    record_id: int | str | None = None
+
+
+@dataclass
+class LoadReport:
+    """What a reader found: counts by outcome and messages that name the file and the record."""
+
+    path: str
+    counts: Counter = field(default_factory=Counter)
+    messages: list[str] = field(default_factory=list)
+    max_messages: int = 50
+
+    def note(self, message: str) -> None:
+        """Record one problem, naming its record; the file is added when printed."""
+        self.counts["problems"] += 1
+        if len(self.messages) < self.max_messages:
+            self.messages.append(message)
+
+    def add_outcome(self, outcome: str, where: str) -> None:
+        """Count what cleaning did to one footprint and, unless it was kept as is, say where."""
+        self.counts[outcome] += 1
+        if outcome != Outcome.KEPT:
+            self.note(f"{where}: {outcome}")
+
+    @property
+    def repaired(self) -> int:
+        return self.counts[Outcome.REPAIRED]
+
+    @property
+    def dropped(self) -> int:
+        return sum(v for k, v in self.counts.items() if k.startswith("dropped"))
+
+    @property
+    def problems(self) -> int:
+        return self.counts["problems"]
+
+    def summary(self) -> str:
+        """A few lines for the terminal: totals, then the first problems found."""
+        kept = self.counts[Outcome.KEPT] + self.repaired
+        lines = [
+            f"{self.path}: {self.counts['images']} images, {kept} footprints kept "
+            f"({self.repaired} repaired), {self.dropped} dropped"
+        ]
+        for k, v in sorted(self.counts.items()):
+            if k.startswith("dropped") and v:
+                lines.append(f"  {v} {k}")
+        for k in ("unknown image ids", "missing image files", "size mismatches"):
+            if self.counts[k]:
+                lines.append(f"  {self.counts[k]} {k}")
+        if self.messages:
+            lines.append("  first problems:")
+            lines.extend(f"    {m}" for m in self.messages[:10])
+            hidden = self.problems - min(10, len(self.messages))
+            if hidden > 0:
+                lines.append(f"    ... and {hidden} more")
+        return "\n".join(lines)
+
+
+@dataclass
+class LabelSet:
+    """Labels of many images, in file order, with where they came from.
+
+    Attributes:
+        images: Image key -> labels, in the order the source listed them.
+        root: Folder that ``ImageLabels.file_name`` is relative to (a split folder), if any.
+        crs: CRS of the coordinates when they are map coordinates (labels read without a
+            raster), as a string rasterio/pyproj understand; ``None`` for pixel coordinates.
+        report: What the reader repaired, dropped or could not resolve.
+        format: Name of the format it was read from (``coco``, ``begc-csv``, ``spacenet-csv``,
+            ``coco-results``, ``geojson``, ``masks``).
+    """
+
+    images: dict[ImageKey, ImageLabels] = field(default_factory=dict)
+    root: Path | None = None
+    crs: str | None = None
+    report: LoadReport = field(default_factory=lambda: LoadReport(path="<memory>"))
+    format: str = "memory"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[ImageLabels]:
+        return iter(self.images.values())
+
+    def __getitem__(self, key: ImageKey) -> ImageLabels:
+        return self.images[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.images
+
+    def get_or_add(self, key: ImageKey) -> ImageLabels:
+        """The labels of ``key``, created empty when the image is new."""
+        if key not in self.images:
+            self.images[key] = ImageLabels(key=key)
+        return self.images[key]
+
+    def add(self, key: ImageKey, geom, where: str, score: float | None = None) -> bool:
+        """Clean ``geom`` and append it to image ``key``; count the outcome in the report.
+
+        Returns whether the footprint was kept.
+        """
+        cleaned: Cleaned = clean_footprint(geom)
+        self.report.add_outcome(cleaned.outcome, where)
+        if cleaned.footprint is None:
+            return False
+        img = self.get_or_add(key)
+        img.footprints.append(cleaned.footprint)
+        if score is not None:
+            if img.scores is None:
+                img.scores = [1.0] * (len(img.footprints) - 1)
+            img.scores.append(float(score))
+        elif img.scores is not None:
+            img.scores.append(1.0)
+        return True
+
+    def image_path(self, img: ImageLabels) -> Path | None:
+        """Absolute path of an image's file, when the set knows it."""
+        if img.file_name is None:
+            return None
+        p = Path(img.file_name)
+        return p if p.is_absolute() or self.root is None else self.root / p
+
+    @property
+    def n_footprints(self) -> int:
+        return sum(len(i.footprints) for i in self)
