@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..labels import LabelSet, RooftraceError
-from ._io import atomic_write_bytes, atomic_write_text, read_json
+from ._io import atomic_write_bytes, atomic_write_text, read_json, read_text
 from .begc import keys_of_folder, read_begc_csv, write_begc_csv
 from .coco import coco_to_labelset, read_coco, read_coco_results, write_coco, write_coco_results
 from .geojson import is_pixel_geojson, read_geojson, write_geojson
@@ -45,10 +45,7 @@ def read_labels(path: str | Path, raster: str | Path | None = None, images: str 
     if suffix in (".gpkg", ".geojson", ".shp", ".fgb"):
         return read_geojson(path, raster=raster)
     if suffix == ".csv":
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError:
-            raise RooftraceError(f"{path}: not a text file (not UTF-8)") from None
+        text = read_text(path)
         header = text.splitlines()[0].lower() if text.strip() else ""
         if "polygonwkt_pix" in header:
             return read_spacenet_csv(path, text=text)

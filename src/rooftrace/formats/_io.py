@@ -11,16 +11,21 @@ from typing import Any
 from ..labels import ImageLabels, LoadReport, RooftraceError
 
 
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; a missing, empty or malformed file raises :class:`RooftraceError`."""
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's content (a BOM is dropped), with errors that name the file."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise RooftraceError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise RooftraceError(f"{path}: is a folder, expected a JSON file") from None
+        raise RooftraceError(f"{path}: is a folder, expected a file") from None
     except UnicodeDecodeError:
         raise RooftraceError(f"{path}: not a text file (not UTF-8)") from None
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a missing, empty or malformed file raises :class:`RooftraceError`."""
+    text = read_text(path)
     if not text.strip():
         raise RooftraceError(f"{path}: the file is empty")
     try:

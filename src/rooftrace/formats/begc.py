@@ -20,7 +20,7 @@ from shapely.geometry import Polygon
 
 from ..geometry import exterior_rings
 from ..labels import ImageKey, LabelSet, LoadReport, RooftraceError, image_key
-from ._io import atomic_write_text
+from ._io import atomic_write_text, read_text
 
 HEADER = ("ImageID", "Coordinates")
 
@@ -71,12 +71,7 @@ def read_begc_csv(path: str | Path, text: str | None = None) -> LabelSet:
     """
     path = Path(path)
     if text is None:
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise RooftraceError(f"{path}: no such file") from None
-        except UnicodeDecodeError:
-            raise RooftraceError(f"{path}: not a text file (not UTF-8)") from None
+        text = read_text(path)
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None:

@@ -15,7 +15,7 @@ import shapely
 from shapely.errors import GEOSException
 
 from ..labels import ImageKey, LabelSet, LoadReport, RooftraceError
-from ._io import atomic_write_text
+from ._io import atomic_write_text, read_text
 from .begc import sort_keys
 
 HEADER = ("ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence")
@@ -30,12 +30,7 @@ def read_spacenet_csv(path: str | Path, text: str | None = None) -> LabelSet:
     """Read a SpaceNet ground-truth or proposal CSV (pixel WKT; ``Confidence`` becomes the score)."""
     path = Path(path)
     if text is None:
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise RooftraceError(f"{path}: no such file") from None
-        except UnicodeDecodeError:
-            raise RooftraceError(f"{path}: not a text file (not UTF-8)") from None
+        text = read_text(path)
     reader = csv.DictReader(io.StringIO(text))
     fields = [f.strip() for f in (reader.fieldnames or [])]
     reader.fieldnames = fields
