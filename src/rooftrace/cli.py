@@ -140,6 +140,173 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config into runs/NAME-TIMESTAMP/ (resumable)",
+        description="Train from --config (see configs/); --set section.key=value overrides any entry; "
+        "--resume RUN_DIR continues a killed run from its last finished epoch. "
+        "Under torchrun --nproc_per_node N it trains with DistributedDataParallel.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="YAML config, e.g. configs/unet-r34.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import resume, train
+
+    if args.resume is not None:
+        if args.config is not None:
+            raise RooftraceError("--resume uses the run's own config.yaml; leave out --config (use --set to change entries)")
+        summary = resume(args.resume, args.overrides)
+    else:
+        if args.config is None:
+            raise RooftraceError("pass --config configs/NAME.yaml (or --resume RUN_DIR)")
+        summary = train(load_config(args.config, args.overrides))
+    if summary.get("run_dir") not in (None, "None"):
+        print(f"best object F1 {summary['best_object_f1']:.4f} at epoch {summary['best_epoch']}; run folder {summary['run_dir']}")
+    return 0
+
+
+def _parse_settings(items: list[str], path: Path | None):
+    """Post-processing settings from a JSON file (a tune file or a plain object) and KEY=VALUE items."""
+    from .postprocess import PostprocessSettings
+
+    data: dict = {}
+    if path is not None:
+        from .formats import read_json
+
+        loaded = read_json(path)
+        if not isinstance(loaded, dict):
+            raise RooftraceError(f"{path}: expected a JSON object of post-processing settings")
+        data.update(loaded.get("settings", loaded))
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RooftraceError(f"--pp {item!r}: expected key=value, e.g. --pp simplify=1")
+        try:
+            data[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            data[key.strip()] = value  # e.g. surface=flat
+    return PostprocessSettings.from_dict(data) if data else None
+
+
+def _add_postprocess_options(p: argparse.ArgumentParser, default_method: str | None) -> None:
+    from .postprocess import POSTPROCESSORS
+
+    p.add_argument("--postprocess", choices=sorted(POSTPROCESSORS), default=default_method,
+                   help="post-processing method" + (f" (default {default_method})" if default_method else
+                                                    " (default: the tuned one saved beside the model, else watershed)"))
+    p.add_argument("--settings", type=Path, default=None, help="JSON file of post-processing settings (e.g. a tune file)")
+    p.add_argument("--pp", dest="pp", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one post-processing setting, e.g. --pp simplify=1 (repeatable)")
+
+
+def _add_oracle(sub: argparse._SubParsersAction) -> None:
+    from .metrics import MATCHING_MODES
+
+    p = sub.add_parser("oracle", help="measure what post-processing alone loses: perfect targets -> polygons -> CSV -> object F1",
+                       description="Make every GT image's targets as if a perfect model had output them, post-process them, "
+                       "write OUT/submission.csv (one row per GT image) and score it against the GT.")
+    p.add_argument("--gt", type=Path, required=True, help="ground truth: a split folder or its COCO JSON")
+    p.add_argument("--out", type=Path, required=True, help="folder for submission.csv")
+    _add_postprocess_options(p, "watershed")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="default: 3 for watershed, 1 for seed")
+    p.add_argument("--blur", type=float, default=0.0, help="Gaussian sigma (px) applied to the perfect output")
+    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one")
+    p.add_argument("--json", type=Path, default=None, help="also write scores and settings as JSON")
+    p.add_argument("--force", action="store_true", help="overwrite earlier outputs")
+    p.set_defaults(func=_run_oracle)
+
+
+def _run_oracle(args: argparse.Namespace) -> int:
+    from .formats import atomic_write_text
+    from .oracle import run_oracle
+    from .postprocess import PostprocessSettings
+
+    if args.json is not None and args.json.exists() and not args.force:
+        raise RooftraceError(f"{args.json}: already exists; pass --force to overwrite it")
+    if args.blur < 0:
+        raise RooftraceError(f"--blur {args.blur}: must be >= 0")
+    settings = _parse_settings(args.pp, args.settings) or PostprocessSettings()
+    score, path = run_oracle(args.gt, args.out, postprocess=args.postprocess, settings=settings, force=args.force,
+                             channels=args.channels, matching=args.matching, blur=args.blur)
+    print(f"oracle: {args.postprocess} on perfect targets of {args.gt} (blur {args.blur:g} px)")
+    print(score.summary())
+    print(f"\nsubmission written to {path}")
+    if args.json is not None:
+        out = {"postprocess": args.postprocess, "settings": settings.to_dict(), "blur": args.blur,
+               "channels": args.channels, "score": score.to_json()}
+        atomic_write_text(args.json, json.dumps(out, indent=2), force=args.force)
+        print(f"scores written to {args.json}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="footprints for a folder of tiles: submission.csv, GeoJSON, COCO results, masks, overlays",
+                       description="Batched inference on every tile of --images (any size), optional flip TTA, "
+                       "post-processing, and the BEGC2024 submission with one row for every tile.")
+    p.add_argument("--images", type=Path, required=True, help="folder of tiles (.tif, .png, .jpg)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the shipped model)")
+    p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--workers", type=int, default=2, help="tile-reading processes (default 2)")
+    _add_postprocess_options(p, None)
+    p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("--no-masks", action="store_true", help="skip the instance-mask PNGs")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that already holds files")
+    p.set_defaults(func=_run_predict)
+
+
+def _default_model(model: Path | None) -> Path:
+    if model is not None:
+        return model
+    from .weights import shipped_model
+
+    return shipped_model()
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_folder
+
+    if args.batch_size < 1:
+        raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
+    result = predict_folder(args.images, args.out, _default_model(args.model), batch_size=args.batch_size, tta=args.tta,
+                            device=args.device, workers=args.workers, method=args.postprocess,
+                            settings=_parse_settings(args.pp, args.settings), write_masks=not args.no_masks,
+                            write_overlays=not args.no_overlays, force=args.force)
+    print(result.summary())
+    return 1 if result.n_skipped else 0
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    from .postprocess import POSTPROCESSORS
+
+    p = sub.add_parser("tune", help="search the post-processing thresholds that maximise object F1 on a validation split",
+                       description="Runs the model once over SPLIT, searches the post-processing settings, and saves "
+                       "the best beside the model (<model>.postprocess.json), where predict picks them up.")
+    p.add_argument("--model", type=Path, required=True, help="model .safetensors")
+    p.add_argument("--split", type=Path, required=True, help="validation split folder (image/ and <split>.json)")
+    p.add_argument("--postprocess", choices=sorted(POSTPROCESSORS), default="watershed")
+    p.add_argument("--tta", action="store_true", help="tune on flip-TTA probabilities")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="replace settings already saved beside the model")
+    p.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from .tune import tune
+
+    print(tune(args.model, args.split, method=args.postprocess, tta=args.tta, device=args.device, force=args.force).summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (used by :func:`main` and the docs)."""
     parser = argparse.ArgumentParser(
@@ -152,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_evaluate(sub)
     _add_convert(sub)
+    _add_train(sub)
+    _add_oracle(sub)
+    _add_predict(sub)
+    _add_tune(sub)
     return parser
 
 

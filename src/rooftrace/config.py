@@ -1,0 +1,283 @@
+"""Training configuration: frozen dataclasses read from YAML, unknown keys rejected, flags override.
+
+A run is described by one YAML file (``configs/*.yaml``) whose sections mirror the dataclasses
+below. ``--set section.key=value`` overrides any entry (the value is parsed as YAML, so
+``--set train.epochs=2`` gives an int and ``--set data.channels=[footprint]`` a list). The fully
+resolved configuration is written into the run folder, so a run can always be repeated.
+
+Paths may use ``${ROOFTRACE_SAMPLE_DIR}``; when that variable is unset it means the sample pack at
+``../shared/data/buildings-sample`` (relative to the working directory, the repository root).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .labels import RooftraceError
+
+CHANNELS = ("footprint", "boundary", "contact")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_SAMPLE_DIR = "../shared/data/buildings-sample"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the tiles are and how they become tensors."""
+
+    train: str = "${ROOFTRACE_SAMPLE_DIR}/train"
+    val: str = "${ROOFTRACE_SAMPLE_DIR}/val"
+    crop_size: int = 256  #: random crops for training; validation uses whole tiles padded to 32
+    batch_size: int = 8
+    workers: int = 2
+    cache: bool = True  #: keep decoded tiles and targets in memory (the sample pack is small)
+    channels: tuple[str, ...] = CHANNELS  #: targets to learn, in order; ("footprint",) = the original
+    boundary_width: int = 2
+    contact_width: int = 3
+    mean: tuple[float, float, float] = IMAGENET_MEAN  #: saved with the model
+    std: tuple[float, float, float] = IMAGENET_STD
+    max_train_tiles: int = 0  #: use only the first N training tiles (0 = all); for quick checks
+    max_val_tiles: int = 0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Albumentations probabilities; geometric ones move every target channel with the image."""
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: float = 0.5
+    rotate: float = 0.5
+    rotate_limit: float = 12.0
+    scale_limit: float = 0.1
+    brightness_contrast: float = 0.5
+    hue_saturation: float = 0.3
+    blur_noise: float = 0.25
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: ``baseline-unet`` (the original first attempt) or any smp architecture."""
+
+    arch: str = "unet"  #: baseline-unet | unet | unetplusplus | fpn | ... (smp names, lower case)
+    encoder: str = "resnet34"
+    encoder_weights: str | None = None  #: None, "imagenet" (downloads), or a local .safetensors file
+    encoder_weights_sha256: str | None = None  #: checked before a local file is loaded
+    base_channels: int = 32  #: baseline-unet only
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weighted BCE + Dice per channel (the original: 0.3 BCE, 0.7 Dice); focal optional."""
+
+    bce: float = 0.3
+    dice: float = 0.7
+    focal: float = 0.0
+    focal_gamma: float = 2.0
+    channel_weights: tuple[float, ...] = (1.0, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a one-cycle schedule, as the original final pipeline."""
+
+    lr: float = 1e-3  #: the one-cycle peak
+    weight_decay: float = 1e-5
+    pct_start: float = 0.3
+    div_factor: float = 10.0
+    final_div_factor: float = 100.0
+    grad_clip: float = 1.0  #: max gradient norm (0 = off)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: length, stopping, precision, device, outputs."""
+
+    epochs: int = 40
+    patience: int = 7  #: epochs without a better object F1 before stopping (0 = never)
+    seed: int = 0
+    device: str = "auto"  #: auto | cpu | cuda | cuda:N
+    amp: str = "auto"  #: auto (bf16 if the GPU has it, else fp16 + grad scaler; fp32 on CPU) | off
+    channels_last: bool = True
+    compile: bool = False
+    runs_dir: str = "runs"
+    vis_tiles: int = 4  #: validation tiles in each epoch's visual check
+    steps_per_epoch: int = 0  #: 0 = one pass over the training tiles
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole training run."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        """Check values that types cannot; raise :class:`RooftraceError` naming the key."""
+        bad = [c for c in self.data.channels if c not in CHANNELS]
+        if bad or not self.data.channels or self.data.channels[0] != "footprint":
+            raise RooftraceError(f"data.channels {list(self.data.channels)}: must start with 'footprint' and use only {list(CHANNELS)}")
+        if len(self.loss.channel_weights) < len(self.data.channels):
+            raise RooftraceError(f"loss.channel_weights has {len(self.loss.channel_weights)} values for {len(self.data.channels)} channels")
+        if self.data.crop_size % 32:
+            raise RooftraceError(f"data.crop_size {self.data.crop_size}: must be a multiple of 32")
+        for key, v in (("train.epochs", self.train.epochs), ("data.batch_size", self.data.batch_size)):
+            if v < 1:
+                raise RooftraceError(f"{key} {v}: must be at least 1")
+        if self.train.amp not in ("auto", "off"):
+            raise RooftraceError(f"train.amp {self.train.amp!r}: must be 'auto' or 'off'")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, not tuples) for YAML and JSON."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise naming the key."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RooftraceError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except RooftraceError:
+                continue
+        raise RooftraceError(f"{key}: {value!r} is not one of {args}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        args = typing.get_args(tp)
+        inner = args[0] if args and (len(args) == 2 and args[1] is Ellipsis) else None
+        if inner is None and args and len(args) != len(value):
+            raise RooftraceError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(inner or args[i], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise RooftraceError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise RooftraceError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads "1e-3" as a string
+            except ValueError:
+                pass
+        raise RooftraceError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise RooftraceError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise RooftraceError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; known: {', '.join(sorted(names))}")
+    return cls(**{k: _coerce(hints[k], v, prefix + k) for k, v in data.items()})
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.epochs=2", "data.channels=[footprint]"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise RooftraceError(f"--set {item!r}: expected key=value, e.g. train.epochs=2")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults), apply ``--set`` overrides, and validate.
+
+    Raises:
+        RooftraceError: Missing or malformed file, unknown key, wrong type, bad value.
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise RooftraceError(f"{path}: no such config file") from None
+        except yaml.YAMLError as exc:
+            raise RooftraceError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise RooftraceError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        return _build(Config, data).validate()
+    except RooftraceError as exc:
+        raise RooftraceError(f"{path or 'config'}: {exc}") from None
+
+
+def config_from_dict(data: dict) -> Config:
+    """A Config from plain data (as saved in a run folder or beside a model)."""
+    return _build(Config, data).validate()
+
+
+def resolve_path(p: str) -> Path:
+    """Expand ``${ROOFTRACE_SAMPLE_DIR}`` (default: the sample pack beside the repository) and ``~``."""
+    env = dict(os.environ)
+    env.setdefault("ROOFTRACE_SAMPLE_DIR", DEFAULT_SAMPLE_DIR)
+    for k, v in env.items():
+        p = p.replace("${" + k + "}", v)
+    return Path(os.path.expanduser(p))
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved configuration as YAML text."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,212 @@
+"""Model files and resume states: safetensors only, never pickle.
+
+A model file (``*.safetensors``) holds the weights and, in its metadata under ``"rooftrace"``, the
+JSON of everything needed to use them: the full training config, the output channels and the input
+normalisation. Its SHA-256 is written beside it (``<file>.sha256``) and checked on load, so a
+truncated or altered file is refused. Pickle checkpoints (``.pt``, ``.pth``, ``.ckpt``) are refused:
+unpickling a file runs whatever code it contains.
+
+A resume state (``resume.safetensors`` in a run folder) holds the optimizer's tensors and the RNG
+states as tensors, and the scheduler, grad scaler, epoch, counters and the rest as JSON metadata,
+in one file written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .config import Config, config_from_dict
+from .formats._io import atomic_write_bytes, atomic_write_text
+from .labels import RooftraceError
+from .models import build_model, sha256_file
+
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, with what it expects and gives."""
+
+    model: nn.Module
+    config: Config
+    channels: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    meta: dict[str, Any]
+    path: Path
+
+
+def save_model(path: str | Path, model: nn.Module, cfg: Config, extra: dict[str, Any] | None = None,
+               half: bool = False, force: bool = True) -> Path:
+    """Write ``model``'s weights with their config and normalisation, then its SHA-256 beside it.
+
+    Args:
+        half: Store floating-point weights as fp16 (half the size; loaded back as fp32).
+    """
+    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "channels": list(cfg.data.channels),
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+        **(extra or {}),
+    }
+    path = atomic_write_bytes(path, st_save(state, metadata={"rooftrace": json.dumps(meta)}), force=force)
+    atomic_write_text(Path(str(path) + ".sha256"), f"{sha256_file(path)}  {path.name}\n", force=True)
+    return path
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def refuse_pickle(path: Path) -> None:
+    """Raise a clear error for pickle checkpoints (they can run arbitrary code when loaded)."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise RooftraceError(
+            f"{path}: a pickle checkpoint; rooftrace loads weights from .safetensors only, because unpickling "
+            "a file runs whatever code it contains. Convert it where you trust it: "
+            "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')"
+        )
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and rooftrace metadata of a model file, after checking its hash."""
+    path = Path(path)
+    refuse_pickle(path)
+    if not path.exists():
+        raise RooftraceError(f"{path}: no such model file")
+    side = Path(str(path) + ".sha256")
+    if side.exists():
+        recorded = side.read_text().split()[0] if side.read_text().strip() else ""
+        if recorded != sha256_file(path):
+            raise RooftraceError(f"{path}: its SHA-256 does not match {side.name}; the file is damaged or was changed")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta_raw = (f.metadata() or {}).get("rooftrace")
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise RooftraceError(f"{path}: not a readable safetensors file ({exc})") from None
+    if meta_raw is None:
+        raise RooftraceError(f"{path}: no rooftrace metadata; not a model file written by rooftrace")
+    return tensors, json.loads(meta_raw)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Build the network a model file describes and load its weights (in eval mode, fp32)."""
+    path = Path(path)
+    tensors, meta = read_model_file(path)
+    cfg = config_from_dict(meta["config"])
+    # The architecture is rebuilt without downloading anything: the file holds every weight.
+    from dataclasses import replace
+
+    cfg_local = replace(cfg, model=replace(cfg.model, encoder_weights=None))
+    model = build_model(cfg_local.model, classes=len(meta["channels"]))
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise RooftraceError(f"{path}: weights do not fit the architecture it names ({str(exc).splitlines()[0]})") from None
+    model.eval().to(device)
+    return LoadedModel(model, cfg, tuple(meta["channels"]), tuple(meta["mean"]), tuple(meta["std"]), meta, path)
+
+
+def shipped_model() -> Path:
+    """The model that ships with rooftrace (``models/`` at the top of the repository), if any."""
+    root = Path(__file__).resolve().parents[2] / "models"
+    found = sorted(root.glob("*.safetensors"))
+    if not found:
+        raise RooftraceError(f"no model given and none shipped in {root}; pass --model PATH (train one with rooftrace train)")
+    return found[0]
+
+
+# --- resume state -----------------------------------------------------------------------------
+
+def save_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                      info: dict[str, Any]) -> Path:
+    """Write everything a run needs to continue exactly, the model's weights included: one
+    safetensors file, atomically, so weights and optimizer state always belong to the same epoch."""
+    tensors: dict[str, torch.Tensor] = {
+        f"model/{k}": v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()
+    }
+    opt = optimizer.state_dict()
+    opt_scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in opt["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim/{pid}/{name}"] = v.detach().to("cpu").contiguous()
+            else:
+                opt_scalars.setdefault(str(pid), {})[name] = v
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for n, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{n}"] = s
+    np_state = np.random.get_state()
+    tensors["rng/numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
+    py_state = random.getstate()
+    meta = {
+        "optim_param_groups": opt["param_groups"],
+        "optim_scalars": opt_scalars,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "numpy_rng": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+        "info": info,
+    }
+    return atomic_write_bytes(path, st_save(tensors, metadata={"resume": json.dumps(meta)}), force=True)
+
+
+def load_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler, scaler and RNG states; return the saved ``info``."""
+    if not path.exists():
+        raise RooftraceError(f"{path}: no resume state in this run folder (was it killed before its first epoch ended?)")
+    from safetensors import safe_open
+
+    try:
+        tensors = st_load(path.read_bytes())
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["resume"])
+    except (SafetensorError, ValueError, KeyError, OSError) as exc:
+        raise RooftraceError(f"{path}: not a readable resume state ({exc})") from None
+    device = next(_unwrap(model).parameters()).device
+    _unwrap(model).load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model/")})
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim/"):
+            _, pid, name = key.split("/", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for pid, d in meta["optim_scalars"].items():
+        state.setdefault(int(pid), {}).update(d)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optim_param_groups"]})
+    if scheduler is not None and meta["scheduler"] is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    if scaler is not None and meta["scaler"] is not None:
+        scaler.load_state_dict(meta["scaler"])
+    torch.set_rng_state(tensors["rng/torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    name, pos, has_gauss, cached = meta["numpy_rng"]
+    np.random.set_state((name, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    v, st, g = meta["python_rng"]
+    random.setstate((v, tuple(st), g))
+    return meta["info"]

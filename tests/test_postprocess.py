@@ -1,0 +1,412 @@
+"""Tests of rooftrace.postprocess and the pixel-edge tracer it uses, on shapes whose answer is exact.
+
+Buildings are squares traced on pixel edges (``box(c0, r0, c1, r1)`` covers columns ``c0..c1-1`` and
+rows ``r0..r1-1``), and model outputs are their targets (:func:`rooftrace.targets.make_targets`) as
+float32 probabilities, sometimes blurred the way a network blurs them. Expected polygons are written
+down by hand or come from shapely / GDAL, never from the code under test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio.features
+import shapely
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from shapely import affinity
+from shapely.geometry import Polygon, box
+
+from rooftrace.labels import RooftraceError
+from rooftrace.polygons import instances_to_footprints, instances_to_polygons
+from rooftrace.postprocess import (
+    POSTPROCESSORS,
+    Buildings,
+    PostprocessSettings,
+    as_probabilities,
+    instances_from_probabilities,
+    postprocess,
+    regularise_polygon,
+    seed_postprocess,
+    simplify_polygons,
+    watershed_postprocess,
+)
+from rooftrace.targets import make_targets, rasterize_footprints
+
+
+def perfect(footprints: list, shape: tuple[int, int]) -> np.ndarray:
+    """What a perfect three-channel model outputs: the targets as float32 0/1."""
+    return make_targets(footprints, shape).stack().astype(np.float32)
+
+
+def blurred(footprints: list, shape: tuple[int, int], sigma: float = 1.0) -> np.ndarray:
+    """A perfect output blurred per channel, as a network's probabilities are soft at edges."""
+    p = perfect(footprints, shape)
+    return np.clip(np.stack([ndimage.gaussian_filter(c, sigma) for c in p]), 0.0, 1.0).astype(np.float32)
+
+
+def iou(a: Polygon, b: Polygon) -> float:
+    return a.intersection(b).area / a.union(b).area
+
+
+def best_iou(truth: Polygon, found: list) -> float:
+    return max((iou(truth, f) for f in found), default=0.0)
+
+
+def same_shape(a: Polygon, b: Polygon) -> bool:
+    """Exactly the same point set (vertex order and start do not matter)."""
+    return a.symmetric_difference(b).area == 0.0 and a.area == b.area
+
+
+# --- settings and input ------------------------------------------------------------------------
+
+
+def test_settings_round_trip_through_plain_dict() -> None:
+    s = PostprocessSettings(footprint_threshold=0.4, min_area=12, simplify=1.5, regularise=True, surface="flat")
+    d = s.to_dict()
+    assert all(isinstance(v, (int, float, bool, str)) for v in d.values())
+    assert PostprocessSettings.from_dict(d) == s
+    assert PostprocessSettings.from_dict({"simplify": 2}).simplify == 2.0  # JSON ints for floats are fine
+    assert PostprocessSettings.from_dict({}) == PostprocessSettings()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"simplify": -1.0}, {"min_area": 2.5}, {"regularise": "yes"}, {"surface": "height"}, {"footprint_threshold": 0.0},
+     {"seed_contact": float("nan")}, {"min_seed_area": True}],
+)
+def test_settings_reject_bad_values(bad: dict) -> None:
+    with pytest.raises(RooftraceError):
+        PostprocessSettings.from_dict(bad)
+
+
+def test_settings_reject_unknown_key_and_are_frozen() -> None:
+    with pytest.raises(RooftraceError, match="footprint_treshold"):
+        PostprocessSettings.from_dict({"footprint_treshold": 0.5})
+    with pytest.raises(Exception):
+        PostprocessSettings().min_area = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "probs",
+    [np.zeros((2, 8, 8), np.float32), np.zeros((1, 3, 8, 8), np.float32), np.zeros(8, np.float32), np.full((3, 4, 4), 255.0, np.float32),
+     np.full((1, 4, 4), np.nan, np.float32), np.full((1, 4, 4), -0.5, np.float32)],
+)
+def test_malformed_probabilities_are_refused(probs: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        watershed_postprocess(probs)
+
+
+def test_rounding_noise_is_clipped() -> None:
+    p = np.zeros((1, 4, 4), np.float32)
+    p[0, 0, 0], p[0, 1, 1] = 1.00001, -0.00001
+    q = as_probabilities(p)
+    assert q.min() == 0.0 and q.max() == 1.0
+
+
+def test_two_dimensional_input_is_one_footprint_channel() -> None:
+    assert as_probabilities(np.zeros((5, 6))).shape == (1, 5, 6)
+    assert as_probabilities(np.zeros((5, 6))).dtype == np.float32
+
+
+def test_registry_and_unknown_method() -> None:
+    assert set(POSTPROCESSORS) == {"watershed", "seed"}
+    with pytest.raises(RooftraceError, match="unknown post-processing"):
+        postprocess(np.zeros((3, 4, 4), np.float32), method="magic")
+
+
+@pytest.mark.parametrize("method", ["watershed", "seed"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_empty_input_gives_no_polygons(method: str, channels: int) -> None:
+    for probs in (np.zeros((channels, 64, 64), np.float32), np.full((channels, 64, 64), 0.49, np.float32),
+                  np.zeros((channels, 0, 0), np.float32)):
+        r = postprocess(probs, method)
+        assert isinstance(r, Buildings) and len(r) == 0 and r.footprints == [] and r.scores == []
+
+
+# --- exact geometry ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("simplify", [0.0, 1.0, 2.5])
+@pytest.mark.parametrize("regularise", [False, True])
+def test_square_is_exact_through_watershed(simplify: float, regularise: bool) -> None:
+    truth = box(3, 2, 13, 9)  # columns 3..12, rows 2..8: 70 pixels
+    r = watershed_postprocess(perfect([truth], (20, 20)), PostprocessSettings(simplify=simplify, regularise=regularise))
+    assert len(r) == 1
+    (found,) = r.footprints
+    assert found.geom_type == "Polygon" and found.is_valid
+    assert found.bounds == (3.0, 2.0, 13.0, 9.0)
+    assert found.area == 70.0 and same_shape(found, truth)
+    assert len(found.exterior.coords) == 5  # four corners, no collinear vertices
+    assert r.scores == [1.0]
+    assert r.instances is not None and r.instances.sum() == 70 and set(np.unique(r.instances)) == {0, 1}
+
+
+def test_polygon_covers_exactly_its_pixels() -> None:
+    """An L-shaped building traced on pixel edges rasterises back to the same pixels."""
+    mask = np.zeros((16, 16), bool)
+    mask[2:12, 3:6] = True
+    mask[9:12, 3:11] = True
+    truth = shapely.union_all([box(3, 2, 6, 12), box(3, 9, 11, 12)])
+    r = watershed_postprocess(perfect([truth], (16, 16)))
+    assert len(r) == 1 and same_shape(r.footprints[0], truth)
+    assert np.array_equal(rasterize_footprints(r.footprints, (16, 16)).astype(bool), mask)
+
+
+def test_buildings_one_pixel_apart_stay_two_with_perfect_targets() -> None:
+    a, b = box(10, 10, 30, 30), box(31, 10, 51, 30)
+    r = watershed_postprocess(perfect([a, b], (40, 60)))
+    assert len(r) == 2
+    assert sorted(f.bounds for f in r.footprints) == [a.bounds, b.bounds]
+    assert all(same_shape(f, t) for f, t in zip(sorted(r.footprints, key=lambda g: g.bounds), [a, b]))
+
+
+def test_buildings_one_pixel_apart_stay_two_when_the_blur_bridges_the_gap() -> None:
+    a, b = box(10, 10, 30, 30), box(31, 10, 51, 30)
+    probs = blurred([a, b], (40, 60), sigma=1.0)
+    # The premise: the blurred footprint alone bridges the one-pixel gap into one blob ...
+    assert probs[0, 15:25, 30].min() >= 0.5
+    assert ndimage.label(probs[0] >= 0.5)[1] == 1
+    # ... and a footprint-only post-processing fuses them, while the contact channel separates them.
+    assert len(watershed_postprocess(probs[:1])) == 1
+    r = watershed_postprocess(probs)
+    assert len(r) == 2
+    assert best_iou(a, r.footprints) > 0.9 and best_iou(b, r.footprints) > 0.9
+    assert all(0.5 < s <= 1.0 for s in r.scores)
+
+
+@pytest.mark.parametrize("surface, min_iou", [("probability", 0.9), ("flat", 0.9), ("distance", 0.85)])
+def test_touching_buildings_with_contact_come_out_as_two(surface: str, min_iou: float) -> None:
+    a, b = box(10, 10, 30, 30), box(30, 12, 45, 28)  # they share the edge x = 30, rows 12..27
+    probs = perfect([a, b], (40, 60))
+    assert ndimage.label(probs[0] >= 0.5)[1] == 1  # one blob in the footprint channel
+    r = watershed_postprocess(probs, PostprocessSettings(surface=surface))
+    assert len(r) == 2
+    # The distance surface knows only the blob's shape, not the edge: the wider building takes
+    # two columns of the narrower one (IoU 0.87); the default follows the model's ridges.
+    assert best_iou(a, r.footprints) > min_iou and best_iou(b, r.footprints) > min_iou
+    # Together they cover exactly the blob, without overlap.
+    assert shapely.union_all(r.footprints).area == a.area + b.area == sum(f.area for f in r.footprints)
+
+
+def test_touching_buildings_separate_on_contact_alone_and_on_boundary_alone() -> None:
+    a, b = box(10, 10, 30, 30), box(30, 12, 45, 28)
+    probs = perfect([a, b], (40, 60))
+    for settings in (PostprocessSettings(seed_boundary=2.0), PostprocessSettings(seed_contact=2.0, merge_contact=0.0)):
+        r = watershed_postprocess(probs, settings)
+        assert len(r) == 2 and best_iou(a, r.footprints) > 0.9 and best_iou(b, r.footprints) > 0.9
+
+
+def test_touching_buildings_blurred_come_out_as_two() -> None:
+    a, b = box(10, 10, 30, 30), box(30, 12, 45, 28)
+    r = watershed_postprocess(blurred([a, b], (40, 60), sigma=0.8))
+    assert len(r) == 2 and best_iou(a, r.footprints) > 0.9 and best_iou(b, r.footprints) > 0.9
+
+
+def test_building_too_small_for_a_seed_is_kept() -> None:
+    """3 x 3 and 4 x 4 buildings have no pixel outside the 2 px boundary band: the fallbacks find them."""
+    big, tiny, shed = box(10, 10, 30, 30), box(40, 40, 43, 43), box(32, 12, 36, 16)  # shed 2 px from big
+    r = watershed_postprocess(perfect([big, tiny, shed], (50, 50)))
+    assert len(r) == 3
+    for t in (big, tiny, shed):
+        assert any(same_shape(f, t) for f in r.footprints)
+
+
+def test_min_area_drops_specks() -> None:
+    speck, house = box(2, 2, 4, 5), box(10, 10, 20, 20)  # 6 px and 100 px
+    r = watershed_postprocess(perfect([speck, house], (30, 30)))
+    assert [f.area for f in r.footprints] == [100.0]
+    r = watershed_postprocess(perfect([speck, house], (30, 30)), PostprocessSettings(min_area=1))
+    assert sorted(f.area for f in r.footprints) == [6.0, 100.0]
+
+
+def test_narrow_neck_is_merged_back_but_a_shared_edge_is_not() -> None:
+    """A dumbbell (two 12 x 12 blocks joined by a 2 px neck) is one building: its seeds split at
+    the neck, and the contact channel, empty there, says to merge them again."""
+    dumbbell = shapely.union_all([box(5, 5, 17, 17), box(17, 10, 21, 12), box(21, 5, 33, 17)])
+    probs = perfect([dumbbell], (24, 40))
+    assert len(watershed_postprocess(probs, PostprocessSettings(merge_contact=0.0))) == 2
+    r = watershed_postprocess(probs)
+    assert len(r) == 1 and same_shape(r.footprints[0], dumbbell)
+
+
+def test_scores_are_mean_footprint_probability() -> None:
+    probs = perfect([box(4, 4, 14, 14)], (20, 20))
+    probs[0] *= 0.8
+    probs[0, 4:9, 4:14] = 0.6  # upper half less sure
+    r = watershed_postprocess(probs, PostprocessSettings(seed_footprint=0.5))
+    assert len(r) == 1 and r.scores[0] == pytest.approx(0.7, abs=1e-6)
+
+
+def test_holes_are_filled_unless_kept() -> None:
+    ring = box(5, 5, 25, 25).difference(box(10, 10, 20, 20))
+    probs = perfect([ring], (30, 30))
+    (filled,) = watershed_postprocess(probs).footprints
+    assert len(filled.interiors) == 0 and same_shape(filled, box(5, 5, 25, 25))
+    (kept,) = watershed_postprocess(probs, PostprocessSettings(keep_holes=True)).footprints
+    assert len(kept.interiors) == 1 and same_shape(kept, ring)
+
+
+def test_instances_follow_footprint_order() -> None:
+    fps = [box(2, 2, 10, 10), box(20, 3, 30, 12), box(5, 20, 15, 28)]
+    r = watershed_postprocess(perfect(fps, (32, 32)))
+    assert r.instances is not None
+    for k, f in enumerate(r.footprints, start=1):
+        assert np.array_equal(rasterize_footprints([f], (32, 32)).astype(bool), r.instances == k)
+    assert np.array_equal(instances_from_probabilities(perfect(fps, (32, 32))), r.instances)
+
+
+# --- single channel ----------------------------------------------------------------------------
+
+
+def test_single_channel_components() -> None:
+    a, b, c = box(2, 2, 10, 10), box(11, 2, 19, 10), box(2, 12, 10, 20)  # a-b 1 px apart
+    r = watershed_postprocess(perfect([a, b, c], (24, 24))[:1])
+    assert len(r) == 3 and all(any(same_shape(f, t) for f in r.footprints) for t in (a, b, c))
+    touching = watershed_postprocess(perfect([box(2, 2, 10, 10), box(10, 2, 18, 10)], (12, 20))[:1])
+    assert len(touching) == 1  # without boundary or contact, touching buildings are one blob
+
+
+def test_single_channel_distance_split() -> None:
+    dumbbell = shapely.union_all([box(2, 2, 16, 16), box(16, 7, 20, 11), box(20, 2, 34, 16)])
+    probs = perfect([dumbbell], (18, 36))[:1]
+    assert len(watershed_postprocess(probs)) == 1
+    r = watershed_postprocess(probs, PostprocessSettings(split_distance=2.0))
+    assert len(r) == 2
+    assert best_iou(box(2, 2, 16, 16), r.footprints) > 0.8 and best_iou(box(20, 2, 34, 16), r.footprints) > 0.8
+    assert shapely.union_all(r.footprints).area == dumbbell.area
+
+
+# --- the original recipe -----------------------------------------------------------------------
+
+
+def test_seed_shrinks_a_square_by_half_a_pixel() -> None:
+    truth = box(10, 20, 20, 30)  # 10 x 10 pixels, area 100
+    probs = perfect([truth], (40, 40))[:1]
+    # The recipe's 100 px filter applies to the shrunk contour (81 px): the building is dropped.
+    assert len(seed_postprocess(probs)) == 0
+    r = seed_postprocess(probs, min_contour_area=0)
+    assert len(r) == 1
+    (found,) = r.footprints
+    # Contour through the pixel indices of the outer pixels: 9 x 9, area 81, integer vertices.
+    assert same_shape(found, box(10, 20, 19, 29)) and found.area == 81.0
+    assert np.array_equal(np.asarray(found.exterior.coords), np.round(np.asarray(found.exterior.coords)))
+    assert iou(found, truth) == pytest.approx(0.81)
+    # The default gives the square itself.
+    assert same_shape(watershed_postprocess(perfect([truth], (40, 40))).footprints[0], truth)
+
+
+def test_seed_fuses_buildings_one_pixel_apart_and_drops_small_ones() -> None:
+    a, b, small = box(5, 5, 17, 17), box(18, 5, 30, 17), box(5, 25, 14, 34)  # small: 9 x 9 = 81 px
+    probs = perfect([a, b, small], (40, 40))
+    r = seed_postprocess(probs)
+    assert len(r) == 1  # the close fuses a and b; the 8 x 8 contour of `small` is under 100 px
+    assert r.footprints[0].intersects(a) and r.footprints[0].intersects(b)
+    assert len(watershed_postprocess(probs)) == 3
+
+
+def test_seed_reads_the_footprint_channel_only() -> None:
+    probs = perfect([box(5, 5, 20, 20)], (30, 30))
+    assert [f.wkt for f in seed_postprocess(probs).footprints] == [f.wkt for f in seed_postprocess(probs[:1]).footprints]
+
+
+# --- the pixel-edge tracer ---------------------------------------------------------------------
+
+
+def filled(geom):
+    parts = [Polygon(p.exterior) for p in shapely.get_parts(geom)]
+    return shapely.union_all(parts)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    h=st.integers(1, 12), w=st.integers(1, 12), seed=st.integers(0, 2**32 - 1),
+    density=st.floats(0.1, 0.95), kind=st.sampled_from(["components", "random ids"]),
+)
+def test_tracer_matches_gdal_polygonize(h: int, w: int, seed: int, density: float, kind: str) -> None:
+    """Same ids and the same point sets as rasterio.features.shapes, 4-connectivity, holes or not."""
+    rng = np.random.default_rng(seed)
+    m = rng.random((h, w)) < density
+    inst = ndimage.label(m)[0] if kind == "components" else (m * rng.integers(1, 4, (h, w))).astype(np.int32)
+    ref = instances_to_footprints(inst)  # GDAL, one geometry per id in id order
+    for holes in (True, False):
+        ids, polys = instances_to_polygons(inst, holes=holes)
+        assert ids.tolist() == sorted(set(inst[inst > 0].tolist()))
+        for k, p, r in zip(ids, polys, ref):
+            assert p.is_valid and p.area > 0
+            expected = r if holes else filled(r)
+            assert p.symmetric_difference(expected).area == 0.0
+            if holes:
+                assert p.area == (inst == k).sum()
+
+
+def test_tracer_gives_only_corners() -> None:
+    inst = np.zeros((10, 10), np.int32)
+    inst[2:8, 1:9] = 3
+    ids, polys = instances_to_polygons(inst)
+    assert ids.tolist() == [3] and len(polys[0].exterior.coords) == 5 and same_shape(polys[0], box(1, 2, 9, 8))
+    # the same as GDAL's polygon
+    (geom, value), = list(rasterio.features.shapes(inst, mask=inst > 0, connectivity=4))
+    assert value == 3 and same_shape(polys[0], shapely.geometry.shape(geom))
+
+
+# --- simplification and regularisation never break validity ------------------------------------
+
+
+blob_rects = st.lists(
+    st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 20), st.integers(1, 20), st.floats(0, 90)),
+    min_size=1, max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rects=blob_rects, noise=st.floats(0, 0.15), seed=st.integers(0, 2**32 - 1),
+       tol=st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0]), regularise=st.booleans(), sigma=st.sampled_from([0.0, 1.0]))
+def test_outputs_are_always_valid_polygons(rects, noise: float, seed: int, tol: float, regularise: bool, sigma: float) -> None:
+    """Random blobs (rotated rectangles, overlapping, plus salt noise), blurred or not."""
+    rng = np.random.default_rng(seed)
+    fps = [affinity.rotate(box(x, y, x + w, y + h), a) for x, y, w, h, a in rects]
+    probs = make_targets(fps, (48, 48)).stack().astype(np.float32)
+    probs[0] = np.maximum(probs[0], rng.random((48, 48)) < noise)
+    if sigma:
+        probs = np.clip(np.stack([ndimage.gaussian_filter(c, sigma) for c in probs]), 0, 1).astype(np.float32)
+    s = PostprocessSettings(simplify=tol, regularise=regularise, min_area=1)
+    for channels in (3, 1):
+        r = watershed_postprocess(probs[:channels], s)
+        assert len(r.scores) == len(r.footprints)
+        for f in r.footprints:
+            assert f.geom_type == "Polygon" and f.is_valid and not f.is_empty and f.area > 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(pts=st.lists(st.tuples(st.floats(0, 50), st.floats(0, 50)), min_size=3, max_size=12), tol=st.floats(0, 5))
+def test_simplify_and_regularise_keep_any_valid_polygon_valid(pts, tol: float) -> None:
+    poly = shapely.make_valid(Polygon(pts))
+    polys = [p for p in shapely.get_parts(poly) if isinstance(p, Polygon) and p.area > 1e-6]
+    if not polys:
+        return
+    out = simplify_polygons(np.array(polys, dtype=object), tol)
+    for before, after in zip(polys, out):
+        assert after.is_valid and after.area > 0
+        reg = regularise_polygon(after, 0.85, max(tol, 1.0))
+        assert reg.is_valid and reg.area > 0 and reg.geom_type == "Polygon"
+
+
+def test_regularise_makes_a_rotated_rectangle_a_rectangle() -> None:
+    truth = affinity.rotate(box(20, 25, 44, 37), 30, origin="centroid")
+    (traced,) = watershed_postprocess(perfect([truth], (64, 64))).footprints
+    assert len(traced.exterior.coords) > 20  # a staircase
+    (reg,) = watershed_postprocess(perfect([truth], (64, 64)), PostprocessSettings(regularise=True)).footprints
+    assert len(reg.exterior.coords) == 5 and reg.is_valid
+    assert iou(reg, truth) > 0.93 and iou(reg, truth) > iou(traced, truth)
+    assert reg.area == pytest.approx(traced.area)
+
+
+def test_regularise_squares_off_an_l_shape() -> None:
+    truth = shapely.union_all([box(4, 4, 14, 30), box(4, 20, 30, 30)])
+    staircase = affinity.rotate(truth, 12, origin="centroid")
+    (traced,) = watershed_postprocess(perfect([staircase], (40, 40))).footprints
+    reg = regularise_polygon(traced, rectangularity=0.9)
+    assert reg.is_valid and len(reg.exterior.coords) == 7  # six right-angled corners
+    assert iou(reg, staircase) > 0.85

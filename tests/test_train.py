@@ -1,0 +1,211 @@
+"""Training: configs, models, loss, weights files, a real short run, kill-and-resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rooftrace.config import load_config
+from rooftrace.labels import RooftraceError
+from rooftrace.losses import SegmentationLoss
+from rooftrace.models import BaselineUNet, build_model
+from rooftrace.weights import load_model, read_model_file, save_model
+
+REPO = Path(__file__).resolve().parents[1]
+NO_AUG = [f"augment.{k}=0" for k in ("hflip", "vflip", "rot90", "rotate", "scale_limit", "brightness_contrast", "hue_saturation", "blur_noise")]
+
+
+@pytest.fixture(scope="session")
+def mini_split(sample, tmp_path_factory) -> Path:
+    """Four 256 x 256 train and val tiles of the sample pack (symlinked), as BEGC-style splits.
+
+    With a 256 crop and no augmentation every epoch sees the same pixels, so a working training loop
+    must lower the loss within two epochs."""
+    root = tmp_path_factory.mktemp("mini")
+    for split in ("train", "val"):
+        data = json.loads((sample / split / f"{split}.json").read_text())
+        imgs = [i for i in data["images"] if i["width"] == 256][:4]
+        ids = {i["id"] for i in imgs}
+        (root / split / "image").mkdir(parents=True)
+        for i in imgs:
+            os.symlink(sample / split / i["file_name"], root / split / i["file_name"])
+        anns = [a for a in data["annotations"] if a["image_id"] in ids]
+        (root / split / f"{split}.json").write_text(json.dumps({"images": imgs, "annotations": anns}))
+    return root
+
+
+def _overrides(mini: Path, runs: Path, *extra: str) -> list[str]:
+    return [f"data.train={mini / 'train'}", f"data.val={mini / 'val'}", f"train.runs_dir={runs}", "data.crop_size=256",
+            "data.batch_size=4", "train.steps_per_epoch=4", "data.workers=0", "train.vis_tiles=2", *NO_AUG, *extra]
+
+
+# --- config -----------------------------------------------------------------------------------
+
+def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(RooftraceError, match=r"c\.yaml: unknown config key\(s\) train\.epochz"):
+        load_config(p)
+    with pytest.raises(RooftraceError, match="train.epochs: expected an integer"):
+        load_config(REPO / "configs" / "unet-r34.yaml", ["train.epochs=many"])
+    with pytest.raises(RooftraceError, match="data.channels"):
+        load_config(REPO / "configs" / "unet-r34.yaml", ["data.channels=[contact]"])
+
+
+def test_config_overrides_and_every_shipped_config_loads():
+    cfg = load_config(REPO / "configs" / "unet-r34.yaml", ["train.epochs=2", "optim.lr=3e-4", "data.channels=[footprint]"])
+    assert cfg.train.epochs == 2 and cfg.optim.lr == 3e-4 and cfg.data.channels == ("footprint",)
+    assert cfg.model.encoder == "resnet34" and cfg.model.encoder_weights is None
+    assert cfg.loss.bce == 0.3 and cfg.loss.dice == 0.7
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+# --- models and loss --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch,encoder", [("baseline-unet", "none"), ("unet", "resnet18"), ("unet", "tu-efficientnet_b0")])
+def test_model_forward_backward(arch, encoder):
+    from rooftrace.config import ModelConfig
+
+    model = build_model(ModelConfig(arch=arch, encoder=encoder), classes=3)
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    y = model(x)
+    assert y.shape == (1, 3, 64, 64)
+    y.mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_baseline_unet_has_three_down_and_two_up_blocks():
+    m = BaselineUNet(classes=1, base=8)
+    assert [n for n, _ in m.named_children() if n.startswith("down")] == ["down1", "down2", "down3"]
+    assert [n for n, _ in m.named_children() if n.startswith("up")] == ["up1", "up2"]
+
+
+def test_loss_prefers_the_right_answer():
+    from rooftrace.config import LossConfig
+
+    loss = SegmentationLoss(LossConfig(), channels=3)
+    target = torch.zeros(2, 3, 16, 16)
+    target[:, 0, 4:12, 4:12] = 1
+    target[:, 1, 4:12, 4] = 1
+    good = (target * 2 - 1) * 8
+    assert float(loss(good, target)) < 0.05 < float(loss(-good, target))
+    focal = SegmentationLoss(LossConfig(focal=1.0, bce=0, dice=0), channels=3)
+    assert float(focal(good, target)) < float(focal(torch.zeros_like(good), target))
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+def test_weights_round_trip_hash_and_pickle_refusal(tmp_path):
+    cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=8"])
+    model = build_model(cfg.model, 1).eval()
+    path = save_model(tmp_path / "m.safetensors", model, cfg, half=True)
+    assert (tmp_path / "m.safetensors.sha256").read_text().split()[0]
+    loaded = load_model(path)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), loaded.model(x), atol=5e-2)  # fp16 storage
+    assert loaded.channels == ("footprint",) and loaded.mean == tuple(cfg.data.mean)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(RooftraceError, match="SHA-256 does not match"):
+        read_model_file(path)
+    (tmp_path / "m.pth").write_bytes(b"\x80\x04not really")
+    with pytest.raises(RooftraceError, match="pickle checkpoint"):
+        load_model(tmp_path / "m.pth")
+
+
+# --- real runs --------------------------------------------------------------------------------
+
+RUN_FILES = {"config.yaml", "train.log", "metrics.csv", "curves.png", "best.safetensors", "best.safetensors.sha256",
+             "last.safetensors", "last.safetensors.sha256", "resume.safetensors", "visual"}
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_epochs_lower_the_loss_and_fill_the_run_folder(mini_split, tmp_path):
+    from rooftrace.train import train
+
+    cfg = load_config(REPO / "configs" / "unet-r18.yaml", _overrides(mini_split, tmp_path / "runs", "train.epochs=2"))
+    summary = train(cfg)
+    run = Path(summary["run_dir"])
+    assert run.parent == tmp_path / "runs" and run.name.startswith("unet-r18-")
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    assert sorted(p.name for p in (run / "visual").iterdir()) == ["epoch-001.png", "epoch-002.png"]
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    for r in rows:
+        assert 0.0 <= float(r["object_f1"]) <= 1.0 and 0.0 <= float(r["pixel_iou"]) <= 1.0
+    saved = load_config(run / "config.yaml")
+    assert saved == cfg
+    best = load_model(run / "best.safetensors")
+    assert best.channels == ("footprint", "boundary", "contact")
+    assert "epoch" in (run / "train.log").read_text()
+
+
+def test_killed_run_resumes_to_the_same_weights_and_metrics(mini_split, tmp_path):
+    from rooftrace.train import resume, train
+
+    sets = _overrides(mini_split, tmp_path / "a", "train.epochs=3", "model.base_channels=16")
+    straight = Path(train(load_config(REPO / "configs" / "baseline-unet.yaml", sets))["run_dir"])
+
+    runs_b = tmp_path / "b"
+    cmd = [sys.executable, "-m", "rooftrace", "train", "--config", str(REPO / "configs" / "baseline-unet.yaml")]
+    for s in _overrides(mini_split, runs_b, "train.epochs=3", "model.base_channels=16"):
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    state = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(runs_b.glob("*/resume.safetensors"))
+        if found:
+            state = found[0]
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state is not None, "the run never finished an epoch"
+    run_b = state.parent
+    assert len(_rows(run_b)) < 3, "the run finished before it could be killed"
+    resume(run_b)
+
+    rows_a, rows_b = _rows(straight), _rows(run_b)
+    assert [r["epoch"] for r in rows_b] == ["1", "2", "3"]
+    for ra, rb in zip(rows_a, rows_b):
+        for k in ("train_loss", "val_loss", "pixel_iou", "object_f1"):
+            assert float(ra[k]) == pytest.approx(float(rb[k]), abs=1e-4), k
+    wa, _ = read_model_file(straight / "last.safetensors")
+    wb, _ = read_model_file(run_b / "last.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5), k
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_with_gloo_and_two_processes(mini_split, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m", "rooftrace",
+           "train", "--config", str(REPO / "configs" / "baseline-unet.yaml")]
+    for s in _overrides(mini_split, tmp_path / "runs", "train.epochs=2", "model.base_channels=16", "data.batch_size=2",
+                        "train.steps_per_epoch=0"):
+        cmd += ["--set", s]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = list((tmp_path / "runs").iterdir())
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    assert len(_rows(run)) == 2
+    assert "world 2" in (run / "train.log").read_text()
