@@ -307,6 +307,30 @@ def _run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    from .metrics import MATCHING_MODES
+
+    p = sub.add_parser("report", help="an HTML report: scores, per-image F1, tiles with TP/FP/missed buildings drawn",
+                       description="Score PRED against GT and write REPORT/index.html with a picture of every tile.")
+    p.add_argument("--pred", type=Path, required=True, help="a rooftrace predict output folder, or predictions in any format")
+    p.add_argument("--gt", type=Path, required=True, help="ground truth (COCO gives the tile files too)")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: PRED/report)")
+    p.add_argument("--images", type=Path, default=None, help="tile folder, when the ground truth does not name the files")
+    p.add_argument("--iou", type=float, default=0.5)
+    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one")
+    p.add_argument("--title", default="rooftrace report")
+    p.add_argument("--force", action="store_true", help="replace an existing report")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    print(build_report(args.pred, args.gt, args.out, images=args.images, iou=args.iou, matching=args.matching,
+                       title=args.title, force=args.force).summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (used by :func:`main` and the docs)."""
     parser = argparse.ArgumentParser(
@@ -323,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_oracle(sub)
     _add_predict(sub)
     _add_tune(sub)
+    _add_report(sub)
     return parser
 
 

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import shapely
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from . import __version__
@@ -40,6 +39,7 @@ from .geometry import Footprint
 from .imagery import read_rgb
 from .labels import ImageLabels, LabelSet, LoadReport, RooftraceError
 from .targets import TargetSettings, Targets, make_targets
+from .visualize import draw_outlines
 
 #: Sub-folders that ``prepare`` writes; their presence (non-empty) marks a folder as prepared.
 OUTPUT_DIRS = ("targets", "instances", "masks", "previews")
@@ -52,8 +52,6 @@ MAX_INSTANCES = 65535
 OUTLINE_RGB = (255, 255, 0)
 #: Tint of contact pixels in previews, so the gaps the network will learn can be checked by eye.
 CONTACT_RGB = (255, 0, 255)
-#: Tiles no larger than this (in pixels, either side) are shown at twice their size in previews.
-UPSCALE_BELOW = 400
 
 
 @dataclass
@@ -184,41 +182,13 @@ def read_instances(path: str | Path) -> np.ndarray:
         return np.asarray(img).astype(np.int32)
 
 
-def _rings(fp: Footprint) -> list[np.ndarray]:
-    """Every ring (exteriors and holes) of a footprint as ``(n, 2)`` arrays."""
-    out = []
-    for part in shapely.get_parts(fp):
-        out.append(np.asarray(part.exterior.coords))
-        out.extend(np.asarray(r.coords) for r in part.interiors)
-    return out
-
-
 def render_preview(rgb: np.ndarray, footprints: Sequence[Footprint], contact: np.ndarray | None = None) -> np.ndarray:
     """The image with each footprint outlined in yellow and contact pixels tinted magenta.
 
-    Small tiles are drawn at twice their size so that one-pixel outlines do not hide the roofs.
-    Outlines follow the pixel-edge convention: polygon point ``(x, y)`` is drawn at
-    ``(s * x - 0.5, s * y - 0.5)`` because PIL puts pixel centres on integers.
-
     Returns:
-        ``(H', W', 3)`` uint8.
+        ``(H', W', 3)`` uint8 (small tiles at twice their size; see :func:`visualize.draw_outlines`).
     """
-    base = rgb.copy()
-    if contact is not None and contact.any():
-        sel = contact.astype(bool)
-        base[sel] = (base[sel].astype(np.uint16) + np.array(CONTACT_RGB, np.uint16)) // 2
-    h, w = base.shape[:2]
-    scale = 2 if max(h, w) <= UPSCALE_BELOW else 1
-    img = Image.fromarray(base)
-    if scale != 1:
-        img = img.resize((w * scale, h * scale), Image.Resampling.NEAREST)
-    draw = ImageDraw.Draw(img)
-    for fp in footprints:
-        for ring in _rings(fp):
-            pts = [(float(x) * scale - 0.5, float(y) * scale - 0.5) for x, y in ring]
-            if len(pts) >= 2:
-                draw.line(pts, fill=OUTLINE_RGB, width=1)
-    return np.asarray(img)
+    return draw_outlines(rgb, [(footprints, OUTLINE_RGB)], tint=contact, tint_rgb=CONTACT_RGB)
 
 
 def _count_stale(out_dir: Path, written: set[str]) -> int:

@@ -1,0 +1,36 @@
+"""`rooftrace report`: the HTML report of predictions against ground truth."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+from shapely.geometry import box
+
+from rooftrace.cli import main
+from rooftrace.formats import read_coco, write_begc_csv
+
+
+def test_report_counts_and_draws_every_tile(sample, tmp_path, capsys):
+    gt = read_coco(sample / "test" / "test.json")
+    # Predictions: the truth, minus the first building of image 0, plus one false square on image 1.
+    gt[0].footprints = gt[0].footprints[1:]
+    gt[1].footprints = gt[1].footprints + [box(0, 0, 3, 3)]
+    pred = write_begc_csv(gt, tmp_path / "pred.csv")
+    out = tmp_path / "report"
+    assert main(["report", "--pred", str(pred), "--gt", str(sample / "test" / "test.json"), "--out", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    scores = json.loads((out / "scores.json").read_text())
+    assert (scores["fn"], scores["fp"], scores["tp"]) == (1, 1, 352)
+    per = {p["image_id"]: p for p in scores["per_image"]}
+    assert (per[0]["fn"], per[1]["fp"]) == (1, 1)
+    assert len(list((out / "tiles").glob("*.png"))) == 10 and html.count("<figure") == 10
+    assert "true positive" in html and "missed building" in html and "By source" in html
+    # The worst image is drawn first, and its picture shows the missed building in orange.
+    first = html.index("<figure")
+    assert "0.99" in html[first:first + 300] or "F1 0.9" in html[first:first + 300]
+    tile = Image.open(out / "tiles" / "0000.png").convert("RGB")
+    colours = set(tile.getdata())
+    assert (255, 160, 0) in colours and (40, 220, 60) in colours
+    assert main(["report", "--pred", str(pred), "--gt", str(sample / "test" / "test.json"), "--out", str(out)]) == 2
+    assert "pass --force" in capsys.readouterr().err
