@@ -328,7 +328,7 @@ def _perturbed(gt: LabelSet) -> tuple[LabelSet, dict, list]:
 
 
 @pytest.mark.parametrize("mode", MATCHING_MODES)
-def test_sample_labels_perturbed_give_the_hand_count(sample_test: LabelSet, mode: str) -> None:
+def test_sample_labels_perturbed_give_the_hand_count(sample_test: LabelSet, mode: str, tmp_path) -> None:
     pred, kept, spurious = _perturbed(sample_test)
     strict = mode == "spacenet"
     reaches = (lambda v: v > 0.5) if strict else (lambda v: v >= 0.5)
@@ -359,6 +359,18 @@ def test_sample_labels_perturbed_give_the_hand_count(sample_test: LabelSet, mode
     assert s.f1_pooled == pytest.approx(2 * tp / (2 * tp + fp + fn), rel=1e-12)
     assert (s.precision, s.recall) == (pytest.approx(tp / (tp + fp)), pytest.approx(tp / (tp + fn)))
     assert s.f1 < 1.0 and s.pixel is not None and s.pixel.iou < 1.0
+
+    # The same hand count through the command line, the predictions written as a BEGC2024 CSV.
+    from rooftrace.cli import main
+    from rooftrace.formats import write_begc_csv
+
+    csv_path = write_begc_csv(pred, tmp_path / f"{mode}.csv", decimals=6)
+    js = tmp_path / f"{mode}.json"
+    assert main(["evaluate", "--gt", str(SAMPLE_DIR / "test" / "test.json"), "--pred", str(csv_path), "--matching", mode,
+                 "--json", str(js)]) == 0
+    out = json.loads(js.read_text())
+    assert {i["image_id"]: (i["tp"], i["fp"], i["fn"]) for i in out["per_image"]} == expected
+    assert out["f1"] == pytest.approx(s.f1, rel=1e-12) and out["f1_pooled"] == pytest.approx(s.f1_pooled, rel=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
