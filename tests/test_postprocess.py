@@ -20,6 +20,7 @@ from shapely.geometry import Polygon, box
 
 from rooftrace.labels import RooftraceError
 from rooftrace.polygons import instances_to_footprints, instances_to_polygons
+from rooftrace.polygons import regularise_polygon, simplify_polygons
 from rooftrace.postprocess import (
     POSTPROCESSORS,
     Buildings,
@@ -27,9 +28,7 @@ from rooftrace.postprocess import (
     as_probabilities,
     instances_from_probabilities,
     postprocess,
-    regularise_polygon,
     seed_postprocess,
-    simplify_polygons,
     watershed_postprocess,
 )
 from rooftrace.targets import make_targets, rasterize_footprints

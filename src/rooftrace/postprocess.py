@@ -65,7 +65,7 @@ from shapely.geometry import Polygon
 
 from .geometry import Footprint, clean_footprint
 from .labels import ImageKey, ImageLabels, RooftraceError
-from .polygons import instances_to_polygons
+from .polygons import instances_to_polygons, regularise_polygon, simplify_polygons
 
 try:  # OpenCV: faster connected components, and the contours of the original recipe (``seed``)
     import cv2 as _cv2
@@ -539,149 +539,6 @@ def instances_from_probabilities(probs: np.ndarray, settings: PostprocessSetting
     return _relabel(inst, count >= max(1, s.min_area))
 
 
-# ---------------------------------------------------------------------------------------------
-# Polygon clean-up
-
-
-def simplify_polygons(polys: np.ndarray, tolerance: float) -> np.ndarray:
-    """Topology-preserving Douglas-Peucker on many polygons at once, never returning an invalid one.
-
-    ``preserve_topology=True`` keeps rings from crossing themselves or each other; any result that
-    is still invalid, empty, not a Polygon, or whose area moved by more than 10 % (a building one or
-    two pixels thick, such as a sliver cut by the tile edge, collapses under a tolerance of 1 px) is
-    replaced by its input.
-    """
-    polys = np.asarray(polys, dtype=object)
-    if tolerance <= 0 or len(polys) == 0:
-        return polys
-    out = shapely.simplify(polys, tolerance, preserve_topology=True)
-    before, after = shapely.area(polys), shapely.area(out)
-    bad = ~shapely.is_valid(out) | shapely.is_empty(out) | (shapely.get_type_id(out) != 3)
-    bad |= ~(np.abs(after - before) <= 0.1 * before) | (after <= 0)
-    out[bad] = polys[bad]
-    return out
-
-
-def _accept(original: Polygon, candidate: Polygon, min_iou: float = 0.8) -> bool:
-    """Whether a regularised outline may replace the traced one: valid, a Polygon, and close to it."""
-    if candidate is None or candidate.is_empty or not isinstance(candidate, Polygon) or not candidate.is_valid:
-        return False
-    if candidate.area <= 0:
-        return False
-    inter = original.intersection(candidate).area
-    union = original.area + candidate.area - inter
-    return union > 0 and inter / union >= min_iou
-
-
-def _snap_orthogonal(poly: Polygon, angle_tolerance: float = 20.0) -> Polygon | None:
-    """Snap an outline's edges to its dominant orientation and the right angle to it.
-
-    The dominant orientation is the length-weighted mean of edge angles modulo 90 degrees (a
-    circular mean of four times the angle). In a frame rotated to it, each edge is horizontal or
-    vertical within ``angle_tolerance``; consecutive edges of one kind form a run, each run becomes
-    one straight line at its length-weighted mean position, and consecutive lines meet at right
-    angles. Outlines with much (> 10 % of the perimeter) of their length at other angles, or fewer
-    than four runs, are left alone (``None``).
-    """
-    xy = np.asarray(poly.exterior.coords)[:-1]
-    if len(xy) < 4:
-        return None
-    d = np.roll(xy, -1, axis=0) - xy
-    length = np.hypot(d[:, 0], d[:, 1])
-    keep = length > 1e-9
-    xy, d, length = xy[keep], d[keep], length[keep]
-    if len(xy) < 4:
-        return None
-    ang = np.arctan2(d[:, 1], d[:, 0])
-    phi = np.angle(np.sum(length * np.exp(4j * ang))) / 4.0
-    c, s = math.cos(-phi), math.sin(-phi)
-    rot = xy @ np.array([[c, s], [-s, c]])
-    d = np.roll(rot, -1, axis=0) - rot
-    ang = np.arctan2(d[:, 1], d[:, 0])
-    sin_t = math.sin(math.radians(angle_tolerance))
-    horizontal = np.abs(np.sin(ang)) <= sin_t
-    vertical = np.abs(np.cos(ang)) <= sin_t
-    other = ~(horizontal | vertical)
-    if length[other].sum() > 0.1 * length.sum():
-        return None
-    kind = np.where(np.abs(d[:, 0]) >= np.abs(d[:, 1]), 0, 1)  # 0 horizontal, 1 vertical
-    # Start at a change of kind so that no run wraps around the end of the array.
-    change = np.flatnonzero(kind != np.roll(kind, 1))
-    if len(change) < 4:
-        return None
-    start = change[0]
-    kind, rot_s, d, length = (np.roll(a, -start, axis=0) for a in (kind, rot, d, length))
-    mid = rot_s + d / 2
-    run = np.cumsum(np.r_[0, kind[1:] != kind[:-1]])
-    n_runs = int(run[-1]) + 1
-    if n_runs < 4 or n_runs % 2:
-        return None
-    w = np.bincount(run, weights=length, minlength=n_runs)
-    pos_y = np.bincount(run, weights=length * mid[:, 1], minlength=n_runs) / w
-    pos_x = np.bincount(run, weights=length * mid[:, 0], minlength=n_runs) / w
-    run_kind = kind[np.r_[0, np.flatnonzero(np.diff(run)) + 1]]
-    pos = np.where(run_kind == 0, pos_y, pos_x)
-    nxt = np.roll(np.arange(n_runs), -1)
-    # Vertex at the end of run i: where its line meets the next run's line.
-    vx = np.where(run_kind == 0, pos[nxt], pos)
-    vy = np.where(run_kind == 0, pos, pos[nxt])
-    pts = np.column_stack([vx, vy]) @ np.array([[c, -s], [s, c]])
-    cand = Polygon(pts)
-    return cand if cand.is_valid else None
-
-
-def _fitted_rectangle(poly: Polygon) -> Polygon | None:
-    """The polygon's minimum rotated rectangle, shrunk by an even margin to the polygon's area.
-
-    A rotated rectangle traced on pixel edges is a staircase whose minimum rotated rectangle
-    stands out by up to half a pixel's diagonal all round; taking the same margin off every side
-    until the area is the pixel count gives back the rectangle that was rasterised (an
-    axis-aligned one is returned exactly, with a margin of 0).
-    """
-    rect = poly.minimum_rotated_rectangle
-    if not isinstance(rect, Polygon) or rect.area <= 0:
-        return None
-    xy = np.asarray(rect.exterior.coords)[:4]
-    u, v = xy[1] - xy[0], xy[3] - xy[0]
-    a, b = float(np.hypot(*u)), float(np.hypot(*v))
-    if a <= 0 or b <= 0:
-        return None
-    # (a - 2t)(b - 2t) = area  ->  4t^2 - 2(a + b)t + (ab - area) = 0, smaller root.
-    excess = a * b - poly.area
-    t = 0.0 if excess <= 1e-9 else ((a + b) - math.sqrt(max((a + b) ** 2 - 4.0 * excess, 0.0))) / 4.0
-    if 2 * t >= min(a, b):
-        return None
-    uu, vv = u / a, v / b
-    origin = xy[0] + t * uu + t * vv
-    p1 = origin + (a - 2 * t) * uu
-    p3 = origin + (b - 2 * t) * vv
-    p2 = p1 + (b - 2 * t) * vv
-    return Polygon([tuple(origin), tuple(p1), tuple(p2), tuple(p3)])
-
-
-def regularise_polygon(poly: Footprint, rectangularity: float = 0.9, tolerance: float = 1.0) -> Footprint:
-    """Square off one building outline, or return it unchanged when that would not be safe.
-
-    A building whose outline has IoU >= ``rectangularity`` with its fitted rectangle (the minimum
-    rotated rectangle shrunk evenly to the building's area, :func:`_fitted_rectangle`) becomes that
-    rectangle: most roofs are rectangles, and the traced staircase of a rotated one is not.
-    Otherwise its outline, simplified with ``tolerance`` px, is snapped to right angles at its
-    dominant orientation (:func:`_snap_orthogonal`), and the result is used only when it is a valid
-    Polygon with IoU >= 0.8 against the input. Anything else returns the input, so the output is
-    always valid. MultiPolygons are returned as they are.
-    """
-    if not isinstance(poly, Polygon) or poly.is_empty or poly.area <= 0:
-        return poly
-    fitted = _fitted_rectangle(poly)
-    if fitted is not None and _accept(poly, fitted, rectangularity):
-        return fitted
-    simple = poly.simplify(max(tolerance, 1.0), preserve_topology=True)
-    if not isinstance(simple, Polygon) or simple.is_empty:
-        return poly
-    snapped = _snap_orthogonal(Polygon(simple.exterior))
-    return snapped if snapped is not None and _accept(poly, snapped) else poly
-
-
 def _tidy(polys: np.ndarray, s: PostprocessSettings) -> np.ndarray:
     """Simplify then (optionally) regularise traced outlines; every output stays valid."""
     out = simplify_polygons(polys, s.simplify)
@@ -828,6 +685,6 @@ def postprocess(probs: np.ndarray, method: str = DEFAULT_METHOD, settings: Postp
 
 __all__ = [
     "Buildings", "DEFAULT_METHOD", "METHOD_CHANNELS", "POSTPROCESSORS", "PostprocessSettings", "SURFACES",
-    "as_probabilities", "instances_from_probabilities", "postprocess", "regularise_polygon", "seed_postprocess",
-    "simplify_polygons", "watershed_postprocess",
+    "as_probabilities", "instances_from_probabilities", "postprocess", "seed_postprocess",
+    "watershed_postprocess",
 ]
