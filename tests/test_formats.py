@@ -249,6 +249,15 @@ def test_geojson_pixel_and_map_round_trips(tmp_path):
     assert read_geojson(p).crs == "EPSG:32614"
 
 
+def test_geojson_in_degrees_keeps_its_precision(tmp_path):
+    poly = box(-97.7431, 30.2672, -97.7430, 30.2673)  # about 10 m in Austin, in degrees
+    ls = LabelSet(crs="EPSG:4326")
+    ls.add("scene", poly, "test")
+    back = read_geojson(write_geojson(ls, tmp_path / "deg.geojson"))
+    assert back.crs == "EPSG:4326"
+    assert back["deg"].footprints[0].symmetric_difference(poly).area < 1e-14
+
+
 def test_sample_scene_labels_land_on_pixel_edges(sample):
     ls = read_labels(sample / "scenes" / "inria_austin.geojson", raster=sample / "scenes" / "inria_austin.tif")
     img = ls["inria_austin"]

@@ -331,6 +331,115 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_stretch(text: str) -> tuple[float, float]:
+    """Stretch percentiles from ``LOW,HIGH`` (e.g. ``2,98``)."""
+    low, sep, high = text.partition(",")
+    try:
+        lo, hi = float(low), float(high)
+    except ValueError:
+        raise RooftraceError(f"--stretch {text!r}: expected LOW,HIGH percentiles such as 2,98") from None
+    if not sep or not 0.0 <= lo < hi <= 100.0:
+        raise RooftraceError(f"--stretch {text!r}: expected LOW,HIGH percentiles with 0 <= LOW < HIGH <= 100")
+    return lo, hi
+
+
+def _add_band_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bands", default=None, metavar="R,G,B",
+                   help="bands read as red, green, blue, e.g. 1,1,1 for a panchromatic band or 1,2,3 for the first three "
+                   "of a multispectral image (needed unless the raster has 3 bands, or 3 and alpha)")
+    p.add_argument("--stretch", default="2,98", metavar="LOW,HIGH",
+                   help="percentiles of the per-scene, per-band stretch of rasters that are not 8-bit (default 2,98)")
+
+
+def _add_predict_scene(sub: argparse._SubParsersAction) -> None:
+    from .scene import DEFAULT_BLOCK, DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_TILE
+
+    p = sub.add_parser(
+        "predict-scene",
+        help="footprints for large georeferenced scenes: GeoTIFF in, GeoPackage or GeoJSON in the scene's CRS out",
+        description="Reads each scene window by window (memory bounded by --tile and --block, not by the scene), stitches "
+        "the windows' probabilities, post-processes them in blocks so that every building comes out once, neither cut nor "
+        "duplicated, and writes one polygon per building with its area (map units) and score, in the raster's CRS. "
+        "One scene: --out OUT.gpkg or OUT.geojson. Several scenes (files, folders, .txt lists of paths): --out is a "
+        "folder of <scene>.gpkg, and --shard I/N takes worker I's share of N (one process per GPU or node).",
+    )
+    p.add_argument("scenes", nargs="+", type=Path, metavar="SCENE", help="GeoTIFF (or any GDAL raster), folder of them, or .txt list")
+    p.add_argument("--out", type=Path, required=True, help="OUT.gpkg or OUT.geojson for one scene; else an output folder")
+    p.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the shipped model)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window size in pixels (default {DEFAULT_TILE})")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"overlap of neighbouring windows in pixels (default {DEFAULT_OVERLAP})")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
+    _add_band_options(p)
+    _add_postprocess_options(p, None)
+    p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help=f"post-processing block in pixels (default {DEFAULT_BLOCK})")
+    p.add_argument("--margin", type=int, default=DEFAULT_MARGIN, help=f"pixels read around each block (default {DEFAULT_MARGIN})")
+    p.add_argument("--probabilities", type=Path, default=None, help="also keep the stitched probabilities as a GeoTIFF (one scene)")
+    p.add_argument("--format", choices=("gpkg", "geojson"), default="gpkg", help="output format when --out is a folder (default gpkg)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="take scenes I, I+N, I+2N, ... of the sorted list (0 <= I < N)")
+    p.add_argument("--force", action="store_true", help="overwrite outputs; in folder mode, redo scenes whose output exists")
+    p.set_defaults(func=_run_predict_scene)
+
+
+def _run_predict_scene(args: argparse.Namespace) -> int:
+    from .scene import OUTPUT_DRIVERS, predict_scene, predict_scenes
+
+    if args.batch_size < 1:
+        raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
+    common = dict(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, bands=args.bands,
+                  stretch=_parse_stretch(args.stretch), method=args.postprocess, settings=_parse_settings(args.pp, args.settings),
+                  block=args.block, margin=args.margin, device=args.device, tta=args.tta, force=args.force)
+    if args.out.suffix and args.out.suffix.lower() not in OUTPUT_DRIVERS and not args.out.is_dir():
+        raise RooftraceError(f"--out {args.out}: unknown output format {args.out.suffix!r}; use OUT.gpkg or OUT.geojson "
+                             "for one scene, or a folder")
+    if args.out.suffix.lower() in OUTPUT_DRIVERS:
+        one = args.scenes[0]
+        if len(args.scenes) != 1 or one.is_dir() or one.suffix.lower() == ".txt" or args.shard is not None:
+            raise RooftraceError(f"--out {args.out}: a file holds one scene; for several scenes or --shard, give a folder as --out")
+        result = predict_scene(one, args.out, _default_model(args.model), probabilities=args.probabilities, **common)
+        print(result.summary())
+        return 0
+    if args.probabilities is not None:
+        raise RooftraceError("--probabilities keeps one scene's probabilities: give one scene and --out OUT.gpkg")
+    done = predict_scenes(args.scenes, args.out, _default_model(args.model), shard=args.shard, fmt=args.format, **common)
+    for r in done.results:
+        print(r.summary())
+    print(done.summary())
+    return 1 if done.failed else 0
+
+
+def _add_prepare_scenes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare-scenes",
+        help="cut georeferenced scenes and their GeoJSON labels into a BEGC-style training split",
+        description="Cuts each SCENE into --tile x --tile GeoTIFF tiles (each with its own georeference) in "
+        "SPLIT_DIR/image/<scene>_<row>_<col>.tif, and writes SPLIT_DIR/<name>.json (COCO, BEGC2024 layout, a source per "
+        "image) with the labels reprojected to the raster's CRS and clipped to each tile. rooftrace prepare and "
+        "rooftrace train take the folder as it is.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="SCENE_AND_LABELS",
+                   help="SCENE LABELS pairs: a raster and its footprints (GeoJSON or GeoPackage, any CRS)")
+    p.add_argument("--out", type=Path, required=True, help="split folder to write (its name names the COCO file)")
+    p.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
+    _add_band_options(p)
+    p.add_argument("--source", default=None, help="COCO source of every tile (default: each scene's file stem)")
+    p.add_argument("--force", action="store_true", help="write into a folder that already holds a split")
+    p.set_defaults(func=_run_prepare_scenes)
+
+
+def _run_prepare_scenes(args: argparse.Namespace) -> int:
+    from .scene_prepare import prepare_scenes
+
+    if len(args.inputs) % 2:
+        raise RooftraceError(f"prepare-scenes takes SCENE LABELS pairs; got {len(args.inputs)} paths")
+    pairs = list(zip(args.inputs[::2], args.inputs[1::2]))
+    result = prepare_scenes(pairs, args.out, tile=args.tile, bands=args.bands, stretch=_parse_stretch(args.stretch),
+                            source=args.source, force=args.force)
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (used by :func:`main` and the docs)."""
     parser = argparse.ArgumentParser(
@@ -348,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_tune(sub)
     _add_report(sub)
+    _add_predict_scene(sub)
+    _add_prepare_scenes(sub)
     return parser
 
 

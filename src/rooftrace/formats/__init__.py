@@ -79,9 +79,10 @@ def align_keys(gt: LabelSet, pred: LabelSet) -> LabelSet:
         (gk,), (pk,) = list(gt.images), list(pred.images)
         img = pred.images.pop(pk)
         pred.images[gk] = _rekey(img, gk)
-        if gt.crs != pred.crs:
+        from pyproj import CRS
+
+        if CRS.from_user_input(gt.crs) != CRS.from_user_input(pred.crs):
             import numpy as np
-            from pyproj import CRS
 
             from .geojson import reproject
 

@@ -173,6 +173,8 @@ def write_geojson(
     """
     crs = crs or ls.crs
     in_map = transform is not None or ls.crs is not None
+    if in_map and crs is not None and CRS.from_user_input(crs).is_geographic:
+        decimals = max(decimals, 8)  # degrees: 2 decimals would be a kilometre; 8 are about a millimetre
     features = []
     for key in sort_keys(ls.images):
         img = ls.images[key]
