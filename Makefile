@@ -23,16 +23,15 @@ test: venv
 test-all: venv
 	$(BIN)/python -m pytest -m ''
 
-# The main job on the sample pack, as far as the pipeline goes today: validate and prepare the val
-# split; write the test labels as a BEGC2024 submission and score it; score the val labels after a
-# round trip through plain building masks (what a perfect one-channel model could give at best).
+# The main job on the sample pack: footprints for the test tiles with the shipped model (no
+# training, no download), scored against the test labels, and an HTML report to look at.
 demo: venv
 	@test -d "$(SAMPLE)" || { echo "sample pack not found at $(SAMPLE); set ROOFTRACE_SAMPLE_DIR"; exit 2; }
-	$(BIN)/rooftrace prepare "$(SAMPLE)/val" --out $(DEMO)/prepared-val --force
-	$(BIN)/rooftrace convert "$(SAMPLE)/test/test.json" $(DEMO)/submission.csv --images "$(SAMPLE)/test/image" --force
-	$(BIN)/rooftrace evaluate --gt "$(SAMPLE)/test/test.json" --pred $(DEMO)/submission.csv --json $(DEMO)/test-scores.json --force
-	$(BIN)/rooftrace evaluate --gt "$(SAMPLE)/val/val.json" --pred $(DEMO)/prepared-val/masks --images "$(SAMPLE)/val/image" --json $(DEMO)/val-mask-scores.json --force
-	@echo "demo outputs in $(DEMO)/ (previews: $(DEMO)/prepared-val/previews/)"
+	$(BIN)/rooftrace predict --images "$(SAMPLE)/test/image" --out $(DEMO)/predict --force
+	$(BIN)/rooftrace evaluate --gt "$(SAMPLE)/test/test.json" --pred $(DEMO)/predict/submission.csv --json $(DEMO)/test-scores.json --force
+	$(BIN)/rooftrace report --pred $(DEMO)/predict --gt "$(SAMPLE)/test/test.json" --out $(DEMO)/report --force \
+		--title "rooftrace demo: shipped model on the sample test split"
+	@echo; echo "report: $(abspath $(DEMO))/report/index.html"
 
 clean:
 	rm -rf out .pytest_cache
