@@ -26,7 +26,8 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def _open(path: Path):
+def open_raster(path: Path) -> rasterio.DatasetReader:
+    """Open any GDAL raster (GeoTIFF, PNG, JPEG...) with errors that name the file and the problem."""
     if not Path(path).exists():
         raise RooftraceError(f"{path}: no such file")
     if Path(path).stat().st_size == 0:
@@ -36,12 +37,12 @@ def _open(path: Path):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
-        raise RooftraceError(f"{path}: not a readable image ({str(exc).splitlines()[0]})") from None
+        raise RooftraceError(f"{path}: not a readable raster or image ({str(exc).splitlines()[0]})") from None
 
 
 def read_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` of an image, reading only its header."""
-    with _open(Path(path)) as src:
+    with open_raster(Path(path)) as src:
         return src.width, src.height
 
 
@@ -52,7 +53,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     to 8 bits by its 2nd-98th percentile stretch. Anything else raises :class:`RooftraceError`.
     """
     path = Path(path)
-    with _open(path) as src:
+    with open_raster(path) as src:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -63,7 +63,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,11 +74,12 @@ import shapely
 from affine import Affine
 from pyproj import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from tqdm import tqdm
 
 from .geometry import pixel_to_map
+from .imagery import open_raster
 from .labels import RooftraceError
 from .postprocess import DEFAULT_METHOD, PostprocessSettings, postprocess
 
@@ -167,17 +167,6 @@ class BandPlan:
         return text
 
 
-def _open_raster(path: Path) -> rasterio.DatasetReader:
-    if not path.exists():
-        raise RooftraceError(f"{path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise RooftraceError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
-
-
 def _stretch_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """``values`` mapped linearly from ``[lo, hi]`` to ``[0, 255]``, clipped and rounded (float64 maths)."""
     scaled = (np.asarray(values, dtype=np.float64) - lo) / (hi - lo)
@@ -248,7 +237,7 @@ class Scene:
     def __init__(self, path: str | Path, bands: str | Sequence[int] | None = None,
                  percentiles: tuple[float, float] = DEFAULT_STRETCH, overview_size: int = OVERVIEW_SIZE):
         self.path = Path(path)
-        self.src = _open_raster(self.path)
+        self.src = open_raster(self.path)
         try:
             self.plan = _plan_bands(self.src, self.path, parse_bands(bands), percentiles, overview_size)
         except BaseException:

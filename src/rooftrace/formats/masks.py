@@ -19,9 +19,9 @@ def read_mask(path: Path):
     """A mask file as a 2-D boolean array (any band non-zero), with errors that name the file."""
     import numpy as np
 
-    from ..imagery import _open
+    from ..imagery import open_raster
 
-    with _open(path) as src:
+    with open_raster(path) as src:
         try:
             data = src.read()
         except Exception as exc:  # rasterio raises RasterioIOError and CPLE errors on corrupt files
