@@ -440,6 +440,26 @@ def _run_prepare_scenes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (dynamic batch and size), verified against PyTorch",
+                       description="Writes OUT.onnx with the normalisation, channels and config in its metadata, so "
+                       "`rooftrace predict --model OUT.onnx` runs it with onnxruntime and needs nothing else.")
+    p.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the shipped model)")
+    p.add_argument("--onnx", type=Path, required=True, help="output .onnx file")
+    p.add_argument("--int8", action="store_true", help="also quantise to int8 (experimental; check F1 before use)")
+    p.add_argument("--calibration", type=Path, default=None, help="tile folder for int8 calibration")
+    p.add_argument("--force", action="store_true", help="overwrite OUT.onnx")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    print(export_onnx(_default_model(args.model), args.onnx, int8=args.int8, calibration=args.calibration,
+                      force=args.force).summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (used by :func:`main` and the docs)."""
     parser = argparse.ArgumentParser(
@@ -459,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_predict_scene(sub)
     _add_prepare_scenes(sub)
+    _add_export(sub)
     return parser
 
 

@@ -1,10 +1,11 @@
 """Inference on a folder of tiles: batched, optionally with flip TTA, then post-processing and files.
 
-``predict_folder`` reads every tile in a folder (any size; each batch is zero-padded on the bottom and
+``predict_folder`` reads every tile in a folder (any size; each tile is zero-padded on the bottom and
 right to a multiple of 32), runs the model under ``torch.inference_mode`` (channels_last; bf16/fp16
-autocast on CUDA), averages flipped predictions when asked, turns probabilities into one polygon per
-building (:mod:`rooftrace.postprocess`, with the thresholds ``rooftrace tune`` saved beside the model
-when there are any), and writes into the output folder:
+autocast on CUDA; optionally ``torch.compile``), or an exported ``.onnx`` model with ONNX Runtime,
+averages flipped predictions when asked, turns probabilities into one polygon per building
+(:mod:`rooftrace.postprocess`, with the thresholds ``rooftrace tune`` saved beside the model when there
+are any), and writes into the output folder:
 
 - ``submission.csv``: BEGC2024 format, one row for every image of the folder, sorted by ImageID;
 - ``predictions.geojson``: pixel coordinates, ``image_id`` per feature;
@@ -12,12 +13,26 @@ when there are any), and writes into the output folder:
 - ``masks/<stem>.png``: 16-bit instance ids; ``overlays/<stem>.png``: the tile with its polygons.
 
 Unreadable tiles are reported and skipped, and still get their (empty) row in the submission.
+
+The work is a pipeline whose stages overlap: DataLoader worker processes read, normalise and pad
+tiles; the main thread groups tiles of the same padded size into batches (so a 256 x 256 tile is never
+padded to a 672 x 672 neighbour's size, and a tile's probabilities depend on nothing but the tile: the
+same as at batch size 1) and runs the model (on the CPU, one 512 x 512 tile's worth of pixels per
+forward pass, which is faster per tile there than larger batches); a small pool of threads
+post-processes each tile and encodes and writes its mask and overlay while the next batch runs.
+Post-processing releases the GIL in its heavy parts (OpenCV, numpy, scikit-image, shapely, zlib), so
+the threads run alongside inference. On a CPU of up to 4 cores, where inference already fills every
+core, the default is to post-process in line instead (a thread beside PyTorch's slows it more than
+it saves; see ``benchmarks/predict_speed.py``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .dataset import Normalization
+from .export import OnnxModel, is_onnx, load_onnx, onnx_postprocess_settings
 from .formats import atomic_write_bytes, write_begc_csv, write_coco_results, write_geojson
 from .imagery import list_images, read_rgb
 from .labels import ImageKey, LabelSet, LoadReport, RooftraceError, image_key
@@ -36,11 +52,18 @@ from .weights import LoadedModel, load_model
 
 POSTPROCESS_SUFFIX = ".postprocess.json"
 
+#: Largest number of pixels in one PyTorch forward pass on the CPU (one 512 x 512 tile): measured
+#: with ``benchmarks/model_speed.py``, every shipped architecture runs as fast or faster per tile at
+#: batch 1 than at batch 4 on 512 x 512 tiles there, EfficientNet-B0 twice as fast as at batch 8.
+CPU_PIXELS_PER_FORWARD = 512 * 512
+
 
 def tuned_settings_path(model_path: str | Path) -> Path:
-    """Where ``rooftrace tune`` saves post-processing settings for a model: beside it."""
+    """Where ``rooftrace tune`` saves post-processing settings for a model: beside it (for an exported
+    ``m.onnx``, the same file as for ``m.safetensors``)."""
     p = Path(model_path)
-    return p.with_name(p.name.removesuffix(".safetensors") + POSTPROCESS_SUFFIX)
+    name = p.name.removesuffix(".onnx") if is_onnx(p) else p.name.removesuffix(".safetensors")
+    return p.with_name(name + POSTPROCESS_SUFFIX)
 
 
 def load_tuned(model_path: str | Path) -> tuple[str | None, PostprocessSettings | None]:
@@ -56,10 +79,11 @@ def load_tuned(model_path: str | Path) -> tuple[str | None, PostprocessSettings 
 
 
 class _Tiles(Dataset):
-    """Tiles of a folder as normalised tensors; an unreadable tile yields its error instead."""
+    """Tiles of a folder as normalised tensors zero-padded (bottom, right) to a multiple of 32; an
+    unreadable tile yields its error instead. ``rgb`` (for overlays) only when asked."""
 
-    def __init__(self, files: list[Path], norm: Normalization):
-        self.files, self.norm = files, norm
+    def __init__(self, files: list[Path], norm: Normalization, keep_rgb: bool = True):
+        self.files, self.norm, self.keep_rgb = files, norm, keep_rgb
 
     def __len__(self) -> int:
         return len(self.files)
@@ -69,21 +93,32 @@ class _Tiles(Dataset):
             rgb = read_rgb(self.files[i])
         except RooftraceError as exc:
             return {"index": i, "error": str(exc)}
-        return {"index": i, "image": torch.from_numpy(self.norm.apply(rgb)), "rgb": rgb}
+        h, w = rgb.shape[:2]
+        x = torch.zeros(3, -(-h // 32) * 32, -(-w // 32) * 32)
+        x[:, :h, :w] = torch.from_numpy(self.norm.apply(rgb))
+        return {"index": i, "image": x, "size": (h, w), "rgb": rgb if self.keep_rgb else None}
+
+
+def _one(tile: dict[str, Any]) -> dict[str, Any]:
+    """The loader's collate function for single tiles: as they are (no conversion of ``rgb``)."""
+    return tile
 
 
 def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tiles of one padded size (or several: each is zero-padded to the largest) as one batch."""
     ok = [b for b in batch if "image" in b]
     out: dict[str, Any] = {"errors": [(b["index"], b["error"]) for b in batch if "error" in b], "index": [b["index"] for b in ok],
-                           "rgb": [b["rgb"] for b in ok], "size": [tuple(b["image"].shape[1:]) for b in ok]}
+                           "rgb": [b["rgb"] for b in ok], "size": [tuple(b["size"]) for b in ok]}
     if ok:
-        h = max(s[0] for s in out["size"])
-        w = max(s[1] for s in out["size"])
-        H, W = -(-h // 32) * 32, -(-w // 32) * 32
-        x = torch.zeros(len(ok), 3, H, W)
-        for n, b in enumerate(ok):
-            x[n, :, : b["image"].shape[1], : b["image"].shape[2]] = b["image"]
-        out["image"] = x
+        H = max(b["image"].shape[1] for b in ok)
+        W = max(b["image"].shape[2] for b in ok)
+        if all(tuple(b["image"].shape[1:]) == (H, W) for b in ok):
+            out["image"] = torch.stack([b["image"] for b in ok])
+        else:
+            x = torch.zeros(len(ok), 3, H, W)
+            for n, b in enumerate(ok):
+                x[n, :, : b["image"].shape[1], : b["image"].shape[2]] = b["image"]
+            out["image"] = x
     return out
 
 
@@ -97,19 +132,37 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 @torch.inference_mode()
-def predict_probabilities(loaded: LoadedModel, x: torch.Tensor, device: torch.device, tta: bool = False) -> np.ndarray:
+def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor, device: torch.device, tta: bool = False) -> np.ndarray:
     """Sigmoid probabilities ``(N, C, H, W)`` for a normalised batch; with ``tta`` the mean over
-    identity, horizontal, vertical and both flips."""
+    identity, horizontal, vertical and both flips. ``loaded`` is a PyTorch model
+    (:func:`rooftrace.weights.load_model`) or an exported one (:func:`rooftrace.export.load_onnx`,
+    run by ONNX Runtime on its own providers; ``device`` is not used then)."""
+    if isinstance(loaded, OnnxModel):
+        xn = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+        if not tta:
+            return loaded.predict(xn)
+        total = loaded.predict(xn)
+        for axes in ((3,), (2,), (2, 3)):
+            total += np.flip(loaded.predict(np.flip(xn, axes)), axes)
+        return total / 4
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     amp = None
     if device.type == "cuda":
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # On the CPU, forward passes of more than about one 512 x 512 tile are slower per tile (the
+    # activations leave the caches), so a batch runs in chunks of at most that many pixels.
+    chunk = x.shape[0] if device.type != "cpu" else max(1, CPU_PIXELS_PER_FORWARD // max(1, x.shape[2] * x.shape[3]))
 
-    def run(inp: torch.Tensor) -> torch.Tensor:
+    def forward(inp: torch.Tensor) -> torch.Tensor:
         if amp is None:
             return torch.sigmoid(loaded.model(inp).float())
         with torch.autocast("cuda", dtype=amp):
             return torch.sigmoid(loaded.model(inp).float())
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        if inp.shape[0] <= chunk:
+            return forward(inp)
+        return torch.cat([forward(inp[i : i + chunk]) for i in range(0, inp.shape[0], chunk)])
 
     if not tta:
         return run(x).cpu().numpy()
@@ -117,6 +170,15 @@ def predict_probabilities(loaded: LoadedModel, x: torch.Tensor, device: torch.de
     for dims in ((3,), (2,), (2, 3)):
         total += run(torch.flip(x, dims)).flip(dims)
     return (total / 4).cpu().numpy()
+
+
+def load_any(model: str | Path, device: str = "auto", onnx_spinning: bool = True) -> LoadedModel | OnnxModel:
+    """A ``.safetensors`` model on ``device`` (channels_last), or an ``.onnx`` model in ONNX Runtime."""
+    if is_onnx(model):
+        return load_onnx(model, device=device, spinning=onnx_spinning)
+    loaded = load_model(model, device=pick_device(device))
+    loaded.model.to(memory_format=torch.channels_last)
+    return loaded
 
 
 @dataclass
@@ -130,6 +192,11 @@ class PredictResult:
     seconds: float
     report: LoadReport
     files: list[Path] = field(default_factory=list)
+    #: Seconds per stage, summed over tiles: ``wait`` (main thread waiting for tiles), ``inference``,
+    #: ``postprocess`` and ``write`` (masks and overlays; summed over the post-processing threads,
+    #: which run alongside inference; ``*_cpu``: the same in those threads' CPU time, which does not
+    #: count time the thread waited for a core), ``outputs`` (submission, GeoJSON, COCO), ``total``.
+    timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"predicted {self.labels.n_footprints} buildings on {self.n_images - self.n_skipped} of {self.n_images} tiles "
@@ -149,6 +216,48 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
         raise RooftraceError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
 
 
+def _default_threads(device: torch.device) -> int:
+    """Post-processing threads: none (in line, after each batch) for inference on a CPU of up to 4
+    cores, where PyTorch's threads already fill the cores and a thread beside them slows inference
+    more than it saves; else half the cores, at most 8."""
+    cores = os.cpu_count() or 2
+    if device.type == "cpu" and cores <= 4:
+        return 0
+    return max(1, min(8, cores // 2))
+
+
+def _encode_overlay(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an ``(H, W, 3)`` uint8 overlay, at zlib level 1: the same pixels as
+    :func:`rooftrace.prepare.encode_png` writes, five times faster (aerial imagery hardly compresses:
+    the file is about 3 % larger)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 RGB array
+        from .prepare import encode_png
+
+        return encode_png(rgb)
+    return buf.tobytes()
+
+
+def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: Path, method: str,
+                 settings: PostprocessSettings | None, write_masks: bool, write_overlays: bool) -> tuple[list, list, tuple[float, ...]]:
+    """Post-process one tile and write its mask and overlay (runs in a worker thread).
+
+    Returns the footprints, their scores, and the seconds taken (wall and this thread's CPU time)
+    by post-processing and by writing."""
+    from .prepare import encode_instances, render_preview
+
+    t0, c0 = time.perf_counter(), time.thread_time()
+    found = postprocess(probs, method=method, settings=settings)
+    t1, c1 = time.perf_counter(), time.thread_time()
+    if write_masks and found.instances is not None:
+        atomic_write_bytes(out_dir / "masks" / f"{stem}.png", encode_instances(found.instances, stem), force=True)
+    if write_overlays and rgb is not None:
+        atomic_write_bytes(out_dir / "overlays" / f"{stem}.png", _encode_overlay(render_preview(rgb, found.footprints)), force=True)
+    return list(found.footprints), list(found.scores), (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1)
+
+
 def predict_folder(
     images: str | Path,
     out_dir: str | Path,
@@ -164,25 +273,38 @@ def predict_folder(
     write_overlays: bool = True,
     force: bool = False,
     progress: bool = True,
+    threads: int | None = None,
+    compile: bool = False,
 ) -> PredictResult:
     """Predict footprints for every tile of ``images`` and write the outputs into ``out_dir``.
 
     Args:
-        model: A ``.safetensors`` model file written by rooftrace.
+        model: A ``.safetensors`` model file written by rooftrace, or an ``.onnx`` file written by
+            ``rooftrace export`` (run with ONNX Runtime: CUDA when available and ``device`` allows,
+            else the CPU).
         method, settings: Post-processing; default: what ``rooftrace tune`` saved beside the
-            model, else the default method with default settings.
+            model, else (ONNX) what travelled in its metadata, else the default method with default
+            settings.
+        batch_size: Tiles per forward pass; tiles are batched with others of the same padded size.
+        workers: Tile-reading processes (0: read in the main thread).
+        threads: Post-processing and writing threads (0: in the main thread, after each batch;
+            default: 0 for inference on a CPU of up to 4 cores, else half the cores, at most 8).
+        compile: ``torch.compile`` the PyTorch model (pays off on long runs on a GPU; the first
+            batches of each tile size wait for compilation). Ignored for ONNX models.
     """
-    from .prepare import encode_instances, encode_png, render_preview
-
     images, out_dir = Path(images), Path(out_dir)
     files = list_images(images)
     if not files:
         raise RooftraceError(f"{images}: no image files (.tif, .png, .jpg) in this folder")
     _check_out_dir(out_dir, force)
     dev = pick_device(device)
-    loaded = load_model(model, device=dev)
-    loaded.model.to(memory_format=torch.channels_last)
+    n_threads = _default_threads(dev) if threads is None else max(0, int(threads))
+    loaded = load_any(model, device=device, onnx_spinning=n_threads == 0)
+    if compile and isinstance(loaded, LoadedModel):
+        loaded.model = torch.compile(loaded.model)
     tuned_method, tuned = load_tuned(model)
+    if tuned is None and isinstance(loaded, OnnxModel):
+        tuned_method, tuned = onnx_postprocess_settings(loaded.meta)
     method = method or tuned_method or "watershed"
     settings = settings or tuned
     norm = Normalization(loaded.mean, loaded.std)
@@ -191,36 +313,73 @@ def predict_folder(
     keys: list[ImageKey] = [image_key(f) for f in files]
     if len(set(keys)) != len(keys):
         raise RooftraceError(f"{images}: two images share a file stem; ImageIDs would collide")
-    loader = DataLoader(_Tiles(files, norm), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                        pin_memory=dev.type == "cuda")
+    for f, k in zip(files, keys):  # file order, whatever order the batches finish in
+        labels.get_or_add(k).file_name = f.name
+    # One tile at a time out of the loader (batch_size=None); batches are formed below, by padded size.
+    loader = DataLoader(_Tiles(files, norm, keep_rgb=write_overlays), batch_size=None, num_workers=workers, collate_fn=_one,
+                        pin_memory=dev.type == "cuda", prefetch_factor=max(2, batch_size) if workers else None)
+    timings = {"wait": 0.0, "inference": 0.0, "postprocess": 0.0, "postprocess_cpu": 0.0, "write": 0.0, "write_cpu": 0.0}
     t0 = time.perf_counter()
     skipped = 0
     bar = tqdm(total=len(files), desc="predict", unit="tile", disable=not progress, dynamic_ncols=True)
-    for batch in loader:
-        for i, err in batch["errors"]:
-            report.note(err)
-            skipped += 1
-            labels.get_or_add(keys[i]).file_name = files[i].name
-        if batch["index"]:
-            probs = predict_probabilities(loaded, batch["image"], dev, tta=tta)
-            for n, i in enumerate(batch["index"]):
-                h, w = batch["size"][n]
-                found = postprocess(probs[n, :, :h, :w], method=method, settings=settings)
-                img = labels.get_or_add(keys[i])
-                img.file_name, img.width, img.height = files[i].name, w, h
-                img.footprints, img.scores = list(found.footprints), list(found.scores)
-                stem = files[i].stem
-                if write_masks and found.instances is not None:
-                    atomic_write_bytes(out_dir / "masks" / f"{stem}.png", encode_instances(found.instances, stem), force=True)
-                if write_overlays:
-                    atomic_write_bytes(out_dir / "overlays" / f"{stem}.png", encode_png(render_preview(batch["rgb"][n], found.footprints)), force=True)
-        bar.update(len(batch["index"]) + len(batch["errors"]))
-    bar.close()
+    pool = ThreadPoolExecutor(n_threads, thread_name_prefix="rooftrace-post") if n_threads else None
+    pending: deque[tuple[int, int, int, Future | tuple]] = deque()
+    max_pending = max(2 * batch_size, 4 * max(n_threads, 1))
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            i, h, w, job = pending.popleft()
+            fps, scores, seconds = job.result() if isinstance(job, Future) else job
+            img = labels[keys[i]]
+            img.width, img.height = w, h
+            img.footprints, img.scores = fps, scores
+            for name, value in zip(("postprocess", "postprocess_cpu", "write", "write_cpu"), seconds):
+                timings[name] += value
+            bar.update(1)
+
+    def run_batch(tiles: list[dict[str, Any]]) -> None:
+        batch = _collate(tiles)
+        t = time.perf_counter()
+        probs = predict_probabilities(loaded, batch["image"], dev, tta=tta)
+        timings["inference"] += time.perf_counter() - t
+        for n, i in enumerate(batch["index"]):
+            h, w = batch["size"][n]
+            args = (probs[n, :, :h, :w], batch["rgb"][n], files[i].stem, out_dir, method, settings, write_masks, write_overlays)
+            pending.append((i, h, w, pool.submit(_finish_tile, *args) if pool is not None else _finish_tile(*args)))
+        settle(max_pending)
+
+    buckets: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    try:
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            tile = next(it, None)
+            timings["wait"] += time.perf_counter() - t
+            if tile is None:
+                break
+            if "error" in tile:
+                report.note(tile["error"])
+                skipped += 1
+                bar.update(1)
+                continue
+            shape = tuple(tile["image"].shape[1:])
+            bucket = buckets.setdefault(shape, [])
+            bucket.append(tile)
+            if len(bucket) >= batch_size:
+                run_batch(buckets.pop(shape))
+        for shape in list(buckets):
+            run_batch(buckets.pop(shape))
+        settle(0)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     seconds = time.perf_counter() - t0
     written = [
         write_begc_csv(labels, out_dir / "submission.csv", image_keys=keys, force=True),
         write_geojson(labels, out_dir / "predictions.geojson", force=True),
         write_coco_results(labels, out_dir / "predictions.coco.json", force=True),
     ]
-    return PredictResult(out_dir, labels, len(files), skipped, seconds, report, written)
-
+    timings["outputs"] = time.perf_counter() - t0 - seconds
+    timings["total"] = time.perf_counter() - t0
+    return PredictResult(out_dir, labels, len(files), skipped, seconds, report, written, timings)
