@@ -30,7 +30,7 @@ the CPU time of the benchmark process (all its threads; the tile-reading process
 counted). The last column does the same for all per-tile output work (post-processing, and the
 mask and overlay PNGs when written).
 
-Run from the repository root (the model defaults to the newest ``runs/*/best.safetensors``)::
+Run from the repository root (the model defaults to the shipped one in ``models/``)::
 
     .venv/bin/python benchmarks/predict_speed.py [--model M.safetensors] [--repeat 3] [--device cpu|cuda]
 """
@@ -72,9 +72,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def newest_model() -> Path | None:
-    found = sorted(REPO.glob("runs/*/best.safetensors"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+def default_model() -> Path | None:
+    """The shipped model (``models/*.safetensors``), else the newest ``runs/*/best.safetensors``."""
+    from rooftrace.labels import RooftraceError
+    from rooftrace.weights import shipped_model
+
+    try:
+        return shipped_model()
+    except RooftraceError:
+        found = sorted(REPO.glob("runs/*/best.safetensors"), key=lambda p: p.stat().st_mtime)
+        return found[-1] if found else None
 
 
 def make_tiles(sample: Path, splits: list[str], repeat: int, folder: Path, limit: int = 0) -> int:
@@ -121,7 +128,7 @@ def run_original(images: Path, model: Path, out: Path, args: argparse.Namespace)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="rooftrace .safetensors model (default: newest runs/*/best.safetensors)")
+    ap.add_argument("--model", type=Path, default=None, help="rooftrace .safetensors model (default: the shipped model, else the newest runs/*/best.safetensors)")
     ap.add_argument("--sample", type=Path, default=DEFAULT_SAMPLE, help="sample pack folder")
     ap.add_argument("--splits", default="test,val", help="sample splits whose tiles are used (default test,val)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N source tiles (quick checks)")
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX pipeline")
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a temporary one)")
     args = ap.parse_args(argv)
-    model = args.model or newest_model()
+    model = args.model or default_model()
     if model is None or not model.exists():
         ap.error("no model: pass --model M.safetensors (or train one into runs/)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
