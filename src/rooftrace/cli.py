@@ -252,9 +252,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                        "post-processing, and the BEGC2024 submission with one row for every tile.")
     p.add_argument("--images", type=Path, required=True, help="folder of tiles (.tif, .png, .jpg)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the shipped model)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="model .safetensors, or an .onnx from rooftrace export (default: the shipped model)")
     p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None,
+                   help="post-processing threads (default: 0 on a CPU of up to 4 cores, else half the cores, at most 8)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long runs; ignored for .onnx)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--workers", type=int, default=2, help="tile-reading processes (default 2)")
     _add_postprocess_options(p, None)
@@ -277,10 +281,13 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.threads is not None and args.threads < 0:
+        raise RooftraceError(f"--threads {args.threads}: must be 0 or more")
     result = predict_folder(args.images, args.out, _default_model(args.model), batch_size=args.batch_size, tta=args.tta,
                             device=args.device, workers=args.workers, method=args.postprocess,
                             settings=_parse_settings(args.pp, args.settings), write_masks=not args.no_masks,
-                            write_overlays=not args.no_overlays, force=args.force)
+                            write_overlays=not args.no_overlays, force=args.force, threads=args.threads,
+                            compile=args.compile)
     print(result.summary())
     return 1 if result.n_skipped else 0
 
@@ -441,22 +448,34 @@ def _run_prepare_scenes(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX (dynamic batch and size), verified against PyTorch",
-                       description="Writes OUT.onnx with the normalisation, channels and config in its metadata, so "
-                       "`rooftrace predict --model OUT.onnx` runs it with onnxruntime and needs nothing else.")
+    p = sub.add_parser("export", help="export a model to ONNX (verified against PyTorch); optionally int8 for the CPU",
+                       description="Write --onnx OUT.onnx from --model M.safetensors: dynamic batch, height and width, opset >= 17, "
+                       "and the normalisation, channels, config and tuned post-processing settings in its metadata, so that "
+                       "`rooftrace predict --model OUT.onnx` needs nothing else. ONNX Runtime and PyTorch are compared on "
+                       "random inputs before anything is written.")
     p.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the shipped model)")
-    p.add_argument("--onnx", type=Path, required=True, help="output .onnx file")
-    p.add_argument("--int8", action="store_true", help="also quantise to int8 (experimental; check F1 before use)")
-    p.add_argument("--calibration", type=Path, default=None, help="tile folder for int8 calibration")
-    p.add_argument("--force", action="store_true", help="overwrite OUT.onnx")
+    p.add_argument("--onnx", type=Path, required=True, help="ONNX file to write (.onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, at least 17 (default 17)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest allowed |ONNX Runtime - PyTorch| difference of probabilities (default 1e-4)")
+    p.add_argument("--int8", action="store_true", help="experimental: a statically quantised int8 model for the CPU (see README)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="with --int8: folder of tiles to calibrate on (default: the training split in the model's config)")
+    p.add_argument("--calibration-tiles", type=int, default=8, help="with --int8: how many of its tiles (default 8)")
+    p.add_argument("--force", action="store_true", help="overwrite --onnx")
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
 
-    print(export_onnx(_default_model(args.model), args.onnx, int8=args.int8, calibration=args.calibration,
-                      force=args.force).summary())
+    if args.calibration_tiles < 1:
+        raise RooftraceError(f"--calibration-tiles {args.calibration_tiles}: must be at least 1")
+    if args.calibration is not None and not args.int8:
+        raise RooftraceError("--calibration goes with --int8")
+    result = export_onnx(_default_model(args.model), args.onnx, opset=args.opset, int8=args.int8, calibration=args.calibration,
+                         calibration_tiles_n=args.calibration_tiles, tolerance=args.tolerance, force=args.force)
+    print(result.summary())
     return 0
 
 
