@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -48,25 +47,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import DEFAULT_SAMPLE, REPO, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from rooftrace.config import load_config
 from rooftrace.export import DEFAULT_INT8_OPS, export_onnx, load_onnx
 from rooftrace.models import build_model, count_parameters
 from rooftrace.weights import load_model, save_model
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("baseline-unet", "unet-effb0", "unet-r18", "unet-r34")
 BACKENDS = ("eager", "compile", "onnx", "int8")
-DEFAULT_SAMPLE = Path(os.environ.get("ROOFTRACE_SAMPLE_DIR", REPO.parent / "shared" / "data" / "buildings-sample"))
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sync(device: torch.device) -> None:

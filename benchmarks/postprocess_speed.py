@@ -35,24 +35,14 @@ from pathlib import Path
 import numpy as np
 from shapely.geometry import box
 
+from _common import DEFAULT_SAMPLE, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from rooftrace.formats import read_labels
 from rooftrace.postprocess import METHOD_CHANNELS, PostprocessSettings, postprocess
 from rooftrace.targets import make_targets
 
 SIZE = 512
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SAMPLE = Path(os.environ.get("ROOFTRACE_SAMPLE_DIR", REPO.parent / "shared" / "data" / "buildings-sample"))
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what the platform module says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def to_size(stack: np.ndarray, size: int = SIZE) -> np.ndarray:

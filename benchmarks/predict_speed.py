@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -53,23 +52,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from original_loop import run_original_loop  # noqa: E402
 
+from _common import DEFAULT_SAMPLE, REPO, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from rooftrace.export import export_onnx  # noqa: E402
 from rooftrace.imagery import list_images  # noqa: E402
 from rooftrace.predict import predict_folder  # noqa: E402
 
 SIZE = 512
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SAMPLE = Path(os.environ.get("ROOFTRACE_SAMPLE_DIR", REPO.parent / "shared" / "data" / "buildings-sample"))
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def default_model() -> Path | None:

@@ -53,6 +53,7 @@ from .config import Config, config_from_dict
 from .formats._io import atomic_write_bytes, atomic_write_text
 from .labels import RooftraceError
 from .models import sha256_file
+from .weights import verify_sidecar
 
 ONNX_SUFFIX = ".onnx"
 METADATA_KEY = "rooftrace"
@@ -415,11 +416,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise RooftraceError(f"{path}: no such model file")
-    side = Path(str(path) + ".sha256")
-    if side.exists():
-        recorded = side.read_text().split()[0] if side.read_text().strip() else ""
-        if recorded != sha256_file(path):
-            raise RooftraceError(f"{path}: its SHA-256 does not match {side.name}; the file is damaged or was changed")
+    verify_sidecar(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors have no common type

@@ -86,17 +86,22 @@ def refuse_pickle(path: Path) -> None:
         )
 
 
+def verify_sidecar(path: Path) -> None:
+    """Check a model file against the SHA-256 recorded beside it (``<file>.sha256``), when there is one."""
+    side = Path(str(path) + ".sha256")
+    if side.exists():
+        recorded = side.read_text().split()[0] if side.read_text().strip() else ""
+        if recorded != sha256_file(path):
+            raise RooftraceError(f"{path}: its SHA-256 does not match {side.name}; the file is damaged or was changed")
+
+
 def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and rooftrace metadata of a model file, after checking its hash."""
     path = Path(path)
     refuse_pickle(path)
     if not path.exists():
         raise RooftraceError(f"{path}: no such model file")
-    side = Path(str(path) + ".sha256")
-    if side.exists():
-        recorded = side.read_text().split()[0] if side.read_text().strip() else ""
-        if recorded != sha256_file(path):
-            raise RooftraceError(f"{path}: its SHA-256 does not match {side.name}; the file is damaged or was changed")
+    verify_sidecar(path)
     data = path.read_bytes()
     try:
         tensors = st_load(data)
