@@ -13,10 +13,11 @@ CPU also with ONNX Runtime's MatMul, because PyTorch's MKL takes a slower path o
 
 Backends:
 
-* ``eager``: PyTorch, ``inference_mode``, channels_last; fp32 on the CPU, bf16 autocast on CUDA (fp16
-  where bf16 is missing), as ``rooftrace predict`` runs it;
-* ``compile``: the same through ``torch.compile`` (default mode); the first call's time (compiling,
-  or loading inductor's on-disk cache of an earlier run) is given apart;
+* ``eager``: PyTorch, ``inference_mode``, channels_last, fp32 (``rooftrace predict --precision fp32``);
+* ``bf16``: the same under bf16 autocast (``--precision bf16``; what ``--precision auto``, the
+  default, runs on GPUs and on CPUs with native bf16 such as the AVX512-BF16 EPYC here);
+* ``compile``: PyTorch at ``--precision auto`` through ``torch.compile`` (default mode); the first
+  call's time (compiling, or loading inductor's on-disk cache of an earlier run) is given apart;
 * ``onnx``: ``rooftrace.export.export_onnx`` (fp32, verified) run by ONNX Runtime (CPU, or CUDA when
   asked and available);
 * ``int8``: the statically quantised export (QDQ, calibrated on ``--calibration`` tiles), CPU only.
@@ -31,7 +32,7 @@ images) after the same post-processing, and the largest difference of probabilit
 Run from the repository root::
 
     .venv/bin/python benchmarks/model_speed.py [--device cpu|cuda] [--batch 4] [--configs unet-effb0 unet-r18]
-    .venv/bin/python benchmarks/model_speed.py --configs --backends eager onnx int8 --model models/rooftrace-unet-effb0.safetensors --split ../shared/data/buildings-sample/val
+    .venv/bin/python benchmarks/model_speed.py --configs --backends eager bf16 onnx int8 --model models/rooftrace-unet-effb0.safetensors --split ../shared/data/buildings-sample/val
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import os
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +51,11 @@ from _common import DEFAULT_SAMPLE, REPO, cpu_name  # noqa: E402  (benchmarks/ i
 from rooftrace.config import load_config
 from rooftrace.export import DEFAULT_INT8_OPS, export_onnx, load_onnx
 from rooftrace.models import build_model, count_parameters
+from rooftrace.precision import autocast, autocast_dtype
 from rooftrace.weights import load_model, save_model
 
 CONFIGS = ("baseline-unet", "unet-effb0", "unet-r18", "unet-r34")
-BACKENDS = ("eager", "compile", "onnx", "int8")
+BACKENDS = ("eager", "bf16", "compile", "onnx", "int8")
 
 
 
@@ -129,18 +130,14 @@ def time_calls(fn, device: torch.device, iters: int, warmup: int) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def torch_runner(model: torch.nn.Module, x: torch.Tensor, device: torch.device):
-    amp = amp_dtype(device)
+def torch_runner(model: torch.nn.Module, x: torch.Tensor, device: torch.device, precision: str):
+    amp = autocast_dtype(precision, device)
 
     def run():
-        with torch.inference_mode(), (torch.autocast("cuda", dtype=amp) if amp else nullcontext()):
-            return torch.sigmoid(model(x).float())
+        with torch.inference_mode():
+            with autocast(device, amp):
+                logits = model(x)
+            return torch.sigmoid(logits.float())
 
     return run
 
@@ -174,10 +171,10 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device, work
                      "tps": tps, "gflops_s": gf * tps, "peak": gf * tps / peak, "note": note})
         print(f"  {name} {backend} batch {batch}: {tps:.2f} tiles/s {note}", file=sys.stderr, flush=True)
 
-    def torch_rows(backend: str, net_: torch.nn.Module, first_note: bool = False) -> None:
+    def torch_rows(backend: str, net_: torch.nn.Module, precision: str, first_note: bool = False) -> None:
         for n, (b, x_cpu) in enumerate(xs.items()):
             x = x_cpu.to(device).contiguous(memory_format=torch.channels_last)
-            run = torch_runner(net_, x, device)
+            run = torch_runner(net_, x, device, precision)
             note = ""
             if first_note and n == 0:
                 t0 = time.perf_counter()
@@ -193,9 +190,11 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device, work
 
     model = net.to(device).to(memory_format=torch.channels_last)
     if "eager" in args.backends:
-        torch_rows("eager", model)
+        torch_rows("eager", model, "fp32")
+    if "bf16" in args.backends:
+        torch_rows("bf16", model, "bf16")
     if "compile" in args.backends:
-        torch_rows("compile", torch.compile(model), first_note=True)
+        torch_rows("compile", torch.compile(model), "auto", first_note=True)
     if "onnx" in args.backends and not onnx_on(device):
         print(f"  {name} onnx: skipped (this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu)", file=sys.stderr)
     elif "onnx" in args.backends:
@@ -228,6 +227,9 @@ def accuracy(args: argparse.Namespace, device: torch.device, work: Path) -> list
     labels = open_split(args.split)
     backends: dict[str, object] = {"eager": load_model(args.model, device=device)}
     backends["eager"].model.to(memory_format=torch.channels_last)  # type: ignore[attr-defined]
+    precisions = {"eager": "fp32"}
+    if "bf16" in args.backends:
+        backends["bf16"], precisions["bf16"] = backends["eager"], "bf16"
     if "onnx" in args.backends and onnx_on(device):
         backends["onnx"] = load_onnx(export_onnx(args.model, work / "acc.onnx", force=True).path, device=args.device)
     if "int8" in args.backends and device.type == "cpu":
@@ -253,7 +255,7 @@ def accuracy(args: argparse.Namespace, device: torch.device, work: Path) -> list
         ref = None
         for k, m in backends.items():
             t0 = time.perf_counter()
-            p = predict_probabilities(m, x, device)[0, :, :h, :w]  # type: ignore[arg-type]
+            p = predict_probabilities(m, x, device, precision=precisions.get(k, "fp32"))[0, :, :h, :w]  # type: ignore[arg-type]
             seconds[k] += time.perf_counter() - t0
             ref = p if ref is None else ref
             diffs[k] = max(diffs[k], float(np.abs(p - ref).max()))

@@ -138,7 +138,8 @@ def test_predict_with_onnx_gives_the_same_submission(sample, model_file, onnx_fi
     same buildings per tile, each polygon equal or with IoU > 0.99, and the same object F1."""
     out_pt, out_ox = tmp_path / "pt", tmp_path / "onnx"
     images = str(sample / "test" / "image")
-    assert main(["predict", "--images", images, "--out", str(out_pt), "--model", str(model_file), "--workers", "0", "--no-overlays"]) == 0
+    assert main(["predict", "--images", images, "--out", str(out_pt), "--model", str(model_file), "--workers", "0", "--no-overlays",
+                 "--precision", "fp32"]) == 0
     assert main(["predict", "--images", images, "--out", str(out_ox), "--model", str(onnx_file), "--workers", "0", "--no-overlays"]) == 0
     pt, ox = read_labels(out_pt / "submission.csv"), read_labels(out_ox / "submission.csv")
     assert list(pt.images) == list(ox.images) and len(pt) == 10

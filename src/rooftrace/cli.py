@@ -2,7 +2,8 @@
 
 Every subcommand reads its arguments, calls one function a notebook user could call directly,
 and prints what it did. Errors about the user's input (:class:`RooftraceError`) are printed as one
-message without a traceback, with exit status 2.
+message without a traceback, with exit status 2; a command that finished but skipped bad records,
+tiles or scenes lists them and exits with 1 (``--strict`` stops at the first instead).
 """
 
 from __future__ import annotations
@@ -259,6 +260,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="post-processing threads (default: 0 on a CPU of up to 4 cores, else half the cores, at most 8)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long runs; ignored for .onnx)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--workers", type=int, default=2, help="tile-reading processes (default 2)")
     _add_postprocess_options(p, None)
@@ -287,7 +290,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                             device=args.device, workers=args.workers, method=args.postprocess,
                             settings=_parse_settings(args.pp, args.settings), write_masks=not args.no_masks,
                             write_overlays=not args.no_overlays, force=args.force, threads=args.threads,
-                            compile=args.compile)
+                            compile=args.compile, precision=args.precision)
     print(result.summary())
     return 1 if result.n_skipped else 0
 
@@ -303,6 +306,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--postprocess", choices=sorted(POSTPROCESSORS), default="watershed")
     p.add_argument("--tta", action="store_true", help="tune on flip-TTA probabilities")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
     p.add_argument("--force", action="store_true", help="replace settings already saved beside the model")
     p.set_defaults(func=_run_tune)
 
@@ -310,7 +315,8 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 def _run_tune(args: argparse.Namespace) -> int:
     from .tune import tune
 
-    print(tune(args.model, args.split, method=args.postprocess, tta=args.tta, device=args.device, force=args.force).summary())
+    print(tune(args.model, args.split, method=args.postprocess, tta=args.tta, device=args.device,
+               precision=args.precision, force=args.force).summary())
     return 0
 
 
@@ -378,6 +384,8 @@ def _add_predict_scene(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
     _add_band_options(p)
     _add_postprocess_options(p, None)
     p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help=f"post-processing block in pixels (default {DEFAULT_BLOCK})")
@@ -396,7 +404,7 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
         raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
     common = dict(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, bands=args.bands,
                   stretch=_parse_stretch(args.stretch), method=args.postprocess, settings=_parse_settings(args.pp, args.settings),
-                  block=args.block, margin=args.margin, device=args.device, tta=args.tta, force=args.force)
+                  block=args.block, margin=args.margin, device=args.device, tta=args.tta, precision=args.precision, force=args.force)
     if args.out.suffix and args.out.suffix.lower() not in OUTPUT_DRIVERS and not args.out.is_dir():
         raise RooftraceError(f"--out {args.out}: unknown output format {args.out.suffix!r}; use OUT.gpkg or OUT.geojson "
                              "for one scene, or a folder")
@@ -499,23 +507,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_scene(sub)
     _add_prepare_scenes(sub)
     _add_export(sub)
+    for name, p in sub.choices.items():
+        if name != "export":
+            p.add_argument("--strict", action="store_true",
+                           help="stop at the first bad record, tile or scene instead of skipping it and reporting it at the end")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the command line; returns the exit status.
+
+    0: done, nothing skipped; 1: done, but some records, tiles or scenes were skipped (each is
+    listed in the output); 2: stopped by bad input or an output that cannot be written (one
+    message naming the file, no traceback; with ``--strict``, also the first skipped item);
+    130: interrupted.
+    """
+    from .labels import strict_mode, tally_skips
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with strict_mode(getattr(args, "strict", False)), tally_skips() as tally:
+            code = int(args.func(args) or 0)
+        if tally.n and code == 0:
+            print(f"rooftrace {args.command}: {tally.n} item(s) skipped (listed above); exit status 1", file=sys.stderr)
+            code = 1
+        return code
     except RooftraceError as exc:
         print(f"rooftrace {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `rooftrace evaluate ... | head`
+        return 0
+    except OSError as exc:  # an output that cannot be written, a disk that is full
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"rooftrace {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rooftrace {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `rooftrace evaluate ... | head`
-        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -105,7 +105,7 @@ class TrainConfig:
     patience: int = 7  #: epochs without a better object F1 before stopping (0 = never)
     seed: int = 0
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
-    amp: str = "auto"  #: auto (bf16 if the GPU has it, else fp16 + grad scaler; fp32 on CPU) | off
+    amp: str = "auto"  #: auto | bf16 | fp16 | off: see rooftrace.precision (auto: bf16 on GPUs and CPUs that have it, fp16 + grad scaler on older GPUs, else fp32)
     channels_last: bool = True
     compile: bool = False
     runs_dir: str = "runs"
@@ -137,8 +137,8 @@ class Config:
         for key, v in (("train.epochs", self.train.epochs), ("data.batch_size", self.data.batch_size)):
             if v < 1:
                 raise RooftraceError(f"{key} {v}: must be at least 1")
-        if self.train.amp not in ("auto", "off"):
-            raise RooftraceError(f"train.amp {self.train.amp!r}: must be 'auto' or 'off'")
+        if self.train.amp not in ("auto", "bf16", "fp16", "off", "fp32"):
+            raise RooftraceError(f"train.amp {self.train.amp!r}: must be one of auto, bf16, fp16, off")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,6 +15,8 @@ This module does not import torch.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +31,52 @@ class RooftraceError(Exception):
 
     The CLI prints it without a traceback. Messages name the file (and record) and the problem.
     """
+
+
+_STRICT: ContextVar[bool] = ContextVar("rooftrace_strict", default=False)
+
+
+@contextmanager
+def strict_mode(on: bool = True) -> Iterator[None]:
+    """Within this block, the first skipped item (:meth:`LoadReport.skip`, a dropped footprint)
+    raises :class:`RooftraceError` instead of being reported at the end (the CLI's ``--strict``)."""
+    token = _STRICT.set(on)
+    try:
+        yield
+    finally:
+        _STRICT.reset(token)
+
+
+class SkipTally:
+    """How many items were skipped while :func:`tally_skips` was on (the CLI's exit status 1)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+_TALLY: ContextVar[SkipTally | None] = ContextVar("rooftrace_skip_tally", default=None)
+
+
+@contextmanager
+def tally_skips() -> Iterator[SkipTally]:
+    """Count every item skipped by any reader or batch command within this block."""
+    tally = SkipTally()
+    token = _TALLY.set(tally)
+    try:
+        yield tally
+    finally:
+        _TALLY.reset(token)
+
+
+def _count_skip() -> None:
+    tally = _TALLY.get()
+    if tally is not None:
+        tally.n += 1
+
+
+def is_strict() -> bool:
+    """Whether :func:`strict_mode` is on."""
+    return _STRICT.get()
 
 
 def image_key(name: str | Path) -> ImageKey:
@@ -64,7 +112,13 @@ class ImageLabels:
 
 @dataclass
 class LoadReport:
-    """What a reader found: counts by outcome and messages that name the file and the record."""
+    """What a reader found: counts by outcome and messages that name the file and the record.
+
+    Two kinds of problem: :meth:`note` records one that was handled without losing anything (a
+    repaired ring, a size taken from the file, labels reprojected), :meth:`skip` one where an item
+    (a record, a row, a ring, a tile) was left out. Commands exit with status 1 when anything was
+    skipped. Under :func:`strict_mode` the first skip raises :class:`RooftraceError` instead.
+    """
 
     path: str
     counts: Counter = field(default_factory=Counter)
@@ -72,14 +126,27 @@ class LoadReport:
     max_messages: int = 50
 
     def note(self, message: str) -> None:
-        """Record one problem, naming its record; the file is added when printed."""
+        """Record one problem that lost nothing, naming its record; the file is added when printed."""
         self.counts["problems"] += 1
         if len(self.messages) < self.max_messages:
             self.messages.append(message)
 
+    def skip(self, message: str, counter: str = "skipped") -> None:
+        """Record an item left out, naming it, under ``counter`` (a ``dropped: ...`` counter for
+        footprints); under :func:`strict_mode` stop here instead."""
+        if _STRICT.get():
+            raise RooftraceError(f"{self.path}: {message} (--strict stops at the first problem)")
+        self.counts[counter] += 1
+        _count_skip()
+        self.note(message)
+
     def add_outcome(self, outcome: str, where: str) -> None:
         """Count what cleaning did to one footprint and, unless it was kept as is, say where."""
+        if outcome.startswith("dropped") and _STRICT.get():
+            raise RooftraceError(f"{self.path}: {where}: {outcome} (--strict stops at the first problem)")
         self.counts[outcome] += 1
+        if outcome.startswith("dropped"):
+            _count_skip()
         if outcome != Outcome.KEPT:
             self.note(f"{where}: {outcome}")
 
@@ -90,6 +157,11 @@ class LoadReport:
     @property
     def dropped(self) -> int:
         return sum(v for k, v in self.counts.items() if k.startswith("dropped"))
+
+    @property
+    def skipped(self) -> int:
+        """Items left out: records, rows, tiles (:meth:`skip`) and footprints dropped by cleaning."""
+        return self.counts["skipped"] + self.dropped
 
     @property
     def problems(self) -> int:
@@ -105,6 +177,8 @@ class LoadReport:
         for k, v in sorted(self.counts.items()):
             if k.startswith("dropped") and v:
                 lines.append(f"  {v} {k}")
+        if self.counts["skipped"]:
+            lines.append(f"  {self.counts['skipped']} records or items skipped")
         for k in ("unknown image ids", "missing image files", "size mismatches"):
             if self.counts[k]:
                 lines.append(f"  {self.counts[k]} {k}")

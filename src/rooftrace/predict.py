@@ -48,6 +48,7 @@ from .formats import atomic_write_bytes, write_begc_csv, write_coco_results, wri
 from .imagery import list_images, read_rgb
 from .labels import ImageKey, LabelSet, LoadReport, RooftraceError, image_key
 from .postprocess import PostprocessSettings, postprocess
+from .precision import autocast, autocast_dtype, dtype_name, normalise_precision
 from .weights import LoadedModel, load_model
 
 POSTPROCESS_SUFFIX = ".postprocess.json"
@@ -132,11 +133,14 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 @torch.inference_mode()
-def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor, device: torch.device, tta: bool = False) -> np.ndarray:
+def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor, device: torch.device, tta: bool = False,
+                          precision: str = "auto") -> np.ndarray:
     """Sigmoid probabilities ``(N, C, H, W)`` for a normalised batch; with ``tta`` the mean over
     identity, horizontal, vertical and both flips. ``loaded`` is a PyTorch model
     (:func:`rooftrace.weights.load_model`) or an exported one (:func:`rooftrace.export.load_onnx`,
-    run by ONNX Runtime on its own providers; ``device`` is not used then)."""
+    run by ONNX Runtime on its own providers; ``device`` and ``precision`` are not used then).
+    ``precision``: see :mod:`rooftrace.precision` (``auto``: bf16 autocast on GPUs and on CPUs with
+    native bf16, else fp32)."""
     if isinstance(loaded, OnnxModel):
         xn = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
         if not tta:
@@ -146,18 +150,15 @@ def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor, devi
             total += np.flip(loaded.predict(np.flip(xn, axes)), axes)
         return total / 4
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    amp = None
-    if device.type == "cuda":
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp = autocast_dtype(precision, device)
     # On the CPU, forward passes of more than about one 512 x 512 tile are slower per tile (the
     # activations leave the caches), so a batch runs in chunks of at most that many pixels.
     chunk = x.shape[0] if device.type != "cpu" else max(1, CPU_PIXELS_PER_FORWARD // max(1, x.shape[2] * x.shape[3]))
 
     def forward(inp: torch.Tensor) -> torch.Tensor:
-        if amp is None:
-            return torch.sigmoid(loaded.model(inp).float())
-        with torch.autocast("cuda", dtype=amp):
-            return torch.sigmoid(loaded.model(inp).float())
+        with autocast(device, amp):
+            logits = loaded.model(inp)
+        return torch.sigmoid(logits.float())
 
     def run(inp: torch.Tensor) -> torch.Tensor:
         if inp.shape[0] <= chunk:
@@ -275,6 +276,7 @@ def predict_folder(
     progress: bool = True,
     threads: int | None = None,
     compile: bool = False,
+    precision: str = "auto",
 ) -> PredictResult:
     """Predict footprints for every tile of ``images`` and write the outputs into ``out_dir``.
 
@@ -291,12 +293,15 @@ def predict_folder(
             default: 0 for inference on a CPU of up to 4 cores, else half the cores, at most 8).
         compile: ``torch.compile`` the PyTorch model (pays off on long runs on a GPU; the first
             batches of each tile size wait for compilation). Ignored for ONNX models.
+        precision: ``auto`` (bf16 autocast on GPUs and on CPUs with native bf16, else fp32),
+            ``fp32``, ``bf16`` or ``fp16``; see :mod:`rooftrace.precision`. Ignored for ONNX models.
     """
     images, out_dir = Path(images), Path(out_dir)
     files = list_images(images)
     if not files:
         raise RooftraceError(f"{images}: no image files (.tif, .png, .jpg) in this folder")
     _check_out_dir(out_dir, force)
+    precision = normalise_precision(precision)
     dev = pick_device(device)
     n_threads = _default_threads(dev) if threads is None else max(0, int(threads))
     loaded = load_any(model, device=device, onnx_spinning=n_threads == 0)
@@ -340,7 +345,7 @@ def predict_folder(
     def run_batch(tiles: list[dict[str, Any]]) -> None:
         batch = _collate(tiles)
         t = time.perf_counter()
-        probs = predict_probabilities(loaded, batch["image"], dev, tta=tta)
+        probs = predict_probabilities(loaded, batch["image"], dev, tta=tta, precision=precision)
         timings["inference"] += time.perf_counter() - t
         for n, i in enumerate(batch["index"]):
             h, w = batch["size"][n]
@@ -358,7 +363,7 @@ def predict_folder(
             if tile is None:
                 break
             if "error" in tile:
-                report.note(tile["error"])
+                report.skip(tile["error"])
                 skipped += 1
                 bar.update(1)
                 continue

@@ -395,7 +395,7 @@ class ModelRunner:
 
 
 def make_runner(model: str | Path | LoadedModel | ModelRunner | SceneModel | None, device: str = "auto", tta: bool = False,
-                normalization: Normalization | None = None) -> ModelRunner:
+                normalization: Normalization | None = None, precision: str = "auto") -> ModelRunner:
     """Wrap a model file, a loaded model or a callable as a batch function (torch imported here).
 
     Loaded models get normalised input padded on the bottom and right to a multiple of 32, as in
@@ -426,7 +426,7 @@ def make_runner(model: str | Path | LoadedModel | ModelRunner | SceneModel | Non
             hp, wp = -(-h // 32) * 32, -(-w // 32) * 32
             padded = np.zeros((n, 3, hp, wp), dtype=np.float32)
             padded[:, :, :h, :w] = x.transpose(0, 3, 1, 2)
-            return predict_probabilities(loaded, torch.from_numpy(padded), dev, tta=tta)[:, :, :h, :w]
+            return predict_probabilities(loaded, torch.from_numpy(padded), dev, tta=tta, precision=precision)[:, :, :h, :w]
 
         return ModelRunner(run_loaded, len(loaded.channels), loaded.path, f"{loaded.path.name} on {dev}")
     if not callable(model):
@@ -970,6 +970,7 @@ def predict_scene(
     batch_size: int = 4,
     device: str = "auto",
     tta: bool = False,
+    precision: str = "auto",
     bands: str | Sequence[int] | None = None,
     stretch: tuple[float, float] = DEFAULT_STRETCH,
     method: str | None = None,
@@ -996,6 +997,7 @@ def predict_scene(
         batch_size: Windows per forward pass.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         tta: Average the four flips.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :mod:`rooftrace.precision`).
         bands: Band mapping (see :class:`Scene`).
         stretch: Percentiles of the per-scene stretch of non-uint8 rasters.
         method, settings: Post-processing; default what ``rooftrace tune`` saved beside the
@@ -1018,7 +1020,7 @@ def predict_scene(
     if probabilities is not None and Path(probabilities).exists() and not force:
         raise RooftraceError(f"{probabilities}: already exists; pass --force to overwrite it")
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), Scene(scene, bands=bands, percentiles=stretch) as sc:
-        runner = model if isinstance(model, ModelRunner) else make_runner(model, device=device, tta=tta, normalization=normalization)
+        runner = model if isinstance(model, ModelRunner) else make_runner(model, device=device, tta=tta, normalization=normalization, precision=precision)
         method, settings = _resolve_postprocessing(runner, method, settings)
         writer = FeatureWriter(out, sc.crs, sc.transform, force=force)
         tmp_dir = Path(tempfile.mkdtemp(prefix="rooftrace-scene-", dir=work_dir))
@@ -1143,6 +1145,7 @@ def predict_scenes(
     fmt: str = "gpkg",
     device: str = "auto",
     tta: bool = False,
+    precision: str = "auto",
     normalization: Normalization | None = None,
     force: bool = False,
     progress: bool = True,
@@ -1179,7 +1182,7 @@ def predict_scenes(
     result.skipped = [p for p in mine if p not in todo]
     if not todo:
         return result
-    runner = make_runner(model, device=device, tta=tta, normalization=normalization)
+    runner = make_runner(model, device=device, tta=tta, normalization=normalization, precision=precision)
     for p in todo:
         try:
             result.results.append(predict_scene(p, out_dir / f"{p.stem}.{fmt}", runner, force=force,

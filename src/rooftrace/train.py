@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +40,7 @@ from .formats._io import atomic_write_bytes, atomic_write_text
 from .labels import LabelSet, RooftraceError
 from .losses import SegmentationLoss
 from .models import build_model, count_parameters
+from .precision import autocast, autocast_dtype, dtype_name
 from .weights import load_resume_state, save_model, save_resume_state
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "val_loss", "pixel_iou", "pixel_f1", "pixel_precision", "pixel_recall",
@@ -78,9 +78,7 @@ def setup_env(cfg: Config) -> Env:
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if want.startswith("cuda") else "gloo")
     device = torch.device(want)
-    amp_dtype = None
-    if device.type == "cuda" and cfg.train.amp == "auto":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = autocast_dtype(cfg.train.amp, device)
     return Env(device=device, amp_dtype=amp_dtype, rank=rank, world=world)
 
 
@@ -159,7 +157,8 @@ class Trainer:
             pct_start=pct_start, anneal_strategy="cos", div_factor=cfg.optim.div_factor,
             final_div_factor=cfg.optim.final_div_factor,
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.env.amp_dtype == torch.float16)
+        # A gradient scaler only for fp16; bf16 has fp32's exponent range and needs none.
+        self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=self.env.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.best_f1 = -1.0
         self.best_epoch = -1
@@ -181,9 +180,7 @@ class Trainer:
                           pin_memory=self.env.device.type == "cuda", drop_last=False, collate_fn=collate_pad)
 
     def _autocast(self):
-        if self.env.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.env.device.type, dtype=self.env.amp_dtype)
+        return autocast(self.env.device, self.env.amp_dtype)
 
     def _to(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.env.device, non_blocking=True)
@@ -302,7 +299,7 @@ class Trainer:
         if self.env.main:
             self.log.info(f"run {self.run_dir}: {cfg.model.arch}/{cfg.model.encoder}, {count_parameters(self.model) / 1e6:.2f} M parameters, "
                           f"{len(self.train_ds)} train / {len(self.val_ds)} val tiles, channels {list(cfg.data.channels)}, "
-                          f"device {self.env.device}, precision {self.env.amp_dtype or torch.float32}, world {self.env.world}")
+                          f"device {self.env.device}, precision {dtype_name(self.env.amp_dtype)}, world {self.env.world}")
         stop = False
         for epoch in range(self.start_epoch, cfg.train.epochs):
             t0 = time.perf_counter()

@@ -63,7 +63,7 @@ def _score(probs: list[np.ndarray], gt: LabelSet, method: str, s: PostprocessSet
 
 
 def tune(model: str | Path, split: str | Path, *, method: str = "watershed", tta: bool = False, device: str = "auto",
-         rounds: int = 3, save: bool = True, force: bool = False, progress: bool = True) -> TuneResult:
+         precision: str = "auto", rounds: int = 3, save: bool = True, force: bool = False, progress: bool = True) -> TuneResult:
     """Search post-processing settings for ``model`` on ``split`` and save them beside the model."""
     model = Path(model)
     out = tuned_settings_path(model)
@@ -84,7 +84,7 @@ def tune(model: str | Path, split: str | Path, *, method: str = "watershed", tta
         h, w = rgb.shape[:2]
         x = torch.zeros(1, 3, -(-h // 32) * 32, -(-w // 32) * 32)
         x[0, :, :h, :w] = torch.from_numpy(norm.apply(rgb))
-        probs.append(predict_probabilities(loaded, x, dev, tta=tta)[0, :, :h, :w])
+        probs.append(predict_probabilities(loaded, x, dev, tta=tta, precision=precision)[0, :, :h, :w])
         g = gt.get_or_add(img.key)
         g.footprints, g.width, g.height, g.source = img.footprints, w, h, img.source
     if not probs:

@@ -91,13 +91,11 @@ def read_begc_csv(path: str | Path, text: str | None = None) -> LabelSet:
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) <= max(i_id, i_coords):
-            report.note(f"line {line}: {len(row)} fields, expected {len(names)}; skipped")
-            report.counts["dropped: malformed row"] += 1
+            report.skip(f"line {line}: {len(row)} fields, expected {len(names)}; skipped", counter="dropped: malformed row")
             continue
         raw_key = row[i_id].strip()
         if not raw_key:
-            report.note(f"line {line}: empty ImageID; skipped")
-            report.counts["dropped: malformed row"] += 1
+            report.skip(f"line {line}: empty ImageID; skipped", counter="dropped: malformed row")
             continue
         key = _parse_key(raw_key)
         if key in ls:
@@ -109,8 +107,7 @@ def read_begc_csv(path: str | Path, text: str | None = None) -> LabelSet:
         try:
             rings = parse_coordinates(row[i_coords])
         except ValueError as exc:
-            report.note(f"line {line} (ImageID {key!r}): {exc}; row skipped")
-            report.counts["dropped: malformed row"] += 1
+            report.skip(f"line {line} (ImageID {key!r}): {exc}; row skipped", counter="dropped: malformed row")
             continue
         for n, ring in enumerate(rings):
             where = f"line {line} (ImageID {key!r}) ring {n}"

@@ -28,24 +28,20 @@ def _rings_from_flat(seg: Any, where: str, report: LoadReport) -> list[list[tupl
         try:
             seg = json.loads(seg)
         except json.JSONDecodeError:
-            report.note(f"{where}: segmentation is a string that is not a JSON list of rings")
-            report.counts["dropped: malformed segmentation"] += 1
+            report.skip(f"{where}: segmentation is a string that is not a JSON list of rings", counter="dropped: malformed segmentation")
             return None
     if not isinstance(seg, list) or not seg:
-        report.note(f"{where}: segmentation is {type(seg).__name__}, not a list of rings")
-        report.counts["dropped: malformed segmentation"] += 1
+        report.skip(f"{where}: segmentation is {type(seg).__name__}, not a list of rings", counter="dropped: malformed segmentation")
         return None
     if all(isinstance(v, (int, float)) for v in seg):  # a single flat ring without the outer list
         seg = [seg]
     rings = []
     for ring in seg:
         if not isinstance(ring, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ring):
-            report.note(f"{where}: a ring is not a flat list of numbers")
-            report.counts["dropped: malformed segmentation"] += 1
+            report.skip(f"{where}: a ring is not a flat list of numbers", counter="dropped: malformed segmentation")
             return None
         if len(ring) % 2:
-            report.note(f"{where}: a ring has an odd number of coordinates ({len(ring)})")
-            report.counts["dropped: malformed segmentation"] += 1
+            report.skip(f"{where}: a ring has an odd number of coordinates ({len(ring)})", counter="dropped: malformed segmentation")
             return None
         rings.append([(float(ring[i]), float(ring[i + 1])) for i in range(0, len(ring), 2)])
     return rings
@@ -67,8 +63,7 @@ def _geometry_from_rle(seg: dict, height: int | None, width: int | None, where: 
                 rle["counts"] = rle["counts"].encode("ascii")
         mask = mask_utils.decode(rle).astype(bool)
     except Exception as exc:  # pycocotools raises plain exceptions on malformed RLE
-        report.note(f"{where}: RLE segmentation could not be decoded ({exc})")
-        report.counts["dropped: malformed segmentation"] += 1
+        report.skip(f"{where}: RLE segmentation could not be decoded ({exc})", counter="dropped: malformed segmentation")
         return None
     parts = mask_to_footprints(mask)
     if not parts:
@@ -110,16 +105,15 @@ def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> Label
     for n, rec in enumerate(images):
         where = f"images[{n}]"
         if not isinstance(rec, dict) or "id" not in rec or "file_name" not in rec:
-            report.note(f"{where}: record has no 'id' or 'file_name'; skipped")
-            report.counts["dropped: malformed image record"] += 1
+            report.skip(f"{where}: record has no 'id' or 'file_name'; skipped", counter="dropped: malformed image record")
             continue
         key = image_key(rec["file_name"])
         if rec["id"] in by_id:
-            report.note(f"{where}: duplicate image id {rec['id']!r}; the later record is ignored")
+            report.skip(f"{where}: duplicate image id {rec['id']!r}; the later record is ignored")
             report.counts["duplicate image ids"] += 1
             continue
         if key in ls:
-            report.note(f"{where}: two images share the key {key!r} (file stem); the later is ignored")
+            report.skip(f"{where}: two images share the key {key!r} (file stem); the later is ignored")
             report.counts["duplicate image ids"] += 1
             continue
         w, h = rec.get("width"), rec.get("height")
@@ -140,8 +134,7 @@ def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> Label
     for n, ann in enumerate(annotations):
         where = f"annotations[{n}]"
         if not isinstance(ann, dict) or "image_id" not in ann or "segmentation" not in ann:
-            report.note(f"{where}: record has no 'image_id' or 'segmentation'; skipped")
-            report.counts["dropped: malformed annotation"] += 1
+            report.skip(f"{where}: record has no 'image_id' or 'segmentation'; skipped", counter="dropped: malformed annotation")
             continue
         if "id" in ann:
             where = f"annotations[{n}] (id {ann['id']})"
@@ -151,7 +144,7 @@ def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> Label
             seen_ann_ids.add(ann["id"])
         img = by_id.get(ann["image_id"])
         if img is None:
-            report.note(f"{where}: unknown image_id {ann['image_id']!r}; skipped")
+            report.skip(f"{where}: unknown image_id {ann['image_id']!r}; skipped")
             report.counts["unknown image ids"] += 1
             continue
         add_segmentation(ls, img, ann["segmentation"], where, score=ann.get("score"))
@@ -171,7 +164,7 @@ def add_segmentation(ls: LabelSet, img: ImageLabels, seg: Any, where: str, score
             return
         geom, skipped = polygon_from_rings(rings)
         if skipped and geom is not None:
-            report.note(f"{where}: {skipped} ring(s) with fewer than 3 points dropped")
+            report.skip(f"{where}: {skipped} ring(s) with fewer than 3 points dropped")
         if geom is None:
             report.add_outcome("dropped: ring with fewer than 3 points", where)
             return
@@ -197,8 +190,7 @@ def read_coco_results(path: str | Path, data: list | None = None) -> LabelSet:
     for n, det in enumerate(data):
         where = f"[{n}]"
         if not isinstance(det, dict) or "image_id" not in det or "segmentation" not in det:
-            report.note(f"{where}: record has no 'image_id' or 'segmentation'; skipped")
-            report.counts["dropped: malformed annotation"] += 1
+            report.skip(f"{where}: record has no 'image_id' or 'segmentation'; skipped", counter="dropped: malformed annotation")
             continue
         key = det["image_id"]
         if key not in ls:

@@ -117,8 +117,7 @@ def _read_pixel_geojson(path: Path, data: dict) -> LabelSet:
         where = f"feature {n}"
         props = (feat or {}).get("properties") or {}
         if "image_id" not in props:
-            report.note(f"{where}: no 'image_id' property; skipped")
-            report.counts["dropped: malformed feature"] += 1
+            report.skip(f"{where}: no 'image_id' property; skipped", counter="dropped: malformed feature")
             continue
         key = props["image_id"]
         if isinstance(key, str) and key.isdigit():
@@ -134,8 +133,7 @@ def _read_pixel_geojson(path: Path, data: dict) -> LabelSet:
         try:
             geom = shape(feat["geometry"])
         except Exception as exc:  # shapely raises several types for malformed GeoJSON geometry
-            report.note(f"{where}: geometry is not valid GeoJSON ({exc}); skipped")
-            report.counts["dropped: malformed feature"] += 1
+            report.skip(f"{where}: geometry is not valid GeoJSON ({exc}); skipped", counter="dropped: malformed feature")
             continue
         ls.add(key, geom, where, score=props.get("score"))
     return ls

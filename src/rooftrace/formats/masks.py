@@ -47,13 +47,13 @@ def read_mask_folder(masks: str | Path, images: str | Path | None = None, connec
     for f in files:
         key = image_key(f)
         if key in ls:
-            report.note(f"{f.name}: another mask has the same stem; skipped")
+            report.skip(f"{f.name}: another mask has the same stem; skipped")
             report.counts["duplicate image ids"] += 1
             continue
         try:
             mask = read_mask(f)
         except RooftraceError as exc:
-            report.note(str(exc))
+            report.skip(str(exc))
             report.counts["unreadable image files"] += 1
             continue
         report.counts["images"] += 1
@@ -63,7 +63,7 @@ def read_mask_folder(masks: str | Path, images: str | Path | None = None, connec
             if key in image_files:
                 img.file_name = image_files[key].name
             else:
-                report.note(f"{f.name}: no image with this stem in {images}")
+                report.skip(f"{f.name}: no image with this stem in {images}")
                 report.counts["masks without image"] += 1
         for n, fp in enumerate(mask_to_footprints(mask, connectivity=connectivity)):
             ls.add(key, fp, f"{f.name} component {n}")

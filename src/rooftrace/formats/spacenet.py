@@ -43,8 +43,7 @@ def read_spacenet_csv(path: str | Path, text: str | None = None) -> LabelSet:
         line = reader.line_num
         raw_key = (row.get("ImageId") or "").strip()
         if not raw_key:
-            report.note(f"line {line}: empty ImageId; skipped")
-            report.counts["dropped: malformed row"] += 1
+            report.skip(f"line {line}: empty ImageId; skipped", counter="dropped: malformed row")
             continue
         key = _key(raw_key)
         if key not in ls:
@@ -55,8 +54,7 @@ def read_spacenet_csv(path: str | Path, text: str | None = None) -> LabelSet:
         try:
             geom = shapely.from_wkt(wkt)
         except (GEOSException, shapely.errors.ShapelyError, ValueError) as exc:
-            report.note(f"{where}: PolygonWKT_Pix is not valid WKT ({exc}); skipped")
-            report.counts["dropped: malformed row"] += 1
+            report.skip(f"{where}: PolygonWKT_Pix is not valid WKT ({exc}); skipped", counter="dropped: malformed row")
             continue
         if geom is None or geom.is_empty:
             continue  # POLYGON EMPTY: the image has no building
