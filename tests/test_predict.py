@@ -7,11 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rooftrace.cli import main
 from rooftrace.config import load_config
 from rooftrace.formats import read_labels
+from rooftrace.labels import RooftraceError
 from rooftrace.models import build_model
 from rooftrace.weights import save_model
 
@@ -82,3 +84,76 @@ def test_predict_refuses_pickle_models(sample, tmp_path, capsys):
     (tmp_path / "m.pth").write_bytes(b"\x80\x04")
     assert main(["predict", "--images", str(sample / "test" / "image"), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "m.pth")]) == 2
     assert "pickle checkpoint" in capsys.readouterr().err
+
+
+# --- crash safety: a killed predict leaves no half-written output, and --resume finishes it ----------
+
+
+def _tiles(folder: Path, n: int, size: int = 256) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_a_crashed_predict_writes_no_submission_and_resume_finishes_it(model_file, tmp_path, monkeypatch):
+    import rooftrace.predict as pr
+
+    images = _tiles(tmp_path / "images", 8)
+    ref = pr.predict_folder(images, tmp_path / "ref", model_file, workers=0, threads=0, batch_size=2, progress=False)
+    out = tmp_path / "out"
+    real, calls = pr._finish_tile, {"n": 0}
+
+    def crash_after_three(*a, **k):
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(pr, "_finish_tile", crash_after_three)
+    with pytest.raises(RuntimeError, match="simulated"):
+        pr.predict_folder(images, out, model_file, workers=0, threads=0, batch_size=2, progress=False)
+    monkeypatch.setattr(pr, "_finish_tile", real)
+    assert not (out / "submission.csv").exists() and not list(out.glob("*.tmp*"))
+    n_partial = len(list((out / ".partial").glob("0*.json")))
+    assert 2 <= n_partial <= 3  # the tiles finished before the crash (at most its batch is lost)
+    # Without --resume the folder is not touched, and the message says what to do.
+    assert main(["predict", "--images", str(images), "--out", str(out), "--model", str(model_file), "--workers", "0"]) == 2
+    # Other options than the first run's are refused.
+    with pytest.raises(RooftraceError, match="tta"):
+        pr.predict_folder(images, out, model_file, workers=0, threads=0, tta=True, resume=True, progress=False)
+    done = pr.predict_folder(images, out, model_file, workers=0, threads=0, batch_size=2, resume=True, progress=False)
+    assert done.n_resumed == n_partial and done.n_images == 8
+    assert (out / "submission.csv").read_text() == (ref.out_dir / "submission.csv").read_text()
+    assert (out / "predictions.geojson").read_text() == (ref.out_dir / "predictions.geojson").read_text()
+    assert not (out / ".partial").exists()
+
+
+def test_a_killed_predict_process_resumes_to_the_same_submission(model_file, tmp_path):
+    """SIGKILL in the middle of a real `rooftrace predict` process, then `--resume`."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images = _tiles(tmp_path / "images", 60, size=384)
+    exe = str(Path(sys.executable).parent / "rooftrace")
+    base = [exe, "predict", "--images", str(images), "--model", str(model_file), "--workers", "0", "--batch-size", "1"]
+    assert subprocess.run(base + ["--out", str(tmp_path / "ref")], capture_output=True, timeout=600).returncode == 0
+    out = tmp_path / "out"
+    proc = subprocess.Popen(base + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / ".partial").glob("0*.json"))) < 5:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_done = len(list((out / ".partial").glob("0*.json")))
+    assert 5 <= n_done < 60, n_done
+    assert not (out / "submission.csv").exists()
+    run = subprocess.run(base + ["--out", str(out), "--resume"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "not predicted again" in run.stdout
+    assert (out / "submission.csv").read_text() == (tmp_path / "ref" / "submission.csv").read_text()

@@ -268,6 +268,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     p.add_argument("--no-masks", action="store_true", help="skip the instance-mask PNGs")
     p.add_argument("--force", action="store_true", help="write into an --out folder that already holds files")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an unfinished (killed) run in --out: tiles it finished are not predicted again")
     p.set_defaults(func=_run_predict)
 
 
@@ -290,7 +292,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                             device=args.device, workers=args.workers, method=args.postprocess,
                             settings=_parse_settings(args.pp, args.settings), write_masks=not args.no_masks,
                             write_overlays=not args.no_overlays, force=args.force, threads=args.threads,
-                            compile=args.compile, precision=args.precision)
+                            compile=args.compile, precision=args.precision, resume=args.resume)
     print(result.summary())
     return 1 if result.n_skipped else 0
 
@@ -487,6 +489,35 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_import_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-weights", help="turn another program's checkpoint (.pth state_dict or .safetensors) into a rooftrace model",
+                       description="Reads CHECKPOINT (a .safetensors of bare tensors, or with --trust-pickle a pickle .pth/.pt read "
+                       "with torch.load(weights_only=True)), checks that its weights fit the architecture of --config exactly, and "
+                       "writes --out as a rooftrace model file (safetensors with config and normalisation, SHA-256 beside it).")
+    p.add_argument("checkpoint", type=Path, help="the checkpoint to import")
+    p.add_argument("--config", type=Path, required=True, help="config of its architecture, e.g. configs/unet-r34.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set data.channels=[footprint] for a one-output model")
+    p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read a pickle checkpoint (with torch.load(weights_only=True)); only for files you trust")
+    p.add_argument("--half", action="store_true", help="store the weights as fp16")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.set_defaults(func=_run_import_weights)
+
+
+def _run_import_weights(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .weights import import_checkpoint
+
+    if args.out.suffix.lower() != ".safetensors":
+        raise RooftraceError(f"--out {args.out}: rooftrace model files end in .safetensors")
+    path = import_checkpoint(args.checkpoint, args.out, load_config(args.config, args.overrides),
+                             trust_pickle=args.trust_pickle, half=args.half, force=args.force)
+    print(f"imported {args.checkpoint} -> {path} (SHA-256 in {path.name}.sha256)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (used by :func:`main` and the docs)."""
     parser = argparse.ArgumentParser(
@@ -507,8 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_scene(sub)
     _add_prepare_scenes(sub)
     _add_export(sub)
+    _add_import_weights(sub)
     for name, p in sub.choices.items():
-        if name != "export":
+        if name not in ("export", "import-weights"):
             p.add_argument("--strict", action="store_true",
                            help="stop at the first bad record, tile or scene instead of skipping it and reporting it at the end")
     return parser
@@ -529,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with strict_mode(getattr(args, "strict", False)), tally_skips() as tally:
             code = int(args.func(args) or 0)
-        if tally.n and code == 0:
+        if tally.n and code in (0, 1):
             print(f"rooftrace {args.command}: {tally.n} item(s) skipped (listed above); exit status 1", file=sys.stderr)
             code = 1
         return code

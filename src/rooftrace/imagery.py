@@ -1,7 +1,8 @@
 """Reading image tiles (GeoTIFF, TIFF, PNG, JPEG) into arrays, with errors that name the file.
 
-Tiles are read with rasterio (GDAL), which reads every format BEGC2024 and the sample pack use.
-Arrays are ``(height, width, 3)`` uint8 RGB. This module does not import torch.
+TIFF and GeoTIFF tiles are read with rasterio (GDAL); PNG and JPEG with Pillow, which raises on a
+truncated file where GDAL's PNG and JPEG drivers can return the missing rows as zeros without an
+error. Arrays are ``(height, width, 3)`` uint8 RGB. This module does not import torch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from .labels import RooftraceError
@@ -46,23 +48,35 @@ def read_size(path: str | Path) -> tuple[int, int]:
         return src.width, src.height
 
 
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image as ``(H, W, 3)`` uint8 RGB.
 
-    One band is repeated three times; a fourth (alpha) band is dropped; 16-bit data is scaled
-    to 8 bits by its 2nd-98th percentile stretch. Anything else raises :class:`RooftraceError`.
+    One band is repeated three times (a palette band is expanded through its colour table); a
+    fourth (alpha) band is dropped; 16-bit and float data are scaled to 8 bits by their 2nd-98th
+    percentile stretch. An empty, truncated or corrupt file, or one with another band count,
+    raises :class:`RooftraceError` naming the file.
     """
     path = Path(path)
-    with open_raster(path) as src:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                data = src.read()
-        except RasterioIOError as exc:
-            raise RooftraceError(f"{path}: truncated or corrupt image ({str(exc).splitlines()[0]})") from None
+    if path.suffix.lower() in PIL_SUFFIXES:
+        data = _read_pil(path)
+    else:
+        with open_raster(path) as src:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    data = src.read()
+                    if src.count == 1 and src.colorinterp[0] == ColorInterp.palette:
+                        data = _apply_colormap(data[0], src.colormap(1))
+            except (RasterioIOError, ValueError) as exc:
+                raise RooftraceError(f"{path}: truncated or corrupt image ({str(exc).splitlines()[0]})") from None
     bands = data.shape[0]
     if bands == 1:
         data = np.repeat(data, 3, axis=0)
+    elif bands == 2:  # gray + alpha
+        data = np.repeat(data[:1], 3, axis=0)
     elif bands == 4:
         data = data[:3]
     elif bands != 3:
@@ -70,6 +84,34 @@ def read_rgb(path: str | Path) -> np.ndarray:
     if data.dtype != np.uint8:
         data = stretch_to_uint8(data)
     return np.ascontiguousarray(data.transpose(1, 2, 0))
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    """A PNG or JPEG as ``(bands, H, W)``, decoded in full so that truncation is an error."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.exists():
+        raise RooftraceError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise RooftraceError(f"{path}: the file is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+            arr = np.asarray(im)
+    except UnidentifiedImageError:
+        raise RooftraceError(f"{path}: not a readable image (neither PNG nor JPEG data)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise RooftraceError(f"{path}: truncated or corrupt image ({exc})") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _apply_colormap(index: np.ndarray, cmap: dict[int, tuple[int, ...]]) -> np.ndarray:
+    lut = np.zeros((max(256, max(cmap) + 1), 3), np.uint8)
+    for k, v in cmap.items():
+        lut[k] = v[:3]
+    return lut[index].transpose(2, 0, 1)
 
 
 def stretch_to_uint8(data: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:

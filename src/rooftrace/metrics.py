@@ -533,6 +533,18 @@ def evaluate_labels(gt: LabelSet, pred: LabelSet, iou: float = 0.5, matching: st
             notes.append(f"pixel figures skipped: the labels are in map coordinates ({crs})")
     if len(gt) and len(pred) and not any(k in gt.images for k in pred.images):
         notes.append("no image key is in both sets: check that prediction image ids match the ground truth's keys")
+    elif len(gt) and len(pred):
+        def _some(keys: list) -> str:
+            return ", ".join(map(repr, keys[:5])) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+        no_row = [k for k in gt.images if k not in pred.images]
+        extra = [k for k in pred.images if k not in gt.images]
+        if no_row:
+            notes.append(f"{len(no_row)} ground-truth image(s) have no predictions (no row): {_some(no_row)}; "
+                         "scored with every building missed")
+        if extra:
+            notes.append(f"{len(extra)} predicted image(s) are not in the ground truth: {_some(extra)}; "
+                         "scored with every prediction a false positive")
     do_pixel = pixel and crs is None
     keys = list(gt.images) + [k for k in pred.images if k not in gt.images]
     images: list[ImageScore] = []

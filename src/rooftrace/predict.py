@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +45,7 @@ from tqdm import tqdm
 
 from .dataset import Normalization
 from .export import OnnxModel, is_onnx, load_onnx, onnx_postprocess_settings
-from .formats import atomic_write_bytes, write_begc_csv, write_coco_results, write_geojson
+from .formats import atomic_write_bytes, atomic_write_text, write_begc_csv, write_coco_results, write_geojson
 from .imagery import list_images, read_rgb
 from .labels import ImageKey, LabelSet, LoadReport, RooftraceError, image_key
 from .postprocess import PostprocessSettings, postprocess
@@ -198,23 +199,68 @@ class PredictResult:
     #: which run alongside inference; ``*_cpu``: the same in those threads' CPU time, which does not
     #: count time the thread waited for a core), ``outputs`` (submission, GeoJSON, COCO), ``total``.
     timings: dict[str, float] = field(default_factory=dict)
+    #: Tiles an earlier, unfinished run had done (``resume=True``), taken from ``.partial``.
+    n_resumed: int = 0
 
     def summary(self) -> str:
         lines = [f"predicted {self.labels.n_footprints} buildings on {self.n_images - self.n_skipped} of {self.n_images} tiles "
                  f"in {self.seconds:.1f} s ({(self.n_images - self.n_skipped) / max(self.seconds, 1e-9):.1f} tiles/s); outputs in {self.out_dir}"]
+        if self.n_resumed:
+            lines.append(f"{self.n_resumed} tiles were done by the unfinished run and not predicted again")
         if self.n_skipped:
             lines.append(f"{self.n_skipped} unreadable tile(s) skipped (they have an empty row in submission.csv):")
             lines.extend(f"  {m}" for m in self.report.messages[:20])
         return "\n".join(lines)
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+PARTIAL = ".partial"  #: per-tile results of an unfinished run, inside the output folder
+
+
+def _check_out_dir(out_dir: Path, force: bool, resume: bool = False) -> None:
+    partial = out_dir / PARTIAL
+    if resume:
+        if not (partial / "run.json").exists():
+            raise RooftraceError(f"{out_dir}: holds no unfinished predict run to resume (no {PARTIAL}/run.json)")
+    elif out_dir.exists() and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        if (partial / "run.json").exists():
+            done = sum(1 for _ in partial.glob("*.json")) - 1
+            raise RooftraceError(f"{out_dir}: holds an unfinished predict run ({done} tiles done); pass --resume to finish it, "
+                                 "or --force to start again")
         raise RooftraceError(f"{out_dir}: already holds files; pass --force to overwrite them, or choose another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RooftraceError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+
+
+def _run_record(model: str | Path, method: str, settings: PostprocessSettings | None, tta: bool, precision: str,
+                images: Path, masks: bool, overlays: bool) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues."""
+    from .models import sha256_file
+
+    return {"model_sha256": sha256_file(Path(model)), "method": method, "settings": (settings or PostprocessSettings()).to_dict(),
+            "tta": tta, "precision": precision, "images": str(images.resolve()), "masks": masks, "overlays": overlays}
+
+
+def _tile_record(w: int, h: int, footprints: list, scores: list) -> str:
+    import shapely
+
+    wkb = shapely.to_wkb(np.asarray(footprints, dtype=object), hex=True).tolist() if footprints else []
+    return json.dumps({"width": w, "height": h, "wkb": wkb, "scores": [float(v) for v in scores]})
+
+
+def _read_tile_record(path: Path) -> tuple[int, int, list, list] | None:
+    """A finished tile's result, or None when there is none or it is unreadable (the tile is then redone)."""
+    import shapely
+
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        fps = list(shapely.from_wkb(rec["wkb"])) if rec["wkb"] else []
+        return int(rec["width"]), int(rec["height"]), fps, [float(v) for v in rec["scores"]]
+    except (OSError, ValueError, KeyError, TypeError, shapely.errors.GEOSException):
+        return None
 
 
 def _default_threads(device: torch.device) -> int:
@@ -277,6 +323,7 @@ def predict_folder(
     threads: int | None = None,
     compile: bool = False,
     precision: str = "auto",
+    resume: bool = False,
 ) -> PredictResult:
     """Predict footprints for every tile of ``images`` and write the outputs into ``out_dir``.
 
@@ -295,12 +342,20 @@ def predict_folder(
             batches of each tile size wait for compilation). Ignored for ONNX models.
         precision: ``auto`` (bf16 autocast on GPUs and on CPUs with native bf16, else fp32),
             ``fp32``, ``bf16`` or ``fp16``; see :mod:`rooftrace.precision`. Ignored for ONNX models.
+        resume: Finish the unfinished run in ``out_dir`` (killed or crashed): tiles it finished
+            are taken from ``out_dir/.partial`` and not predicted again. The model, images,
+            post-processing and outputs must be the first run's.
+
+    Crash safety: each finished tile's result is written to ``out_dir/.partial/<stem>.json``
+    (atomically) as it finishes; the submission, GeoJSON and COCO files are written once at the
+    end, each to a temporary name and renamed, and then ``.partial`` is removed. A run killed at
+    any moment leaves no half-written file, and ``resume=True`` finishes it.
     """
     images, out_dir = Path(images), Path(out_dir)
     files = list_images(images)
     if not files:
         raise RooftraceError(f"{images}: no image files (.tif, .png, .jpg) in this folder")
-    _check_out_dir(out_dir, force)
+    _check_out_dir(out_dir, force, resume)
     precision = normalise_precision(precision)
     dev = pick_device(device)
     n_threads = _default_threads(dev) if threads is None else max(0, int(threads))
@@ -312,6 +367,26 @@ def predict_folder(
         tuned_method, tuned = onnx_postprocess_settings(loaded.meta)
     method = method or tuned_method or "watershed"
     settings = settings or tuned
+    partial = out_dir / PARTIAL
+    record = _run_record(model, method, settings, tta, precision, images, write_masks, write_overlays)
+    done: dict[int, tuple[int, int, list, list]] = {}
+    if resume:
+        try:
+            before = json.loads((partial / "run.json").read_text())
+        except (OSError, ValueError):
+            raise RooftraceError(f"{partial / 'run.json'}: unreadable; start again with --force") from None
+        differ = [k for k in record if before.get(k) != record[k]]
+        if differ:
+            raise RooftraceError(f"{out_dir}: the unfinished run used other {', '.join(differ)}; resume it with the same "
+                                 "model, images and options, or start again with --force")
+        for n, f in enumerate(files):
+            got = _read_tile_record(partial / f"{f.stem}.json")
+            if got is not None:
+                done[n] = got
+    else:
+        if partial.exists():
+            shutil.rmtree(partial)
+        atomic_write_text(partial / "run.json", json.dumps(record, indent=1), force=True)
     norm = Normalization(loaded.mean, loaded.std)
     report = LoadReport(path=str(images))
     labels = LabelSet(report=report, root=images, format="predictions")
@@ -320,24 +395,31 @@ def predict_folder(
         raise RooftraceError(f"{images}: two images share a file stem; ImageIDs would collide")
     for f, k in zip(files, keys):  # file order, whatever order the batches finish in
         labels.get_or_add(k).file_name = f.name
+    for n, (w, h, fps, scores) in done.items():
+        img = labels[keys[n]]
+        img.width, img.height, img.footprints, img.scores = w, h, fps, scores
+    todo_index = [n for n in range(len(files)) if n not in done]  # loader index -> files index
     # One tile at a time out of the loader (batch_size=None); batches are formed below, by padded size.
-    loader = DataLoader(_Tiles(files, norm, keep_rgb=write_overlays), batch_size=None, num_workers=workers, collate_fn=_one,
+    loader = DataLoader(_Tiles([files[n] for n in todo_index], norm, keep_rgb=write_overlays), batch_size=None, num_workers=workers, collate_fn=_one,
                         pin_memory=dev.type == "cuda", prefetch_factor=max(2, batch_size) if workers else None)
     timings = {"wait": 0.0, "inference": 0.0, "postprocess": 0.0, "postprocess_cpu": 0.0, "write": 0.0, "write_cpu": 0.0}
     t0 = time.perf_counter()
     skipped = 0
-    bar = tqdm(total=len(files), desc="predict", unit="tile", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(files), initial=len(done), desc="predict", unit="tile", disable=not progress, dynamic_ncols=True)
     pool = ThreadPoolExecutor(n_threads, thread_name_prefix="rooftrace-post") if n_threads else None
     pending: deque[tuple[int, int, int, Future | tuple]] = deque()
     max_pending = max(2 * batch_size, 4 * max(n_threads, 1))
 
     def settle(limit: int) -> None:
-        while len(pending) > limit:
+        # Finished tiles are taken (and their .partial record written) at once, in order; wait
+        # for unfinished ones only beyond ``limit``.
+        while pending and (len(pending) > limit or not isinstance(pending[0][3], Future) or pending[0][3].done()):
             i, h, w, job = pending.popleft()
             fps, scores, seconds = job.result() if isinstance(job, Future) else job
             img = labels[keys[i]]
             img.width, img.height = w, h
             img.footprints, img.scores = fps, scores
+            atomic_write_text(partial / f"{files[i].stem}.json", _tile_record(w, h, fps, scores), force=True)
             for name, value in zip(("postprocess", "postprocess_cpu", "write", "write_cpu"), seconds):
                 timings[name] += value
             bar.update(1)
@@ -347,7 +429,8 @@ def predict_folder(
         t = time.perf_counter()
         probs = predict_probabilities(loaded, batch["image"], dev, tta=tta, precision=precision)
         timings["inference"] += time.perf_counter() - t
-        for n, i in enumerate(batch["index"]):
+        for n, j in enumerate(batch["index"]):
+            i = todo_index[j]
             h, w = batch["size"][n]
             args = (probs[n, :, :h, :w], batch["rgb"][n], files[i].stem, out_dir, method, settings, write_masks, write_overlays)
             pending.append((i, h, w, pool.submit(_finish_tile, *args) if pool is not None else _finish_tile(*args)))
@@ -385,6 +468,7 @@ def predict_folder(
         write_geojson(labels, out_dir / "predictions.geojson", force=True),
         write_coco_results(labels, out_dir / "predictions.coco.json", force=True),
     ]
+    shutil.rmtree(partial, ignore_errors=True)  # the run is complete
     timings["outputs"] = time.perf_counter() - t0 - seconds
     timings["total"] = time.perf_counter() - t0
-    return PredictResult(out_dir, labels, len(files), skipped, seconds, report, written, timings)
+    return PredictResult(out_dir, labels, len(files), skipped, seconds, report, written, timings, n_resumed=len(done))

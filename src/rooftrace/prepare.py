@@ -258,6 +258,7 @@ def prepare_split(
         try:
             rgb = read_rgb(path)
         except RooftraceError as exc:
+            labels.report.skip(f"{name}: {exc}; image skipped (no targets written)")
             skipped.append((name, str(exc)))
             continue
         shape = rgb.shape[:2]

@@ -74,13 +74,13 @@ def check_image_file(path: Path | None, img: ImageLabels, where: str, report: Lo
     if path is None:
         return
     if not path.exists():
-        report.skip(f"{where}: image file {path} is missing")
+        report.note(f"{where}: image file {path} is missing")
         report.counts["missing image files"] += 1
         return
     try:
         width, height = read_size(path)
     except RooftraceError as exc:
-        report.skip(f"{where}: {exc}")
+        report.note(f"{where}: {exc}")
         report.counts["unreadable image files"] += 1
         return
     if img.width is None or img.height is None:

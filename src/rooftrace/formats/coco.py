@@ -171,7 +171,30 @@ def add_segmentation(ls: LabelSet, img: ImageLabels, seg: Any, where: str, score
     if score is not None and not (isinstance(score, (int, float)) and math.isfinite(score)):
         report.note(f"{where}: score {score!r} is not a number; 1.0 used")
         score = 1.0
+    geom = _clip_to_image(geom, img, where, report)
+    if geom is None:
+        return
     ls.add(img.key, geom, where, score=score)
+
+
+def _clip_to_image(geom: Any, img: ImageLabels, where: str, report: LoadReport) -> Any:
+    """Clip a footprint that reaches outside its image (negative or too large coordinates) to the
+    image, with a note; one wholly outside is skipped. Images of unknown size are left alone."""
+    import shapely
+
+    if not img.width or not img.height or not shapely.is_valid(geom):
+        return geom
+    x0, y0, x1, y1 = geom.bounds
+    if x0 >= 0 and y0 >= 0 and x1 <= img.width and y1 <= img.height:
+        return geom
+    inside = shapely.clip_by_rect(geom, 0, 0, img.width, img.height)
+    if inside.is_empty or inside.area <= 0:
+        report.skip(f"{where}: lies wholly outside the {img.width} x {img.height} image "
+                    f"(x {x0:g}..{x1:g}, y {y0:g}..{y1:g}); skipped", counter="dropped: outside the image")
+        return None
+    report.note(f"{where}: reaches outside the {img.width} x {img.height} image (x {x0:g}..{x1:g}, y {y0:g}..{y1:g}); clipped to it")
+    report.counts["clipped to the image"] += 1
+    return inside
 
 
 def read_coco_results(path: str | Path, data: list | None = None) -> LabelSet:

@@ -1,0 +1,363 @@
+"""Bad input through the command line: every case names the file (and line, record or tile) and the
+problem, prints no traceback, and exits with the status that says what happened:
+
+0  done, nothing left out (repairs and notes are printed);
+1  done, but some records, rows, tiles or scenes were skipped (each listed);
+2  stopped: bad input or an output that cannot be written (``--strict``: also the first skipped item).
+
+TESTING.md lists every case with what the user sees; ``CASES`` below is that list.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from rasterio.transform import from_origin
+
+from conftest import REPO
+from rooftrace.cli import main
+from rooftrace.config import load_config
+from rooftrace.models import build_model
+from rooftrace.weights import save_model
+
+SQUARE = [10, 10, 40, 10, 40, 40, 10, 40]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """A tiny three-channel baseline U-Net with random weights, as rooftrace writes model files."""
+    import torch
+
+    torch.manual_seed(0)
+    cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=4", "data.channels=[footprint, boundary, contact]",
+                                                                  "loss.channel_weights=[1, 0.5, 0.5]"])
+    return save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", build_model(cfg.model, 3).eval(), cfg)
+
+
+# --- builders of bad input -------------------------------------------------------------------------
+
+
+def _png(path: Path, shape=(64, 64, 3), dtype=np.uint8, mode: str | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    arr = (rng.random(shape) * (255 if dtype == np.uint8 else 60000)).astype(dtype)
+    Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
+    return path
+
+
+def _tif(path: Path, bands: int, dtype="uint8", crs="EPSG:32614", size=64) -> Path:
+    rng = np.random.default_rng(0)
+    data = (rng.random((bands, size, size)) * (250 if dtype == "uint8" else 4000)).astype(dtype)
+    kw = dict(driver="GTiff", width=size, height=size, count=bands, dtype=dtype, transform=from_origin(500000, 3000000, 0.3, 0.3))
+    if crs:
+        kw["crs"] = crs
+    with rasterio.open(path, "w", **kw) as dst:
+        dst.write(data)
+    return path
+
+
+def _images(tmp: Path, *bad: tuple[str, Callable[[Path], object]]) -> Path:
+    """A folder with one good tile and the given bad ones."""
+    d = tmp / "images"
+    d.mkdir()
+    _png(d / "1.png")
+    for name, make in bad:
+        make(d / name)
+    return d
+
+
+def _coco(tmp: Path, annotations: list, images: list | None = None, with_files: bool = False, raw: str | None = None) -> Path:
+    d = tmp / "split"
+    (d / "image").mkdir(parents=True)
+    images = images if images is not None else [{"id": 1, "file_name": "image/1.png", "width": 64, "height": 64}]
+    if with_files:
+        for rec in images:
+            _png(d / rec["file_name"])
+    path = d / "split.json"
+    path.write_text(raw if raw is not None else json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+def _ann(seg, id_=1, image_id=1) -> dict:
+    return {"id": id_, "image_id": image_id, "segmentation": seg}
+
+
+def _csv(tmp: Path, text: str) -> Path:
+    path = tmp / "sub.csv"
+    path.write_text(text)
+    return path
+
+
+# --- the cases ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    id: str
+    what: str  #: the bad input, as TESTING.md says it
+    setup: Callable[[Path, Path], list[str]]  #: (tmp, model) -> argv
+    code: int
+    says: tuple[str, ...]  #: substrings the output must hold (file name, problem)
+
+
+def _predict(images: Path, tmp: Path, model: Path, *extra: str) -> list[str]:
+    return ["predict", "--images", str(images), "--out", str(tmp / "out"), "--model", str(model), "--workers", "0",
+            "--no-overlays", *extra]
+
+
+CASES = [
+    # Images, through `rooftrace predict` (one good tile beside each bad one).
+    Case("zero-byte-image", "a zero-byte .png among the tiles",
+         lambda t, m: _predict(_images(t, ("2.png", lambda p: p.write_bytes(b""))), t, m),
+         1, ("2.png", "empty", "skipped")),
+    Case("truncated-png", "a .png cut off halfway",
+         lambda t, m: _predict(_images(t, ("2.png", lambda p: p.write_bytes(_png(p).read_bytes()[:300]))), t, m),
+         1, ("2.png", "truncated or corrupt", "skipped")),
+    Case("truncated-jpeg", "a .jpg cut off halfway",
+         lambda t, m: _predict(_images(t, ("2.jpg", lambda p: (Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(p, quality=90),
+                                                                 p.write_bytes(p.read_bytes()[:200])))), t, m),
+         1, ("2.jpg", "skipped")),
+    Case("not-an-image", "a text file named .tif",
+         lambda t, m: _predict(_images(t, ("2.tif", lambda p: p.write_text("hello"))), t, m),
+         1, ("2.tif", "skipped")),
+    Case("many-band-image", "a 5-band GeoTIFF among the tiles",
+         lambda t, m: _predict(_images(t, ("2.tif", lambda p: _tif(p, 5))), t, m),
+         1, ("2.tif", "5 bands", "skipped")),
+    Case("grayscale-image", "a one-band (grayscale) .png: read as gray RGB",
+         lambda t, m: _predict(_images(t, ("2.png", lambda p: _png(p, (64, 64)))), t, m), 0, ("2 of 2 tiles",)),
+    Case("rgba-image", "an RGBA .png: the alpha band is dropped",
+         lambda t, m: _predict(_images(t, ("2.png", lambda p: _png(p, (64, 64, 4), mode="RGBA"))), t, m), 0, ("2 of 2 tiles",)),
+    Case("16-bit-image", "a 16-bit 3-band GeoTIFF: stretched to 8 bits (2-98 percentiles)",
+         lambda t, m: _predict(_images(t, ("2.tif", lambda p: _tif(p, 3, "uint16"))), t, m), 0, ("2 of 2 tiles",)),
+    Case("strict-stops", "a zero-byte tile with --strict",
+         lambda t, m: _predict(_images(t, ("2.png", lambda p: p.write_bytes(b""))), t, m, "--strict"),
+         2, ("2.png", "--strict")),
+    Case("empty-folder", "an image folder with no images",
+         lambda t, m: _predict((t / "none").mkdir() or t / "none", t, m), 2, ("none", "no image files")),
+    Case("missing-folder", "an image folder that does not exist",
+         lambda t, m: _predict(t / "nowhere", t, m), 2, ("nowhere",)),
+    Case("output-not-writable", "--out inside a regular file (cannot be created)",
+         lambda t, m: ["predict", "--images", str(_images(t)), "--out", str(_file(t / "afile") / "out"), "--model", str(m),
+                       "--workers", "0"], 2, ("afile",)),
+    Case("output-exists", "--out that already holds files, without --force",
+         lambda t, m: ["predict", "--images", str(_images(t)), "--out", str(_file(t / "full" / "x.txt").parent), "--model", str(m)],
+         2, ("full", "--force")),
+    # Model files.
+    Case("pickle-model", "a pickle checkpoint (.pth) as --model",
+         lambda t, m: _predict(_images(t), t, _file(t / "m.pth")), 2, ("m.pth", "pickle", "import-weights")),
+    Case("hash-mismatch", "a model whose bytes differ from the SHA-256 recorded beside it",
+         lambda t, m: _predict(_images(t), t, _tamper(m, t)), 2, ("tampered.safetensors", "SHA-256")),
+    Case("not-safetensors", "a model file that is not safetensors",
+         lambda t, m: _predict(_images(t), t, _file(t / "junk.safetensors", b"\x00" * 64)), 2, ("junk.safetensors", "safetensors")),
+    Case("pickle-refused", "import-weights of a .pth without --trust-pickle",
+         lambda t, m: ["import-weights", str(_file(t / "c.pth")), "--config", str(REPO / "configs/unet-r18.yaml"),
+                       "--out", str(t / "o.safetensors")], 2, ("c.pth", "--trust-pickle")),
+    Case("malicious-pickle", "import-weights --trust-pickle of a pickle that would run a command",
+         lambda t, m: ["import-weights", str(_evil(t)), "--config", str(REPO / "configs/unet-r18.yaml"),
+                       "--out", str(t / "o.safetensors"), "--trust-pickle"], 2, ("evil.pth", "weights_only", "nothing in it was run")),
+    # COCO ground truth, through `rooftrace convert` (labels only) and `rooftrace prepare` (with images).
+    Case("coco-not-json", "a COCO file that is not JSON",
+         lambda t, m: _convert(_coco(t, [], raw='{"images": [}'), t), 2, ("split.json", "line 1")),
+    Case("coco-no-images-key", "a COCO file without 'images'",
+         lambda t, m: _convert(_coco(t, [], raw='{"annotations": []}'), t), 2, ("split.json", "neither COCO")),
+    Case("coco-annotation-missing-keys", "an annotation without image_id",
+         lambda t, m: _convert(_coco(t, [{"id": 7, "segmentation": [SQUARE]}, _ann([SQUARE], 8)]), t), 1,
+         ("annotations[0]", "no 'image_id'", "skipped")),
+    Case("coco-rle", "an RLE segmentation: decoded and traced on pixel edges",
+         lambda t, m: _convert(_coco(t, [_ann(_rle())]), t), 0, ("1 footprints",)),
+    Case("coco-segmentation-string", "segmentation stored as a string that is not JSON",
+         lambda t, m: _convert(_coco(t, [_ann("10,10,40,10,40,40"), _ann([SQUARE], 2)]), t), 1,
+         ("annotations[0] (id 1)", "string", "dropped")),
+    Case("coco-segmentation-json-string", "segmentation stored as a JSON string of rings: parsed",
+         lambda t, m: _convert(_coco(t, [_ann(json.dumps([SQUARE]))]), t), 0, ("1 footprints",)),
+    Case("coco-nan", "NaN coordinates",
+         lambda t, m: _convert(_coco(t, [_ann([[10, 10, math.nan, 10, 40, 40, 10, 40]]), _ann([SQUARE], 2)]), t), 1,
+         ("annotations[0] (id 1)", "NaN")),
+    Case("coco-negative", "negative coordinates (reaching outside the image): clipped to the image",
+         lambda t, m: _convert(_coco(t, [_ann([[-10, -10, 20, -10, 20, 20, -10, 20]])]), t), 0,
+         ("annotations[0] (id 1)", "outside the 64 x 64 image", "clipped")),
+    Case("coco-outside", "a polygon wholly outside its image",
+         lambda t, m: _convert(_coco(t, [_ann([[100, 100, 120, 100, 120, 120]]), _ann([SQUARE], 2)]), t), 1,
+         ("annotations[0] (id 1)", "wholly outside")),
+    Case("coco-short-ring", "a ring of 2 points",
+         lambda t, m: _convert(_coco(t, [_ann([[10, 10, 20, 20]]), _ann([SQUARE], 2)]), t), 1,
+         ("annotations[0] (id 1)", "fewer than 3 points")),
+    Case("coco-odd-coordinates", "a ring with an odd number of numbers",
+         lambda t, m: _convert(_coco(t, [_ann([[10, 10, 20, 20, 30]]), _ann([SQUARE], 2)]), t), 1,
+         ("annotations[0] (id 1)", "odd number")),
+    Case("coco-self-intersection", "a self-intersecting (bow-tie) ring: repaired",
+         lambda t, m: _convert(_coco(t, [_ann([[10, 10, 40, 40, 40, 10, 10, 40]])]), t), 0,
+         ("annotations[0] (id 1)", "repaired")),
+    Case("coco-duplicate-annotation-id", "two annotations with the same id: both kept, reported",
+         lambda t, m: _convert(_coco(t, [_ann([SQUARE], 5), _ann([[50, 50, 60, 50, 60, 60, 50, 60]], 5)]), t), 0,
+         ("annotations[1] (id 5)", "duplicate annotation id")),
+    Case("coco-duplicate-image-id", "two image records with the same id",
+         lambda t, m: _convert(_coco(t, [_ann([SQUARE])], images=[{"id": 1, "file_name": "image/1.png", "width": 64, "height": 64},
+                                                                   {"id": 1, "file_name": "image/2.png", "width": 64, "height": 64}]), t), 1,
+         ("images[1]", "duplicate image id")),
+    Case("coco-unknown-image-id", "an annotation whose image_id is not in images",
+         lambda t, m: _convert(_coco(t, [_ann([SQUARE], 1, 99), _ann([SQUARE], 2)]), t), 1,
+         ("annotations[0] (id 1)", "unknown image_id 99")),
+    Case("coco-size-mismatch", "an image record whose size disagrees with its file (prepare)",
+         lambda t, m: _prepare(_coco(t, [_ann([SQUARE])], images=[{"id": 1, "file_name": "image/1.png", "width": 512, "height": 512}],
+                                     with_files=True), t), 0, ("images[0]", "record says 512 x 512", "64 x 64")),
+    Case("coco-missing-image-file", "an image record whose file is missing (prepare)",
+         lambda t, m: _prepare(_coco_one_missing(t), t), 1, ("2.png", "missing", "skipped")),
+    # Submission CSVs, through `rooftrace evaluate` against a small ground truth.
+    Case("csv-malformed-coordinates", "a row whose Coordinates is not a list of rings",
+         lambda t, m: _evaluate(t, 'ImageID,Coordinates\n1,"[[(10,10),(40,10),(40,40)"\n'), 1,
+         ("sub.csv", "line 2 (ImageID 1)", "skipped")),
+    Case("csv-code-in-coordinates", "Coordinates holding Python code (never evaluated)",
+         lambda t, m: _evaluate(t, "ImageID,Coordinates\n1,\"__import__('os').system('touch PWNED')\"\n"), 1,
+         ("sub.csv", "line 2", "skipped")),
+    Case("csv-missing-image-id", "a row with an empty ImageID",
+         lambda t, m: _evaluate(t, 'ImageID,Coordinates\n,"[[(10,10),(40,10),(40,40),(10,40)]]"\n'), 1,
+         ("sub.csv", "line 2", "empty ImageID")),
+    Case("csv-image-without-row", "a ground-truth image with no row in the submission: scored as all missed",
+         lambda t, m: _evaluate(t, "ImageID,Coordinates\n2,[]\n", two_images=True), 0,
+         ("1 ground-truth image(s) have no predictions (no row): 1",)),
+    Case("csv-duplicate-image-id", "the same ImageID on two rows: merged, reported",
+         lambda t, m: _evaluate(t, 'ImageID,Coordinates\n1,"[[(10,10),(40,10),(40,40),(10,40)]]"\n1,[]\n'), 0,
+         ("sub.csv", "line 3", "appears again")),
+    Case("csv-extra-columns", "extra columns: ignored, reported",
+         lambda t, m: _evaluate(t, 'ImageID,Coordinates,Score\n1,"[[(10,10),(40,10),(40,40),(10,40)]]",0.9\n'), 0,
+         ("sub.csv", "extra columns", "Score")),
+    Case("csv-wrong-header", "a CSV whose header is neither BEGC2024 nor SpaceNet",
+         lambda t, m: _evaluate(t, "Image,Coords\n1,[]\n"), 2, ("sub.csv", "header")),
+    Case("csv-short-row", "a row with too few fields",
+         lambda t, m: _evaluate(t, "ImageID,Coordinates\n1\n"), 1, ("sub.csv", "line 2", "fields")),
+    Case("csv-empty", "an empty file",
+         lambda t, m: _evaluate(t, ""), 2, ("sub.csv", "empty")),
+    # Georeferenced input.
+    Case("geojson-other-crs", "GeoJSON labels in EPSG:4326 for a UTM GeoTIFF: reprojected, reported",
+         lambda t, m: _geo_eval(t), 0, ("EPSG:4326", "reprojected")),
+    Case("geotiff-no-crs", "a GeoTIFF scene without a CRS (predict-scene)",
+         lambda t, m: ["predict-scene", str(_tif(t / "nocrs.tif", 3, crs=None, size=96)), "--out", str(t / "o.gpkg"),
+                       "--model", str(m), "--device", "cpu"], 0, ("nocrs.tif", "no CRS")),
+    Case("scene-many-bands", "a 5-band scene without --bands (predict-scene)",
+         lambda t, m: ["predict-scene", str(_tif(t / "five.tif", 5, size=96)), "--out", str(t / "o.gpkg"), "--model", str(m)],
+         2, ("five.tif", "5 bands", "--bands")),
+]
+
+
+def _file(path: Path, data: bytes = b"not a model") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _tamper(model: Path, tmp: Path) -> Path:
+    out = tmp / "tampered.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    out.write_bytes(bytes(data))
+    (tmp / "tampered.safetensors.sha256").write_text(Path(str(model) + ".sha256").read_text())
+    return out
+
+
+def _evil(tmp: Path) -> Path:
+    import os
+
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp / 'PWNED'}",))
+
+    path = tmp / "evil.pth"
+    torch.save({"state_dict": Evil()}, path)
+    return path
+
+
+def _rle() -> dict:
+    from pycocotools import mask as mask_utils
+
+    m = np.zeros((64, 64), np.uint8, order="F")
+    m[10:30, 10:30] = 1
+    rle = mask_utils.encode(m)
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def _convert(path: Path, tmp: Path) -> list[str]:
+    return ["convert", str(path), str(tmp / "out.geojson"), "--to", "geojson"]
+
+
+def _prepare(path: Path, tmp: Path) -> list[str]:
+    return ["prepare", str(path.parent), "--out", str(tmp / "prepared"), "--previews", "0"]
+
+
+def _coco_one_missing(tmp: Path) -> Path:
+    path = _coco(tmp, [_ann([SQUARE]), _ann([SQUARE], 2, 2)], images=[{"id": 1, "file_name": "image/1.png", "width": 64, "height": 64},
+                                                                      {"id": 2, "file_name": "image/2.png", "width": 64, "height": 64}])
+    _png(path.parent / "image" / "1.png")  # 2.png is missing
+    return path
+
+
+def _evaluate(tmp: Path, csv_text: str, two_images: bool = False) -> list[str]:
+    two = [{"id": 1, "file_name": "image/1.png", "width": 64, "height": 64}, {"id": 2, "file_name": "image/2.png", "width": 64, "height": 64}]
+    gt = _coco(tmp, [_ann([SQUARE])], images=two if two_images else None)
+    return ["evaluate", "--gt", str(gt), "--pred", str(_csv(tmp, csv_text)), "--no-pixel"]
+
+
+def _geo_eval(tmp: Path) -> list[str]:
+    from pyproj import Transformer
+
+    raster = _tif(tmp / "scene.tif", 3, size=64)
+    to_ll = Transformer.from_crs("EPSG:32614", "EPSG:4326", always_xy=True)
+    x0, y0 = 500000 + 3, 3000000 - 3  # a 6 m square 10 px from the corner
+    ring = [list(to_ll.transform(x, y)) for x, y in ((x0, y0), (x0 + 6, y0), (x0 + 6, y0 - 6), (x0, y0 - 6), (x0, y0))]
+    fc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
+                                                     "geometry": {"type": "Polygon", "coordinates": [ring]}}]}
+    gj = tmp / "labels.geojson"
+    gj.write_text(json.dumps(fc))
+    return ["evaluate", "--gt", str(gj), "--pred", str(gj), "--gt-raster", str(raster), "--no-pixel"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_named_and_exits_with_the_right_status(case: Case, model_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything a bad input might try to write lands here, and is checked below
+    argv = case.setup(tmp_path, model_file)
+    code = main(argv)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "Traceback" not in text
+    for s in case.says:
+        assert s in text, f"{case.id}: {s!r} not in output:\n{text}"
+    assert code == case.code, f"{case.id}: exit {code}, expected {case.code}:\n{text}"
+    assert not (tmp_path / "PWNED").exists()
+    if code == 1:  # the end of the output says that something was skipped
+        assert "skipped" in text.splitlines()[-1] or "skipped" in out.err
+
+
+def test_skipped_tiles_keep_their_row_and_the_rest_is_done(model_file, tmp_path):
+    """predict finishes the good tiles when one is bad, and the bad one still has a (empty) row."""
+    images = _images(tmp_path, ("2.png", lambda p: p.write_bytes(b"")), ("3.png", lambda p: _png(p)))
+    assert main(_predict(images, tmp_path, model_file)) == 1
+    rows = (tmp_path / "out" / "submission.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["ImageID", "1", "2", "3"]
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["1.png", "3.png"]
+
+
+def test_strict_writes_nothing(model_file, tmp_path):
+    """--strict stops before any output is written."""
+    images = _images(tmp_path, ("0.png", lambda p: p.write_bytes(b"")))
+    assert main(_predict(images, tmp_path, model_file, "--strict")) == 2
+    assert not (tmp_path / "out" / "submission.csv").exists()
+
+
+def test_the_console_script_prints_no_traceback(tmp_path):
+    """The installed entry point, not only main(): one message on stderr, exit 2."""
+    exe = Path(sys.executable).parent / "rooftrace"
+    run = subprocess.run([str(exe), "evaluate", "--gt", str(tmp_path / "nope.json"), "--pred", str(tmp_path / "nope.csv")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr and "nope.json" in run.stderr
