@@ -13,7 +13,9 @@ the median round; the ratio to the original loop is taken within this one run):
   CSV row; one tile at a time), writing its CSV;
 * ``predict (PyTorch)``: ``rooftrace.predict.predict_folder`` on the ``.safetensors`` model, writing
   the submission, GeoJSON and COCO results (``--no-masks --no-overlays``), and once more with every
-  output (masks and overlays);
+  output (masks and overlays), at ``--precision auto`` (bf16 autocast on a CPU with native bf16,
+  as the AVX512-BF16 EPYC here, and on GPUs), and once more at ``--precision fp32``, the original
+  loop's precision;
 * ``predict, PyTorch, torch.compile`` with ``--compile`` (compiling, or loading inductor's cache of an
   earlier run, happens in the run and counts);
 * ``predict (ONNX Runtime)`` and ``predict (ONNX Runtime int8)``: the same on the model exported by
@@ -55,6 +57,7 @@ from original_loop import run_original_loop  # noqa: E402
 from _common import DEFAULT_SAMPLE, REPO, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from rooftrace.export import export_onnx  # noqa: E402
 from rooftrace.imagery import list_images  # noqa: E402
+from rooftrace.precision import autocast_dtype, dtype_name  # noqa: E402
 from rooftrace.predict import predict_folder  # noqa: E402
 
 SIZE = 512
@@ -90,12 +93,13 @@ def make_tiles(sample: Path, splits: list[str], repeat: int, folder: Path, limit
     return n
 
 
-def run_predict(images: Path, model: Path, out: Path, args: argparse.Namespace, all_outputs: bool, compile: bool = False) -> dict:
+def run_predict(images: Path, model: Path, out: Path, args: argparse.Namespace, all_outputs: bool, compile: bool = False,
+                precision: str = "auto") -> dict:
     shutil.rmtree(out, ignore_errors=True)
     t0, c0 = time.perf_counter(), time.process_time()
     r = predict_folder(images, out, model, batch_size=args.batch_size, device=args.device, workers=args.workers,
                        threads=args.threads, write_masks=all_outputs, write_overlays=all_outputs, force=True, progress=False,
-                       compile=compile)
+                       compile=compile, precision=precision)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = r.n_images - r.n_skipped
     t = r.timings
@@ -147,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         for old in tiles.glob("*.png"):
             old.unlink()
         n = make_tiles(args.sample, args.splits.split(","), args.repeat, tiles, args.limit)
+        auto = dtype_name(autocast_dtype("auto", torch.device(args.device)))
         pipelines: list[tuple[str, object]] = [
             ("original loop (one tile at a time)", lambda: run_original(tiles, model, work, args)),
-            ("predict, PyTorch", lambda: run_predict(tiles, model, work / "pt", args, False)),
-            ("predict, PyTorch, all outputs", lambda: run_predict(tiles, model, work / "pt-all", args, True)),
+            (f"predict, PyTorch ({auto}: --precision auto)", lambda: run_predict(tiles, model, work / "pt", args, False)),
+            (f"predict, PyTorch ({auto}), all outputs", lambda: run_predict(tiles, model, work / "pt-all", args, True)),
         ]
+        if auto != "fp32":
+            pipelines.append(("predict, PyTorch (fp32: --precision fp32)",
+                              lambda: run_predict(tiles, model, work / "pt32", args, False, precision="fp32")))
         if args.compile:
             pipelines.append(("predict, PyTorch, torch.compile (compiling included)",
                               lambda: run_predict(tiles, model, work / "pt-c", args, False, compile=True)))

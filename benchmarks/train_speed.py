@@ -1,9 +1,10 @@
 """Training throughput (images/s) of each shipped config: forward, loss, backward, optimizer step.
 
 Measures the model's training step on random tensors of the stated size, so data loading is left
-out (it runs in DataLoader workers beside the step). On CUDA it uses the precision `rooftrace train`
-uses (bf16 autocast where the GPU has it, else fp16 with a grad scaler) and channels_last; on the
-CPU, fp32 and channels_last.
+out (it runs in DataLoader workers beside the step), channels_last, at each precision of
+``--precision`` (default: fp32 and what ``rooftrace train`` uses, ``train.amp: auto``: bf16 autocast
+on GPUs that have it, else fp16 with a grad scaler; bf16 on CPUs with native bf16; else fp32). The
+ratio column is against the first config at the first precision.
 
     .venv/bin/python benchmarks/train_speed.py                       # CPU, 256 x 256 crops, batch 8
     .venv/bin/python benchmarks/train_speed.py --device cuda --size 512 --batch 16
@@ -15,7 +16,6 @@ import argparse
 import platform
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,26 +23,25 @@ import torch
 from rooftrace.config import load_config
 from rooftrace.losses import SegmentationLoss
 from rooftrace.models import build_model, count_parameters
+from rooftrace.precision import autocast, autocast_dtype, dtype_name
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("baseline-unet", "unet-effb0", "unet-r18", "unet-r34")
 
 
-def bench(name: str, device: torch.device, size: int, batch: int, steps: int, warmup: int) -> dict:
+def bench(name: str, device: torch.device, size: int, batch: int, steps: int, warmup: int, precision: str) -> dict:
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     classes = len(cfg.data.channels)
     model = build_model(cfg.model, classes).to(device).to(memory_format=torch.channels_last).train()
     loss_fn = SegmentationLoss(cfg.loss, classes).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    amp = None
-    if device.type == "cuda":
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    amp = autocast_dtype(precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(batch, classes, size, size, device=device) > 0.7).float()
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+        with autocast(device, amp):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -61,7 +60,7 @@ def bench(name: str, device: torch.device, size: int, batch: int, steps: int, wa
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     return {"config": name, "params_m": count_parameters(model) / 1e6, "images_per_s": steps * batch / dt,
-            "precision": str(amp or torch.float32).replace("torch.", "")}
+            "precision": dtype_name(amp)}
 
 
 def main() -> int:
@@ -72,13 +71,15 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--precision", nargs="+", default=["fp32", "auto"], help="precisions to measure (default fp32 auto)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"device: {device} ({where}); torch {torch.__version__}; input {args.batch} x 3 x {args.size} x {args.size}, channels_last")
-    rows = [bench(c, device, args.size, args.batch, args.steps, args.warmup) for c in args.configs]
+    precisions = list(dict.fromkeys(dtype_name(autocast_dtype(p, device)) for p in args.precision))
+    rows = [bench(c, device, args.size, args.batch, args.steps, args.warmup, p) for c in args.configs for p in precisions]
     base = rows[0]["images_per_s"]
     print(f"\n| config | parameters (M) | precision | train images/s | vs {rows[0]['config']} |")
     print("|---|---|---|---|---|")

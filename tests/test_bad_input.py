@@ -361,3 +361,34 @@ def test_the_console_script_prints_no_traceback(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "Traceback" not in run.stderr and "nope.json" in run.stderr
+
+
+def test_import_weights_takes_the_original_pipelines_checkpoint(tmp_path):
+    """The original pipeline saved torch.save(model.state_dict()) of smp.Unet("resnet34", classes=1):
+    import-weights --trust-pickle turns it into a model file that gives the same outputs."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from rooftrace.weights import load_model
+
+    torch.manual_seed(0)
+    net = smp.Unet("resnet34", encoder_weights=None, classes=1).eval()
+    ckpt = tmp_path / "best_model.pth"
+    torch.save({"epoch": 3, "model_state_dict": net.state_dict()}, ckpt)
+    out = tmp_path / "r34.safetensors"
+    argv = ["import-weights", str(ckpt), "--config", str(REPO / "configs/unet-r34.yaml"), "--out", str(out), "--trust-pickle"]
+    assert main(argv + ["--set", "data.channels=[footprint]"]) == 0
+    assert main(argv + ["--set", "data.channels=[footprint]"]) == 2  # exists: not overwritten without --force
+    loaded = load_model(out)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.model(x), net(x), atol=1e-5)
+    assert loaded.channels == ("footprint",)
+    # The three-output config does not fit a one-output checkpoint: refused, saying why.
+    assert main(argv[:-1] + ["--force", "--trust-pickle"]) == 2
+
+
+def test_testing_md_lists_every_bad_input():
+    text = (REPO / "TESTING.md").read_text()
+    missing = [c.id for c in CASES if f"`{c.id}`" not in text]
+    assert not missing, f"add these cases to TESTING.md (tests/testing_table.py prints the rows): {missing}"

@@ -108,7 +108,7 @@ def polygon_from_rings(rings: Sequence[Sequence[tuple[float, float]]]) -> tuple[
         pts = np.asarray(ring, dtype=float).reshape(-1, 2)
         if len(pts) >= 2 and np.array_equal(pts[0], pts[-1]):
             pts = pts[:-1]
-        if len(np.unique(pts, axis=0)) < 3:
+        if len(np.unique(pts, axis=0)) < 3 or not np.isfinite(pts).all():  # readers report NaN/inf before this
             skipped += 1
             continue
         polys.append(Polygon(pts))

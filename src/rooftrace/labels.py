@@ -82,7 +82,7 @@ def is_strict() -> bool:
 def image_key(name: str | Path) -> ImageKey:
     """The key of an image from its file name or stem: ``int(stem)`` if the stem is all digits."""
     stem = Path(str(name)).stem
-    return int(stem) if stem.isdigit() else stem
+    return int(stem) if stem.isascii() and stem.isdigit() else stem
 
 
 @dataclass

@@ -32,6 +32,8 @@ def read_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise RooftraceError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, nesting too deep
+        raise RooftraceError(f"{path}: JSON that cannot be read ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def atomic_write_text(path: str | Path, text: str, force: bool = False) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import csv
 import io
+import math
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -29,7 +30,7 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 def _parse_key(value: str) -> ImageKey:
     value = value.strip()
-    return int(value) if value.isdigit() else value
+    return int(value) if value.isascii() and value.isdigit() else value
 
 
 def parse_coordinates(text: str) -> list[list[tuple[float, float]]]:
@@ -58,7 +59,13 @@ def parse_coordinates(text: str) -> list[list[tuple[float, float]]]:
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pt)
             ):
                 raise ValueError(f"ring {i} has a point {pt!r} that is not an (x, y) pair of numbers")
-            pts.append((float(pt[0]), float(pt[1])))
+            try:
+                x, y = float(pt[0]), float(pt[1])
+            except OverflowError:
+                raise ValueError(f"ring {i} has a point {pt!r} with a number too large for a coordinate") from None
+            if not (math.isfinite(x) and math.isfinite(y)):
+                raise ValueError(f"ring {i} has a point {pt!r} with NaN or infinite coordinates")
+            pts.append((x, y))
         rings.append(pts)
     return rings
 

@@ -43,8 +43,65 @@ def _rings_from_flat(seg: Any, where: str, report: LoadReport) -> list[list[tupl
         if len(ring) % 2:
             report.skip(f"{where}: a ring has an odd number of coordinates ({len(ring)})", counter="dropped: malformed segmentation")
             return None
-        rings.append([(float(ring[i]), float(ring[i + 1])) for i in range(0, len(ring), 2)])
+        try:
+            values = [float(v) for v in ring]
+        except OverflowError:
+            report.skip(f"{where}: a ring has a number too large for a coordinate", counter="dropped: malformed segmentation")
+            return None
+        if not all(math.isfinite(v) for v in values):
+            report.skip(f"{where}: NaN or infinite coordinates", counter="dropped: NaN or infinite coordinates")
+            return None
+        rings.append([(values[i], values[i + 1]) for i in range(0, len(values), 2)])
     return rings
+
+
+def _rle_string_counts(data: bytes) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (6 bits a character, 5 of value, as
+    pycocotools' ``rleFrString``), so that they can be checked before pycocotools decodes them."""
+    counts: list[int] = []
+    p = 0
+    while p < len(data):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(data):
+                raise ValueError("ends in the middle of a number")
+            c = data[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"has a character {chr(data[p])!r} outside the RLE alphabet")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def _check_rle(seg: dict, height: int | None, width: int | None) -> str | None:
+    """What is wrong with an RLE record, or None: its size and runs must cover the mask exactly."""
+    size = seg.get("size", [height, width])
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        return f"has no valid size [height, width] ({size!r})"
+    counts = seg.get("counts")
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+            return "counts are not all non-negative integers"
+    elif isinstance(counts, (str, bytes)):
+        try:
+            counts = _rle_string_counts(counts.encode("ascii") if isinstance(counts, str) else counts)
+        except (ValueError, UnicodeEncodeError) as exc:
+            return f"counts string {exc}"
+        if any(v < 0 for v in counts):
+            return "counts string holds a negative run"
+    else:
+        return f"counts is {type(counts).__name__}, not a list or an RLE string"
+    if sum(counts) != size[0] * size[1]:
+        return f"runs cover {sum(counts)} pixels, not the {size[0]} x {size[1]} = {size[0] * size[1]} of its size"
+    return None
 
 
 def _geometry_from_rle(seg: dict, height: int | None, width: int | None, where: str, report: LoadReport):
@@ -53,6 +110,10 @@ def _geometry_from_rle(seg: dict, height: int | None, width: int | None, where: 
 
     from ..polygons import mask_to_footprints  # local import: polygons is heavier
 
+    problem = _check_rle(seg, height, width)
+    if problem:
+        report.skip(f"{where}: RLE segmentation {problem}; skipped", counter="dropped: malformed segmentation")
+        return None
     try:
         if isinstance(seg.get("counts"), list):
             h, w = seg.get("size", [height, width])
@@ -107,6 +168,10 @@ def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> Label
         if not isinstance(rec, dict) or "id" not in rec or "file_name" not in rec:
             report.skip(f"{where}: record has no 'id' or 'file_name'; skipped", counter="dropped: malformed image record")
             continue
+        if not _is_id(rec["id"]) or not isinstance(rec["file_name"], str):
+            report.skip(f"{where}: 'id' must be a number or string and 'file_name' a string; skipped",
+                        counter="dropped: malformed image record")
+            continue
         key = image_key(rec["file_name"])
         if rec["id"] in by_id:
             report.skip(f"{where}: duplicate image id {rec['id']!r}; the later record is ignored")
@@ -116,12 +181,12 @@ def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> Label
             report.skip(f"{where}: two images share the key {key!r} (file stem); the later is ignored")
             report.counts["duplicate image ids"] += 1
             continue
-        w, h = rec.get("width"), rec.get("height")
+        w, h = _size(rec.get("width"), f"{where}: width", report), _size(rec.get("height"), f"{where}: height", report)
         img = ImageLabels(
             key=key,
             file_name=str(rec["file_name"]),
-            width=int(w) if isinstance(w, (int, float)) and w > 0 else None,
-            height=int(h) if isinstance(h, (int, float)) and h > 0 else None,
+            width=w,
+            height=h,
             source=rec.get("source"),
             record_id=rec["id"],
         )
@@ -136,6 +201,9 @@ def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> Label
         if not isinstance(ann, dict) or "image_id" not in ann or "segmentation" not in ann:
             report.skip(f"{where}: record has no 'image_id' or 'segmentation'; skipped", counter="dropped: malformed annotation")
             continue
+        if not _is_id(ann["image_id"]) or ("id" in ann and not _is_id(ann["id"])):
+            report.skip(f"{where}: 'id' and 'image_id' must be numbers or strings; skipped", counter="dropped: malformed annotation")
+            continue
         if "id" in ann:
             where = f"annotations[{n}] (id {ann['id']})"
             if ann["id"] in seen_ann_ids:
@@ -149,6 +217,20 @@ def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> Label
             continue
         add_segmentation(ls, img, ann["segmentation"], where, score=ann.get("score"))
     return ls
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _size(value: Any, where: str, report: LoadReport) -> int | None:
+    """A positive image width or height, else None with a note (the size is then read from the file)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 1:
+        return int(value)
+    report.note(f"{where} {value!r} is not a positive number; taken from the image file")
+    return None
 
 
 def add_segmentation(ls: LabelSet, img: ImageLabels, seg: Any, where: str, score: float | None = None) -> None:

@@ -1,0 +1,52 @@
+"""Print the bad-input table of TESTING.md: every case of tests/test_bad_input.py run through the
+CLI, with its exit status and the line of output that names the file and the problem.
+
+    .venv/bin/python tests/testing_table.py > /tmp/table.md   # then paste it into TESTING.md
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import test_bad_input as cases  # noqa: E402
+import torch  # noqa: E402
+
+from rooftrace.cli import main  # noqa: E402
+from rooftrace.config import load_config  # noqa: E402
+from rooftrace.models import build_model  # noqa: E402
+from rooftrace.weights import save_model  # noqa: E402
+
+
+def run() -> list[str]:
+    torch.manual_seed(0)
+    base = Path(tempfile.mkdtemp(prefix="rooftrace-bad-input-"))
+    cfg = load_config(cases.REPO / "configs" / "baseline-unet.yaml",
+                      ["model.base_channels=4", "data.channels=[footprint, boundary, contact]", "loss.channel_weights=[1, 0.5, 0.5]"])
+    model = save_model(base / "model" / "tiny.safetensors", build_model(cfg.model, 3).eval(), cfg)
+    rows = ["| case | bad input | command | exit | what the user sees (the line naming it) |", "|---|---|---|---|---|"]
+    for c in cases.CASES:
+        tmp = base / c.id
+        tmp.mkdir()
+        os.chdir(tmp)
+        argv = c.setup(tmp, model)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+        text = re.sub(r"\r[^\n]*", "", out.getvalue() + "\n" + err.getvalue())
+        lines = [ln for ln in text.splitlines() if ln.strip() and "%|" not in ln] or ["(nothing)"]
+        hit = max(lines, key=lambda ln: (c.says[0] in ln, sum(s in ln for s in c.says)))
+        hit = hit.replace(str(tmp) + "/", "").replace(str(base) + "/", "").strip().replace("|", "\\|")
+        rows.append(f"| `{c.id}` | {c.what} | `rooftrace {argv[0]}` | {code} | `{hit}` |")
+    return rows
+
+
+if __name__ == "__main__":
+    print("\n".join(run()))
