@@ -1,8 +1,7 @@
 """Reading image tiles (GeoTIFF, TIFF, PNG, JPEG) into arrays, with errors that name the file.
 
-TIFF and GeoTIFF tiles are read with rasterio (GDAL); PNG and JPEG with Pillow, which raises on a
-truncated file where GDAL's PNG and JPEG drivers can return the missing rows as zeros without an
-error. Arrays are ``(height, width, 3)`` uint8 RGB. This module does not import torch.
+TIFF, GeoTIFF and JPEG tiles are read with rasterio (GDAL); PNG with Pillow, which raises on a
+truncated file where GDAL's PNG driver can return the missing rows as zeros without an error. Arrays are ``(height, width, 3)`` uint8 RGB. This module does not import torch.
 """
 
 from __future__ import annotations
@@ -48,7 +47,9 @@ def read_size(path: str | Path) -> tuple[int, int]:
         return src.width, src.height
 
 
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Read with Pillow: GDAL's PNG driver can return the rows of a truncated file as zeros without an
+#: error. JPEG stays with GDAL, which does raise on truncation (and decodes as the shipped model saw).
+PIL_SUFFIXES = (".png",)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -87,7 +88,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def _read_pil(path: Path) -> np.ndarray:
-    """A PNG or JPEG as ``(bands, H, W)``, decoded in full so that truncation is an error."""
+    """A PNG as ``(bands, H, W)``, decoded in full so that truncation is an error."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.exists():
@@ -101,7 +102,7 @@ def _read_pil(path: Path) -> np.ndarray:
                 im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
             arr = np.asarray(im)
     except UnidentifiedImageError:
-        raise RooftraceError(f"{path}: not a readable image (neither PNG nor JPEG data)") from None
+        raise RooftraceError(f"{path}: not a readable image (not PNG data)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise RooftraceError(f"{path}: truncated or corrupt image ({exc})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

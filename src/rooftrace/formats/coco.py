@@ -267,7 +267,8 @@ def _clip_to_image(geom: Any, img: ImageLabels, where: str, report: LoadReport) 
     if not img.width or not img.height or not shapely.is_valid(geom):
         return geom
     x0, y0, x1, y1 = geom.bounds
-    if x0 >= 0 and y0 >= 0 and x1 <= img.width and y1 <= img.height:
+    tol = 1e-6  # float noise of a converter (-1e-14) is not "outside"
+    if x0 >= -tol and y0 >= -tol and x1 <= img.width + tol and y1 <= img.height + tol:
         return geom
     inside = shapely.clip_by_rect(geom, 0, 0, img.width, img.height)
     if inside.is_empty or inside.area <= 0:
