@@ -359,7 +359,7 @@ def predict_folder(
     precision = normalise_precision(precision)
     dev = pick_device(device)
     n_threads = _default_threads(dev) if threads is None else max(0, int(threads))
-    loaded = load_any(model, device=device, onnx_spinning=n_threads == 0)
+    loaded = load_any(model, device=device, onnx_spinning=n_threads == 0 and workers == 0)
     if compile and isinstance(loaded, LoadedModel):
         loaded.model = torch.compile(loaded.model)
     tuned_method, tuned = load_tuned(model)

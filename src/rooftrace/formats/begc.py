@@ -134,7 +134,11 @@ def format_coordinates(rings: Iterable[np.ndarray], decimals: int = 2) -> str:
     """``[[(x, y), ...], ...]`` for open rings; numbers rounded to ``decimals``, trailing zeros cut."""
     parts = []
     for ring in rings:
-        pts = ", ".join(f"({_fmt(x, decimals)}, {_fmt(y, decimals)})" for x, y in ring)
+        r = np.round(np.asarray(ring, dtype=float), max(decimals, 0))
+        if np.isfinite(r).all() and (r == np.round(r)).all():  # whole numbers (pixel edges): the fast path
+            pts = ", ".join(f"({x}, {y})" for x, y in r.astype(np.int64).tolist())
+        else:
+            pts = ", ".join(f"({_fmt(x, decimals)}, {_fmt(y, decimals)})" for x, y in ring)
         parts.append(f"[{pts}]")
     return "[" + ", ".join(parts) + "]"
 

@@ -179,9 +179,13 @@ def write_geojson(
         scores = img.scores or [1.0] * len(img.footprints)
         if not img.footprints and not in_map:
             features.append({"type": "Feature", "properties": _props(img, None), "geometry": None})
-        for fp, s in zip(img.footprints, scores):
-            geom = pixel_to_map(fp, transform) if transform is not None else fp
-            geom = shapely.set_precision(geom, 10.0**-decimals) if decimals is not None else geom
+        geoms = [pixel_to_map(fp, transform) if transform is not None else fp for fp in img.footprints]
+        if decimals is not None and geoms:
+            arr = np.asarray(geoms, dtype=object)
+            xy = shapely.get_coordinates(arr)
+            if not (np.round(xy, decimals) == xy).all():  # pixel-edge outlines are on the grid already
+                geoms = list(shapely.set_precision(arr, 10.0**-decimals))
+        for geom, s in zip(geoms, scores):
             props = {"score": round(float(s), 4), "area": round(geom.area, 3)} if in_map else _props(img, s)
             features.append({"type": "Feature", "properties": props, "geometry": mapping(geom)})
     data: dict[str, Any] = {"type": "FeatureCollection"}
