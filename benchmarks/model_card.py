@@ -4,8 +4,9 @@ For each ``NAME=MODEL[:METHOD]`` (a rooftrace ``.safetensors`` model, e.g. a run
 and optionally the post-processing method, default ``watershed``), through the command line exactly as
 a user would run it:
 
-1. ``rooftrace tune --model MODEL --split VAL [--postprocess METHOD]``, unless tuned settings for that
-   method already lie beside the model (``MODEL.postprocess.json``; the shipped model's are kept);
+1. ``rooftrace tune --model MODEL --split VAL [--postprocess METHOD]`` on a copy of the model in
+   ``OUT/NAME/``, unless tuned settings for that method lie beside the model already
+   (``MODEL.postprocess.json``, copied with it: the shipped model's are used as they are);
 2. ``rooftrace predict --images SPLIT/image --out OUT/NAME/SPLIT --model MODEL --postprocess METHOD``
    for val and test (``--precision`` as given, default auto);
 3. ``rooftrace evaluate --gt SPLIT/SPLIT.json --pred OUT/NAME/SPLIT/submission.csv --json ...``.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -60,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.models:
         name, _, rest = spec.partition("=")
         model_s, _, method = rest.partition(":")
-        model, method = Path(model_s), method or "watershed"
+        source, method = Path(model_s), method or "watershed"
+        # Work on a copy, so that tuning for another method never replaces the settings beside the original.
+        model = args.out / name / source.name
+        model.parent.mkdir(parents=True, exist_ok=True)
+        for src in (source, Path(str(source) + ".sha256"), tuned_settings_path(source)):
+            if src.exists():
+                shutil.copy(src, model.parent / src.name.replace(source.stem, model.stem, 1))
         tuned = tuned_settings_path(model)
         if not (tuned.exists() and json.loads(tuned.read_text()).get("method") == method):
             run(["tune", "--model", str(model), "--split", str(args.sample / "val"), "--postprocess", method,
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         t = scores["test"]
         parts = " / ".join(f"{k.split()[0]} {v['f1']:.4f}" for k, v in sorted(t["per_source"].items()))
         rows.append(f"| {name} | `{method}` | {scores['val']['f1']:.4f} | {t['f1']:.4f} | {t['f1_pooled']:.4f} | "
-                    f"{t['pixel']['iou']:.4f} | {parts} | {training_facts(model)} |")
+                    f"{t['pixel']['iou']:.4f} | {parts} | {training_facts(source)} |")
     print(f"\ncommand: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print("\n| model | post-processing (tuned on val) | val object F1 | test object F1 | test F1 pooled | test pixel IoU | "
           "test F1 per part | best epoch, epochs run, training s |")
