@@ -246,7 +246,21 @@ CASES = [
     Case("scene-many-bands", "a 5-band scene without --bands (predict-scene)",
          lambda t, m: ["predict-scene", str(_tif(t / "five.tif", 5, size=96)), "--out", str(t / "o.gpkg"), "--model", str(m)],
          2, ("five.tif", "5 bands", "--bands")),
+    Case("scenes-one-bad", "a folder of scenes, one of them 5-band (predict-scene, folder mode)",
+         lambda t, m: ["predict-scene", str(_scenes(t)), "--out", str(t / "gpkgs"), "--model", str(m)], 1,
+         ("five.tif", "5 bands", "failed")),
+    Case("scenes-one-bad-strict", "the same with --strict",
+         lambda t, m: ["predict-scene", str(_scenes(t)), "--out", str(t / "gpkgs"), "--model", str(m), "--strict"], 2,
+         ("five.tif", "5 bands")),
 ]
+
+
+def _scenes(tmp: Path) -> Path:
+    d = tmp / "scenes"
+    d.mkdir()
+    _tif(d / "good.tif", 3, size=96)
+    _tif(d / "five.tif", 5, size=96)
+    return d
 
 
 def _file(path: Path, data: bytes = b"not a model") -> Path:

@@ -423,6 +423,9 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
     for r in done.results:
         print(r.summary())
     print(done.summary())
+    if done.failed:
+        print(f"rooftrace predict-scene: {len(done.failed)} scene(s) failed and were skipped (listed above); exit status 1",
+              file=sys.stderr)
     return 1 if done.failed else 0
 
 

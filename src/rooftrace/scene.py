@@ -80,7 +80,7 @@ from tqdm import tqdm
 
 from .geometry import pixel_to_map
 from .imagery import open_raster
-from .labels import RooftraceError
+from .labels import RooftraceError, is_strict
 from .postprocess import DEFAULT_METHOD, PostprocessSettings, postprocess
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -1188,6 +1188,8 @@ def predict_scenes(
             result.results.append(predict_scene(p, out_dir / f"{p.stem}.{fmt}", runner, force=force,
                                                 progress=progress, **kwargs))
         except RooftraceError as exc:
+            if is_strict():  # --strict: stop at the first scene that fails
+                raise
             result.failed.append((p, str(exc)))
     return result
 
