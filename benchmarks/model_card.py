@@ -16,7 +16,7 @@ epoch and the thresholds), test object F1 (mean and pooled), test pixel IoU, tes
 sample's ``source`` values), and, when the model lies in a run folder, the run's best epoch, epochs
 run and seconds of training from its ``metrics.csv``.
 
-    .venv/bin/python benchmarks/model_card.py shipped=models/rooftrace-unet-effb0.safetensors \\
+    .venv/bin/python benchmarks/model_card.py shipped=models/rooftrace-baseline-unet.safetensors \\
         baseline=runs/cmp-baseline-*/best.safetensors single-seed=runs/cmp-effb0-single-*/best.safetensors:seed
 """
 

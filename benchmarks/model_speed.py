@@ -32,7 +32,7 @@ images) after the same post-processing, and the largest difference of probabilit
 Run from the repository root::
 
     .venv/bin/python benchmarks/model_speed.py [--device cpu|cuda] [--batch 4] [--configs unet-effb0 unet-r18]
-    .venv/bin/python benchmarks/model_speed.py --configs --backends eager bf16 onnx int8 --model models/rooftrace-unet-effb0.safetensors --split ../shared/data/buildings-sample/val
+    .venv/bin/python benchmarks/model_speed.py --configs --backends eager bf16 onnx int8 --model models/rooftrace-baseline-unet.safetensors --split ../shared/data/buildings-sample/val
 """
 
 from __future__ import annotations
