@@ -141,12 +141,12 @@ class LoadReport:
         self.note(message)
 
     def add_outcome(self, outcome: str, where: str) -> None:
-        """Count what cleaning did to one footprint and, unless it was kept as is, say where."""
-        if outcome.startswith("dropped") and _STRICT.get():
-            raise RooftraceError(f"{self.path}: {where}: {outcome} (--strict stops at the first problem)")
-        self.counts[outcome] += 1
+        """Count what cleaning did to one footprint and, unless it was kept as is, say where; a
+        dropped footprint is a skip (:meth:`skip`)."""
         if outcome.startswith("dropped"):
-            _count_skip()
+            self.skip(f"{where}: {outcome}", counter=outcome)
+            return
+        self.counts[outcome] += 1
         if outcome != Outcome.KEPT:
             self.note(f"{where}: {outcome}")
 
