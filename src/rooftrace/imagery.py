@@ -27,12 +27,17 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def open_raster(path: Path) -> rasterio.DatasetReader:
-    """Open any GDAL raster (GeoTIFF, PNG, JPEG...) with errors that name the file and the problem."""
+def _check_file(path: Path) -> None:
+    """A missing or empty image file is an error naming it (before any decoder sees it)."""
     if not Path(path).exists():
         raise RooftraceError(f"{path}: no such file")
     if Path(path).stat().st_size == 0:
         raise RooftraceError(f"{path}: the file is empty (0 bytes)")
+
+
+def open_raster(path: Path) -> rasterio.DatasetReader:
+    """Open any GDAL raster (GeoTIFF, PNG, JPEG...) with errors that name the file and the problem."""
+    _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -91,10 +96,7 @@ def _read_pil(path: Path) -> np.ndarray:
     """A PNG as ``(bands, H, W)``, decoded in full so that truncation is an error."""
     from PIL import Image, UnidentifiedImageError
 
-    if not path.exists():
-        raise RooftraceError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise RooftraceError(f"{path}: the file is empty (0 bytes)")
+    _check_file(path)
     try:
         with Image.open(path) as im:
             im.load()
