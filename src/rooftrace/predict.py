@@ -1,8 +1,9 @@
 """Inference on a folder of tiles: batched, optionally with flip TTA, then post-processing and files.
 
 ``predict_folder`` reads every tile in a folder (any size; each tile is zero-padded on the bottom and
-right to a multiple of 32), runs the model under ``torch.inference_mode`` (channels_last; bf16/fp16
-autocast on CUDA; optionally ``torch.compile``), or an exported ``.onnx`` model with ONNX Runtime,
+right to a multiple of 32), runs the model under ``torch.inference_mode`` (channels_last; autocast as
+:mod:`rooftrace.precision` decides: bf16 on GPUs and on CPUs with native bf16; optionally
+``torch.compile``), or an exported ``.onnx`` model with ONNX Runtime,
 averages flipped predictions when asked, turns probabilities into one polygon per building
 (:mod:`rooftrace.postprocess`, with the thresholds ``rooftrace tune`` saved beside the model when there
 are any), and writes into the output folder:
@@ -49,7 +50,7 @@ from .formats import atomic_write_bytes, atomic_write_text, write_begc_csv, writ
 from .imagery import list_images, read_rgb
 from .labels import ImageKey, LabelSet, LoadReport, RooftraceError, image_key
 from .postprocess import PostprocessSettings, postprocess
-from .precision import autocast, autocast_dtype, dtype_name, normalise_precision
+from .precision import autocast, autocast_dtype, normalise_precision
 from .weights import LoadedModel, load_model
 
 POSTPROCESS_SUFFIX = ".postprocess.json"
