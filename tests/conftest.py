@@ -1,4 +1,4 @@
-"""Shared fixtures: where the sample pack is, and tiny label sets built in memory."""
+"""Shared fixtures: where the sample pack is, tiny label sets built in memory, a tiny model file."""
 
 from __future__ import annotations
 
@@ -21,3 +21,19 @@ def sample() -> Path:
     if not (d / "test" / "test.json").exists():
         pytest.skip(f"sample pack not found at {d}; set ROOFTRACE_SAMPLE_DIR")
     return d
+
+
+def write_tiny_model(path: Path, base_channels: int = 8) -> Path:
+    """An untrained three-channel (footprint, boundary, contact) baseline U-Net with ``base_channels``
+    channels, seeded, written as rooftrace writes model files (safetensors + SHA-256)."""
+    import torch
+
+    from rooftrace.config import load_config
+    from rooftrace.models import build_model
+    from rooftrace.weights import save_model
+
+    torch.manual_seed(0)
+    cfg = load_config(REPO / "configs" / "baseline-unet.yaml", [f"model.base_channels={base_channels}",
+                                                                  "data.channels=[footprint, boundary, contact]",
+                                                                  "loss.channel_weights=[1, 0.5, 0.5]"])
+    return save_model(path, build_model(cfg.model, 3).eval(), cfg)

@@ -24,11 +24,8 @@ import rasterio
 from PIL import Image
 from rasterio.transform import from_origin
 
-from conftest import REPO
+from conftest import REPO, write_tiny_model
 from rooftrace.cli import main
-from rooftrace.config import load_config
-from rooftrace.models import build_model
-from rooftrace.weights import save_model
 
 SQUARE = [10, 10, 40, 10, 40, 40, 10, 40]
 
@@ -36,12 +33,7 @@ SQUARE = [10, 10, 40, 10, 40, 40, 10, 40]
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     """A tiny three-channel baseline U-Net with random weights, as rooftrace writes model files."""
-    import torch
-
-    torch.manual_seed(0)
-    cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=4", "data.channels=[footprint, boundary, contact]",
-                                                                  "loss.channel_weights=[1, 0.5, 0.5]"])
-    return save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", build_model(cfg.model, 3).eval(), cfg)
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", base_channels=4)
 
 
 # --- builders of bad input -------------------------------------------------------------------------

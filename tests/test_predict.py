@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_tiny_model
 from rooftrace.cli import main
-from rooftrace.config import load_config
 from rooftrace.formats import read_labels
 from rooftrace.labels import RooftraceError
-from rooftrace.models import build_model
-from rooftrace.weights import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,13 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     """A three-channel baseline U-Net with random weights, as rooftrace writes model files."""
-    import torch
-
-    torch.manual_seed(0)
-    cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=8", "data.channels=[footprint, boundary, contact]",
-                                                                  "loss.channel_weights=[1, 0.5, 0.5]"])
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_model(path, build_model(cfg.model, 3).eval(), cfg)
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 def test_predict_writes_every_output_with_a_row_per_tile(sample, model_file, tmp_path, capsys):

@@ -15,6 +15,7 @@ import shapely
 from affine import Affine
 from shapely.geometry import box
 
+from conftest import write_tiny_model
 from rooftrace.formats import read_coco, read_geojson, read_labels
 from rooftrace.geometry import map_to_pixel, pixel_to_map
 from rooftrace.labels import RooftraceError
@@ -283,16 +284,7 @@ def test_prepare_scenes_round_trip_on_austin(sample, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """An untrained three-channel baseline U-Net (8 base channels), as rooftrace writes model files."""
-    import torch
-
-    from rooftrace.config import load_config
-    from rooftrace.models import build_model
-    from rooftrace.weights import save_model
-
-    torch.manual_seed(0)
-    cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=8", "data.channels=[footprint, boundary, contact]",
-                                                                  "loss.channel_weights=[1, 0.5, 0.5]"])
-    return save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", build_model(cfg.model, 3).eval(), cfg)
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 def test_predict_scene_with_a_model_file_writes_a_geopackage_in_the_scene_crs(sample, tiny_model, tmp_path):

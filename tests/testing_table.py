@@ -17,20 +17,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import test_bad_input as cases  # noqa: E402
-import torch  # noqa: E402
+from conftest import write_tiny_model  # noqa: E402
 
 from rooftrace.cli import main  # noqa: E402
-from rooftrace.config import load_config  # noqa: E402
-from rooftrace.models import build_model  # noqa: E402
-from rooftrace.weights import save_model  # noqa: E402
 
 
 def run() -> list[str]:
-    torch.manual_seed(0)
     base = Path(tempfile.mkdtemp(prefix="rooftrace-bad-input-"))
-    cfg = load_config(cases.REPO / "configs" / "baseline-unet.yaml",
-                      ["model.base_channels=4", "data.channels=[footprint, boundary, contact]", "loss.channel_weights=[1, 0.5, 0.5]"])
-    model = save_model(base / "model" / "tiny.safetensors", build_model(cfg.model, 3).eval(), cfg)
+    model = write_tiny_model(base / "model" / "tiny.safetensors", base_channels=4)
     rows = ["| case | bad input | command | exit | what the user sees (the line naming it) |", "|---|---|---|---|---|"]
     for c in cases.CASES:
         tmp = base / c.id
