@@ -144,28 +144,27 @@ def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor, devi
     ``precision``: see :mod:`rooftrace.precision` (``auto``: bf16 autocast on GPUs and on CPUs with
     native bf16, else fp32)."""
     if isinstance(loaded, OnnxModel):
-        xn = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
-        if not tta:
-            return loaded.predict(xn)
-        total = loaded.predict(xn)
-        for axes in ((3,), (2,), (2, 3)):
-            total += np.flip(loaded.predict(np.flip(xn, axes)), axes)
-        return total / 4
-    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    amp = autocast_dtype(precision, device)
-    # On the CPU, forward passes of more than about one 512 x 512 tile are slower per tile (the
-    # activations leave the caches), so a batch runs in chunks of at most that many pixels.
-    chunk = x.shape[0] if device.type != "cpu" else max(1, CPU_PIXELS_PER_FORWARD // max(1, x.shape[2] * x.shape[3]))
+        onnx = loaded
+        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, dtype=np.float32))
 
-    def forward(inp: torch.Tensor) -> torch.Tensor:
-        with autocast(device, amp):
-            logits = loaded.model(inp)
-        return torch.sigmoid(logits.float())
+        def run(inp: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(onnx.predict(inp.numpy()))
+    else:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        amp = autocast_dtype(precision, device)
+        # On the CPU, forward passes of more than about one 512 x 512 tile are slower per tile (the
+        # activations leave the caches), so a batch runs in chunks of at most that many pixels.
+        chunk = x.shape[0] if device.type != "cpu" else max(1, CPU_PIXELS_PER_FORWARD // max(1, x.shape[2] * x.shape[3]))
 
-    def run(inp: torch.Tensor) -> torch.Tensor:
-        if inp.shape[0] <= chunk:
-            return forward(inp)
-        return torch.cat([forward(inp[i : i + chunk]) for i in range(0, inp.shape[0], chunk)])
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            with autocast(device, amp):
+                logits = loaded.model(inp)
+            return torch.sigmoid(logits.float())
+
+        def run(inp: torch.Tensor) -> torch.Tensor:
+            if inp.shape[0] <= chunk:
+                return forward(inp)
+            return torch.cat([forward(inp[i : i + chunk]) for i in range(0, inp.shape[0], chunk)])
 
     if not tta:
         return run(x).cpu().numpy()
