@@ -7,7 +7,9 @@ BIN    := $(VENV)/bin
 SAMPLE ?= $(or $(ROOFTRACE_SAMPLE_DIR),../shared/data/buildings-sample)
 DEMO   ?= out/demo
 
-.PHONY: venv test test-all demo clean
+OSM    ?= $(or $(ROOFTRACE_OSM_DIR),../shared/data/osm-oam)
+
+.PHONY: venv test test-all demo osm-splits clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +34,15 @@ demo: venv
 	$(BIN)/rooftrace report --pred $(DEMO)/predict --gt "$(SAMPLE)/test/test.json" --out $(DEMO)/report --force \
 		--title "rooftrace demo: shipped model on the sample test split"
 	@echo; echo "report: $(abspath $(DEMO))/report/index.html"
+
+# The osm-oam chips as training splits at 0.3 m (configs/unet-lite0.yaml trains on them): validation and
+# test are blocks of neighbouring chips, never random chips.
+osm-splits: venv
+	@test -d "$(OSM)" || { echo "osm-oam pack not found at $(OSM); set ROOFTRACE_OSM_DIR"; exit 2; }
+	for place in banepa kampala; do \
+		$(BIN)/rooftrace prepare-chips "$(OSM)/$$place/chips" --labels "$(OSM)/$$place/labels.geojson" \
+			--out out/osm/$$place --gsd 0.3 --val 0.2 --test 0.2 --force || exit $$?; \
+	done
 
 clean:
 	rm -rf out .pytest_cache

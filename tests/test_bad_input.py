@@ -145,7 +145,7 @@ CASES = [
          2, ("full", "--force")),
     # Model files.
     Case("pickle-model", "a pickle checkpoint (.pth) as --model",
-         lambda t, m: _predict(_images(t), t, _file(t / "m.pth")), 2, ("m.pth", "pickle", "import-weights")),
+         lambda t, m: _predict(_images(t), t, _file(t / "m.pth", PICKLE)), 2, ("m.pth", "pickle", "import-weights")),
     Case("hash-mismatch", "a model whose bytes differ from the SHA-256 recorded beside it",
          lambda t, m: _predict(_images(t), t, _tamper(m, t)), 2, ("tampered.safetensors", "SHA-256")),
     Case("not-safetensors", "a model file that is not safetensors",
@@ -244,14 +244,158 @@ CASES = [
     Case("scenes-one-bad-strict", "the same with --strict",
          lambda t, m: ["predict-scene", str(_scenes(t)), "--out", str(t / "gpkgs"), "--model", str(m), "--strict"], 2,
          ("five.tif", "5 bands")),
+    # Second round (issue 16): failures that were silent, tracebacks or misleading.
+    Case("coco-scribble", "a ring scribbled through 20,000 random points (its repair would take minutes and gigabytes)",
+         lambda t, m: _convert(_coco(t, [_ann([_scribble(20_000)]), _ann([SQUARE], 2)]), t), 1,
+         ("annotations[0] (id 1)", "more than 500 self-intersections", "too tangled")),
+    Case("geojson-point", "a GeoJSON Point among the footprints",
+         lambda t, m: _convert(_geojson(t, {"type": "Point", "coordinates": [85.5, 27.6]}, _LL_SQUARE), t), 1,
+         ("feature 0", "a Point, not a polygon")),
+    Case("geojson-unclosed-ring", "a GeoJSON ring whose last point is not its first: closed, reported",
+         lambda t, m: _convert(_geojson(t, {"type": "Polygon", "coordinates": [_LL_SQUARE["coordinates"][0][:-1]]}), t), 0,
+         ("feature 0", "not closed", "closed")),
+    Case("geojson-utm-no-crs", "GeoJSON in UTM metres without a `crs` member (convert)",
+         lambda t, m: _convert(_geojson(t, _UTM_SQUARE), t), 2,
+         ("labels.geojson", "not longitude/latitude degrees", "RFC 7946", "--labels-crs")),
+    Case("geojson-utm-labels-crs", "the same with --labels-crs EPSG:32614: read in that CRS",
+         lambda t, m: _convert(_geojson(t, _UTM_SQUARE), t) + ["--labels-crs", "EPSG:32614"], 0, ("1 footprints",)),
+    Case("geojson-utm-no-crs-evaluate", "GeoJSON ground truth in UTM metres without a `crs` member (evaluate)",
+         lambda t, m: ["evaluate", "--gt", str(_geojson(t, _UTM_SQUARE)), "--pred", str(t / "labels.geojson"), "--no-pixel"], 2,
+         ("labels.geojson", "not longitude/latitude degrees", "--gt-crs")),
+    Case("model-meta-not-json", "a model file whose rooftrace metadata is not JSON",
+         lambda t, m: _predict(_images(t), t, _model(t, m, raw_meta="{not json")), 2, ("bad.safetensors", "metadata is not JSON")),
+    Case("model-nan-weights", "a model file with NaN weights",
+         lambda t, m: _predict(_images(t), t, _model(t, m, nan=True)), 2, ("bad.safetensors", "NaN or infinite")),
+    Case("model-zero-std", "a model file whose normalisation std is 0",
+         lambda t, m: _predict(_images(t), t, _model(t, m, meta={"std": [0.0, 0.224, 0.225]})), 2,
+         ("bad.safetensors", "std", "greater than 0")),
+    Case("model-newer-format", "a model file of format_version 99 (a newer rooftrace's)",
+         lambda t, m: _predict(_images(t), t, _model(t, m, meta={"format_version": 99})), 2,
+         ("bad.safetensors", "format version 99", "newer rooftrace")),
+    Case("model-unknown-arch", "a model file naming an architecture rooftrace does not know",
+         lambda t, m: _predict(_images(t), t, _model(t, m, arch="transformer9000")), 2, ("bad.safetensors", "transformer9000")),
+    Case("safetensors-named-pth", "a model file (safetensors) named .pth: read by its content",
+         lambda t, m: _predict(_images(t), t, _file(t / "model.pth", m.read_bytes())), 0, ("1 of 1 tiles",)),
+    Case("pickle-named-safetensors", "a pickle named .safetensors: called a pickle, by its content",
+         lambda t, m: _predict(_images(t), t, _file(t / "p.safetensors", PICKLE)), 2,
+         ("p.safetensors", "a pickle checkpoint, though its name ends in .safetensors")),
+    Case("import-safetensors-named-pth", "import-weights of a safetensors file named .pth: read as safetensors, no --trust-pickle needed",
+         lambda t, m: ["import-weights", str(_file(t / "w.pth", m.read_bytes())), "--config", str(REPO / "configs/baseline-unet.yaml"),
+                       "--set", "model.base_channels=4", "--set", "data.channels=[footprint, boundary, contact]",
+                       "--set", "loss.channel_weights=[1, 0.5, 0.5]", "--out", str(t / "o.safetensors")], 0, ("imported", "w.pth")),
+    Case("device-gpu", "--device gpu (predict)",
+         lambda t, m: _predict(_images(t), t, m, "--device", "gpu"), 2, ("--device gpu", "not a device", "cuda")),
+    Case("scene-device-gpu", "--device gpu (predict-scene)",
+         lambda t, m: ["predict-scene", str(_tif(t / "s.tif", 3, size=96)), "--out", str(t / "o.gpkg"), "--model", str(m),
+                       "--device", "gpu"], 2, ("--device gpu", "not a device")),
+    Case("workers-negative", "--workers -1 (predict)",
+         lambda t, m: _predict(_images(t), t, m)[:-3] + ["--workers", "-1", "--no-overlays"], 2, ("--workers -1", "0")),
+    Case("duplicate-stem", "tiles 7.tif and 7.png (one ImageID)",
+         lambda t, m: _predict(_images(t, ("7.png", _png), ("7.tif", lambda p: _tif(p, 3))), t, m), 2,
+         ("7.png and 7.tif", "ImageID 7")),
+    Case("scenes-empty-output", "a folder of scenes whose output is there but 0 bytes: predicted again, not counted as done",
+         lambda t, m: ["predict-scene", str(_scenes(t, bad=False)), "--out", str(_file(t / "gpkgs" / "good.gpkg", b"").parent),
+                       "--model", str(m)], 0, ("1 scene(s) predicted, 0 already done",)),
+    Case("scene-output-not-writable", "predict-scene --out inside a regular file: refused before the model is loaded",
+         lambda t, m: ["predict-scene", str(_scenes(t, bad=False) / "good.tif"), "--out", str(_file(t / "afile", b"x") / "out.gpkg"),
+                       "--model", str(m)], 2, ("afile/out.gpkg", "cannot write it", "nothing was predicted")),
+    Case("scenes-output-not-writable", "the same for a folder of scenes: refused once, before any scene",
+         lambda t, m: ["predict-scene", str(_scenes(t, bad=False)), "--out", str(_file(t / "afile", b"x") / "gpkgs"),
+                       "--model", str(m)], 2, ("afile/gpkgs", "cannot write it (Not a directory)", "nothing was predicted")),
+    Case("train-device-gpu", "train.device=gpu",
+         lambda t, m: _train("train.device=gpu"), 2, ("train.device gpu", "not a device")),
+    Case("config-crop-zero", "data.crop_size=0",
+         lambda t, m: _train("data.crop_size=0"), 2, ("baseline-unet.yaml", "data.crop_size 0", "multiple of 32")),
+    Case("config-lr-negative", "optim.lr=-1",
+         lambda t, m: _train("optim.lr=-1"), 2, ("optim.lr -1", "greater than 0")),
+    Case("config-lr-nan", "optim.lr=NaN",
+         lambda t, m: _train("optim.lr=.nan"), 2, ("optim.lr nan", "finite")),
+    Case("config-workers-negative", "data.workers=-2",
+         lambda t, m: _train("data.workers=-2"), 2, ("data.workers -2", "0 or more")),
+    Case("config-steps-negative", "train.steps_per_epoch=-1",
+         lambda t, m: _train("train.steps_per_epoch=-1"), 2, ("train.steps_per_epoch -1", "0 or more")),
+    Case("train-corrupt-tile", "a training tile (.png) cut off halfway: left out, named, the run goes on",
+         lambda t, m: _train(*_tiny_run(t)), 1, ("train/image/2.png", "truncated or corrupt", "left out", "skipped")),
+    Case("train-corrupt-tile-no-cache", "the same with data.cache=false (tiles read in DataLoader workers)",
+         lambda t, m: _train(*_tiny_run(t), "data.cache=false", "data.workers=1"), 1,
+         ("train/image/2.png", "truncated or corrupt", "left out", "skipped")),
+    Case("train-corrupt-tile-strict", "the same with --strict",
+         lambda t, m: [*_train(*_tiny_run(t)), "--strict"], 2, ("train/image/2.png", "truncated or corrupt", "--strict")),
 ]
 
+PICKLE = b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}\x94."  # pickle.dumps({}) as a pickle checkpoint starts
+_LL_SQUARE = {"type": "Polygon", "coordinates": [[[85.5, 27.6], [85.5001, 27.6], [85.5001, 27.6001], [85.5, 27.6001], [85.5, 27.6]]]}
+_UTM_SQUARE = {"type": "Polygon", "coordinates": [[[500000, 3000000], [500010, 3000000], [500010, 3000010], [500000, 3000010],
+                                                    [500000, 3000000]]]}
 
-def _scenes(tmp: Path) -> Path:
+
+def _scribble(n: int, seed: int = 0) -> list[float]:
+    """One COCO ring through ``n`` random points of a 64 x 64 image: it crosses itself about n^2/15 times."""
+    return (np.random.default_rng(seed).random((n, 2)) * 64).round(2).ravel().tolist()
+
+
+def _geojson(tmp: Path, *geometries: dict) -> Path:
+    path = tmp / "labels.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": g} for g in geometries]}))
+    return path
+
+
+def _model(tmp: Path, model: Path, *, raw_meta: str | None = None, meta: dict | None = None, nan: bool = False,
+           arch: str | None = None) -> Path:
+    """A copy of ``model`` with its metadata or weights changed, its SHA-256 rewritten to match."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    from rooftrace.models import sha256_file
+
+    tensors = load_file(str(model))
+    with safe_open(str(model), framework="pt") as f:
+        data = json.loads(f.metadata()["rooftrace"])
+    data.update(meta or {})
+    if arch is not None:
+        data["config"]["model"]["arch"] = arch
+    if nan:
+        key = next(k for k, v in tensors.items() if v.is_floating_point())
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = float("nan")
+    out = tmp / "bad.safetensors"
+    save_file(tensors, str(out), metadata={"rooftrace": raw_meta if raw_meta is not None else json.dumps(data)})
+    (tmp / "bad.safetensors.sha256").write_text(f"{sha256_file(out)}  bad.safetensors\n")
+    return out
+
+
+def _train(*overrides: str) -> list[str]:
+    argv = ["train", "--config", str(REPO / "configs" / "baseline-unet.yaml")]
+    for o in overrides:
+        argv += ["--set", o]
+    return argv
+
+
+def _tiny_run(tmp: Path) -> list[str]:
+    """Overrides for a seconds-long training run on a train split of three 64 x 64 PNG tiles (2.png cut off
+    halfway) and a val split of one."""
+    for split, n in (("train", 3), ("val", 1)):
+        d = tmp / split
+        (d / "image").mkdir(parents=True)
+        images = [{"id": i, "file_name": f"image/{i}.png", "width": 64, "height": 64} for i in range(1, n + 1)]
+        for rec in images:
+            _png(d / rec["file_name"])
+        (d / f"{split}.json").write_text(json.dumps({"images": images, "annotations": [
+            _ann([SQUARE], id_=i, image_id=i) for i in range(1, n + 1)]}))
+    victim = tmp / "train" / "image" / "2.png"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    return [f"data.train={tmp / 'train'}", f"data.val={tmp / 'val'}", f"train.runs_dir={tmp / 'runs'}", "data.crop_size=64",
+            "data.batch_size=2", "train.steps_per_epoch=1", "train.epochs=1", "data.workers=0", "model.base_channels=4",
+            "train.vis_tiles=1", "train.patience=0"]
+
+
+def _scenes(tmp: Path, bad: bool = True) -> Path:
     d = tmp / "scenes"
     d.mkdir()
     _tif(d / "good.tif", 3, size=96)
-    _tif(d / "five.tif", 5, size=96)
+    if bad:
+        _tif(d / "five.tif", 5, size=96)
     return d
 
 
@@ -398,3 +542,68 @@ def test_testing_md_lists_every_bad_input():
     text = (REPO / "TESTING.md").read_text()
     missing = [c.id for c in CASES if f"`{c.id}`" not in text]
     assert not missing, f"add these cases to TESTING.md (tests/testing_table.py prints the rows): {missing}"
+
+
+# --- second round (issue 16): bounded repair, umask, full disk -----------------------------------------
+
+
+def test_a_scribbled_ring_is_dropped_in_seconds_within_bounded_memory(tmp_path):
+    """A 20,000-point scribble once took `rooftrace convert` past 20 GB (make_valid of ~27 million
+    crossings). Under a 1.5 GB address-space limit it is now dropped, named, in seconds."""
+    import os
+    import resource
+    import time
+
+    coco = _coco(tmp_path, [_ann([_scribble(20_000)]), _ann([SQUARE], 2)])
+    limit = 1536 * 1024 * 1024
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    exe = Path(sys.executable).parent / "rooftrace"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    run = subprocess.run([str(exe), "convert", str(coco), str(tmp_path / "out.geojson")], capture_output=True, text=True,
+                         timeout=300, preexec_fn=cap, env=env)
+    seconds = time.perf_counter() - t0
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr and "MemoryError" not in run.stderr
+    assert "annotations[0] (id 1): dropped: a scribble of more than 500 self-intersections" in run.stdout
+    assert json.loads((tmp_path / "out.geojson").read_text())["features"]  # the good square is kept
+    assert seconds < 60, f"took {seconds:.1f} s"
+
+
+def test_outputs_get_the_mode_the_umask_gives(tmp_path):
+    """The atomic writer's temporary file is 0600; what it becomes must be what open() would give."""
+    import os
+
+    from rooftrace.formats import atomic_write_text
+
+    coco = _coco(tmp_path, [_ann([SQUARE])])
+    old = os.umask(0o022)
+    try:
+        assert main(["convert", str(coco), str(tmp_path / "a.geojson")]) == 0
+        assert (tmp_path / "a.geojson").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert atomic_write_text(tmp_path / "b.txt", "x").stat().st_mode & 0o777 == 0o600
+        os.umask(0o002)
+        assert atomic_write_text(tmp_path / "c.txt", "x").stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)
+
+
+def test_a_full_disk_names_the_file_meant_not_a_temporary_one(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import rooftrace.formats._io as io_mod
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_mod.os, "fsync", full)
+    coco = _coco(tmp_path, [_ann([SQUARE])])
+    assert main(["convert", str(coco), str(tmp_path / "out.geojson")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'out.geojson'}: cannot write it (No space left on device)" in err
+    assert ".tmp" not in err and "Traceback" not in err
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind

@@ -149,3 +149,39 @@ def test_a_killed_predict_process_resumes_to_the_same_submission(model_file, tmp
     assert run.returncode == 0, run.stderr
     assert "not predicted again" in run.stdout
     assert (out / "submission.csv").read_text() == (tmp_path / "ref" / "submission.csv").read_text()
+
+
+def test_resume_predicts_again_the_tiles_that_changed(model_file, tmp_path, monkeypatch):
+    """Each .partial record holds its tile's size and modification time; a tile replaced between the
+    crash and --resume is predicted again, not taken from the stale record."""
+    import os
+
+    from PIL import Image
+
+    import rooftrace.predict as pr
+
+    images = _tiles(tmp_path / "images", 6)
+    out = tmp_path / "out"
+    real, calls = pr._finish_tile, {"n": 0}
+
+    def crash_after_four(*a, **k):
+        if calls["n"] == 4:
+            raise RuntimeError("simulated crash")
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(pr, "_finish_tile", crash_after_four)
+    with pytest.raises(RuntimeError, match="simulated"):
+        pr.predict_folder(images, out, model_file, workers=0, threads=0, batch_size=2, progress=False)
+    monkeypatch.setattr(pr, "_finish_tile", real)
+    recorded = sorted(p.stem for p in (out / ".partial").glob("0*.json"))
+    assert "000" in recorded and len(recorded) >= 2
+    # Replace tile 000 by another picture of the same size, and keep its old modification time's second.
+    st = (images / "000.png").stat()
+    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(images / "000.png")
+    os.utime(images / "000.png", ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+    done = pr.predict_folder(images, out, model_file, workers=0, threads=0, batch_size=2, resume=True, progress=False)
+    assert done.n_resumed == len(recorded) - 1
+    assert any("000.png" in n and "changed" in n for n in done.notes)
+    ref = pr.predict_folder(images, tmp_path / "ref", model_file, workers=0, threads=0, batch_size=2, progress=False)
+    assert (out / "submission.csv").read_text() == (ref.out_dir / "submission.csv").read_text()

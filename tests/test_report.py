@@ -34,3 +34,19 @@ def test_report_counts_and_draws_every_tile(sample, tmp_path, capsys):
     assert (255, 160, 0) in colours and (40, 220, 60) in colours
     assert main(["report", "--pred", str(pred), "--gt", str(sample / "test" / "test.json"), "--out", str(out)]) == 2
     assert "pass --force" in capsys.readouterr().err
+
+
+def test_report_of_a_folder_reads_pixels_not_a_longitude_latitude_geojson(sample, tmp_path):
+    from rooftrace.report import _pred_path
+
+    gt = read_coco(sample / "test" / "test.json")
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    write_begc_csv(gt, folder / "submission.csv")
+    # A georeferenced run's GeoJSON is in longitude/latitude: the report must not score it against pixels.
+    (folder / "predictions.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    assert _pred_path(folder) == folder / "submission.csv"
+    # A pixel GeoJSON (it has scores) is preferred when the tiles were not georeferenced.
+    (folder / "predictions.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [],
+                                                            "rooftrace": {"coordinates": "pixel"}}))
+    assert _pred_path(folder) == folder / "predictions.geojson"

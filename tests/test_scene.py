@@ -337,3 +337,69 @@ def test_two_processes_share_the_scenes(scene_folder, tiny_model, tmp_path):
              for i in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert sorted(p.name for p in out.iterdir()) == ["s0.gpkg", "s1.gpkg", "s2.gpkg"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Work not thrown away: outputs checked first, temporary probabilities beside the output
+
+
+def test_an_output_that_cannot_be_written_stops_before_the_model_is_loaded_or_the_scene_read(seam_scene, tmp_path, monkeypatch):
+    """--out inside a regular file (or a read-only folder) is found out before any inference, for one scene
+    and for a folder of scenes, naming the output."""
+    import rooftrace.scene as scene_mod
+
+    def no(*args, **kwargs):
+        raise AssertionError("the model was loaded or the scene read before the output was checked")
+
+    monkeypatch.setattr(scene_mod, "make_runner", no)
+    monkeypatch.setattr(scene_mod, "Scene", no)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    out = tmp_path / "afile" / "out.gpkg"
+    with pytest.raises(RooftraceError, match=r"afile/out\.gpkg: cannot write it \(.*afile is a file, not a folder\)"):
+        predict_scene(seam_scene[0], out, tmp_path / "model.safetensors", progress=False)
+    with pytest.raises(RooftraceError, match=r"afile/outs: cannot write it \(Not a directory\)"):
+        predict_scenes([seam_scene[0]], tmp_path / "afile" / "outs", tmp_path / "model.safetensors", progress=False)
+    with pytest.raises(RooftraceError, match=r"afile/p\.tif: cannot write it"):
+        predict_scene(seam_scene[0], tmp_path / "ok.gpkg", identity, probabilities=tmp_path / "afile" / "p.tif", progress=False)
+    assert not (tmp_path / "ok.gpkg").exists()
+
+
+def test_a_killed_run_leaves_its_probabilities_beside_the_output_and_the_next_run_removes_them(seam_scene, tmp_path):
+    """The stitched probabilities go to a hidden ``.<out>.probs.tif`` beside the output, not the system temp
+    folder: a SIGKILLed predict-scene leaves nothing in $TMPDIR, and the next run of that output removes it."""
+    import os
+    import signal
+    import time
+
+    systmp, outs = tmp_path / "systmp", tmp_path / "outs"
+    systmp.mkdir()
+    marker = tmp_path / "started"
+    code = textwrap.dedent(f"""
+        import pathlib, time
+        from rooftrace.scene import predict_scene
+        calls = []
+        def slow(x):
+            calls.append(1)
+            if len(calls) == 3:  # midway: the probabilities raster is being written
+                pathlib.Path({str(marker)!r}).touch()
+                time.sleep(120)
+            return x.float() / 255
+        predict_scene({str(seam_scene[0])!r}, {str(outs / 'out.gpkg')!r}, slow, tile=64, overlap=16, batch_size=1, progress=False)
+    """)
+    env = {**os.environ, "TMPDIR": str(systmp), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "the subprocess never reached the model"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert list(systmp.iterdir()) == []
+    left = sorted(p.name for p in outs.iterdir())
+    assert ".out.gpkg.probs.tif" in left and "out.gpkg" not in left
+    result = predict_scene(seam_scene[0], outs / "out.gpkg", identity, tile=64, overlap=16, block=64, margin=8, progress=False)
+    assert result.n_buildings == len(seam_scene[1])
+    assert [p.name for p in outs.iterdir() if p.name.startswith(".out.gpkg.probs")] == []
+    assert "out.gpkg" in [p.name for p in outs.iterdir()]

@@ -208,3 +208,190 @@ def test_ddp_on_cpu_with_gloo_and_two_processes(mini_split, tmp_path):
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     assert len(_rows(run)) == 2
     assert "world 2" in (run / "train.log").read_text()
+
+
+# --- runs that fail: one clear line, exit 2 (issue 16) -----------------------------------------------
+
+def _tiny(mini: Path, runs: Path, *extra: str) -> list[str]:
+    """A seconds-long CPU run: a 4-channel baseline U-Net on 64 px crops."""
+    argv = ["train", "--config", str(REPO / "configs" / "baseline-unet.yaml")]
+    for o in (f"data.train={mini / 'train'}", f"data.val={mini / 'val'}", f"train.runs_dir={runs}", "data.crop_size=64",
+              "data.batch_size=2", "train.steps_per_epoch=2", "train.epochs=2", "data.workers=0", "model.base_channels=4",
+              "train.vis_tiles=1", "data.max_val_tiles=1", "train.patience=0", *extra):
+        argv += ["--set", o]
+    return argv
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(mini_split, tmp_path, monkeypatch, capsys):
+    """The loss turning NaN in epoch 2 (what optim.lr=100 does to a real network) stops the run with
+    exit 2, naming the epoch and the checkpoint, which is epoch 1's and loads."""
+    from rooftrace.cli import main
+    from rooftrace.train import Trainer
+
+    poisoned = {"on": False}
+    real_forward, real_write = SegmentationLoss.forward, Trainer._write_epoch_files
+
+    def forward(self, logits, target):
+        loss = real_forward(self, logits, target)
+        return loss * float("nan") if poisoned["on"] else loss
+
+    def write(self, *a, **k):
+        real_write(self, *a, **k)
+        poisoned["on"] = True
+
+    monkeypatch.setattr(SegmentationLoss, "forward", forward)
+    monkeypatch.setattr(Trainer, "_write_epoch_files", write)
+    assert main(_tiny(mini_split, tmp_path / "runs")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "training diverged at epoch 2, step 1: the training loss is nan" in err and "optim.lr" in err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert f"{run / 'last.safetensors'} (epoch 1), is kept" in err
+    assert load_model(run / "last.safetensors").meta["epoch"] == 1
+
+
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_a_corrupt_tile_is_left_out_and_named_and_strict_stops_at_it(mini_split, tmp_path, capsys, cache):
+    """A truncated training tile is decoded once at the start (with or without data.cache), left out with a
+    line naming it, and the run finishes with exit status 1; --strict stops at it (exit 2, one line)."""
+    import shutil
+
+    from rooftrace.cli import main
+
+    split = tmp_path / "train"
+    shutil.copytree(mini_split / "train", split, symlinks=False)
+    victim = sorted((split / "image").iterdir())[0]
+    data = victim.read_bytes()
+    victim.unlink()
+    victim.write_bytes(data[: len(data) // 3])
+    argv = _tiny(mini_split, tmp_path / "runs", f"data.train={split}", f"data.cache={cache}", "data.workers=1")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    assert f"skipped {victim}: not a readable raster or image" in err and "left out of data.train" in err
+    assert "3 train / 1 val tiles" in err
+    assert err.strip().splitlines()[-1] == "rooftrace train: 1 item(s) skipped (listed above); exit status 1"
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "resume.safetensors").exists()
+
+    assert main([*argv, "--set", f"train.runs_dir={tmp_path / 'strict-runs'}", "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rooftrace train: error: data.train: ") and f"{victim}: not a readable raster or image" in last
+    assert "--strict" in last
+
+
+@pytest.mark.parametrize("full_at", [1, 2])
+def test_a_full_disk_while_writing_an_epoch_leaves_the_last_complete_one_and_resume_goes_on(mini_split, tmp_path, capsys,
+                                                                                           monkeypatch, full_at):
+    """The disk fills while epoch ``full_at``'s resume state is written. The run stops (exit 2, naming the file);
+    the run folder keeps only complete epochs (no last/best/metrics of the cut epoch), and --resume goes on from
+    the last complete epoch, or from epoch 1 when there is none, with a note, to the same end as a clean run."""
+    import rooftrace.weights as weights
+    from rooftrace.cli import main
+
+    real = weights.atomic_write_bytes
+    calls = {"n": 0}
+
+    def full_disk(path, data, force=False):
+        if Path(path).name == "resume.safetensors":
+            calls["n"] += 1
+            if calls["n"] == full_at:
+                raise RooftraceError(f"{path}: cannot write it (No space left on device)")
+        return real(path, data, force=force)
+
+    monkeypatch.setattr(weights, "atomic_write_bytes", full_disk)
+    assert main(_tiny(mini_split, tmp_path / "runs")) == 2
+    err = capsys.readouterr().err
+    assert "resume.safetensors: cannot write it (No space left on device)" in err and "Traceback" not in err
+    (run,) = (tmp_path / "runs").iterdir()
+    if full_at == 1:
+        assert not any((run / n).exists() for n in ("last.safetensors", "best.safetensors", "metrics.csv", "resume.safetensors"))
+    else:
+        assert load_model(run / "last.safetensors").meta["epoch"] == 1
+        assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 1
+    monkeypatch.setattr(weights, "atomic_write_bytes", real)
+    assert main(["train", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"epoch {full_at}'s files were not all written" in err
+    assert ("starts again from epoch 1" if full_at == 1 else "continues after epoch 1, the last complete one") in err
+    assert not (run / ".epoch-pending").exists()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert load_model(run / "last.safetensors").meta["epoch"] == 2
+
+    clean = tmp_path / "clean"
+    assert main(_tiny(mini_split, clean)) == 0
+    (ref,) = clean.iterdir()
+    assert (ref / "metrics.csv").read_text().splitlines()[1].split(",")[:4] == (run / "metrics.csv").read_text().splitlines()[1].split(",")[:4]
+    a, b = read_model_file(run / "last.safetensors")[0], read_model_file(ref / "last.safetensors")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_stopped_while_moving_a_committed_epoch_finishes_the_moves_on_resume(mini_split, tmp_path, capsys, monkeypatch):
+    """Killed after epoch 1's resume state was written but before its files were moved into place: --resume
+    moves them (they belong to the committed epoch) and goes on."""
+    import rooftrace.train as train_mod
+    from rooftrace.cli import main
+
+    def stop(run_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_move_pending", stop)
+    assert main(_tiny(mini_split, tmp_path / "runs")) == 130
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / ".epoch-pending" / "last.safetensors").exists() and not (run / "last.safetensors").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "finished moving epoch 1's files into place" in capsys.readouterr().err
+    assert not (run / ".epoch-pending").exists()
+    assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1", "2"]
+
+
+def test_a_tile_that_fails_in_a_worker_is_one_line(mini_split, tmp_path):
+    """A tile that becomes unreadable after the start (read in a DataLoader worker) stops with its own
+    one-line message, not the worker's traceback."""
+    import shutil
+
+    from torch.utils.data import DataLoader
+
+    from rooftrace.dataset import TileDataset, collate_pad, select_tiles
+    from rooftrace.train import _worker_errors
+
+    split = tmp_path / "train"
+    shutil.copytree(mini_split / "train", split, symlinks=False)
+    cfg = load_config(REPO / "configs" / "baseline-unet.yaml", [f"data.train={split}", "data.cache=false", "data.crop_size=64"])
+    from rooftrace.dataset import open_split
+
+    ds = TileDataset(select_tiles(cfg.data.train, [open_split(s) for s in cfg.data.train]), cfg.data, None)
+    victim = ds.items[0].path
+    data = victim.read_bytes()
+    victim.unlink()
+    victim.write_bytes(data[: len(data) // 3])
+    loader = DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_pad)
+    with pytest.raises(RooftraceError) as info:
+        list(_worker_errors(loader))
+    text = str(info.value)
+    assert "Traceback" not in text and "\n" not in text and f"{victim}: not a readable raster or image" in text
+
+
+def test_a_png_cut_off_halfway_is_refused_not_read_as_partly_black(tmp_path):
+    """PNG tiles are decoded fully by Pillow (LOAD_TRUNCATED_IMAGES off): one cut off at half its bytes raises,
+    naming the file, instead of reading as an image whose lower half is black."""
+    import numpy as np
+    from PIL import Image
+
+    from rooftrace.imagery import read_rgb
+
+    arr = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "t.png"
+    Image.fromarray(arr).save(path)
+    assert (read_rgb(path) == arr).all()
+    for cut in (0.5, 0.9, 0.99):
+        data = path.read_bytes()
+        half = tmp_path / f"cut-{cut}.png"
+        half.write_bytes(data[: int(len(data) * cut)])
+        with pytest.raises(RooftraceError, match=rf"cut-{cut}\.png: truncated or corrupt image"):
+            read_rgb(half)

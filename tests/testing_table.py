@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import test_bad_input as cases  # noqa: E402
-from conftest import write_tiny_model  # noqa: E402
+from conftest import REPO, write_tiny_model  # noqa: E402
 
 from rooftrace.cli import main  # noqa: E402
 
@@ -37,7 +37,7 @@ def run() -> list[str]:
         text = re.sub(r"\r[^\n]*", "", out.getvalue() + "\n" + err.getvalue())
         lines = [ln for ln in text.splitlines() if ln.strip() and "%|" not in ln] or ["(nothing)"]
         hit = max(lines, key=lambda ln: (c.says[0] in ln, sum(s in ln for s in c.says)))
-        hit = hit.replace(str(tmp) + "/", "").replace(str(base) + "/", "").strip().replace("|", "\\|")
+        hit = hit.replace(str(tmp) + "/", "").replace(str(base) + "/", "").replace(str(REPO) + "/", "").strip().replace("|", "\\|")
         rows.append(f"| `{c.id}` | {c.what} | `rooftrace {argv[0]}` | {code} | `{hit}` |")
     return rows
 

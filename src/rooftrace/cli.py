@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from .config import check_device
 from .labels import RooftraceError
 
 
@@ -66,6 +67,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the scores as JSON here")
     p.add_argument("--gt-raster", type=Path, default=None, help="GeoTIFF that map-coordinate GT belongs to")
     p.add_argument("--pred-raster", type=Path, default=None, help="GeoTIFF that map-coordinate predictions belong to")
+    p.add_argument("--gt-crs", default=None, metavar="CRS",
+                   help="CRS of GeoJSON/GeoPackage GT when the file declares none or a wrong one, e.g. EPSG:32645")
+    p.add_argument("--pred-crs", default=None, metavar="CRS",
+                   help="CRS of GeoJSON/GeoPackage predictions when the file declares none or a wrong one")
     p.add_argument("--images", type=Path, default=None, help="image folder, when PRED is a folder of masks")
     p.add_argument("--no-pixel", action="store_true", help="skip pixel metrics")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
@@ -80,9 +85,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise RooftraceError(f"--iou {args.iou}: must be in (0, 1]")
     if args.json is not None and args.json.exists() and not args.force:
         raise RooftraceError(f"{args.json}: already exists; pass --force to overwrite it")
-    gt = read_labels(args.gt, raster=args.gt_raster)
+    gt = read_labels(args.gt, raster=args.gt_raster, crs=args.gt_crs, crs_option="--gt-crs")
     # Predictions in map coordinates belong to the same scene as the ground truth unless told otherwise.
-    pred = read_labels(args.pred, raster=args.pred_raster or args.gt_raster, images=args.images, check_images=False)
+    pred = read_labels(args.pred, raster=args.pred_raster or args.gt_raster, images=args.images, check_images=False,
+                       crs=args.pred_crs, crs_option="--pred-crs")
     print(gt.report.summary())
     print(pred.report.summary())
     pred = align_keys(gt, pred)
@@ -110,6 +116,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", type=Path, help="file to write")
     p.add_argument("--to", choices=WRITERS, default=None, help="output format")
     p.add_argument("--raster", type=Path, default=None, help="GeoTIFF that map-coordinate SRC belongs to")
+    p.add_argument("--labels-crs", default=None, metavar="CRS",
+                   help="CRS of a GeoJSON/GeoPackage SRC when the file declares none or a wrong one, e.g. EPSG:32645")
     p.add_argument("--images", type=Path, default=None,
                    help="image folder: every image in it gets a row in a BEGC2024 CSV; pairs a mask folder with its images")
     p.add_argument("--force", action="store_true", help="overwrite DST")
@@ -122,7 +130,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     fmt = args.to or _SUFFIX_FORMAT.get(args.dst.suffix.lower())
     if fmt is None:
         raise RooftraceError(f"{args.dst}: cannot tell the output format from the suffix; pass --to")
-    ls = formats.read_labels(args.src, raster=args.raster, images=args.images)
+    ls = formats.read_labels(args.src, raster=args.raster, images=args.images, crs=args.labels_crs)
     print(ls.report.summary())
     if ls.crs is not None and fmt != "geojson":
         raise RooftraceError(f"{args.src}: labels are in map coordinates; pass --raster to convert them to pixels for {fmt}")
@@ -264,6 +272,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--workers", type=int, default=2, help="tile-reading processes (default 2)")
+    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
+                   help="the tiles' pixel size in metres, for tiles that do not say (no GeoTIFF georeference, no tile name); "
+                   "overrides what they say. Tiles are resampled to the model's pixel size when it records one")
+    p.add_argument("--tms", action="store_true", help="tile names (OAM-<x>-<y>-<z>, <z>/<x>/<y>) count y from the bottom (TMS), not the top (XYZ)")
     _add_postprocess_options(p, None)
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     p.add_argument("--no-masks", action="store_true", help="skip the instance-mask PNGs")
@@ -288,11 +300,14 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.threads is not None and args.threads < 0:
         raise RooftraceError(f"--threads {args.threads}: must be 0 or more")
+    if args.workers < 0:
+        raise RooftraceError(f"--workers {args.workers}: must be 0 (read tiles in the main process) or more")
+    check_device(args.device)
     result = predict_folder(args.images, args.out, _default_model(args.model), batch_size=args.batch_size, tta=args.tta,
                             device=args.device, workers=args.workers, method=args.postprocess,
                             settings=_parse_settings(args.pp, args.settings), write_masks=not args.no_masks,
                             write_overlays=not args.no_overlays, force=args.force, threads=args.threads,
-                            compile=args.compile, precision=args.precision, resume=args.resume)
+                            compile=args.compile, precision=args.precision, resume=args.resume, gsd=args.gsd, tms=args.tms)
     print(result.summary())
     return 1 if result.n_skipped else 0
 
@@ -317,6 +332,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 def _run_tune(args: argparse.Namespace) -> int:
     from .tune import tune
 
+    check_device(args.device)
     print(tune(args.model, args.split, method=args.postprocess, tta=args.tta, device=args.device,
                precision=args.precision, force=args.force).summary())
     return 0
@@ -388,6 +404,9 @@ def _add_predict_scene(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
+    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
+                   help="the scene's pixel size in metres, for a scene without a CRS; overrides its transform's. Scenes are read "
+                   "resampled to the model's pixel size when it records one")
     _add_band_options(p)
     _add_postprocess_options(p, None)
     p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help=f"post-processing block in pixels (default {DEFAULT_BLOCK})")
@@ -396,6 +415,15 @@ def _add_predict_scene(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("gpkg", "geojson"), default="gpkg", help="output format when --out is a folder (default gpkg)")
     p.add_argument("--shard", default=None, metavar="I/N", help="take scenes I, I+N, I+2N, ... of the sorted list (0 <= I < N)")
     p.add_argument("--force", action="store_true", help="overwrite outputs; in folder mode, redo scenes whose output exists")
+    d = p.add_argument_group("Dask (pip install 'rooftrace[dask]'): one task per scene, big scenes split across workers, "
+                             "OUT/scenes/<scene>.gpkg and one merged layer OUT/footprints.gpkg")
+    d.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster: tcp://host:8786, or a scheduler file")
+    d.add_argument("--dask-workers", type=int, default=None, metavar="N",
+                   help="run on a local Dask cluster of N worker processes (one thread each)")
+    d.add_argument("--crs", default=None, help="CRS of the merged layer (default: the first scene's); other scenes are reprojected")
+    d.add_argument("--split-above", type=int, default=None, metavar="PIXELS",
+                   help="split scenes of more pixels (width x height) across workers (default 64,000,000)")
     p.set_defaults(func=_run_predict_scene)
 
 
@@ -404,22 +432,54 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
+    check_device(args.device)
     common = dict(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, bands=args.bands,
                   stretch=_parse_stretch(args.stretch), method=args.postprocess, settings=_parse_settings(args.pp, args.settings),
-                  block=args.block, margin=args.margin, device=args.device, tta=args.tta, precision=args.precision, force=args.force)
+                  block=args.block, margin=args.margin, device=args.device, tta=args.tta, precision=args.precision, force=args.force,
+                  gsd=args.gsd)
     if args.out.suffix and args.out.suffix.lower() not in OUTPUT_DRIVERS and not args.out.is_dir():
         raise RooftraceError(f"--out {args.out}: unknown output format {args.out.suffix!r}; use OUT.gpkg or OUT.geojson "
                              "for one scene, or a folder")
     if args.out.suffix.lower() in OUTPUT_DRIVERS:
         one = args.scenes[0]
-        if len(args.scenes) != 1 or one.is_dir() or one.suffix.lower() == ".txt" or args.shard is not None:
+        if (len(args.scenes) != 1 or one.is_dir() or one.suffix.lower() == ".txt" or args.shard is not None
+                or args.scheduler is not None or args.dask_workers is not None):
             raise RooftraceError(f"--out {args.out}: a file holds one scene; for several scenes or --shard, give a folder as --out")
         result = predict_scene(one, args.out, _default_model(args.model), probabilities=args.probabilities, **common)
         print(result.summary())
         return 0
     if args.probabilities is not None:
         raise RooftraceError("--probabilities keeps one scene's probabilities: give one scene and --out OUT.gpkg")
+    if args.scheduler is not None or args.dask_workers is not None:
+        return _run_predict_scene_dask(args, common)
+    if args.crs is not None or args.split_above is not None:
+        raise RooftraceError("--crs and --split-above go with --scheduler or --dask-workers")
     done = predict_scenes(args.scenes, args.out, _default_model(args.model), shard=args.shard, fmt=args.format, **common)
+    for r in done.results:
+        print(r.summary())
+    print(done.summary())
+    if done.failed:
+        print(f"rooftrace predict-scene: {len(done.failed)} scene(s) failed and were skipped (listed above); exit status 1",
+              file=sys.stderr)
+    return 1 if done.failed else 0
+
+
+def _run_predict_scene_dask(args: argparse.Namespace, common: dict) -> int:
+    from .distributed import DEFAULT_SPLIT_ABOVE, predict_scenes_dask
+
+    if args.scheduler is not None and args.dask_workers is not None:
+        raise RooftraceError("--scheduler and --dask-workers: give one (an existing cluster, or a local one of N workers)")
+    if args.shard is not None:
+        raise RooftraceError("--shard splits the scenes without a coordinator; with --scheduler or --dask-workers, Dask does")
+    if args.format != "gpkg":
+        raise RooftraceError("--format geojson: with Dask, per-scene outputs and the merged layer are GeoPackages")
+    if args.dask_workers is not None and args.dask_workers < 1:
+        raise RooftraceError(f"--dask-workers {args.dask_workers}: must be at least 1")
+    split = DEFAULT_SPLIT_ABOVE if args.split_above is None else args.split_above
+    if split < 1:
+        raise RooftraceError(f"--split-above {split}: must be at least 1 pixel")
+    done = predict_scenes_dask(args.scenes, args.out, _default_model(args.model), scheduler=args.scheduler,
+                               n_workers=args.dask_workers, crs=args.crs, split_above=split, **common)
     for r in done.results:
         print(r.summary())
     print(done.summary())
@@ -443,6 +503,8 @@ def _add_prepare_scenes(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="split folder to write (its name names the COCO file)")
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     _add_band_options(p)
+    p.add_argument("--labels-crs", default=None, metavar="CRS",
+                   help="CRS of the labels when a file declares none or a wrong one, e.g. EPSG:32645")
     p.add_argument("--source", default=None, help="COCO source of every tile (default: each scene's file stem)")
     p.add_argument("--force", action="store_true", help="write into a folder that already holds a split")
     p.set_defaults(func=_run_prepare_scenes)
@@ -455,7 +517,53 @@ def _run_prepare_scenes(args: argparse.Namespace) -> int:
         raise RooftraceError(f"prepare-scenes takes SCENE LABELS pairs; got {len(args.inputs)} paths")
     pairs = list(zip(args.inputs[::2], args.inputs[1::2]))
     result = prepare_scenes(pairs, args.out, tile=args.tile, bands=args.bands, stretch=_parse_stretch(args.stretch),
-                            source=args.source, force=args.force)
+                            source=args.source, force=args.force, labels_crs=args.labels_crs)
+    print(result.summary())
+    return 0
+
+
+def _add_prepare_chips(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare-chips",
+        help="chips (fAIr/OAM web-map tiles or georeferenced rasters) + one OSM GeoJSON -> train/val/test splits",
+        description="Reads every chip under CHIPS_DIR (georeferenced rasters in any CRS, or PNG/JPEG/WebP named "
+        "OAM-<x>-<y>-<z> or laid out <z>/<x>/<y>), reprojects the --labels footprints (GeoJSON or GeoPackage, any CRS) "
+        "into each chip's pixels, optionally resamples chips and labels to --gsd metres a pixel, splits the chips by area "
+        "(whole blocks of neighbouring chips) and writes OUT/train, OUT/val and OUT/test in the BEGC2024 layout "
+        "(image/<chip>.png and <split>.json), which rooftrace prepare, train and evaluate take as they are.",
+    )
+    p.add_argument("chips_dir", type=Path, metavar="CHIPS_DIR", help="folder of chips (searched recursively)")
+    p.add_argument("--labels", type=Path, required=True, help="building footprints: GeoJSON or GeoPackage, any CRS")
+    p.add_argument("--out", type=Path, required=True, help="output folder (gets train/, val/, test/)")
+    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
+                   help="resample every chip and its labels to this pixel size (needed for chips of several zoom levels)")
+    p.add_argument("--val", type=float, default=0.15, help="validation share of the chips, split by area (default 0.15)")
+    p.add_argument("--test", type=float, default=0.15, help="test share of the chips, split by area (default 0.15)")
+    p.add_argument("--block", type=int, default=None, metavar="N",
+                   help="split in blocks of N x N neighbouring chips (a power of two; default: 4, 2 or 1, the largest "
+                   "that gives enough blocks for the shares)")
+    p.add_argument("--block-zoom", type=int, default=None, metavar="Z",
+                   help="tile-named chips: blocks are the web-map tiles of zoom Z holding them")
+    p.add_argument("--aoi", type=Path, default=None,
+                   help="polygon file of the mapped area: chips without buildings inside it are kept as true negatives, "
+                   "those outside left out (default: the labels' convex hull grown by half a chip)")
+    p.add_argument("--empty", choices=("auto", "keep", "skip"), default="auto",
+                   help="chips without buildings: auto (by the mapped area, default), keep all, skip all")
+    p.add_argument("--tms", action="store_true", help="chip names count y from the bottom (TMS) instead of the top (XYZ)")
+    p.add_argument("--labels-crs", default=None, metavar="CRS",
+                   help="CRS of the labels when the file declares none or a wrong one, e.g. EPSG:32645")
+    p.add_argument("--source", default=None, help="COCO source of every image (default: the name of CHIPS_DIR's parent)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the assignment of blocks to splits (default 0)")
+    p.add_argument("--force", action="store_true", help="overwrite splits already in --out")
+    p.set_defaults(func=_run_prepare_chips)
+
+
+def _run_prepare_chips(args: argparse.Namespace) -> int:
+    from .chips import prepare_chips
+
+    result = prepare_chips(args.chips_dir, args.labels, args.out, gsd=args.gsd, val=args.val, test=args.test,
+                           block=args.block, block_zoom=args.block_zoom, aoi=args.aoi, empty=args.empty, tms=args.tms,
+                           labels_crs=args.labels_crs, source=args.source, seed=args.seed, force=args.force)
     print(result.summary())
     return 0
 
@@ -540,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_predict_scene(sub)
     _add_prepare_scenes(sub)
+    _add_prepare_chips(sub)
     _add_export(sub)
     _add_import_weights(sub)
     for name, p in sub.choices.items():

@@ -5,14 +5,17 @@ below. ``--set section.key=value`` overrides any entry (the value is parsed as Y
 ``--set train.epochs=2`` gives an int and ``--set data.channels=[footprint]`` a list). The fully
 resolved configuration is written into the run folder, so a run can always be repeated.
 
-Paths may use ``${ROOFTRACE_SAMPLE_DIR}``; when that variable is unset it means the sample pack at
-``../shared/data/buildings-sample`` (relative to the working directory, the repository root).
+Paths may use ``${ROOFTRACE_SAMPLE_DIR}``, ``${ROOFTRACE_EXTRA_DIR}`` and ``${ROOFTRACE_OSM_DIR}``; when
+unset they mean the data packs at ``../shared/data/buildings-sample``, ``buildings-extra`` and ``osm-oam``
+(relative to the working directory, the repository root).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,14 +30,56 @@ CHANNELS = ("footprint", "boundary", "contact")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SAMPLE_DIR = "../shared/data/buildings-sample"
+#: Where ``${NAME}`` in a config path points when the variable is not set (relative to the repository root).
+DEFAULT_DIRS = {
+    "ROOFTRACE_SAMPLE_DIR": DEFAULT_SAMPLE_DIR,
+    "ROOFTRACE_EXTRA_DIR": "../shared/data/buildings-extra",
+    "ROOFTRACE_OSM_DIR": "../shared/data/osm-oam",
+}
+
+
+#: Devices rooftrace can run on, as torch names them.
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_device(device: str, option: str = "--device") -> str:
+    """``device`` if torch would take it (auto, cpu, cuda, cuda:N, mps), else a clear error naming ``option``."""
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device.strip()):
+        raise RooftraceError(f"{option} {device}: not a device; use cpu, cuda, cuda:N (the N-th GPU) or auto "
+                             "(a GPU when there is one)")
+    return device.strip()
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """One split folder (``SPLIT/<split>.json`` + images), or part of it, as a training or validation source.
+
+    Written in YAML as a plain path, or as a mapping to take part of a split or to give its pixel size::
+
+        train:
+          - ${ROOFTRACE_SAMPLE_DIR}/train
+          - {path: ../shared/data/buildings-extra/train, exclude_groups: [dubai tile 5], gsd: 0.5}
+    """
+
+    path: str
+    groups: tuple[str, ...] = ()  #: keep only images of these ``area_group`` values (empty: all)
+    exclude_groups: tuple[str, ...] = ()  #: leave out images of these ``area_group`` values
+    match: str = ""  #: keep only images whose file name matches this regular expression
+    exclude: str = ""  #: leave out images whose file name matches this regular expression
+    gsd: float = 0.0  #: metres a pixel of images whose record gives none (0: unknown, used as they are)
+
+    def describe(self) -> str:
+        parts = [self.path] + [f"{k}={v!r}" for k, v in (("groups", list(self.groups)), ("exclude_groups", list(self.exclude_groups)),
+                                                           ("match", self.match), ("exclude", self.exclude), ("gsd", self.gsd)) if v]
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the tiles are and how they become tensors."""
 
-    train: str = "${ROOFTRACE_SAMPLE_DIR}/train"
-    val: str = "${ROOFTRACE_SAMPLE_DIR}/val"
+    train: tuple[SplitSpec, ...] = (SplitSpec("${ROOFTRACE_SAMPLE_DIR}/train"),)  #: one or more splits, used together
+    val: tuple[SplitSpec, ...] = (SplitSpec("${ROOFTRACE_SAMPLE_DIR}/val"),)
     crop_size: int = 256  #: random crops for training; validation uses whole tiles padded to 32
     batch_size: int = 8
     workers: int = 2
@@ -44,6 +89,7 @@ class DataConfig:
     contact_width: int = 3
     mean: tuple[float, float, float] = IMAGENET_MEAN  #: saved with the model
     std: tuple[float, float, float] = IMAGENET_STD
+    gsd: float = 0.0  #: metres a pixel the model trains at; every tile is resampled to it (0 = as they are); saved with the model
     max_train_tiles: int = 0  #: use only the first N training tiles (0 = all); for quick checks
     max_val_tiles: int = 0
 
@@ -61,6 +107,11 @@ class AugmentConfig:
     brightness_contrast: float = 0.5
     hue_saturation: float = 0.3
     blur_noise: float = 0.25
+    pixel_scale: float = 0.0  #: probability of sampling at another pixel size, log-uniform within pixel_scale_limit
+    pixel_scale_limit: float = 2.0  #: up to this factor finer or coarser than data.gsd
+    gray: float = 0.0  #: probability of a grayscale (panchromatic-like) sample
+    haze: float = 0.0  #: probability of haze (fog) or a low-resolution sensor (downscale and back)
+    gamma: float = 0.0  #: probability of a gamma / colour-balance shift (other sensors)
 
 
 @dataclass(frozen=True)
@@ -111,6 +162,7 @@ class TrainConfig:
     runs_dir: str = "runs"
     vis_tiles: int = 4  #: validation tiles in each epoch's visual check
     steps_per_epoch: int = 0  #: 0 = one pass over the training tiles
+    init_from: str = ""  #: start from the weights of this rooftrace model file (fine-tuning); "" = from model.encoder_weights
 
 
 @dataclass(frozen=True)
@@ -132,11 +184,42 @@ class Config:
             raise RooftraceError(f"data.channels {list(self.data.channels)}: must start with 'footprint' and use only {list(CHANNELS)}")
         if len(self.loss.channel_weights) < len(self.data.channels):
             raise RooftraceError(f"loss.channel_weights has {len(self.loss.channel_weights)} values for {len(self.data.channels)} channels")
-        if self.data.crop_size % 32:
-            raise RooftraceError(f"data.crop_size {self.data.crop_size}: must be a multiple of 32")
+        bad_number = next(((k, v) for k, v in _numbers(self.to_dict()) if not math.isfinite(v)), None)
+        if bad_number is not None:
+            raise RooftraceError(f"{bad_number[0]} {bad_number[1]}: must be a finite number")
+        if self.data.crop_size < 32 or self.data.crop_size % 32:
+            raise RooftraceError(f"data.crop_size {self.data.crop_size}: must be a positive multiple of 32, such as 256")
         for key, v in (("train.epochs", self.train.epochs), ("data.batch_size", self.data.batch_size)):
             if v < 1:
                 raise RooftraceError(f"{key} {v}: must be at least 1")
+        for key, v, what in (("optim.lr", self.optim.lr, "greater than 0, such as 1e-3"),
+                             ("optim.div_factor", self.optim.div_factor, "greater than 0"),
+                             ("optim.final_div_factor", self.optim.final_div_factor, "greater than 0")):
+            if not v > 0:
+                raise RooftraceError(f"{key} {v}: must be {what}")
+        if not 0.0 < self.optim.pct_start < 1.0:
+            raise RooftraceError(f"optim.pct_start {self.optim.pct_start}: must be between 0 and 1")
+        for key, v in (("data.workers", self.data.workers), ("train.steps_per_epoch", self.train.steps_per_epoch),
+                       ("train.patience", self.train.patience), ("train.vis_tiles", self.train.vis_tiles),
+                       ("data.max_train_tiles", self.data.max_train_tiles), ("data.max_val_tiles", self.data.max_val_tiles),
+                       ("data.boundary_width", self.data.boundary_width), ("data.contact_width", self.data.contact_width),
+                       ("optim.weight_decay", self.optim.weight_decay), ("optim.grad_clip", self.optim.grad_clip),
+                       ("loss.bce", self.loss.bce), ("loss.dice", self.loss.dice), ("loss.focal", self.loss.focal)):
+            if v < 0:
+                raise RooftraceError(f"{key} {v}: must be 0 or more")
+        if not all(v > 0 for v in self.data.std):
+            raise RooftraceError(f"data.std {list(self.data.std)}: every value must be greater than 0 (inputs are divided by it)")
+        check_device(self.train.device, "train.device")
+        if self.data.gsd < 0:
+            raise RooftraceError(f"data.gsd {self.data.gsd}: must be a pixel size in metres (0 = use tiles as they are)")
+        for key, specs in (("data.train", self.data.train), ("data.val", self.data.val)):
+            if not specs:
+                raise RooftraceError(f"{key}: give at least one split folder")
+            for spec in specs:
+                if spec.gsd < 0:
+                    raise RooftraceError(f"{key} {spec.path}: gsd {spec.gsd} must be metres a pixel (0 = unknown)")
+        if not 1.0 <= self.augment.pixel_scale_limit <= 8.0:
+            raise RooftraceError(f"augment.pixel_scale_limit {self.augment.pixel_scale_limit}: must be between 1 and 8")
         if self.train.amp not in ("auto", "bf16", "fp16", "off", "fp32"):
             raise RooftraceError(f"train.amp {self.train.amp!r}: must be one of auto, bf16, fp16, off")
         return self
@@ -144,6 +227,18 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, not tuples) for YAML and JSON."""
         return _plain(dataclasses.asdict(self))
+
+
+def _numbers(v: Any, key: str = "") -> typing.Iterator[tuple[str, float]]:
+    """Every float in plain config data, with its dotted key."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield from _numbers(x, f"{key}.{k}" if key else k)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            yield from _numbers(x, f"{key}[{i}]")
+    elif isinstance(v, float):
+        yield key, v
 
 
 def _plain(v: Any) -> Any:
@@ -157,6 +252,8 @@ def _plain(v: Any) -> Any:
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Convert a YAML value to the annotated type, or raise naming the key."""
     origin = typing.get_origin(tp)
+    if tp is SplitSpec and isinstance(value, str):
+        return SplitSpec(path=value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise RooftraceError(f"{key}: expected a mapping, got {value!r}")
@@ -230,7 +327,10 @@ def parse_overrides(items: list[str]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except yaml.YAMLError as exc:
+            if raw.strip()[:1] in "[{":  # meant as a list or mapping: never a path by accident
+                raise RooftraceError(f"--set {item}: not a valid YAML list or mapping ({str(exc).splitlines()[0]}); "
+                                     "quote values that hold '{', '}' or ',' (\"${ROOFTRACE_SAMPLE_DIR}/train\")") from None
             value = raw
         node = out
         parts = key.strip().split(".")
@@ -272,7 +372,8 @@ def config_from_dict(data: dict) -> Config:
 def resolve_path(p: str) -> Path:
     """Expand ``${ROOFTRACE_SAMPLE_DIR}`` (default: the sample pack beside the repository) and ``~``."""
     env = dict(os.environ)
-    env.setdefault("ROOFTRACE_SAMPLE_DIR", DEFAULT_SAMPLE_DIR)
+    for k, v in DEFAULT_DIRS.items():
+        env.setdefault(k, v)
     for k, v in env.items():
         p = p.replace("${" + k + "}", v)
     return Path(os.path.expanduser(p))

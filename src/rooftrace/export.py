@@ -9,9 +9,10 @@
 - ``metadata_props["rooftrace"]``: the JSON of the model file's metadata (the full training config,
   the output channels, the input normalisation, epoch and metrics) plus an ``"onnx"`` entry saying
   how the file was made and verified, and the post-processing settings ``rooftrace tune`` saved
-  beside the source model, when there are any. ``channels``, ``mean`` and ``std`` are also
-  stored as keys of their own (``rooftrace.channels``, ...) so other tools can read them without
-  parsing the config. ``rooftrace predict --model OUT.onnx`` needs nothing else.
+  beside the source model, when there are any. ``channels``, ``mean``, ``std`` and ``gsd`` (the
+  pixel size in metres the model was trained at, ``null`` when not recorded) are also stored as
+  keys of their own (``rooftrace.channels``, ...) so other tools can read them without parsing the
+  config. ``rooftrace predict --model OUT.onnx`` needs nothing else.
 
 The export is verified before it is written: ONNX Runtime and PyTorch run the same random inputs
 (two shapes, batch 1 at 256 x 256 and batch 2 at 320 x 384, so the dynamic axes are exercised) and
@@ -181,9 +182,9 @@ def default_calibration_folder(cfg: Config) -> Path | None:
     """The training split's image folder the config names, when it exists here."""
     from .config import resolve_path
 
-    for split in (cfg.data.train, cfg.data.val):
-        if split:
-            folder = resolve_path(str(split)) / "image"
+    for spec in (*cfg.data.train, *cfg.data.val):
+        if spec.path:
+            folder = resolve_path(spec.path) / "image"
             if folder.is_dir():
                 return folder
     return None
@@ -385,6 +386,7 @@ def export_onnx(
             f"{METADATA_KEY}.channels": json.dumps(list(loaded.channels)),
             f"{METADATA_KEY}.mean": json.dumps(list(loaded.mean)),
             f"{METADATA_KEY}.std": json.dumps(list(loaded.std)),
+            f"{METADATA_KEY}.gsd": json.dumps(loaded.gsd),
         }
         del proto.metadata_props[:]
         for k, v in entries.items():
@@ -450,6 +452,12 @@ class OnnxModel:
     @property
     def int8(self) -> bool:
         return bool(self.meta.get("onnx", {}).get("int8"))
+
+    @property
+    def gsd(self) -> float | None:
+        """The pixel size in metres the model was trained at (``None``: not recorded; use images as they are)."""
+        v = self.meta.get("gsd")
+        return float(v) if v else None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, C, H, W)`` float32 for a normalised ``(N, 3, H, W)`` batch (H, W multiples of 32)."""

@@ -98,6 +98,9 @@ class ImageLabels:
         scores: One confidence per footprint for predictions, else ``None``.
         source: Where the image comes from (BEGC2024 COCO ``source``), for per-part scores.
         record_id: The id the image had in its file (a COCO image ``id``), when it had one.
+        gsd: Ground sample distance (metres a pixel), when known (COCO image ``gsd``).
+        group: The area the image belongs to (COCO image ``area_group``); images of one group
+            overlap or touch, so they are kept on one side of a train/validation split.
     """
 
     key: ImageKey
@@ -108,6 +111,8 @@ class ImageLabels:
     scores: list[float] | None = None
     source: str | None = None
     record_id: int | str | None = None
+    gsd: float | None = None
+    group: str | None = None
 
 
 @dataclass

@@ -26,7 +26,21 @@ from .visualize import draw_outlines
 TP_RGB = (40, 220, 60)
 FP_RGB = (255, 40, 40)
 FN_RGB = (255, 160, 0)
+#: What a predict folder's report reads: the pixel-coordinate GeoJSON (it has scores) when the tiles
+#: were not georeferenced, else the submission CSV (a georeferenced run's GeoJSON is in longitude/latitude).
 PRED_FILES = ("predictions.geojson", "submission.csv", "predictions.coco.json")
+
+
+def _is_pixel_geojson(path: Path) -> bool:
+    """Whether ``path`` is rooftrace's pixel-coordinate GeoJSON (its top-level ``rooftrace`` marker says so)."""
+    import json
+
+    from .formats.geojson import is_pixel_geojson
+
+    try:
+        return is_pixel_geojson(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass
@@ -44,7 +58,7 @@ class ReportResult:
 def _pred_path(pred: Path) -> Path:
     if pred.is_dir():
         for name in PRED_FILES:
-            if (pred / name).exists():
+            if (pred / name).exists() and (name != "predictions.geojson" or _is_pixel_geojson(pred / name)):
                 return pred / name
     return pred
 

@@ -64,6 +64,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -232,11 +233,17 @@ class Scene:
     Raises:
         RooftraceError: Unreadable file, bands that need a mapping, a mapping that names a band
             the raster lacks, or a raster with no valid pixel.
+
+    A scene can be read at another pixel size (:meth:`set_scale`): ``width``, ``height``,
+    ``transform`` and :meth:`read` then describe a resampled view of the raster, with the same
+    extent and CRS, which is all the windows, stitching and blocks ever see.
     """
 
     def __init__(self, path: str | Path, bands: str | Sequence[int] | None = None,
                  percentiles: tuple[float, float] = DEFAULT_STRETCH, overview_size: int = OVERVIEW_SIZE):
         self.path = Path(path)
+        self.scale = 1.0
+        self._view: tuple[int, int] | None = None  # (width, height) of the resampled view
         self.src = open_raster(self.path)
         try:
             self.plan = _plan_bands(self.src, self.path, parse_bands(bands), percentiles, overview_size)
@@ -247,17 +254,30 @@ class Scene:
         self._index = [self._uniq.index(b) for b in self.plan.bands]
         self._luts: dict[int, np.ndarray] = {}
 
+    def set_scale(self, factor: float) -> None:
+        """Read the scene resampled by ``factor`` (0.5: half as many pixels a side): a view of
+        ``round(W * f) x round(H * f)`` pixels whose transform is the raster's scaled to cover the
+        same extent. Windows are read with GDAL's resampling (average when shrinking, bilinear
+        when enlarging). ``1.0`` reads the raster as it is."""
+        if factor == 1.0:
+            self.scale, self._view = 1.0, None
+            return
+        self.scale = float(factor)
+        self._view = (max(1, round(self.src.width * factor)), max(1, round(self.src.height * factor)))
+
     @property
     def width(self) -> int:
-        return self.src.width
+        return self._view[0] if self._view else self.src.width
 
     @property
     def height(self) -> int:
-        return self.src.height
+        return self._view[1] if self._view else self.src.height
 
     @property
     def transform(self) -> Affine:
-        return self.src.transform
+        if self._view is None:
+            return self.src.transform
+        return self.src.transform * Affine.scale(self.src.width / self._view[0], self.src.height / self._view[1])
 
     @property
     def crs(self) -> CRS | None:
@@ -292,8 +312,17 @@ class Scene:
             RooftraceError: The window cannot be read (a truncated or corrupt file).
         """
         try:
-            data = self.src.read(self._uniq, window=window)
-            masks = self.src.read_masks(self._uniq, window=window) if self.plan.masked else None
+            if self._view is None:
+                data = self.src.read(self._uniq, window=window)
+                masks = self.src.read_masks(self._uniq, window=window) if self.plan.masked else None
+            else:  # the same window of the resampled view: a fractional window of the raster, resampled
+                sx, sy = self.src.width / self._view[0], self.src.height / self._view[1]
+                src_window = Window(window.col_off * sx, window.row_off * sy, window.width * sx, window.height * sy)
+                shape = (len(self._uniq), int(window.height), int(window.width))
+                how = Resampling.average if self.scale < 1 else Resampling.bilinear
+                data = self.src.read(self._uniq, window=src_window, out_shape=shape, resampling=how)
+                masks = (self.src.read_masks(self._uniq, window=src_window, out_shape=shape, resampling=Resampling.nearest)
+                         if self.plan.masked else None)
         except RasterioIOError as exc:
             raise RooftraceError(
                 f"{self.path}: could not read rows {window.row_off}-{window.row_off + window.height}, columns "
@@ -392,6 +421,8 @@ class ModelRunner:
     channels: int | None
     model_path: Path | None = None
     description: str = "callable"
+    #: The pixel size in metres the model was trained at (``None``: not recorded; scenes are read as they are).
+    gsd: float | None = None
 
 
 def make_runner(model: str | Path | LoadedModel | ModelRunner | SceneModel | None, device: str = "auto", tta: bool = False,
@@ -428,7 +459,7 @@ def make_runner(model: str | Path | LoadedModel | ModelRunner | SceneModel | Non
             padded[:, :, :h, :w] = x.transpose(0, 3, 1, 2)
             return predict_probabilities(loaded, torch.from_numpy(padded), dev, tta=tta, precision=precision)[:, :, :h, :w]
 
-        return ModelRunner(run_loaded, len(loaded.channels), loaded.path, f"{loaded.path.name} on {dev}")
+        return ModelRunner(run_loaded, len(loaded.channels), loaded.path, f"{loaded.path.name} on {dev}", gsd=loaded.gsd)
     if not callable(model):
         raise RooftraceError(f"model {model!r}: expected a model file, a loaded model or a callable")
     fn = model
@@ -695,13 +726,21 @@ def _resolve_group(reader: _ProbReader, seed: tuple[int, int], win: tuple[int, i
     return anchor, geoms, np.asarray(found.scores, dtype=np.float64), truncated
 
 
+def block_cores(height: int, width: int, block: int) -> list[tuple[int, int]]:
+    """Top-left ``(row, col)`` of the post-processing cores of a ``height x width`` map, in the order they are run."""
+    return [(r, c) for r in range(0, height, block) for c in range(0, width, block)]
+
+
 def postprocess_blocks(prob_path: str | Path, *, method: str = DEFAULT_METHOD, settings: PostprocessSettings | None = None,
                        block: int = DEFAULT_BLOCK, margin: int = DEFAULT_MARGIN, max_group: int = DEFAULT_MAX_GROUP,
-                       progress: bool = True) -> Iterator[_BlockOutput]:
+                       progress: bool = True, cores: Sequence[tuple[int, int]] | None = None) -> Iterator[_BlockOutput]:
     """Post-process a stitched probability GeoTIFF block by block; yields each block's buildings.
 
     Every building of the scene is yielded exactly once (see the module docstring), as a
-    polygon in scene pixel coordinates with its score.
+    polygon in scene pixel coordinates with its score. ``cores`` (top-left ``(row, col)`` of
+    cores, from :func:`block_cores`) limits the run to those cores: the ownership rule needs
+    nothing from the other cores, so disjoint subsets can run in separate processes
+    (:mod:`rooftrace.distributed`) and together give exactly the buildings of one run.
     """
     if block < 64:
         raise RooftraceError(f"--block {block}: must be at least 64 pixels")
@@ -711,7 +750,7 @@ def postprocess_blocks(prob_path: str | Path, *, method: str = DEFAULT_METHOD, s
     threshold = s.footprint_threshold
     reader = _ProbReader(Path(prob_path))
     H, W = reader.height, reader.width
-    cores = [(r, c) for r in range(0, H, block) for c in range(0, W, block)]
+    cores = block_cores(H, W, block) if cores is None else [(int(r), int(c)) for r, c in cores]
     bar = tqdm(total=len(cores), desc="post-process", unit="block", disable=not progress, dynamic_ncols=True)
     try:
         for cr0, cc0 in cores:
@@ -783,6 +822,38 @@ def check_output(path: str | Path, force: bool = False) -> str:
     return driver
 
 
+def check_writable(folder: str | Path, meant: str | Path) -> None:
+    """Make ``folder`` (and its parents) if missing and check that a file can be created in it, before
+    any work: a run that cannot write its output stops at once, not after all the inference.
+
+    Raises:
+        RooftraceError: Naming ``meant`` (the output) and why (``Not a directory``, ``Permission denied``, ...).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".rooftrace-", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise RooftraceError(f"{meant}: cannot write it ({folder} is a file, not a folder); nothing was predicted") from None
+    except OSError as exc:
+        raise RooftraceError(f"{meant}: cannot write it ({exc.strerror or exc}); nothing was predicted") from None
+
+
+def probabilities_temp(out: str | Path, work_dir: str | Path | None = None) -> Path:
+    """Where :func:`predict_scene` stitches the probabilities of the scene predicted into ``out``: a hidden
+    file beside it (``.<out name>.probs.tif``, or in ``work_dir``), never the system's temp folder, so a
+    killed run leaves nothing behind that the next run of the same output does not remove."""
+    out = Path(out)
+    return (Path(work_dir) if work_dir is not None else out.parent) / f".{out.name}.probs.tif"
+
+
+def _remove_probabilities_temp(path: Path) -> None:
+    for p in path.parent.glob(path.name + "*"):  # GDAL's .aux.xml and .ovr sidecars too
+        p.unlink(missing_ok=True)
+
+
 class FeatureWriter:
     """Buildings into a GeoPackage (appended as they come) or a GeoJSON (streamed), atomically.
 
@@ -809,25 +880,38 @@ class FeatureWriter:
         self._started = False
         self._json = None
         if driver == "GeoJSON":
-            self._json = open(self.tmp, "w", encoding="utf-8")
+            with self._writing():
+                self._json = open(self.tmp, "w", encoding="utf-8")
             head: dict[str, Any] = {"type": "FeatureCollection", "name": self.path.stem}
             if crs is not None:
                 head["crs"] = {"type": "name", "properties": {"name": _crs_name(crs)}}
             self._json.write(json.dumps(head)[:-1] + ', "features": [\n')
             self._decimals = _decimals(transform)
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """An error while writing (a full disk) names the output meant, not the temporary file."""
+        import pyogrio.errors
+
+        try:
+            yield
+        except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, pyogrio.errors.FieldError) as exc:
+            text = getattr(exc, "strerror", None) or str(exc).replace(str(self.tmp), str(self.path)).splitlines()[0]
+            raise RooftraceError(f"{self.path}: cannot write it ({text})") from None
+
     def add(self, pixel_geoms: np.ndarray, scores: np.ndarray) -> None:
         """Add buildings given in scene pixel coordinates, with their scores."""
         if len(pixel_geoms) == 0:
             return
         geoms = pixel_to_map(np.asarray(pixel_geoms, dtype=object), self.transform)
-        if self._json is not None:
-            self._write_json(geoms, np.asarray(scores, dtype=np.float64))
-        else:
-            self._buffer.append((geoms, np.asarray(scores, dtype=np.float64)))
-            self._buffered += len(geoms)
-            if self._buffered >= self.chunk:
-                self._flush()
+        with self._writing():
+            if self._json is not None:
+                self._write_json(geoms, np.asarray(scores, dtype=np.float64))
+            else:
+                self._buffer.append((geoms, np.asarray(scores, dtype=np.float64)))
+                self._buffered += len(geoms)
+                if self._buffered >= self.chunk:
+                    self._flush()
         self.count += len(geoms)
 
     def _write_json(self, geoms: np.ndarray, scores: np.ndarray) -> None:
@@ -855,13 +939,14 @@ class FeatureWriter:
 
     def close(self) -> Path:
         """Finish the file and move it into place; returns its path."""
-        if self._json is not None:
-            self._json.write("\n]}\n")
-            self._json.close()
-            self._json = None
-        else:
-            self._flush(final=True)
-        os.replace(self.tmp, self.path)
+        with self._writing():
+            if self._json is not None:
+                self._json.write("\n]}\n")
+                self._json.close()
+                self._json = None
+            else:
+                self._flush(final=True)
+            os.replace(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
@@ -909,6 +994,12 @@ class SceneResult:
         n_truncated: Groups of buildings larger than ``max_group`` pixels, cut there.
         seconds_inference, seconds_postprocess, seconds: Time of phase 1, phase 2 and in all.
         probabilities: Where the stitched probabilities were kept, if asked for.
+        gsd_input: The scene's pixel size in metres (``None``: unknown), and ``gsd_source`` where
+            it came from (``--gsd``, ``geotiff`` or ``unknown``).
+        gsd_model: The pixel size the model was trained at (``None``: not recorded).
+        scale: The factor the scene was resampled by before the model saw it (1.0: not resampled);
+            the model then saw ``round(width * scale) x round(height * scale)`` pixels.
+        notes: Lines about the pixel size, printed by :meth:`summary`.
     """
 
     scene: Path
@@ -928,6 +1019,11 @@ class SceneResult:
     seconds_postprocess: float
     seconds: float
     probabilities: Path | None = None
+    gsd_input: float | None = None
+    gsd_source: str = "unknown"
+    gsd_model: float | None = None
+    scale: float = 1.0
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -944,6 +1040,7 @@ class SceneResult:
                          "and were cut there (raise max_group)")
         if self.probabilities is not None:
             lines.append(f"stitched probabilities kept in {self.probabilities}")
+        lines.extend(self.notes)
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -960,11 +1057,55 @@ def _resolve_postprocessing(runner: ModelRunner, method: str | None, settings: P
     return method or DEFAULT_METHOD, settings
 
 
+def scene_scale(scene: Scene, gsd: float | None, model_gsd: float | None) -> tuple[float, float | None, str, list[str]]:
+    """The factor to read a scene at so that its pixels are the model's, and why.
+
+    The scene's pixel size is ``gsd`` when given, else measured on the ground from its transform
+    and CRS at its centre (:func:`rooftrace.georef.pixel_size_m`: metres, degrees included), else
+    unknown and taken to be the model's. Returns ``(factor, gsd_input, gsd_source, notes)``;
+    the factor is 1.0 when the model records no pixel size or the two are within 2 %.
+    """
+    from .georef import pixel_size_m
+    from .predict import resample_factor
+
+    own = None
+    if scene.crs is not None:
+        try:
+            own = float(pixel_size_m(scene.crs, scene.src.transform, scene.src.width, scene.src.height))
+            own = own if math.isfinite(own) and own > 0 else None
+        except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot bring to WGS84
+            own = None
+    notes: list[str] = []
+    if gsd is not None:
+        g_in, source = gsd, "--gsd"
+        if own is not None and not 0.5 <= gsd / own <= 2.0:
+            notes.append(f"note: --gsd {gsd:g} overrides the scene's own pixel size, {own:.3g} m, which differs by more than 2x; check --gsd")
+    elif own is not None:
+        g_in, source = own, "geotiff"
+    else:
+        g_in, source = None, "unknown"
+    factor = resample_factor(g_in, model_gsd)
+    if model_gsd is None:
+        if gsd is not None:
+            notes.append(f"note: the model records no pixel size, so --gsd {gsd:g} changes nothing: the scene is read as it is")
+    elif g_in is None:
+        notes.append(f"note: the scene has no CRS and no --gsd was given: its pixel size was taken to be the model's "
+                     f"({model_gsd:.3g} m) and it was not resampled")
+    elif factor != 1.0:
+        notes.append(f"pixel size: {g_in:.3g} m ({source}) resampled to the model's {model_gsd:.3g} m (x{factor:.3g}): "
+                     f"{scene.src.width} x {scene.src.height} px read as {max(1, round(scene.src.width * factor))} x "
+                     f"{max(1, round(scene.src.height * factor))}; footprints are in the scene's CRS")
+    else:
+        notes.append(f"pixel size: {g_in:.3g} m ({source}), the model's {model_gsd:.3g} m; not resampled")
+    return factor, g_in, source, notes
+
+
 def predict_scene(
     scene: str | Path,
     out: str | Path,
     model: str | Path | LoadedModel | ModelRunner | SceneModel | None = None,
     *,
+    gsd: float | None = None,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
@@ -993,7 +1134,13 @@ def predict_scene(
             ``area`` (map units squared).
         model: A rooftrace ``.safetensors`` file, a loaded model, a :class:`ModelRunner`, or a
             callable (see :data:`SceneModel`); default the shipped model.
-        tile, overlap: Window size and overlap in pixels.
+        gsd: The scene's pixel size in metres (``--gsd``), for a scene without a CRS; it
+            overrides what the scene's transform says. When the model records the pixel size it
+            was trained at, the scene is read resampled to it (:func:`scene_scale`,
+            :meth:`Scene.set_scale`): windows, overlap, blocks and the post-processing
+            thresholds are then in the model's pixels, and the footprints go to the scene's CRS
+            through the resampled view's transform.
+        tile, overlap: Window size and overlap in pixels (of the model's pixel size).
         batch_size: Windows per forward pass.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         tta: Average the four flips.
@@ -1005,7 +1152,8 @@ def predict_scene(
         block, margin, max_group: Post-processing block geometry (module docstring).
         probabilities: Also keep the stitched probabilities here (a GeoTIFF, uint8 x 255).
         normalization: For callables: give them normalised float input instead of uint8.
-        work_dir: Where the temporary probability GeoTIFF goes (default the system's temp folder).
+        work_dir: Where the temporary probability GeoTIFF goes (default beside ``out``, as
+            ``.<out name>.probs.tif``; one a killed run left is removed by the next run of ``out``).
         force: Overwrite ``out`` (and ``probabilities``).
         progress: Show progress bars.
 
@@ -1013,18 +1161,29 @@ def predict_scene(
         RooftraceError: Unreadable scene, a band mapping needed, an output that exists, a bad
             option, or a model whose output is not probabilities.
     """
+    from .predict import check_gsd
+
     t0 = time.perf_counter()
     scene, out = Path(scene), Path(out)
+    gsd = check_gsd(gsd)
     check_tiling(tile, overlap)
     check_output(out, force)
     if probabilities is not None and Path(probabilities).exists() and not force:
         raise RooftraceError(f"{probabilities}: already exists; pass --force to overwrite it")
+    # Before the model is loaded or the scene read: an output that cannot be written stops at once.
+    check_writable(out.parent, out)
+    if probabilities is not None:
+        check_writable(Path(probabilities).parent, probabilities)
+    prob_path = probabilities_temp(out, work_dir)
+    if work_dir is not None:
+        check_writable(work_dir, prob_path)
+    _remove_probabilities_temp(prob_path)  # what a killed run of this output left
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), Scene(scene, bands=bands, percentiles=stretch) as sc:
         runner = model if isinstance(model, ModelRunner) else make_runner(model, device=device, tta=tta, normalization=normalization, precision=precision)
         method, settings = _resolve_postprocessing(runner, method, settings)
+        factor, gsd_in, gsd_source, notes = scene_scale(sc, gsd, runner.gsd)
+        sc.set_scale(factor)
         writer = FeatureWriter(out, sc.crs, sc.transform, force=force)
-        tmp_dir = Path(tempfile.mkdtemp(prefix="rooftrace-scene-", dir=work_dir))
-        prob_path = tmp_dir / "probabilities.tif"
         try:
             stats = stitch_scene(sc, runner, prob_path, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)
             t1 = time.perf_counter()
@@ -1044,14 +1203,16 @@ def predict_scene(
             writer.abort()
             raise
         finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+            _remove_probabilities_temp(prob_path)
         crs = sc.crs
+        st = sc.src.transform
         return SceneResult(
-            scene=scene, out=written, model=runner.description, n_buildings=writer.count, width=sc.width, height=sc.height,
-            crs=_crs_name(crs) if crs is not None else None, pixel_size=(abs(sc.transform.a), abs(sc.transform.e)),
-            area_km2=scene_area_km2(sc.width, sc.height, sc.transform, crs), bands=sc.plan.describe(),
+            scene=scene, out=written, model=runner.description, n_buildings=writer.count, width=sc.src.width, height=sc.src.height,
+            crs=_crs_name(crs) if crs is not None else None, pixel_size=(abs(st.a), abs(st.e)),
+            area_km2=scene_area_km2(sc.src.width, sc.src.height, st, crs), bands=sc.plan.describe(),
             n_windows=stats.n_windows, n_windows_nodata=stats.n_skipped, n_truncated=truncated,
             seconds_inference=t1 - t0, seconds_postprocess=t2 - t1, seconds=time.perf_counter() - t0, probabilities=kept,
+            gsd_input=gsd_in, gsd_source=gsd_source, gsd_model=runner.gsd, scale=factor, notes=notes,
         )
 
 
@@ -1136,6 +1297,14 @@ class ScenesResult:
         return "\n".join(lines)
 
 
+def _finished(output: Path) -> bool:
+    """Whether a scene's output is there and not empty."""
+    try:
+        return output.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def predict_scenes(
     scenes: Sequence[str | Path],
     out_dir: str | Path,
@@ -1166,8 +1335,11 @@ def predict_scenes(
     Raises:
         RooftraceError: No scenes, a bad shard or format, or two scenes with the same file stem.
     """
+    from .predict import check_gsd
+
     if fmt not in ("gpkg", "geojson"):
         raise RooftraceError(f"--format {fmt!r}: choose gpkg or geojson")
+    check_gsd(kwargs.get("gsd"))  # before any scene: a bad --gsd stops the run, it does not fail every scene
     i, n = parse_shard(shard)
     every = list_scenes(scenes)
     stems: dict[str, Path] = {}
@@ -1178,15 +1350,17 @@ def predict_scenes(
     out_dir = Path(out_dir)
     result = ScenesResult(out_dir, (i, n))
     mine = shard_scenes(every, (i, n))
-    todo = [p for p in mine if force or not (out_dir / f"{p.stem}.{fmt}").exists()]
+    # An output of 0 bytes (a copy cut short, a full disk outside rooftrace) is not a finished scene.
+    todo = [p for p in mine if force or not _finished(out_dir / f"{p.stem}.{fmt}")]
     result.skipped = [p for p in mine if p not in todo]
     if not todo:
         return result
+    check_writable(out_dir, out_dir)  # before the model is loaded: not once per scene, after its inference
     runner = make_runner(model, device=device, tta=tta, normalization=normalization, precision=precision)
     for p in todo:
         try:
-            result.results.append(predict_scene(p, out_dir / f"{p.stem}.{fmt}", runner, force=force,
-                                                progress=progress, **kwargs))
+            out = out_dir / f"{p.stem}.{fmt}"
+            result.results.append(predict_scene(p, out, runner, force=force or out.exists(), progress=progress, **kwargs))
         except RooftraceError as exc:
             if is_strict():  # --strict: stop at the first scene that fails
                 raise
@@ -1196,6 +1370,6 @@ def predict_scenes(
 
 __all__ = [
     "BandPlan", "FeatureWriter", "Grid", "ModelRunner", "Scene", "SceneModel", "SceneResult", "ScenesResult", "StitchStats",
-    "check_output", "check_tiling", "list_scenes", "make_runner", "parse_bands", "parse_shard", "postprocess_blocks", "predict_scene",
-    "predict_scenes", "scene_area_km2", "shard_scenes", "stitch_scene", "window_keep", "window_starts",
+    "check_output", "check_tiling", "check_writable", "probabilities_temp", "list_scenes", "make_runner", "parse_bands", "parse_shard", "postprocess_blocks", "predict_scene",
+    "predict_scenes", "scene_area_km2", "scene_scale", "shard_scenes", "stitch_scene", "window_keep", "window_starts",
 ]

@@ -129,6 +129,7 @@ def prepare_scenes(
     source: str | None = None,
     force: bool = False,
     progress: bool = True,
+    labels_crs: str | None = None,
 ) -> SceneSplitResult:
     """Cut scenes and their labels into ``split_dir`` (tiles + COCO), ready for ``rooftrace train``.
 
@@ -139,6 +140,7 @@ def prepare_scenes(
         bands, stretch: As for ``predict-scene`` (see :class:`rooftrace.scene.Scene`).
         source: The COCO ``source`` of every tile; default each scene's file stem.
         force: Write into a split folder that already holds a split (files are overwritten).
+        labels_crs: The labels' CRS when a file declares none or a wrong one (``--labels-crs``).
         progress: Show a progress bar.
 
     Raises:
@@ -169,7 +171,7 @@ def prepare_scenes(
         for scene_path, labels_path in pairs:
             scene_path, labels_path = Path(scene_path), Path(labels_path)
             with Scene(scene_path, bands=bands, percentiles=stretch) as sc:
-                gt = read_geojson(labels_path, raster=scene_path)
+                gt = read_geojson(labels_path, raster=scene_path, crs=labels_crs)
                 if gt.report.messages or gt.report.dropped or gt.report.repaired:
                     result.notes.append(gt.report.summary())
                 footprints = np.asarray([fp for img in gt for fp in img.footprints], dtype=object)

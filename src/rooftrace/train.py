@@ -7,8 +7,10 @@
   validation tiles), ``best.safetensors`` (best object F1), ``last.safetensors`` and
   ``resume.safetensors`` (optimizer, scheduler, grad scaler, epoch, RNG states).
 
-Every file is written atomically and the resume state last, so a run killed at any moment continues
-with ``resume(run_dir)`` from its last finished epoch and, on the CPU, ends with the weights and
+Every file is written atomically, and an epoch's files are one commit: they wait in ``.epoch-pending/``
+until the resume state is written, then move into place (``resume`` finishes or drops a pending set).
+So a run killed at any moment, or stopped by a full disk, continues with ``resume(run_dir)`` from its
+last finished epoch and, on the CPU, ends with the weights and
 metrics an uninterrupted run would have: batches depend only on ``(seed, epoch)``.
 
 Under ``torchrun --nproc_per_node N`` the same code trains with DistributedDataParallel (gloo on the
@@ -22,6 +24,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,9 +38,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from .config import Config, dump_yaml, load_config, resolve_path
-from .dataset import TileDataset, collate_pad, open_split
+from .dataset import TileDataset, collate_pad, open_split, select_tiles
 from .formats._io import atomic_write_bytes, atomic_write_text
-from .labels import LabelSet, RooftraceError
+from .labels import LabelSet, LoadReport, RooftraceError
 from .losses import SegmentationLoss
 from .models import build_model, count_parameters
 from .precision import autocast, autocast_dtype, dtype_name
@@ -80,6 +83,22 @@ def setup_env(cfg: Config) -> Env:
     device = torch.device(want)
     amp_dtype = autocast_dtype(cfg.train.amp, device)
     return Env(device=device, amp_dtype=amp_dtype, rank=rank, world=world)
+
+
+def init_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a rooftrace model file's weights into ``model`` to fine-tune it (``train.init_from``).
+
+    The file is read as every model file is (safetensors only, its SHA-256 sidecar checked), and its
+    tensors must fit the config's network exactly, names and shapes.
+    """
+    from .weights import read_model_file
+
+    tensors, _ = read_model_file(path)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
+    except RuntimeError as exc:
+        raise RooftraceError(f"train.init_from {path}: its weights do not fit this config's network "
+                             f"({str(exc).splitlines()[0]})") from None
 
 
 def _seed_everything(seed: int) -> None:
@@ -125,19 +144,28 @@ class Trainer:
         self.cfg, self.env, self.run_dir = cfg, env, run_dir
         self.log = _logger(run_dir, env.main)
         _seed_everything(cfg.train.seed)
-        self.train_labels = open_split(cfg.data.train)
-        self.val_labels = open_split(cfg.data.val)
-        for ls in (self.train_labels, self.val_labels):
+        self.train_labels = [open_split(spec) for spec in cfg.data.train]
+        self.val_labels = [open_split(spec) for spec in cfg.data.val]
+        for ls in (*self.train_labels, *self.val_labels):
             if env.main and (ls.report.problems or ls.report.dropped):
                 self.log.info(ls.report.summary())
-        self.train_ds = TileDataset(self.train_labels, cfg.data, cfg.augment, seed=cfg.train.seed, max_tiles=cfg.data.max_train_tiles)
-        self.val_ds = TileDataset(self.val_labels, cfg.data, None, max_tiles=cfg.data.max_val_tiles)
-        if cfg.data.cache:  # decode once, before workers fork, so every worker shares the cache
-            for ds in (self.train_ds, self.val_ds):
-                for i in range(len(ds)):
-                    ds.load(i)
+        self.train_ds = TileDataset(select_tiles(cfg.data.train, self.train_labels), cfg.data, cfg.augment,
+                                    seed=cfg.train.seed, max_tiles=cfg.data.max_train_tiles)
+        self.val_ds = TileDataset(select_tiles(cfg.data.val, self.val_labels), cfg.data, None, max_tiles=cfg.data.max_val_tiles)
+        # Decode every tile once, before workers fork (with data.cache every worker shares what was
+        # decoded). An unreadable tile is left out and named (exit status 1); --strict stops at it.
+        for ds, name in ((self.train_ds, "data.train"), (self.val_ds, "data.val")):
+            report = LoadReport(name)
+            dropped = ds.drop_unreadable(report)
+            if env.main and dropped:
+                for message in report.messages:
+                    self.log.info(f"skipped {message}; the tile is left out of {name}")
+                self.log.info(f"{name}: {len(dropped)} unreadable tile(s) left out; {len(ds)} kept")
         self.channels = len(cfg.data.channels)
-        model = build_model(cfg.model, self.channels).to(env.device)
+        model = build_model(cfg.model, self.channels)
+        if cfg.train.init_from:
+            init_weights(model, resolve_path(cfg.train.init_from))
+        model = model.to(env.device)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -195,13 +223,20 @@ class Trainer:
         t0 = time.perf_counter()
         bar = tqdm(self._train_loader(epoch), total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.env.main, leave=False, dynamic_ncols=True)
-        for batch in bar:
+        for batch in _worker_errors(bar):
             if steps >= self.steps_per_epoch:
                 break
             x, y = self._to(batch["image"]), self._to(batch["target"])
             with self._autocast():
                 logits = self.net(x)
             loss = self.loss_fn(logits.float(), y)
+            bad = not bool(torch.isfinite(loss.detach()))
+            if self.env.world > 1:  # every process stops together, or the others would wait for it forever
+                flag = torch.tensor([float(bad)], device=self.env.device if self.env.device.type == "cuda" else "cpu")
+                dist.all_reduce(flag)
+                bad = bool(flag.item() > 0)
+            if bad:
+                self._diverged(epoch, f"step {steps + 1}: the training loss is {float(loss.detach())}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.cfg.optim.grad_clip:
@@ -240,6 +275,8 @@ class Trainer:
             with self._autocast():
                 logits = self.model(x)
             logits = logits.float()
+            if not bool(torch.isfinite(logits).all()):
+                self._diverged(epoch, "validation: the network's outputs are not finite")
             loss_sum += float(self.loss_fn(logits, y)) * x.shape[0]
             n += x.shape[0]
             probs = torch.sigmoid(logits).cpu().numpy()
@@ -250,10 +287,10 @@ class Trainer:
                 fg, tg = p[0] > 0.5, t[0] > 0.5
                 tp += int((fg & tg).sum()); fp += int((fg & ~tg).sum()); fn += int((~fg & tg).sum())
                 idx = int(batch["index"][k])
-                src = self.val_ds.items[idx]
-                gimg = gt.get_or_add(src.key)
-                gimg.footprints, gimg.width, gimg.height, gimg.source = list(src.footprints), w, h, src.source
-                pimg = pred.get_or_add(src.key)
+                ref = self.val_ds.items[idx]
+                gimg = gt.get_or_add(ref.key)
+                gimg.footprints, gimg.width, gimg.height, gimg.source = self.val_ds.footprints(idx, (h, w)), w, h, ref.image.source
+                pimg = pred.get_or_add(ref.key)
                 pimg.width, pimg.height = w, h
                 pimg.footprints = postprocess(p).footprints
                 if len(vis) < self.cfg.train.vis_tiles:
@@ -271,11 +308,31 @@ class Trainer:
             "object_precision": score.precision, "object_recall": score.recall,
         }
 
+    def _diverged(self, epoch: int, what: str) -> None:
+        """Stop a run whose loss or weights are no longer finite, keeping the last good checkpoint."""
+        last = self.run_dir / "last.safetensors" if self.run_dir is not None else None
+        kept = (f"the last good checkpoint, {last} (epoch {len(self.history)}), is kept" if last is not None and last.exists()
+                else "no epoch had finished, so there is no checkpoint")
+        raise RooftraceError(f"training diverged at epoch {epoch + 1}, {what}; stopped ({kept}). Lower optim.lr "
+                             f"(now {self.cfg.optim.lr:g}) or set optim.grad_clip, and train again")
+
     # --- the run ------------------------------------------------------------------------------
 
     def _write_epoch_files(self, epoch: int, row: dict[str, Any], improved: bool) -> None:
+        """One commit per epoch: last/best/metrics/curves go to ``RUN/.epoch-pending/`` first, then
+        ``resume.safetensors`` (the commit: it names the epoch), then they are moved into place. A run
+        stopped at any point (a full disk, SIGKILL) leaves the previous epoch's files whole, and
+        :func:`recover_epoch_files` finishes or drops the pending set on ``--resume``."""
         run = self.run_dir
         assert run is not None
+        final = run
+        run = final / PENDING
+        shutil.rmtree(run, ignore_errors=True)
+        try:
+            run.mkdir()
+        except OSError as exc:
+            raise RooftraceError(f"{run}: cannot create it ({exc.strerror})") from None
+        atomic_write_text(run / "EPOCH", f"{epoch + 1}\n", force=True)
         extra = {"epoch": epoch + 1, "metrics": {k: row[k] for k in row if k != "epoch"}}
         save_model(run / "last.safetensors", self.model, self.cfg, extra=extra)
         if improved:
@@ -289,9 +346,10 @@ class Trainer:
         from .visualize import plot_curves
 
         atomic_write_bytes(run / "curves.png", plot_curves(self.history), force=True)
-        save_resume_state(run / "resume.safetensors", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                          info={"epoch": epoch + 1, "best_f1": self.best_f1, "best_epoch": self.best_epoch,
-                                "bad_epochs": self.bad_epochs, "history": self.history})
+        save_resume_state(final / "resume.safetensors", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                          scaler=self.scaler, info={"epoch": epoch + 1, "best_f1": self.best_f1, "best_epoch": self.best_epoch,
+                                                    "bad_epochs": self.bad_epochs, "history": self.history})
+        _move_pending(final)
 
     def fit(self) -> dict[str, Any]:
         """Train from ``start_epoch`` to the end or to early stopping; returns the final summary."""
@@ -307,6 +365,11 @@ class Trainer:
             if self.env.main:
                 row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], "train_loss": train_loss}
                 row.update(self.validate(epoch))
+                bad_weight = next((k for k, v in self.model.state_dict().items()
+                                   if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+                if not math.isfinite(train_loss) or not math.isfinite(row["val_loss"]) or bad_weight is not None:
+                    self._diverged(epoch, f"its end: training loss {train_loss:.4g}, validation loss {row['val_loss']:.4g}"
+                                   + (f", weight {bad_weight} not finite" if bad_weight else ""))
                 row["train_images_per_s"], row["epoch_s"] = rate, time.perf_counter() - t0
                 self.history.append(row)
                 improved = row["object_f1"] > self.best_f1
@@ -332,6 +395,73 @@ class Trainer:
         if self.env.main:
             self.log.info(f"done: best object F1 {self.best_f1:.4f} at epoch {self.best_epoch}; {self.run_dir}")
         return summary
+
+
+#: Where an epoch's files wait until its resume state is written (see ``Trainer._write_epoch_files``).
+PENDING = ".epoch-pending"
+
+
+def _pending_epoch(run_dir: Path) -> int | None:
+    """The epoch of the pending set in ``run_dir`` (0 if it cannot be told), or ``None`` when there is none."""
+    pending = run_dir / PENDING
+    if not pending.is_dir():
+        return None
+    try:
+        return int((pending / "EPOCH").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _move_pending(run_dir: Path) -> None:
+    """Move a committed epoch's files from ``RUN/.epoch-pending/`` into the run folder."""
+    pending = run_dir / PENDING
+    # Each model file before its SHA-256 sidecar, the epoch marker last.
+    names = sorted((p.name for p in pending.iterdir() if p.name != "EPOCH"), key=lambda n: (n.endswith(".sha256"), n))
+    try:
+        for name in names:
+            os.replace(pending / name, run_dir / name)
+    except OSError as exc:
+        raise RooftraceError(f"{run_dir / name}: cannot move it into place ({exc.strerror})") from None
+    shutil.rmtree(pending, ignore_errors=True)
+
+
+def recover_epoch_files(run_dir: Path, committed: int | None) -> str | None:
+    """Finish or drop the epoch files a stopped run left pending; returns a note for the log, if any.
+
+    ``committed`` is the epoch of ``resume.safetensors`` (``None``: there is none). A pending set of
+    that epoch was committed and only its moves were cut short: they are done now. One of a later
+    epoch (the run stopped while writing it: a full disk, SIGKILL) is removed, so the run folder
+    holds the last complete epoch's files only.
+    """
+    pending = _pending_epoch(run_dir)
+    if pending is None:
+        return None
+    if committed is not None and pending == committed:
+        _move_pending(run_dir)
+        return f"finished moving epoch {pending}'s files into place (the run had stopped while moving them)"
+    shutil.rmtree(run_dir / PENDING, ignore_errors=True)
+    back = (f"the run continues after epoch {committed}, the last complete one" if committed
+            else "no epoch was complete, so the run starts again from epoch 1")
+    return (f"epoch {pending or '?'}'s files were not all written (the run stopped while writing them: a full disk? "
+            f"killed?); they were removed and {back}")
+
+
+def _worker_errors(loader):
+    """Batches of ``loader``; a :class:`RooftraceError` raised in a DataLoader worker (a corrupt tile read
+    with ``data.cache: false``) comes back as its own one-line message, not wrapped in the worker's traceback."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RooftraceError as exc:
+            text = str(exc).strip()
+            if "Traceback" not in text:
+                raise
+            last = text.splitlines()[-1]
+            raise RooftraceError(last.split("RooftraceError: ", 1)[1] if "RooftraceError: " in last else last) from None
+        yield batch
 
 
 def _shared_run_dir(cfg: Config, env: Env, run_dir: Path | None) -> Path | None:
@@ -366,13 +496,25 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str,
     try:
         trainer = Trainer(cfg, run_dir if env.main else None, env)
         state_path = run_dir / "resume.safetensors"
-        info = load_resume_state(state_path, model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
-                                 scaler=trainer.scaler)
-        trainer.start_epoch = int(info["epoch"])
-        trainer.best_f1, trainer.best_epoch, trainer.bad_epochs = info["best_f1"], info["best_epoch"], info["bad_epochs"]
-        trainer.history = list(info["history"])
+        # A run stopped while writing its first epoch's files has no resume state but a pending set:
+        # it starts again from epoch 1 (every rank decides before rank 0 removes the set).
+        restart = not state_path.exists() and _pending_epoch(run_dir) is not None
+        if env.world > 1:
+            dist.barrier()
+        if restart:
+            info = None
+        else:
+            info = load_resume_state(state_path, model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
+                                     scaler=trainer.scaler)
+            trainer.start_epoch = int(info["epoch"])
+            trainer.best_f1, trainer.best_epoch, trainer.bad_epochs = info["best_f1"], info["best_epoch"], info["bad_epochs"]
+            trainer.history = list(info["history"])
         if env.main:
-            trainer.log.info(f"resumed {run_dir} after epoch {trainer.start_epoch}")
+            note = recover_epoch_files(run_dir, None if info is None else trainer.start_epoch)
+            if note:
+                trainer.log.info(f"note: {run_dir}: {note}")
+            trainer.log.info(f"resumed {run_dir} after epoch {trainer.start_epoch}" if info is not None
+                             else f"restarted {run_dir} from epoch 1")
         return trainer.fit()
     finally:
         if env.world > 1 and dist.is_initialized():

@@ -1,6 +1,8 @@
 """Threshold search: the post-processing settings that maximise object-wise F1 on a validation split.
 
-The model runs once over the split (optionally with flip TTA) and its probabilities stay in memory;
+The model runs once over the split (optionally with flip TTA), on tiles resampled to the model's pixel
+size as ``predict`` resamples them (a tile's pixel size is its COCO record's ``gsd``, else its
+georeference's), and its probabilities stay in memory;
 then a coordinate search tries each setting's candidate values in turn, keeping whatever raises the
 mean object F1 (one-to-one, IoU 0.5), for a few rounds until nothing improves. Post-processing takes
 a few milliseconds a tile, so hundreds of trials cost seconds. The result is written beside the
@@ -23,7 +25,8 @@ from .imagery import read_rgb
 from .labels import LabelSet, RooftraceError
 from .metrics import evaluate_labels
 from .postprocess import PostprocessSettings, postprocess
-from .predict import pick_device, predict_probabilities, tuned_settings_path
+from .predict import (footprints_to_grid, pick_device, place_tile, predict_probabilities, resample_factor, resample_rgb,
+                      tuned_settings_path)
 from .weights import load_model
 
 #: Candidate values per setting (the search starts from the defaults).
@@ -81,12 +84,18 @@ def tune(model: str | Path, split: str | Path, *, method: str = "watershed", tta
         if path is None or not path.exists():
             continue
         rgb = read_rgb(path)
+        h0, w0 = rgb.shape[:2]
+        # Thresholds are in the model's pixels (min_area): tiles are resampled to the model's pixel
+        # size as predict resamples them, and their labels scaled with them.
+        tile_gsd = img.gsd or (place_tile(path, w0, h0, model_gsd=loaded.gsd).gsd if loaded.gsd else None)
+        rgb = resample_rgb(rgb, resample_factor(tile_gsd, loaded.gsd))
         h, w = rgb.shape[:2]
         x = torch.zeros(1, 3, -(-h // 32) * 32, -(-w // 32) * 32)
         x[0, :, :h, :w] = torch.from_numpy(norm.apply(rgb))
         probs.append(predict_probabilities(loaded, x, dev, tta=tta, precision=precision)[0, :, :h, :w])
         g = gt.get_or_add(img.key)
-        g.footprints, g.width, g.height, g.source = img.footprints, w, h, img.source
+        g.footprints = footprints_to_grid(img.footprints, [0.0] * len(img.footprints), (h0, w0), (h, w))[0]
+        g.width, g.height, g.source = w, h, img.source
     if not probs:
         raise RooftraceError(f"{split}: no readable tiles to tune on")
     if method == "seed" or probs[0].shape[0] == 1:

@@ -14,6 +14,7 @@ in one file written atomically.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,12 @@ class LoadedModel:
     meta: dict[str, Any]
     path: Path
 
+    @property
+    def gsd(self) -> float | None:
+        """The pixel size in metres the model was trained at (``None``: not recorded; use images as they are)."""
+        v = self.meta.get("gsd")
+        return float(v) if v else None
+
 
 def save_model(path: str | Path, model: nn.Module, cfg: Config, extra: dict[str, Any] | None = None,
                half: bool = False, force: bool = True) -> Path:
@@ -64,6 +71,7 @@ def save_model(path: str | Path, model: nn.Module, cfg: Config, extra: dict[str,
         "channels": list(cfg.data.channels),
         "mean": list(cfg.data.mean),
         "std": list(cfg.data.std),
+        "gsd": cfg.data.gsd or None,
         **(extra or {}),
     }
     path = atomic_write_bytes(path, st_save(state, metadata={"rooftrace": json.dumps(meta)}), force=force)
@@ -76,15 +84,41 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
-def refuse_pickle(path: Path) -> None:
-    """Raise a clear error for pickle checkpoints (they can run arbitrary code when loaded)."""
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+def refuse_pickle(path: Path, by_content: bool = False) -> None:
+    """Raise a clear error for pickle checkpoints (they can run arbitrary code when loaded): files
+    named as one or, with ``by_content``, a file whose first bytes are a pickle's, whatever its name."""
+    if by_content or path.suffix.lower() in PICKLE_SUFFIXES:
+        named = _named_as(path, "pickle") if by_content else ""
         raise RooftraceError(
-            f"{path}: a pickle checkpoint; rooftrace loads weights from .safetensors only, because unpickling "
+            f"{path}: a pickle checkpoint{named}; rooftrace loads weights from .safetensors only, because unpickling "
             "a file runs whatever code it contains. If you trust where it comes from, convert it once: "
             f"rooftrace import-weights {path} --config configs/NAME.yaml --out model.safetensors --trust-pickle "
             "(it is then read with torch.load(weights_only=True), which accepts tensors and plain containers only)"
         )
+
+
+def sniff_weights(path: Path) -> str:
+    """What a weights file holds, by its first bytes, whatever its name says: ``"safetensors"`` (an
+    8-byte little-endian header length, then the JSON header's ``{``), ``"pickle"`` (a pickle's 0x80
+    protocol byte, or ``PK``: torch.save's zip) or ``"unknown"``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return "unknown"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        return "pickle"
+    return "unknown"
+
+
+def _named_as(path: Path, kind: str) -> str:
+    """`` (named .pth)``-style words when a file's name says another kind than its content."""
+    suffix = path.suffix.lower()
+    says = "pickle" if suffix in PICKLE_SUFFIXES else "safetensors" if suffix == ".safetensors" else None
+    return f", though its name ends in {path.suffix}" if says is not None and says != kind else ""
 
 
 def verify_sidecar(path: Path) -> None:
@@ -99,9 +133,15 @@ def verify_sidecar(path: Path) -> None:
 def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors and rooftrace metadata of a model file, after checking its hash."""
     path = Path(path)
-    refuse_pickle(path)
     if not path.exists():
+        refuse_pickle(path)
         raise RooftraceError(f"{path}: no such model file")
+    kind = sniff_weights(path)
+    if kind == "pickle":
+        refuse_pickle(path, by_content=True)
+    elif kind == "unknown" and path.suffix.lower() in PICKLE_SUFFIXES:
+        raise RooftraceError(f"{path}: neither a safetensors file nor a pickle checkpoint (by its first bytes); "
+                             "not a model file")
     verify_sidecar(path)
     data = path.read_bytes()
     try:
@@ -114,19 +154,49 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise RooftraceError(f"{path}: not a readable safetensors file ({exc})") from None
     if meta_raw is None:
         raise RooftraceError(f"{path}: no rooftrace metadata; not a model file written by rooftrace")
-    return tensors, json.loads(meta_raw)
+    try:
+        meta = json.loads(meta_raw)
+    except ValueError as exc:
+        raise RooftraceError(f"{path}: its rooftrace metadata is not JSON ({exc}); the file is damaged or was not "
+                             "written by rooftrace") from None
+    missing = [k for k in ("config", "channels", "mean", "std") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise RooftraceError(f"{path}: its rooftrace metadata lacks {', '.join(missing)}; not a model file written by rooftrace")
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RooftraceError(f"{path}: model file format version {version!r} is not one rooftrace knows")
+    if version > FORMAT_VERSION:
+        raise RooftraceError(f"{path}: model file format version {version} was written by a newer rooftrace; this one "
+                             f"reads version {FORMAT_VERSION} and older: upgrade rooftrace (pip install -U rooftrace)")
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise RooftraceError(f"{path}: weight {bad} holds NaN or infinite values (a training run that diverged?); "
+                             "the model cannot be used")
+    return tensors, meta
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Build the network a model file describes and load its weights (in eval mode, fp32)."""
     path = Path(path)
     tensors, meta = read_model_file(path)
-    cfg = config_from_dict(meta["config"])
-    # The architecture is rebuilt without downloading anything: the file holds every weight.
-    from dataclasses import replace
+    try:
+        cfg = config_from_dict(meta["config"]) if isinstance(meta["config"], dict) else None
+        if cfg is None:
+            raise RooftraceError("its config is not a mapping")
+        # The architecture is rebuilt without downloading anything: the file holds every weight.
+        from dataclasses import replace
 
-    cfg_local = replace(cfg, model=replace(cfg.model, encoder_weights=None))
-    model = build_model(cfg_local.model, classes=len(meta["channels"]))
+        cfg_local = replace(cfg, model=replace(cfg.model, encoder_weights=None))
+        model = build_model(cfg_local.model, classes=len(meta["channels"]))
+    except RooftraceError as exc:
+        raise RooftraceError(f"{path}: {exc}") from None
+    for key in ("mean", "std"):
+        v = meta[key]
+        ok = isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          and math.isfinite(x) for x in v)
+        if not ok or (key == "std" and not all(x > 0 for x in v)):
+            raise RooftraceError(f"{path}: its input normalisation {key} {v!r} is not three finite numbers"
+                                 + (" greater than 0 (inputs are divided by it)" if key == "std" else ""))
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     try:
         model.load_state_dict(state, strict=True)
@@ -253,14 +323,15 @@ def import_checkpoint(src: str | Path, out: str | Path, cfg: Config, *, trust_pi
         raise RooftraceError(f"{src}: no such checkpoint")
     if out.exists() and not force:
         raise RooftraceError(f"{out}: already exists; pass --force to overwrite it")
-    if src.suffix.lower() == ".safetensors":
+    kind = sniff_weights(src)
+    if kind == "safetensors" or (kind == "unknown" and src.suffix.lower() == ".safetensors"):
         try:
             state = st_load(src.read_bytes())
         except (SafetensorError, ValueError) as exc:
             raise RooftraceError(f"{src}: not a readable safetensors file ({exc})") from None
     else:
         if not trust_pickle:
-            raise RooftraceError(f"{src}: a pickle checkpoint, and unpickling a file runs whatever code it contains; "
+            raise RooftraceError(f"{src}: a pickle checkpoint{_named_as(src, 'pickle') if kind == 'pickle' else ''}, and unpickling a file runs whatever code it contains; "
                                  "pass --trust-pickle if you trust where it comes from (it is then read with "
                                  "torch.load(weights_only=True), which accepts tensors and plain containers only)")
         try:

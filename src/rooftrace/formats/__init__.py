@@ -20,7 +20,8 @@ from .spacenet import read_spacenet_csv, write_spacenet_csv
 FORMATS = ("coco", "coco-results", "begc-csv", "spacenet-csv", "geojson", "masks")
 
 
-def read_labels(path: str | Path, raster: str | Path | None = None, images: str | Path | None = None, check_images: bool = True) -> LabelSet:
+def read_labels(path: str | Path, raster: str | Path | None = None, images: str | Path | None = None, check_images: bool = True,
+                crs: str | None = None, crs_option: str = "--labels-crs") -> LabelSet:
     """Read labels from any supported format, detected from the content.
 
     Args:
@@ -29,6 +30,8 @@ def read_labels(path: str | Path, raster: str | Path | None = None, images: str 
         raster: For GeoJSON/GeoPackage in map coordinates: the GeoTIFF they belong to.
         images: For a folder of masks: the folder of the images they belong to.
         check_images: For COCO: check that image files exist and match their recorded size.
+        crs: For GeoJSON/GeoPackage: the CRS of the coordinates when the file declares none or a
+            wrong one (``crs_option`` names the option that gave it, for messages).
 
     Raises:
         RooftraceError: The path does not exist or is in no format rooftrace knows.
@@ -43,7 +46,7 @@ def read_labels(path: str | Path, raster: str | Path | None = None, images: str 
         return read_mask_folder(path, images=images)
     suffix = path.suffix.lower()
     if suffix in (".gpkg", ".geojson", ".shp", ".fgb"):
-        return read_geojson(path, raster=raster)
+        return read_geojson(path, raster=raster, crs=crs, crs_option=crs_option)
     if suffix == ".csv":
         text = read_text(path)
         header = text.splitlines()[0].lower() if text.strip() else ""
@@ -59,7 +62,7 @@ def read_labels(path: str | Path, raster: str | Path | None = None, images: str 
         if isinstance(data, list):
             return read_coco_results(path, data=data)
         if isinstance(data, dict) and data.get("type") in ("FeatureCollection", "Feature"):
-            return read_geojson(path, raster=raster)
+            return read_geojson(path, raster=raster, crs=crs, crs_option=crs_option)
         raise RooftraceError(f"{path}: JSON that is neither COCO (images/annotations), COCO results (a list) nor GeoJSON")
     raise RooftraceError(f"{path}: unknown label format (suffix {path.suffix!r}); expected .json, .geojson, .gpkg, .csv or a folder")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,12 @@ def read_json(path: Path) -> Any:
 def atomic_write_text(path: str | Path, text: str, force: bool = False) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
 
-    A reader never sees a half-written file, and a crash leaves the old file (or none).
+    A reader never sees a half-written file, and a crash leaves the old file (or none). The file
+    gets the mode a plain ``open()`` would give (0666 less the umask), not the temporary file's 0600.
 
     Raises:
-        RooftraceError: ``path`` exists and ``force`` is false, or the folder cannot be written.
+        RooftraceError: ``path`` exists and ``force`` is false, or the folder or the file cannot be
+            written (a full disk included); the message names ``path``, never the temporary file.
     """
     return atomic_write_bytes(path, text.encode("utf-8"), force=force)
 
@@ -59,14 +62,36 @@ def atomic_write_bytes(path: str | Path, data: bytes, force: bool = False) -> Pa
         raise RooftraceError(f"{path}: cannot write here ({exc.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp's 0600, made what open() would give
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a read-only folder: named by the file meant, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        raise RooftraceError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), else set and
+    restored under a lock (other threads writing files meanwhile would see it change)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def check_image_file(path: Path | None, img: ImageLabels, where: str, report: LoadReport) -> None:

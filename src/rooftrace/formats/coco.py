@@ -189,6 +189,8 @@ def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> Label
             height=h,
             source=rec.get("source"),
             record_id=rec["id"],
+            gsd=_gsd(rec.get("gsd"), f"{where}: gsd", report),
+            group=str(rec["area_group"]) if rec.get("area_group") is not None else None,
         )
         ls.images[key] = img
         by_id[rec["id"]] = img
@@ -221,6 +223,16 @@ def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> Label
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, (int, str)) and not isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _gsd(value: Any, where: str, report: LoadReport) -> float | None:
+    """A pixel size in metres (a positive finite number), else ``None`` with a note."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    report.note(f"{where}: {value!r} is not a pixel size in metres (a positive number); ignored")
+    return None
 
 
 def _size(value: Any, where: str, report: LoadReport) -> int | None:
@@ -321,6 +333,10 @@ def write_coco(ls: LabelSet, path: str | Path, decimals: int = 2, force: bool = 
             rec["width"], rec["height"] = img.width, img.height
         if img.source is not None:
             rec["source"] = img.source
+        if img.gsd is not None:
+            rec["gsd"] = img.gsd
+        if img.group is not None:
+            rec["area_group"] = img.group
         images.append(rec)
         for fp in img.footprints:
             minx, miny, maxx, maxy = fp.bounds

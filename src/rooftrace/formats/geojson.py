@@ -6,8 +6,10 @@ coordinates through the inverse of its transform; the scene becomes one image ke
 raster's stem. Without a raster they stay in map coordinates and the set records the CRS.
 
 Pixel coordinates: rooftrace writes predictions of many tiles as one GeoJSON whose features carry
-an ``image_id`` property and whose top level carries ``"rooftrace": {"coordinates": "pixel"}``;
-such a file is read back as pixel labels keyed by ``image_id``.
+an ``image_id`` property and whose top level carries ``"rooftrace": {"coordinates": "pixel", "note":
+...}`` (and the layer name ``pixel coordinates (not longitude-latitude)``, which GDAL and QGIS show:
+a GeoJSON without a CRS would otherwise pass for longitude/latitude); such a file is read back as
+pixel labels keyed by ``image_id``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pyogrio
 import rasterio
 import shapely
 from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
 from rasterio.errors import NotGeoreferencedWarning
 from shapely.geometry import mapping, shape
 
@@ -31,7 +34,11 @@ from ..labels import ImageKey, LabelSet, LoadReport, RooftraceError, image_key
 from ._io import atomic_write_text, read_json
 from .begc import sort_keys
 
-PIXEL_MARKER = {"coordinates": "pixel"}
+PIXEL_MARKER = {"coordinates": "pixel",
+                "note": "x = column, y = row of the image named by image_id (origin: its top-left corner, y downwards); "
+                        "NOT longitude/latitude: the images were not georeferenced"}
+#: The layer name GDAL and QGIS show for a pixel-coordinate file (it would otherwise pass for EPSG:4326).
+PIXEL_LAYER_NAME = "pixel coordinates (not longitude-latitude)"
 
 
 def is_pixel_geojson(data: Any) -> bool:
@@ -47,36 +54,114 @@ def reproject(geoms: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
     return shapely.transform(geoms, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
 
 
-def _read_vector(path: Path) -> tuple[np.ndarray, CRS | None, dict[str, np.ndarray]]:
+def geoms_from_wkb(wkb: np.ndarray | None, report: LoadReport) -> np.ndarray:
+    """Geometries of a vector file's features; a ring that is not closed is closed (with a note naming
+    the feature), and a geometry that cannot be read at all is skipped (``None``, reported)."""
+    if wkb is None:
+        return np.array([], dtype=object)
+    geoms = shapely.from_wkb(wkb, on_invalid="ignore")
+    for n in np.flatnonzero(shapely.is_missing(geoms) & np.asarray([w is not None for w in wkb], dtype=bool)):
+        try:
+            fixed = shapely.from_wkb(wkb[n], on_invalid="fix")
+        except shapely.errors.GEOSException:
+            fixed = None
+        if fixed is None or fixed.is_empty:
+            report.skip(f"feature {n}: a geometry that cannot be read (e.g. a ring of fewer than 4 points); skipped",
+                        counter="dropped: malformed feature")
+        else:
+            report.note(f"feature {n}: a ring is not closed (its last point is not its first); closed")
+            geoms[n] = fixed
+    return geoms
+
+
+def _read_vector(path: Path, report: LoadReport) -> tuple[np.ndarray, CRS | None, dict[str, np.ndarray]]:
     try:
-        meta, _, wkb, fields = pyogrio.raw.read(path)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Non closed ring detected")  # closed and noted below
+            meta, _, wkb, fields = pyogrio.raw.read(path)
     except pyogrio.errors.DataSourceError as exc:
         raise RooftraceError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
-    geoms = shapely.from_wkb(wkb) if wkb is not None else np.array([], dtype=object)
+    geoms = geoms_from_wkb(wkb, report)
     crs = CRS.from_user_input(meta["crs"]) if meta.get("crs") else None
     return geoms, crs, dict(zip(meta.get("fields", []), fields))
 
 
-def read_geojson(path: str | Path, raster: str | Path | None = None) -> LabelSet:
+def geojson_crs_member(path: Path, data: Any = None) -> str | None:
+    """The name in a GeoJSON file's (legacy) ``crs`` member, which GDAL reads as EPSG:4326 when it does
+    not know it; ``None`` for other files and GeoJSON without one (RFC 7946: longitude/latitude)."""
+    if path.suffix.lower() not in (".geojson", ".json"):
+        return None
+    if data is None:
+        data = read_json(path)
+    crs = data.get("crs") if isinstance(data, dict) else None
+    if not isinstance(crs, dict):
+        return None
+    name = (crs.get("properties") or {}).get("name")
+    return str(name) if name else None
+
+
+def parse_crs_option(value: str, option: str) -> CRS:
+    """The CRS given by a ``--labels-crs``-style option, or an error naming the option."""
+    try:
+        return CRS.from_user_input(value)
+    except CRSError:
+        raise RooftraceError(f"{option} {value}: not a CRS pyproj knows (e.g. EPSG:4326, EPSG:32645)") from None
+
+
+def check_degrees(path: Path, geoms: np.ndarray, crs: CRS, declared: bool, option: str = "--labels-crs") -> None:
+    """Refuse coordinates that cannot be degrees in a geographic CRS: a GeoJSON without a ``crs``
+    member is longitude/latitude (RFC 7946), and GDAL reads it so whatever its numbers are, so UTM
+    metres would otherwise land nowhere, silently. ``declared``: the CRS was named (by the file or by
+    ``option``) rather than implied."""
+    if not crs.is_geographic or len(geoms) == 0:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-empty input gives NaN bounds
+        x0, y0, x1, y1 = shapely.total_bounds(np.asarray(geoms, dtype=object))
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        return
+    if x0 < -180 or x1 > 360 or y0 < -90 or y1 > 90:
+        says = f"its CRS ({crs.to_string()}) says" if declared else "a GeoJSON without a 'crs' member must be (RFC 7946)"
+        raise RooftraceError(f"{path}: coordinates reach x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}, which are not "
+                             f"longitude/latitude degrees as {says}; pass {option} with the CRS they are in "
+                             "(e.g. EPSG:32645)")
+
+
+def read_geojson(path: str | Path, raster: str | Path | None = None, crs: str | None = None,
+                 crs_option: str = "--labels-crs") -> LabelSet:
     """Read footprints from GeoJSON or GeoPackage.
 
     Args:
         path: The vector file.
         raster: The GeoTIFF the footprints belong to; when given, the result is in its pixel
             coordinates (one image keyed by the raster's stem, with its size).
+        crs: The CRS of the coordinates when the file declares none or a wrong one (it overrides
+            the file's); ``crs_option`` is the command-line option that gave it, for messages.
 
     Raises:
-        RooftraceError: Unreadable file; a raster with no CRS or transform while the labels have a CRS.
+        RooftraceError: Unreadable file; a raster with no CRS or transform while the labels have a CRS;
+            coordinates that cannot be degrees in a file that is (or is taken to be) longitude/latitude.
     """
     path = Path(path)
     if not path.exists():
         raise RooftraceError(f"{path}: no such file")
+    data = None
     if path.suffix.lower() in (".geojson", ".json"):
         data = read_json(path)
         if is_pixel_geojson(data):
             return _read_pixel_geojson(path, data)
-    geoms, crs, fields = _read_vector(path)
     report = LoadReport(path=str(path))
+    geoms, file_crs, fields = _read_vector(path, report)
+    named = path.suffix.lower() not in (".geojson", ".json") or geojson_crs_member(path, data) is not None
+    if crs is not None:
+        given = parse_crs_option(crs, crs_option)
+        if file_crs is not None and file_crs != given and named:
+            report.note(f"the file declares {file_crs.to_string()}; {crs_option} {crs} is used instead")
+        crs, declared = given, True
+    else:
+        crs, declared = file_crs, named
+    if crs is not None:
+        check_degrees(path, geoms, crs, declared, crs_option)
     scores = fields.get("score")
     if raster is None:
         ls = LabelSet(report=report, crs=crs.to_string() if crs else None, format="geojson")
@@ -190,6 +275,7 @@ def write_geojson(
             features.append({"type": "Feature", "properties": props, "geometry": mapping(geom)})
     data: dict[str, Any] = {"type": "FeatureCollection"}
     if not in_map:
+        data["name"] = PIXEL_LAYER_NAME
         data["rooftrace"] = PIXEL_MARKER
     elif crs is not None:
         data["crs"] = {"type": "name", "properties": {"name": CRS.from_user_input(crs).to_string()}}
