@@ -82,11 +82,14 @@ def features(path: Path) -> tuple[list[bytes], np.ndarray]:
 @pytest.fixture(scope="module")
 def client():
     """Two worker processes with one thread each, as the CLI's --dask-workers 2 makes."""
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    c = distributed.Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
+    from rooftrace.distributed import keep_environ
+
+    with keep_environ():  # Dask's nanny would leave OMP_NUM_THREADS=1 in this process (and in later tests' subprocesses)
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        c = distributed.Client(cluster)
+        yield c
+        c.close()
+        cluster.close()
 
 
 @pytest.fixture(scope="module")

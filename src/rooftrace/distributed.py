@@ -32,6 +32,7 @@ every worker sees, and every worker needs the scenes and the model file at the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -39,7 +40,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -417,8 +418,22 @@ def make_client(scheduler: str | None = None, n_workers: int | None = None) -> t
     n = n_workers or 1
     if n < 1:
         raise RooftraceError(f"--dask-workers {n}: must be at least 1")
-    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+    with keep_environ():
+        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
     return distributed.Client(cluster), cluster
+
+
+@contextlib.contextmanager
+def keep_environ() -> Iterator[None]:
+    """Restore this process's environment afterwards: Dask's nanny sets ``OMP_NUM_THREADS=1`` (and
+    more) in the *parent* process to pass them to its workers, which would silently make every later
+    subprocess of the caller single-threaded."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def predict_scenes_dask(
