@@ -1,6 +1,9 @@
 """Scenes per minute on a local Dask cluster with 1 and 2 worker processes (not a test).
 
-    .venv/bin/python benchmarks/dask_scenes.py [--scenes 8] [--size 1000] [--model M.safetensors] [--workers 1,2]
+    .venv/bin/python benchmarks/dask_scenes.py [--scenes 8] [--size 1000] [--model M.safetensors] [--workers 0,1,2]
+
+``--workers 0`` runs the same scenes through the single-process path (``rooftrace.scene.predict_scenes``),
+so that the time Dask adds (scheduling, transfer, the merge) is the difference to the 1-worker row.
 
 Copies of the sample's Austin scene (cropped to --size px) go through
 ``rooftrace.distributed.predict_scenes_dask`` on a LocalCluster of N processes with one thread
@@ -47,18 +50,28 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=8)
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--workers", default="0,1,2")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU node")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rooftrace-dask-bench-"))
     try:
         scenes = make_scenes(tmp, args.scenes, args.size)
         print("| workers | scenes | cluster start s | run s | scenes/minute |\n|---|---|---|---|---|")
         for n in (int(v) for v in args.workers.split(",")):
+            if n == 0:  # the single-process path, for the share of time Dask adds
+                from rooftrace.scene import predict_scenes
+
+                t1 = time.perf_counter()
+                predict_scenes(scenes, tmp / "out0", args.model, device=args.device)
+                t2 = time.perf_counter()
+                print(f"| 0 (no Dask: predict_scenes in one process) | {len(scenes)} | - | {t2 - t1:.1f} | "
+                      f"{60 * len(scenes) / (t2 - t1):.1f} |", flush=True)
+                continue
             t0 = time.perf_counter()
             with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                     distributed.Client(cluster) as client:
                 t1 = time.perf_counter()
-                done = predict_scenes_dask(scenes, tmp / f"out{n}", args.model, client=client, device="cpu")
+                done = predict_scenes_dask(scenes, tmp / f"out{n}", args.model, client=client, device=args.device)
                 t2 = time.perf_counter()
             if done.failed:
                 sys.exit(f"failed: {done.failed}")
