@@ -479,7 +479,7 @@ def predict_scenes_dask(
             that cannot be reached; with ``--strict``, the first scene that fails.
     """
     from .predict import check_gsd
-    from .scene import block_cores, list_scenes
+    from .scene import block_cores, check_unique_stems, list_scenes
 
     t_start = time.perf_counter()
     check_gsd(kwargs.get("gsd"))
@@ -488,11 +488,7 @@ def predict_scenes_dask(
             raise RooftraceError(f"{name} {locals()[name]}: must be at least 1")
     target_crs = _parse_crs(crs)
     every = list_scenes(scenes)
-    stems: dict[str, Path] = {}
-    for p in every:
-        if p.stem in stems:
-            raise RooftraceError(f"{stems[p.stem]} and {p} share the file stem {p.stem!r}; their outputs would collide")
-        stems[p.stem] = p
+    check_unique_stems(every)
     out_dir = Path(out_dir)
     scene_dir = out_dir / "scenes"
     try:

@@ -52,7 +52,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .dataset import Normalization
+from .dataset import Normalization, resize_image
 from .export import OnnxModel, is_onnx, load_onnx, onnx_postprocess_settings
 from .formats import atomic_write_bytes, atomic_write_text, write_begc_csv, write_coco_results, write_geojson
 from .georef import Georef, locate_image
@@ -123,14 +123,12 @@ def resample_factor(gsd_in: float | None, gsd_model: float | None, tolerance: fl
 
 def resample_rgb(rgb: np.ndarray, factor: float) -> np.ndarray:
     """An ``(H, W, 3)`` image scaled by ``factor`` to ``round(W * f) x round(H * f)`` pixels (at
-    least 1): OpenCV's area averaging when shrinking, bilinear when enlarging."""
-    import cv2
-
+    least 1), as training resamples tiles (:func:`rooftrace.dataset.resize_image`: area averaging when
+    shrinking, bilinear when enlarging)."""
     if factor == 1.0:
         return rgb
     h, w = rgb.shape[:2]
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return resize_image(rgb, (max(1, round(h * factor)), max(1, round(w * factor))))
 
 
 def footprints_to_grid(footprints: list, scores: list, from_size: tuple[int, int],

@@ -1220,6 +1220,15 @@ def predict_scene(
 # Many scenes, many processes
 
 
+def check_unique_stems(paths: Sequence[Path]) -> None:
+    """Refuse scenes whose outputs would collide: one output per file stem (``OUT/<stem>.gpkg``)."""
+    stems: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in stems:
+            raise RooftraceError(f"{stems[p.stem]} and {p} share the file stem {p.stem!r}; their outputs would collide")
+        stems[p.stem] = p
+
+
 def list_scenes(inputs: Sequence[str | Path]) -> list[Path]:
     """Scene files from files, folders (their ``.tif``/``.tiff``/``.vrt``/... files) and ``.txt``
     lists (one path a line, relative to the list's folder; ``#`` starts a comment), sorted and
@@ -1342,11 +1351,7 @@ def predict_scenes(
     check_gsd(kwargs.get("gsd"))  # before any scene: a bad --gsd stops the run, it does not fail every scene
     i, n = parse_shard(shard)
     every = list_scenes(scenes)
-    stems: dict[str, Path] = {}
-    for p in every:
-        if p.stem in stems:
-            raise RooftraceError(f"{stems[p.stem]} and {p} share the file stem {p.stem!r}; their outputs would collide")
-        stems[p.stem] = p
+    check_unique_stems(every)
     out_dir = Path(out_dir)
     result = ScenesResult(out_dir, (i, n))
     mine = shard_scenes(every, (i, n))
