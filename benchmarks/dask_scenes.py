@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/dask_scenes.py [--scenes 8] [--size 1000] [--model M.safetensors] [--workers 0,1,2]
 
-``--workers 0`` runs the same scenes through the single-process path (``rooftrace.scene.predict_scenes``),
+``--workers 0`` runs the same scenes through the single-process path (``rooftrace.scenes.predict.predict_scenes``),
 so that the time Dask adds (scheduling, transfer, the merge) is the difference to the 1-worker row.
 
 Copies of the sample's Austin scene (cropped to --size px) go through
-``rooftrace.distributed.predict_scenes_dask`` on a LocalCluster of N processes with one thread
+``rooftrace.scenes.distributed.predict_scenes_dask`` on a LocalCluster of N processes with one thread
 each; the time is from submission to the merged layer (the cluster's start, including each
 worker's import of torch, is timed apart). Default model: the shipped one, on the CPU.
 """
@@ -44,7 +44,7 @@ def make_scenes(folder: Path, n: int, size: int) -> list[Path]:
 def main() -> None:
     import distributed
 
-    from rooftrace.distributed import predict_scenes_dask
+    from rooftrace.scenes.distributed import predict_scenes_dask
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=8)
@@ -59,7 +59,7 @@ def main() -> None:
         print("| workers | scenes | cluster start s | run s | scenes/minute |\n|---|---|---|---|---|")
         for n in (int(v) for v in args.workers.split(",")):
             if n == 0:  # the single-process path, for the share of time Dask adds
-                from rooftrace.scene import predict_scenes
+                from rooftrace.scenes.batch import predict_scenes
 
                 t1 = time.perf_counter()
                 predict_scenes(scenes, tmp / "out0", args.model, device=args.device)

@@ -41,8 +41,8 @@ from _common import DEFAULT_SAMPLE, REPO  # noqa: E402  (benchmarks/ is on sys.p
 from _splits import merged_split, subset_split
 from rooftrace.cli import main as rooftrace
 from rooftrace.config import SplitSpec, load_config, resolve_path
-from rooftrace.predict import tuned_settings_path
-from rooftrace.weights import read_model_file
+from rooftrace.inference.tuned import tuned_settings_path
+from rooftrace.models.files import read_model_file
 
 SETS = ("sample-test", "austin", "atlanta", "banepa", "kampala", "dubai", "rio")
 

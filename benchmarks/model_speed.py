@@ -18,7 +18,7 @@ Backends:
   default, runs on GPUs and on CPUs with native bf16 such as the AVX512-BF16 EPYC here);
 * ``compile``: PyTorch at ``--precision auto`` through ``torch.compile`` (default mode); the first
   call's time (compiling, or loading inductor's on-disk cache of an earlier run) is given apart;
-* ``onnx``: ``rooftrace.export.export_onnx`` (fp32, verified) run by ONNX Runtime (CPU, or CUDA when
+* ``onnx``: ``rooftrace.inference.export.export_onnx`` (fp32, verified) run by ONNX Runtime (CPU, or CUDA when
   asked and available);
 * ``int8``: the statically quantised export (QDQ, calibrated on ``--calibration`` tiles), CPU only.
 
@@ -49,10 +49,11 @@ import torch
 
 from _common import DEFAULT_SAMPLE, REPO, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from rooftrace.config import load_config
-from rooftrace.export import DEFAULT_INT8_OPS, export_onnx, load_onnx
-from rooftrace.models import build_model, count_parameters
-from rooftrace.precision import autocast, autocast_dtype, cpu_has_native_bf16, dtype_name
-from rooftrace.weights import load_model, save_model
+from rooftrace.inference.export import DEFAULT_INT8_OPS, export_onnx
+from rooftrace.models.onnx import load_onnx
+from rooftrace.models.architectures import build_model, count_parameters
+from rooftrace.models.autocast import autocast, autocast_dtype, cpu_has_native_bf16, dtype_name
+from rooftrace.models.files import load_model, save_model
 
 CONFIGS = ("baseline-unet", "unet-effb0", "unet-r18", "unet-r34")
 BACKENDS = ("eager", "bf16", "compile", "onnx", "int8")
@@ -218,13 +219,15 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device, work
 
 def accuracy(args: argparse.Namespace, device: torch.device, work: Path) -> list[dict]:
     """Object F1 on a labelled split per backend, the same post-processing for all."""
-    from rooftrace.dataset import Normalization, open_split
-    from rooftrace.export import pad_to_multiple
-    from rooftrace.imagery import read_rgb
-    from rooftrace.labels import LabelSet
-    from rooftrace.metrics import evaluate_labels
-    from rooftrace.postprocess import postprocess
-    from rooftrace.predict import load_tuned, predict_probabilities
+    from rooftrace.imagery.normalize import Normalization
+    from rooftrace.labels.splits import open_split
+    from rooftrace.inference.export import pad_to_multiple
+    from rooftrace.imagery.read import read_rgb
+    from rooftrace.labels.records import LabelSet
+    from rooftrace.evaluation.metrics import evaluate_labels
+    from rooftrace.instances.postprocess import postprocess
+    from rooftrace.inference.tuned import load_tuned
+    from rooftrace.inference.runtime import predict_probabilities
 
     labels = open_split(args.split)
     backends: dict[str, object] = {"eager": load_model(args.model, device=device)}

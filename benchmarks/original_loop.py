@@ -18,7 +18,7 @@ and the same tiles. Per tile, in one process, nothing overlapped:
 11. one CSV row per tile: ``ImageID,Coordinates`` (BEGC2024, rings as ``[(x, y), ...]``).
 
 It takes the same model file as rooftrace (``.safetensors``, loaded with
-:func:`rooftrace.weights.load_model`) and uses its footprint channel (channel 0); the other
+:func:`rooftrace.models.files.load_model`) and uses its footprint channel (channel 0); the other
 channels of a three-channel model are computed and ignored, as they would be. Steps 5-10 are the
 recipe ``rooftrace predict --postprocess seed`` keeps for comparison.
 
@@ -41,9 +41,9 @@ import cv2
 import numpy as np
 import torch
 
-from rooftrace.imagery import list_images
-from rooftrace.labels import image_key
-from rooftrace.weights import load_model
+from rooftrace.imagery.read import list_images
+from rooftrace.labels.records import image_key
+from rooftrace.models.files import load_model
 
 SIZE = 512
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

@@ -1,7 +1,7 @@
 """How long post-processing takes per 512 x 512 tile, for every method (a script, not a test).
 
 Two inputs, both perfect model outputs (the oracle's targets as float32 0/1 probabilities, see
-:mod:`rooftrace.oracle`): footprint/boundary/contact for ``watershed``, the footprint alone for
+:mod:`rooftrace.evaluation.oracle`): footprint/boundary/contact for ``watershed``, the footprint alone for
 ``seed``.
 
 * **sample**: every labelled tile of the sample pack (train, val and test), brought to 512 x 512:
@@ -36,9 +36,9 @@ import numpy as np
 from shapely.geometry import box
 
 from _common import DEFAULT_SAMPLE, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from rooftrace.formats import read_labels
-from rooftrace.postprocess import METHOD_CHANNELS, PostprocessSettings, postprocess
-from rooftrace.targets import make_targets
+from rooftrace.labels.formats import read_labels
+from rooftrace.instances.postprocess import METHOD_CHANNELS, PostprocessSettings, postprocess
+from rooftrace.prepare.targets import make_targets
 
 SIZE = 512
 

@@ -11,7 +11,7 @@ the median round; the ratio to the original loop is taken within this one run):
 
 * ``original loop``: ``benchmarks/original_loop.py`` (read, resize, batch-1 forward, seed recipe,
   CSV row; one tile at a time), writing its CSV;
-* ``predict (PyTorch)``: ``rooftrace.predict.predict_folder`` on the ``.safetensors`` model, writing
+* ``predict (PyTorch)``: ``rooftrace.inference.predict.predict_folder`` on the ``.safetensors`` model, writing
   the submission, GeoJSON and COCO results (``--no-masks --no-overlays``), and once more with every
   output (masks and overlays), at ``--precision auto`` (bf16 autocast on a CPU with native bf16,
   as the AVX512-BF16 EPYC here, and on GPUs), and once more at ``--precision fp32``, the original
@@ -19,7 +19,7 @@ the median round; the ratio to the original loop is taken within this one run):
 * ``predict, PyTorch, torch.compile`` with ``--compile`` (compiling, or loading inductor's cache of an
   earlier run, happens in the run and counts);
 * ``predict (ONNX Runtime)`` and ``predict (ONNX Runtime int8)``: the same on the model exported by
-  ``rooftrace.export.export_onnx`` (into the temporary folder; ``--no-onnx`` / ``--no-int8`` to skip).
+  ``rooftrace.inference.export.export_onnx`` (into the temporary folder; ``--no-onnx`` / ``--no-int8`` to skip).
 
 ``tiles/s`` counts the whole call, the model's loading included; ``steady tiles/s`` leaves the
 loading out (from the first tile read to the last file written). Post-processing (watershed by
@@ -55,10 +55,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from original_loop import run_original_loop  # noqa: E402
 
 from _common import DEFAULT_SAMPLE, REPO, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from rooftrace.export import export_onnx  # noqa: E402
-from rooftrace.imagery import list_images  # noqa: E402
-from rooftrace.precision import autocast_dtype, dtype_name  # noqa: E402
-from rooftrace.predict import predict_folder  # noqa: E402
+from rooftrace.inference.export import export_onnx  # noqa: E402
+from rooftrace.imagery.read import list_images  # noqa: E402
+from rooftrace.models.autocast import autocast_dtype, dtype_name  # noqa: E402
+from rooftrace.inference.predict import predict_folder  # noqa: E402
 
 SIZE = 512
 
@@ -67,8 +67,8 @@ SIZE = 512
 
 def default_model() -> Path | None:
     """The shipped model (``models/*.safetensors``), else the newest ``runs/*/best.safetensors``."""
-    from rooftrace.labels import RooftraceError
-    from rooftrace.weights import shipped_model
+    from rooftrace.core.errors import RooftraceError
+    from rooftrace.models.files import shipped_model
 
     try:
         return shipped_model()
@@ -79,7 +79,7 @@ def default_model() -> Path | None:
 
 def make_tiles(sample: Path, splits: list[str], repeat: int, folder: Path, limit: int = 0) -> int:
     """Every tile of ``splits`` resized to 512 x 512 as PNG in ``folder``, ``repeat`` times over."""
-    from rooftrace.imagery import read_rgb
+    from rooftrace.imagery.read import read_rgb
 
     sources = [f for s in splits for f in list_images(sample / s / "image")]
     if limit:

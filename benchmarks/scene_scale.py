@@ -2,7 +2,7 @@
 
 The sample's Inria Austin scene (1000 x 1000 px, 0.3 m, EPSG:26914) is tiled into an N x N GeoTIFF
 (20,000 px by default: 6 km x 6 km, 36 km²; tiled 512 x 512, DEFLATE, as large orthophotos are
-shipped), and ``rooftrace.scene.predict_scene`` runs on it in a child process, whose peak resident
+shipped), and ``rooftrace.scenes.predict.predict_scene`` runs on it in a child process, whose peak resident
 memory (``ru_maxrss`` from ``os.wait4``: torch allocates natively, so tracemalloc would miss it) and
 wall time are reported. Two models, because an untrained network finds no buildings:
 
@@ -50,12 +50,12 @@ from rasterio.windows import Window
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from rooftrace.formats import read_geojson  # noqa: E402
-from rooftrace.targets import make_targets  # noqa: E402
+from rooftrace.labels.geojson import read_geojson
+from rooftrace.prepare.targets import make_targets  # noqa: E402
 
 CHILD = r"""
 import json, sys
-from rooftrace.scene import predict_scene
+from rooftrace.scenes.predict import predict_scene
 a = json.loads(sys.argv[1])
 model = a.pop("model")
 if model == "identity":
@@ -104,8 +104,8 @@ def model_file(work: Path, name: str) -> Path:
     import torch
 
     from rooftrace.config import load_config
-    from rooftrace.models import build_model
-    from rooftrace.weights import save_model
+    from rooftrace.models.architectures import build_model
+    from rooftrace.models.files import save_model
 
     torch.manual_seed(0)
     overrides = {"baseline-unet": ["model.base_channels=8", "data.channels=[footprint, boundary, contact]",
@@ -184,11 +184,11 @@ def oracle_f1(opts: argparse.Namespace) -> None:
     import pyogrio
     import shapely
 
-    from rooftrace.formats import align_keys, read_labels
-    from rooftrace.geometry import pixel_to_map
-    from rooftrace.metrics import evaluate_labels
-    from rooftrace.postprocess import postprocess
-    from rooftrace.scene import predict_scene
+    from rooftrace.labels.formats import align_keys, read_labels
+    from rooftrace.geometry.shapes import pixel_to_map
+    from rooftrace.evaluation.metrics import evaluate_labels
+    from rooftrace.instances.postprocess import postprocess
+    from rooftrace.scenes.predict import predict_scene
 
     sample = sample_dir()
     work = Path(opts.work)

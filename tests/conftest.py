@@ -29,8 +29,8 @@ def write_tiny_model(path: Path, base_channels: int = 8) -> Path:
     import torch
 
     from rooftrace.config import load_config
-    from rooftrace.models import build_model
-    from rooftrace.weights import save_model
+    from rooftrace.models.architectures import build_model
+    from rooftrace.models.files import save_model
 
     torch.manual_seed(0)
     cfg = load_config(REPO / "configs" / "baseline-unet.yaml", [f"model.base_channels={base_channels}",

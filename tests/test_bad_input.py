@@ -347,7 +347,7 @@ def _model(tmp: Path, model: Path, *, raw_meta: str | None = None, meta: dict | 
     from safetensors.torch import load_file, save_file
     from safetensors import safe_open
 
-    from rooftrace.models import sha256_file
+    from rooftrace.core.hashing import sha256_file
 
     tensors = load_file(str(model))
     with safe_open(str(model), framework="pt") as f:
@@ -519,7 +519,7 @@ def test_import_weights_takes_the_original_pipelines_checkpoint(tmp_path):
     import segmentation_models_pytorch as smp
     import torch
 
-    from rooftrace.weights import load_model
+    from rooftrace.models.files import load_model
 
     torch.manual_seed(0)
     net = smp.Unet("resnet34", encoder_weights=None, classes=1).eval()
@@ -577,7 +577,7 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path):
     """The atomic writer's temporary file is 0600; what it becomes must be what open() would give."""
     import os
 
-    from rooftrace.formats import atomic_write_text
+    from rooftrace.core.files import atomic_write_text
 
     coco = _coco(tmp_path, [_ann([SQUARE])])
     old = os.umask(0o022)
@@ -595,7 +595,7 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path):
 def test_a_full_disk_names_the_file_meant_not_a_temporary_one(tmp_path, monkeypatch, capsys):
     import errno
 
-    import rooftrace.formats._io as io_mod
+    import rooftrace.core.files as io_mod
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -3,7 +3,7 @@
 Real data from the osm-oam pack ($ROOFTRACE_OSM_DIR, default ../shared/data/osm-oam beside the repo):
 Banepa's 48 GeoTIFF chips (EPSG:4326, georeference in .aux.xml sidecars, XYZ-named) and Kampala's 147
 PNG chips (name only, zoom 19, 20 and 21 over the same ground). The expected labels are made here by a
-separate, plain path (pyproj + the chip's transform + a clip), never by rooftrace.chips.
+separate, plain path (pyproj + the chip's transform + a clip), never by rooftrace.prepare.chips.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from affine import Affine
 from PIL import Image
 from pyproj import Geod, Transformer
 
-from rooftrace.chips import assign_blocks, prepare_chips
+from rooftrace.prepare.chips import assign_blocks, prepare_chips
 from rooftrace.cli import main
-from rooftrace.formats import read_coco
-from rooftrace.georef import parse_tile_name, tile_georef
-from rooftrace.labels import ImageLabels, LabelSet, RooftraceError, image_key
-from rooftrace.metrics import evaluate_labels
+from rooftrace.labels.coco import read_coco
+from rooftrace.imagery.georef import parse_tile_name, tile_georef
+from rooftrace.labels.records import ImageLabels, LabelSet, image_key
+from rooftrace.core.errors import RooftraceError
+from rooftrace.evaluation.metrics import evaluate_labels
 
 REPO = Path(__file__).resolve().parents[1]
 

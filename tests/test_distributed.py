@@ -19,9 +19,10 @@ distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 from rooftrace.cli import main  # noqa: E402
-from rooftrace.distributed import model_loads, predict_scenes_dask, scene_done  # noqa: E402
-from rooftrace.scene import list_scenes, predict_scene, predict_scenes  # noqa: E402
-from rooftrace.targets import make_targets  # noqa: E402
+from rooftrace.scenes.distributed import model_loads, predict_scenes_dask, scene_done  # noqa: E402
+from rooftrace.scenes.batch import list_scenes, predict_scenes
+from rooftrace.scenes.predict import predict_scene
+from rooftrace.prepare.targets import make_targets  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DYADIC = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
@@ -60,8 +61,8 @@ def write_sharp_model(path: Path) -> Path:
     import torch
 
     from rooftrace.config import load_config
-    from rooftrace.models import build_model
-    from rooftrace.weights import save_model
+    from rooftrace.models.architectures import build_model
+    from rooftrace.models.files import save_model
 
     torch.manual_seed(0)
     cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=8", "data.channels=[footprint, boundary, contact]",
@@ -82,7 +83,7 @@ def features(path: Path) -> tuple[list[bytes], np.ndarray]:
 @pytest.fixture(scope="module")
 def client():
     """Two worker processes with one thread each, as the CLI's --dask-workers 2 makes."""
-    from rooftrace.distributed import keep_environ
+    from rooftrace.scenes.distributed import keep_environ
 
     with keep_environ():  # Dask's nanny would leave OMP_NUM_THREADS=1 in this process (and in later tests' subprocesses)
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)

@@ -14,10 +14,12 @@ import torch
 from shapely.geometry import box
 
 from rooftrace.config import ModelConfig, SplitSpec, load_config
-from rooftrace.dataset import TileDataset, open_split, random_scaled_crop, select_tiles
-from rooftrace.labels import RooftraceError
-from rooftrace.models import PACKAGED_WEIGHTS, build_model, load_packaged_weights, map_packaged_state, packaged_weights_path
-from rooftrace.weights import load_model, save_model
+from rooftrace.training.dataset import TileDataset, random_scaled_crop, select_tiles
+from rooftrace.labels.splits import open_split
+from rooftrace.core.errors import RooftraceError
+from rooftrace.models.encoders import PACKAGED_WEIGHTS, load_packaged_weights, map_packaged_state, packaged_weights_path
+from rooftrace.models.architectures import build_model
+from rooftrace.models.files import load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 LITE0 = PACKAGED_WEIGHTS["efficientnet-lite0-imagenet"]
@@ -172,7 +174,7 @@ def test_model_file_records_its_pixel_size(tmp_path):
 
 
 def test_tune_works_at_the_model_pixel_size(split_with_groups, tmp_path, monkeypatch):
-    import rooftrace.tune as tune_mod
+    import rooftrace.inference.tune as tune_mod
 
     cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=4", "data.gsd=0.3",
                                                                  "data.channels=[footprint, boundary, contact]",
@@ -204,7 +206,7 @@ def test_tune_works_at_the_model_pixel_size(split_with_groups, tmp_path, monkeyp
 
 
 def test_init_from_loads_a_model_file_strictly(tmp_path):
-    from rooftrace.train import init_weights
+    from rooftrace.training.loop import init_weights
 
     cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=4"])
     torch.manual_seed(1)

@@ -1,4 +1,4 @@
-"""`rooftrace.export`: ONNX export, its verification and metadata, and `predict` with an .onnx model."""
+"""`rooftrace.inference.export`: ONNX export, its verification and metadata, and `predict` with an .onnx model."""
 
 from __future__ import annotations
 
@@ -14,21 +14,15 @@ pytest.importorskip("onnxruntime")
 
 from rooftrace.cli import main  # noqa: E402
 from rooftrace.config import load_config
-from rooftrace.dataset import Normalization
-from rooftrace.export import (
-    DEFAULT_TOLERANCE,
-    METADATA_KEY,
-    export_onnx,
-    load_onnx,
-    pad_to_multiple,
-    read_onnx_metadata,
-)
-from rooftrace.formats import read_labels
-from rooftrace.imagery import read_rgb
-from rooftrace.labels import RooftraceError
-from rooftrace.metrics import evaluate_labels
-from rooftrace.models import build_model
-from rooftrace.weights import load_model, read_model_file, save_model
+from rooftrace.imagery.normalize import Normalization
+from rooftrace.inference.export import DEFAULT_TOLERANCE, export_onnx, pad_to_multiple
+from rooftrace.models.onnx import METADATA_KEY, load_onnx, read_onnx_metadata
+from rooftrace.labels.formats import read_labels
+from rooftrace.imagery.read import read_rgb
+from rooftrace.core.errors import RooftraceError
+from rooftrace.evaluation.metrics import evaluate_labels
+from rooftrace.models.architectures import build_model
+from rooftrace.models.files import load_model, read_model_file, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,7 +169,7 @@ def test_tuned_settings_travel_in_the_onnx_file(sample, model_file, tmp_path):
 def test_predict_onnx_with_tta_threads_and_workers_writes_what_one_thread_writes(sample, onnx_file, tmp_path):
     """The pipeline (reading processes, same-size batches, post-processing threads) changes nothing:
     the same files as everything in line, whatever the batch size."""
-    from rooftrace.predict import predict_folder
+    from rooftrace.inference.predict import predict_folder
 
     images = sample / "test" / "image"
     a = predict_folder(images, tmp_path / "a", onnx_file, tta=True, batch_size=3, workers=1, threads=2, progress=False)
@@ -212,7 +206,7 @@ def test_predict_overlays_are_lossless_pngs():
 
     from PIL import Image
 
-    from rooftrace.predict import _encode_overlay
+    from rooftrace.inference.predict import _encode_overlay
 
     rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     img = Image.open(io.BytesIO(_encode_overlay(rgb)))

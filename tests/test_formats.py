@@ -14,13 +14,16 @@ from hypothesis import strategies as st
 from PIL import Image
 from shapely.geometry import Polygon, box
 
-from rooftrace.formats import (
-    align_keys, read_begc_csv, read_coco, read_geojson, read_labels, read_mask_folder, read_spacenet_csv,
-    write_begc_csv, write_coco, write_coco_results, write_geojson, write_spacenet_csv,
-)
-from rooftrace.formats.begc import format_coordinates, parse_coordinates
-from rooftrace.labels import LabelSet, RooftraceError, image_key
-from rooftrace.polygons import mask_to_footprints
+from rooftrace.labels.formats import align_keys, read_labels
+from rooftrace.labels.begc import read_begc_csv, write_begc_csv
+from rooftrace.labels.coco import read_coco, write_coco, write_coco_results
+from rooftrace.labels.geojson import read_geojson, write_geojson
+from rooftrace.labels.masks import read_mask_folder
+from rooftrace.labels.spacenet import read_spacenet_csv, write_spacenet_csv
+from rooftrace.labels.begc import format_coordinates, parse_coordinates
+from rooftrace.labels.records import LabelSet, image_key
+from rooftrace.core.errors import RooftraceError
+from rooftrace.geometry.polygons import mask_to_footprints
 
 
 def _set(images: dict) -> LabelSet:
@@ -49,7 +52,7 @@ def test_3x3_square_mask_gives_exactly_its_polygon_and_9_pixels():
     (fp,) = mask_to_footprints(m)
     assert fp.equals(box(3, 2, 6, 5))
     assert fp.area == 9
-    from rooftrace.targets import rasterize_footprints
+    from rooftrace.prepare.targets import rasterize_footprints
 
     assert np.array_equal(rasterize_footprints([fp], (10, 10)).astype(bool), m)
 
@@ -217,7 +220,7 @@ def test_geojson_map_to_pixel_is_exact_and_reprojects(tmp_path):
 
     t = _geotiff(tmp_path / "scene.tif")
     px = box(2, 3, 6, 8)
-    from rooftrace.geometry import map_to_pixel, pixel_to_map
+    from rooftrace.geometry.shapes import map_to_pixel, pixel_to_map
 
     m = pixel_to_map(px, t)
     assert map_to_pixel(m, t).equals(px)

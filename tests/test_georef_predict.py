@@ -36,11 +36,13 @@ from shapely.geometry import box, shape
 
 from conftest import REPO, write_tiny_model
 from rooftrace.cli import main
-from rooftrace.formats import read_geojson, read_labels
-from rooftrace.geometry import map_to_pixel
-from rooftrace.imagery import read_rgb
-from rooftrace.labels import ImageLabels, RooftraceError
-from rooftrace.oracle import perfect_probabilities
+from rooftrace.labels.geojson import read_geojson
+from rooftrace.labels.formats import read_labels
+from rooftrace.geometry.shapes import map_to_pixel
+from rooftrace.imagery.read import read_rgb
+from rooftrace.labels.records import ImageLabels
+from rooftrace.core.errors import RooftraceError
+from rooftrace.evaluation.oracle import perfect_probabilities
 
 OSM = REPO.parent / "shared" / "data" / "osm-oam"
 
@@ -61,8 +63,8 @@ def plain_model(tmp_path_factory) -> Path:
 def model_with_gsd(path: Path, gsd: float) -> Path:
     """A tiny untrained model file whose metadata records ``gsd`` (``data.gsd``)."""
     from rooftrace.config import load_config
-    from rooftrace.models import build_model
-    from rooftrace.weights import save_model
+    from rooftrace.models.architectures import build_model
+    from rooftrace.models.files import save_model
 
     torch.manual_seed(0)
     cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=4", "data.channels=[footprint, boundary, contact]",
@@ -79,7 +81,7 @@ def gsd_model(tmp_path_factory) -> Path:
 
 
 def _padded(rgb: np.ndarray, mean, std) -> torch.Tensor:
-    from rooftrace.dataset import Normalization
+    from rooftrace.imagery.normalize import Normalization
 
     h, w = rgb.shape[:2]
     x = torch.zeros(3, -(-h // 32) * 32, -(-w // 32) * 32)
@@ -89,8 +91,8 @@ def _padded(rgb: np.ndarray, mean, std) -> torch.Tensor:
 
 def oracle_probabilities(monkeypatch, tiles: dict[Path, ImageLabels], model: Path) -> None:
     """Make predict's model return, for each tile, the targets of its labels (looked up by its pixels)."""
-    import rooftrace.predict as pr
-    from rooftrace.weights import load_model
+    import rooftrace.inference.predict as pr
+    from rooftrace.models.files import load_model
 
     m = load_model(model)
     table = {}
@@ -119,7 +121,7 @@ def bright_blobs(rgb: np.ndarray) -> np.ndarray:
 
 def blob_model(monkeypatch) -> None:
     """Make predict's model :func:`bright_blobs` of the (normalised) input it is given."""
-    import rooftrace.predict as pr
+    import rooftrace.inference.predict as pr
 
     def fake(loaded, x, device, tta=False, precision="auto"):
         mean = np.asarray(loaded.mean, np.float32)[:, None, None]
@@ -191,7 +193,7 @@ def features(path: Path) -> dict:
 def test_pixels_to_map_is_each_geometrys_own_affine_transform():
     from shapely import affinity
 
-    from rooftrace.georef import pixels_to_map
+    from rooftrace.imagery.georef import pixels_to_map
 
     geoms = [box(0, 0, 3, 2), box(5, 5, 9, 6), shapely.Polygon([(1, 1), (4, 1), (4, 4), (2, 4)], [[(2, 2), (3, 2), (3, 3)]])]
     ts = [(0.3, 0.0, 500000.0, 0.0, -0.3, 3000000.0), (2.0, 0.5, -3.0, 0.1, -1.0, 7.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)]
@@ -203,7 +205,7 @@ def test_pixels_to_map_is_each_geometrys_own_affine_transform():
 
 
 def test_footprints_come_back_to_the_tile_grid_exactly():
-    from rooftrace.predict import footprints_to_grid, resample_factor
+    from rooftrace.imagery.resample import footprints_to_grid, resample_factor
 
     assert resample_factor(0.3, 0.3) == 1.0 and resample_factor(0.305, 0.3) == 1.0  # within 2 %: as they are
     assert resample_factor(0.15, 0.3) == 0.5 and resample_factor(None, 0.3) == 1.0 and resample_factor(0.15, None) == 1.0
@@ -222,7 +224,7 @@ def test_predict_on_banepa_chips_lands_on_the_labels_in_epsg_4326(osm, plain_mod
     (RFC 7946, no crs member) and each footprint lies on its source label; the GeoPackage opens in
     the chips' CRS. Probabilities are the labels' own targets (an oracle), so this checks the
     coordinates, not a model."""
-    from rooftrace.predict import predict_folder
+    from rooftrace.inference.predict import predict_folder
 
     chips = osm / "banepa" / "chips"
     files = sorted(chips.glob("*.tif"))[:16]
@@ -280,7 +282,7 @@ def test_predict_on_banepa_chips_lands_on_the_labels_in_epsg_4326(osm, plain_mod
 def test_predict_on_kampala_tile_names_lands_on_the_labels_and_tms_flips(osm, plain_model, tmp_path, monkeypatch):
     """PNG chips located only by their XYZ names (Web Mercator): lon/lat GeoJSON on the labels, a
     GeoPackage in EPSG:3857; --tms reads the same names counted from the bottom."""
-    from rooftrace.predict import predict_folder
+    from rooftrace.inference.predict import predict_folder
 
     labels = read_geojson(osm / "kampala" / "labels.geojson")
     gt_ll = np.asarray(next(iter(labels)).footprints, dtype=object)
@@ -299,7 +301,7 @@ def test_predict_on_kampala_tile_names_lands_on_the_labels_and_tms_flips(osm, pl
         if inside and sum(c[2] == z for c in chosen) < 3:  # up to three chips of each zoom (pixel size) with buildings
             shutil.copy(f, images / f.name)
             chosen.append((x, y, z))
-            t = from_bounds(b.left, b.bottom, b.right, b.top, 256, 256)  # rasterio's, not rooftrace.georef's
+            t = from_bounds(b.left, b.bottom, b.right, b.top, 256, 256)  # rasterio's, not rooftrace.imagery.georef's
             img = ImageLabels(key=f.stem, file_name=f.name, width=256, height=256)
             img.footprints = [map_to_pixel(g, t) for g in inside]
             tiles[images / f.name] = img
@@ -326,7 +328,7 @@ def test_predict_on_kampala_tile_names_lands_on_the_labels_and_tms_flips(osm, pl
 
 
 def test_plain_tiles_give_pixel_geojson_that_says_so_and_mixed_folders_split(osm, plain_model, tmp_path):
-    from rooftrace.predict import predict_folder
+    from rooftrace.inference.predict import predict_folder
 
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -373,7 +375,7 @@ def _pixel_footprints(out: Path) -> list:
 def test_a_tile_at_015_m_and_the_same_at_03_m_give_matching_footprints(two_resolutions, gsd_model, plain_model, tmp_path, monkeypatch):
     from shapely import affinity
 
-    from rooftrace.predict import predict_folder
+    from rooftrace.inference.predict import predict_folder
 
     a, b, n = two_resolutions
     blob_model(monkeypatch)
@@ -425,7 +427,7 @@ def test_gsd_option_resamples_plain_tiles_and_unknown_ones_are_said_once(two_res
 
 def read_geojson_pixels(folder: Path) -> list:
     """Footprints of the 0.3 m tile through the stand-in model, computed directly (no predict)."""
-    from rooftrace.postprocess import postprocess
+    from rooftrace.instances.postprocess import postprocess
 
     with rasterio.open(folder / "tile.tif") as src:
         rgb = src.read().transpose(1, 2, 0)
@@ -450,14 +452,15 @@ def test_bad_gsd_is_refused_and_a_disagreeing_one_is_noted(osm, plain_model, gsd
     out = capsys.readouterr().out
     assert "--gsd 0.5 overrides the pixel size of 1 georeferenced tile(s) whose own differs by more than 2x" in out
     with pytest.raises(RooftraceError, match="greater than 0"):
-        from rooftrace.predict import predict_folder
+        from rooftrace.inference.predict import predict_folder
 
         predict_folder(images, tmp_path / "o3", plain_model, gsd=-1.0)
 
 
 def test_onnx_export_carries_the_pixel_size(gsd_model, tmp_path):
     pytest.importorskip("onnxruntime")
-    from rooftrace.export import export_onnx, load_onnx
+    from rooftrace.inference.export import export_onnx
+    from rooftrace.models.onnx import load_onnx
 
     export_onnx(gsd_model, tmp_path / "m.onnx")
     loaded = load_onnx(tmp_path / "m.onnx", device="cpu")
@@ -468,13 +471,13 @@ def test_onnx_export_carries_the_pixel_size(gsd_model, tmp_path):
 
 
 def _scene_runner(gsd):
-    from rooftrace.scene import ModelRunner
+    from rooftrace.inference.runtime import ModelRunner
 
     return ModelRunner(lambda batch: np.stack([bright_blobs(im) for im in batch]), 3, None, "bright blobs", gsd=gsd)
 
 
 def test_a_scene_at_015_m_and_at_03_m_give_matching_footprints_in_the_crs(tmp_path):
-    from rooftrace.scene import predict_scene
+    from rooftrace.scenes.predict import predict_scene
 
     rgb = np.concatenate([np.concatenate([synthetic_tile(320, seed=s)[0] for s in (r, r + 1)], axis=1) for r in (0, 2)])  # 640 x 640
     fine = cv2.resize(rgb, (1280, 1280), interpolation=cv2.INTER_LINEAR)
@@ -507,7 +510,7 @@ def _gpkg(path: Path) -> np.ndarray:
 
 def test_a_resumed_run_on_georeferenced_tiles_writes_the_same_map_outputs(two_resolutions, gsd_model, tmp_path, monkeypatch):
     """Tiles finished before a crash are located again at the end; their pixel size is kept from the record."""
-    import rooftrace.predict as pr
+    import rooftrace.inference.predict as pr
 
     a, b, _ = two_resolutions
     images = tmp_path / "images"

@@ -1,4 +1,4 @@
-"""Tests of rooftrace.metrics: exact small cases counted by hand, then the sample pack's real labels.
+"""Tests of rooftrace.evaluation.metrics: exact small cases counted by hand, then the sample pack's real labels.
 
 Expected figures are computed in the tests from shapely directly or by hand, never by metrics.py.
 """
@@ -17,10 +17,11 @@ import shapely
 from shapely import affinity
 from shapely.geometry import box
 
-from rooftrace import metrics
-from rooftrace.formats.coco import read_coco
-from rooftrace.labels import ImageLabels, LabelSet, RooftraceError
-from rooftrace.metrics import MATCHING_MODES, evaluate_labels, match_footprints
+from rooftrace.evaluation import metrics
+from rooftrace.labels.coco import read_coco
+from rooftrace.labels.records import ImageLabels, LabelSet
+from rooftrace.core.errors import RooftraceError
+from rooftrace.evaluation.metrics import MATCHING_MODES, evaluate_labels, match_footprints
 
 SAMPLE_DIR = Path(
     os.environ.get("ROOFTRACE_SAMPLE_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/buildings-sample")
@@ -362,7 +363,7 @@ def test_sample_labels_perturbed_give_the_hand_count(sample_test: LabelSet, mode
 
     # The same hand count through the command line, the predictions written as a BEGC2024 CSV.
     from rooftrace.cli import main
-    from rooftrace.formats import write_begc_csv
+    from rooftrace.labels.begc import write_begc_csv
 
     csv_path = write_begc_csv(pred, tmp_path / f"{mode}.csv", decimals=6)
     js = tmp_path / f"{mode}.json"

@@ -1,4 +1,4 @@
-"""Tests of rooftrace.oracle: perfect model outputs through post-processing, scored as BEGC2024 does.
+"""Tests of rooftrace.evaluation.oracle: perfect model outputs through post-processing, scored as BEGC2024 does.
 
 Small cases are built in memory with answers known by hand; the real figures come from the sample
 pack's labels (read from ``ROOFTRACE_SAMPLE_DIR``, never copied into the repository).
@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
-from rooftrace.formats import read_begc_csv, read_labels
-from rooftrace.labels import ImageLabels, LabelSet, RooftraceError
-from rooftrace.oracle import SUBMISSION_NAME, oracle_predictions, perfect_probabilities, run_oracle, score_modes
-from rooftrace.postprocess import PostprocessSettings
-from rooftrace.targets import make_targets
+from rooftrace.labels.begc import read_begc_csv
+from rooftrace.labels.formats import read_labels
+from rooftrace.labels.records import ImageLabels, LabelSet
+from rooftrace.core.errors import RooftraceError
+from rooftrace.evaluation.oracle import SUBMISSION_NAME, oracle_predictions, perfect_probabilities, run_oracle, score_modes
+from rooftrace.instances.postprocess import PostprocessSettings
+from rooftrace.prepare.targets import make_targets
 
 
 def make_set(images: dict, size: tuple[int, int] = (64, 64)) -> LabelSet:

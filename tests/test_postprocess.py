@@ -1,7 +1,7 @@
-"""Tests of rooftrace.postprocess and the pixel-edge tracer it uses, on shapes whose answer is exact.
+"""Tests of rooftrace.instances.postprocess and the pixel-edge tracer it uses, on shapes whose answer is exact.
 
 Buildings are squares traced on pixel edges (``box(c0, r0, c1, r1)`` covers columns ``c0..c1-1`` and
-rows ``r0..r1-1``), and model outputs are their targets (:func:`rooftrace.targets.make_targets`) as
+rows ``r0..r1-1``), and model outputs are their targets (:func:`rooftrace.prepare.targets.make_targets`) as
 float32 probabilities, sometimes blurred the way a network blurs them. Expected polygons are written
 down by hand or come from shapely / GDAL, never from the code under test.
 """
@@ -18,10 +18,10 @@ from scipy import ndimage
 from shapely import affinity
 from shapely.geometry import Polygon, box
 
-from rooftrace.labels import RooftraceError
-from rooftrace.polygons import instances_to_footprints, instances_to_polygons
-from rooftrace.polygons import regularise_polygon, simplify_polygons
-from rooftrace.postprocess import (
+from rooftrace.core.errors import RooftraceError
+from rooftrace.geometry.polygons import instances_to_footprints, instances_to_polygons
+from rooftrace.geometry.polygons import regularise_polygon, simplify_polygons
+from rooftrace.instances.postprocess import (
     POSTPROCESSORS,
     Buildings,
     PostprocessSettings,
@@ -31,7 +31,7 @@ from rooftrace.postprocess import (
     seed_postprocess,
     watershed_postprocess,
 )
-from rooftrace.targets import make_targets, rasterize_footprints
+from rooftrace.prepare.targets import make_targets, rasterize_footprints
 
 
 def perfect(footprints: list, shape: tuple[int, int]) -> np.ndarray:

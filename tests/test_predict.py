@@ -12,8 +12,8 @@ import pytest
 
 from conftest import write_tiny_model
 from rooftrace.cli import main
-from rooftrace.formats import read_labels
-from rooftrace.labels import RooftraceError
+from rooftrace.labels.formats import read_labels
+from rooftrace.core.errors import RooftraceError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def _tiles(folder: Path, n: int, size: int = 256) -> Path:
 
 
 def test_a_crashed_predict_writes_no_submission_and_resume_finishes_it(model_file, tmp_path, monkeypatch):
-    import rooftrace.predict as pr
+    import rooftrace.inference.predict as pr
 
     images = _tiles(tmp_path / "images", 8)
     ref = pr.predict_folder(images, tmp_path / "ref", model_file, workers=0, threads=0, batch_size=2, progress=False)
@@ -158,7 +158,7 @@ def test_resume_predicts_again_the_tiles_that_changed(model_file, tmp_path, monk
 
     from PIL import Image
 
-    import rooftrace.predict as pr
+    import rooftrace.inference.predict as pr
 
     images = _tiles(tmp_path / "images", 6)
     out = tmp_path / "out"

@@ -8,7 +8,8 @@ from PIL import Image
 from shapely.geometry import box
 
 from rooftrace.cli import main
-from rooftrace.formats import read_coco, write_begc_csv
+from rooftrace.labels.coco import read_coco
+from rooftrace.labels.begc import write_begc_csv
 
 
 def test_report_counts_and_draws_every_tile(sample, tmp_path, capsys):
@@ -37,7 +38,7 @@ def test_report_counts_and_draws_every_tile(sample, tmp_path, capsys):
 
 
 def test_report_of_a_folder_reads_pixels_not_a_longitude_latitude_geojson(sample, tmp_path):
-    from rooftrace.report import _pred_path
+    from rooftrace.evaluation.report import _pred_path
 
     gt = read_coco(sample / "test" / "test.json")
     folder = tmp_path / "pred"

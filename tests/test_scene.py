@@ -16,15 +16,18 @@ from affine import Affine
 from shapely.geometry import box
 
 from conftest import write_tiny_model
-from rooftrace.formats import read_coco, read_geojson, read_labels
-from rooftrace.geometry import map_to_pixel, pixel_to_map
-from rooftrace.labels import RooftraceError
-from rooftrace.postprocess import postprocess
-from rooftrace.scene import (
-    Grid, list_scenes, parse_bands, parse_shard, predict_scene, predict_scenes, shard_scenes, window_keep, window_starts,
-)
-from rooftrace.scene_prepare import prepare_scenes
-from rooftrace.targets import make_targets
+from rooftrace.labels.coco import read_coco
+from rooftrace.labels.geojson import read_geojson
+from rooftrace.labels.formats import read_labels
+from rooftrace.geometry.shapes import map_to_pixel, pixel_to_map
+from rooftrace.core.errors import RooftraceError
+from rooftrace.instances.postprocess import postprocess
+from rooftrace.imagery.windows import Grid, window_keep, window_starts
+from rooftrace.scenes.batch import list_scenes, parse_shard, predict_scenes, shard_scenes
+from rooftrace.imagery.raster import parse_bands
+from rooftrace.scenes.predict import predict_scene
+from rooftrace.prepare.scenes import prepare_scenes
+from rooftrace.prepare.targets import make_targets
 
 REPO = Path(__file__).resolve().parents[1]
 #: A transform whose numbers are exact in binary, so pixel <-> map conversions are exact.
@@ -328,7 +331,7 @@ def test_two_processes_share_the_scenes(scene_folder, tiny_model, tmp_path):
     """What one process per GPU does (CUDA_VISIBLE_DEVICES=i ... --shard i/N), here two on the CPU."""
     code = textwrap.dedent("""
         import sys
-        from rooftrace.scene import predict_scenes
+        from rooftrace.scenes.predict import predict_scenes
         r = predict_scenes([sys.argv[1]], sys.argv[2], sys.argv[3], shard=sys.argv[4], device="cpu", progress=False)
         sys.exit(1 if r.failed else 0)
     """)
@@ -346,7 +349,7 @@ def test_two_processes_share_the_scenes(scene_folder, tiny_model, tmp_path):
 def test_an_output_that_cannot_be_written_stops_before_the_model_is_loaded_or_the_scene_read(seam_scene, tmp_path, monkeypatch):
     """--out inside a regular file (or a read-only folder) is found out before any inference, for one scene
     and for a folder of scenes, naming the output."""
-    import rooftrace.scene as scene_mod
+    import rooftrace.scenes.predict as scene_mod
 
     def no(*args, **kwargs):
         raise AssertionError("the model was loaded or the scene read before the output was checked")
@@ -376,7 +379,7 @@ def test_a_killed_run_leaves_its_probabilities_beside_the_output_and_the_next_ru
     marker = tmp_path / "started"
     code = textwrap.dedent(f"""
         import pathlib, time
-        from rooftrace.scene import predict_scene
+        from rooftrace.scenes.predict import predict_scene
         calls = []
         def slow(x):
             calls.append(1)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon, box
 
-from rooftrace.labels import RooftraceError
-from rooftrace.targets import (
+from rooftrace.core.errors import RooftraceError
+from rooftrace.prepare.targets import (
     TargetSettings,
     Targets,
     boundary_band,

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from rooftrace.config import load_config
-from rooftrace.labels import RooftraceError
-from rooftrace.losses import SegmentationLoss
-from rooftrace.models import BaselineUNet, build_model
-from rooftrace.weights import load_model, read_model_file, save_model
+from rooftrace.core.errors import RooftraceError
+from rooftrace.training.losses import SegmentationLoss
+from rooftrace.models.architectures import BaselineUNet, build_model
+from rooftrace.models.files import load_model, read_model_file, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 NO_AUG = [f"augment.{k}=0" for k in ("hflip", "vflip", "rot90", "rotate", "scale_limit", "brightness_contrast", "hue_saturation", "blur_noise")]
@@ -137,7 +137,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_two_epochs_lower_the_loss_and_fill_the_run_folder(mini_split, tmp_path):
-    from rooftrace.train import train
+    from rooftrace.training.loop import train
 
     cfg = load_config(REPO / "configs" / "unet-r18.yaml", _overrides(mini_split, tmp_path / "runs", "train.epochs=2"))
     summary = train(cfg)
@@ -158,7 +158,7 @@ def test_two_epochs_lower_the_loss_and_fill_the_run_folder(mini_split, tmp_path)
 
 
 def test_killed_run_resumes_to_the_same_weights_and_metrics(mini_split, tmp_path):
-    from rooftrace.train import resume, train
+    from rooftrace.training.loop import resume, train
 
     sets = _overrides(mini_split, tmp_path / "a", "train.epochs=3", "model.base_channels=16")
     straight = Path(train(load_config(REPO / "configs" / "baseline-unet.yaml", sets))["run_dir"])
@@ -226,7 +226,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     """The loss turning NaN in epoch 2 (what optim.lr=100 does to a real network) stops the run with
     exit 2, naming the epoch and the checkpoint, which is epoch 1's and loads."""
     from rooftrace.cli import main
-    from rooftrace.train import Trainer
+    from rooftrace.training.loop import Trainer
 
     poisoned = {"on": False}
     real_forward, real_write = SegmentationLoss.forward, Trainer._write_epoch_files
@@ -288,7 +288,7 @@ def test_a_full_disk_while_writing_an_epoch_leaves_the_last_complete_one_and_res
     """The disk fills while epoch ``full_at``'s resume state is written. The run stops (exit 2, naming the file);
     the run folder keeps only complete epochs (no last/best/metrics of the cut epoch), and --resume goes on from
     the last complete epoch, or from epoch 1 when there is none, with a note, to the same end as a clean run."""
-    import rooftrace.weights as weights
+    import rooftrace.training.resume as weights
     from rooftrace.cli import main
 
     real = weights.atomic_write_bytes
@@ -332,7 +332,7 @@ def test_a_full_disk_while_writing_an_epoch_leaves_the_last_complete_one_and_res
 def test_a_run_stopped_while_moving_a_committed_epoch_finishes_the_moves_on_resume(mini_split, tmp_path, capsys, monkeypatch):
     """Killed after epoch 1's resume state was written but before its files were moved into place: --resume
     moves them (they belong to the committed epoch) and goes on."""
-    import rooftrace.train as train_mod
+    import rooftrace.training.loop as train_mod
     from rooftrace.cli import main
 
     def stop(run_dir):
@@ -357,13 +357,13 @@ def test_a_tile_that_fails_in_a_worker_is_one_line(mini_split, tmp_path):
 
     from torch.utils.data import DataLoader
 
-    from rooftrace.dataset import TileDataset, collate_pad, select_tiles
-    from rooftrace.train import _worker_errors
+    from rooftrace.training.dataset import TileDataset, collate_pad, select_tiles
+    from rooftrace.training.loop import _worker_errors
 
     split = tmp_path / "train"
     shutil.copytree(mini_split / "train", split, symlinks=False)
     cfg = load_config(REPO / "configs" / "baseline-unet.yaml", [f"data.train={split}", "data.cache=false", "data.crop_size=64"])
-    from rooftrace.dataset import open_split
+    from rooftrace.labels.splits import open_split
 
     ds = TileDataset(select_tiles(cfg.data.train, [open_split(s) for s in cfg.data.train]), cfg.data, None)
     victim = ds.items[0].path
@@ -383,7 +383,7 @@ def test_a_png_cut_off_halfway_is_refused_not_read_as_partly_black(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from rooftrace.imagery import read_rgb
+    from rooftrace.imagery.read import read_rgb
 
     arr = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
     path = tmp_path / "t.png"

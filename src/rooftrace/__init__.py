@@ -1,12 +1,13 @@
 """rooftrace: building footprints from aerial and satellite imagery.
 
-The stages, in data-flow order: labels in (:mod:`rooftrace.formats`), one in-memory form
-(:mod:`rooftrace.labels`), training targets (:mod:`rooftrace.targets`), polygons from masks
-(:mod:`rooftrace.polygons`), the competition metric (:mod:`rooftrace.metrics`), and files out
-(:mod:`rooftrace.formats`). The command line is :mod:`rooftrace.cli`.
+The stages, in data-flow order: labels in (:mod:`rooftrace.labels.formats`), one in-memory form
+(:mod:`rooftrace.labels.records`), training targets (:mod:`rooftrace.prepare.targets`), polygons from masks
+(:mod:`rooftrace.geometry.polygons`), the competition metric (:mod:`rooftrace.evaluation.metrics`), and files out
+(:mod:`rooftrace.labels.formats`). The command line is :mod:`rooftrace.cli`.
 """
 
-from .labels import ImageLabels, LabelSet, LoadReport, RooftraceError, image_key
+from rooftrace.core.errors import RooftraceError
+from rooftrace.labels.records import ImageLabels, LabelSet, LoadReport, image_key
 
 __version__ = "0.1.0"
 __all__ = ["ImageLabels", "LabelSet", "LoadReport", "RooftraceError", "image_key", "__version__"]

@@ -1,5 +1,5 @@
 """``python -m rooftrace`` runs the command line."""
 
-from .cli import main
+from rooftrace.cli import main
 
 raise SystemExit(main())

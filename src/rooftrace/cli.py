@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
-from .config import check_device
-from .labels import RooftraceError
+from rooftrace import __version__
+from rooftrace.config import check_device
+from rooftrace.core.errors import RooftraceError
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +38,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 def _run_prepare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .prepare import prepare_split
-    from .targets import TargetSettings
+    from rooftrace.prepare.targets import TargetSettings
+    from rooftrace.prepare.tiles import prepare_split
 
     settings = TargetSettings()
     if args.boundary_width is not None:
@@ -52,7 +52,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from .metrics import MATCHING_MODES
+    from rooftrace.evaluation.metrics import MATCHING_MODES
 
     p = sub.add_parser(
         "evaluate",
@@ -78,8 +78,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .formats import align_keys, atomic_write_text, read_labels
-    from .metrics import evaluate_labels
+    from rooftrace.core.files import atomic_write_text
+    from rooftrace.evaluation.metrics import evaluate_labels
+    from rooftrace.labels.formats import align_keys, read_labels
 
     if not 0.0 < args.iou <= 1.0:
         raise RooftraceError(f"--iou {args.iou}: must be in (0, 1]")
@@ -125,7 +126,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from . import formats
+    from rooftrace.labels import formats
 
     fmt = args.to or _SUFFIX_FORMAT.get(args.dst.suffix.lower())
     if fmt is None:
@@ -165,8 +166,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train import resume, train
+    from rooftrace.config import load_config
+    from rooftrace.training.loop import resume, train
 
     if args.resume is not None:
         if args.config is not None:
@@ -183,11 +184,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _parse_settings(items: list[str], path: Path | None):
     """Post-processing settings from a JSON file (a tune file or a plain object) and KEY=VALUE items."""
-    from .postprocess import PostprocessSettings
+    from rooftrace.instances.postprocess import PostprocessSettings
 
     data: dict = {}
     if path is not None:
-        from .formats import read_json
+        from rooftrace.core.files import read_json
 
         loaded = read_json(path)
         if not isinstance(loaded, dict):
@@ -205,7 +206,7 @@ def _parse_settings(items: list[str], path: Path | None):
 
 
 def _add_postprocess_options(p: argparse.ArgumentParser, default_method: str | None) -> None:
-    from .postprocess import POSTPROCESSORS
+    from rooftrace.instances.postprocess import POSTPROCESSORS
 
     p.add_argument("--postprocess", choices=sorted(POSTPROCESSORS), default=default_method,
                    help="post-processing method" + (f" (default {default_method})" if default_method else
@@ -216,7 +217,7 @@ def _add_postprocess_options(p: argparse.ArgumentParser, default_method: str | N
 
 
 def _add_oracle(sub: argparse._SubParsersAction) -> None:
-    from .metrics import MATCHING_MODES
+    from rooftrace.evaluation.metrics import MATCHING_MODES
 
     p = sub.add_parser("oracle", help="measure what post-processing alone loses: perfect targets -> polygons -> CSV -> object F1",
                        description="Make every GT image's targets as if a perfect model had output them, post-process them, "
@@ -233,9 +234,9 @@ def _add_oracle(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_oracle(args: argparse.Namespace) -> int:
-    from .formats import atomic_write_text
-    from .oracle import run_oracle
-    from .postprocess import PostprocessSettings
+    from rooftrace.core.files import atomic_write_text
+    from rooftrace.evaluation.oracle import run_oracle
+    from rooftrace.instances.postprocess import PostprocessSettings
 
     if args.json is not None and args.json.exists() and not args.force:
         raise RooftraceError(f"{args.json}: already exists; pass --force to overwrite it")
@@ -288,13 +289,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _default_model(model: Path | None) -> Path:
     if model is not None:
         return model
-    from .weights import shipped_model
+    from rooftrace.models.files import shipped_model
 
     return shipped_model()
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_folder
+    from rooftrace.inference.predict import predict_folder
 
     if args.batch_size < 1:
         raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -313,7 +314,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
-    from .postprocess import POSTPROCESSORS
+    from rooftrace.instances.postprocess import POSTPROCESSORS
 
     p = sub.add_parser("tune", help="search the post-processing thresholds that maximise object F1 on a validation split",
                        description="Runs the model once over SPLIT, searches the post-processing settings, and saves "
@@ -330,7 +331,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from .tune import tune
+    from rooftrace.inference.tune import tune
 
     check_device(args.device)
     print(tune(args.model, args.split, method=args.postprocess, tta=args.tta, device=args.device,
@@ -339,7 +340,7 @@ def _run_tune(args: argparse.Namespace) -> int:
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    from .metrics import MATCHING_MODES
+    from rooftrace.evaluation.metrics import MATCHING_MODES
 
     p = sub.add_parser("report", help="an HTML report: scores, per-image F1, tiles with TP/FP/missed buildings drawn",
                        description="Score PRED against GT and write REPORT/index.html with a picture of every tile.")
@@ -355,7 +356,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from rooftrace.evaluation.report import build_report
 
     print(build_report(args.pred, args.gt, args.out, images=args.images, iou=args.iou, matching=args.matching,
                        title=args.title, force=args.force).summary())
@@ -383,7 +384,8 @@ def _add_band_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_predict_scene(sub: argparse._SubParsersAction) -> None:
-    from .scene import DEFAULT_BLOCK, DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_TILE
+    from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE
+    from rooftrace.scenes.blocks import DEFAULT_BLOCK, DEFAULT_MARGIN
 
     p = sub.add_parser(
         "predict-scene",
@@ -428,7 +430,9 @@ def _add_predict_scene(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict_scene(args: argparse.Namespace) -> int:
-    from .scene import OUTPUT_DRIVERS, predict_scene, predict_scenes
+    from rooftrace.scenes.batch import predict_scenes
+    from rooftrace.scenes.predict import predict_scene
+    from rooftrace.scenes.writers import OUTPUT_DRIVERS
 
     if args.batch_size < 1:
         raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -465,7 +469,7 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
 
 
 def _run_predict_scene_dask(args: argparse.Namespace, common: dict) -> int:
-    from .distributed import DEFAULT_SPLIT_ABOVE, predict_scenes_dask
+    from rooftrace.scenes.distributed import DEFAULT_SPLIT_ABOVE, predict_scenes_dask
 
     if args.scheduler is not None and args.dask_workers is not None:
         raise RooftraceError("--scheduler and --dask-workers: give one (an existing cluster, or a local one of N workers)")
@@ -511,7 +515,7 @@ def _add_prepare_scenes(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prepare_scenes(args: argparse.Namespace) -> int:
-    from .scene_prepare import prepare_scenes
+    from rooftrace.prepare.scenes import prepare_scenes
 
     if len(args.inputs) % 2:
         raise RooftraceError(f"prepare-scenes takes SCENE LABELS pairs; got {len(args.inputs)} paths")
@@ -559,7 +563,7 @@ def _add_prepare_chips(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prepare_chips(args: argparse.Namespace) -> int:
-    from .chips import prepare_chips
+    from rooftrace.prepare.chips import prepare_chips
 
     result = prepare_chips(args.chips_dir, args.labels, args.out, gsd=args.gsd, val=args.val, test=args.test,
                            block=args.block, block_zoom=args.block_zoom, aoi=args.aoi, empty=args.empty, tms=args.tms,
@@ -588,7 +592,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx
+    from rooftrace.inference.export import export_onnx
 
     if args.calibration_tiles < 1:
         raise RooftraceError(f"--calibration-tiles {args.calibration_tiles}: must be at least 1")
@@ -618,8 +622,8 @@ def _add_import_weights(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_import_weights(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .weights import import_checkpoint
+    from rooftrace.config import load_config
+    from rooftrace.models.checkpoints import import_checkpoint
 
     if args.out.suffix.lower() != ".safetensors":
         raise RooftraceError(f"--out {args.out}: rooftrace model files end in .safetensors")
@@ -666,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     message naming the file, no traceback; with ``--strict``, also the first skipped item);
     130: interrupted.
     """
-    from .labels import strict_mode, tally_skips
+    from rooftrace.core.errors import strict_mode, tally_skips
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .labels import RooftraceError
+from rooftrace.core.errors import RooftraceError
 
 CHANNELS = ("footprint", "boundary", "contact")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -156,7 +156,7 @@ class TrainConfig:
     patience: int = 7  #: epochs without a better object F1 before stopping (0 = never)
     seed: int = 0
     device: str = "auto"  #: auto | cpu | cuda | cuda:N
-    amp: str = "auto"  #: auto | bf16 | fp16 | off: see rooftrace.precision (auto: bf16 on GPUs and CPUs that have it, fp16 + grad scaler on older GPUs, else fp32)
+    amp: str = "auto"  #: auto | bf16 | fp16 | off: see rooftrace.models.autocast (auto: bf16 on GPUs and CPUs that have it, fp16 + grad scaler on older GPUs, else fp32)
     channels_last: bool = True
     compile: bool = False
     runs_dir: str = "runs"

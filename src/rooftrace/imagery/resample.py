@@ -1,0 +1,125 @@
+"""Pixel size: checking a ground sample distance, the resampling factor between a tile's and a model's
+pixel size, resizing images, and mapping footprints back to the tile's own pixel grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rooftrace.core.errors import RooftraceError
+from rooftrace.imagery.georef import Georef, locate_image
+
+#: Pixel sizes within this fraction of the model's are used as they are (no resampling).
+GSD_TOLERANCE = 0.02
+
+
+def check_gsd(gsd: float | None) -> float | None:
+    """``gsd`` (metres a pixel, from ``--gsd``) checked: ``None`` or a finite number > 0.
+
+    Raises:
+        RooftraceError: Zero, negative, infinite or NaN.
+    """
+    if gsd is None:
+        return None
+    try:
+        value = float(gsd)
+    except (TypeError, ValueError):
+        raise RooftraceError(f"--gsd {gsd!r}: expected a pixel size in metres, such as 0.3") from None
+    if not (np.isfinite(value) and value > 0):
+        raise RooftraceError(f"--gsd {gsd:g}: the pixel size must be a number of metres greater than 0, such as 0.3")
+    return value
+
+
+def resample_factor(gsd_in: float | None, gsd_model: float | None, tolerance: float = GSD_TOLERANCE) -> float:
+    """How much to scale an image of pixel size ``gsd_in`` so that its pixels are ``gsd_model``:
+    ``gsd_in / gsd_model``, or exactly 1.0 when either is unknown or they differ by at most
+    ``tolerance`` (2 %)."""
+    if not gsd_in or not gsd_model:
+        return 1.0
+    f = float(gsd_in) / float(gsd_model)
+    return 1.0 if abs(f - 1.0) <= tolerance else f
+
+
+def resample_rgb(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """An ``(H, W, 3)`` image scaled by ``factor`` to ``round(W * f) x round(H * f)`` pixels (at
+    least 1), as training resamples tiles (:func:`rooftrace.training.dataset.resize_image`: area averaging when
+    shrinking, bilinear when enlarging)."""
+    if factor == 1.0:
+        return rgb
+    h, w = rgb.shape[:2]
+    return resize_image(rgb, (max(1, round(h * factor)), max(1, round(w * factor))))
+
+
+def footprints_to_grid(footprints: list, scores: list, from_size: tuple[int, int],
+                       to_size: tuple[int, int]) -> tuple[list, list]:
+    """Footprints traced on a resampled image of ``from_size = (h, w)`` pixels brought back to the
+    image's own grid of ``to_size = (H, W)`` pixels: scaled by ``(W / w, H / h)`` about the origin
+    (the top-left corner), clipped to the image, empty ones dropped (with their scores)."""
+    import shapely
+
+    (h, w), (H, W) = from_size, to_size
+    if not footprints or (h, w) == (H, W):
+        return list(footprints), list(scores)
+    arr = np.asarray(footprints, dtype=object)
+    scale = np.array([W / w, H / h])
+    arr = shapely.transform(arr, lambda xy: xy * scale)
+    b = shapely.bounds(arr)
+    out = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > W) | (b[:, 3] > H)  # floating-point rounding at the far edges
+    if out.any():
+        arr[out] = shapely.clip_by_rect(arr[out], 0.0, 0.0, float(W), float(H))
+    keep = ~shapely.is_empty(arr) & (shapely.area(arr) > 0)
+    return list(arr[keep]), [v for v, k in zip(scores, keep) if k]
+
+
+def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``rgb`` resized to ``(height, width)``: area-averaged when shrinking, bilinear when enlarging."""
+    h, w = size
+    if (h, w) == rgb.shape[:2]:
+        return rgb
+    shrink = h * w < rgb.shape[0] * rgb.shape[1]
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+@dataclass(frozen=True)
+class TilePlace:
+    """Where a tile lies and the pixel size it was predicted at.
+
+    Attributes:
+        georef: Its georeference (:func:`rooftrace.imagery.georef.locate_image`), ``None`` when it has none.
+        gsd: Metres a pixel of the input, ``None`` when unknown.
+        gsd_source: ``--gsd``, ``geotiff``, ``tile-name`` or ``unknown``.
+        own_gsd: The tile's own pixel size from its georeference (also when ``--gsd`` overrides it).
+        factor: The scale it was resampled by before the model saw it (1.0: not resampled).
+    """
+
+    georef: Georef | None
+    gsd: float | None
+    gsd_source: str
+    own_gsd: float | None
+    factor: float
+
+
+def place_tile(path: Path, width: int, height: int, gsd: float | None = None, model_gsd: float | None = None,
+               tms: bool = False) -> TilePlace:
+    """Locate a tile and decide its input pixel size and resampling factor (see :func:`predict_folder`)."""
+    try:
+        geo = locate_image(path, width, height, tms=tms)
+    except RooftraceError:
+        geo = None
+    own = None
+    if geo is not None:
+        try:
+            own = float(geo.gsd())
+            own = own if np.isfinite(own) and own > 0 else None
+        except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot bring to WGS84
+            own = None
+    if gsd is not None:
+        g_in, source = gsd, "--gsd"
+    elif own is not None:
+        g_in, source = own, geo.origin  # type: ignore[union-attr]
+    else:
+        g_in, source = None, "unknown"
+    return TilePlace(geo, g_in, source, own, resample_factor(g_in, model_gsd))

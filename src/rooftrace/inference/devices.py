@@ -1,0 +1,37 @@
+"""Device choice (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) and the CPU thread count for inference."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rooftrace.core.errors import RooftraceError
+
+#: Largest number of pixels in one PyTorch forward pass on the CPU (one 512 x 512 tile): measured
+#: with ``benchmarks/model_speed.py``, every shipped architecture runs as fast or faster per tile at
+#: batch 1 than at batch 4 on 512 x 512 tiles there, EfficientNet-B0 twice as fast as at batch 8.
+CPU_PIXELS_PER_FORWARD = 512 * 512
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` is the GPU when there is one; asking for cuda without one, or for a device torch does
+    not know (``gpu``), is a clear error."""
+    from rooftrace.config import check_device
+
+    device = check_device(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RooftraceError("--device cuda: no CUDA GPU is available here")
+    return torch.device(device)
+
+
+def _default_threads(device: torch.device) -> int:
+    """Post-processing threads: none (in line, after each batch) for inference on a CPU of up to 4
+    cores, where PyTorch's threads already fill the cores and a thread beside them slows inference
+    more than it saves; else half the cores, at most 8."""
+    cores = os.cpu_count() or 2
+    if device.type == "cpu" and cores <= 4:
+        return 0
+    return max(1, min(8, cores // 2))

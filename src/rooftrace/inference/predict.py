@@ -1,0 +1,555 @@
+"""Inference on a folder of tiles: batched, optionally with flip TTA, then post-processing and files.
+
+``predict_folder`` reads every tile in a folder (any size; each tile is zero-padded on the bottom and
+right to a multiple of 32), runs the model under ``torch.inference_mode`` (channels_last; autocast as
+:mod:`rooftrace.models.autocast` decides: bf16 on GPUs and on CPUs with native bf16; optionally
+``torch.compile``), or an exported ``.onnx`` model with ONNX Runtime,
+averages flipped predictions when asked, turns probabilities into one polygon per building
+(:mod:`rooftrace.instances.postprocess`, with the thresholds ``rooftrace tune`` saved beside the model when there
+are any), and writes into the output folder:
+
+- ``submission.csv``: BEGC2024 format, one row for every image of the folder, sorted by ImageID;
+- ``predictions.coco.json``: COCO results (``image_id`` is the image key);
+- georeferenced tiles (a GeoTIFF's own transform, or a web-map tile name such as
+  ``OAM-<x>-<y>-<z>.png``): ``predictions.geojson`` in longitude/latitude (RFC 7946, EPSG:4326) and
+  ``predictions.gpkg`` in the tiles' CRS, ``image_id``, ``file_name`` and ``score`` per feature;
+  the other tiles of a mixed folder in pixels in ``predictions-pixels.geojson``;
+- no tile georeferenced: ``predictions.geojson`` in pixel coordinates, ``image_id`` per feature,
+  marked ``"rooftrace": {"coordinates": "pixel", ...}`` at the top level;
+- ``masks/<stem>.png``: 16-bit instance ids; ``overlays/<stem>.png``: the tile with its polygons.
+
+When the model records the pixel size it was trained at, each tile is resampled to it first and
+its footprints are brought back to the tile's own pixels (see :func:`predict_folder`).
+
+Unreadable tiles are reported and skipped, and still get their (empty) row in the submission.
+
+The work is a pipeline whose stages overlap: DataLoader worker processes read, normalise and pad
+tiles; the main thread groups tiles of the same padded size into batches (so a 256 x 256 tile is never
+padded to a 672 x 672 neighbour's size, and a tile's probabilities depend on nothing but the tile: the
+same as at batch size 1) and runs the model (on the CPU, one 512 x 512 tile's worth of pixels per
+forward pass, which is faster per tile there than larger batches); a small pool of threads
+post-processes each tile and encodes and writes its mask and overlay while the next batch runs.
+Post-processing releases the GIL in its heavy parts (OpenCV, numpy, scikit-image, shapely, zlib), so
+the threads run alongside inference. On a CPU of up to 4 cores, where inference already fills every
+core, the default is to post-process in line instead (a thread beside PyTorch's slows it more than
+it saves; see ``benchmarks/predict_speed.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from rooftrace.core.errors import RooftraceError
+from rooftrace.core.files import atomic_write_bytes, atomic_write_text
+from rooftrace.imagery.georef import Georef
+from rooftrace.imagery.normalize import Normalization
+from rooftrace.imagery.read import list_images, read_rgb
+from rooftrace.imagery.resample import (
+    TilePlace,
+    check_gsd,
+    footprints_to_grid,
+    place_tile,
+    resample_rgb,
+)
+from rooftrace.inference.devices import _default_threads, pick_device
+from rooftrace.inference.outputs import (
+    GEOJSON_NAME,
+    GPKG_NAME,
+    PIXEL_GEOJSON_NAME,
+    MapOutputs,
+    write_map_outputs,
+)
+from rooftrace.inference.partial import (
+    PARTIAL,
+    _file_stamp,
+    _read_tile_record,
+    _run_record,
+    _tile_record,
+)
+from rooftrace.inference.runtime import load_any, predict_probabilities
+from rooftrace.inference.tuned import load_tuned
+from rooftrace.instances.postprocess import PostprocessSettings, postprocess
+from rooftrace.labels.begc import write_begc_csv
+from rooftrace.labels.coco import write_coco_results
+from rooftrace.labels.geojson import write_geojson
+from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key
+from rooftrace.models.autocast import normalise_precision
+from rooftrace.models.files import LoadedModel
+from rooftrace.models.onnx import (
+    OnnxModel,
+    onnx_postprocess_settings,
+)
+
+
+class _Tiles(Dataset):
+    """Tiles of a folder as normalised tensors zero-padded (bottom, right) to a multiple of 32; an
+    unreadable tile yields its error instead. ``rgb`` (for overlays) only when asked.
+
+    Each tile is located (:func:`place_tile`) and, when its pixel size differs from the model's,
+    resampled to it; ``size`` is then the resampled size and ``orig`` the tile's own."""
+
+    def __init__(self, files: list[Path], norm: Normalization, keep_rgb: bool = True, gsd: float | None = None,
+                 model_gsd: float | None = None, tms: bool = False):
+        self.files, self.norm, self.keep_rgb = files, norm, keep_rgb
+        self.gsd, self.model_gsd, self.tms = gsd, model_gsd, tms
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            rgb = read_rgb(self.files[i])
+        except RooftraceError as exc:
+            return {"index": i, "error": str(exc)}
+        H, W = rgb.shape[:2]
+        place = place_tile(self.files[i], W, H, self.gsd, self.model_gsd, self.tms)
+        seen = resample_rgb(rgb, place.factor)
+        h, w = seen.shape[:2]
+        x = torch.zeros(3, -(-h // 32) * 32, -(-w // 32) * 32)
+        x[:, :h, :w] = torch.from_numpy(self.norm.apply(seen))
+        return {"index": i, "image": x, "size": (h, w), "orig": (H, W), "place": place, "rgb": rgb if self.keep_rgb else None}
+
+
+def _one(tile: dict[str, Any]) -> dict[str, Any]:
+    """The loader's collate function for single tiles: as they are (no conversion of ``rgb``)."""
+    return tile
+
+
+def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tiles of one padded size (or several: each is zero-padded to the largest) as one batch."""
+    ok = [b for b in batch if "image" in b]
+    out: dict[str, Any] = {"errors": [(b["index"], b["error"]) for b in batch if "error" in b], "index": [b["index"] for b in ok],
+                           "rgb": [b["rgb"] for b in ok], "size": [tuple(b["size"]) for b in ok],
+                           "orig": [tuple(b.get("orig", b["size"])) for b in ok], "place": [b.get("place") for b in ok]}
+    if ok:
+        H = max(b["image"].shape[1] for b in ok)
+        W = max(b["image"].shape[2] for b in ok)
+        if all(tuple(b["image"].shape[1:]) == (H, W) for b in ok):
+            out["image"] = torch.stack([b["image"] for b in ok])
+        else:
+            x = torch.zeros(len(ok), 3, H, W)
+            for n, b in enumerate(ok):
+                x[n, :, : b["image"].shape[1], : b["image"].shape[2]] = b["image"]
+            out["image"] = x
+    return out
+
+
+@dataclass
+class PredictResult:
+    """What ``predict_folder`` did."""
+
+    out_dir: Path
+    labels: LabelSet
+    n_images: int
+    n_skipped: int
+    seconds: float
+    report: LoadReport
+    files: list[Path] = field(default_factory=list)
+    #: Seconds per stage, summed over tiles: ``wait`` (main thread waiting for tiles), ``inference``,
+    #: ``postprocess`` and ``write`` (masks and overlays; summed over the post-processing threads,
+    #: which run alongside inference; ``*_cpu``: the same in those threads' CPU time, which does not
+    #: count time the thread waited for a core), ``outputs`` (submission, GeoJSON, COCO), ``total``.
+    timings: dict[str, float] = field(default_factory=dict)
+    #: Tiles an earlier, unfinished run had done (``resume=True``), taken from ``.partial``.
+    n_resumed: int = 0
+    #: The pixel size in metres the model was trained at (``None``: not recorded; tiles used as they are).
+    gsd_model: float | None = None
+    #: Per tile (by key): ``gsd`` (metres a pixel of the input, ``None`` when unknown), ``gsd_source``
+    #: (``--gsd``, ``geotiff``, ``tile-name``, ``unknown``), ``own_gsd`` and ``factor`` (the scale
+    #: it was resampled by before the model saw it; 1.0 when it was not).
+    tile_gsd: dict[ImageKey, dict[str, Any]] = field(default_factory=dict)
+    #: Where the footprints went in map coordinates: see :class:`MapOutputs` (``None``: no tile is georeferenced).
+    map_outputs: MapOutputs | None = None
+    #: Lines about pixel sizes and coordinates, printed by :meth:`summary`.
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"predicted {self.labels.n_footprints} buildings on {self.n_images - self.n_skipped} of {self.n_images} tiles "
+                 f"in {self.seconds:.1f} s ({(self.n_images - self.n_skipped) / max(self.seconds, 1e-9):.1f} tiles/s); outputs in {self.out_dir}"]
+        if self.n_resumed:
+            lines.append(f"{self.n_resumed} tiles were done by the unfinished run and not predicted again")
+        lines.extend(self.notes)
+        if self.n_skipped:
+            lines.append(f"{self.n_skipped} unreadable tile(s) skipped (they have an empty row in submission.csv):")
+            lines.extend(f"  {m}" for m in self.report.messages[:20])
+        return "\n".join(lines)
+
+
+def _check_out_dir(out_dir: Path, force: bool, resume: bool = False) -> None:
+    partial = out_dir / PARTIAL
+    if resume:
+        if not (partial / "run.json").exists():
+            raise RooftraceError(f"{out_dir}: holds no unfinished predict run to resume (no {PARTIAL}/run.json)")
+    elif out_dir.exists() and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        if (partial / "run.json").exists():
+            done = sum(1 for _ in partial.glob("*.json")) - 1
+            raise RooftraceError(f"{out_dir}: holds an unfinished predict run ({done} tiles done); pass --resume to finish it, "
+                                 "or --force to start again")
+        raise RooftraceError(f"{out_dir}: already holds files; pass --force to overwrite them, or choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RooftraceError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+
+
+def _check_unique_keys(images: Path, files: list[Path]) -> None:
+    """Two tiles whose stems give one ImageID (``7.tif`` and ``7.png``, ``007.png`` and ``7.png``) are refused, naming both."""
+    seen: dict[ImageKey, Path] = {}
+    for f in files:
+        k = image_key(f)
+        if k in seen:
+            raise RooftraceError(f"{images}: {seen[k].name} and {f.name} share the ImageID {k!r} (from their stems "
+                                 f"{seen[k].stem!r} and {f.stem!r}); their rows would collide: rename or move one of them")
+        seen[k] = f
+
+
+def _encode_overlay(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an ``(H, W, 3)`` uint8 overlay, at zlib level 1: the same pixels as
+    :func:`rooftrace.prepare.tiles.encode_png` writes, five times faster (aerial imagery hardly compresses:
+    the file is about 3 % larger)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 RGB array
+        from rooftrace.imagery.png import encode_png
+
+        return encode_png(rgb)
+    return buf.tobytes()
+
+
+def _resize_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An id map resized to ``size = (H, W)`` by nearest neighbour (pixel centres), any integer dtype."""
+    h, w = ids.shape
+    H, W = size
+    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+    return ids[rows[:, None], cols[None, :]]
+
+
+def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: Path, method: str,
+                 settings: PostprocessSettings | None, write_masks: bool, write_overlays: bool,
+                 size: tuple[int, int] | None = None) -> tuple[list, list, tuple[float, ...]]:
+    """Post-process one tile and write its mask and overlay (runs in a worker thread).
+
+    ``probs`` are at the model's pixel size; ``size`` is the tile's own ``(H, W)`` when it was
+    resampled, and the footprints and the mask are brought back to it (post-processing itself,
+    whose thresholds were tuned at the model's pixel size, runs at the model's).
+
+    Returns the footprints, their scores, and the seconds taken (wall and this thread's CPU time)
+    by post-processing and by writing."""
+    from rooftrace.imagery.draw import render_preview
+    from rooftrace.imagery.png import encode_instances
+
+    t0, c0 = time.perf_counter(), time.thread_time()
+    found = postprocess(probs, method=method, settings=settings)
+    footprints, scores, instances = list(found.footprints), list(found.scores), found.instances
+    seen = tuple(probs.shape[1:])
+    if size is not None and tuple(size) != seen:
+        footprints, scores = footprints_to_grid(footprints, scores, seen, tuple(size))  # type: ignore[arg-type]
+        if instances is not None:
+            instances = _resize_nearest(instances, tuple(size))  # type: ignore[arg-type]
+    t1, c1 = time.perf_counter(), time.thread_time()
+    if write_masks and instances is not None:
+        atomic_write_bytes(out_dir / "masks" / f"{stem}.png", encode_instances(instances, stem), force=True)
+    if write_overlays and rgb is not None:
+        atomic_write_bytes(out_dir / "overlays" / f"{stem}.png", _encode_overlay(render_preview(rgb, footprints)), force=True)
+    return footprints, scores, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1)
+
+
+def predict_folder(
+    images: str | Path,
+    out_dir: str | Path,
+    model: str | Path,
+    *,
+    batch_size: int = 8,
+    tta: bool = False,
+    device: str = "auto",
+    workers: int = 2,
+    method: str | None = None,
+    settings: PostprocessSettings | None = None,
+    write_masks: bool = True,
+    write_overlays: bool = True,
+    force: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
+    compile: bool = False,
+    precision: str = "auto",
+    resume: bool = False,
+    gsd: float | None = None,
+    tms: bool = False,
+) -> PredictResult:
+    """Predict footprints for every tile of ``images`` and write the outputs into ``out_dir``.
+
+    Args:
+        model: A ``.safetensors`` model file written by rooftrace, or an ``.onnx`` file written by
+            ``rooftrace export`` (run with ONNX Runtime: CUDA when available and ``device`` allows,
+            else the CPU).
+        method, settings: Post-processing; default: what ``rooftrace tune`` saved beside the
+            model, else (ONNX) what travelled in its metadata, else the default method with default
+            settings.
+        batch_size: Tiles per forward pass; tiles are batched with others of the same padded size.
+        workers: Tile-reading processes (0: read in the main thread).
+        threads: Post-processing and writing threads (0: in the main thread, after each batch;
+            default: 0 for inference on a CPU of up to 4 cores, else half the cores, at most 8).
+        compile: ``torch.compile`` the PyTorch model (pays off on long runs on a GPU; the first
+            batches of each tile size wait for compilation). Ignored for ONNX models.
+        precision: ``auto`` (bf16 autocast on GPUs and on CPUs with native bf16, else fp32),
+            ``fp32``, ``bf16`` or ``fp16``; see :mod:`rooftrace.models.autocast`. Ignored for ONNX models.
+        resume: Finish the unfinished run in ``out_dir`` (killed or crashed): tiles it finished
+            are taken from ``out_dir/.partial`` and not predicted again. The model, images,
+            post-processing and outputs must be the first run's.
+        gsd: The tiles' pixel size in metres, for tiles that do not say (``--gsd``); it overrides
+            what a tile's georeference says (a tile whose own differs by more than 2x is noted).
+        tms: Read web-map tile names as TMS (``y`` counted from the bottom) instead of XYZ.
+
+    Pixel size: when the model records the pixel size it was trained at (``gsd`` in its
+    metadata), each tile is resampled to it before the model sees it (OpenCV area averaging when
+    shrinking, bilinear when enlarging; not when they differ by 2 % or less), post-processed at
+    that size (where its tuned thresholds hold), and its footprints are scaled back to the tile's
+    own pixel grid. A tile's pixel size is ``gsd`` when given, else its georeference's (a GeoTIFF
+    transform or an XYZ tile name; measured on the ground at the tile's centre, so in metres for
+    degrees too), else taken to be the model's (said once in the summary). A model without one:
+    tiles are used as they are.
+
+    Coordinates: ``submission.csv`` and ``predictions.coco.json`` are in each tile's pixels. When
+    tiles are georeferenced (:func:`rooftrace.imagery.georef.locate_image`), ``predictions.geojson`` is
+    in longitude/latitude (RFC 7946) and ``predictions.gpkg`` in the tiles' CRS
+    (:func:`write_map_outputs`); the readable tiles that are not georeferenced then go, in pixels,
+    to ``predictions-pixels.geojson``. When no tile is georeferenced, ``predictions.geojson`` is in
+    pixels and says so in its top-level ``"rooftrace"`` member.
+
+    Crash safety: each finished tile's result is written to ``out_dir/.partial/<stem>.json``
+    (atomically) as it finishes; the submission, GeoJSON and COCO files are written once at the
+    end, each to a temporary name and renamed, and then ``.partial`` is removed. A run killed at
+    any moment leaves no half-written file, and ``resume=True`` finishes it.
+    """
+    images, out_dir = Path(images), Path(out_dir)
+    gsd = check_gsd(gsd)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise RooftraceError(f"--workers {workers}: must be 0 (read tiles in the main process) or more")
+    pick_device(device)  # a device torch does not know is refused before anything is read or written
+    files = list_images(images)
+    if not files:
+        raise RooftraceError(f"{images}: no image files (.tif, .png, .jpg) in this folder")
+    _check_unique_keys(images, files)
+    _check_out_dir(out_dir, force, resume)
+    precision = normalise_precision(precision)
+    dev = pick_device(device)
+    n_threads = _default_threads(dev) if threads is None else max(0, int(threads))
+    loaded = load_any(model, device=device, onnx_spinning=n_threads == 0 and workers == 0)
+    if compile and isinstance(loaded, LoadedModel):
+        loaded.model = torch.compile(loaded.model)
+    tuned_method, tuned = load_tuned(model)
+    if tuned is None and isinstance(loaded, OnnxModel):
+        tuned_method, tuned = onnx_postprocess_settings(loaded.meta)
+    method = method or tuned_method or "watershed"
+    settings = settings or tuned
+    partial = out_dir / PARTIAL
+    record = _run_record(model, method, settings, tta, precision, images, write_masks, write_overlays, gsd, tms)
+    model_gsd = loaded.gsd
+    done: dict[int, tuple[int, int, list, list, dict[str, Any]]] = {}
+    changed: list[str] = []  # tiles whose file changed since the unfinished run recorded them
+    if resume:
+        try:
+            before = json.loads((partial / "run.json").read_text())
+        except (OSError, ValueError):
+            raise RooftraceError(f"{partial / 'run.json'}: unreadable; start again with --force") from None
+        differ = [k for k in record if before.get(k) != record[k]]
+        if differ:
+            raise RooftraceError(f"{out_dir}: the unfinished run used other {', '.join(differ)}; resume it with the same "
+                                 "model, images and options, or start again with --force")
+        for n, f in enumerate(files):
+            got = _read_tile_record(partial / f"{f.stem}.json")
+            if got is None:
+                continue
+            if got[4].get("file") is None or got[4]["file"] != _file_stamp(f):  # the tile changed: predicted again
+                changed.append(f.name)
+                continue
+            done[n] = got
+    else:
+        if partial.exists():
+            shutil.rmtree(partial)
+        atomic_write_text(partial / "run.json", json.dumps(record, indent=1), force=True)
+    norm = Normalization(loaded.mean, loaded.std)
+    report = LoadReport(path=str(images))
+    labels = LabelSet(report=report, root=images, format="predictions")
+    keys: list[ImageKey] = [image_key(f) for f in files]
+    for f, k in zip(files, keys):  # file order, whatever order the batches finish in
+        labels.get_or_add(k).file_name = f.name
+    places: dict[int, TilePlace] = {}
+    for n, (w, h, fps, scores, rec) in done.items():
+        img = labels[keys[n]]
+        img.width, img.height, img.footprints, img.scores = w, h, fps, scores
+        if "gsd_source" in rec:  # where it lies is read again at the end; the pixel size it was predicted at is kept
+            places[n] = TilePlace(None, rec.get("gsd"), rec["gsd_source"], rec.get("own_gsd"), float(rec.get("factor", 1.0)))
+    todo_index = [n for n in range(len(files)) if n not in done]  # loader index -> files index
+    stamps = {n: _file_stamp(files[n]) for n in todo_index}  # taken before the tile is read
+    changed_note = (f"{len(changed)} tile(s) changed since the unfinished run recorded them (size or modification time) "
+                    f"and were predicted again: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}") if changed else None
+    # One tile at a time out of the loader (batch_size=None); batches are formed below, by padded size.
+    tiles = _Tiles([files[n] for n in todo_index], norm, keep_rgb=write_overlays, gsd=gsd, model_gsd=model_gsd, tms=tms)
+    loader = DataLoader(tiles, batch_size=None, num_workers=workers, collate_fn=_one,
+                        pin_memory=dev.type == "cuda", prefetch_factor=max(2, batch_size) if workers else None)
+    timings = {"wait": 0.0, "inference": 0.0, "postprocess": 0.0, "postprocess_cpu": 0.0, "write": 0.0, "write_cpu": 0.0}
+    t0 = time.perf_counter()
+    skipped = 0
+    bar = tqdm(total=len(files), initial=len(done), desc="predict", unit="tile", disable=not progress, dynamic_ncols=True)
+    pool = ThreadPoolExecutor(n_threads, thread_name_prefix="rooftrace-post") if n_threads else None
+    pending: deque[tuple[int, int, int, Future | tuple]] = deque()
+    max_pending = max(2 * batch_size, 4 * max(n_threads, 1))
+
+    def settle(limit: int) -> None:
+        # Finished tiles are taken (and their .partial record written) at once, in order; wait
+        # for unfinished ones only beyond ``limit``.
+        while pending and (len(pending) > limit or not isinstance(pending[0][3], Future) or pending[0][3].done()):
+            i, h, w, job = pending.popleft()
+            fps, scores, seconds = job.result() if isinstance(job, Future) else job
+            img = labels[keys[i]]
+            img.width, img.height = w, h
+            img.footprints, img.scores = fps, scores
+            atomic_write_text(partial / f"{files[i].stem}.json", _tile_record(w, h, fps, scores, places.get(i), stamps.get(i)), force=True)
+            for name, value in zip(("postprocess", "postprocess_cpu", "write", "write_cpu"), seconds):
+                timings[name] += value
+            bar.update(1)
+
+    def run_batch(tiles: list[dict[str, Any]]) -> None:
+        batch = _collate(tiles)
+        t = time.perf_counter()
+        probs = predict_probabilities(loaded, batch["image"], dev, tta=tta, precision=precision)
+        timings["inference"] += time.perf_counter() - t
+        for n, j in enumerate(batch["index"]):
+            i = todo_index[j]
+            h, w = batch["size"][n]  # as the model saw it
+            H, W = batch["orig"][n]  # the tile's own
+            if batch["place"][n] is not None:
+                places[i] = batch["place"][n]
+            args = (probs[n, :, :h, :w], batch["rgb"][n], files[i].stem, out_dir, method, settings, write_masks, write_overlays, (H, W))
+            pending.append((i, H, W, pool.submit(_finish_tile, *args) if pool is not None else _finish_tile(*args)))
+        settle(max_pending)
+
+    buckets: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    try:
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            tile = next(it, None)
+            timings["wait"] += time.perf_counter() - t
+            if tile is None:
+                break
+            if "error" in tile:
+                report.skip(tile["error"])
+                skipped += 1
+                bar.update(1)
+                continue
+            shape = tuple(tile["image"].shape[1:])
+            bucket = buckets.setdefault(shape, [])
+            bucket.append(tile)
+            if len(bucket) >= batch_size:
+                run_batch(buckets.pop(shape))
+        for shape in list(buckets):
+            run_batch(buckets.pop(shape))
+        settle(0)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    seconds = time.perf_counter() - t0
+    readable = [n for n in range(len(files)) if n in done or n in places]
+    georefs: dict[ImageKey, Georef] = {}
+    for n in readable:
+        geo = places[n].georef if n in places else None
+        if geo is None and n in done:  # a resumed tile: where it lies is read again (its header only)
+            w, h = done[n][0], done[n][1]
+            geo = place_tile(files[n], w, h, tms=tms).georef
+        if geo is not None:
+            georefs[keys[n]] = geo
+    written = [write_begc_csv(labels, out_dir / "submission.csv", image_keys=keys, force=True)]
+    maps = write_map_outputs(labels, georefs, out_dir) if georefs else None
+    if maps is None:
+        written.append(write_geojson(labels, out_dir / GEOJSON_NAME, force=True))
+    else:
+        written.extend(maps.files)
+        plain = [keys[n] for n in readable if keys[n] not in georefs]
+        maps.n_unlocated = len(plain)
+        if plain:
+            sub = LabelSet(report=LoadReport(path=str(images)), root=images, format="predictions")
+            for k in plain:
+                sub.images[k] = labels[k]
+            written.append(write_geojson(sub, out_dir / PIXEL_GEOJSON_NAME, force=True))
+    written.append(write_coco_results(labels, out_dir / "predictions.coco.json", force=True))
+    shutil.rmtree(partial, ignore_errors=True)  # the run is complete
+    timings["outputs"] = time.perf_counter() - t0 - seconds
+    timings["total"] = time.perf_counter() - t0
+    tile_gsd = {keys[n]: {"gsd": pl.gsd, "gsd_source": pl.gsd_source, "own_gsd": pl.own_gsd, "factor": pl.factor}
+                for n, pl in sorted(places.items())}
+    notes = _gsd_notes(tile_gsd, model_gsd, gsd, report, [files[n].name for n in sorted(places)])
+    notes.extend(_coordinate_notes(maps, len(readable)))
+    if changed_note:
+        notes.insert(0, "note: " + changed_note)
+    return PredictResult(out_dir, labels, len(files), skipped, seconds, report, written, timings, n_resumed=len(done),
+                         gsd_model=model_gsd, tile_gsd=tile_gsd, map_outputs=maps, notes=notes)
+
+
+def _gsd_notes(tile_gsd: dict[ImageKey, dict[str, Any]], model_gsd: float | None, gsd: float | None, report: LoadReport,
+               names: list[str]) -> list[str]:
+    """Summary lines on pixel sizes: what was resampled, what was assumed (once), where --gsd disagrees."""
+    lines: list[str] = []
+    if not tile_gsd:
+        return lines
+    info = list(tile_gsd.values())
+    if model_gsd is None:
+        if gsd is not None:
+            lines.append(f"note: the model records no pixel size, so --gsd {gsd:g} changes nothing: tiles are used as they are")
+        return lines
+    resampled = [d for d in info if d["factor"] != 1.0]
+    if resampled:
+        fs = [d["factor"] for d in resampled]
+        gs = [d["gsd"] for d in resampled]
+        span = f"{min(gs):.3g} m" if max(gs) - min(gs) < 1e-3 else f"{min(gs):.3g}-{max(gs):.3g} m"
+        fspan = f"x{min(fs):.3g}" if max(fs) - min(fs) < 1e-3 else f"x{min(fs):.3g} to x{max(fs):.3g}"
+        srcs = ", ".join(sorted({d["gsd_source"] for d in resampled}))
+        lines.append(f"pixel size: {len(resampled)} of {len(info)} tiles resampled from {span} ({srcs}) to the model's "
+                     f"{model_gsd:.3g} m ({fspan}); footprints are in each tile's own pixels")
+    else:
+        lines.append(f"pixel size: the model's {model_gsd:.3g} m; no tile needed resampling")
+    unknown = [d for d in info if d["gsd_source"] == "unknown"]
+    if unknown:
+        lines.append(f"note: {len(unknown)} tile(s) have no georeference and no --gsd was given: their pixel size was taken "
+                     f"to be the model's ({model_gsd:.3g} m) and they were not resampled")
+    if gsd is not None:
+        off = [(n, d["own_gsd"]) for n, d in zip(names, info) if d["own_gsd"] and not 0.5 <= gsd / d["own_gsd"] <= 2.0]
+        if off:
+            name, own = off[0]
+            msg = (f"--gsd {gsd:g} overrides the pixel size of {len(off)} georeferenced tile(s) whose own differs by more "
+                   f"than 2x (e.g. {name}: {own:.3g} m); check --gsd")
+            report.note(msg)
+            lines.append("note: " + msg)
+    return lines
+
+
+def _coordinate_notes(maps: MapOutputs | None, n_readable: int) -> list[str]:
+    """Summary lines on the coordinates of the outputs."""
+    if maps is None:
+        return [f"coordinates: no tile is georeferenced, so {GEOJSON_NAME} is in pixel coordinates (x = column, y = row "
+                "of each tile), not longitude/latitude; give GeoTIFFs or web-map tile names (OAM-<x>-<y>-<z>) for map outputs"]
+    origins = ", ".join(f"{v} by {'GeoTIFF georeference' if k == 'geotiff' else 'tile name'}" for k, v in sorted(maps.origins.items()))
+    lines = [f"coordinates: {maps.n_located} tile(s) georeferenced ({origins}): {GEOJSON_NAME} in longitude/latitude "
+             f"(EPSG:4326), {GPKG_NAME} in {maps.crs}; submission.csv and predictions.coco.json stay in pixels"]
+    if maps.reprojected:
+        lines.append(f"note: tiles in {', '.join(sorted(set(maps.reprojected)))} were reprojected to {maps.crs} in {GPKG_NAME}")
+    if maps.n_unlocated:
+        lines.append(f"note: {maps.n_unlocated} tile(s) are not georeferenced: their footprints are in pixels only "
+                     f"({PIXEL_GEOJSON_NAME}, submission.csv, predictions.coco.json)")
+    return lines

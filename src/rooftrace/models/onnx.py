@@ -1,0 +1,169 @@
+"""ONNX model files at inference time: reading the rooftrace metadata, choosing execution providers and
+running a session through onnxruntime, with the same interface as a PyTorch model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rooftrace.config import Config, config_from_dict
+from rooftrace.core.errors import RooftraceError
+from rooftrace.models.files import verify_sidecar
+
+ONNX_SUFFIX = ".onnx"
+
+
+METADATA_KEY = "rooftrace"
+
+
+INPUT_NAME = "image"
+
+
+OUTPUT_NAME = "probabilities"
+
+
+def _require(module: str):
+    """Import ``onnx`` or ``onnxruntime``, or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise RooftraceError(f"ONNX export and ONNX models need the {module} package: pip install {module}") from None
+
+
+def is_onnx(path: str | Path) -> bool:
+    """Whether ``path`` names an ONNX model (by its suffix)."""
+    return Path(path).suffix.lower() == ONNX_SUFFIX
+
+
+def _session(model_bytes_or_path: bytes | str, threads: int = 0):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(model_bytes_or_path, so, providers=["CPUExecutionProvider"])
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The rooftrace metadata of an exported model (after checking its ``.sha256`` when present).
+
+    Raises:
+        RooftraceError: No such file, a damaged file, or an ONNX file rooftrace did not write.
+    """
+    onnx = _require("onnx")
+    path = Path(path)
+    if not path.exists():
+        raise RooftraceError(f"{path}: no such model file")
+    verify_sidecar(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors have no common type
+        raise RooftraceError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise RooftraceError(f"{path}: no rooftrace metadata; export it with rooftrace export")
+    try:
+        return json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise RooftraceError(f"{path}: unreadable rooftrace metadata ({exc})") from None
+
+
+@dataclass
+class OnnxModel:
+    """An exported model in an ONNX Runtime session, with what it expects and gives.
+
+    Has the fields of :class:`rooftrace.models.files.LoadedModel` that inference reads (``config``,
+    ``channels``, ``mean``, ``std``, ``meta``, ``path``); call :meth:`predict` instead of ``model``.
+    """
+
+    session: Any
+    config: Config
+    channels: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    meta: dict[str, Any]
+    path: Path
+    providers: list[str]
+
+    @property
+    def int8(self) -> bool:
+        return bool(self.meta.get("onnx", {}).get("int8"))
+
+    @property
+    def gsd(self) -> float | None:
+        """The pixel size in metres the model was trained at (``None``: not recorded; use images as they are)."""
+        v = self.meta.get("gsd")
+        return float(v) if v else None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, C, H, W)`` float32 for a normalised ``(N, 3, H, W)`` batch (H, W multiples of 32)."""
+        return self.session.run(None, {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def onnx_providers(device: str = "auto") -> list[str]:
+    """ONNX Runtime execution providers for a ``--device`` value: CUDA first when asked for (or
+    ``auto``) and available in this onnxruntime build, then the CPU."""
+    ort = _require("onnxruntime")
+    available = ort.get_available_providers()
+    want_cuda = device == "auto" or device.startswith("cuda")
+    if want_cuda and "CUDAExecutionProvider" in available:
+        if device.startswith("cuda:"):
+            return [("CUDAExecutionProvider", {"device_id": int(device.split(":", 1)[1])}), "CPUExecutionProvider"]  # type: ignore[list-item]
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        raise RooftraceError(f"--device {device}: this onnxruntime has no CUDAExecutionProvider "
+                             "(install onnxruntime-gpu, or use --device cpu)")
+    return ["CPUExecutionProvider"]
+
+
+def load_onnx(path: str | Path, device: str = "auto", threads: int = 0, spinning: bool = True) -> OnnxModel:
+    """Open an exported model for inference.
+
+    Args:
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when this onnxruntime has it).
+        threads: Intra-op threads; 0 = ONNX Runtime's default (one per physical core).
+        spinning: Let idle intra-op threads spin; turn off when other work (post-processing
+            threads) shares the cores.
+    """
+    ort = _require("onnxruntime")
+    path = Path(path)
+    meta = read_onnx_metadata(path)
+    try:
+        cfg = config_from_dict(meta["config"])
+        channels, mean, std = tuple(meta["channels"]), tuple(meta["mean"]), tuple(meta["std"])
+    except (KeyError, TypeError) as exc:
+        raise RooftraceError(f"{path}: incomplete rooftrace metadata ({exc})") from None
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = onnx_providers(device)
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise RooftraceError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+    return OnnxModel(sess, cfg, channels, mean, std, meta, path, list(sess.get_providers()))
+
+
+def onnx_postprocess_settings(meta: dict[str, Any]):
+    """``(method, settings)`` that travelled in an exported model's metadata, or ``(None, None)``."""
+    from rooftrace.instances.postprocess import PostprocessSettings
+
+    pp = meta.get("postprocess")
+    if not pp:
+        return None, None
+    try:
+        return pp.get("method"), PostprocessSettings.from_dict(pp["settings"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RooftraceError(f"post-processing settings in the ONNX metadata are unreadable ({exc})") from None

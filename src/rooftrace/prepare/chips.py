@@ -1,0 +1,762 @@
+"""A folder of image chips and one file of building footprints in map coordinates -> a BEGC2024-style split.
+
+This is how the humanitarian mapping community ships training data (HOT fAIr, RoboSat, ramp): chips cut
+on the web-map tile grid and one GeoJSON of OpenStreetMap buildings for the whole area.
+``rooftrace prepare-chips CHIPS_DIR --labels LABELS --out OUT`` (or, in a notebook,
+:func:`prepare_chips`) turns them into splits that ``rooftrace prepare``, ``train`` and ``evaluate``
+take as they are::
+
+    OUT/train/image/<chip>.png   OUT/train/train.json       COCO ground truth, BEGC2024 layout
+    OUT/val/image/<chip>.png     OUT/val/val.json
+    OUT/test/image/<chip>.png    OUT/test/test.json
+    OUT/prepare-chips.json       the options, the counts, and what happened to every chip
+
+Example (a notebook)::
+
+    from rooftrace.prepare.chips import prepare_chips
+    result = prepare_chips("osm-oam/kampala/chips", "osm-oam/kampala/labels.geojson", "out/kampala",
+                           gsd=0.3, val=0.2, test=0.2)
+    print(result.summary())
+
+**Where a chip lies.** A chip's own georeference comes first (GeoTIFF tags, or GDAL's ``.aux.xml``
+sidecar or a world file beside a PNG/JPEG: any CRS, degrees included); else its name or path on the
+web-map tile grid: ``OAM-<x>-<y>-<z>.png`` or ``<z>/<x>/<y>.png`` (XYZ; ``tms=True`` counts ``y``
+from the bottom). See :mod:`rooftrace.imagery.georef`. A chip with neither is an error.
+
+**Labels.** GeoJSON or GeoPackage in any CRS (a GeoJSON without a ``crs`` member is RFC 7946
+longitude/latitude; coordinates that cannot be degrees are an error asking for ``labels_crs``).
+Polygon vertices are reprojected exactly (pyproj, x = east) into each chip's CRS, converted to its
+pixels through the inverse of the written image's transform (DESIGN.md's convention: the origin is the
+top-left corner of the top-left pixel), clipped to the chip and snapped to the 0.01 px grid the COCO
+writer keeps. Pieces under 1 px² (a building grazing a chip's edge) are dropped and counted. A
+building cut by a chip border is a building in each chip it reaches, as in BEGC2024.
+
+**Pixel size.** ``gsd=`` resamples chip and labels together: each axis is scaled by its own measured
+pixel size over the target (area interpolation when shrinking, bilinear when enlarging), the output is
+``round(w * fx) x round(h * fy)`` and the labels go through the written image's transform, so they stay
+aligned to a fraction of a pixel. Every COCO image record carries ``gsd`` (metres a pixel of the written
+image, measured geodesically), ``source`` (default: the chips folder's parent, ``banepa``),
+``area_group`` (its block) and, for provenance, ``chip`` (the original file), ``tile`` (``[x, y, z]``
+or null), ``crs`` and ``transform`` (of the written image; readers ignore these). Without ``gsd``, chips
+of several zoom levels or pixel sizes more than 10% apart are an error.
+
+**Split by area.** Chips are grouped in blocks of neighbours: for tile-named chips the ancestor tile
+at a coarser zoom (4 x 4 chips of the coarsest zoom, made smaller, 2 x 2 then 1 x 1, until there are
+enough blocks for the shares), so every zoom level of one place is in one block; otherwise a grid
+over the chips' centres. Whole blocks go to train, val and test, seeded, so that the shares are met
+as nearly as the blocks allow, counted in chips. A building cut by the border of two blocks of
+different splits belongs to the split of the chip that holds its centroid (else its largest part);
+its part in a chip of another split is **dropped** from that chip's labels and counted, so no
+building is on both sides. (The building's pixels then stay unlabelled at that chip's edge: a small
+cost, paid only along split borders, for an honest validation score.)
+
+**Chips with no building.** A chip inside the mapped area with no building is a true negative and is
+kept; one outside it is unknown (it must not teach the model that there is nothing there) and is left
+out with a note. The mapped area is ``aoi`` (a polygon file) when given, else the convex hull of the
+labels grown by half a chip. ``empty="keep"`` or ``"skip"`` keeps or leaves out every chip without a
+building instead. Chips with buildings are always kept.
+
+**Pixels.** Chips are written as RGB PNG (alpha dropped). Fully transparent pixels are nodata: a chip
+with no opaque pixel is left out, one with some is kept (nodata black) and counted in the summary.
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mercantile
+import numpy as np
+import shapely
+from affine import Affine
+from pyproj import CRS, Geod, Transformer
+from pyproj.exceptions import CRSError
+
+from rooftrace.core.errors import RooftraceError
+from rooftrace.core.files import atomic_write_bytes, atomic_write_text
+from rooftrace.geometry.shapes import clean_footprint
+from rooftrace.imagery.georef import (
+    WEB_MERCATOR,
+    WGS84,
+    Georef,
+    parse_tile_name,
+    pixel_size_m,
+    raster_georef,
+    tile_georef,
+)
+from rooftrace.labels.coco import write_coco
+from rooftrace.labels.geojson import (
+    check_degrees,
+    geojson_crs_member,
+    geoms_from_wkb,
+    parse_crs_option,
+)
+from rooftrace.labels.records import ImageLabels, LabelSet, LoadReport, image_key
+
+CHIP_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".webp")
+SPLITS = ("train", "val", "test")
+#: Grid (pixels) the COCO writer rounds coordinates to; pieces are snapped to it before writing.
+COCO_GRID = 0.01
+#: Pieces of a building smaller than this (px² of the written image) are slivers and dropped.
+MIN_PIECE_PX = 1.0
+#: Without a target pixel size, chips whose pixel sizes differ by more than this ratio are refused.
+GSD_TOLERANCE = 1.10
+_GEOD = Geod(ellps="WGS84")
+
+
+@dataclass
+class Chip:
+    """One input chip and what becomes of it (pixel sizes in metres)."""
+
+    path: Path
+    name: str  #: output stem (the chip's path under CHIPS_DIR, '/' -> '_', without suffix)
+    georef: Georef  #: the chip's own place (source pixels)
+    tile: mercantile.Tile | None
+    gsd_src: float
+    out_w: int = 0
+    out_h: int = 0
+    out_transform: Affine = Affine.identity()
+    gsd: float = 0.0
+    block: str = ""
+    split: str | None = None
+    status: str = "kept"  #: kept | empty-outside | empty-skipped | nodata | unreadable | border-only
+    pieces: list = field(default_factory=list)  #: (building index, pixel geometry, fraction, centroid inside)
+    nodata_px: int = 0
+
+    @property
+    def crs_string(self) -> str:
+        epsg = self.georef.crs.to_epsg()
+        return f"EPSG:{epsg}" if epsg else self.georef.crs.to_wkt()
+
+
+@dataclass
+class ChipsResult:
+    """What :func:`prepare_chips` did.
+
+    Attributes:
+        out_dir: The output folder; ``splits``: split name -> its COCO file.
+        chips: Every chip found, with its block, split and status.
+        per_split: split -> ``{"chips", "annotations", "buildings"}``.
+        n_buildings: Polygons read from the labels file; ``n_outside``: of them, in no chip.
+        counts: Dropped and clipped pieces, skipped chips, ... by name.
+        block_scheme: How the blocks were made (``"tiles at zoom 17"``, ``"grid of 2 x 2 chips"``).
+        notes: Lines for the user (label file repairs, empty splits).
+    """
+
+    out_dir: Path
+    splits: dict[str, Path] = field(default_factory=dict)
+    chips: list[Chip] = field(default_factory=list)
+    per_split: dict[str, dict[str, int]] = field(default_factory=dict)
+    n_buildings: int = 0
+    n_outside: int = 0
+    counts: Counter = field(default_factory=Counter)
+    block_scheme: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        kept = [c for c in self.chips if c.status == "kept"]
+        lines = [f"read {len(self.chips)} chips and {self.n_buildings} buildings; wrote {len(kept)} chips into {self.out_dir}"]
+        if kept:
+            g = [c.gsd for c in kept]
+            lines.append(f"  pixel size {min(g):.3f}-{max(g):.3f} m; blocks: {self.block_scheme}")
+        for s, d in self.per_split.items():
+            lines.append(f"  {s:5s}: {d['chips']:4d} chips ({d['blocks']} blocks, {d['empty']} without buildings), "
+                         f"{d['buildings']} buildings in {d['annotations']} annotations -> {self.splits[s]}")
+        c = self.counts
+        if self.n_outside:
+            lines.append(f"  {self.n_outside} buildings lie in no chip (or reach one only as a sliver)")
+        for key, text in (("clipped", "building pieces clipped at a chip edge"),
+                          ("sliver", "slivers under 1 px² dropped (a building grazing a chip edge)"),
+                          ("split-border pieces", "pieces dropped because their building belongs to another split "
+                                                  f"({c['split-border buildings']} buildings cut by a split border)"),
+                          ("empty-outside", "chips without buildings outside the mapped area left out (unknown ground)"),
+                          ("empty-skipped", "chips without buildings left out (--empty skip)"),
+                          ("border-only", "chips whose only buildings belong to another split left out"),
+                          ("nodata", "chips with no opaque pixel left out"),
+                          ("partial-nodata", f"chips with some transparent (nodata) pixels, written black "
+                                             f"({c['nodata px'] / max(1, c['partial-nodata px total']):.1%} of their pixels)"),
+                          ("unreadable", "chips that could not be read, left out"),
+                          ("stale removed", "images of an earlier run removed from the split folders"),
+                          ("stale", "files in the split folders' image/ not written by this run (left as they are)")):
+            if c[key]:
+                lines.append(f"  {c[key]} {text}")
+        lines.extend(f"  {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- chips
+
+
+def find_chips(chips_dir: Path) -> list[Path]:
+    """Image files in ``chips_dir`` and below, sorted by path (hidden files and sidecars left out)."""
+    if not chips_dir.is_dir():
+        raise RooftraceError(f"{chips_dir}: no such folder")
+    found = sorted(p for p in chips_dir.rglob("*") if p.is_file() and p.suffix.lower() in CHIP_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(chips_dir).parts))
+    if not found:
+        raise RooftraceError(f"{chips_dir}: no image chips ({', '.join(CHIP_SUFFIXES)}) in this folder or below")
+    return found
+
+
+def axis_sizes_m(geo: Georef) -> tuple[float, float]:
+    """Metres a pixel along x (a column step) and y (a row step) at the image centre, geodesically."""
+    to_ll = Transformer.from_crs(geo.crs, WGS84, always_xy=True)
+    c, r = geo.width / 2.0, geo.height / 2.0
+    (x0, y0), (x1, y1), (x2, y2) = (to_ll.transform(*(geo.transform @ p)) for p in ((c, r), (c + 1, r), (c, r + 1)))
+    return abs(_GEOD.inv(x0, y0, x1, y1)[2]), abs(_GEOD.inv(x0, y0, x2, y2)[2])
+
+
+def locate_chips(paths: list[Path], chips_dir: Path, tms: bool = False) -> list[Chip]:
+    """Each chip's place: its own georeference, else its web-map tile name. Raises on chips with neither."""
+    from rooftrace.imagery.read import read_size
+
+    chips, lost, names = [], [], {}
+    for p in paths:
+        tile = parse_tile_name(p, tms=tms)
+        geo = raster_georef(p)
+        if geo is None:
+            if tile is None:
+                lost.append(p)
+                continue
+            geo = tile_georef(tile, *read_size(p))
+        name = _output_name(p.relative_to(chips_dir), tile)
+        if name in names:
+            raise RooftraceError(f"{p}: gives the same output name {name!r} as {names[name]}; rename one of them")
+        names[name] = p
+        chips.append(Chip(path=p, name=name, georef=geo, tile=tile, gsd_src=geo.gsd()))
+    if lost:
+        more = f" ({len(lost) - 1} more chips like it)" if len(lost) > 1 else ""
+        raise RooftraceError(f"{lost[0]}: no georeference (GeoTIFF tags, .aux.xml sidecar or world file) and its name "
+                             f"carries no web-map tile (OAM-<x>-<y>-<z>.png or <z>/<x>/<y>.png){more}")
+    return chips
+
+
+def _output_name(rel: Path, tile: mercantile.Tile | None) -> str:
+    """The written image's stem: the chip's path under CHIPS_DIR ('/' -> '_'), and for a chip on the tile
+    grid always ``<prefix><x>-<y>-<z>`` with the XYZ ``y``, so that the name still locates the image."""
+    parts = list(rel.with_suffix("").parts)
+    if tile is None:
+        return "_".join(parts)
+    import re
+
+    m = re.search(r"(\d+)-(\d+)-(\d{1,2})$", parts[-1])
+    if m:  # OAM-<x>-<y>-<z>
+        prefix = "_".join(parts[:-1] + [parts[-1][: m.start()]]) if len(parts) > 1 else parts[-1][: m.start()]
+    else:  # .../<z>/<x>/<y>
+        prefix = "_".join(parts[:-3]) + "_" if len(parts) > 3 else ""
+    return f"{prefix}{tile.x}-{tile.y}-{tile.z}"
+
+
+def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> None:
+    """Each chip's output size and transform: resampled to ``gsd`` metres a pixel, else as it is
+    (refused when the chips' pixel sizes differ)."""
+    if gsd is None:
+        zooms = sorted({c.tile.z for c in chips if c.tile is not None and c.georef.origin == "tile-name"})
+        sizes = [c.gsd_src for c in chips]
+        if len(zooms) > 1 or max(sizes) > GSD_TOLERANCE * min(sizes):
+            what = f"zoom levels {', '.join(map(str, zooms))}; " if len(zooms) > 1 else ""
+            raise RooftraceError(f"{chips_dir}: chips of several pixel sizes ({what}{min(sizes):.3f}-{max(sizes):.3f} m a pixel); "
+                                 "pass --gsd METRES to resample them all to one pixel size (e.g. --gsd 0.3)")
+    for c in chips:
+        w, h = c.georef.width, c.georef.height
+        if gsd is None:
+            c.out_w, c.out_h, c.out_transform = w, h, c.georef.transform
+        else:
+            gx, gy = axis_sizes_m(c.georef)
+            c.out_w, c.out_h = max(1, round(w * gx / gsd)), max(1, round(h * gy / gsd))
+            c.out_transform = c.georef.transform @ Affine.scale(w / c.out_w, h / c.out_h)
+        c.gsd = pixel_size_m(c.georef.crs, c.out_transform, c.out_w, c.out_h)
+
+
+def _chip_polygon(c: Chip) -> shapely.Polygon:
+    """The chip's outline in its CRS."""
+    t, w, h = c.georef.transform, c.georef.width, c.georef.height
+    return shapely.Polygon([t @ (0, 0), t @ (w, 0), t @ (w, h), t @ (0, h)])
+
+
+def _to_crs(geoms: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
+    if src == dst:
+        return geoms
+    t = Transformer.from_crs(src, dst, always_xy=True)
+    return shapely.transform(geoms, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+
+
+def _centres_3857(chips: list[Chip]) -> tuple[np.ndarray, float]:
+    """Chip centres in Web Mercator and the median chip width there."""
+    centres, widths = [], []
+    for c in chips:
+        outline = _to_crs(np.array([_chip_polygon(c)], dtype=object), c.georef.crs, WEB_MERCATOR)[0]
+        centres.append(shapely.get_coordinates(outline.centroid)[0])
+        x0, _, x1, _ = outline.bounds
+        widths.append(x1 - x0)
+    return np.asarray(centres), float(np.median(widths))
+
+
+# --------------------------------------------------------------------------------------------- labels
+
+
+def read_footprints(path: Path, labels_crs: str | None, report: LoadReport) -> tuple[np.ndarray, CRS]:
+    """Building polygons of a GeoJSON/GeoPackage (cleaned, in their CRS) and that CRS."""
+    import pyogrio
+
+    if not path.exists():
+        raise RooftraceError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Non closed ring detected")  # closed and noted below
+            meta, _, wkb, _ = pyogrio.raw.read(path)
+    except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, CRSError...
+        raise RooftraceError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
+    declared = geojson_crs_member(path)
+    if labels_crs is None and declared is not None:
+        try:
+            CRS.from_user_input(declared)
+        except CRSError:
+            raise RooftraceError(f"{path}: its CRS {declared!r} is not one pyproj knows; pass --labels-crs with the CRS "
+                                 "its coordinates are in") from None
+    if labels_crs is not None:
+        crs = parse_crs_option(labels_crs, "--labels-crs")
+        if meta.get("crs") and CRS.from_user_input(meta["crs"]) != crs:
+            report.note(f"the file declares {meta['crs']}; --labels-crs {labels_crs} is used instead")
+    elif not meta.get("crs"):
+        raise RooftraceError(f"{path}: declares no CRS; pass --labels-crs with the CRS its coordinates are in "
+                             "(EPSG:4326 for longitude/latitude)")
+    else:
+        try:
+            crs = CRS.from_user_input(meta["crs"])
+        except CRSError:
+            raise RooftraceError(f"{path}: its CRS {meta['crs']!r} is not one pyproj knows; pass --labels-crs") from None
+    geoms = geoms_from_wkb(wkb, report)
+    kept = []
+    for n, g in enumerate(geoms):
+        if g is None and wkb is not None and wkb[n] is not None:
+            continue  # unreadable: reported by geoms_from_wkb
+        if g is None or g.is_empty:
+            report.skip(f"feature {n}: no geometry; skipped", counter="dropped: no geometry")
+            continue
+        if shapely.get_type_id(g) not in (3, 6, 7):  # Polygon, MultiPolygon, GeometryCollection
+            report.skip(f"feature {n}: a {g.geom_type}, not a polygon; skipped", counter="dropped: not a polygon")
+            continue
+        cleaned = clean_footprint(g)
+        report.add_outcome(cleaned.outcome, f"feature {n}")
+        if cleaned.footprint is not None:
+            kept.append(cleaned.footprint)
+    if not kept:
+        raise RooftraceError(f"{path}: holds no building polygons")
+    arr = np.asarray(kept, dtype=object)
+    check_degrees(path, arr, crs, declared=labels_crs is not None or declared is not None)
+    return arr, crs
+
+
+def _chip_pieces(chips: list[Chip], footprints: np.ndarray, crs: CRS, counts: Counter) -> np.ndarray:
+    """Fill each chip's ``pieces``: its buildings clipped to it, in the written image's pixels. Returns
+    a boolean array: which buildings have a piece in some chip."""
+    in_chip = np.zeros(len(footprints), dtype=bool)
+    by_crs: dict[str, list[Chip]] = defaultdict(list)
+    for c in chips:
+        by_crs[c.georef.crs.to_wkt()].append(c)
+    for group in by_crs.values():
+        ccrs = group[0].georef.crs
+        geoms = _to_crs(footprints, crs, ccrs)
+        finite = np.isfinite(shapely.get_coordinates(geoms)).all()  # outside a projection's domain
+        tree = shapely.STRtree(geoms)
+        for c in group:
+            idx = tree.query(_chip_polygon(c), predicate="intersects")
+            if len(idx) == 0:
+                continue
+            inv = ~c.out_transform
+            full = shapely.transform(geoms[idx], lambda xy: np.column_stack(
+                (inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c, inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f)))
+            if not finite:
+                full = np.asarray([g if np.isfinite(shapely.get_coordinates(g)).all() else shapely.Polygon() for g in full],
+                                  dtype=object)
+            box = shapely.box(0, 0, c.out_w, c.out_h)
+            areas = shapely.area(full)
+            inside = shapely.contains_properly(box, shapely.centroid(full))
+            clipped = shapely.set_precision(shapely.intersection(full, box), COCO_GRID)
+            for k, g, a, cin, whole in zip(idx, clipped, areas, inside, shapely.within(full, box)):
+                cleaned = clean_footprint(g)
+                if cleaned.footprint is None:
+                    continue
+                piece = cleaned.footprint
+                if piece.area < MIN_PIECE_PX:
+                    counts["sliver"] += 1
+                    continue
+                if not whole:
+                    counts["clipped"] += 1
+                in_chip[k] = True
+                c.pieces.append((int(k), piece, float(piece.area / a) if a > 0 else 0.0, bool(cin)))
+    return in_chip
+
+
+def _mapped_area(aoi: Path | None, footprints: np.ndarray, crs: CRS, chip_width: float, report: LoadReport) -> shapely.Geometry:
+    """The mapped area in Web Mercator: the AOI file's polygons, else the labels' convex hull grown by half a chip."""
+    if aoi is not None:
+        geoms, acrs = read_footprints(aoi, None, LoadReport(path=str(aoi)))
+        return shapely.union_all(_to_crs(geoms, acrs, WEB_MERCATOR))
+    pts = shapely.multipoints(shapely.get_coordinates(footprints))
+    return shapely.convex_hull(_to_crs(np.array([pts], dtype=object), crs, WEB_MERCATOR)[0]).buffer(chip_width / 2)
+
+
+# --------------------------------------------------------------------------------------------- blocks
+
+
+def _needed_blocks(shares: dict[str, float]) -> int:
+    held = [v for k, v in shares.items() if k != "train" and v > 0]
+    if not held:
+        return 1
+    return max(len(held) + 1, round(1.0 / min(held)))
+
+
+def make_blocks(chips: list[Chip], shares: dict[str, float], block: int | None, block_zoom: int | None) -> str:
+    """Set each chip's ``block``; returns how the blocks were made.
+
+    Tile-named chips (all of them): the ancestor tile at ``block_zoom``, else at the coarsest zoom
+    minus log2(``block``), else 4 x 4, 2 x 2 or 1 x 1 chips of the coarsest zoom, the largest that
+    gives enough blocks for the shares. Others: a grid of ``block`` x ``block`` chips over the chip
+    centres in Web Mercator (chosen the same way when ``block`` is not given).
+    """
+    need = _needed_blocks(shares)
+    if block is not None and (block < 1 or block & (block - 1)):
+        raise RooftraceError(f"--block {block}: must be a power of two (1, 2, 4, 8, ...): blocks are N x N chips")
+    if all(c.tile is not None for c in chips):
+        zmin = min(c.tile.z for c in chips)
+        if block_zoom is not None:
+            if not 0 <= block_zoom <= zmin:
+                raise RooftraceError(f"--block-zoom {block_zoom}: must be between 0 and the chips' coarsest zoom ({zmin})")
+            candidates = [block_zoom]
+        elif block is not None:
+            candidates = [max(0, zmin - int(math.log2(block)))]
+        else:
+            candidates = [max(0, zmin - 2), max(0, zmin - 1), zmin]
+        for bz in candidates:
+            ids = [c.tile if c.tile.z == bz else mercantile.parent(c.tile, zoom=bz) for c in chips]
+            if len(set(ids)) >= need:
+                break
+        for c, t in zip(chips, ids):
+            c.block = f"{t.z}/{t.x}/{t.y}"
+        return f"web-map tiles at zoom {bz} ({2 ** (zmin - bz)} x {2 ** (zmin - bz)} chips of zoom {zmin})"
+    if block_zoom is not None:
+        raise RooftraceError("--block-zoom needs chips named on the web-map tile grid; use --block N (N x N chips)")
+    centres, width = _centres_3857(chips)
+    for n in ([block] if block is not None else [4, 2, 1]):
+        cell = n * width
+        ids = [f"grid{n}:{int(math.floor(x / cell))}_{int(math.floor(y / cell))}" for x, y in centres]
+        if len(set(ids)) >= need:
+            break
+    for c, b in zip(chips, ids):
+        c.block = b
+    return f"grid of {n} x {n} chips (Web Mercator)"
+
+
+def assign_blocks(sizes: dict[str, int], shares: dict[str, float], seed: int = 0, trials: int = 256) -> dict[str, str]:
+    """Blocks (name -> chip count) to splits, so that each split's chip count is near its share.
+
+    Seeded random orders, each filled greedily (a block goes where it brings the counts nearest their
+    targets); the best of ``trials`` wins, and an order that leaves a requested split without a block
+    loses to any that does not (when there are enough blocks).
+    """
+    names = sorted(sizes)
+    splits = [s for s in SPLITS if shares.get(s, 0) > 0]
+    total = sum(sizes.values())
+    target = {s: shares[s] * total for s in splits}
+    rng = np.random.default_rng(seed)
+    best, best_score = None, None
+    for _ in range(trials if len(splits) > 1 else 1):
+        got = dict.fromkeys(splits, 0)
+        nblocks = dict.fromkeys(splits, 0)
+        out = {}
+        for i in rng.permutation(len(names)):
+            b, n = names[i], sizes[names[i]]
+            s = min(splits, key=lambda s: (abs(got[s] + n - target[s]) - abs(got[s] - target[s]), nblocks[s], -target[s]))
+            got[s] += n
+            nblocks[s] += 1
+            out[b] = s
+        empty = sum(nblocks[s] == 0 for s in splits) if len(names) >= len(splits) else 0
+        score = (empty, sum(abs(got[s] - target[s]) for s in splits))
+        if best_score is None or score < best_score:
+            best, best_score = out, score
+    return best
+
+
+# ---------------------------------------------------------------------------------------------- pixels
+
+
+def _read_chip(c: Chip) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB uint8 and the valid (not fully transparent / not nodata) mask, or ``None`` when all valid."""
+    from rooftrace.imagery.read import open_raster, read_rgb
+
+    rgb = read_rgb(c.path)
+    valid = None
+    if c.path.suffix.lower() in (".png", ".webp"):
+        from PIL import Image
+
+        with Image.open(c.path) as im:
+            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                alpha = np.asarray(im.convert("RGBA"))[..., 3]
+                valid = alpha > 0
+    else:
+        with open_raster(c.path) as src:
+            from rasterio.enums import MaskFlags
+
+            if any(MaskFlags.all_valid not in f for f in src.mask_flag_enums):
+                valid = src.dataset_mask() > 0
+    if valid is not None and valid.all():
+        valid = None
+    return rgb, valid
+
+
+def _resample(c: Chip, rgb: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if (w, h) == (c.out_w, c.out_h):
+        return rgb, valid
+    shrink = c.out_w <= w and c.out_h <= h
+    rgb = cv2.resize(rgb, (c.out_w, c.out_h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    if valid is not None:
+        valid = cv2.resize(valid.astype(np.uint8), (c.out_w, c.out_h), interpolation=cv2.INTER_NEAREST) > 0
+    return rgb, valid
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def _check_out(out_dir: Path, force: bool) -> None:
+    for s in SPLITS:
+        d = out_dir / s
+        if (d / f"{s}.json").exists() or ((d / "image").is_dir() and any((d / "image").iterdir())):
+            if not force:
+                raise RooftraceError(f"{out_dir}: already holds a split ({s}/{s}.json or {s}/image/); "
+                                     "pass --force to overwrite it, or choose another --out")
+
+
+def prepare_chips(
+    chips_dir: str | Path,
+    labels: str | Path,
+    out_dir: str | Path,
+    *,
+    gsd: float | None = None,
+    val: float = 0.15,
+    test: float = 0.15,
+    block: int | None = None,
+    block_zoom: int | None = None,
+    aoi: str | Path | None = None,
+    empty: str = "auto",
+    tms: bool = False,
+    labels_crs: str | None = None,
+    source: str | None = None,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+) -> ChipsResult:
+    """Turn a folder of chips and one labels file into ``out_dir/{train,val,test}`` (see the module docstring).
+
+    Args:
+        chips_dir: Folder of chips (searched recursively): georeferenced rasters in any CRS, or
+            PNG/JPEG/WebP named ``OAM-<x>-<y>-<z>`` or laid out ``<z>/<x>/<y>.<ext>``.
+        labels: Building footprints, GeoJSON or GeoPackage, any CRS.
+        out_dir: Output folder.
+        gsd: Target pixel size in metres (resample chips and labels together); ``None`` keeps the
+            chips' own, which must then agree within 10%.
+        val, test: Shares of the chips (counted in chips, met block by block) for validation and test;
+            train gets the rest. 0 leaves a split out.
+        block: Blocks of ``block`` x ``block`` chips (a power of two); ``block_zoom``: for tile-named
+            chips, the zoom of the block tiles. Default: chosen from the shares (module docstring).
+        aoi: Polygon file of the mapped area (any CRS), for the chips without buildings.
+        empty: ``"auto"`` (keep chips without buildings inside the mapped area), ``"keep"``, ``"skip"``.
+        tms: Read ``y`` in chip names as TMS (counted from the bottom).
+        labels_crs: The labels' CRS when the file declares none or declares a wrong one.
+        source: COCO ``source`` of every image (default: the chips folder's parent's name).
+        seed: Seeds the assignment of blocks to splits.
+        force: Overwrite a split already in ``out_dir``.
+        progress: Show a progress bar.
+
+    Raises:
+        RooftraceError: Bad input, one line naming the file: a chip with no georeference and no tile
+            name, labels in no chip, labels in an unknown CRS, mixed pixel sizes without ``gsd``, ...
+    """
+    from tqdm import tqdm
+
+    chips_dir, labels, out_dir = Path(chips_dir), Path(labels), Path(out_dir)
+    if empty not in ("auto", "keep", "skip"):
+        raise RooftraceError(f"--empty {empty}: must be auto, keep or skip")
+    if gsd is not None and not (math.isfinite(gsd) and 0.01 <= gsd <= 100):
+        raise RooftraceError(f"--gsd {gsd}: must be a pixel size in metres between 0.01 and 100")
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise RooftraceError(f"--val {val} --test {test}: shares must be >= 0 and add up to less than 1")
+    shares = {"train": 1.0 - val - test, "val": val, "test": test}
+    _check_out(out_dir, force)
+    source = source or chips_dir.resolve().parent.name or chips_dir.resolve().name
+    result = ChipsResult(out_dir)
+    report = LoadReport(path=str(labels))
+
+    chips = locate_chips(find_chips(chips_dir), chips_dir, tms=tms)
+    result.chips = chips
+    plan_sizes(chips, chips_dir, gsd)
+    footprints, crs = read_footprints(labels, labels_crs, report)
+    result.n_buildings = len(footprints)
+    if report.problems:
+        result.notes.append(f"{labels}: " + "; ".join(report.messages[:5]) + (" ..." if report.problems > 5 else ""))
+    in_chip = _chip_pieces(chips, footprints, crs, result.counts)
+    if not in_chip.any():
+        lb = shapely.total_bounds(_to_crs(footprints, crs, WGS84))
+        cb = shapely.total_bounds(np.asarray([_to_crs(np.array([_chip_polygon(c)], dtype=object), c.georef.crs, WGS84)[0]
+                                              for c in chips], dtype=object))
+        raise RooftraceError(f"{labels}: no building overlaps any chip of {chips_dir} (labels lon {lb[0]:.5f}..{lb[2]:.5f}, "
+                             f"lat {lb[1]:.5f}..{lb[3]:.5f}; chips lon {cb[0]:.5f}..{cb[2]:.5f}, lat {cb[1]:.5f}..{cb[3]:.5f}); "
+                             "wrong area, or coordinates in another CRS than the file says (--labels-crs)")
+    result.n_outside = int((~in_chip).sum())
+
+    # Chips with no building: true negatives inside the mapped area, unknown outside.
+    empties = [c for c in chips if not c.pieces]
+    if empties and empty == "skip":
+        for c in empties:
+            c.status = "empty-skipped"
+    elif empties and empty == "auto":
+        centres, width = _centres_3857(empties)
+        area = _mapped_area(Path(aoi) if aoi is not None else None, footprints, crs, width, report)
+        for c, xy in zip(empties, centres):
+            if not area.contains(shapely.Point(xy)):
+                c.status = "empty-outside"
+    kept = [c for c in chips if c.status == "kept"]
+
+    # Blocks and splits.
+    result.block_scheme = make_blocks(kept, shares, block, block_zoom)
+    sizes = Counter(c.block for c in kept)
+    where = assign_blocks(dict(sizes), shares, seed=seed)
+    for c in kept:
+        c.split = where[c.block]
+
+    # A building belongs to the split of the chip holding its centroid (else its largest part).
+    owner: dict[int, tuple] = {}
+    for order, c in enumerate(kept):
+        for k, _, frac, cin in c.pieces:
+            rank = (cin, frac, -order)
+            if k not in owner or rank > owner[k][0]:
+                owner[k] = (rank, c.split)
+    cut = set()
+    for c in kept:
+        mine = [p for p in c.pieces if owner[p[0]][1] == c.split]
+        if len(mine) < len(c.pieces):
+            result.counts["split-border pieces"] += len(c.pieces) - len(mine)
+            cut.update(p[0] for p in c.pieces if owner[p[0]][1] != c.split)
+            if not mine:  # its buildings all belong to another split: not a true negative either
+                c.status = "border-only"
+        c.pieces = mine
+    result.counts["split-border buildings"] = len(cut)
+
+    # Pixels and COCO files.
+    sets = {s: LabelSet(root=out_dir / s, report=LoadReport(path=str(out_dir / s / f"{s}.json")), format="coco")
+            for s in SPLITS if shares[s] > 0}
+    for c in tqdm([c for c in kept if c.status == "kept"], desc="chips", unit="chip", disable=not progress):
+        try:
+            rgb, valid = _read_chip(c)
+        except RooftraceError as exc:
+            report.skip(f"{exc}; chip left out")
+            c.status = "unreadable"
+            continue
+        rgb, valid = _resample(c, rgb, valid)
+        if valid is not None:
+            if not valid.any():
+                c.status = "nodata"
+                continue
+            c.nodata_px = int((~valid).sum())
+            result.counts["nodata px"] += c.nodata_px
+            result.counts["partial-nodata px total"] += valid.size
+            rgb = np.where(valid[..., None], rgb, 0).astype(np.uint8)
+            result.counts["partial-nodata"] += 1
+        atomic_write_bytes(out_dir / c.split / "image" / f"{c.name}.png", _png_bytes(rgb), force=True)
+        key = image_key(c.name)
+        sets[c.split].images[key] = ImageLabels(key=key, footprints=[p[1] for p in c.pieces], file_name=f"image/{c.name}.png",
+                                                width=c.out_w, height=c.out_h, source=source, gsd=round(c.gsd, 5), group=c.block)
+    for c in chips:
+        if c.status != "kept":
+            result.counts[c.status] += 1
+    _remove_stale(out_dir, {(c.split, f"{c.name}.png") for c in chips if c.status == "kept"}, result)
+    written = [c for c in chips if c.status == "kept"]
+    for s, ls in sets.items():
+        path = out_dir / s / f"{s}.json"
+        write_coco(ls, path, force=True)
+        _add_provenance(path, [c for c in written if c.split == s])
+        result.splits[s] = path
+        mine = [c for c in written if c.split == s]
+        result.per_split[s] = {"chips": len(mine), "blocks": len({c.block for c in mine}),
+                               "empty": sum(not c.pieces for c in mine),
+                               "annotations": sum(len(c.pieces) for c in mine),
+                               "buildings": len({p[0] for c in mine for p in c.pieces})}
+        if not mine:
+            result.notes.append(f"{s} is empty: only {len(sizes)} blocks ({result.block_scheme}); try --block 1 or a larger --{s}")
+    _write_manifest(result, dict(chips_dir=str(chips_dir), labels=str(labels), gsd=gsd, val=val, test=test, block=block,
+                                 block_zoom=block_zoom, aoi=str(aoi) if aoi else None, empty=empty, tms=tms,
+                                 labels_crs=labels_crs, source=source, seed=seed))
+    return result
+
+
+def _remove_stale(out_dir: Path, written: set[tuple[str, str]], result: ChipsResult) -> None:
+    """Images an earlier run (listed in its ``prepare-chips.json``) wrote and this run did not are removed,
+    so that ``OUT/<split>/image`` holds the split's images only; other files there are counted."""
+    manifest = out_dir / "prepare-chips.json"
+    earlier: set[tuple[str, str]] = set()
+    if manifest.exists():
+        try:
+            earlier = {(c["split"], f"{c['name']}.png") for c in json.loads(manifest.read_text())["chips"] if c.get("split")}
+        except (ValueError, KeyError, TypeError):
+            pass
+    for s in SPLITS:
+        folder = out_dir / s / "image"
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            if (s, f.name) in written:
+                continue
+            if (s, f.name) in earlier:
+                f.unlink()
+                result.counts["stale removed"] += 1
+            else:
+                result.counts["stale"] += 1
+
+
+def _add_provenance(path: Path, chips: list[Chip]) -> None:
+    """Add where each image came from to its COCO image record (``chip``, ``tile``, ``crs``,
+    ``transform``); readers ignore these fields."""
+    data = json.loads(path.read_text())
+    by_name = {f"image/{c.name}.png": c for c in chips}
+    for rec in data["images"]:
+        c = by_name[rec["file_name"]]
+        rec["chip"] = str(c.path)
+        rec["tile"] = [c.tile.x, c.tile.y, c.tile.z] if c.tile is not None else None
+        rec["crs"] = c.crs_string
+        rec["transform"] = list(c.out_transform)[:6]
+    atomic_write_text(path, json.dumps(data), force=True)
+
+
+def _write_manifest(result: ChipsResult, options: dict[str, Any]) -> None:
+    chips = [{"chip": str(c.path), "name": c.name, "status": c.status, "split": c.split, "block": c.block or None,
+              "tile": [c.tile.x, c.tile.y, c.tile.z] if c.tile is not None else None, "georef": c.georef.origin,
+              "gsd_source": round(c.gsd_src, 5), "gsd": round(c.gsd, 5), "size": [c.out_w, c.out_h],
+              "annotations": len(c.pieces), "nodata_px": c.nodata_px} for c in result.chips]
+    data = {"options": options, "block_scheme": result.block_scheme, "buildings": result.n_buildings,
+            "buildings_in_no_chip": result.n_outside, "per_split": result.per_split, "counts": dict(result.counts),
+            "chips": chips}
+    atomic_write_text(result.out_dir / "prepare-chips.json", json.dumps(data, indent=1), force=True)
+
+
+__all__ = ["ChipsResult", "assign_blocks", "locate_chips", "make_blocks", "prepare_chips", "read_footprints"]

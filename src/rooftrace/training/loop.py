@@ -1,0 +1,482 @@
+"""Training: the loop, validation by object-wise F1, run folders that survive being killed.
+
+``train(cfg)`` trains one run into ``runs/NAME-YYYYmmdd-HHMMSS/``:
+
+- ``config.yaml`` (the resolved config), ``train.log`` (the progress lines), ``metrics.csv`` (one row
+  per epoch), ``curves.png``, ``visual/epoch-NNN.png`` (image | ground truth | prediction for a few
+  validation tiles), ``best.safetensors`` (best object F1), ``last.safetensors`` and
+  ``resume.safetensors`` (optimizer, scheduler, grad scaler, epoch, RNG states).
+
+Every file is written atomically, and an epoch's files are one commit: they wait in ``.epoch-pending/``
+until the resume state is written, then move into place (``resume`` finishes or drops a pending set).
+So a run killed at any moment, or stopped by a full disk, continues with ``resume(run_dir)`` from its
+last finished epoch and, on the CPU, ends with the weights and
+metrics an uninterrupted run would have: batches depend only on ``(seed, epoch)``.
+
+Under ``torchrun --nproc_per_node N`` the same code trains with DistributedDataParallel (gloo on the
+CPU, NCCL on GPUs): a distributed sampler splits each epoch, rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from rooftrace.config import Config, dump_yaml, load_config, resolve_path
+from rooftrace.core.errors import RooftraceError
+from rooftrace.core.files import atomic_write_bytes, atomic_write_text
+from rooftrace.labels.records import LabelSet, LoadReport
+from rooftrace.labels.splits import open_split
+from rooftrace.models.architectures import build_model, count_parameters
+from rooftrace.models.autocast import autocast, autocast_dtype, dtype_name
+from rooftrace.models.files import save_model
+from rooftrace.training.dataset import TileDataset, collate_pad, select_tiles
+from rooftrace.training.losses import SegmentationLoss
+from rooftrace.training.resume import (
+    PENDING,
+    _move_pending,
+    _pending_epoch,
+    load_resume_state,
+    recover_epoch_files,
+    save_resume_state,
+)
+
+METRIC_FIELDS = ["epoch", "lr", "train_loss", "val_loss", "pixel_iou", "pixel_f1", "pixel_precision", "pixel_recall",
+                 "object_f1", "object_f1_pooled", "object_precision", "object_recall", "train_images_per_s", "epoch_s"]
+
+
+@dataclass
+class Env:
+    """Where this process trains: device, precision, and its place in a distributed run."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_env(cfg: Config) -> Env:
+    """Pick the device and precision; join the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    want = cfg.train.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise RooftraceError("train.device is cuda but no CUDA GPU is available")
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if want.startswith("cuda"):
+            torch.cuda.set_device(local)
+            want = f"cuda:{local}"
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if want.startswith("cuda") else "gloo")
+    device = torch.device(want)
+    amp_dtype = autocast_dtype(cfg.train.amp, device)
+    return Env(device=device, amp_dtype=amp_dtype, rank=rank, world=world)
+
+
+def init_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a rooftrace model file's weights into ``model`` to fine-tune it (``train.init_from``).
+
+    The file is read as every model file is (safetensors only, its SHA-256 sidecar checked), and its
+    tensors must fit the config's network exactly, names and shapes.
+    """
+    from rooftrace.models.files import read_model_file
+
+    tensors, _ = read_model_file(path)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
+    except RuntimeError as exc:
+        raise RooftraceError(f"train.init_from {path}: its weights do not fit this config's network "
+                             f"({str(exc).splitlines()[0]})") from None
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _logger(run_dir: Path | None, main: bool) -> logging.Logger:
+    log = logging.getLogger(f"rooftrace.training.loop.{id(run_dir)}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.handlers.clear()
+    if main and run_dir is not None:
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(fh)
+        sh = logging.StreamHandler()
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(sh)
+    return log
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """``RUNS/NAME-YYYYmmdd-HHMMSS`` (a suffix is added if that exists: runs never share a folder)."""
+    base = resolve_path(cfg.train.runs_dir) / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run, n = base, 1
+    while run.exists():
+        run, n = Path(f"{base}-{n}"), n + 1
+    try:
+        run.mkdir(parents=True)
+    except OSError as exc:
+        raise RooftraceError(f"{run}: cannot create the run folder ({exc.strerror})") from None
+    return run
+
+
+class Trainer:
+    """One run: data, model, optimisation state and the run folder."""
+
+    def __init__(self, cfg: Config, run_dir: Path | None, env: Env):
+        self.cfg, self.env, self.run_dir = cfg, env, run_dir
+        self.log = _logger(run_dir, env.main)
+        _seed_everything(cfg.train.seed)
+        self.train_labels = [open_split(spec) for spec in cfg.data.train]
+        self.val_labels = [open_split(spec) for spec in cfg.data.val]
+        for ls in (*self.train_labels, *self.val_labels):
+            if env.main and (ls.report.problems or ls.report.dropped):
+                self.log.info(ls.report.summary())
+        self.train_ds = TileDataset(select_tiles(cfg.data.train, self.train_labels), cfg.data, cfg.augment,
+                                    seed=cfg.train.seed, max_tiles=cfg.data.max_train_tiles)
+        self.val_ds = TileDataset(select_tiles(cfg.data.val, self.val_labels), cfg.data, None, max_tiles=cfg.data.max_val_tiles)
+        # Decode every tile once, before workers fork (with data.cache every worker shares what was
+        # decoded). An unreadable tile is left out and named (exit status 1); --strict stops at it.
+        for ds, name in ((self.train_ds, "data.train"), (self.val_ds, "data.val")):
+            report = LoadReport(name)
+            dropped = ds.drop_unreadable(report)
+            if env.main and dropped:
+                for message in report.messages:
+                    self.log.info(f"skipped {message}; the tile is left out of {name}")
+                self.log.info(f"{name}: {len(dropped)} unreadable tile(s) left out; {len(ds)} kept")
+        self.channels = len(cfg.data.channels)
+        model = build_model(cfg.model, self.channels)
+        if cfg.train.init_from:
+            init_weights(model, resolve_path(cfg.train.init_from))
+        model = model.to(env.device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.net = model
+        if env.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.net = torch.compile(self.net)
+        self.loss_fn = SegmentationLoss(cfg.loss, self.channels).to(env.device)
+        self.steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(self.train_ds) / (cfg.data.batch_size * env.world))
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr / cfg.optim.div_factor, weight_decay=cfg.optim.weight_decay)
+        total_steps = cfg.train.epochs * self.steps_per_epoch
+        # OneCycleLR needs a warm-up of at least two steps; very short runs get that much.
+        pct_start = min(max(cfg.optim.pct_start, 2.0 / total_steps), 0.9)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=cfg.optim.lr, total_steps=total_steps,
+            pct_start=pct_start, anneal_strategy="cos", div_factor=cfg.optim.div_factor,
+            final_div_factor=cfg.optim.final_div_factor,
+        )
+        # A gradient scaler only for fp16; bf16 has fp32's exponent range and needs none.
+        self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=self.env.amp_dtype == torch.float16)
+        self.start_epoch = 0
+        self.best_f1 = -1.0
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+
+    # --- data ---------------------------------------------------------------------------------
+
+    def _train_loader(self, epoch: int) -> DataLoader:
+        self.train_ds.epoch = epoch
+        if self.env.world > 1:
+            sampler = DistributedSampler(self.train_ds, num_replicas=self.env.world, rank=self.env.rank, shuffle=True, seed=self.cfg.train.seed)
+            sampler.set_epoch(epoch)
+        else:
+            g = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch)
+            n = self.steps_per_epoch * self.cfg.data.batch_size
+            sampler = RandomSampler(self.train_ds, replacement=n > len(self.train_ds), num_samples=n, generator=g)
+        return DataLoader(self.train_ds, batch_size=self.cfg.data.batch_size, sampler=sampler, num_workers=self.cfg.data.workers,
+                          pin_memory=self.env.device.type == "cuda", drop_last=False, collate_fn=collate_pad)
+
+    def _autocast(self):
+        return autocast(self.env.device, self.env.amp_dtype)
+
+    def _to(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.env.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last and x.ndim == 4 else x
+
+    # --- one epoch ----------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        """Train one epoch; returns (mean loss, images per second)."""
+        self.net.train()
+        total, n_img, steps = 0.0, 0, 0
+        t0 = time.perf_counter()
+        bar = tqdm(self._train_loader(epoch), total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+                   disable=not self.env.main, leave=False, dynamic_ncols=True)
+        for batch in _worker_errors(bar):
+            if steps >= self.steps_per_epoch:
+                break
+            x, y = self._to(batch["image"]), self._to(batch["target"])
+            with self._autocast():
+                logits = self.net(x)
+            loss = self.loss_fn(logits.float(), y)
+            bad = not bool(torch.isfinite(loss.detach()))
+            if self.env.world > 1:  # every process stops together, or the others would wait for it forever
+                flag = torch.tensor([float(bad)], device=self.env.device if self.env.device.type == "cuda" else "cpu")
+                dist.all_reduce(flag)
+                bad = bool(flag.item() > 0)
+            if bad:
+                self._diverged(epoch, f"step {steps + 1}: the training loss is {float(loss.detach())}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.optim.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            steps += 1
+            total += float(loss.detach()) * x.shape[0]
+            n_img += x.shape[0]
+            rate = n_img * self.env.world / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{total / n_img:.4f}", img_s=f"{rate:.1f}")
+        mean = total / max(n_img, 1)
+        if self.env.world > 1:
+            t = torch.tensor([total, float(n_img)], device=self.env.device if self.env.device.type == "cuda" else "cpu")
+            dist.all_reduce(t)
+            mean = float(t[0] / t[1].clamp(min=1))
+        return mean, n_img * self.env.world / max(time.perf_counter() - t0, 1e-9)
+
+    @torch.inference_mode()
+    def validate(self, epoch: int) -> dict[str, float]:
+        """Loss, pixel metrics and object-wise F1 (one-to-one, IoU 0.5) on the validation tiles."""
+        from rooftrace.evaluation.metrics import evaluate_labels
+        from rooftrace.instances.postprocess import postprocess
+
+        self.model.eval()
+        loader = DataLoader(self.val_ds, batch_size=max(1, self.cfg.data.batch_size // 2), shuffle=False,
+                            num_workers=0, collate_fn=collate_pad)
+        pred = LabelSet(format="memory")
+        gt = LabelSet(format="memory")
+        loss_sum, n, tp, fp, fn = 0.0, 0, 0, 0, 0
+        vis: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for batch in loader:
+            x, y = self._to(batch["image"]), self._to(batch["target"])
+            with self._autocast():
+                logits = self.model(x)
+            logits = logits.float()
+            if not bool(torch.isfinite(logits).all()):
+                self._diverged(epoch, "validation: the network's outputs are not finite")
+            loss_sum += float(self.loss_fn(logits, y)) * x.shape[0]
+            n += x.shape[0]
+            probs = torch.sigmoid(logits).cpu().numpy()
+            target = batch["target"].numpy()
+            for k in range(x.shape[0]):
+                h, w = (int(v) for v in batch["size"][k])
+                p, t = probs[k, :, :h, :w], target[k, :, :h, :w]
+                fg, tg = p[0] > 0.5, t[0] > 0.5
+                tp += int((fg & tg).sum()); fp += int((fg & ~tg).sum()); fn += int((~fg & tg).sum())
+                idx = int(batch["index"][k])
+                ref = self.val_ds.items[idx]
+                gimg = gt.get_or_add(ref.key)
+                gimg.footprints, gimg.width, gimg.height, gimg.source = self.val_ds.footprints(idx, (h, w)), w, h, ref.image.source
+                pimg = pred.get_or_add(ref.key)
+                pimg.width, pimg.height = w, h
+                pimg.footprints = postprocess(p).footprints
+                if len(vis) < self.cfg.train.vis_tiles:
+                    vis.append((self.val_ds.load(idx)[0], t, p))
+        score = evaluate_labels(gt, pred, iou=0.5, matching="one-to-one", pixel=False)
+        iou = tp / max(tp + fp + fn, 1)
+        prec, rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+        if self.run_dir is not None:
+            from rooftrace.training.figures import visual_check
+
+            atomic_write_bytes(self.run_dir / "visual" / f"epoch-{epoch + 1:03d}.png", visual_check(vis), force=True)
+        return {
+            "val_loss": loss_sum / max(n, 1), "pixel_iou": iou, "pixel_f1": 2 * tp / max(2 * tp + fp + fn, 1),
+            "pixel_precision": prec, "pixel_recall": rec, "object_f1": score.f1, "object_f1_pooled": score.f1_pooled,
+            "object_precision": score.precision, "object_recall": score.recall,
+        }
+
+    def _diverged(self, epoch: int, what: str) -> None:
+        """Stop a run whose loss or weights are no longer finite, keeping the last good checkpoint."""
+        last = self.run_dir / "last.safetensors" if self.run_dir is not None else None
+        kept = (f"the last good checkpoint, {last} (epoch {len(self.history)}), is kept" if last is not None and last.exists()
+                else "no epoch had finished, so there is no checkpoint")
+        raise RooftraceError(f"training diverged at epoch {epoch + 1}, {what}; stopped ({kept}). Lower optim.lr "
+                             f"(now {self.cfg.optim.lr:g}) or set optim.grad_clip, and train again")
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def _write_epoch_files(self, epoch: int, row: dict[str, Any], improved: bool) -> None:
+        """One commit per epoch: last/best/metrics/curves go to ``RUN/.epoch-pending/`` first, then
+        ``resume.safetensors`` (the commit: it names the epoch), then they are moved into place. A run
+        stopped at any point (a full disk, SIGKILL) leaves the previous epoch's files whole, and
+        :func:`recover_epoch_files` finishes or drops the pending set on ``--resume``."""
+        run = self.run_dir
+        assert run is not None
+        final = run
+        run = final / PENDING
+        shutil.rmtree(run, ignore_errors=True)
+        try:
+            run.mkdir()
+        except OSError as exc:
+            raise RooftraceError(f"{run}: cannot create it ({exc.strerror})") from None
+        atomic_write_text(run / "EPOCH", f"{epoch + 1}\n", force=True)
+        extra = {"epoch": epoch + 1, "metrics": {k: row[k] for k in row if k != "epoch"}}
+        save_model(run / "last.safetensors", self.model, self.cfg, extra=extra)
+        if improved:
+            save_model(run / "best.safetensors", self.model, self.cfg, extra=extra)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for r in self.history:
+            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRIC_FIELDS})
+        atomic_write_text(run / "metrics.csv", buf.getvalue(), force=True)
+        from rooftrace.training.figures import plot_curves
+
+        atomic_write_bytes(run / "curves.png", plot_curves(self.history), force=True)
+        save_resume_state(final / "resume.safetensors", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                          scaler=self.scaler, info={"epoch": epoch + 1, "best_f1": self.best_f1, "best_epoch": self.best_epoch,
+                                                    "bad_epochs": self.bad_epochs, "history": self.history})
+        _move_pending(final)
+
+    def fit(self) -> dict[str, Any]:
+        """Train from ``start_epoch`` to the end or to early stopping; returns the final summary."""
+        cfg = self.cfg
+        if self.env.main:
+            self.log.info(f"run {self.run_dir}: {cfg.model.arch}/{cfg.model.encoder}, {count_parameters(self.model) / 1e6:.2f} M parameters, "
+                          f"{len(self.train_ds)} train / {len(self.val_ds)} val tiles, channels {list(cfg.data.channels)}, "
+                          f"device {self.env.device}, precision {dtype_name(self.env.amp_dtype)}, world {self.env.world}")
+        stop = False
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            t0 = time.perf_counter()
+            train_loss, rate = self.train_epoch(epoch)
+            if self.env.main:
+                row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], "train_loss": train_loss}
+                row.update(self.validate(epoch))
+                bad_weight = next((k for k, v in self.model.state_dict().items()
+                                   if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+                if not math.isfinite(train_loss) or not math.isfinite(row["val_loss"]) or bad_weight is not None:
+                    self._diverged(epoch, f"its end: training loss {train_loss:.4g}, validation loss {row['val_loss']:.4g}"
+                                   + (f", weight {bad_weight} not finite" if bad_weight else ""))
+                row["train_images_per_s"], row["epoch_s"] = rate, time.perf_counter() - t0
+                self.history.append(row)
+                improved = row["object_f1"] > self.best_f1
+                if improved:
+                    self.best_f1, self.best_epoch, self.bad_epochs = row["object_f1"], epoch + 1, 0
+                else:
+                    self.bad_epochs += 1
+                self._write_epoch_files(epoch, row, improved)
+                self.log.info(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {train_loss:.4f}, val loss {row['val_loss']:.4f}, "
+                              f"pixel IoU {row['pixel_iou']:.4f}, object F1 {row['object_f1']:.4f}{' (best)' if improved else ''}, "
+                              f"{rate:.1f} img/s, {row['epoch_s']:.1f} s")
+                stop = bool(cfg.train.patience) and self.bad_epochs >= cfg.train.patience
+                if stop:
+                    self.log.info(f"early stop: no better object F1 for {cfg.train.patience} epochs")
+            if self.env.world > 1:
+                flag = [stop]
+                dist.broadcast_object_list(flag, src=0)
+                stop = flag[0]
+            if stop:
+                break
+        summary = {"run_dir": str(self.run_dir), "best_object_f1": self.best_f1, "best_epoch": self.best_epoch,
+                   "epochs_run": len(self.history)}
+        if self.env.main:
+            self.log.info(f"done: best object F1 {self.best_f1:.4f} at epoch {self.best_epoch}; {self.run_dir}")
+        return summary
+
+
+def _worker_errors(loader):
+    """Batches of ``loader``; a :class:`RooftraceError` raised in a DataLoader worker (a corrupt tile read
+    with ``data.cache: false``) comes back as its own one-line message, not wrapped in the worker's traceback."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RooftraceError as exc:
+            text = str(exc).strip()
+            if "Traceback" not in text:
+                raise
+            last = text.splitlines()[-1]
+            raise RooftraceError(last.split("RooftraceError: ", 1)[1] if "RooftraceError: " in last else last) from None
+        yield batch
+
+
+def _shared_run_dir(cfg: Config, env: Env, run_dir: Path | None) -> Path | None:
+    if run_dir is None and env.main:
+        run_dir = new_run_dir(cfg)
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg), force=True)
+    if env.world > 1:
+        box = [str(run_dir) if run_dir else None]
+        dist.broadcast_object_list(box, src=0)
+        run_dir = Path(box[0]) if box[0] else None
+    return run_dir if env.main else None
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Start a new run of ``cfg``; returns its summary (run folder, best object F1, epochs run)."""
+    env = setup_env(cfg)
+    try:
+        run_dir = _shared_run_dir(cfg, env, None)
+        return Trainer(cfg, run_dir, env).fit()
+    finally:
+        if env.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def resume(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Continue a run from its last finished epoch, with its saved config (``--set`` may change it)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise RooftraceError(f"{run_dir}: not a run folder (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    env = setup_env(cfg)
+    try:
+        trainer = Trainer(cfg, run_dir if env.main else None, env)
+        state_path = run_dir / "resume.safetensors"
+        # A run stopped while writing its first epoch's files has no resume state but a pending set:
+        # it starts again from epoch 1 (every rank decides before rank 0 removes the set).
+        restart = not state_path.exists() and _pending_epoch(run_dir) is not None
+        if env.world > 1:
+            dist.barrier()
+        if restart:
+            info = None
+        else:
+            info = load_resume_state(state_path, model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
+                                     scaler=trainer.scaler)
+            trainer.start_epoch = int(info["epoch"])
+            trainer.best_f1, trainer.best_epoch, trainer.bad_epochs = info["best_f1"], info["best_epoch"], info["bad_epochs"]
+            trainer.history = list(info["history"])
+        if env.main:
+            note = recover_epoch_files(run_dir, None if info is None else trainer.start_epoch)
+            if note:
+                trainer.log.info(f"note: {run_dir}: {note}")
+            trainer.log.info(f"resumed {run_dir} after epoch {trainer.start_epoch}" if info is not None
+                             else f"restarted {run_dir} from epoch 1")
+        return trainer.fit()
+    finally:
+        if env.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
