@@ -17,11 +17,11 @@ import shutil
 from pathlib import Path
 
 from rooftrace.config import DataConfig, SplitSpec, resolve_path
-from rooftrace.training.dataset import TileDataset, select_tiles
-from rooftrace.labels.splits import open_split
-from rooftrace.labels.coco import write_coco
 from rooftrace.imagery.png import encode_png
+from rooftrace.labels.coco import write_coco
 from rooftrace.labels.records import ImageLabels, LabelSet
+from rooftrace.labels.splits import open_split
+from rooftrace.training.dataset import TileDataset, select_tiles
 
 
 def _fresh(out: Path) -> None:

@@ -25,7 +25,7 @@ Prints one markdown row per model (object F1 at IoU 0.5: the mean over images as
 pooled over all buildings of the set; one figure for a scene), and writes every figure, precision and
 recall included, to ``OUT/results.json``.
 
-    .venv/bin/python benchmarks/model_card.py new=models/rooftrace-unet-lite0.safetensors \\
+    .venv/bin/python benchmarks/model_card.py new=src/rooftrace/models/shipped/rooftrace-unet-lite0.safetensors \\
         old=/tmp/old/rooftrace-baseline-unet.safetensors
 """
 
@@ -39,6 +39,7 @@ from pathlib import Path
 
 from _common import DEFAULT_SAMPLE, REPO  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from _splits import merged_split, subset_split
+
 from rooftrace.cli import main as rooftrace
 from rooftrace.config import SplitSpec, load_config, resolve_path
 from rooftrace.inference.tuned import tuned_settings_path

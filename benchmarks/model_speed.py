@@ -46,14 +46,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import DEFAULT_SAMPLE, REPO, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from rooftrace.config import load_config
 from rooftrace.inference.export import DEFAULT_INT8_OPS, export_onnx
-from rooftrace.models.onnx import load_onnx
 from rooftrace.models.architectures import build_model, count_parameters
-from rooftrace.models.autocast import autocast, autocast_dtype, cpu_has_native_bf16, dtype_name
+from rooftrace.models.autocast import (
+    autocast,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    dtype_name,
+)
 from rooftrace.models.files import load_model, save_model
+from rooftrace.models.onnx import load_onnx
 
 CONFIGS = ("baseline-unet", "unet-effb0", "unet-r18", "unet-r34")
 BACKENDS = ("eager", "bf16", "compile", "onnx", "int8")
@@ -219,15 +224,14 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device, work
 
 def accuracy(args: argparse.Namespace, device: torch.device, work: Path) -> list[dict]:
     """Object F1 on a labelled split per backend, the same post-processing for all."""
-    from rooftrace.imagery.normalize import Normalization
-    from rooftrace.labels.splits import open_split
-    from rooftrace.inference.export import pad_to_multiple
-    from rooftrace.imagery.read import read_rgb
-    from rooftrace.labels.records import LabelSet
     from rooftrace.evaluation.metrics import evaluate_labels
-    from rooftrace.instances.postprocess import postprocess
+    from rooftrace.imagery.normalize import Normalization
+    from rooftrace.imagery.read import read_rgb
+    from rooftrace.inference.runtime import pad_normalise, predict_probabilities
     from rooftrace.inference.tuned import load_tuned
-    from rooftrace.inference.runtime import predict_probabilities
+    from rooftrace.instances.postprocess import postprocess
+    from rooftrace.labels.records import LabelSet
+    from rooftrace.labels.splits import open_split
 
     labels = open_split(args.split)
     backends: dict[str, object] = {"eager": load_model(args.model, device=device)}
@@ -256,7 +260,7 @@ def accuracy(args: argparse.Namespace, device: torch.device, work: Path) -> list
         h, w = rgb.shape[:2]
         g = gt.get_or_add(img.key)
         g.footprints, g.width, g.height, g.source = img.footprints, w, h, img.source
-        x = torch.from_numpy(pad_to_multiple(norm.apply(rgb))[None].copy())
+        x = torch.from_numpy(pad_normalise(rgb, norm))
         ref = None
         for k, m in backends.items():
             t0 = time.perf_counter()

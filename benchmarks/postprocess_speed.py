@@ -33,11 +33,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import DEFAULT_SAMPLE, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from shapely.geometry import box
 
-from _common import DEFAULT_SAMPLE, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from rooftrace.instances.postprocess import (
+    METHOD_CHANNELS,
+    PostprocessSettings,
+    postprocess,
+)
 from rooftrace.labels.formats import read_labels
-from rooftrace.instances.postprocess import METHOD_CHANNELS, PostprocessSettings, postprocess
 from rooftrace.prepare.targets import make_targets
 
 SIZE = 512

@@ -52,13 +52,13 @@ import cv2
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DEFAULT_SAMPLE, REPO, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from original_loop import run_original_loop  # noqa: E402
 
-from _common import DEFAULT_SAMPLE, REPO, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from rooftrace.inference.export import export_onnx  # noqa: E402
 from rooftrace.imagery.read import list_images  # noqa: E402
-from rooftrace.models.autocast import autocast_dtype, dtype_name  # noqa: E402
+from rooftrace.inference.export import export_onnx  # noqa: E402
 from rooftrace.inference.predict import predict_folder  # noqa: E402
+from rooftrace.models.autocast import autocast_dtype, dtype_name  # noqa: E402
 
 SIZE = 512
 
@@ -66,7 +66,7 @@ SIZE = 512
 
 
 def default_model() -> Path | None:
-    """The shipped model (``models/*.safetensors``), else the newest ``runs/*/best.safetensors``."""
+    """The shipped model (``rooftrace.models.files.shipped_model()``), else the newest ``runs/*/best.safetensors``."""
     from rooftrace.core.errors import RooftraceError
     from rooftrace.models.files import shipped_model
 

@@ -184,10 +184,10 @@ def oracle_f1(opts: argparse.Namespace) -> None:
     import pyogrio
     import shapely
 
-    from rooftrace.labels.formats import align_keys, read_labels
-    from rooftrace.geometry.shapes import pixel_to_map
     from rooftrace.evaluation.metrics import evaluate_labels
+    from rooftrace.geometry.shapes import pixel_to_map
     from rooftrace.instances.postprocess import postprocess
+    from rooftrace.labels.formats import align_keys, read_labels
     from rooftrace.scenes.predict import predict_scene
 
     sample = sample_dir()

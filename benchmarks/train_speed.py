@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from rooftrace.config import load_config
-from rooftrace.training.losses import SegmentationLoss
 from rooftrace.models.architectures import build_model, count_parameters
 from rooftrace.models.autocast import autocast, autocast_dtype, dtype_name
+from rooftrace.training.losses import SegmentationLoss
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("baseline-unet", "unet-effb0", "unet-r18", "unet-r34")

@@ -21,10 +21,10 @@ from typing import Callable
 import numpy as np
 import pytest
 import rasterio
+from conftest import REPO, write_tiny_model
 from PIL import Image
 from rasterio.transform import from_origin
 
-from conftest import REPO, write_tiny_model
 from rooftrace.cli import main
 
 SQUARE = [10, 10, 40, 10, 40, 40, 10, 40]
@@ -344,8 +344,8 @@ def _geojson(tmp: Path, *geometries: dict) -> Path:
 def _model(tmp: Path, model: Path, *, raw_meta: str | None = None, meta: dict | None = None, nan: bool = False,
            arch: str | None = None) -> Path:
     """A copy of ``model`` with its metadata or weights changed, its SHA-256 rewritten to match."""
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     from rooftrace.core.hashing import sha256_file
 

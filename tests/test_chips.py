@@ -24,13 +24,13 @@ from affine import Affine
 from PIL import Image
 from pyproj import Geod, Transformer
 
-from rooftrace.prepare.chips import assign_blocks, prepare_chips
 from rooftrace.cli import main
-from rooftrace.labels.coco import read_coco
-from rooftrace.imagery.georef import parse_tile_name, tile_georef
-from rooftrace.labels.records import ImageLabels, LabelSet, image_key
 from rooftrace.core.errors import RooftraceError
 from rooftrace.evaluation.metrics import evaluate_labels
+from rooftrace.imagery.georef import parse_tile_name, tile_georef
+from rooftrace.labels.coco import read_coco
+from rooftrace.labels.records import ImageLabels, LabelSet, image_key
+from rooftrace.prepare.chips import assign_blocks, prepare_chips
 
 REPO = Path(__file__).resolve().parents[1]
 

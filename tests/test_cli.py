@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-
 from rooftrace.cli import main
 
 

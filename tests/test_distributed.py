@@ -19,10 +19,11 @@ distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 from rooftrace.cli import main  # noqa: E402
-from rooftrace.scenes.distributed import model_loads, predict_scenes_dask, scene_done  # noqa: E402
-from rooftrace.scenes.batch import list_scenes, predict_scenes
-from rooftrace.scenes.predict import predict_scene
 from rooftrace.prepare.targets import make_targets  # noqa: E402
+from rooftrace.scenes.batch import list_scenes, predict_scenes
+from rooftrace.scenes.distributed import model_loads, predict_scenes_dask, scene_done  # noqa: E402
+from rooftrace.scenes.predict import predict_scene
+from rooftrace.inference.provenance import read_provenance
 
 REPO = Path(__file__).resolve().parents[1]
 DYADIC = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
@@ -128,14 +129,21 @@ def test_dask_gives_the_buildings_of_one_process_and_one_merged_layer(client, sh
     first = list_scenes(scene_list)[0]
     with rasterio.open(first) as src:
         assert info["crs"] == src.crs.to_string() and info["features"] == total == done.n_merged
-    assert list(info["fields"]) == ["scene", "score", "area"]
-    _, _, wkb, (names, scores, _) = pyogrio.raw.read(merged)
+    assert list(info["fields"]) == ["scene", "score", "area_m2"]
+    _, _, wkb, (names, scores, areas) = pyogrio.raw.read(merged)
     assert sorted(set(names)) == sorted(p.stem for p in scene_list)
     b_geoms = shapely.from_wkb(wkb[names == "made_b"])
     with rasterio.open(scene_list[1]) as src:  # made_b is in EPSG:32617: reprojected, it lies far to the west
         own = shapely.from_wkb(features(tmp_path / "dask" / "scenes" / "made_b.gpkg")[0])
         assert len(b_geoms) == len(own) and str(src.crs) != info["crs"]
         assert abs(shapely.total_bounds(b_geoms)[0] - shapely.total_bounds(own)[0]) > 1000
+    # area_m2 is ground square metres: reprojecting a scene into the merged CRS leaves it as it was
+    own_area = pyogrio.raw.read(tmp_path / "dask" / "scenes" / "made_b.gpkg")[3][1]
+    assert np.array_equal(areas[names == "made_b"], own_area)
+    # the merged layer's provenance: what every scene shares, and each scene's raster
+    prov = read_provenance(merged)
+    assert prov["model"]["sha256"] and prov["model"]["file"] == Path(sharp_model).name and prov["crs"] == info["crs"]
+    assert {k: v["source"]["raster"] for k, v in prov["scenes"].items()} == {p.stem: str(p.resolve()) for p in scene_list}
 
 
 def buildings_scene(path: Path) -> Path:

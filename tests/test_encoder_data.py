@@ -11,15 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shapely.geometry import box
 
 from rooftrace.config import ModelConfig, SplitSpec, load_config
-from rooftrace.training.dataset import TileDataset, random_scaled_crop, select_tiles
-from rooftrace.labels.splits import open_split
 from rooftrace.core.errors import RooftraceError
-from rooftrace.models.encoders import PACKAGED_WEIGHTS, load_packaged_weights, map_packaged_state, packaged_weights_path
+from rooftrace.labels.splits import open_split
 from rooftrace.models.architectures import build_model
+from rooftrace.models.encoders import (
+    PACKAGED_WEIGHTS,
+    load_packaged_weights,
+    map_packaged_state,
+    packaged_weights_path,
+)
 from rooftrace.models.files import load_model, save_model
+from rooftrace.training.dataset import TileDataset, random_scaled_crop, select_tiles
 
 REPO = Path(__file__).resolve().parents[1]
 LITE0 = PACKAGED_WEIGHTS["efficientnet-lite0-imagenet"]
@@ -174,6 +178,7 @@ def test_model_file_records_its_pixel_size(tmp_path):
 
 
 def test_tune_works_at_the_model_pixel_size(split_with_groups, tmp_path, monkeypatch):
+    import rooftrace.inference.runtime as runtime_mod
     import rooftrace.inference.tune as tune_mod
 
     cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=4", "data.gsd=0.3",
@@ -181,7 +186,7 @@ def test_tune_works_at_the_model_pixel_size(split_with_groups, tmp_path, monkeyp
                                                                  "loss.channel_weights=[1, 0.5, 0.5]"])
     model = save_model(tmp_path / "m.safetensors", build_model(cfg.model, 3), cfg)
     seen_inputs, seen_gt = [], []
-    real_predict, real_score = tune_mod.predict_probabilities, tune_mod._score
+    real_predict, real_score = runtime_mod.predict_probabilities, tune_mod._score
 
     def predict(loaded, x, *a, **k):
         seen_inputs.append(tuple(x.shape[2:]))
@@ -192,7 +197,7 @@ def test_tune_works_at_the_model_pixel_size(split_with_groups, tmp_path, monkeyp
             seen_gt.extend((img.width, img.height, sum(fp.area for fp in img.footprints)) for img in gt)
         return real_score(probs, gt, method, s)
 
-    monkeypatch.setattr(tune_mod, "predict_probabilities", predict)
+    monkeypatch.setattr(runtime_mod, "predict_probabilities", predict)
     monkeypatch.setattr(tune_mod, "_score", score)
     monkeypatch.setattr(tune_mod, "SEARCH_SPACE", {"min_area": (8,)})
     tune_mod.tune(model, split_with_groups, rounds=1, save=False, progress=False)

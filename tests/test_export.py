@@ -14,15 +14,16 @@ pytest.importorskip("onnxruntime")
 
 from rooftrace.cli import main  # noqa: E402
 from rooftrace.config import load_config
-from rooftrace.imagery.normalize import Normalization
-from rooftrace.inference.export import DEFAULT_TOLERANCE, export_onnx, pad_to_multiple
-from rooftrace.models.onnx import METADATA_KEY, load_onnx, read_onnx_metadata
-from rooftrace.labels.formats import read_labels
-from rooftrace.imagery.read import read_rgb
 from rooftrace.core.errors import RooftraceError
 from rooftrace.evaluation.metrics import evaluate_labels
+from rooftrace.imagery.normalize import Normalization
+from rooftrace.imagery.read import read_rgb
+from rooftrace.inference.export import DEFAULT_TOLERANCE, export_onnx
+from rooftrace.inference.runtime import pad_normalise
+from rooftrace.labels.formats import read_labels
 from rooftrace.models.architectures import build_model
 from rooftrace.models.files import load_model, read_model_file, save_model
+from rooftrace.models.onnx import METADATA_KEY, load_onnx, read_onnx_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def onnx_file(model_file, tmp_path_factory) -> Path:
 
 
 def _batch(norm: Normalization, *paths: Path) -> np.ndarray:
-    return np.stack([pad_to_multiple(norm.apply(read_rgb(p))) for p in paths]).astype(np.float32)
+    return np.concatenate([pad_normalise(read_rgb(p), norm) for p in paths]).astype(np.float32)
 
 
 def test_round_trip_on_real_tiles_with_two_shapes(sample, model_file, onnx_file):
@@ -195,7 +196,7 @@ def test_int8_export_runs_and_says_so(sample, model_file, tmp_path, monkeypatch)
     meta = read_onnx_metadata(out)
     assert meta["onnx"]["int8"] is True and meta["onnx"]["quantization"]["format"] == "QDQ"
     q = load_onnx(out, device="cpu")
-    x = pad_to_multiple(Normalization(q.mean, q.std).apply(read_rgb(sample / "test" / "image" / "0000.tif")))[None]
+    x = pad_normalise(read_rgb(sample / "test" / "image" / "0000.tif"), Normalization(q.mean, q.std))
     p = q.predict(x)
     assert p.shape == (1, 3, 256, 256) and float(p.min()) >= 0.0 and float(p.max()) <= 1.0
 

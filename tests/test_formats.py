@@ -14,16 +14,20 @@ from hypothesis import strategies as st
 from PIL import Image
 from shapely.geometry import Polygon, box
 
-from rooftrace.labels.formats import align_keys, read_labels
-from rooftrace.labels.begc import read_begc_csv, write_begc_csv
-from rooftrace.labels.coco import read_coco, write_coco, write_coco_results
-from rooftrace.labels.geojson import read_geojson, write_geojson
-from rooftrace.labels.masks import read_mask_folder
-from rooftrace.labels.spacenet import read_spacenet_csv, write_spacenet_csv
-from rooftrace.labels.begc import format_coordinates, parse_coordinates
-from rooftrace.labels.records import LabelSet, image_key
 from rooftrace.core.errors import RooftraceError
 from rooftrace.geometry.polygons import mask_to_footprints
+from rooftrace.labels.begc import (
+    format_coordinates,
+    parse_coordinates,
+    read_begc_csv,
+    write_begc_csv,
+)
+from rooftrace.labels.coco import read_coco, write_coco, write_coco_results
+from rooftrace.labels.formats import align_keys, read_labels
+from rooftrace.labels.geojson import read_geojson, write_geojson
+from rooftrace.labels.masks import read_mask_folder
+from rooftrace.labels.records import LabelSet, image_key
+from rooftrace.labels.spacenet import read_spacenet_csv, write_spacenet_csv
 
 
 def _set(images: dict) -> LabelSet:

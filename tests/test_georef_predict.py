@@ -30,19 +30,19 @@ import pytest
 import rasterio
 import shapely
 import torch
+from conftest import REPO, write_tiny_model
 from pyproj import Transformer
 from rasterio.transform import from_bounds, from_origin
 from shapely.geometry import box, shape
 
-from conftest import REPO, write_tiny_model
 from rooftrace.cli import main
-from rooftrace.labels.geojson import read_geojson
-from rooftrace.labels.formats import read_labels
-from rooftrace.geometry.shapes import map_to_pixel
-from rooftrace.imagery.read import read_rgb
-from rooftrace.labels.records import ImageLabels
 from rooftrace.core.errors import RooftraceError
 from rooftrace.evaluation.oracle import perfect_probabilities
+from rooftrace.geometry.shapes import map_to_pixel
+from rooftrace.imagery.read import read_rgb
+from rooftrace.labels.formats import read_labels
+from rooftrace.labels.geojson import read_geojson
+from rooftrace.labels.records import ImageLabels
 
 OSM = REPO.parent / "shared" / "data" / "osm-oam"
 
@@ -91,7 +91,7 @@ def _padded(rgb: np.ndarray, mean, std) -> torch.Tensor:
 
 def oracle_probabilities(monkeypatch, tiles: dict[Path, ImageLabels], model: Path) -> None:
     """Make predict's model return, for each tile, the targets of its labels (looked up by its pixels)."""
-    import rooftrace.inference.predict as pr
+    import rooftrace.inference.runtime as runtime_mod
     from rooftrace.models.files import load_model
 
     m = load_model(model)
@@ -105,7 +105,7 @@ def oracle_probabilities(monkeypatch, tiles: dict[Path, ImageLabels], model: Pat
     def fake(loaded, x, device, tta=False, precision="auto"):
         return np.stack([table[hashlib.sha1(t.numpy().tobytes()).hexdigest()] for t in x])
 
-    monkeypatch.setattr(pr, "predict_probabilities", fake)
+    monkeypatch.setattr(runtime_mod, "predict_probabilities", fake)
 
 
 def bright_blobs(rgb: np.ndarray) -> np.ndarray:
@@ -121,7 +121,7 @@ def bright_blobs(rgb: np.ndarray) -> np.ndarray:
 
 def blob_model(monkeypatch) -> None:
     """Make predict's model :func:`bright_blobs` of the (normalised) input it is given."""
-    import rooftrace.inference.predict as pr
+    import rooftrace.inference.runtime as runtime_mod
 
     def fake(loaded, x, device, tta=False, precision="auto"):
         mean = np.asarray(loaded.mean, np.float32)[:, None, None]
@@ -129,7 +129,7 @@ def blob_model(monkeypatch) -> None:
         rgb = [np.clip((t.numpy() * std + mean) * 255.0, 0, 255).astype(np.uint8).transpose(1, 2, 0) for t in x]
         return np.stack([bright_blobs(im) for im in rgb])
 
-    monkeypatch.setattr(pr, "predict_probabilities", fake)
+    monkeypatch.setattr(runtime_mod, "predict_probabilities", fake)
 
 
 def synthetic_tile(size: int = 320, seed: int = 0) -> tuple[np.ndarray, int]:

@@ -17,11 +17,15 @@ import shapely
 from shapely import affinity
 from shapely.geometry import box
 
+from rooftrace.core.errors import RooftraceError
 from rooftrace.evaluation import metrics
+from rooftrace.evaluation.metrics import (
+    MATCHING_MODES,
+    evaluate_labels,
+    match_footprints,
+)
 from rooftrace.labels.coco import read_coco
 from rooftrace.labels.records import ImageLabels, LabelSet
-from rooftrace.core.errors import RooftraceError
-from rooftrace.evaluation.metrics import MATCHING_MODES, evaluate_labels, match_footprints
 
 SAMPLE_DIR = Path(
     os.environ.get("ROOFTRACE_SAMPLE_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/buildings-sample")

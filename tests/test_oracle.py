@@ -12,12 +12,18 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
+from rooftrace.core.errors import RooftraceError
+from rooftrace.evaluation.oracle import (
+    SUBMISSION_NAME,
+    oracle_predictions,
+    perfect_probabilities,
+    run_oracle,
+    score_modes,
+)
+from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.labels.begc import read_begc_csv
 from rooftrace.labels.formats import read_labels
 from rooftrace.labels.records import ImageLabels, LabelSet
-from rooftrace.core.errors import RooftraceError
-from rooftrace.evaluation.oracle import SUBMISSION_NAME, oracle_predictions, perfect_probabilities, run_oracle, score_modes
-from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.prepare.targets import make_targets
 
 

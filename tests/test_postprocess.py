@@ -19,8 +19,12 @@ from shapely import affinity
 from shapely.geometry import Polygon, box
 
 from rooftrace.core.errors import RooftraceError
-from rooftrace.geometry.polygons import instances_to_footprints, instances_to_polygons
-from rooftrace.geometry.polygons import regularise_polygon, simplify_polygons
+from rooftrace.geometry.polygons import (
+    instances_to_footprints,
+    instances_to_polygons,
+    regularise_polygon,
+    simplify_polygons,
+)
 from rooftrace.instances.postprocess import (
     POSTPROCESSORS,
     Buildings,

@@ -11,12 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rooftrace.labels.coco import read_coco
 from rooftrace.core.errors import RooftraceError
-from rooftrace.prepare.tiles import PrepareResult, prepare_split
 from rooftrace.imagery.png import encode_instances, read_instances, read_targets
+from rooftrace.labels.coco import read_coco
 from rooftrace.labels.splits import find_annotations
-from rooftrace.prepare.targets import TargetSettings, instance_map, make_targets, rasterize_footprints
+from rooftrace.prepare.targets import (
+    TargetSettings,
+    instance_map,
+    make_targets,
+    rasterize_footprints,
+)
+from rooftrace.prepare.tiles import PrepareResult, prepare_split
 
 SAMPLE_DIR = Path(
     os.environ.get("ROOFTRACE_SAMPLE_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/buildings-sample")

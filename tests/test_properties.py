@@ -38,12 +38,16 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 from shapely.geometry import MultiPoint, MultiPolygon, Polygon, box
 
+from rooftrace.core.errors import RooftraceError, strict_mode, tally_skips
+from rooftrace.geometry.polygons import (
+    instances_to_footprints,
+    instances_to_polygons,
+    mask_to_footprints,
+)
 from rooftrace.labels.begc import read_begc_csv, write_begc_csv
 from rooftrace.labels.coco import read_coco, write_coco
 from rooftrace.labels.formats import read_labels
 from rooftrace.labels.records import LabelSet
-from rooftrace.core.errors import RooftraceError, strict_mode, tally_skips
-from rooftrace.geometry.polygons import instances_to_footprints, instances_to_polygons, mask_to_footprints
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 # One failure reported as it is (not an ExceptionGroup), with its own exception type.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from PIL import Image
 from shapely.geometry import box
 
 from rooftrace.cli import main
-from rooftrace.labels.coco import read_coco
 from rooftrace.labels.begc import write_begc_csv
+from rooftrace.labels.coco import read_coco
 
 
 def test_report_counts_and_draws_every_tile(sample, tmp_path, capsys):
@@ -51,3 +53,31 @@ def test_report_of_a_folder_reads_pixels_not_a_longitude_latitude_geojson(sample
     (folder / "predictions.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [],
                                                             "rooftrace": {"coordinates": "pixel"}}))
     assert _pred_path(folder) == folder / "predictions.geojson"
+
+
+def test_report_links_full_size_pictures_and_predict_overlays_and_shows_scores(sample, tmp_path):
+    from rooftrace.labels.geojson import write_geojson
+
+    gt = read_coco(sample / "test" / "test.json")
+    folder = tmp_path / "pred"
+    (folder / "overlays").mkdir(parents=True)
+    for img in gt:
+        img.scores = [0.875] * len(img.footprints)
+    gt[1].footprints = gt[1].footprints + [box(0, 0, 30, 30)]
+    gt[1].scores = gt[1].scores + [0.25]
+    write_geojson(gt, folder / "predictions.geojson")  # a predict folder's pixel GeoJSON, with scores
+    for stem in ("0000", "0001"):
+        Image.new("RGB", (8, 8)).save(folder / "overlays" / f"{stem}.png")
+    out = tmp_path / "report"
+    assert main(["report", "--pred", str(folder), "--gt", str(sample / "test" / "test.json"), "--out", str(out)]) == 0
+    html = (out / "index.html").read_text()
+    assert html.count("full size</a>") == 10 and html.count("predict's overlay</a>") == 2
+    assert "href='../pred/overlays/0000.png'" in html
+    # One clickable shape per drawn building, each saying what it is and its score.
+    assert html.count("<path class='b ") == gt.n_footprints
+    assert html.count("score 0.875, true positive") == 2 * (gt.n_footprints - 1) and "score 0.250, false positive" in html
+    assert "http" not in html
+    # The picture carries the scores too: white text inside the false square at the top-left corner.
+    fig = next(f for f in html.split("<figure")[1:] if "score 0.250" in f)
+    pic = np.asarray(Image.open(out / fig.split("src='")[1].split("'")[0]).convert("RGB"))
+    assert (pic[4:56, 4:56] > 200).all(axis=-1).sum() > 3

@@ -13,21 +13,26 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
+from conftest import write_tiny_model
 from shapely.geometry import box
 
-from conftest import write_tiny_model
-from rooftrace.labels.coco import read_coco
-from rooftrace.labels.geojson import read_geojson
-from rooftrace.labels.formats import read_labels
-from rooftrace.geometry.shapes import map_to_pixel, pixel_to_map
 from rooftrace.core.errors import RooftraceError
-from rooftrace.instances.postprocess import postprocess
-from rooftrace.imagery.windows import Grid, window_keep, window_starts
-from rooftrace.scenes.batch import list_scenes, parse_shard, predict_scenes, shard_scenes
+from rooftrace.geometry.shapes import map_to_pixel, pixel_to_map
 from rooftrace.imagery.raster import parse_bands
-from rooftrace.scenes.predict import predict_scene
+from rooftrace.imagery.windows import Grid, window_keep, window_starts
+from rooftrace.instances.postprocess import postprocess
+from rooftrace.labels.coco import read_coco
+from rooftrace.labels.formats import read_labels
+from rooftrace.labels.geojson import read_geojson
 from rooftrace.prepare.scenes import prepare_scenes
 from rooftrace.prepare.targets import make_targets
+from rooftrace.scenes.batch import (
+    list_scenes,
+    parse_shard,
+    predict_scenes,
+    shard_scenes,
+)
+from rooftrace.scenes.predict import predict_scene
 
 REPO = Path(__file__).resolve().parents[1]
 #: A transform whose numbers are exact in binary, so pixel <-> map conversions are exact.
@@ -131,16 +136,18 @@ def test_pixel_to_map_and_back_is_exact(seam_scene, tmp_path):
 
 def test_crs_and_fields_survive_into_geopackage_and_geojson(seam_scene, tmp_path):
     path, footprints = seam_scene
-    for name in ("out.gpkg", "out.geojson"):
+    for name, crs in (("out.gpkg", "EPSG:32616"), ("out.geojson", "EPSG:4326")):  # GeoJSON: RFC 7946 longitude/latitude
         predict_scene(path, tmp_path / name, identity, progress=False)
         info = pyogrio.read_info(tmp_path / name)
-        assert info["crs"] == "EPSG:32616" and info["features"] == len(footprints) and info["geometry_type"] == "Polygon"
-        assert list(info["fields"]) == ["score", "area"]
+        assert info["crs"] == crs and info["features"] == len(footprints) and info["geometry_type"] == "Polygon"
+        assert list(info["fields"]) == ["score", "area_m2"]
         _, _, wkb, (scores, areas) = pyogrio.raw.read(tmp_path / name)
-        assert sorted(areas) == pytest.approx(sorted(fp.area * 0.25 for fp in footprints))  # 0.5 m pixels: m²
+        # 0.5 m pixels on UTM's central meridian, whose scale factor is 0.9996: ground m² (3 decimals in GeoJSON)
+        expected = sorted(fp.area * 0.25 / 0.9996**2 for fp in footprints)
+        assert sorted(areas) == pytest.approx(expected, rel=1e-5, abs=1e-3)
         assert np.allclose(scores, 1.0)
         labels = read_labels(tmp_path / name)
-        assert labels.crs == "EPSG:32616" and labels.n_footprints == len(footprints)
+        assert labels.crs == crs and labels.n_footprints == len(footprints)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from shapely.geometry import Polygon, box
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.prepare.targets import (
-    TargetSettings,
     Targets,
+    TargetSettings,
     boundary_band,
     building_mask,
     contact_map,

@@ -1,13 +1,44 @@
 """rooftrace: building footprints from aerial and satellite imagery.
 
-The stages, in data-flow order: labels in (:mod:`rooftrace.labels.formats`), one in-memory form
-(:mod:`rooftrace.labels.records`), training targets (:mod:`rooftrace.prepare.targets`), polygons from masks
-(:mod:`rooftrace.geometry.polygons`), the competition metric (:mod:`rooftrace.evaluation.metrics`), and files out
-(:mod:`rooftrace.labels.formats`). The command line is :mod:`rooftrace.cli`.
+In Python::
+
+    import rooftrace
+
+    model = rooftrace.load_model()          # the shipped model, or load_model("my.safetensors" / "my.onnx")
+    buildings = model.predict("tile.png")    # polygons and scores; a GeoDataFrame for a georeferenced image
+
+The stages, in data-flow order, are subpackages: :mod:`rooftrace.core` (errors, atomic files, hashing),
+:mod:`rooftrace.geometry`, :mod:`rooftrace.imagery`, :mod:`rooftrace.labels` (every label format in
+and out), :mod:`rooftrace.prepare` (training targets, tiles, chips, scenes), :mod:`rooftrace.instances`
+(probabilities to one polygon per building), :mod:`rooftrace.evaluation` (the competition metric,
+reports), :mod:`rooftrace.models`, :mod:`rooftrace.training`, :mod:`rooftrace.inference` and
+:mod:`rooftrace.scenes`; :mod:`rooftrace.api` is the notebook API and :mod:`rooftrace.cli` the command
+line. DESIGN.md explains them.
+
+Importing ``rooftrace`` is light: the API (and torch with it) loads on first use.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.labels.records import ImageLabels, LabelSet, LoadReport, image_key
 
-__version__ = "0.1.0"
-__all__ = ["ImageLabels", "LabelSet", "LoadReport", "RooftraceError", "image_key", "__version__"]
+if TYPE_CHECKING:  # pragma: no cover
+    from rooftrace.api import Footprints, Model, load_model
+
+from rooftrace.core.version import __version__  # noqa: E402
+
+__all__ = ["Footprints", "ImageLabels", "LabelSet", "LoadReport", "Model", "RooftraceError", "image_key", "load_model",
+           "__version__"]
+
+_API = {"load_model", "Model", "Footprints"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from rooftrace import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'rooftrace' has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import shapely
@@ -69,3 +69,73 @@ def render_preview(rgb: np.ndarray, footprints: Sequence[Footprint], contact: np
         ``(H', W', 3)`` uint8 (small tiles at twice their size; see :func:`visualize.draw_outlines`).
     """
     return draw_outlines(rgb, [(footprints, OUTLINE_RGB)], tint=contact, tint_rgb=CONTACT_RGB)
+
+
+# --- scores and legends -------------------------------------------------------------------------
+
+#: Score labels are drawn in this colour with a black edge, so they read on any roof.
+SCORE_RGB = (255, 255, 255)
+#: Height (px) of the legend strip added below an overlay.
+LEGEND_HEIGHT = 18
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - Pillow < 10.1 has one bitmap size
+        return ImageFont.load_default()
+
+
+def draw_scores(pic: np.ndarray, footprints: Sequence[Footprint], scores: Sequence[float] | None, scale: float = 1.0,
+                rgb: tuple[int, int, int] = SCORE_RGB) -> np.ndarray:
+    """``pic`` with each footprint's score (two decimals, e.g. ``.87``) written at a point inside it.
+
+    ``scale`` maps footprint coordinates to ``pic``'s pixels (2 for a tile :func:`draw_outlines` drew at
+    twice its size). Footprints without a score (``scores`` ``None`` or NaN) are left bare."""
+    if scores is None or not len(footprints):
+        return pic
+    img = Image.fromarray(np.ascontiguousarray(pic))
+    draw = ImageDraw.Draw(img)
+    font = _font(10 if scale < 2 else 12)
+    points = shapely.point_on_surface(np.asarray(list(footprints), dtype=object))
+    for pt, s in zip(points, scores):
+        if s is None or not np.isfinite(s):
+            continue
+        text = f"{s:.2f}".lstrip("0") if 0 <= s < 1 else f"{s:.2f}"
+        x, y = pt.x * scale, pt.y * scale
+        draw.text((x, y), text, fill=rgb, font=font, anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
+    return np.asarray(img)
+
+
+def add_legend(pic: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, int]]], note: str = "") -> np.ndarray:
+    """``pic`` with a dark strip of :data:`LEGEND_HEIGHT` px added below it: a colour swatch and a name
+    per entry, then ``note``; no pixel of the picture is covered."""
+    h, w = pic.shape[:2]
+    img = Image.new("RGB", (w, h + LEGEND_HEIGHT), (32, 32, 32))
+    img.paste(Image.fromarray(np.ascontiguousarray(pic)), (0, 0))
+    draw = ImageDraw.Draw(img)
+    font = _font(11)
+    x, y = 4, h + LEGEND_HEIGHT // 2
+    for name, color in entries:
+        draw.rectangle((x, y - 4, x + 14, y + 4), outline=color, width=2)
+        x += 18
+        draw.text((x, y), name, fill=(240, 240, 240), font=font, anchor="lm")
+        x += int(draw.textlength(name, font=font)) + 10
+    if note:
+        draw.text((x, y), note, fill=(240, 240, 240), font=font, anchor="lm")
+    return np.asarray(img)
+
+
+def render_overlay(rgb: np.ndarray, footprints: Sequence[Footprint], scores: Sequence[float] | None = None) -> np.ndarray:
+    """``rooftrace predict``'s overlay: the tile with each building outlined in yellow, its score written
+    inside it (``.87``), and a legend strip below the tile (see :func:`add_legend`).
+
+    Returns:
+        ``(H' + LEGEND_HEIGHT, W', 3)`` uint8 (small tiles at twice their size, as :func:`draw_outlines`)."""
+    pic = draw_outlines(rgb, [(footprints, OUTLINE_RGB)])
+    scale = pic.shape[0] / rgb.shape[0]
+    pic = draw_scores(pic, footprints, scores, scale)
+    note = f"{len(footprints)} found" + (", number = score" if scores is not None and len(footprints) else "")
+    return add_legend(pic, [("building", OUTLINE_RGB)], note)

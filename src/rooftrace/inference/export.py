@@ -54,6 +54,7 @@ from rooftrace.config import Config
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.core.hashing import sha256_file
+from rooftrace.inference.runtime import PAD_MULTIPLE, pad_normalise
 from rooftrace.models.onnx import (
     INPUT_NAME,
     METADATA_KEY,
@@ -71,7 +72,6 @@ DEFAULT_TOLERANCE = 1e-4
 VERIFY_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 256, 256), (2, 320, 384))
 #: Operator types quantised by ``int8=True`` unless told otherwise.
 DEFAULT_INT8_OPS: tuple[str, ...] = ("Conv",)
-PAD_MULTIPLE = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,16 +134,6 @@ def _random_inputs(mean: Sequence[float], std: Sequence[float], shapes: Sequence
     return out
 
 
-def pad_to_multiple(x: np.ndarray, multiple: int = PAD_MULTIPLE) -> np.ndarray:
-    """Zero-pad a ``(3, H, W)`` or ``(N, 3, H, W)`` array on the bottom and right to a multiple of 32."""
-    h, w = x.shape[-2:]
-    H, W = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-    if (H, W) == (h, w):
-        return x
-    pad = [(0, 0)] * (x.ndim - 2) + [(0, H - h), (0, W - w)]
-    return np.pad(x, pad)
-
-
 def calibration_tiles(folder: str | Path, n: int, mean: Sequence[float], std: Sequence[float]) -> tuple[list[np.ndarray], list[str]]:
     """Up to ``n`` readable tiles of ``folder`` (evenly spread over its sorted files), normalised and
     padded, each as a batch of one; and their file names."""
@@ -158,7 +148,7 @@ def calibration_tiles(folder: str | Path, n: int, mean: Sequence[float], std: Se
     batches, names = [], []
     for f in picks:
         try:
-            batches.append(pad_to_multiple(norm.apply(read_rgb(f)))[None])
+            batches.append(pad_normalise(read_rgb(f), norm))
             names.append(f.name)
         except RooftraceError:
             continue
@@ -402,6 +392,5 @@ __all__ = [
     "default_calibration_folder",
     "export_onnx",
     "is_onnx",
-    "pad_to_multiple",
     "quantize_int8",
 ]

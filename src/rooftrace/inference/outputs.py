@@ -1,5 +1,7 @@
 """Map outputs of tile prediction: ``predictions.geojson`` in EPSG:4326 and ``predictions.gpkg`` in the
-tiles' CRS when the tiles are georeferenced or located by their web-map names."""
+tiles' CRS when the tiles are georeferenced or located by their web-map names. Both carry each
+building's ``score`` and ``area_m2`` (ground square metres, :func:`rooftrace.geometry.areas.area_m2`) and
+the run's provenance (:func:`rooftrace.scenes.writers.make_provenance`), where the scene writers put it."""
 
 from __future__ import annotations
 
@@ -52,13 +54,19 @@ def _crs_label(crs: Any) -> str:
     return f"{auth[0]}:{auth[1]}" if auth else crs.name
 
 
-def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir: Path) -> MapOutputs | None:
+def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir: Path,
+                      provenance: dict[str, Any] | None = None) -> MapOutputs | None:
     """Write the footprints of the georeferenced tiles in map coordinates, atomically.
 
     - ``predictions.geojson``: RFC 7946 GeoJSON, longitude/latitude (EPSG:4326, no ``crs`` member),
-      exterior rings counter-clockwise, 8 decimals; per feature ``image_id``, ``file_name`` and ``score``.
+      exterior rings counter-clockwise, 8 decimals; per feature ``image_id``, ``file_name``,
+      ``score`` and ``area_m2``; ``provenance`` in the top-level ``description`` (JSON text, which
+      GDAL reads as layer metadata ``DESCRIPTION``) and ``rooftrace`` members.
     - ``predictions.gpkg``: a GeoPackage (layer ``predictions``, same fields) in the first
-      georeferenced tile's CRS; tiles in another CRS are reprojected into it.
+      georeferenced tile's CRS; tiles in another CRS are reprojected into it; ``provenance`` in
+      the layer metadata (item ``rooftrace``).
+
+    ``area_m2`` is measured in each tile's own CRS (geodesic, so the same in any CRS).
 
     Footprints go from each tile's pixels through its own affine transform
     (:func:`rooftrace.imagery.georef.pixels_to_map`, vectorised over every vertex), then from each CRS to
@@ -67,7 +75,13 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     import pyogrio
     import shapely
 
+    from rooftrace.geometry.areas import area_m2
     from rooftrace.imagery.georef import WGS84, pixels_to_map, reproject_geoms
+    from rooftrace.inference.provenance import (
+        _with_crs,
+        geojson_head,
+        provenance_metadata,
+    )
 
     order = [img.key for img in labels if img.key in georefs]
     if not order:
@@ -76,7 +90,7 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     groups: dict[str, list[ImageKey]] = {}
     for k in order:
         groups.setdefault(georefs[k].crs.to_wkt(), []).append(k)
-    parts_ll, parts_crs, keys_out, scores_out = [], [], [], []
+    parts_ll, parts_crs, parts_area, keys_out, scores_out = [], [], [], [], []
     reprojected = []
     for keys in groups.values():
         crs = georefs[keys[0]].crs
@@ -95,6 +109,7 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
         if not geoms:
             continue
         in_crs = pixels_to_map(np.asarray(geoms, dtype=object), np.asarray(transforms))
+        parts_area.append(area_m2(in_crs, crs))
         parts_crs.append(reproject_geoms(in_crs, crs, first_crs))
         parts_ll.append(reproject_geoms(in_crs, crs, WGS84))
     # features in the tiles' file order (the groups above are by CRS)
@@ -103,7 +118,8 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     g_ll = np.concatenate(parts_ll) if parts_ll else empty
     rank = {k: n for n, k in enumerate(order)}
     sort = np.argsort(np.asarray([rank[k] for k in keys_out], dtype=np.int64), kind="stable")
-    g_crs, g_ll = g_crs[sort], g_ll[sort]
+    areas = np.concatenate(parts_area) if parts_area else np.empty(0)
+    g_crs, g_ll, areas = g_crs[sort], g_ll[sort], np.round(areas[sort], 3)
     keys_out = [keys_out[n] for n in sort]
     scores = np.asarray([round(float(scores_out[n]), 4) for n in sort], dtype=np.float64)
     names = [labels[k].file_name or "" for k in keys_out]
@@ -112,10 +128,11 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     g_ll = shapely.orient_polygons(shapely.transform(g_ll, lambda xy: np.round(xy, LONLAT_DECIMALS)), exterior_cw=False)
     texts = shapely.to_geojson(g_ll).tolist() if len(g_ll) else []
     feats = [f'{{"type": "Feature", "properties": {{"image_id": {json.dumps(k)}, "file_name": {json.dumps(n)}, '
-             f'"score": {sc}}}, "geometry": {t}}}' for k, n, sc, t in zip(keys_out, names, scores.tolist(), texts)]
-    head = {"type": "FeatureCollection", "name": "predictions",
-            "rooftrace": {"coordinates": "EPSG:4326", "note": "longitude, latitude (RFC 7946); image_id names the tile"}}
-    text = json.dumps(head)[:-1] + ', "features": [\n' + ",\n".join(feats) + "\n]}\n"
+             f'"score": {sc}, "area_m2": {a}}}, "geometry": {t}}}'
+             for k, n, sc, a, t in zip(keys_out, names, scores.tolist(), areas.tolist(), texts)]
+    head = geojson_head("predictions", _with_crs(provenance, WGS84),
+                        {"coordinates": "EPSG:4326", "note": "longitude, latitude (RFC 7946); image_id names the tile"})
+    text = head + ",\n".join(feats) + "\n]}\n"
     files = [atomic_write_text(out_dir / GEOJSON_NAME, text, force=True)]
 
     # GeoPackage in the (first) tiles' CRS.
@@ -125,9 +142,9 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     kinds = set(shapely.get_type_id(g_crs).tolist()) if len(g_crs) else {3}
     try:
         pyogrio.raw.write(tmp, shapely.to_wkb(g_crs) if len(g_crs) else np.empty(0, dtype=object),
-                          [ids, np.asarray(names, dtype=object), scores], ["image_id", "file_name", "score"],
+                          [ids, np.asarray(names, dtype=object), scores, areas], ["image_id", "file_name", "score", "area_m2"],
                           layer="predictions", driver="GPKG", geometry_type="Polygon" if kinds == {3} else "Unknown",
-                          crs=first_crs.to_wkt())
+                          crs=first_crs.to_wkt(), layer_metadata=provenance_metadata(_with_crs(provenance, first_crs)))
         os.replace(tmp, gpkg)
     except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:  # a full disk: name the output
         raise RooftraceError(f"{gpkg}: cannot write it ({getattr(exc, 'strerror', None) or str(exc).splitlines()[0]})") from None

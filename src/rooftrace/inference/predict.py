@@ -12,7 +12,8 @@ are any), and writes into the output folder:
 - ``predictions.coco.json``: COCO results (``image_id`` is the image key);
 - georeferenced tiles (a GeoTIFF's own transform, or a web-map tile name such as
   ``OAM-<x>-<y>-<z>.png``): ``predictions.geojson`` in longitude/latitude (RFC 7946, EPSG:4326) and
-  ``predictions.gpkg`` in the tiles' CRS, ``image_id``, ``file_name`` and ``score`` per feature;
+  ``predictions.gpkg`` in the tiles' CRS, ``image_id``, ``file_name``, ``score`` and ``area_m2``
+  (ground square metres) per feature and the run's provenance in each file's metadata;
   the other tiles of a mixed folder in pixels in ``predictions-pixels.geojson``;
 - no tile georeferenced: ``predictions.geojson`` in pixel coordinates, ``image_id`` per feature,
   marked ``"rooftrace": {"coordinates": "pixel", ...}`` at the top level;
@@ -78,8 +79,12 @@ from rooftrace.inference.partial import (
     _run_record,
     _tile_record,
 )
-from rooftrace.inference.runtime import load_any, predict_probabilities
-from rooftrace.inference.tuned import load_tuned
+from rooftrace.inference.provenance import make_provenance
+from rooftrace.inference.runtime import (
+    WINDOWED_ABOVE,
+    load_runtime,
+    pad_normalise,
+)
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess
 from rooftrace.labels.begc import write_begc_csv
 from rooftrace.labels.coco import write_coco_results
@@ -87,10 +92,6 @@ from rooftrace.labels.geojson import write_geojson
 from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key
 from rooftrace.models.autocast import normalise_precision
 from rooftrace.models.files import LoadedModel
-from rooftrace.models.onnx import (
-    OnnxModel,
-    onnx_postprocess_settings,
-)
 
 
 class _Tiles(Dataset):
@@ -117,8 +118,9 @@ class _Tiles(Dataset):
         place = place_tile(self.files[i], W, H, self.gsd, self.model_gsd, self.tms)
         seen = resample_rgb(rgb, place.factor)
         h, w = seen.shape[:2]
-        x = torch.zeros(3, -(-h // 32) * 32, -(-w // 32) * 32)
-        x[:, :h, :w] = torch.from_numpy(self.norm.apply(seen))
+        if h * w > WINDOWED_ABOVE:  # run window by window in the main process (memory flat in the tile's size)
+            return {"index": i, "large": seen, "size": (h, w), "orig": (H, W), "place": place, "rgb": rgb if self.keep_rgb else None}
+        x = torch.from_numpy(pad_normalise(seen, self.norm)[0])
         return {"index": i, "image": x, "size": (h, w), "orig": (H, W), "place": place, "rgb": rgb if self.keep_rgb else None}
 
 
@@ -249,7 +251,7 @@ def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: 
 
     Returns the footprints, their scores, and the seconds taken (wall and this thread's CPU time)
     by post-processing and by writing."""
-    from rooftrace.imagery.draw import render_preview
+    from rooftrace.imagery.draw import render_overlay
     from rooftrace.imagery.png import encode_instances
 
     t0, c0 = time.perf_counter(), time.thread_time()
@@ -264,7 +266,7 @@ def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: 
     if write_masks and instances is not None:
         atomic_write_bytes(out_dir / "masks" / f"{stem}.png", encode_instances(instances, stem), force=True)
     if write_overlays and rgb is not None:
-        atomic_write_bytes(out_dir / "overlays" / f"{stem}.png", _encode_overlay(render_preview(rgb, footprints)), force=True)
+        atomic_write_bytes(out_dir / "overlays" / f"{stem}.png", _encode_overlay(render_overlay(rgb, footprints, scores)), force=True)
     return footprints, scores, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1)
 
 
@@ -348,14 +350,11 @@ def predict_folder(
     precision = normalise_precision(precision)
     dev = pick_device(device)
     n_threads = _default_threads(dev) if threads is None else max(0, int(threads))
-    loaded = load_any(model, device=device, onnx_spinning=n_threads == 0 and workers == 0)
+    runtime = load_runtime(model, device=device, tta=tta, precision=precision, onnx_spinning=n_threads == 0 and workers == 0)
+    loaded = runtime.net
     if compile and isinstance(loaded, LoadedModel):
         loaded.model = torch.compile(loaded.model)
-    tuned_method, tuned = load_tuned(model)
-    if tuned is None and isinstance(loaded, OnnxModel):
-        tuned_method, tuned = onnx_postprocess_settings(loaded.meta)
-    method = method or tuned_method or "watershed"
-    settings = settings or tuned
+    method, settings = runtime.postprocessing(method, settings)
     partial = out_dir / PARTIAL
     record = _run_record(model, method, settings, tta, precision, images, write_masks, write_overlays, gsd, tms)
     model_gsd = loaded.gsd
@@ -382,7 +381,7 @@ def predict_folder(
         if partial.exists():
             shutil.rmtree(partial)
         atomic_write_text(partial / "run.json", json.dumps(record, indent=1), force=True)
-    norm = Normalization(loaded.mean, loaded.std)
+    norm = runtime.norm
     report = LoadReport(path=str(images))
     labels = LabelSet(report=report, root=images, format="predictions")
     keys: list[ImageKey] = [image_key(f) for f in files]
@@ -424,20 +423,30 @@ def predict_folder(
                 timings[name] += value
             bar.update(1)
 
+    def finish(j: int, probs: np.ndarray, tile: dict[str, Any]) -> None:
+        i = todo_index[j]
+        H, W = tile["orig"]  # the tile's own size; probs are at the size the model saw it
+        if tile["place"] is not None:
+            places[i] = tile["place"]
+        args = (probs, tile["rgb"], files[i].stem, out_dir, method, settings, write_masks, write_overlays, (H, W))
+        pending.append((i, H, W, pool.submit(_finish_tile, *args) if pool is not None else _finish_tile(*args)))
+
     def run_batch(tiles: list[dict[str, Any]]) -> None:
         batch = _collate(tiles)
         t = time.perf_counter()
-        probs = predict_probabilities(loaded, batch["image"], dev, tta=tta, precision=precision)
+        probs = runtime.run(batch["image"])
         timings["inference"] += time.perf_counter() - t
         for n, j in enumerate(batch["index"]):
-            i = todo_index[j]
-            h, w = batch["size"][n]  # as the model saw it
-            H, W = batch["orig"][n]  # the tile's own
-            if batch["place"][n] is not None:
-                places[i] = batch["place"][n]
-            args = (probs[n, :, :h, :w], batch["rgb"][n], files[i].stem, out_dir, method, settings, write_masks, write_overlays, (H, W))
-            pending.append((i, H, W, pool.submit(_finish_tile, *args) if pool is not None else _finish_tile(*args)))
+            h, w = batch["size"][n]
+            finish(j, probs[n, :, :h, :w], {"orig": batch["orig"][n], "place": batch["place"][n], "rgb": batch["rgb"][n]})
         settle(max_pending)
+
+    def run_large(tile: dict[str, Any]) -> None:
+        t = time.perf_counter()
+        probs = runtime.windowed_probabilities(tile.pop("large"))
+        timings["inference"] += time.perf_counter() - t
+        finish(tile["index"], probs, tile)
+        settle(0)  # one such tile's probabilities in memory at a time
 
     buckets: dict[tuple[int, int], list[dict[str, Any]]] = {}
     try:
@@ -452,6 +461,9 @@ def predict_folder(
                 report.skip(tile["error"])
                 skipped += 1
                 bar.update(1)
+                continue
+            if "large" in tile:
+                run_large(tile)
                 continue
             shape = tuple(tile["image"].shape[1:])
             bucket = buckets.setdefault(shape, [])
@@ -476,7 +488,8 @@ def predict_folder(
         if geo is not None:
             georefs[keys[n]] = geo
     written = [write_begc_csv(labels, out_dir / "submission.csv", image_keys=keys, force=True)]
-    maps = write_map_outputs(labels, georefs, out_dir) if georefs else None
+    maps = write_map_outputs(labels, georefs, out_dir, make_provenance(source=images, crs=None, model_path=model, method=method,
+                                                                       settings=settings, source_kind="images")) if georefs else None
     if maps is None:
         written.append(write_geojson(labels, out_dir / GEOJSON_NAME, force=True))
     else:

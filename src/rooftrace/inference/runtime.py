@@ -1,115 +1,95 @@
 """The model runtime: one loader for ``.safetensors`` and ``.onnx`` model files, and one place that pads,
-normalises, runs (autocast, flip TTA) and crops, used by tile prediction, scenes, tuning and the API."""
+normalises, runs (autocast, flip TTA) and crops.
+
+Every inference path goes through here: tile prediction (:mod:`rooftrace.inference.predict`), scenes
+(:mod:`rooftrace.scenes`), tuning (:mod:`rooftrace.inference.tune`) and the Python API
+(:mod:`rooftrace.api`). So a model file of either kind works wherever a command takes ``--model``, and
+its tuned post-processing settings are found the same way everywhere.
+
+Three steps, each one function:
+
+- :func:`pad_normalise`: ``(N, H, W, 3)`` uint8 -> ``(N, 3, H', W')`` float32 normalised with the
+  model's mean and std, zero-padded on the bottom and right to a multiple of 32 (a network with five
+  stride-2 stages needs that).
+- :func:`predict_probabilities`: a normalised, padded batch -> sigmoid probabilities, under
+  ``torch.inference_mode``, channels_last, with autocast (:mod:`rooftrace.models.autocast`) and
+  optionally the mean over the four flips (TTA). ONNX models run in ONNX Runtime instead.
+- cropping back to ``H x W``.
+
+:class:`ModelRuntime` holds a loaded model with those settings; :meth:`ModelRuntime.probabilities`
+does all three. :class:`ModelRunner` is the batch function a scene runs (a runtime's
+``probabilities``, or any callable a user passes).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import numpy as np
-
-from rooftrace.core.errors import RooftraceError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rooftrace.imagery.normalize import Normalization
-    from rooftrace.models.files import LoadedModel
-from typing import TYPE_CHECKING, Any
-
 import torch
 
+from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.normalize import Normalization
+from rooftrace.imagery.windows import Grid
 from rooftrace.inference.devices import CPU_PIXELS_PER_FORWARD, pick_device
-from rooftrace.models.autocast import autocast, autocast_dtype
-from rooftrace.models.files import LoadedModel, load_model
-from rooftrace.models.onnx import OnnxModel, is_onnx, load_onnx
+from rooftrace.inference.tuned import load_tuned
+from rooftrace.instances.postprocess import DEFAULT_METHOD, PostprocessSettings
+from rooftrace.models.autocast import autocast, autocast_dtype, normalise_precision
+from rooftrace.models.files import LoadedModel, load_model, shipped_model
+from rooftrace.models.onnx import (
+    OnnxModel,
+    is_onnx,
+    load_onnx,
+    onnx_postprocess_settings,
+)
 
-if TYPE_CHECKING:  # pragma: no cover
-    from rooftrace.imagery.normalize import Normalization
-    from rooftrace.models.files import LoadedModel
+#: Inputs are zero-padded (bottom, right) to a multiple of this.
+PAD_MULTIPLE = 32
+
+#: Images of more pixels than this run window by window (:meth:`ModelRuntime.image_probabilities`), so
+#: that memory stays flat in the image's size instead of growing with one huge forward pass.
+WINDOWED_ABOVE = 2048 * 2048
+#: Window size and overlap for such images (the overlap-and-crop rule of :mod:`rooftrace.imagery.windows`).
+WINDOW, WINDOW_OVERLAP = 1024, 128
+
+#: A model as :func:`rooftrace.scenes.predict.predict_scene` takes it: a model file, a loaded model, or any
+#: callable from an ``(N, 3, H, W)`` tensor (uint8, or normalised float32 when ``normalization`` is given)
+#: to ``(N, C, H, W)`` probabilities (tensor or array), C = 1 or 3.
+SceneModel = Callable[[Any], Any]
 
 
-@dataclass
-class ModelRunner:
-    """A model as a function from ``(N, H, W, 3)`` uint8 windows to ``(N, C, H, W)`` float32.
-
-    Made once by :func:`make_runner` and passed to :func:`predict_scene` as its ``model`` so that
-    many scenes share one loaded network (:func:`predict_scenes` does).
-    """
-
-    fn: Callable[[np.ndarray], np.ndarray]
-    channels: int | None
-    model_path: Path | None = None
-    description: str = "callable"
-    #: The pixel size in metres the model was trained at (``None``: not recorded; scenes are read as they are).
-    gsd: float | None = None
+def padded_size(h: int, w: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]:
+    """``(h, w)`` rounded up to a multiple of ``multiple``."""
+    return -(-h // multiple) * multiple, -(-w // multiple) * multiple
 
 
-def make_runner(model: str | Path | LoadedModel | ModelRunner | SceneModel | None, device: str = "auto", tta: bool = False,
-                normalization: Normalization | None = None, precision: str = "auto") -> ModelRunner:
-    """Wrap a model file, a loaded model or a callable as a batch function (torch imported here).
-
-    Loaded models get normalised input padded on the bottom and right to a multiple of 32, as in
-    ``rooftrace predict``; callables get the uint8 windows as an ``(N, 3, H, W)`` tensor, or the
-    normalised float32 tensor when ``normalization`` is given, and no padding.
-    """
-    import torch
-
-    from rooftrace.inference.devices import pick_device
-    from rooftrace.models.files import LoadedModel, load_model, shipped_model
-
-    if isinstance(model, ModelRunner):
-        return model
-    if model is None:
-        model = shipped_model()
-    if isinstance(model, (str, Path)):
-        dev = pick_device(device)
-        model = load_model(model, device=dev)
-    if isinstance(model, LoadedModel):
-        loaded = model
-        dev = next(loaded.model.parameters()).device if device == "auto" else pick_device(device)
-        loaded.model.to(dev).to(memory_format=torch.channels_last)
-        mean, std = np.asarray(loaded.mean, np.float32), np.asarray(loaded.std, np.float32)
-
-        def run_loaded(batch: np.ndarray) -> np.ndarray:
-            n, h, w, _ = batch.shape
-            x = (batch.astype(np.float32) / 255.0 - mean) / std  # as dataset.Normalization.apply
-            hp, wp = -(-h // 32) * 32, -(-w // 32) * 32
-            padded = np.zeros((n, 3, hp, wp), dtype=np.float32)
-            padded[:, :, :h, :w] = x.transpose(0, 3, 1, 2)
-            return predict_probabilities(loaded, torch.from_numpy(padded), dev, tta=tta, precision=precision)[:, :, :h, :w]
-
-        return ModelRunner(run_loaded, len(loaded.channels), loaded.path, f"{loaded.path.name} on {dev}", gsd=loaded.gsd)
-    if not callable(model):
-        raise RooftraceError(f"model {model!r}: expected a model file, a loaded model or a callable")
-    fn = model
-
-    def run_callable(batch: np.ndarray) -> np.ndarray:
-        if normalization is not None:
-            x = torch.from_numpy(np.stack([normalization.apply(b) for b in batch]))
-        else:
-            x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
-        with torch.inference_mode():
-            out = fn(x)
-        if torch.is_tensor(out):
-            out = out.detach().float().cpu().numpy()
-        return np.asarray(out, dtype=np.float32)
-
-    return ModelRunner(run_callable, None, None, getattr(fn, "__name__", "callable"))
+def pad_normalise(batch: np.ndarray, norm: Normalization, multiple: int = PAD_MULTIPLE) -> np.ndarray:
+    """``(N, H, W, 3)`` (or one ``(H, W, 3)``) uint8 -> ``(N, 3, H', W')`` float32: normalised with
+    ``norm`` and zero-padded on the bottom and right to a multiple of ``multiple``."""
+    if batch.ndim == 3:
+        batch = batch[None]
+    n, h, w, _ = batch.shape
+    hp, wp = padded_size(h, w, multiple)
+    out = np.zeros((n, 3, hp, wp), dtype=np.float32)
+    for i in range(n):
+        out[i, :, :h, :w] = norm.apply(batch[i])
+    return out
 
 
 @torch.inference_mode()
-def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor, device: torch.device, tta: bool = False,
+def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor | np.ndarray, device: torch.device, tta: bool = False,
                           precision: str = "auto") -> np.ndarray:
-    """Sigmoid probabilities ``(N, C, H, W)`` for a normalised batch; with ``tta`` the mean over
+    """Sigmoid probabilities ``(N, C, H, W)`` for a normalised, padded batch; with ``tta`` the mean over
     identity, horizontal, vertical and both flips. ``loaded`` is a PyTorch model
-    (:func:`rooftrace.models.files.load_model`) or an exported one (:func:`rooftrace.inference.export.load_onnx`,
+    (:func:`rooftrace.models.files.load_model`) or an exported one (:func:`rooftrace.models.onnx.load_onnx`,
     run by ONNX Runtime on its own providers; ``device`` and ``precision`` are not used then).
     ``precision``: see :mod:`rooftrace.models.autocast` (``auto``: bf16 autocast on GPUs and on CPUs with
     native bf16, else fp32)."""
+    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if isinstance(loaded, OnnxModel):
         onnx = loaded
-        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, dtype=np.float32))
 
         def run(inp: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(onnx.predict(inp.numpy()))
@@ -147,7 +127,180 @@ def load_any(model: str | Path, device: str = "auto", onnx_spinning: bool = True
     return loaded
 
 
-#: A model as :func:`predict_scene` takes it: a model file, a loaded model, or any callable from an
-#: ``(N, 3, H, W)`` tensor (uint8, or normalised float32 when ``normalization`` is given) to
-#: ``(N, C, H, W)`` probabilities (tensor or array), C = 1 or 3.
-SceneModel = Callable[[Any], Any]
+def tuned_postprocessing(loaded: LoadedModel | OnnxModel) -> tuple[str | None, PostprocessSettings | None]:
+    """The post-processing settings ``rooftrace tune`` saved beside the model file, else those an
+    exported model carries in its metadata, else ``(None, None)``."""
+    method, settings = load_tuned(loaded.path)
+    if settings is None and isinstance(loaded, OnnxModel):
+        method, settings = onnx_postprocess_settings(loaded.meta)
+    return method, settings
+
+
+@dataclass
+class ModelRuntime:
+    """A loaded model (PyTorch or ONNX) with how to run it: device, flip TTA and precision, and the
+    post-processing it was tuned with. Made by :func:`load_runtime`."""
+
+    net: LoadedModel | OnnxModel
+    device: torch.device
+    tta: bool = False
+    precision: str = "auto"
+    #: Post-processing ``rooftrace tune`` chose for this model (``None``: the defaults).
+    method: str | None = None
+    settings: PostprocessSettings | None = None
+    norm: Normalization = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.norm = Normalization(tuple(self.net.mean), tuple(self.net.std))
+
+    @property
+    def path(self) -> Path:
+        return self.net.path
+
+    @property
+    def gsd(self) -> float | None:
+        """The pixel size in metres the model was trained at (``None``: not recorded)."""
+        return self.net.gsd
+
+    @property
+    def channels(self) -> int:
+        return len(self.net.channels)
+
+    @property
+    def is_onnx(self) -> bool:
+        return isinstance(self.net, OnnxModel)
+
+    @property
+    def description(self) -> str:
+        return f"{self.path.name} ({'ONNX Runtime' if self.is_onnx else self.device})"
+
+    def run(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Probabilities for a batch already normalised and padded (:func:`pad_normalise`)."""
+        return predict_probabilities(self.net, x, self.device, tta=self.tta, precision=self.precision)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, H, W, 3)`` (or one ``(H, W, 3)``) uint8 -> ``(N, C, H, W)`` float32 probabilities:
+        normalise, pad, run, crop."""
+        if batch.ndim == 3:
+            batch = batch[None]
+        h, w = batch.shape[1:3]
+        return self.run(pad_normalise(batch, self.norm))[:, :, :h, :w]
+
+    def windowed_probabilities(self, rgb: np.ndarray, window: int = WINDOW, overlap: int = WINDOW_OVERLAP) -> np.ndarray:
+        """``(H, W, 3)`` uint8 -> ``(C, H, W)`` float32, window by window: each pixel's probability comes
+        from the one window it is most central in (overlap-and-crop, as scenes are stitched), so memory
+        is one window's activations plus the output, whatever the image's size."""
+        h, w = rgb.shape[:2]
+        grid = Grid.make(w, h, window, overlap)
+        out: np.ndarray | None = None
+        for i, y in enumerate(grid.ys):
+            for j, x in enumerate(grid.xs):
+                p = self.probabilities(rgb[None, y : y + grid.th, x : x + grid.tw])[0]
+                if out is None:
+                    out = np.empty((p.shape[0], h, w), dtype=np.float32)
+                (y0, y1), (x0, x1) = (grid.ky[0][i], grid.ky[1][i]), (grid.kx[0][j], grid.kx[1][j])
+                out[:, y0:y1, x0:x1] = p[:, y0 - y : y1 - y, x0 - x : x1 - x]
+        assert out is not None
+        return out
+
+    def image_probabilities(self, rgb: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 -> ``(C, H, W)`` float32 for one image of any size: in one pass up to
+        :data:`WINDOWED_ABOVE` pixels, window by window above."""
+        if rgb.shape[0] * rgb.shape[1] > WINDOWED_ABOVE:
+            return self.windowed_probabilities(rgb)
+        return self.probabilities(rgb)[0]
+
+    def postprocessing(self, method: str | None = None, settings: PostprocessSettings | None = None
+                       ) -> tuple[str, PostprocessSettings | None]:
+        """``(method, settings)``: the ones given, else the tuned ones, else the defaults."""
+        return method or self.method or DEFAULT_METHOD, settings or self.settings
+
+
+def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, device: str = "auto", tta: bool = False,
+                 precision: str = "auto", onnx_spinning: bool = True) -> ModelRuntime:
+    """Load a ``.safetensors`` or ``.onnx`` model file (default: the shipped model) ready to run.
+
+    Args:
+        model: A model file, an already loaded model, or ``None`` for the model that ships with rooftrace.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (ONNX models choose their providers from it).
+        tta: Average the predictions of the four flips.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` autocast (PyTorch models only).
+        onnx_spinning: Let ONNX Runtime's threads spin between runs (faster when nothing else runs).
+    """
+    precision = normalise_precision(precision)
+    dev = pick_device(device)
+    if model is None:
+        model = shipped_model()
+    if isinstance(model, (str, Path)):
+        net = load_any(model, device=device, onnx_spinning=onnx_spinning)
+    elif isinstance(model, (LoadedModel, OnnxModel)):
+        net = model
+        if isinstance(net, LoadedModel):
+            dev = next(net.model.parameters()).device if device == "auto" else dev
+            net.model.to(dev).to(memory_format=torch.channels_last)
+    else:
+        raise RooftraceError(f"model {model!r}: expected a .safetensors or .onnx model file")
+    if isinstance(net, LoadedModel) and device == "auto":
+        dev = next(net.model.parameters()).device
+    method, settings = tuned_postprocessing(net)
+    return ModelRuntime(net, dev, tta=tta, precision=precision, method=method, settings=settings)
+
+
+@dataclass
+class ModelRunner:
+    """A model as a function from ``(N, H, W, 3)`` uint8 windows to ``(N, C, H, W)`` float32.
+
+    Made once by :func:`make_runner` and passed to :func:`rooftrace.scenes.predict.predict_scene` as its
+    ``model`` so that many scenes share one loaded network (:func:`rooftrace.scenes.batch.predict_scenes` does).
+    """
+
+    fn: Callable[[np.ndarray], np.ndarray]
+    channels: int | None
+    model_path: Path | None = None
+    description: str = "callable"
+    #: The pixel size in metres the model was trained at (``None``: not recorded; scenes are read as they are).
+    gsd: float | None = None
+    #: The model's runtime, when it is a model file (``None`` for a plain callable).
+    runtime: ModelRuntime | None = None
+
+    def postprocessing(self, method: str | None = None, settings: PostprocessSettings | None = None
+                       ) -> tuple[str, PostprocessSettings | None]:
+        """``(method, settings)``: the ones given, else the model's tuned ones, else the defaults."""
+        if self.runtime is not None:
+            return self.runtime.postprocessing(method, settings)
+        return method or DEFAULT_METHOD, settings
+
+
+def make_runner(model: str | Path | LoadedModel | OnnxModel | ModelRuntime | ModelRunner | SceneModel | None,
+                device: str = "auto", tta: bool = False, normalization: Normalization | None = None,
+                precision: str = "auto") -> ModelRunner:
+    """Wrap a model file (``.safetensors`` or ``.onnx``), a loaded model, a runtime or a callable as a
+    batch function.
+
+    Model files and loaded models run through :class:`ModelRuntime` (normalised, padded to a multiple
+    of 32, cropped back); callables get the uint8 windows as an ``(N, 3, H, W)`` tensor, or the
+    normalised float32 tensor when ``normalization`` is given, and no padding.
+    """
+    if isinstance(model, ModelRunner):
+        return model
+    if model is None or isinstance(model, (str, Path, LoadedModel, OnnxModel)):
+        model = load_runtime(model, device=device, tta=tta, precision=precision)
+    if isinstance(model, ModelRuntime):
+        rt = model
+        return ModelRunner(rt.probabilities, rt.channels, rt.path, rt.description, gsd=rt.gsd, runtime=rt)
+    if not callable(model):
+        raise RooftraceError(f"model {model!r}: expected a model file, a loaded model or a callable")
+    fn = model
+
+    def run_callable(batch: np.ndarray) -> np.ndarray:
+        if normalization is not None:
+            x = torch.from_numpy(np.stack([normalization.apply(b) for b in batch]))
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+        with torch.inference_mode():
+            out = fn(x)
+        if torch.is_tensor(out):
+            out = out.detach().float().cpu().numpy()
+        return np.asarray(out, dtype=np.float32)
+
+    return ModelRunner(run_callable, None, None, getattr(fn, "__name__", "callable"))

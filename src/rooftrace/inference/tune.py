@@ -22,7 +22,6 @@ from tqdm import tqdm
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text
 from rooftrace.evaluation.metrics import evaluate_labels
-from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.read import read_rgb
 from rooftrace.imagery.resample import (
     footprints_to_grid,
@@ -30,13 +29,11 @@ from rooftrace.imagery.resample import (
     resample_factor,
     resample_rgb,
 )
-from rooftrace.inference.devices import pick_device
-from rooftrace.inference.runtime import predict_probabilities
+from rooftrace.inference.runtime import load_runtime
 from rooftrace.inference.tuned import tuned_settings_path
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess
 from rooftrace.labels.records import LabelSet
 from rooftrace.labels.splits import open_split
-from rooftrace.models.files import load_model
 
 #: Candidate values per setting (the search starts from the defaults).
 SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
@@ -81,12 +78,9 @@ def tune(model: str | Path, split: str | Path, *, method: str = "watershed", tta
     out = tuned_settings_path(model)
     if save and out.exists() and not force:
         raise RooftraceError(f"{out}: already exists; pass --force to replace the tuned settings")
-    dev = pick_device(device)
-    loaded = load_model(model, device=dev)
+    runtime = load_runtime(model, device=device, tta=tta, precision=precision)
+    loaded = runtime.net
     labels = open_split(split)
-    norm = Normalization(loaded.mean, loaded.std)
-    import torch
-
     gt, probs = LabelSet(), []
     for img in tqdm(list(labels), desc="tune: predict", disable=not progress, leave=False):
         path = labels.image_path(img)
@@ -99,9 +93,7 @@ def tune(model: str | Path, split: str | Path, *, method: str = "watershed", tta
         tile_gsd = img.gsd or (place_tile(path, w0, h0, model_gsd=loaded.gsd).gsd if loaded.gsd else None)
         rgb = resample_rgb(rgb, resample_factor(tile_gsd, loaded.gsd))
         h, w = rgb.shape[:2]
-        x = torch.zeros(1, 3, -(-h // 32) * 32, -(-w // 32) * 32)
-        x[0, :, :h, :w] = torch.from_numpy(norm.apply(rgb))
-        probs.append(predict_probabilities(loaded, x, dev, tta=tta, precision=precision)[0, :, :h, :w])
+        probs.append(runtime.probabilities(rgb)[0])
         g = gt.get_or_add(img.key)
         g.footprints = footprints_to_grid(img.footprints, [0.0] * len(img.footprints), (h0, w0), (h, w))[0]
         g.width, g.height, g.source = w, h, img.source

@@ -205,13 +205,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     return LoadedModel(model, cfg, tuple(meta["channels"]), tuple(meta["mean"]), tuple(meta["std"]), meta, path)
 
 
+#: The default model, shipped inside the package (``rooftrace/models/shipped/``, package data).
+SHIPPED_MODEL = "rooftrace-unet-lite0.safetensors"
+
+
 def shipped_model() -> Path:
-    """The model that ships with rooftrace (``models/`` at the top of the repository), if any."""
-    root = Path(__file__).resolve().parents[2] / "models"
-    found = sorted(root.glob("*.safetensors"))
-    if not found:
-        raise RooftraceError(f"no model given and none shipped in {root}; pass --model PATH (train one with rooftrace train)")
-    return found[0]
+    """The model that ships inside the rooftrace package, found with :mod:`importlib.resources` (so an
+    installed wheel finds it wherever it is run from). Its SHA-256 sidecar is checked when it is loaded."""
+    from importlib.resources import as_file, files
+
+    res = files("rooftrace.models") / "shipped" / SHIPPED_MODEL
+    if not res.is_file():
+        raise RooftraceError(f"no model given and the shipped model {SHIPPED_MODEL} is not in this installation of rooftrace "
+                             f"({res}); pass --model PATH (train one with rooftrace train)")
+    with as_file(res) as path:  # a real file for wheels installed as folders (always, with pip)
+        return Path(path)
 
 
 # --- resume state -----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rooftrace import __version__
+from rooftrace.core.version import __version__
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes
 from rooftrace.imagery.draw import render_preview

@@ -136,7 +136,7 @@ def predict_scenes(
     Args:
         scenes: Files, folders and ``.txt`` lists (see :func:`list_scenes`).
         shard: ``"i/n"`` or ``(i, n)``: take scenes ``i, i + n, ...`` of the sorted list.
-        fmt: ``gpkg`` or ``geojson``.
+        fmt: ``gpkg``, ``fgb``, ``parquet`` or ``geojson`` (the output files' suffix).
         kwargs: Passed on to :func:`predict_scene` (tile, overlap, batch_size, bands, ...).
 
     Raises:
@@ -144,8 +144,8 @@ def predict_scenes(
     """
     from rooftrace.imagery.resample import check_gsd
 
-    if fmt not in ("gpkg", "geojson"):
-        raise RooftraceError(f"--format {fmt!r}: choose gpkg or geojson")
+    if fmt not in ("gpkg", "fgb", "parquet", "geojson"):
+        raise RooftraceError(f"--format {fmt!r}: choose gpkg, fgb, parquet or geojson")
     check_gsd(kwargs.get("gsd"))  # before any scene: a bad --gsd stops the run, it does not fail every scene
     i, n = parse_shard(shard)
     every = list_scenes(scenes)

@@ -18,8 +18,9 @@
   exactly once and the scene's GeoPackage equals the single-process one, feature for feature.
 - **One layer.** The per-scene outputs (``OUT/scenes/<scene>.gpkg``) are merged into
   ``OUT/footprints.gpkg``, layer ``footprints``, with the scene's name on every building, in
-  the CRS given (``crs``) or else the first scene's; scenes in other CRSs are reprojected and
-  ``area`` is in the merged CRS's units. Written to a temporary file and renamed.
+  the CRS given (``crs``) or else the first scene's; scenes in other CRSs are reprojected. Each
+  building keeps its ``score`` and ``area_m2`` (ground square metres, the same in every CRS), and
+  the layer's metadata records every scene's provenance. Written to a temporary file and renamed.
 - **Faults.** A scene that fails on bad input is reported and the others finish. A task whose
   worker dies is rerun by Dask on another worker, and any other error is retried once
   (``retries``) before the scene is reported. Per-scene outputs are written atomically, so a
@@ -33,7 +34,7 @@ every worker sees, and every worker needs the scenes and the model file at the s
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import json
 import os
 import shutil
 import time
@@ -45,6 +46,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from rooftrace.core.errors import RooftraceError, is_strict
+from rooftrace.core.hashing import sha256_file
 
 #: Default size above which a scene is split across workers (pixels, width x height): 8,000 x 8,000.
 DEFAULT_SPLIT_ABOVE = 64_000_000
@@ -65,15 +67,6 @@ def _need_dask() -> Any:
     except ImportError:
         raise RooftraceError("Dask is not installed: pip install 'rooftrace[dask]' (or 'dask[distributed]')") from None
     return distributed
-
-
-def sha256_of(path: str | Path) -> str:
-    """SHA-256 of a file (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -105,7 +98,7 @@ def worker_runner(spec: ModelSpec) -> Any:
         return make_runner(spec.fn, device=spec.device, tta=spec.tta, normalization=spec.normalization, precision=spec.precision)
     runner = _RUNNERS.get(spec.key)
     if runner is None:
-        if spec.sha256 is not None and sha256_of(spec.path) != spec.sha256:  # type: ignore[arg-type]
+        if spec.sha256 is not None and sha256_file(spec.path) != spec.sha256:  # type: ignore[arg-type]
             raise RooftraceError(f"{spec.path}: changed since the run started (SHA-256 differs); give every worker the same model")
         runner = make_runner(Path(spec.path), device=spec.device, tta=spec.tta, precision=spec.precision)  # type: ignore[arg-type]
         _RUNNERS[spec.key] = runner
@@ -154,7 +147,8 @@ def _plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str
         check_tiling,
     )
     from rooftrace.scenes.blocks import DEFAULT_BLOCK, DEFAULT_MARGIN, DEFAULT_MAX_GROUP
-    from rooftrace.scenes.predict import _resolve_postprocessing, scene_scale
+    from rooftrace.scenes.predict import scene_scale
+    from rooftrace.scenes.writers import scene_provenance, unit_metres
 
     try:
         tile, overlap = kwargs.get("tile", DEFAULT_TILE), kwargs.get("overlap", DEFAULT_OVERLAP)
@@ -162,7 +156,7 @@ def _plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str
         runner = worker_runner(spec)
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), Scene(scene, bands=kwargs.get("bands"),
                                                               percentiles=kwargs.get("stretch", DEFAULT_STRETCH)) as sc:
-            method, settings = _resolve_postprocessing(runner, kwargs.get("method"), kwargs.get("settings"))
+            method, settings = runner.postprocessing(kwargs.get("method"), kwargs.get("settings"))
             factor, gsd_in, gsd_source, notes = scene_scale(sc, check_gsd(kwargs.get("gsd")), runner.gsd)
             sc.set_scale(factor)
             grid = Grid.make(sc.width, sc.height, tile, overlap)
@@ -181,6 +175,7 @@ def _plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str
                 src_crs=sc.src.crs, transform=sc.transform, src_transform=sc.src.transform, src_width=sc.src.width,
                 src_height=sc.src.height, bands_text=sc.plan.describe(), model=runner.description, gsd_input=gsd_in,
                 gsd_source=gsd_source, gsd_model=runner.gsd, notes=notes, n_windows=grid.n_windows,
+                provenance=scene_provenance(runner, method, settings, scene, crs), unit_metres=unit_metres(crs, gsd_in, sc.src.transform),
             )
     except RooftraceError as exc:
         return "failed", str(exc)
@@ -292,14 +287,16 @@ def _write_task(scene: str, out: str, plan: dict[str, Any], assembled: tuple[str
     import shapely
     from pyproj import CRS
 
+    from rooftrace.inference.provenance import _crs_name
     from rooftrace.scenes.predict import SceneResult
-    from rooftrace.scenes.writers import FeatureWriter, _crs_name, scene_area_km2
+    from rooftrace.scenes.writers import FeatureWriter, scene_area_km2
 
     failed = [v for s, v in [assembled, *blocks] if s == "failed"]
     if failed:
         return "failed", failed[0]
     crs = CRS.from_wkt(plan["crs_wkt"]) if plan["crs_wkt"] else None
-    writer = FeatureWriter(out, crs, plan["transform"], force=True)
+    writer = FeatureWriter(out, crs, plan["transform"], force=True, provenance=plan.get("provenance"),
+                           metres_per_unit=plan.get("unit_metres"))
     truncated = 0
     try:
         for _, parts in blocks:
@@ -386,7 +383,7 @@ def _model_spec(model: Any, device: str, tta: bool, precision: str, normalizatio
         path = Path(model).resolve()
         if not path.is_file():
             raise RooftraceError(f"{model}: no such model file")
-        return ModelSpec(str(path), sha256_of(path), device, tta, precision)
+        return ModelSpec(str(path), sha256_file(path), device, tta, precision)
     if isinstance(model, ModelRunner) or hasattr(model, "model") and hasattr(model, "channels"):
         raise RooftraceError("predict_scenes_dask: give the model as a file (each worker loads it once) or a callable")
     if not callable(model):
@@ -609,21 +606,57 @@ def _parse_crs(crs: str | None) -> Any:
         raise RooftraceError(f"--crs {crs!r}: not a CRS pyproj knows (try EPSG:4326 or EPSG:3857)") from None
 
 
+def merged_provenance(items: Sequence[tuple[str, dict[str, Any] | None]], crs: Any) -> dict[str, Any]:
+    """The merged layer's provenance: each scene's own (``scenes``, by name), with what they all share
+    (model, post-processing) also at the top; ``crs`` is the merged layer's."""
+    from rooftrace.core.version import __version__
+    from rooftrace.inference.provenance import FIELDS, _crs_name
+
+    scenes = {stem: prov for stem, prov in items}
+    known = [p for p in scenes.values() if p]
+    prov: dict[str, Any] = {"software": f"rooftrace {__version__}", "rooftrace_version": __version__}
+    shared = []
+    for key in ("model", "postprocessing"):
+        values = {json.dumps(p.get(key), sort_keys=True) for p in known}
+        if len(values) == 1 and len(known) == len(scenes):
+            prov[key] = json.loads(values.pop())
+            shared.append(key)
+        else:
+            prov[key] = "differs by scene (see scenes)" if known else None
+    prov["source"] = {"scenes": len(scenes)}
+    prov["crs"] = _crs_name(crs) if crs is not None else None
+    prov["fields"] = {"scene": "the scene (file stem) the building was predicted in", **FIELDS}
+    # per scene: what is not shared (its raster and CRS, at least), or None for a file written without provenance
+    prov["scenes"] = {stem: {k: v for k, v in p.items() if k not in (*shared, "software", "rooftrace_version", "fields")} if p else None
+                      for stem, p in scenes.items()}
+    return prov
+
+
 def merge_scenes(items: Sequence[tuple[str, Path]], out: Path, crs: Any = None,
                  failed: list[tuple[Path, str]] | None = None) -> tuple[Path, int, str | None]:
     """Per-scene GeoPackages into one layer ``footprints`` with a ``scene`` field, written atomically.
 
-    ``crs`` (a pyproj CRS) defaults to the first scene's; other scenes are reprojected to it and
-    ``area`` is recomputed in its units. A scene without a CRS cannot join a layer with one: it is
-    appended to ``failed``. Returns ``(path, buildings, CRS name)``.
+    ``crs`` (a pyproj CRS) defaults to the first scene's; other scenes are reprojected to it.
+    Each building keeps its ``score`` and ``area_m2`` (ground square metres, the same in any CRS;
+    measured here, in the scene's own CRS, for a scene file written before rooftrace wrote it).
+    The layer's metadata holds :func:`merged_provenance` (item ``rooftrace``), from each scene's
+    own. A scene without a CRS cannot join a layer with one: it is appended to ``failed``.
+    Returns ``(path, buildings, CRS name)``.
     """
     import pyogrio
     import pyogrio.raw
     import shapely
     from pyproj import CRS, Transformer
 
-    from rooftrace.scenes.writers import _crs_name
+    from rooftrace.geometry.areas import area_m2
+    from rooftrace.inference.provenance import (
+        _crs_name,
+        provenance_metadata,
+        read_provenance,
+    )
 
+    if out.suffix.lower() != ".gpkg":
+        raise RooftraceError(f"{out}: the merged layer is a GeoPackage; name it .gpkg")
     failed = failed if failed is not None else []
     infos = [(stem, path, pyogrio.read_info(path)) for stem, path in items]
     if crs is None and infos:
@@ -632,32 +665,46 @@ def merge_scenes(items: Sequence[tuple[str, Path]], out: Path, crs: Any = None,
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
     for q in out.parent.glob(tmp.name + "*"):
         q.unlink(missing_ok=True)
+    names_out = ["scene", "score", "area_m2"]
+    joined: list[tuple[str, dict[str, Any] | None]] = []
     count, started = 0, False
+    wkt = crs.to_wkt() if crs is not None else None
+
+    def write(geoms: np.ndarray, fields: list[np.ndarray]) -> None:
+        nonlocal started
+        meta = {} if started else {"layer_metadata": provenance_metadata(merged_provenance(joined, crs))}
+        pyogrio.raw.write(tmp, shapely.to_wkb(geoms) if len(geoms) else np.empty(0, dtype=object), fields, names_out,
+                          layer=MERGED_LAYER, driver="GPKG", geometry_type="Polygon", crs=wkt, append=started, **meta)
+        started = True
+
     try:
+        accepted = []
         for stem, path, info in infos:
             src_crs = CRS.from_user_input(info["crs"]) if info.get("crs") else None
             if (src_crs is None) != (crs is None):
                 failed.append((path, f"has no CRS, so it cannot join the merged layer in {_crs_name(crs)}" if src_crs is None
                                else "the merged layer has no CRS (the first scene had none); give --crs"))
                 continue
-            _, _, wkb, fields = pyogrio.raw.read(path)
+            accepted.append((stem, path, src_crs))
+            try:
+                joined.append((stem, read_provenance(path)))
+            except Exception:  # noqa: BLE001 - a scene file without (readable) provenance still joins
+                joined.append((stem, None))
+        for stem, path, src_crs in accepted:
+            meta, _, wkb, fields = pyogrio.raw.read(path)
+            by_name = dict(zip(list(meta["fields"]), fields))
             geoms = shapely.from_wkb(wkb) if len(wkb) else np.empty(0, dtype=object)
+            area = np.asarray(by_name["area_m2"], dtype=np.float64) if "area_m2" in by_name else area_m2(geoms, src_crs)
             if crs is not None and src_crs is not None and not src_crs.equals(crs):
                 tr = Transformer.from_crs(src_crs, crs, always_xy=True)
-                geoms = shapely.transform(geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
-            score = np.asarray(fields[0], dtype=np.float64) if fields else np.zeros(len(geoms))
+                geoms = shapely.transform(geoms, lambda xy, tr=tr: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+            score = np.asarray(by_name["score"], dtype=np.float64) if "score" in by_name else np.zeros(len(geoms))
             if len(geoms) == 0 and started:
                 continue
-            names = np.asarray([stem] * len(geoms), dtype=object)
-            pyogrio.raw.write(tmp, shapely.to_wkb(geoms), [names, score, shapely.area(geoms)], ["scene", "score", "area"],
-                              layer=MERGED_LAYER, driver="GPKG", geometry_type="Polygon",
-                              crs=crs.to_wkt() if crs is not None else None, append=started)
-            started = True
+            write(geoms, [np.asarray([stem] * len(geoms), dtype=object), score, area])
             count += len(geoms)
         if not started:  # every scene was refused: an empty layer still says what the run gave
-            pyogrio.raw.write(tmp, np.empty(0, dtype=object), [np.empty(0, dtype=object), np.empty(0), np.empty(0)],
-                              ["scene", "score", "area"], layer=MERGED_LAYER, driver="GPKG", geometry_type="Polygon",
-                              crs=crs.to_wkt() if crs is not None else None)
+            write(np.empty(0, dtype=object), [np.empty(0, dtype=object), np.empty(0), np.empty(0)])
         os.replace(tmp, out)
     except BaseException:
         for q in out.parent.glob(tmp.name + "*"):

@@ -1,8 +1,10 @@
 """Georeferenced scenes: a large GeoTIFF in, one GIS-ready polygon per building out.
 
 :func:`predict_scene` runs a model over a scene of any size with memory bounded by the tile and
-block sizes, not by the scene, and writes the buildings in the raster's CRS (GeoPackage or
-GeoJSON, one feature per building with its ``area`` in map units and a ``score``). Two phases:
+block sizes, not by the scene, and writes the buildings in the raster's CRS (GeoPackage, FlatGeobuf
+or GeoParquet; GeoJSON in longitude/latitude), one feature per building with its ``area_m2`` (ground
+square metres) and a ``score``, and the run's provenance in the file's metadata
+(:mod:`rooftrace.scenes.writers`). Two phases:
 
 1. **Inference and stitching.** The scene is read window by window (``tile`` x ``tile`` pixels,
    consecutive windows ``overlap`` pixels apart; the last window of a row or column is shifted
@@ -69,9 +71,9 @@ import rasterio
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.raster import DEFAULT_STRETCH, GDAL_CACHE_MB, Scene
 from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
+from rooftrace.inference.provenance import _crs_name
 from rooftrace.inference.runtime import ModelRunner, SceneModel, make_runner
 from rooftrace.instances.postprocess import (
-    DEFAULT_METHOD,
     PostprocessSettings,
 )
 from rooftrace.scenes.blocks import (
@@ -83,10 +85,11 @@ from rooftrace.scenes.blocks import (
 from rooftrace.scenes.stitch import stitch_scene
 from rooftrace.scenes.writers import (
     FeatureWriter,
-    _crs_name,
     check_output,
     check_writable,
     scene_area_km2,
+    scene_provenance,
+    unit_metres,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -206,15 +209,6 @@ class SceneResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def _resolve_postprocessing(runner: ModelRunner, method: str | None, settings: PostprocessSettings | None) -> tuple[str, PostprocessSettings | None]:
-    if runner.model_path is not None and (method is None or settings is None):
-        from rooftrace.inference.tuned import load_tuned
-
-        tuned_method, tuned = load_tuned(runner.model_path)
-        method, settings = method or tuned_method, settings or tuned
-    return method or DEFAULT_METHOD, settings
-
-
 def scene_scale(scene: Scene, gsd: float | None, model_gsd: float | None) -> tuple[float, float | None, str, list[str]]:
     """The factor to read a scene at so that its pixels are the model's, and why.
 
@@ -287,9 +281,12 @@ def predict_scene(
 
     Args:
         scene: The raster (any size; read window by window).
-        out: ``.gpkg`` (GeoPackage, recommended) or ``.geojson`` (with the legacy ``crs`` member
-            that GDAL and QGIS read), one polygon feature per building with ``score`` and
-            ``area`` (map units squared).
+        out: ``.gpkg`` (GeoPackage, recommended), ``.fgb`` (FlatGeobuf), ``.parquet`` (GeoParquet,
+            needs pyarrow), all in the scene's CRS, or ``.geojson`` (RFC 7946: reprojected to
+            longitude/latitude; refused for a scene without a CRS); one polygon feature per
+            building with ``score`` and ``area_m2`` (ground square metres), and the provenance
+            (model file and SHA-256, post-processing, scene, rooftrace version, CRS) in the
+            file's metadata (see :mod:`rooftrace.scenes.writers`).
         model: A rooftrace ``.safetensors`` file, a loaded model, a :class:`ModelRunner`, or a
             callable (see :data:`SceneModel`); default the shipped model.
         gsd: The scene's pixel size in metres (``--gsd``), for a scene without a CRS; it
@@ -338,10 +335,11 @@ def predict_scene(
     _remove_probabilities_temp(prob_path)  # what a killed run of this output left
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), Scene(scene, bands=bands, percentiles=stretch) as sc:
         runner = model if isinstance(model, ModelRunner) else make_runner(model, device=device, tta=tta, normalization=normalization, precision=precision)
-        method, settings = _resolve_postprocessing(runner, method, settings)
+        method, settings = runner.postprocessing(method, settings)
         factor, gsd_in, gsd_source, notes = scene_scale(sc, gsd, runner.gsd)
         sc.set_scale(factor)
-        writer = FeatureWriter(out, sc.crs, sc.transform, force=force)
+        writer = FeatureWriter(out, sc.crs, sc.transform, force=force, provenance=scene_provenance(runner, method, settings, scene, sc.crs),
+                               metres_per_unit=unit_metres(sc.crs, gsd_in, sc.src.transform))
         try:
             stats = stitch_scene(sc, runner, prob_path, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)
             t1 = time.perf_counter()

@@ -1,5 +1,39 @@
-"""Writing a scene's buildings: the output file check, writability check and the streaming
-GeoPackage/GeoJSON feature writer, in the raster's CRS."""
+"""Writing a scene's buildings: the output file check, writability check, provenance and the streaming
+feature writer (GeoPackage, GeoJSON, FlatGeobuf, GeoParquet, chosen by the output's suffix).
+
+Every building carries ``score`` (the model's confidence, 0-1) and ``area_m2`` (its area on the
+ground in square metres, :func:`rooftrace.geometry.areas.area_m2`: geodesic on the CRS's
+ellipsoid, so the same in every CRS). Every file carries its provenance (:func:`make_provenance`:
+the model file and its SHA-256, the post-processing method and settings, the source raster, the
+rooftrace version and the CRS) in the format's own metadata:
+
+========== ============================ ==================================================================
+Format     Coordinates                  Provenance (JSON text)
+========== ============================ ==================================================================
+.gpkg      the scene's CRS              layer metadata ``rooftrace`` (GDAL metadata, ``gpkg_metadata``
+                                        tables) and a one-line ``DESCRIPTION`` (``gpkg_contents``)
+.fgb       the scene's CRS              layer metadata ``rooftrace`` and ``DESCRIPTION`` (the FlatGeobuf
+                                        header's ``metadata`` and ``description``)
+.parquet   the scene's CRS              GeoParquet 1.1 (``geo`` key: WKB, PROJJSON CRS) and a
+                                        ``rooftrace`` key in the Parquet file's key-value metadata
+.geojson   EPSG:4326 lon/lat (RFC 7946) the top-level ``description`` member, which GDAL reads as layer
+                                        metadata ``DESCRIPTION``, and the same as an object in a
+                                        ``rooftrace`` foreign member
+========== ============================ ==================================================================
+
+:func:`read_provenance` reads it back from any of them. A GeoJSON is always written in
+longitude/latitude (reprojected from the scene's CRS; ``area_m2`` is measured before), because
+RFC 7946 says so and most web maps and many GIS read GeoJSON as longitude/latitude whatever a
+``crs`` member says; a scene without a CRS is refused as GeoJSON (its coordinates would be read
+as degrees) and can be written to the other formats, whose CRS is then left unknown.
+
+Streaming: a GeoPackage is appended to in chunks and a GeoJSON is streamed as text; FlatGeobuf
+cannot be appended to, so its features are streamed into a hidden GeoPackage beside the output
+and converted once at the end through GDAL's Arrow stream (record batches, never the whole layer
+in memory); a GeoParquet is written one row group per chunk (pyarrow's ``ParquetWriter``). Every
+format goes to a temporary file beside the output that is renamed over it only when the writer
+is closed.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +41,10 @@ import json
 import math
 import os
 import tempfile
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import shapely
@@ -17,39 +52,52 @@ from affine import Affine
 from pyproj import CRS
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.geometry.areas import area_m2
 from rooftrace.geometry.shapes import pixel_to_map
+from rooftrace.inference.provenance import (
+    FIELDS,
+    PROVENANCE_KEY,
+    _crs_name,
+    _with_crs,
+    geojson_head,
+    make_provenance,
+    provenance_metadata,
+)
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
+#: Output formats by suffix (OGR driver names; ``Parquet`` is written with pyarrow, not GDAL).
+OUTPUT_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".parquet": "Parquet"}
+#: Decimals of longitude/latitude in a GeoJSON at least: 1e-8 degrees is about a millimetre.
+LONLAT_DECIMALS = 8
+_FORMATS_TEXT = ".gpkg (GeoPackage), .fgb (FlatGeobuf), .parquet (GeoParquet) or .geojson (longitude/latitude)"
 
 
-#: Output formats by suffix.
-OUTPUT_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-
-
-def _crs_name(crs: CRS) -> str:
-    auth = crs.to_authority()
-    return f"{auth[0]}:{auth[1]}" if auth else crs.to_wkt()
-
-
-def _decimals(transform: Affine) -> int:
-    """Decimals that keep GeoJSON coordinates to 1/1000 of a pixel."""
-    size = min(abs(transform.a) or 1.0, abs(transform.e) or 1.0)
-    return max(0, int(math.ceil(-math.log10(size / 1000.0))))
+def _decimals(transform: Affine, crs: CRS | None) -> int:
+    """Decimals of longitude/latitude that keep GeoJSON coordinates to 1/1000 of a pixel (at least 8)."""
+    size = min(math.hypot(transform.a, transform.d) or 1.0, math.hypot(transform.b, transform.e) or 1.0)
+    if crs is not None and not crs.is_geographic:
+        unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        size = size * unit / 111_320.0  # metres to degrees (of latitude; a degree of longitude is no longer)
+    return min(12, max(LONLAT_DECIMALS, math.ceil(-math.log10(size / 1000.0))))
 
 
 def check_output(path: str | Path, force: bool = False) -> str:
-    """The OGR driver for an output file, after checking its suffix and that it may be written.
+    """The driver for an output file (:data:`OUTPUT_DRIVERS`), after checking its suffix, that it may be
+    written, and (GeoParquet) that pyarrow is installed.
 
     Raises:
-        RooftraceError: Unknown suffix, or ``path`` exists and not ``force``.
+        RooftraceError: Unknown suffix, ``path`` exists and not ``force``, or no pyarrow for ``.parquet``.
     """
     path = Path(path)
     driver = OUTPUT_DRIVERS.get(path.suffix.lower())
     if driver is None:
-        raise RooftraceError(f"{path}: unknown output format {path.suffix!r}; use .gpkg (GeoPackage) or .geojson")
+        raise RooftraceError(f"{path}: unknown output format {path.suffix!r}; use {_FORMATS_TEXT}")
     if path.exists() and not force:
         raise RooftraceError(f"{path}: already exists; pass --force to overwrite it")
+    if driver == "Parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise RooftraceError(f"{path}: GeoParquet needs pyarrow: pip install 'rooftrace[parquet]' (or pyarrow)") from None
     return driver
 
 
@@ -72,39 +120,106 @@ def check_writable(folder: str | Path, meant: str | Path) -> None:
         raise RooftraceError(f"{meant}: cannot write it ({exc.strerror or exc}); nothing was predicted") from None
 
 
+# ---------------------------------------------------------------------------------------------
+# Provenance
+
+
+def scene_provenance(runner: Any, method: str | None, settings: Any, scene: str | Path, crs: CRS | None) -> dict[str, Any]:
+    """:func:`make_provenance` for a scene predicted by ``runner`` (a :class:`rooftrace.inference.runtime.ModelRunner`)."""
+    return make_provenance(source=scene, crs=crs, model_path=getattr(runner, "model_path", None),
+                           model_description=getattr(runner, "description", None), method=method, settings=settings)
+
+
+def unit_metres(crs: CRS | None, gsd: float | None, transform: Affine) -> float | None:
+    """For a scene without a CRS whose pixel size ``gsd`` (metres) is known: the size of one of its map
+    units (``transform``'s, the raster's own pixels when it has none) in metres, for ``area_m2``;
+    ``None`` otherwise (a CRS says it, or nothing does)."""
+    if crs is not None or not gsd:
+        return None
+    size = math.sqrt(abs(transform.determinant)) or 1.0
+    return float(gsd) / size
+
+
+# ---------------------------------------------------------------------------------------------
+# GeoJSON text and GeoParquet metadata
+
+
+def geoparquet_metadata(crs: CRS | None, geometry_types: list[str]) -> dict[str, Any]:
+    """GeoParquet 1.1 ``geo`` metadata of a WKB ``geometry`` column (``crs: null``: unknown, not CRS84)."""
+    return {"version": "1.1.0", "primary_column": "geometry",
+            "columns": {"geometry": {"encoding": "WKB", "geometry_types": geometry_types,
+                                     "crs": crs.to_json_dict() if crs is not None else None}}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming writer
+
+
+@contextmanager
+def _unknown_crs_allowed() -> Iterator[None]:
+    """pyogrio warns when no CRS is given; a scene without one is written with an unknown CRS on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
+        yield
+
+
 class FeatureWriter:
-    """Buildings into a GeoPackage (appended as they come) or a GeoJSON (streamed), atomically.
+    """Buildings into a GeoPackage, FlatGeobuf, GeoParquet or GeoJSON (by the suffix), streamed, atomically.
 
     Features go to a temporary file beside ``path`` that is renamed over it only when
     :meth:`close` is called, so a reader never sees half a file and a killed job leaves none.
-    Each feature carries ``score`` and ``area`` (in the CRS's units squared).
+    Each feature carries ``score`` and ``area_m2``; the file carries ``provenance`` (see the
+    module docstring for where each format keeps it). Memory holds at most ``chunk`` features.
+
+    Args:
+        crs, transform: The scene's CRS (``None``: none) and its pixel-to-map transform; the
+            features are written in ``crs``, except GeoJSON (EPSG:4326).
+        provenance: :func:`make_provenance`'s dict (its ``crs`` is set to the output's here).
+        metres_per_unit: For a scene without a CRS: the size of a map unit in metres, for
+            ``area_m2`` (else it is left empty).
 
     Raises:
-        RooftraceError: Unknown suffix, or ``path`` exists and not ``force``.
+        RooftraceError: Unknown suffix, ``path`` exists and not ``force``, or a GeoJSON of a
+            scene without a CRS.
     """
 
-    def __init__(self, path: str | Path, crs: CRS | None, transform: Affine, force: bool = False, chunk: int = 5000):
+    def __init__(self, path: str | Path, crs: CRS | None, transform: Affine, force: bool = False, chunk: int = 5000,
+                 provenance: dict[str, Any] | None = None, metres_per_unit: float | None = None):
         self.path = Path(path)
         driver = check_output(self.path, force)
+        if driver == "GeoJSON" and crs is None:
+            raise RooftraceError(f"{self.path}: the scene has no CRS, and GeoJSON is longitude/latitude (RFC 7946), so a GIS "
+                                 "would read its pixel coordinates as degrees; write .gpkg or .fgb (CRS left unknown) instead, "
+                                 "or give the scene a CRS")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RooftraceError(f"{self.path}: cannot create its folder ({exc.strerror})") from None
         self.driver, self.crs, self.transform, self.chunk = driver, crs, transform, chunk
+        self.metres_per_unit = metres_per_unit
+        self.out_crs = CRS.from_epsg(4326) if driver == "GeoJSON" else crs
+        self.provenance = _with_crs(provenance, self.out_crs)
+        if crs is not None and not crs.equals(self.out_crs):
+            self.provenance["reprojected_from"] = _crs_name(crs)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.path.suffix}")
+        # FlatGeobuf cannot be appended to: its features are staged in a GeoPackage (removed by abort's glob too).
+        self.stage = self.tmp.with_name(self.tmp.name + ".gpkg") if driver == "FlatGeobuf" else self.tmp
         self.count = 0
-        self._buffer: list[tuple[np.ndarray, np.ndarray]] = []
+        self._buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._buffered = 0
         self._started = False
         self._json = None
+        self._parquet: Any = None
+        self._to_lonlat: Any = None
         if driver == "GeoJSON":
+            from pyproj import Transformer
+
             with self._writing():
                 self._json = open(self.tmp, "w", encoding="utf-8")
-            head: dict[str, Any] = {"type": "FeatureCollection", "name": self.path.stem}
-            if crs is not None:
-                head["crs"] = {"type": "name", "properties": {"name": _crs_name(crs)}}
-            self._json.write(json.dumps(head)[:-1] + ', "features": [\n')
-            self._decimals = _decimals(transform)
+                self._json.write(geojson_head(self.path.stem, self.provenance))
+            self._decimals = _decimals(transform, crs)
+            if not crs.equals(self.out_crs):  # type: ignore[union-attr]
+                self._to_lonlat = Transformer.from_crs(crs, self.out_crs, always_xy=True)
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -122,38 +237,81 @@ class FeatureWriter:
         if len(pixel_geoms) == 0:
             return
         geoms = pixel_to_map(np.asarray(pixel_geoms, dtype=object), self.transform)
+        scores = np.asarray(scores, dtype=np.float64)
+        areas = area_m2(geoms, self.crs, self.metres_per_unit)
         with self._writing():
             if self._json is not None:
-                self._write_json(geoms, np.asarray(scores, dtype=np.float64))
+                self._write_json(geoms, scores, areas)
             else:
-                self._buffer.append((geoms, np.asarray(scores, dtype=np.float64)))
+                self._buffer.append((geoms, scores, areas))
                 self._buffered += len(geoms)
                 if self._buffered >= self.chunk:
                     self._flush()
         self.count += len(geoms)
 
-    def _write_json(self, geoms: np.ndarray, scores: np.ndarray) -> None:
-        areas = shapely.area(geoms)
-        rounded = shapely.set_precision(geoms, 10.0 ** -self._decimals)
-        texts = shapely.to_geojson(rounded)
-        lines = [f'{{"type": "Feature", "properties": {{"score": {s:.4f}, "area": {a:.3f}}}, "geometry": {t}}}'
+    def _write_json(self, geoms: np.ndarray, scores: np.ndarray, areas: np.ndarray) -> None:
+        if self._to_lonlat is not None:
+            tr = self._to_lonlat
+            geoms = shapely.transform(geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        d = self._decimals
+        geoms = shapely.orient_polygons(shapely.transform(geoms, lambda xy: np.round(xy, d)), exterior_cw=False)
+        texts = shapely.to_geojson(geoms)
+        lines = [f'{{"type": "Feature", "properties": {{"score": {s:.4f}, "area_m2": {a:.3f}}}, "geometry": {t}}}'
                  for s, a, t in zip(scores, areas, texts)]
         assert self._json is not None
         self._json.write((",\n" if self.count else "") + ",\n".join(lines))
 
-    def _flush(self, final: bool = False) -> None:
-        import pyogrio.raw
-
-        if not self._buffer and (self._started or not final):
-            return
-        geoms = np.concatenate([g for g, _ in self._buffer]) if self._buffer else np.empty(0, dtype=object)
-        scores = np.concatenate([s for _, s in self._buffer]) if self._buffer else np.empty(0)
-        pyogrio.raw.write(self.tmp, shapely.to_wkb(geoms), [scores, shapely.area(geoms)], ["score", "area"],
-                          layer=self.path.stem, driver="GPKG", geometry_type="Polygon",
-                          crs=self.crs.to_wkt() if self.crs is not None else None, append=self._started)
-        self._started = True
+    def _take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self._buffer:
+            return np.empty(0, dtype=object), np.empty(0), np.empty(0)
+        out = tuple(np.concatenate([b[k] for b in self._buffer]) for k in range(3))
         self._buffer.clear()
         self._buffered = 0
+        return out  # type: ignore[return-value]
+
+    def _flush(self, final: bool = False) -> None:
+        if not self._buffer and (self._started or not final):
+            return
+        geoms, scores, areas = self._take()
+        if self.driver == "Parquet":
+            self._write_parquet(geoms, scores, areas)
+            return
+        import pyogrio.raw
+
+        meta = {} if self._started else {"layer_metadata": provenance_metadata(self.provenance)}
+        with _unknown_crs_allowed():
+            pyogrio.raw.write(self.stage, shapely.to_wkb(geoms), [scores, areas], list(FIELDS), layer=self.path.stem,
+                              driver="GPKG", geometry_type="Polygon", crs=self.crs.to_wkt() if self.crs is not None else None,
+                              append=self._started, **meta)
+        self._started = True
+
+    def _write_parquet(self, geoms: np.ndarray, scores: np.ndarray, areas: np.ndarray) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._parquet is None:
+            meta = {b"geo": json.dumps(geoparquet_metadata(self.crs, ["Polygon"])).encode(),
+                    PROVENANCE_KEY.encode(): json.dumps(self.provenance, sort_keys=True).encode()}
+            schema = pa.schema([("geometry", pa.binary()), ("score", pa.float64()), ("area_m2", pa.float64())], metadata=meta)
+            self._parquet = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        table = pa.table({"geometry": pa.array(list(shapely.to_wkb(geoms)) if len(geoms) else [], type=pa.binary()),
+                          "score": pa.array(scores, type=pa.float64()),
+                          "area_m2": pa.array(areas, type=pa.float64(), from_pandas=True)},  # NaN (unknown) as null
+                         schema=self._parquet.schema)
+        self._parquet.write_table(table)
+        self._started = True
+
+    def _convert_flatgeobuf(self) -> None:
+        """The staged GeoPackage into the FlatGeobuf, record batch by record batch (GDAL's Arrow stream)."""
+        import pyogrio.raw
+
+        with pyogrio.raw.open_arrow(self.stage, batch_size=self.chunk, use_pyarrow=False) as (meta, stream), _unknown_crs_allowed():
+            pyogrio.raw.write_arrow(stream, self.tmp, driver="FlatGeobuf", layer=self.path.stem,
+                                    geometry_name=meta["geometry_name"] or "geometry", geometry_type="Polygon",
+                                    crs=self.crs.to_wkt() if self.crs is not None else None,
+                                    layer_metadata=provenance_metadata(self.provenance))
+        for p in self.stage.parent.glob(self.stage.name + "*"):
+            p.unlink(missing_ok=True)
 
     def close(self) -> Path:
         """Finish the file and move it into place; returns its path."""
@@ -164,6 +322,11 @@ class FeatureWriter:
                 self._json = None
             else:
                 self._flush(final=True)
+                if self._parquet is not None:
+                    self._parquet.close()
+                    self._parquet = None
+                if self.driver == "FlatGeobuf":
+                    self._convert_flatgeobuf()
             os.replace(self.tmp, self.path)
         return self.path
 
@@ -172,7 +335,11 @@ class FeatureWriter:
         if self._json is not None:
             self._json.close()
             self._json = None
-        for p in self.tmp.parent.glob(self.tmp.name + "*"):  # GeoPackage journals too
+        if self._parquet is not None:
+            with suppress(Exception):  # the file is removed below whatever state it is in
+                self._parquet.close()
+            self._parquet = None
+        for p in self.tmp.parent.glob(self.tmp.name + "*"):  # GeoPackage journals and FlatGeobuf staging too
             p.unlink(missing_ok=True)
 
 

@@ -1,0 +1,212 @@
+"""The Python API: load a model, give it an image, get buildings.
+
+    import rooftrace
+
+    model = rooftrace.load_model()                  # the shipped model; or load_model("m.safetensors" / "m.onnx")
+    buildings = model.predict("tile.png")            # polygons in pixel coordinates, with scores
+    gdf = model.predict("scene_chip.tif")            # georeferenced input: a GeoDataFrame in the raster's CRS
+    many = model.predict_batch(["a.png", "b.png"])   # one result per image
+    model.predict_scene("city.tif", "city.gpkg")     # a raster of any size, window by window, to a GIS file
+
+Everything goes through the same code as the command line (:mod:`rooftrace.inference.runtime` for the
+network, :mod:`rooftrace.instances.postprocess` with the model's tuned settings), so ``model.predict(path)``
+gives the same buildings as ``rooftrace predict`` gives for that tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Union
+
+import numpy as np
+
+from rooftrace.core.errors import RooftraceError
+from rooftrace.imagery.georef import Georef, locate_image
+from rooftrace.imagery.read import read_rgb, stretch_to_uint8
+from rooftrace.imagery.resample import check_gsd, footprints_to_grid, resample_factor, resample_rgb
+from rooftrace.inference.runtime import ModelRuntime, load_runtime, make_runner
+from rooftrace.instances.postprocess import PostprocessSettings, postprocess
+
+if TYPE_CHECKING:  # pragma: no cover
+    import geopandas
+    import rasterio
+    from shapely.geometry import Polygon
+
+    from rooftrace.scenes.predict import SceneResult
+
+#: What :meth:`Model.predict` takes: an ``(H, W, 3)`` uint8 array, an image file, or an open rasterio dataset.
+ImageInput = Union[np.ndarray, str, Path, "rasterio.DatasetReader"]
+
+
+@dataclass
+class Footprints:
+    """The buildings found in one image, in pixel coordinates: ``(column, row)`` with ``(0, 0)`` at the
+    top-left corner of the top-left pixel (DESIGN.md). Iterates over ``(polygon, score)`` pairs."""
+
+    polygons: list[Polygon]
+    scores: list[float]
+    width: int
+    height: int
+    #: The instance-id raster (0 = background), when post-processing made one.
+    instances: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.polygons)
+
+    def __iter__(self) -> Iterator[tuple[Polygon, float]]:
+        return iter(zip(self.polygons, self.scores))
+
+    def to_geodataframe(self, georef: Georef | None = None) -> geopandas.GeoDataFrame:
+        """A GeoDataFrame with ``score`` per building: in pixel coordinates (no CRS), or in ``georef``'s
+        CRS when given."""
+        import geopandas
+
+        from rooftrace.imagery.georef import pixels_to_map
+
+        geoms = list(self.polygons)
+        crs = None
+        if georef is not None:
+            coeffs = np.tile(np.asarray(tuple(georef.transform)[:6], dtype=np.float64), (len(geoms), 1))
+            geoms = list(pixels_to_map(np.asarray(geoms, dtype=object), coeffs)) if geoms else []
+            crs = georef.crs
+        return geopandas.GeoDataFrame({"score": np.asarray(self.scores, dtype=float)}, geometry=geoms, crs=crs)
+
+
+@dataclass
+class Model:
+    """A building-footprint model ready to use; made by :func:`load_model`.
+
+    Attributes:
+        runtime: The loaded network and how it runs (device, TTA, precision, tuned post-processing).
+    """
+
+    runtime: ModelRuntime
+
+    @property
+    def path(self) -> Path:
+        """The model file."""
+        return self.runtime.path
+
+    @property
+    def gsd(self) -> float | None:
+        """The pixel size in metres the model was trained at; images are resampled to it (``None``: as they are)."""
+        return self.runtime.gsd
+
+    @property
+    def postprocessing(self) -> tuple[str, PostprocessSettings | None]:
+        """``(method, settings)`` this model's predictions are post-processed with (tuned, else defaults)."""
+        return self.runtime.postprocessing()
+
+    def __repr__(self) -> str:
+        return f"rooftrace.Model({self.runtime.description}, gsd={self.gsd})"
+
+    def predict(self, image: ImageInput, *, gsd: float | None = None, method: str | None = None,
+                settings: PostprocessSettings | None = None) -> Footprints | geopandas.GeoDataFrame:
+        """Find the buildings in one image.
+
+        Args:
+            image: An ``(H, W, 3)`` uint8 RGB array (``(H, W)`` grey is repeated to three bands), an image
+                file (GeoTIFF, PNG, JPEG; located by its own georeference or its web-map tile name), or
+                an open rasterio dataset.
+            gsd: The image's pixel size in metres, when it cannot be read from the image (arrays, plain
+                PNGs). The image is resampled to the model's pixel size and the buildings brought back.
+            method, settings: Post-processing other than the model's tuned one.
+
+        Returns:
+            :class:`Footprints` in pixel coordinates, or, when the image is georeferenced, a
+            GeoDataFrame in its CRS with a ``score`` per building.
+        """
+        rgb, georef = _read_input(image)
+        return self._predict_rgb(rgb, georef, gsd=gsd, method=method, settings=settings)
+
+    def predict_batch(self, images: Iterable[ImageInput], *, gsd: float | None = None, method: str | None = None,
+                      settings: PostprocessSettings | None = None) -> list[Footprints | geopandas.GeoDataFrame]:
+        """:meth:`predict` for many images, in order (a file that cannot be read raises its error)."""
+        return [self.predict(image, gsd=gsd, method=method, settings=settings) for image in images]
+
+    def predict_scene(self, raster: str | Path, out: str | Path, **options: Any) -> SceneResult:
+        """Buildings of a georeferenced raster of any size, window by window with memory bounded by the
+        window and block sizes, written to ``out`` (``.gpkg``, ``.geojson``, ...) in the raster's CRS.
+        ``options`` are those of :func:`rooftrace.scenes.predict.predict_scene` (``bands``, ``tile``,
+        ``overlap``, ``force``, ...)."""
+        from rooftrace.scenes.predict import predict_scene
+
+        return predict_scene(raster, out, model=make_runner(self.runtime), **options)
+
+    def _predict_rgb(self, rgb: np.ndarray, georef: Georef | None, *, gsd: float | None, method: str | None,
+                     settings: PostprocessSettings | None) -> Footprints | geopandas.GeoDataFrame:
+        gsd = check_gsd(gsd)
+        H, W = rgb.shape[:2]
+        own = None
+        if georef is not None:
+            try:
+                own = float(georef.gsd())
+            except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot bring to WGS84
+                own = None
+        factor = resample_factor(gsd if gsd is not None else own, self.gsd)
+        seen = resample_rgb(rgb, factor)
+        probs = self.runtime.image_probabilities(seen)
+        method, settings = self.runtime.postprocessing(method, settings)
+        found = postprocess(probs, method=method, settings=settings)
+        polygons, scores = footprints_to_grid(list(found.footprints), list(found.scores), seen.shape[:2], (H, W))
+        result = Footprints(polygons, [float(s) for s in scores], W, H,
+                            found.instances if seen.shape[:2] == (H, W) else None)
+        return result.to_geodataframe(georef) if georef is not None else result
+
+
+def load_model(path: str | Path | None = None, *, device: str = "auto", tta: bool = False, precision: str = "auto") -> Model:
+    """Load a model for :meth:`Model.predict`.
+
+    Args:
+        path: A ``.safetensors`` or ``.onnx`` model file; ``None`` for the model that ships with rooftrace.
+        device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        tta: Average the predictions of the four flips (slower, usually a little better).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+    """
+    return Model(load_runtime(path, device=device, tta=tta, precision=precision))
+
+
+def _read_input(image: ImageInput) -> tuple[np.ndarray, Georef | None]:
+    """An RGB uint8 array and, when the input says where it lies, its georeference."""
+    if isinstance(image, np.ndarray):
+        return _as_rgb(image, "the array"), None
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        rgb = read_rgb(path)
+        try:
+            georef = locate_image(path, rgb.shape[1], rgb.shape[0])
+        except RooftraceError:
+            georef = None
+        return rgb, georef
+    if hasattr(image, "read") and hasattr(image, "transform") and hasattr(image, "count"):
+        return _read_dataset(image)
+    raise RooftraceError(f"{type(image).__name__}: expected an (H, W, 3) uint8 array, an image file or an open rasterio dataset")
+
+
+def _as_rgb(a: np.ndarray, what: str) -> np.ndarray:
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise RooftraceError(f"{what}: shape {a.shape}; expected (H, W, 3) RGB or (H, W) grey")
+    if a.dtype != np.uint8:
+        raise RooftraceError(f"{what}: dtype {a.dtype}; expected uint8 (0-255). Stretch other data first, e.g. "
+                             "rooftrace.imagery.read.stretch_to_uint8(array)")
+    if min(a.shape[:2]) < 1:
+        raise RooftraceError(f"{what}: empty image {a.shape}")
+    return np.ascontiguousarray(a[:, :, :3])
+
+
+def _read_dataset(ds: rasterio.DatasetReader) -> tuple[np.ndarray, Georef | None]:
+    """An open rasterio dataset: its first three bands (one band repeated), stretched to uint8 if they
+    are not, and its georeference when it has a CRS and a transform."""
+    name = getattr(ds, "name", "the dataset")
+    bands = [1, 2, 3] if ds.count >= 3 else [1]
+    data = ds.read(bands)
+    if data.dtype != np.uint8:
+        data = np.stack([stretch_to_uint8(b) for b in data])
+    rgb = _as_rgb(np.moveaxis(data, 0, -1) if len(bands) == 3 else data[0], str(name))
+    georef = None
+    if ds.crs is not None and not ds.transform.is_identity:
+        georef = Georef(ds.crs, ds.transform, ds.width, ds.height, "geotiff")
+    return rgb, georef

@@ -1,0 +1,255 @@
+"""Subcommands about labels and imagery: prepare, evaluate, convert, report, prepare-scenes, prepare-chips."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rooftrace.cli.options import add_band_options, parse_stretch
+from rooftrace.core.errors import RooftraceError
+
+
+def add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="validate a split and write training targets (footprint/boundary/contact PNGs) and previews",
+        description="Read SPLIT_DIR/<split>.json (COCO, BEGC2024 layout), report what was repaired or dropped, "
+        "and write OUT/targets, OUT/instances, OUT/masks, OUT/previews and OUT/summary.json.",
+    )
+    p.add_argument("split_dir", type=Path, help="split folder holding image/ and <split>.json")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--boundary-width", type=int, default=None, help="boundary band width in pixels")
+    p.add_argument("--contact-width", type=int, default=None, help="contact reach in pixels")
+    p.add_argument("--previews", type=int, default=8, help="number of preview overlays to draw (default 8)")
+    p.add_argument("--force", action="store_true", help="overwrite earlier outputs in --out")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from rooftrace.prepare.targets import TargetSettings
+    from rooftrace.prepare.tiles import prepare_split
+
+    settings = TargetSettings()
+    if args.boundary_width is not None:
+        settings = replace(settings, boundary_width=args.boundary_width)
+    if args.contact_width is not None:
+        settings = replace(settings, contact_width=args.contact_width)
+    result = prepare_split(args.split_dir, args.out, settings=settings, n_previews=args.previews, force=args.force)
+    print(result.summary())
+    return 0
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from rooftrace.evaluation.metrics import MATCHING_MODES
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score predictions against ground truth (object-wise F1 as BEGC2024, and pixel metrics)",
+        description="GT and PRED may each be COCO JSON, COCO results, a BEGC2024 CSV, a SpaceNet CSV, "
+        "GeoJSON/GeoPackage or a folder of masks; the format is detected from the content.",
+    )
+    p.add_argument("--gt", type=Path, required=True, help="ground-truth labels")
+    p.add_argument("--pred", type=Path, required=True, help="predicted labels")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU at which a prediction matches (default 0.5)")
+    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one", help="matching mode (default one-to-one)")
+    p.add_argument("--json", type=Path, default=None, help="write the scores as JSON here")
+    p.add_argument("--gt-raster", type=Path, default=None, help="GeoTIFF that map-coordinate GT belongs to")
+    p.add_argument("--pred-raster", type=Path, default=None, help="GeoTIFF that map-coordinate predictions belong to")
+    p.add_argument("--gt-crs", default=None, metavar="CRS",
+                   help="CRS of GeoJSON/GeoPackage GT when the file declares none or a wrong one, e.g. EPSG:32645")
+    p.add_argument("--pred-crs", default=None, metavar="CRS",
+                   help="CRS of GeoJSON/GeoPackage predictions when the file declares none or a wrong one")
+    p.add_argument("--images", type=Path, default=None, help="image folder, when PRED is a folder of masks")
+    p.add_argument("--no-pixel", action="store_true", help="skip pixel metrics")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from rooftrace.core.files import atomic_write_text
+    from rooftrace.evaluation.metrics import evaluate_labels
+    from rooftrace.labels.formats import align_keys, read_labels
+
+    if not 0.0 < args.iou <= 1.0:
+        raise RooftraceError(f"--iou {args.iou}: must be in (0, 1]")
+    if args.json is not None and args.json.exists() and not args.force:
+        raise RooftraceError(f"{args.json}: already exists; pass --force to overwrite it")
+    gt = read_labels(args.gt, raster=args.gt_raster, crs=args.gt_crs, crs_option="--gt-crs")
+    # Predictions in map coordinates belong to the same scene as the ground truth unless told otherwise.
+    pred = read_labels(args.pred, raster=args.pred_raster or args.gt_raster, images=args.images, check_images=False,
+                       crs=args.pred_crs, crs_option="--pred-crs")
+    print(gt.report.summary())
+    print(pred.report.summary())
+    pred = align_keys(gt, pred)
+    score = evaluate_labels(gt, pred, iou=args.iou, matching=args.matching, pixel=not args.no_pixel)
+    print()
+    print(score.summary())
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps(score.to_json(), indent=2), force=args.force)
+        print(f"\nscores written to {args.json}")
+    return 0
+
+
+WRITERS = ("begc-csv", "spacenet-csv", "coco", "coco-results", "geojson")
+
+
+_SUFFIX_FORMAT = {".csv": "begc-csv", ".geojson": "geojson", ".json": "coco"}
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert labels between formats (COCO, COCO results, BEGC2024 CSV, SpaceNet CSV, GeoJSON, masks)",
+        description="Read SRC in any supported format and write DST in the format given by --to "
+        "(default from DST's suffix: .csv BEGC2024, .geojson GeoJSON, .json COCO).",
+    )
+    p.add_argument("src", type=Path, help="labels to read (format detected from the content)")
+    p.add_argument("dst", type=Path, help="file to write")
+    p.add_argument("--to", choices=WRITERS, default=None, help="output format")
+    p.add_argument("--raster", type=Path, default=None, help="GeoTIFF that map-coordinate SRC belongs to")
+    p.add_argument("--labels-crs", default=None, metavar="CRS",
+                   help="CRS of a GeoJSON/GeoPackage SRC when the file declares none or a wrong one, e.g. EPSG:32645")
+    p.add_argument("--images", type=Path, default=None,
+                   help="image folder: every image in it gets a row in a BEGC2024 CSV; pairs a mask folder with its images")
+    p.add_argument("--force", action="store_true", help="overwrite DST")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from rooftrace.labels import formats
+
+    fmt = args.to or _SUFFIX_FORMAT.get(args.dst.suffix.lower())
+    if fmt is None:
+        raise RooftraceError(f"{args.dst}: cannot tell the output format from the suffix; pass --to")
+    ls = formats.read_labels(args.src, raster=args.raster, images=args.images, crs=args.labels_crs)
+    print(ls.report.summary())
+    if ls.crs is not None and fmt != "geojson":
+        raise RooftraceError(f"{args.src}: labels are in map coordinates; pass --raster to convert them to pixels for {fmt}")
+    if fmt == "begc-csv":
+        keys = formats.keys_of_folder(args.images) if args.images is not None else None
+        formats.write_begc_csv(ls, args.dst, image_keys=keys, force=args.force)
+    elif fmt == "spacenet-csv":
+        formats.write_spacenet_csv(ls, args.dst, force=args.force)
+    elif fmt == "coco":
+        formats.write_coco(ls, args.dst, force=args.force)
+    elif fmt == "coco-results":
+        formats.write_coco_results(ls, args.dst, force=args.force)
+    else:
+        formats.write_geojson(ls, args.dst, force=args.force)
+    print(f"{ls.n_footprints} footprints of {len(ls)} images written to {args.dst} ({fmt})")
+    return 0
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    from rooftrace.evaluation.metrics import MATCHING_MODES
+
+    p = sub.add_parser(
+        "report", help="an HTML report: tiles with TP/FP/missed buildings and scores, or a scene with an offline map",
+        description="Tiles: score PRED against GT and write REPORT/index.html with a picture of every tile (true "
+        "positives, false positives, missed buildings, scores). Scene (--raster): PRED is a predict-scene GeoPackage "
+        "or GeoJSON; REPORT/index.html shows the figures (with --gt, labels in map coordinates, any CRS), a quicklook "
+        "and an interactive map that works offline (click a building for its id, score and area).")
+    p.add_argument("--pred", type=Path, required=True,
+                   help="a rooftrace predict output folder, predictions in any format, or a predict-scene output")
+    p.add_argument("--gt", type=Path, default=None, help="ground truth (COCO gives the tile files too); optional with --raster")
+    p.add_argument("--raster", type=Path, default=None, metavar="SCENE", help="the scene's raster: write a scene report")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: PRED/report, or report beside PRED)")
+    p.add_argument("--images", type=Path, default=None, help="tile folder, when the ground truth does not name the files")
+    p.add_argument("--bands", default=None, metavar="R,G,B", help="scene band mapping (default 1,1,1 for one band)")
+    p.add_argument("--labels-crs", default=None, metavar="CRS", help="CRS of --gt when its file declares none or a wrong one")
+    p.add_argument("--iou", type=float, default=0.5)
+    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one")
+    p.add_argument("--title", default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing report")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from rooftrace.evaluation.report import build_report
+
+    print(build_report(args.pred, args.gt, args.out, images=args.images, raster=args.raster, bands=args.bands,
+                       labels_crs=args.labels_crs, iou=args.iou, matching=args.matching, title=args.title,
+                       force=args.force).summary())
+    return 0
+
+
+def add_prepare_scenes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare-scenes",
+        help="cut georeferenced scenes and their GeoJSON labels into a BEGC-style training split",
+        description="Cuts each SCENE into --tile x --tile GeoTIFF tiles (each with its own georeference) in "
+        "SPLIT_DIR/image/<scene>_<row>_<col>.tif, and writes SPLIT_DIR/<name>.json (COCO, BEGC2024 layout, a source per "
+        "image) with the labels reprojected to the raster's CRS and clipped to each tile. rooftrace prepare and "
+        "rooftrace train take the folder as it is.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="SCENE_AND_LABELS",
+                   help="SCENE LABELS pairs: a raster and its footprints (GeoJSON or GeoPackage, any CRS)")
+    p.add_argument("--out", type=Path, required=True, help="split folder to write (its name names the COCO file)")
+    p.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
+    add_band_options(p)
+    p.add_argument("--labels-crs", default=None, metavar="CRS",
+                   help="CRS of the labels when a file declares none or a wrong one, e.g. EPSG:32645")
+    p.add_argument("--source", default=None, help="COCO source of every tile (default: each scene's file stem)")
+    p.add_argument("--force", action="store_true", help="write into a folder that already holds a split")
+    p.set_defaults(func=_run_prepare_scenes)
+
+
+def _run_prepare_scenes(args: argparse.Namespace) -> int:
+    from rooftrace.prepare.scenes import prepare_scenes
+
+    if len(args.inputs) % 2:
+        raise RooftraceError(f"prepare-scenes takes SCENE LABELS pairs; got {len(args.inputs)} paths")
+    pairs = list(zip(args.inputs[::2], args.inputs[1::2]))
+    result = prepare_scenes(pairs, args.out, tile=args.tile, bands=args.bands, stretch=parse_stretch(args.stretch),
+                            source=args.source, force=args.force, labels_crs=args.labels_crs)
+    print(result.summary())
+    return 0
+
+
+def add_prepare_chips(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare-chips",
+        help="chips (fAIr/OAM web-map tiles or georeferenced rasters) + one OSM GeoJSON -> train/val/test splits",
+        description="Reads every chip under CHIPS_DIR (georeferenced rasters in any CRS, or PNG/JPEG/WebP named "
+        "OAM-<x>-<y>-<z> or laid out <z>/<x>/<y>), reprojects the --labels footprints (GeoJSON or GeoPackage, any CRS) "
+        "into each chip's pixels, optionally resamples chips and labels to --gsd metres a pixel, splits the chips by area "
+        "(whole blocks of neighbouring chips) and writes OUT/train, OUT/val and OUT/test in the BEGC2024 layout "
+        "(image/<chip>.png and <split>.json), which rooftrace prepare, train and evaluate take as they are.",
+    )
+    p.add_argument("chips_dir", type=Path, metavar="CHIPS_DIR", help="folder of chips (searched recursively)")
+    p.add_argument("--labels", type=Path, required=True, help="building footprints: GeoJSON or GeoPackage, any CRS")
+    p.add_argument("--out", type=Path, required=True, help="output folder (gets train/, val/, test/)")
+    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
+                   help="resample every chip and its labels to this pixel size (needed for chips of several zoom levels)")
+    p.add_argument("--val", type=float, default=0.15, help="validation share of the chips, split by area (default 0.15)")
+    p.add_argument("--test", type=float, default=0.15, help="test share of the chips, split by area (default 0.15)")
+    p.add_argument("--block", type=int, default=None, metavar="N",
+                   help="split in blocks of N x N neighbouring chips (a power of two; default: 4, 2 or 1, the largest "
+                   "that gives enough blocks for the shares)")
+    p.add_argument("--block-zoom", type=int, default=None, metavar="Z",
+                   help="tile-named chips: blocks are the web-map tiles of zoom Z holding them")
+    p.add_argument("--aoi", type=Path, default=None,
+                   help="polygon file of the mapped area: chips without buildings inside it are kept as true negatives, "
+                   "those outside left out (default: the labels' convex hull grown by half a chip)")
+    p.add_argument("--empty", choices=("auto", "keep", "skip"), default="auto",
+                   help="chips without buildings: auto (by the mapped area, default), keep all, skip all")
+    p.add_argument("--tms", action="store_true", help="chip names count y from the bottom (TMS) instead of the top (XYZ)")
+    p.add_argument("--labels-crs", default=None, metavar="CRS",
+                   help="CRS of the labels when the file declares none or a wrong one, e.g. EPSG:32645")
+    p.add_argument("--source", default=None, help="COCO source of every image (default: the name of CHIPS_DIR's parent)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the assignment of blocks to splits (default 0)")
+    p.add_argument("--force", action="store_true", help="overwrite splits already in --out")
+    p.set_defaults(func=_run_prepare_chips)
+
+
+def _run_prepare_chips(args: argparse.Namespace) -> int:
+    from rooftrace.prepare.chips import prepare_chips
+
+    result = prepare_chips(args.chips_dir, args.labels, args.out, gsd=args.gsd, val=args.val, test=args.test,
+                           block=args.block, block_zoom=args.block_zoom, aoi=args.aoi, empty=args.empty, tms=args.tms,
+                           labels_crs=args.labels_crs, source=args.source, seed=args.seed, force=args.force)
+    print(result.summary())
+    return 0

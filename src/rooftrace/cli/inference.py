@@ -1,0 +1,176 @@
+"""Subcommands that find buildings: predict (tiles) and predict-scene (large rasters, optionally on Dask)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rooftrace.cli.options import (
+    add_band_options,
+    add_postprocess_options,
+    default_model,
+    parse_settings,
+    parse_stretch,
+)
+from rooftrace.config import check_device
+from rooftrace.core.errors import RooftraceError
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="footprints for a folder of tiles: submission.csv, GeoJSON, COCO results, masks, overlays",
+                       description="Batched inference on every tile of --images (any size), optional flip TTA, "
+                       "post-processing, and the BEGC2024 submission with one row for every tile.")
+    p.add_argument("--images", type=Path, required=True, help="folder of tiles (.tif, .png, .jpg)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--model", type=Path, default=None,
+                   help="model .safetensors, or an .onnx from rooftrace export (default: the shipped model)")
+    p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None,
+                   help="post-processing threads (default: 0 on a CPU of up to 4 cores, else half the cores, at most 8)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long runs; ignored for .onnx)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--workers", type=int, default=2, help="tile-reading processes (default 2)")
+    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
+                   help="the tiles' pixel size in metres, for tiles that do not say (no GeoTIFF georeference, no tile name); "
+                   "overrides what they say. Tiles are resampled to the model's pixel size when it records one")
+    p.add_argument("--tms", action="store_true", help="tile names (OAM-<x>-<y>-<z>, <z>/<x>/<y>) count y from the bottom (TMS), not the top (XYZ)")
+    add_postprocess_options(p, None)
+    p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("--no-masks", action="store_true", help="skip the instance-mask PNGs")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that already holds files")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an unfinished (killed) run in --out: tiles it finished are not predicted again")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from rooftrace.inference.predict import predict_folder
+
+    if args.batch_size < 1:
+        raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.threads is not None and args.threads < 0:
+        raise RooftraceError(f"--threads {args.threads}: must be 0 or more")
+    if args.workers < 0:
+        raise RooftraceError(f"--workers {args.workers}: must be 0 (read tiles in the main process) or more")
+    check_device(args.device)
+    result = predict_folder(args.images, args.out, default_model(args.model), batch_size=args.batch_size, tta=args.tta,
+                            device=args.device, workers=args.workers, method=args.postprocess,
+                            settings=parse_settings(args.pp, args.settings), write_masks=not args.no_masks,
+                            write_overlays=not args.no_overlays, force=args.force, threads=args.threads,
+                            compile=args.compile, precision=args.precision, resume=args.resume, gsd=args.gsd, tms=args.tms)
+    print(result.summary())
+    return 1 if result.n_skipped else 0
+
+
+def add_predict_scene(sub: argparse._SubParsersAction) -> None:
+    from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE
+    from rooftrace.scenes.blocks import DEFAULT_BLOCK, DEFAULT_MARGIN
+
+    p = sub.add_parser(
+        "predict-scene",
+        help="footprints for large georeferenced scenes: GeoTIFF in, GeoPackage, FlatGeobuf, GeoParquet or GeoJSON out",
+        description="Reads each scene window by window (memory bounded by --tile and --block, not by the scene), stitches "
+        "the windows' probabilities, post-processes them in blocks so that every building comes out once, neither cut nor "
+        "duplicated, and writes one polygon per building with its area_m2 (ground square metres) and score: .gpkg, .fgb or .parquet in the scene's CRS, or .geojson in longitude/latitude (EPSG:4326); each file records its provenance (model and SHA-256, post-processing, source raster, version). "
+        "One scene: --out OUT.gpkg, OUT.fgb, OUT.parquet or OUT.geojson. Several scenes (files, folders, .txt lists of paths): --out is a "
+        "folder of <scene>.gpkg, and --shard I/N takes worker I's share of N (one process per GPU or node).",
+    )
+    p.add_argument("scenes", nargs="+", type=Path, metavar="SCENE", help="GeoTIFF (or any GDAL raster), folder of them, or .txt list")
+    p.add_argument("--out", type=Path, required=True, help="OUT.gpkg, OUT.fgb, OUT.parquet or OUT.geojson for one scene; else an output folder")
+    p.add_argument("--model", type=Path, default=None, help="model .safetensors or .onnx (default: the shipped model)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window size in pixels (default {DEFAULT_TILE})")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"overlap of neighbouring windows in pixels (default {DEFAULT_OVERLAP})")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
+    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
+                   help="the scene's pixel size in metres, for a scene without a CRS; overrides its transform's. Scenes are read "
+                   "resampled to the model's pixel size when it records one")
+    add_band_options(p)
+    add_postprocess_options(p, None)
+    p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help=f"post-processing block in pixels (default {DEFAULT_BLOCK})")
+    p.add_argument("--margin", type=int, default=DEFAULT_MARGIN, help=f"pixels read around each block (default {DEFAULT_MARGIN})")
+    p.add_argument("--probabilities", type=Path, default=None, help="also keep the stitched probabilities as a GeoTIFF (one scene)")
+    p.add_argument("--format", choices=("gpkg", "fgb", "parquet", "geojson"), default="gpkg", help="output format when --out is a folder (default gpkg)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="take scenes I, I+N, I+2N, ... of the sorted list (0 <= I < N)")
+    p.add_argument("--force", action="store_true", help="overwrite outputs; in folder mode, redo scenes whose output exists")
+    d = p.add_argument_group("Dask (pip install 'rooftrace[dask]'): one task per scene, big scenes split across workers, "
+                             "OUT/scenes/<scene>.gpkg and one merged layer OUT/footprints.gpkg")
+    d.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster: tcp://host:8786, or a scheduler file")
+    d.add_argument("--dask-workers", type=int, default=None, metavar="N",
+                   help="run on a local Dask cluster of N worker processes (one thread each)")
+    d.add_argument("--crs", default=None, help="CRS of the merged layer (default: the first scene's); other scenes are reprojected")
+    d.add_argument("--split-above", type=int, default=None, metavar="PIXELS",
+                   help="split scenes of more pixels (width x height) across workers (default 64,000,000)")
+    p.set_defaults(func=_run_predict_scene)
+
+
+def _run_predict_scene(args: argparse.Namespace) -> int:
+    from rooftrace.scenes.batch import predict_scenes
+    from rooftrace.scenes.predict import predict_scene
+    from rooftrace.scenes.writers import OUTPUT_DRIVERS
+
+    if args.batch_size < 1:
+        raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
+    check_device(args.device)
+    common = dict(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, bands=args.bands,
+                  stretch=parse_stretch(args.stretch), method=args.postprocess, settings=parse_settings(args.pp, args.settings),
+                  block=args.block, margin=args.margin, device=args.device, tta=args.tta, precision=args.precision, force=args.force,
+                  gsd=args.gsd)
+    if args.out.suffix and args.out.suffix.lower() not in OUTPUT_DRIVERS and not args.out.is_dir():
+        raise RooftraceError(f"--out {args.out}: unknown output format {args.out.suffix!r}; use OUT.gpkg, OUT.fgb, OUT.parquet or OUT.geojson "
+                             "for one scene, or a folder")
+    if args.out.suffix.lower() in OUTPUT_DRIVERS:
+        one = args.scenes[0]
+        if (len(args.scenes) != 1 or one.is_dir() or one.suffix.lower() == ".txt" or args.shard is not None
+                or args.scheduler is not None or args.dask_workers is not None):
+            raise RooftraceError(f"--out {args.out}: a file holds one scene; for several scenes or --shard, give a folder as --out")
+        result = predict_scene(one, args.out, default_model(args.model), probabilities=args.probabilities, **common)
+        print(result.summary())
+        return 0
+    if args.probabilities is not None:
+        raise RooftraceError("--probabilities keeps one scene's probabilities: give one scene and --out OUT.gpkg")
+    if args.scheduler is not None or args.dask_workers is not None:
+        return _run_predict_scene_dask(args, common)
+    if args.crs is not None or args.split_above is not None:
+        raise RooftraceError("--crs and --split-above go with --scheduler or --dask-workers")
+    done = predict_scenes(args.scenes, args.out, default_model(args.model), shard=args.shard, fmt=args.format, **common)
+    for r in done.results:
+        print(r.summary())
+    print(done.summary())
+    if done.failed:
+        print(f"rooftrace predict-scene: {len(done.failed)} scene(s) failed and were skipped (listed above); exit status 1",
+              file=sys.stderr)
+    return 1 if done.failed else 0
+
+
+def _run_predict_scene_dask(args: argparse.Namespace, common: dict) -> int:
+    from rooftrace.scenes.distributed import DEFAULT_SPLIT_ABOVE, predict_scenes_dask
+
+    if args.scheduler is not None and args.dask_workers is not None:
+        raise RooftraceError("--scheduler and --dask-workers: give one (an existing cluster, or a local one of N workers)")
+    if args.shard is not None:
+        raise RooftraceError("--shard splits the scenes without a coordinator; with --scheduler or --dask-workers, Dask does")
+    if args.format != "gpkg":
+        raise RooftraceError("--format geojson: with Dask, per-scene outputs and the merged layer are GeoPackages")
+    if args.dask_workers is not None and args.dask_workers < 1:
+        raise RooftraceError(f"--dask-workers {args.dask_workers}: must be at least 1")
+    split = DEFAULT_SPLIT_ABOVE if args.split_above is None else args.split_above
+    if split < 1:
+        raise RooftraceError(f"--split-above {split}: must be at least 1 pixel")
+    done = predict_scenes_dask(args.scenes, args.out, default_model(args.model), scheduler=args.scheduler,
+                               n_workers=args.dask_workers, crs=args.crs, split_above=split, **common)
+    for r in done.results:
+        print(r.summary())
+    print(done.summary())
+    if done.failed:
+        print(f"rooftrace predict-scene: {len(done.failed)} scene(s) failed and were skipped (listed above); exit status 1",
+              file=sys.stderr)
+    return 1 if done.failed else 0

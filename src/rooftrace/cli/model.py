@@ -1,0 +1,174 @@
+"""Subcommands about models: train, oracle, tune, export, import-weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rooftrace.cli.options import (
+    add_postprocess_options,
+    default_model,
+    parse_settings,
+)
+from rooftrace.config import check_device
+from rooftrace.core.errors import RooftraceError
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config into runs/NAME-TIMESTAMP/ (resumable)",
+        description="Train from --config (see configs/); --set section.key=value overrides any entry; "
+        "--resume RUN_DIR continues a killed run from its last finished epoch. "
+        "Under torchrun --nproc_per_node N it trains with DistributedDataParallel.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="YAML config, e.g. configs/unet-r34.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from rooftrace.config import load_config
+    from rooftrace.training.loop import resume, train
+
+    if args.resume is not None:
+        if args.config is not None:
+            raise RooftraceError("--resume uses the run's own config.yaml; leave out --config (use --set to change entries)")
+        summary = resume(args.resume, args.overrides)
+    else:
+        if args.config is None:
+            raise RooftraceError("pass --config configs/NAME.yaml (or --resume RUN_DIR)")
+        summary = train(load_config(args.config, args.overrides))
+    if summary.get("run_dir") not in (None, "None"):
+        print(f"best object F1 {summary['best_object_f1']:.4f} at epoch {summary['best_epoch']}; run folder {summary['run_dir']}")
+    return 0
+
+
+def add_oracle(sub: argparse._SubParsersAction) -> None:
+    from rooftrace.evaluation.metrics import MATCHING_MODES
+
+    p = sub.add_parser("oracle", help="measure what post-processing alone loses: perfect targets -> polygons -> CSV -> object F1",
+                       description="Make every GT image's targets as if a perfect model had output them, post-process them, "
+                       "write OUT/submission.csv (one row per GT image) and score it against the GT.")
+    p.add_argument("--gt", type=Path, required=True, help="ground truth: a split folder or its COCO JSON")
+    p.add_argument("--out", type=Path, required=True, help="folder for submission.csv")
+    add_postprocess_options(p, "watershed")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="default: 3 for watershed, 1 for seed")
+    p.add_argument("--blur", type=float, default=0.0, help="Gaussian sigma (px) applied to the perfect output")
+    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one")
+    p.add_argument("--json", type=Path, default=None, help="also write scores and settings as JSON")
+    p.add_argument("--force", action="store_true", help="overwrite earlier outputs")
+    p.set_defaults(func=_run_oracle)
+
+
+def _run_oracle(args: argparse.Namespace) -> int:
+    from rooftrace.core.files import atomic_write_text
+    from rooftrace.evaluation.oracle import run_oracle
+    from rooftrace.instances.postprocess import PostprocessSettings
+
+    if args.json is not None and args.json.exists() and not args.force:
+        raise RooftraceError(f"{args.json}: already exists; pass --force to overwrite it")
+    if args.blur < 0:
+        raise RooftraceError(f"--blur {args.blur}: must be >= 0")
+    settings = parse_settings(args.pp, args.settings) or PostprocessSettings()
+    score, path = run_oracle(args.gt, args.out, postprocess=args.postprocess, settings=settings, force=args.force,
+                             channels=args.channels, matching=args.matching, blur=args.blur)
+    print(f"oracle: {args.postprocess} on perfect targets of {args.gt} (blur {args.blur:g} px)")
+    print(score.summary())
+    print(f"\nsubmission written to {path}")
+    if args.json is not None:
+        out = {"postprocess": args.postprocess, "settings": settings.to_dict(), "blur": args.blur,
+               "channels": args.channels, "score": score.to_json()}
+        atomic_write_text(args.json, json.dumps(out, indent=2), force=args.force)
+        print(f"scores written to {args.json}")
+    return 0
+
+
+def add_tune(sub: argparse._SubParsersAction) -> None:
+    from rooftrace.instances.postprocess import POSTPROCESSORS
+
+    p = sub.add_parser("tune", help="search the post-processing thresholds that maximise object F1 on a validation split",
+                       description="Runs the model once over SPLIT, searches the post-processing settings, and saves "
+                       "the best beside the model (<model>.postprocess.json), where predict picks them up.")
+    p.add_argument("--model", type=Path, required=True, help="model .safetensors or .onnx (the tuned settings are saved beside it)")
+    p.add_argument("--split", type=Path, required=True, help="validation split folder (image/ and <split>.json)")
+    p.add_argument("--postprocess", choices=sorted(POSTPROCESSORS), default="watershed")
+    p.add_argument("--tta", action="store_true", help="tune on flip-TTA probabilities")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
+    p.add_argument("--force", action="store_true", help="replace settings already saved beside the model")
+    p.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from rooftrace.inference.tune import tune
+
+    check_device(args.device)
+    print(tune(args.model, args.split, method=args.postprocess, tta=args.tta, device=args.device,
+               precision=args.precision, force=args.force).summary())
+    return 0
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (verified against PyTorch); optionally int8 for the CPU",
+                       description="Write --onnx OUT.onnx from --model M.safetensors: dynamic batch, height and width, opset >= 17, "
+                       "and the normalisation, channels, config and tuned post-processing settings in its metadata, so that "
+                       "`rooftrace predict --model OUT.onnx` needs nothing else. ONNX Runtime and PyTorch are compared on "
+                       "random inputs before anything is written.")
+    p.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the shipped model)")
+    p.add_argument("--onnx", type=Path, required=True, help="ONNX file to write (.onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, at least 17 (default 17)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest allowed |ONNX Runtime - PyTorch| difference of probabilities (default 1e-4)")
+    p.add_argument("--int8", action="store_true", help="experimental: a statically quantised int8 model for the CPU (see README)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="with --int8: folder of tiles to calibrate on (default: the training split in the model's config)")
+    p.add_argument("--calibration-tiles", type=int, default=8, help="with --int8: how many of its tiles (default 8)")
+    p.add_argument("--force", action="store_true", help="overwrite --onnx")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from rooftrace.inference.export import export_onnx
+
+    if args.calibration_tiles < 1:
+        raise RooftraceError(f"--calibration-tiles {args.calibration_tiles}: must be at least 1")
+    if args.calibration is not None and not args.int8:
+        raise RooftraceError("--calibration goes with --int8")
+    result = export_onnx(default_model(args.model), args.onnx, opset=args.opset, int8=args.int8, calibration=args.calibration,
+                         calibration_tiles_n=args.calibration_tiles, tolerance=args.tolerance, force=args.force)
+    print(result.summary())
+    return 0
+
+
+def add_import_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-weights", help="turn another program's checkpoint (.pth state_dict or .safetensors) into a rooftrace model",
+                       description="Reads CHECKPOINT (a .safetensors of bare tensors, or with --trust-pickle a pickle .pth/.pt read "
+                       "with torch.load(weights_only=True)), checks that its weights fit the architecture of --config exactly, and "
+                       "writes --out as a rooftrace model file (safetensors with config and normalisation, SHA-256 beside it).")
+    p.add_argument("checkpoint", type=Path, help="the checkpoint to import")
+    p.add_argument("--config", type=Path, required=True, help="config of its architecture, e.g. configs/unet-r34.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set data.channels=[footprint] for a one-output model")
+    p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read a pickle checkpoint (with torch.load(weights_only=True)); only for files you trust")
+    p.add_argument("--half", action="store_true", help="store the weights as fp16")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.set_defaults(func=_run_import_weights)
+
+
+def _run_import_weights(args: argparse.Namespace) -> int:
+    from rooftrace.config import load_config
+    from rooftrace.models.checkpoints import import_checkpoint
+
+    if args.out.suffix.lower() != ".safetensors":
+        raise RooftraceError(f"--out {args.out}: rooftrace model files end in .safetensors")
+    path = import_checkpoint(args.checkpoint, args.out, load_config(args.config, args.overrides),
+                             trust_pickle=args.trust_pickle, half=args.half, force=args.force)
+    print(f"imported {args.checkpoint} -> {path} (SHA-256 in {path.name}.sha256)")
+    return 0

@@ -1,0 +1,155 @@
+"""The Python API as a notebook user calls it (issue 14): ``rooftrace.load_model()``, ``model.predict`` on an
+array, a file and a rasterio dataset, the batch and scene forms, and ONNX models everywhere ``--model`` is
+taken (``predict-scene`` and ``tune`` included)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from conftest import write_tiny_model
+from rasterio.transform import from_origin
+
+import rooftrace
+from rooftrace.cli import main
+from rooftrace.core.errors import RooftraceError
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return rooftrace.load_model(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiles(sample, tmp_path_factory) -> Path:
+    """Five sample test tiles of different content."""
+    d = tmp_path_factory.mktemp("tiles")
+    for name in sorted(p.name for p in (sample / "test" / "image").iterdir())[:5]:
+        shutil.copy(sample / "test" / "image" / name, d / name)
+    return d
+
+
+def _coco_polygons(path: Path) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for r in json.loads(path.read_text()):
+        rings = [np.asarray(s, float).reshape(-1, 2) for s in r["segmentation"]]
+        out.setdefault(str(r["image_id"]), []).append((shapely.Polygon(rings[0], rings[1:]), r["score"]))
+    return out
+
+
+def test_predict_on_sample_tiles_equals_the_cli(shipped, tiles, tmp_path):
+    """The same buildings and scores as ``rooftrace predict`` (which batches tiles and reads them in
+    worker processes), with the model's tuned post-processing; that a tuned file is used is checked too."""
+    assert shipped.postprocessing[1] is not None, "the shipped model's tuned settings were not found"
+    assert main(["predict", "--images", str(tiles), "--out", str(tmp_path / "cli"), "--device", "cpu", "--no-overlays"]) == 0
+    cli = _coco_polygons(tmp_path / "cli" / "predictions.coco.json")
+    total = 0
+    for path in sorted(tiles.iterdir()):
+        got = shipped.predict(path)
+        assert isinstance(got, rooftrace.Footprints) and (got.width, got.height) == rasterio.open(path).shape[::-1]
+        want = cli.get(str(rooftrace.image_key(path)), [])
+        assert len(got) == len(want), path.name
+        for (poly, score), (ref, ref_score) in zip(got, want):
+            assert poly.symmetric_difference(ref).area <= 1e-6 * max(ref.area, 1.0)
+            assert score == pytest.approx(ref_score, abs=1e-4)
+        total += len(got)
+    assert total > 10
+
+
+def test_array_dataset_and_batch_forms_agree_with_the_file(shipped, tiles):
+    path = sorted(tiles.iterdir())[0]
+    by_file = shipped.predict(path)
+    rgb = np.moveaxis(rasterio.open(path).read([1, 2, 3]), 0, -1)
+    by_array = shipped.predict(rgb)
+    with rasterio.open(path) as ds:
+        by_dataset = shipped.predict(ds)
+    batch = shipped.predict_batch([path, rgb])
+    for other in (by_array, by_dataset, *batch):
+        assert len(other) == len(by_file)
+        assert all(a.equals_exact(b, 1e-9) for a, b in zip(other.polygons, by_file.polygons))
+
+
+def test_a_georeferenced_image_gives_a_geodataframe_in_its_crs(shipped, tiles, tmp_path):
+    """The same tile written as a UTM GeoTIFF: the buildings come back as a GeoDataFrame in EPSG:32616
+    whose geometries are the pixel polygons through the raster's transform."""
+    src = sorted(tiles.iterdir())[0]
+    with rasterio.open(src) as ds:
+        data = ds.read([1, 2, 3])
+    transform = from_origin(620000.0, 3350000.0, 0.3, 0.3)  # 0.3 m, the model's pixel size: no resampling
+    geo = tmp_path / "geo.tif"
+    with rasterio.open(geo, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=3, dtype="uint8",
+                       crs="EPSG:32616", transform=transform) as dst:
+        dst.write(data)
+    gdf = shipped.predict(geo)
+    pixel = shipped.predict(np.moveaxis(data, 0, -1))
+    assert gdf.crs.to_epsg() == 32616 and len(gdf) == len(pixel) > 0
+    assert list(gdf["score"]) == pytest.approx(pixel.scores)
+    a = np.asarray(transform.to_gdal())
+    for g, p in zip(gdf.geometry, pixel.polygons):
+        mapped = shapely.transform(p, lambda xy: np.c_[a[0] + xy[:, 0] * a[1], a[3] + xy[:, 1] * a[5]])
+        assert g.symmetric_difference(mapped).area < 1e-6 * g.area
+    assert gdf.geometry.total_bounds[0] >= 620000.0 and gdf.geometry.total_bounds[3] <= 3350000.0
+
+
+def test_pixel_size_is_taken_into_account_for_arrays(shipped, tiles):
+    """An array said to be at 0.15 m is read at the model's 0.3 m and its buildings come back in the
+    array's own pixels: a 2x enlarged tile gives the buildings of the tile, twice as large."""
+    path = sorted(tiles.iterdir())[1]
+    rgb = np.moveaxis(rasterio.open(path).read([1, 2, 3]), 0, -1)
+    big = np.repeat(np.repeat(rgb, 2, axis=0), 2, axis=1)
+    small, large = shipped.predict(rgb), shipped.predict(big, gsd=0.15)
+    assert (large.width, large.height) == (2 * small.width, 2 * small.height)
+    assert abs(len(large) - len(small)) <= max(2, len(small) // 5)
+    assert sum(p.area for p in large.polygons) == pytest.approx(4 * sum(p.area for p in small.polygons), rel=0.2)
+
+
+def test_bad_inputs_are_clear_errors(shipped, tmp_path):
+    with pytest.raises(RooftraceError, match="dtype float32; expected uint8"):
+        shipped.predict(np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(RooftraceError, match=r"shape \(2, 64, 64, 3\)"):
+        shipped.predict(np.zeros((2, 64, 64, 3), np.uint8))
+    with pytest.raises(RooftraceError, match="missing.png"):
+        shipped.predict(tmp_path / "missing.png")
+    with pytest.raises(RooftraceError, match="expected an"):
+        shipped.predict(42)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory) -> Path:
+    from rooftrace.inference.export import export_onnx
+
+    d = tmp_path_factory.mktemp("onnx")
+    src = write_tiny_model(d / "tiny.safetensors")
+    export_onnx(src, d / "tiny.onnx")
+    return d / "tiny.onnx"
+
+
+def test_onnx_models_work_in_the_api_predict_scene_and_tune(onnx_model, sample, tiles, tmp_path):
+    """``--model x.onnx`` in ``predict-scene`` and ``tune`` (each was PyTorch-only before), and in the API;
+    the ONNX model's probabilities match its PyTorch source."""
+    from rooftrace.inference.runtime import load_runtime
+
+    onnx_rt = load_runtime(onnx_model)
+    torch_rt = load_runtime(onnx_model.with_suffix(".safetensors"), device="cpu", precision="fp32")
+    rgb = np.moveaxis(rasterio.open(sorted(tiles.iterdir())[0]).read([1, 2, 3]), 0, -1)
+    assert onnx_rt.is_onnx and not torch_rt.is_onnx
+    np.testing.assert_allclose(onnx_rt.probabilities(rgb), torch_rt.probabilities(rgb), atol=1e-4)
+    assert isinstance(rooftrace.load_model(onnx_model).predict(rgb), rooftrace.Footprints)
+
+    scene = sample / "scenes" / "inria_austin.tif"
+    out = tmp_path / "austin.gpkg"
+    assert main(["predict-scene", str(scene), "--out", str(out), "--model", str(onnx_model), "--tile", "256"]) == 0
+    assert out.exists()
+
+    tune_model = tmp_path / "tune" / "tiny.onnx"
+    tune_model.parent.mkdir()
+    shutil.copy(onnx_model, tune_model)
+    assert main(["tune", "--model", str(tune_model), "--split", str(sample / "val")]) == 0
+    saved = json.loads((tmp_path / "tune" / "tiny.postprocess.json").read_text())
+    assert "settings" in saved
+    assert load_runtime(tune_model).settings is not None  # predict picks the tuned file up beside the ONNX model
