@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/dask_scenes.py [--scenes 8] [--size 1000] [--model M.safetensors] [--workers 0,1,2]
 
-``--workers 0`` runs the same scenes through the single-process path (``rooftrace.scenes.predict.predict_scenes``),
+``--workers 0`` runs the same scenes through the single-process path (``rooftrace.scenes.batch.predict_scenes``),
 so that the time Dask adds (scheduling, transfer, the merge) is the difference to the 1-worker row.
 
 Copies of the sample's Austin scene (cropped to --size px) go through

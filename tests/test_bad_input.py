@@ -321,7 +321,91 @@ CASES = [
          ("train/image/2.png", "truncated or corrupt", "left out", "skipped")),
     Case("train-corrupt-tile-strict", "the same with --strict",
          lambda t, m: [*_train(*_tiny_run(t)), "--strict"], 2, ("train/image/2.png", "truncated or corrupt", "--strict")),
+    # Third round (issue 16): the model runtime, output formats, pixel sizes, the scene report.
+    Case("onnx-empty", "an empty (0-byte) .onnx model",
+         lambda t, m: _predict(_images(t), t, _file(t / "e.onnx", b"")), 2, ("e.onnx", "empty (0 bytes)")),
+    Case("onnx-truncated", "an exported .onnx cut off halfway",
+         lambda t, m: _predict(_images(t), t, _onnx(t, m, truncate=True)), 2, ("m.onnx", "not a readable ONNX file")),
+    Case("onnx-foreign", "an .onnx that rooftrace did not export (no rooftrace metadata)",
+         lambda t, m: _predict(_images(t), t, _foreign_onnx(t)), 2, ("foreign.onnx", "no rooftrace metadata", "rooftrace export")),
+    Case("onnx-two-output-channels", "an .onnx whose network gives 2 channels where its metadata names 3",
+         lambda t, m: _predict(_images(t), t, _two_channel_onnx(t, m)), 2, ("two.onnx", "shape", "names 3 channels")),
+    Case("onnx-zero-std", "an .onnx whose metadata's normalisation std is 0",
+         lambda t, m: _predict(_images(t), t, _onnx(t, m, meta={"std": [0, 0, 0]})), 2, ("m.onnx", "std", "greater than 0")),
+    Case("onnx-newer-format", "an .onnx of format_version 99",
+         lambda t, m: _predict(_images(t), t, _onnx(t, m, meta={"format_version": 99})), 2, ("m.onnx", "format version 99")),
+    Case("onnx-gsd-not-a-number", "an .onnx whose metadata gsd is the string 'abc'",
+         lambda t, m: _predict(_images(t), t, _onnx(t, m, meta={"gsd": "abc"})), 2, ("m.onnx", "pixel size (gsd) of 'abc'")),
+    Case("model-gsd-absurd", "a model file recording a pixel size of 1e-6 m",
+         lambda t, m: _predict(_images(t), t, _model(t, m, meta={"gsd": 1e-6})), 2, ("bad.safetensors", "pixel size (gsd) of 1e-06")),
+    Case("model-gsd-negative", "a model file recording a pixel size of -0.3 m",
+         lambda t, m: _predict(_images(t), t, _model(t, m, meta={"gsd": -0.3})), 2, ("bad.safetensors", "pixel size (gsd) of -0.3")),
+    Case("model-folder", "--model naming a folder",
+         lambda t, m: _predict(_images(t), t, _folder(t / "models")), 2, ("models", "a folder, not a model file")),
+    Case("model-empty-safetensors", "an empty (0-byte) .safetensors model",
+         lambda t, m: _predict(_images(t), t, _file(t / "e.safetensors", b"")), 2, ("e.safetensors", "empty (0 bytes)")),
+    Case("gsd-zero", "--gsd 0 (predict)",
+         lambda t, m: _predict(_images(t), t, m, "--gsd", "0"), 2, ("--gsd 0", "greater than 0")),
+    Case("scene-gsd-nan", "--gsd nan (predict-scene)",
+         lambda t, m: _scene(t, m, t / "o.gpkg", "--gsd", "nan"), 2, ("--gsd nan", "greater than 0")),
+    Case("gsd-far-from-model", "--gsd 1000 for a model trained at 0.3 m (would enlarge each tile 3,333x)",
+         lambda t, m: _predict(_images(t), t, _model(t, m, meta={"gsd": 0.3}), "--gsd", "1000"), 2,
+         ("--gsd 1000", "3.33e+03x the model's 0.3 m", "at most 32x")),
+    Case("gsd-tiny-for-model", "--gsd 0.0001 for a model trained at 0.3 m (would shrink each tile to a pixel)",
+         lambda t, m: _predict(_images(t), t, _model(t, m, meta={"gsd": 0.3}), "--gsd", "0.0001"), 2,
+         ("--gsd 0.0001", "at most 32x")),
+    Case("scene-degree-pixels", "a scene in EPSG:4326 whose transform says 1-degree pixels (a bogus georeference)",
+         lambda t, m: ["predict-scene", str(_degree_tif(t / "deg.tif")), "--out", str(t / "o.gpkg"),
+                       "--model", str(_model(t, m, meta={"gsd": 0.3}))], 2, ("deg.tif", "at most 32x", "georeference")),
+    Case("tile-degree-pixels", "the same as a tile among good ones (predict)",
+         lambda t, m: _predict(_images(t, ("2.tif", _degree_tif)), t, _model(t, m, meta={"gsd": 0.3})), 1,
+         ("2.tif", "at most 32x", "skipped")),
+    Case("scene-out-shp", "predict-scene --out x.shp",
+         lambda t, m: _scene(t, m, t / "x.shp"), 2, ("x.shp", "unknown output format '.shp'", ".gpkg")),
+    Case("scene-out-missing-folder", "predict-scene --out inside a folder that does not exist yet: created",
+         lambda t, m: _scene(t, m, t / "new" / "o.gpkg"), 0, ("written to", "new/o.gpkg")),
+    Case("scene-parquet-no-crs", "a scene without a CRS to .parquet: written, CRS left unknown, said",
+         lambda t, m: _scene(t, m, t / "o.parquet", crs=None), 0, ("s.tif", "no CRS", "o.parquet")),
+    Case("scene-geojson-local-crs", "a scene in a local (engineering) CRS to .geojson",
+         lambda t, m: _scene(t, m, t / "o.geojson", crs=_LOCAL_CRS), 2,
+         ("o.geojson", "cannot be brought to longitude/latitude", "local or engineering CRS", ".gpkg")),
+    Case("scene-unicode-path", "a scene and an output with spaces and accents in their paths",
+         lambda t, m: ["predict-scene", str(_tif(t / "scène é.tif", 3, size=96)), "--out", str(t / "sortie é" / "ö.gpkg"),
+                       "--model", str(m)], 0, ("sortie é/ö.gpkg",)),
+    Case("symlinked-tile", "a tile that is a symlink to an image elsewhere: read through it",
+         lambda t, m: _predict(_images(t, ("2.png", lambda p: p.symlink_to(_png(t / "elsewhere.png")))), t, m), 0, ("2 of 2 tiles",)),
+    Case("dangling-symlink-tile", "a tile that is a symlink to nothing",
+         lambda t, m: _predict(_images(t, ("2.png", lambda p: p.symlink_to(t / "gone.png"))), t, m), 1,
+         ("2.png", "no such file", "skipped")),
+    Case("config-empty", "an empty config file",
+         lambda t, m: ["train", "--config", str(_file(t / "e.yaml", b""))], 2, ("e.yaml", "empty")),
+    Case("config-list", "a config file that is a YAML list",
+         lambda t, m: ["train", "--config", str(_file(t / "l.yaml", b"- a\n- b\n"))], 2, ("l.yaml", "mapping of sections", "list")),
+    Case("tune-no-labels", "tune on a split whose labels hold no buildings (would save settings that find nothing)",
+         lambda t, m: ["tune", "--model", str(_file(t / "mm.safetensors", m.read_bytes())), "--split",
+                       str(_coco(t, [], with_files=True).parent)], 2, ("split", "no buildings", "F1 1.0")),
+    Case("report-labels-elsewhere", "scene report labels that all lie outside the raster",
+         lambda t, m: _report(t, gt=_vector(t / "far.gpkg", (600000, 3100000))), 2, ("far.gpkg", "none of its 1 labels", "--labels-crs")),
+    Case("report-raster-png", "scene report --raster pointing at a PNG (not georeferenced)",
+         lambda t, m: _report(t, raster=_png(t / "x.png")), 2, ("pred.gpkg", "none of its 1 buildings", "x.png", "not georeferenced")),
+    Case("report-other-scene", "scene report of one scene's buildings on another scene's raster",
+         lambda t, m: _report(t, raster=_tif(t / "other.tif", 3, crs="EPSG:32633", size=96)), 2,
+         ("pred.gpkg", "none of its 1 buildings", "other.tif")),
+    Case("report-raster-no-crs", "scene report --raster without a CRS: coordinates taken as the raster's, said",
+         lambda t, m: _report(t, raster=_tif(t / "nocrs.tif", 3, crs=None, size=96)), 0, ("pred.gpkg", "no CRS", "taken to be")),
+    Case("report-empty-labels", "scene report labels file with zero features: scored, said",
+         lambda t, m: _report(t, gt=_vector(t / "empty.gpkg", None)), 0, ("empty.gpkg", "holds no labels")),
+    Case("report-empty-predictions", "scene report of a prediction file with zero features",
+         lambda t, m: _report(t, pred=_vector(t / "none.gpkg", None)), 0, ("scene report of 0 buildings",)),
+    Case("train-real-divergence", "a run that really diverges in epoch 2 (optim.lr=1e6, no clipping, 1 step an epoch)",
+         lambda t, m: _train(*_tiny_run(t, corrupt=False), *_DIVERGE), 2,
+         ("training diverged at epoch 2", "last.safetensors (epoch 1), is kept", "optim.lr")),
 ]
+
+#: One step an epoch, OneCycle starting at lr 1e6 / 1e6 = 1 and at 1e6 from step 2: epoch 1 is finite, epoch 2
+#: is not (optim.lr=100 alone stays finite: the loss reaches 1e5 but never NaN).
+_DIVERGE = ("train.epochs=3", "train.steps_per_epoch=1", "optim.lr=1e6", "optim.div_factor=1e6", "optim.grad_clip=0")
+_LOCAL_CRS = 'LOCAL_CS["site grid",UNIT["metre",1]]'
 
 PICKLE = b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}\x94."  # pickle.dumps({}) as a pickle checkpoint starts
 _LL_SQUARE = {"type": "Polygon", "coordinates": [[[85.5, 27.6], [85.5001, 27.6], [85.5001, 27.6001], [85.5, 27.6001], [85.5, 27.6]]]}
@@ -372,9 +456,9 @@ def _train(*overrides: str) -> list[str]:
     return argv
 
 
-def _tiny_run(tmp: Path) -> list[str]:
+def _tiny_run(tmp: Path, corrupt: bool = True) -> list[str]:
     """Overrides for a seconds-long training run on a train split of three 64 x 64 PNG tiles (2.png cut off
-    halfway) and a val split of one."""
+    halfway, unless not ``corrupt``) and a val split of one."""
     for split, n in (("train", 3), ("val", 1)):
         d = tmp / split
         (d / "image").mkdir(parents=True)
@@ -383,11 +467,94 @@ def _tiny_run(tmp: Path) -> list[str]:
             _png(d / rec["file_name"])
         (d / f"{split}.json").write_text(json.dumps({"images": images, "annotations": [
             _ann([SQUARE], id_=i, image_id=i) for i in range(1, n + 1)]}))
-    victim = tmp / "train" / "image" / "2.png"
-    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    if corrupt:
+        victim = tmp / "train" / "image" / "2.png"
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     return [f"data.train={tmp / 'train'}", f"data.val={tmp / 'val'}", f"train.runs_dir={tmp / 'runs'}", "data.crop_size=64",
             "data.batch_size=2", "train.steps_per_epoch=1", "train.epochs=1", "data.workers=0", "model.base_channels=4",
             "train.vis_tiles=1", "train.patience=0"]
+
+
+def _scene(tmp: Path, model: Path, out: Path, *extra: str, crs: str | None = "EPSG:32614") -> list[str]:
+    return ["predict-scene", str(_tif(tmp / "s.tif", 3, size=96, crs=crs)), "--out", str(out), "--model", str(model),
+            "--device", "cpu", *extra]
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def _degree_tif(path: Path) -> Path:
+    """A GeoTIFF in EPSG:4326 whose transform says each pixel is 1 degree (about 107 km) across."""
+    with rasterio.open(path, "w", driver="GTiff", width=96, height=96, count=3, dtype="uint8", crs="EPSG:4326",
+                       transform=from_origin(85, 27, 1, 1)) as dst:
+        dst.write(np.random.default_rng(0).integers(0, 255, (3, 96, 96), dtype=np.uint8))
+    return path
+
+
+def _onnx(tmp: Path, model: Path, truncate: bool = False, meta: dict | None = None) -> Path:
+    """``model`` exported to ONNX: cut off halfway, or with its metadata changed (no SHA-256 sidecar then)."""
+    import onnx
+
+    from rooftrace.inference.export import export_onnx
+
+    out = tmp / "m.onnx"
+    export_onnx(model, out)
+    if truncate or meta:
+        Path(str(out) + ".sha256").unlink(missing_ok=True)
+    if truncate:
+        out.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    if meta:
+        proto = onnx.load(str(out))
+        for prop in proto.metadata_props:
+            if prop.key == "rooftrace":
+                prop.value = json.dumps({**json.loads(prop.value), **meta})
+        onnx.save(proto, str(out))
+    return out
+
+
+def _foreign_onnx(tmp: Path, channels: int = 3, meta: dict | None = None, name: str = "foreign.onnx") -> Path:
+    """An ONNX file of one Slice node (the first ``channels`` input channels), with ``meta`` as its metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ints = {k: helper.make_tensor(k, TensorProto.INT64, [1], [v]) for k, v in (("start", 0), ("end", channels), ("axis", 1))}
+    graph = helper.make_graph([helper.make_node("Slice", ["image", "start", "end", "axis"], ["probabilities"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", channels, "H", "W"])],
+                              list(ints.values()))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for k, v in (meta or {}).items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.save(proto, str(tmp / name))
+    return tmp / name
+
+
+def _two_channel_onnx(tmp: Path, model: Path) -> Path:
+    """A 2-channel network carrying the rooftrace metadata of a 3-channel model."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(_onnx(tmp, model))).metadata_props}
+    return _foreign_onnx(tmp, channels=2, meta=meta, name="two.onnx")
+
+
+def _vector(path: Path, corner: tuple[float, float] | None) -> Path:
+    """A GeoPackage in EPSG:32614 with one 6 m square at ``corner`` (its lower left), or none."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    geoms = [box(corner[0], corner[1], corner[0] + 6, corner[1] + 6)] if corner else []
+    gpd.GeoDataFrame({"score": [0.9] * len(geoms)}, geometry=geoms, crs="EPSG:32614").to_file(path)
+    return path
+
+
+def _report(tmp: Path, pred: Path | None = None, raster: Path | None = None, gt: Path | None = None) -> list[str]:
+    """``rooftrace report --raster``: by default one building on the 96 x 96 UTM scene ``_tif`` makes."""
+    pred = pred or _vector(tmp / "pred.gpkg", (500003, 2999990))
+    raster = raster or _tif(tmp / "s.tif", 3, size=96)
+    return ["report", "--pred", str(pred), "--raster", str(raster), "--out", str(tmp / "report"),
+            *(["--gt", str(gt)] if gt else [])]
 
 
 def _scenes(tmp: Path, bad: bool = True) -> Path:
@@ -607,3 +774,90 @@ def test_a_full_disk_names_the_file_meant_not_a_temporary_one(tmp_path, monkeypa
     assert f"{tmp_path / 'out.geojson'}: cannot write it (No space left on device)" in err
     assert ".tmp" not in err and "Traceback" not in err
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+# --- third round (issue 16): the Python API, --set, a real divergence -------------------------------------
+
+
+def test_api_odd_inputs_are_one_line_errors_or_handled(model_file, tmp_path):
+    """What a notebook user hands ``Model.predict``/``predict_batch``/``load_model``: each either works or
+    raises a RooftraceError saying what is wrong, never a rasterio, OS or numpy error."""
+    import rooftrace
+    from rooftrace.core.errors import RooftraceError
+
+    model = rooftrace.load_model(model_file, device="cpu")
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    with rasterio.open(_tif(tmp_path / "a.tif", 3)) as ds:
+        pass  # closed on leaving the block, as a user's notebook cell leaves it
+    with pytest.raises(RooftraceError, match=r"a\.tif: the rasterio dataset is closed"):
+        model.predict(ds)
+    with pytest.raises(RooftraceError, match=r"predict_batch\(.*a\.tif\): expected a list of images"):
+        model.predict_batch(str(tmp_path / "a.tif"))  # not its characters, one by one
+    with pytest.raises(RooftraceError, match=r"predict_batch\(an array of shape \(64, 64, 3\)\)"):
+        model.predict_batch(rgb)
+    assert len(model.predict_batch(np.stack([rgb, rgb]))) == 2
+    (tmp_path / "models").mkdir()
+    with pytest.raises(RooftraceError, match="models: a folder, not a model file"):
+        rooftrace.load_model(tmp_path / "models")
+    with pytest.raises(RooftraceError, match="empty image"):
+        model.predict(np.zeros((0, 0, 3), np.uint8))
+    one = model.predict(np.zeros((1, 1, 3), np.uint8))
+    assert (one.width, one.height) == (1, 1)
+    with pytest.raises(RooftraceError, match="dtype uint16; expected uint8"):
+        model.predict(np.zeros((64, 64, 3), np.uint16))
+    with pytest.raises(RooftraceError, match="dtype float64; expected uint8"):
+        model.predict(np.full((64, 64, 3), np.nan))
+    with pytest.raises(RooftraceError, match=r"shape \(3, 64, 64\)"):
+        model.predict(rgb.transpose(2, 0, 1))
+    four = model.predict(np.concatenate([rgb, np.full((64, 64, 1), 255, np.uint8)], axis=2))
+    assert [p.wkt for p in four.polygons] == [p.wkt for p in model.predict(rgb).polygons]  # alpha dropped
+    with pytest.raises(RooftraceError, match="folder: not a readable raster"):
+        model.predict(_folder(tmp_path / "folder"))
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(RooftraceError, match="greater than 0"):
+            model.predict(rgb, gsd=bad)
+
+
+def test_api_a_pixel_size_far_from_the_models_is_refused(model_file, tmp_path):
+    """gsd=1000 for a 0.3 m model once asked OpenCV for 136 GB; now it is refused, saying why."""
+    import rooftrace
+    from rooftrace.core.errors import RooftraceError
+
+    model = rooftrace.load_model(_model(tmp_path, model_file, meta={"gsd": 0.3}), device="cpu")
+    with pytest.raises(RooftraceError, match="at most 32x"):
+        model.predict(np.zeros((64, 64, 3), np.uint8), gsd=1000)
+    assert model.predict(np.zeros((64, 64, 3), np.uint8), gsd=0.6).width == 64  # 2x: resampled and mapped back
+
+
+def test_duplicate_set_keys_the_last_wins():
+    """``--set k=a --set k=b`` is b, as for any repeated command-line option (the suite relies on it)."""
+    from rooftrace.config import load_config
+
+    cfg = load_config(REPO / "configs" / "baseline-unet.yaml", ["optim.lr=0.1", "optim.lr=0.2"])
+    assert cfg.optim.lr == 0.2
+
+
+def test_a_real_divergence_keeps_a_checkpoint_that_loads(tmp_path, capsys):
+    """No monkeypatching: optim.lr=1e6 without clipping turns the network's outputs non-finite in epoch 2.
+    The run stops with one line and exit 2, and epoch 1's last.safetensors is whole and loads."""
+    from rooftrace.models.files import load_model
+
+    assert main(_train(*_tiny_run(tmp_path, corrupt=False), *_DIVERGE)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "training diverged at epoch 2" in err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert load_model(run / "last.safetensors").meta["epoch"] == 1
+
+
+def test_a_network_that_returns_other_channels_than_its_file_names_is_an_error(model_file, tmp_path, monkeypatch):
+    """An .onnx whose output shape is not declared is only found out when it runs: the runtime checks every
+    batch's channels against the file's, instead of post-processing failing on a (2, H, W) array."""
+    import rooftrace
+    from rooftrace.core.errors import RooftraceError
+    from rooftrace.models.onnx import OnnxModel
+
+    model = rooftrace.load_model(_onnx(tmp_path, model_file), device="cpu")
+    real = OnnxModel.predict
+    monkeypatch.setattr(OnnxModel, "predict", lambda self, x: real(self, x)[:, :2])
+    with pytest.raises(RooftraceError, match=r"m\.onnx: the network returned shape \(1, 2, 64, 64\), but the file names 3"):
+        model.predict(np.zeros((64, 64, 3), np.uint8))

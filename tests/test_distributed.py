@@ -19,11 +19,11 @@ distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 from rooftrace.cli import main  # noqa: E402
+from rooftrace.inference.provenance import read_provenance
 from rooftrace.prepare.targets import make_targets  # noqa: E402
 from rooftrace.scenes.batch import list_scenes, predict_scenes
 from rooftrace.scenes.distributed import model_loads, predict_scenes_dask, scene_done  # noqa: E402
 from rooftrace.scenes.predict import predict_scene
-from rooftrace.inference.provenance import read_provenance
 
 REPO = Path(__file__).resolve().parents[1]
 DYADIC = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)

@@ -338,7 +338,7 @@ def test_two_processes_share_the_scenes(scene_folder, tiny_model, tmp_path):
     """What one process per GPU does (CUDA_VISIBLE_DEVICES=i ... --shard i/N), here two on the CPU."""
     code = textwrap.dedent("""
         import sys
-        from rooftrace.scenes.predict import predict_scenes
+        from rooftrace.scenes.batch import predict_scenes
         r = predict_scenes([sys.argv[1]], sys.argv[2], sys.argv[3], shard=sys.argv[4], device="cpu", progress=False)
         sys.exit(1 if r.failed else 0)
     """)

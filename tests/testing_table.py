@@ -34,7 +34,7 @@ def run() -> list[str]:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(argv)
-        text = re.sub(r"\r[^\n]*", "", out.getvalue() + "\n" + err.getvalue())
+        text = re.sub(r"[^\n]*\r", "", out.getvalue() + "\n" + err.getvalue())  # a line is what the terminal shows last
         lines = [ln for ln in text.splitlines() if ln.strip() and "%|" not in ln] or ["(nothing)"]
         hit = max(lines, key=lambda ln: (c.says[0] in ln, sum(s in ln for s in c.says)))
         hit = hit.replace(str(tmp) + "/", "").replace(str(base) + "/", "").replace(str(REPO) + "/", "").strip().replace("|", "\\|")

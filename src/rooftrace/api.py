@@ -24,7 +24,12 @@ import numpy as np
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.georef import Georef, locate_image
 from rooftrace.imagery.read import read_rgb, stretch_to_uint8
-from rooftrace.imagery.resample import check_gsd, footprints_to_grid, resample_factor, resample_rgb
+from rooftrace.imagery.resample import (
+    check_gsd,
+    footprints_to_grid,
+    resample_factor,
+    resample_rgb,
+)
 from rooftrace.inference.runtime import ModelRuntime, load_runtime, make_runner
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess
 
@@ -123,6 +128,13 @@ class Model:
     def predict_batch(self, images: Iterable[ImageInput], *, gsd: float | None = None, method: str | None = None,
                       settings: PostprocessSettings | None = None) -> list[Footprints | geopandas.GeoDataFrame]:
         """:meth:`predict` for many images, in order (a file that cannot be read raises its error)."""
+        if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim != 4) or _is_dataset(images):
+            if isinstance(images, (str, Path)):
+                what = str(images)
+            else:
+                what = f"an array of shape {images.shape}" if isinstance(images, np.ndarray) else "one rasterio dataset"
+            raise RooftraceError(f"predict_batch({what}): expected a list of images (or an (N, H, W, 3) array); "
+                                 "for one image call predict()")
         return [self.predict(image, gsd=gsd, method=method, settings=settings) for image in images]
 
     def predict_scene(self, raster: str | Path, out: str | Path, **options: Any) -> SceneResult:
@@ -179,9 +191,13 @@ def _read_input(image: ImageInput) -> tuple[np.ndarray, Georef | None]:
         except RooftraceError:
             georef = None
         return rgb, georef
-    if hasattr(image, "read") and hasattr(image, "transform") and hasattr(image, "count"):
+    if _is_dataset(image):
         return _read_dataset(image)
     raise RooftraceError(f"{type(image).__name__}: expected an (H, W, 3) uint8 array, an image file or an open rasterio dataset")
+
+
+def _is_dataset(obj: Any) -> bool:
+    return hasattr(obj, "read") and hasattr(obj, "transform") and hasattr(obj, "count")
 
 
 def _as_rgb(a: np.ndarray, what: str) -> np.ndarray:
@@ -201,6 +217,9 @@ def _read_dataset(ds: rasterio.DatasetReader) -> tuple[np.ndarray, Georef | None
     """An open rasterio dataset: its first three bands (one band repeated), stretched to uint8 if they
     are not, and its georeference when it has a CRS and a transform."""
     name = getattr(ds, "name", "the dataset")
+    if getattr(ds, "closed", False):
+        raise RooftraceError(f"{name}: the rasterio dataset is closed; call predict inside its `with rasterio.open(...)` "
+                             "block, or pass the path")
     bands = [1, 2, 3] if ds.count >= 3 else [1]
     data = ds.read(bands)
     if data.dtype != np.uint8:

@@ -350,11 +350,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise RooftraceError(f"{path}: no such config file") from None
         except yaml.YAMLError as exc:
             raise RooftraceError(f"{path}: not valid YAML ({exc})") from None
+        if data is None:
+            raise RooftraceError(f"{path}: the config file is empty (no sections); copy one of configs/*.yaml, or give "
+                                 "no --config for the defaults")
         if not isinstance(data, dict):
             raise RooftraceError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
     data = _merge(data, parse_overrides(overrides or []))

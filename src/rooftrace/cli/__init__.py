@@ -12,7 +12,6 @@ import argparse
 import sys
 from typing import Sequence
 
-from rooftrace.core.version import __version__
 from rooftrace.cli.data import (
     add_convert,
     add_evaluate,
@@ -30,6 +29,7 @@ from rooftrace.cli.model import (
     add_tune,
 )
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

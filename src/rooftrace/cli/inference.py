@@ -159,7 +159,7 @@ def _run_predict_scene_dask(args: argparse.Namespace, common: dict) -> int:
     if args.shard is not None:
         raise RooftraceError("--shard splits the scenes without a coordinator; with --scheduler or --dask-workers, Dask does")
     if args.format != "gpkg":
-        raise RooftraceError("--format geojson: with Dask, per-scene outputs and the merged layer are GeoPackages")
+        raise RooftraceError(f"--format {args.format}: with Dask, per-scene outputs and the merged layer are GeoPackages")
     if args.dask_workers is not None and args.dask_workers < 1:
         raise RooftraceError(f"--dask-workers {args.dask_workers}: must be at least 1")
     split = DEFAULT_SPLIT_ABOVE if args.split_above is None else args.split_above

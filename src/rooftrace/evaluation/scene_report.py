@@ -124,6 +124,9 @@ def _read_footprints(path: Path, raster_crs: CRS | None, transform: Affine, crs:
     geoms = geoms_from_wkb(wkb, report)
     _add_notes(notes, path.name, report)
     file_crs = parse_crs_option(crs, "--pred-crs") if crs else (CRS.from_user_input(meta["crs"]) if meta.get("crs") else None)
+    if file_crs is not None and raster_crs is None:
+        notes.append(f"the raster has no CRS: {path.name}'s coordinates ({file_crs.to_string()}) are taken to be in the "
+                     "raster's own map coordinates")
     if file_crs is not None and raster_crs is not None and file_crs != raster_crs:
         notes.append(f"{path.name} is in {file_crs.to_string()}, the raster in {raster_crs.to_string()}: reprojected for display")
         ok = ~shapely.is_missing(geoms)
@@ -300,6 +303,12 @@ def write_scene_report(footprints: str | Path, raster: str | Path, out_dir: str 
     notes: list[str] = []
     feats = _read_footprints(footprints, crs, transform, None, notes)
     n = len(feats.geoms)
+    frame = shapely.box(0, 0, width, height)
+    where = (f"the raster {raster} ({width} x {height} px, {crs.to_string() if crs else 'no CRS'}"
+             f"{', not georeferenced' if crs is None and transform.is_identity else ''})")
+    if n and not shapely.intersects(feats.geoms, frame).any():
+        raise RooftraceError(f"{footprints}: none of its {n} buildings lies on {where}; is it the scene they were "
+                             "predicted on, and is it georeferenced?")
 
     # Classes: with labels, match predictions to them in pixel coordinates (IoU does not depend on the unit).
     classes = ["building"] * n
@@ -311,6 +320,11 @@ def write_scene_report(footprints: str | Path, raster: str | Path, out_dir: str 
         _add_notes(notes, Path(labels).name, gt_ls.report)
         key = image_key(raster)
         gt = list(gt_ls[key].footprints) if key in gt_ls else []
+        if not gt:
+            notes.append(f"{Path(labels).name} holds no labels on this raster: every building counts as a false positive")
+        elif not shapely.intersects(np.asarray(gt, dtype=object), frame).any():
+            raise RooftraceError(f"{labels}: none of its {len(gt)} labels lies on {where}; are they of this scene, and in the "
+                                 "CRS their file declares (else give it with --labels-crs)?")
         pred_ls = LabelSet(format="geojson")
         img = pred_ls.get_or_add(key)
         img.footprints, img.width, img.height = list(feats.geoms), width, height

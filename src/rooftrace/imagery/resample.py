@@ -15,6 +15,11 @@ from rooftrace.imagery.georef import Georef, locate_image
 #: Pixel sizes within this fraction of the model's are used as they are (no resampling).
 GSD_TOLERANCE = 0.02
 
+#: The most an image is resampled either way (32x: 0.3 m from 0.01 m drone pixels or 9.6 m satellite
+#: pixels). A larger factor means a wrong pixel size (a bogus transform, a typo in --gsd), and would
+#: shrink an image to nothing or enlarge it past any memory.
+MAX_RESAMPLE = 32.0
+
 
 def check_gsd(gsd: float | None) -> float | None:
     """``gsd`` (metres a pixel, from ``--gsd``) checked: ``None`` or a finite number > 0.
@@ -36,16 +41,24 @@ def check_gsd(gsd: float | None) -> float | None:
 def resample_factor(gsd_in: float | None, gsd_model: float | None, tolerance: float = GSD_TOLERANCE) -> float:
     """How much to scale an image of pixel size ``gsd_in`` so that its pixels are ``gsd_model``:
     ``gsd_in / gsd_model``, or exactly 1.0 when either is unknown or they differ by at most
-    ``tolerance`` (2 %)."""
+    ``tolerance`` (2 %).
+
+    Raises:
+        RooftraceError: A factor beyond :data:`MAX_RESAMPLE` either way.
+    """
     if not gsd_in or not gsd_model:
         return 1.0
     f = float(gsd_in) / float(gsd_model)
+    if not 1 / MAX_RESAMPLE <= f <= MAX_RESAMPLE:
+        raise RooftraceError(f"a pixel size of {float(gsd_in):.4g} m is {f:.3g}x the model's {float(gsd_model):g} m; rooftrace "
+                             f"resamples by at most {MAX_RESAMPLE:g}x either way, so this pixel size is wrong (a typo in "
+                             "--gsd, or a georeference that is not the image's): fix it or give the right --gsd")
     return 1.0 if abs(f - 1.0) <= tolerance else f
 
 
 def resample_rgb(rgb: np.ndarray, factor: float) -> np.ndarray:
     """An ``(H, W, 3)`` image scaled by ``factor`` to ``round(W * f) x round(H * f)`` pixels (at
-    least 1), as training resamples tiles (:func:`rooftrace.training.dataset.resize_image`: area averaging when
+    least 1), as training resamples tiles (:func:`rooftrace.imagery.resample.resize_image`: area averaging when
     shrinking, bilinear when enlarging)."""
     if factor == 1.0:
         return rgb
@@ -122,4 +135,8 @@ def place_tile(path: Path, width: int, height: int, gsd: float | None = None, mo
         g_in, source = own, geo.origin  # type: ignore[union-attr]
     else:
         g_in, source = None, "unknown"
-    return TilePlace(geo, g_in, source, own, resample_factor(g_in, model_gsd))
+    try:
+        factor = resample_factor(g_in, model_gsd)
+    except RooftraceError as exc:
+        raise RooftraceError(f"{path}: {exc} ({source})") from None
+    return TilePlace(geo, g_in, source, own, factor)

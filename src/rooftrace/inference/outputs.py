@@ -1,7 +1,7 @@
 """Map outputs of tile prediction: ``predictions.geojson`` in EPSG:4326 and ``predictions.gpkg`` in the
 tiles' CRS when the tiles are georeferenced or located by their web-map names. Both carry each
 building's ``score`` and ``area_m2`` (ground square metres, :func:`rooftrace.geometry.areas.area_m2`) and
-the run's provenance (:func:`rooftrace.scenes.writers.make_provenance`), where the scene writers put it."""
+the run's provenance (:func:`rooftrace.inference.provenance.make_provenance`), where the scene writers put it."""
 
 from __future__ import annotations
 

@@ -62,6 +62,7 @@ from rooftrace.imagery.resample import (
     check_gsd,
     footprints_to_grid,
     place_tile,
+    resample_factor,
     resample_rgb,
 )
 from rooftrace.inference.devices import _default_threads, pick_device
@@ -112,10 +113,10 @@ class _Tiles(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         try:
             rgb = read_rgb(self.files[i])
+            H, W = rgb.shape[:2]
+            place = place_tile(self.files[i], W, H, self.gsd, self.model_gsd, self.tms)  # a wrong pixel size: skipped too
         except RooftraceError as exc:
             return {"index": i, "error": str(exc)}
-        H, W = rgb.shape[:2]
-        place = place_tile(self.files[i], W, H, self.gsd, self.model_gsd, self.tms)
         seen = resample_rgb(rgb, place.factor)
         h, w = seen.shape[:2]
         if h * w > WINDOWED_ABOVE:  # run window by window in the main process (memory flat in the tile's size)
@@ -219,7 +220,7 @@ def _check_unique_keys(images: Path, files: list[Path]) -> None:
 
 def _encode_overlay(rgb: np.ndarray) -> bytes:
     """PNG bytes of an ``(H, W, 3)`` uint8 overlay, at zlib level 1: the same pixels as
-    :func:`rooftrace.prepare.tiles.encode_png` writes, five times faster (aerial imagery hardly compresses:
+    :func:`rooftrace.imagery.png.encode_png` writes, five times faster (aerial imagery hardly compresses:
     the file is about 3 % larger)."""
     import cv2
 
@@ -358,6 +359,11 @@ def predict_folder(
     partial = out_dir / PARTIAL
     record = _run_record(model, method, settings, tta, precision, images, write_masks, write_overlays, gsd, tms)
     model_gsd = loaded.gsd
+    if gsd is not None and model_gsd is not None:
+        try:
+            resample_factor(gsd, model_gsd)  # a --gsd no tile could be resampled from stops before any tile
+        except RooftraceError as exc:
+            raise RooftraceError(f"--gsd {gsd:g}: {exc}") from None
     done: dict[int, tuple[int, int, list, list, dict[str, Any]]] = {}
     changed: list[str] = []  # tiles whose file changed since the unfinished run recorded them
     if resume:

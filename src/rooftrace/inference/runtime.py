@@ -175,8 +175,17 @@ class ModelRuntime:
         return f"{self.path.name} ({'ONNX Runtime' if self.is_onnx else self.device})"
 
     def run(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Probabilities for a batch already normalised and padded (:func:`pad_normalise`)."""
-        return predict_probabilities(self.net, x, self.device, tta=self.tta, precision=self.precision)
+        """Probabilities for a batch already normalised and padded (:func:`pad_normalise`).
+
+        Raises:
+            RooftraceError: The network gives another number of channels than its file names.
+        """
+        out = predict_probabilities(self.net, x, self.device, tta=self.tta, precision=self.precision)
+        if out.ndim != 4 or out.shape[1] != self.channels:
+            raise RooftraceError(f"{self.path}: the network returned shape {tuple(out.shape)}, but the file names "
+                                 f"{self.channels} output channels ({', '.join(self.net.channels)}); the model file is not "
+                                 "one rooftrace wrote, or was edited")
+        return out
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """``(N, H, W, 3)`` (or one ``(H, W, 3)``) uint8 -> ``(N, C, H, W)`` float32 probabilities:

@@ -78,9 +78,12 @@ def tune(model: str | Path, split: str | Path, *, method: str = "watershed", tta
     out = tuned_settings_path(model)
     if save and out.exists() and not force:
         raise RooftraceError(f"{out}: already exists; pass --force to replace the tuned settings")
+    labels = open_split(split)
+    if not any(img.footprints for img in labels):
+        raise RooftraceError(f"{split}: its labels hold no buildings, so every setting that finds nothing would score "
+                             "F1 1.0; tune on a split with labelled buildings (the validation split)")
     runtime = load_runtime(model, device=device, tta=tta, precision=precision)
     loaded = runtime.net
-    labels = open_split(split)
     gt, probs = LabelSet(), []
     for img in tqdm(list(labels), desc="tune: predict", disable=not progress, leave=False):
         path = labels.image_path(img)

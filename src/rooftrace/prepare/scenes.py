@@ -2,7 +2,7 @@
 
 ``rooftrace prepare-scenes SCENE.tif LABELS.geojson --out SPLIT_DIR`` turns a scene with its
 footprints (GeoJSON or GeoPackage in any CRS; reprojected to the raster's CRS and converted to its
-pixels by :func:`rooftrace.labels.formats.read_geojson`) into the layout ``rooftrace train`` and
+pixels by :func:`rooftrace.labels.geojson.read_geojson`) into the layout ``rooftrace train`` and
 ``rooftrace prepare`` read::
 
     SPLIT_DIR/image/<stem>_<row>_<col>.tif   3-band uint8 GeoTIFF tiles, each with its own
@@ -10,7 +10,7 @@ pixels by :func:`rooftrace.labels.formats.read_geojson`) into the layout ``rooft
                                              top-left corner in the scene)
     SPLIT_DIR/<SPLIT_DIR name>.json          COCO ground truth, BEGC2024 layout, ``source`` per image
 
-Tiles are cut on the grid ``predict-scene`` uses (:func:`rooftrace.scenes.predict.window_starts` with no
+Tiles are cut on the grid ``predict-scene`` uses (:func:`rooftrace.imagery.windows.window_starts` with no
 overlap: the last row and column are shifted back to end at the scene's edge, so every tile has
 the full size) and their pixels are converted exactly as ``predict-scene`` converts them (same
 band mapping, same per-scene stretch, nodata black), so a model trains on what it will be given.
@@ -141,7 +141,7 @@ def prepare_scenes(
         pairs: ``(scene raster, label file)`` pairs; labels are GeoJSON/GeoPackage in any CRS.
         split_dir: Output split folder; the COCO file is ``<its name>.json``.
         tile: Tile size in pixels (smaller scenes give one tile of their own size).
-        bands, stretch: As for ``predict-scene`` (see :class:`rooftrace.scenes.predict.Scene`).
+        bands, stretch: As for ``predict-scene`` (see :class:`rooftrace.imagery.raster.Scene`).
         source: The COCO ``source`` of every tile; default each scene's file stem.
         force: Write into a split folder that already holds a split (files are overwritten).
         labels_crs: The labels' CRS when a file declares none or a wrong one (``--labels-crs``).

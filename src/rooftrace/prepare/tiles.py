@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from rooftrace.core.version import __version__
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes
+from rooftrace.core.version import __version__
 from rooftrace.imagery.draw import render_preview
 from rooftrace.imagery.png import encode_instances, encode_png
 from rooftrace.imagery.read import read_rgb

@@ -1,6 +1,6 @@
 """Many scenes on a Dask cluster: one task per scene, big scenes split across workers, one merged layer.
 
-:func:`predict_scenes_dask` is :func:`rooftrace.scenes.predict.predict_scenes` with Dask
+:func:`predict_scenes_dask` is :func:`rooftrace.scenes.batch.predict_scenes` with Dask
 (``dask.distributed``, the optional ``rooftrace[dask]`` extra) as the engine:
 
 - **One task per scene.** Each scene is one task, so a worker that finishes takes the next scene.
@@ -8,12 +8,12 @@
   process by model path, SHA-256, device, TTA and precision), never once per task.
 - **Big scenes across workers.** A scene of more than ``split_above`` pixels is split. Phase 1
   (windows, model, stitching) runs as tasks of ``windows_per_task`` windows each, in the order
-  and with the batches :func:`rooftrace.scenes.predict.stitch_scene` uses (task boundaries fall on
+  and with the batches :func:`rooftrace.scenes.stitch.stitch_scene` uses (task boundaries fall on
   multiples of ``batch_size``, so the model sees the same batches). Each task writes the part
   of the stitched probabilities its windows keep; every pixel is kept by one window, so the
   parts merge by a per-pixel maximum into exactly the single-process probability GeoTIFF.
   Phase 2 runs the post-processing cores in tasks of ``blocks_per_task`` cores through
-  :func:`rooftrace.scenes.predict.postprocess_blocks`: a group of touching buildings belongs to the
+  :func:`rooftrace.scenes.blocks.postprocess_blocks`: a group of touching buildings belongs to the
   one core holding its first pixel, whichever process runs it, so each building comes out
   exactly once and the scene's GeoPackage equals the single-process one, feature for feature.
 - **One layer.** The per-scene outputs (``OUT/scenes/<scene>.gpkg``) are merged into
@@ -87,7 +87,7 @@ class ModelSpec:
 
 
 def worker_runner(spec: ModelSpec) -> Any:
-    """The model as a :class:`rooftrace.scenes.predict.ModelRunner`, loaded once per worker process.
+    """The model as a :class:`rooftrace.inference.runtime.ModelRunner`, loaded once per worker process.
 
     Model files are cached by path, SHA-256, device, TTA and precision: a changed file (another
     SHA-256) is loaded anew, an unchanged one never twice. Callables are wrapped per call (cheap).
@@ -466,7 +466,7 @@ def predict_scenes_dask(
     """Predict many scenes on a Dask cluster and merge them into one layer.
 
     Args:
-        scenes: Files, folders and ``.txt`` lists (see :func:`rooftrace.scenes.predict.list_scenes`).
+        scenes: Files, folders and ``.txt`` lists (see :func:`rooftrace.scenes.batch.list_scenes`).
         out_dir: Output folder: ``scenes/<scene>.gpkg`` per scene and ``footprints.gpkg`` (``merged``).
         model: A model file (default the shipped model), loaded once per worker, or a callable.
         client: A ``distributed.Client``; else one to ``scheduler``, else a LocalCluster of

@@ -236,7 +236,10 @@ def scene_scale(scene: Scene, gsd: float | None, model_gsd: float | None) -> tup
         g_in, source = own, "geotiff"
     else:
         g_in, source = None, "unknown"
-    factor = resample_factor(g_in, model_gsd)
+    try:
+        factor = resample_factor(g_in, model_gsd)
+    except RooftraceError as exc:
+        raise RooftraceError(f"{scene.path}: {exc} (the pixel size is from {source})") from None
     if model_gsd is None:
         if gsd is not None:
             notes.append(f"note: the model records no pixel size, so --gsd {gsd:g} changes nothing: the scene is read as it is")
@@ -287,7 +290,7 @@ def predict_scene(
             building with ``score`` and ``area_m2`` (ground square metres), and the provenance
             (model file and SHA-256, post-processing, scene, rooftrace version, CRS) in the
             file's metadata (see :mod:`rooftrace.scenes.writers`).
-        model: A rooftrace ``.safetensors`` file, a loaded model, a :class:`ModelRunner`, or a
+        model: A rooftrace model file (``.safetensors`` or ``.onnx``), a loaded model, a :class:`ModelRunner`, or a
             callable (see :data:`SceneModel`); default the shipped model.
         gsd: The scene's pixel size in metres (``--gsd``), for a scene without a CRS; it
             overrides what the scene's transform says. When the model records the pixel size it

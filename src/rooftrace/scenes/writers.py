@@ -71,6 +71,28 @@ LONLAT_DECIMALS = 8
 _FORMATS_TEXT = ".gpkg (GeoPackage), .fgb (FlatGeobuf), .parquet (GeoParquet) or .geojson (longitude/latitude)"
 
 
+def _lonlat_transformer(path: Path, crs: CRS) -> Any:
+    """The transformer from ``crs`` to the longitude/latitude of a GeoJSON output (``None``: it is
+    EPSG:4326 already).
+
+    Raises:
+        RooftraceError: A CRS that cannot be brought to longitude/latitude (a local or engineering CRS).
+    """
+    from pyproj import Transformer
+    from pyproj.exceptions import ProjError
+
+    lonlat = CRS.from_epsg(4326)
+    if crs.equals(lonlat):
+        return None
+    try:
+        return Transformer.from_crs(crs, lonlat, always_xy=True)
+    except ProjError:
+        name = crs.to_string() if len(crs.to_string()) < 80 else crs.to_string()[:77] + "..."
+        raise RooftraceError(f"{path}: the scene's CRS ({name}) cannot be brought to longitude/latitude, which GeoJSON "
+                             "is (RFC 7946): it is a local or engineering CRS; write .gpkg, .fgb or .parquet, which keep "
+                             "the scene's CRS") from None
+
+
 def _decimals(transform: Affine, crs: CRS | None) -> int:
     """Decimals of longitude/latitude that keep GeoJSON coordinates to 1/1000 of a pixel (at least 8)."""
     size = min(math.hypot(transform.a, transform.d) or 1.0, math.hypot(transform.b, transform.e) or 1.0)
@@ -191,6 +213,7 @@ class FeatureWriter:
             raise RooftraceError(f"{self.path}: the scene has no CRS, and GeoJSON is longitude/latitude (RFC 7946), so a GIS "
                                  "would read its pixel coordinates as degrees; write .gpkg or .fgb (CRS left unknown) instead, "
                                  "or give the scene a CRS")
+        to_lonlat = _lonlat_transformer(self.path, crs) if driver == "GeoJSON" else None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -212,14 +235,11 @@ class FeatureWriter:
         self._parquet: Any = None
         self._to_lonlat: Any = None
         if driver == "GeoJSON":
-            from pyproj import Transformer
-
             with self._writing():
                 self._json = open(self.tmp, "w", encoding="utf-8")
                 self._json.write(geojson_head(self.path.stem, self.provenance))
             self._decimals = _decimals(transform, crs)
-            if not crs.equals(self.out_crs):  # type: ignore[union-attr]
-                self._to_lonlat = Transformer.from_crs(crs, self.out_crs, always_xy=True)
+            self._to_lonlat = to_lonlat
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

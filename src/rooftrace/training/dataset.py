@@ -29,7 +29,7 @@ from rooftrace.config import AugmentConfig, DataConfig, SplitSpec
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.read import read_rgb
-from rooftrace.imagery.resample import resize_image
+from rooftrace.imagery.resample import GSD_TOLERANCE, resize_image
 from rooftrace.labels.records import ImageKey, ImageLabels, LabelSet, LoadReport
 from rooftrace.prepare.targets import TargetSettings, make_targets
 
@@ -175,7 +175,7 @@ class TileDataset(Dataset):
     def factor(self, i: int) -> float:
         """How much tile ``i`` is resized to reach ``data.gsd`` (1: not at all)."""
         g = self.items[i].gsd
-        if self.gsd is None or g is None or abs(g / self.gsd - 1) < 0.02:
+        if self.gsd is None or g is None or abs(g / self.gsd - 1) <= GSD_TOLERANCE:  # as resample_factor decides at inference
             return 1.0
         return g / self.gsd
 
