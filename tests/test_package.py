@@ -115,6 +115,7 @@ def installed(tmp_path_factory) -> Path:
     names = zipfile.ZipFile(wheel).namelist()
     assert "rooftrace/models/shipped/rooftrace-unet-lite0.safetensors" in names
     assert "rooftrace/models/shipped/rooftrace-unet-lite0.postprocess.json" in names
+    assert "rooftrace/evaluation/static/leaflet/leaflet.js" in names  # the report's map works from a wheel too
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(d / "site"), str(wheel)],
                    check=True, capture_output=True)
     return d / "site"
