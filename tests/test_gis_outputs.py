@@ -304,3 +304,36 @@ def test_tile_predict_map_outputs_carry_area_m2_and_provenance(tmp_path, monkeyp
         assert prov["postprocessing"]["method"] == "watershed"
     assert read_provenance(out / "predictions.geojson")["crs"] == "EPSG:4326"
     assert read_provenance(out / "predictions.gpkg")["crs"] == UTM18
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_every_output_format_reads_back_and_scores_perfectly(outputs, scene_60n, suffix):
+    """What rooftrace writes, rooftrace reads: each format, read back onto the scene's pixels, scores
+    object F1 1.0 against the buildings the perfect targets were drawn from (GeoParquet read with pyarrow)."""
+    from rooftrace.evaluation.metrics import evaluate_labels
+    from rooftrace.labels.formats import read_labels
+    from rooftrace.labels.records import LabelSet
+
+    path, footprints = scene_60n
+    pred = read_labels(outputs[suffix], raster=path)
+    (img,) = list(pred)
+    assert len(img.footprints) == len(footprints) and all(s is not None for s in img.scores)
+    gt = LabelSet()
+    ref = gt.get_or_add(img.key)
+    ref.footprints, ref.width, ref.height = list(footprints), img.width, img.height
+    assert evaluate_labels(gt, pred, pixel=False).f1 == 1.0
+
+
+def test_a_parquet_file_that_is_not_geoparquet_is_one_line(tmp_path):
+    need_parquet()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rooftrace.labels.formats import read_labels
+
+    pq.write_table(pa.table({"a": [1, 2]}), tmp_path / "plain.parquet")
+    with pytest.raises(RooftraceError, match=r"plain\.parquet: a Parquet file without GeoParquet 'geo' metadata"):
+        read_labels(tmp_path / "plain.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(RooftraceError, match=r"junk\.parquet: not a readable Parquet file"):
+        read_labels(tmp_path / "junk.parquet")

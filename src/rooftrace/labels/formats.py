@@ -57,7 +57,7 @@ def read_labels(path: str | Path, raster: str | Path | None = None, images: str 
             return read_labels(jsons[0], check_images=check_images)
         return read_mask_folder(path, images=images)
     suffix = path.suffix.lower()
-    if suffix in (".gpkg", ".geojson", ".shp", ".fgb"):
+    if suffix in (".gpkg", ".geojson", ".shp", ".fgb", ".parquet"):
         return read_geojson(path, raster=raster, crs=crs, crs_option=crs_option)
     if suffix == ".csv":
         text = read_text(path)
@@ -76,7 +76,7 @@ def read_labels(path: str | Path, raster: str | Path | None = None, images: str 
         if isinstance(data, dict) and data.get("type") in ("FeatureCollection", "Feature"):
             return read_geojson(path, raster=raster, crs=crs, crs_option=crs_option)
         raise RooftraceError(f"{path}: JSON that is neither COCO (images/annotations), COCO results (a list) nor GeoJSON")
-    raise RooftraceError(f"{path}: unknown label format (suffix {path.suffix!r}); expected .json, .geojson, .gpkg, .csv or a folder")
+    raise RooftraceError(f"{path}: unknown label format (suffix {path.suffix!r}); expected .json, .geojson, .gpkg, .fgb, .parquet, .csv or a folder")
 
 
 def align_keys(gt: LabelSet, pred: LabelSet) -> LabelSet:

@@ -77,6 +77,8 @@ def geoms_from_wkb(wkb: np.ndarray | None, report: LoadReport) -> np.ndarray:
 
 
 def _read_vector(path: Path, report: LoadReport) -> tuple[np.ndarray, CRS | None, dict[str, np.ndarray]]:
+    if path.suffix.lower() == ".parquet":
+        return _read_geoparquet(path, report)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Non closed ring detected")  # closed and noted below
@@ -86,6 +88,33 @@ def _read_vector(path: Path, report: LoadReport) -> tuple[np.ndarray, CRS | None
     geoms = geoms_from_wkb(wkb, report)
     crs = CRS.from_user_input(meta["crs"]) if meta.get("crs") else None
     return geoms, crs, dict(zip(meta.get("fields", []), fields))
+
+
+def _read_geoparquet(path: Path, report: LoadReport) -> tuple[np.ndarray, CRS | None, dict[str, np.ndarray]]:
+    """A GeoParquet file (1.x: WKB geometry column named in the ``geo`` metadata, CRS as PROJJSON)
+    read with pyarrow, since pyogrio's GDAL may have no Parquet driver."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise RooftraceError(f"{path}: reading GeoParquet needs pyarrow: pip install 'rooftrace[parquet]'") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for files that are not Parquet
+        raise RooftraceError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    meta = table.schema.metadata or {}
+    try:
+        geo = json.loads(meta[b"geo"])
+        column = geo["primary_column"]
+        info = geo["columns"][column]
+    except (KeyError, ValueError, TypeError):
+        raise RooftraceError(f"{path}: a Parquet file without GeoParquet 'geo' metadata; not a GeoParquet file") from None
+    if info.get("encoding", "WKB").upper() != "WKB":
+        raise RooftraceError(f"{path}: geometry encoding {info.get('encoding')!r}; rooftrace reads WKB GeoParquet")
+    geoms = geoms_from_wkb(np.asarray(table.column(column).to_pylist(), dtype=object), report)
+    crs_json = info["crs"] if "crs" in info else "OGC:CRS84"  # GeoParquet: a missing crs means CRS84, null unknown
+    crs = CRS.from_user_input(crs_json) if crs_json is not None else None
+    fields = {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in table.column_names if name != column}
+    return geoms, crs, fields
 
 
 def geojson_crs_member(path: Path, data: Any = None) -> str | None:
