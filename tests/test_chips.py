@@ -30,7 +30,8 @@ from rooftrace.evaluation.metrics import evaluate_labels
 from rooftrace.imagery.georef import parse_tile_name, tile_georef
 from rooftrace.labels.coco import read_coco
 from rooftrace.labels.records import ImageLabels, LabelSet, image_key
-from rooftrace.prepare.chips import assign_blocks, prepare_chips
+from rooftrace.prepare.blocks import assign_blocks
+from rooftrace.prepare.chips import prepare_chips
 
 REPO = Path(__file__).resolve().parents[1]
 

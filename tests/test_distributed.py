@@ -22,7 +22,8 @@ from rooftrace.cli import main  # noqa: E402
 from rooftrace.inference.provenance import read_provenance
 from rooftrace.prepare.targets import make_targets  # noqa: E402
 from rooftrace.scenes.batch import list_scenes, predict_scenes
-from rooftrace.scenes.distributed import model_loads, predict_scenes_dask, scene_done  # noqa: E402
+from rooftrace.scenes.tasks import model_loads
+from rooftrace.scenes.distributed import predict_scenes_dask, scene_done
 from rooftrace.scenes.predict import predict_scene
 
 REPO = Path(__file__).resolve().parents[1]

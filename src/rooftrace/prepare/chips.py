@@ -67,74 +67,36 @@ from __future__ import annotations
 import io
 import json
 import math
-import warnings
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mercantile
 import numpy as np
 import shapely
-from affine import Affine
-from pyproj import CRS, Geod, Transformer
-from pyproj.exceptions import CRSError
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
-from rooftrace.geometry.shapes import clean_footprint
 from rooftrace.imagery.georef import (
-    WEB_MERCATOR,
     WGS84,
-    Georef,
-    parse_tile_name,
-    pixel_size_m,
-    raster_georef,
-    tile_georef,
 )
 from rooftrace.labels.coco import write_coco
-from rooftrace.labels.geojson import (
-    check_degrees,
-    geojson_crs_member,
-    geoms_from_wkb,
-    parse_crs_option,
-)
 from rooftrace.labels.records import ImageLabels, LabelSet, LoadReport, image_key
-
-CHIP_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".webp")
-SPLITS = ("train", "val", "test")
-#: Grid (pixels) the COCO writer rounds coordinates to; pieces are snapped to it before writing.
-COCO_GRID = 0.01
-#: Pieces of a building smaller than this (px² of the written image) are slivers and dropped.
-MIN_PIECE_PX = 1.0
-#: Without a target pixel size, chips whose pixel sizes differ by more than this ratio are refused.
-GSD_TOLERANCE = 1.10
-_GEOD = Geod(ellps="WGS84")
-
-
-@dataclass
-class Chip:
-    """One input chip and what becomes of it (pixel sizes in metres)."""
-
-    path: Path
-    name: str  #: output stem (the chip's path under CHIPS_DIR, '/' -> '_', without suffix)
-    georef: Georef  #: the chip's own place (source pixels)
-    tile: mercantile.Tile | None
-    gsd_src: float
-    out_w: int = 0
-    out_h: int = 0
-    out_transform: Affine = Affine.identity()
-    gsd: float = 0.0
-    block: str = ""
-    split: str | None = None
-    status: str = "kept"  #: kept | empty-outside | empty-skipped | nodata | unreadable | border-only
-    pieces: list = field(default_factory=list)  #: (building index, pixel geometry, fraction, centroid inside)
-    nodata_px: int = 0
-
-    @property
-    def crs_string(self) -> str:
-        epsg = self.georef.crs.to_epsg()
-        return f"EPSG:{epsg}" if epsg else self.georef.crs.to_wkt()
+from rooftrace.prepare.blocks import _centres_3857, assign_blocks, make_blocks
+from rooftrace.prepare.chip_labels import (
+    _chip_pieces,
+    _mapped_area,
+    _to_crs,
+    read_footprints,
+)
+from rooftrace.prepare.chip_sources import (
+    SPLITS,
+    Chip,
+    _chip_polygon,
+    find_chips,
+    locate_chips,
+    plan_sizes,
+)
 
 
 @dataclass
@@ -196,296 +158,10 @@ class ChipsResult:
 # ---------------------------------------------------------------------------------------------- chips
 
 
-def find_chips(chips_dir: Path) -> list[Path]:
-    """Image files in ``chips_dir`` and below, sorted by path (hidden files and sidecars left out)."""
-    if not chips_dir.is_dir():
-        raise RooftraceError(f"{chips_dir}: no such folder")
-    found = sorted(p for p in chips_dir.rglob("*") if p.is_file() and p.suffix.lower() in CHIP_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(chips_dir).parts))
-    if not found:
-        raise RooftraceError(f"{chips_dir}: no image chips ({', '.join(CHIP_SUFFIXES)}) in this folder or below")
-    return found
-
-
-def axis_sizes_m(geo: Georef) -> tuple[float, float]:
-    """Metres a pixel along x (a column step) and y (a row step) at the image centre, geodesically."""
-    to_ll = Transformer.from_crs(geo.crs, WGS84, always_xy=True)
-    c, r = geo.width / 2.0, geo.height / 2.0
-    (x0, y0), (x1, y1), (x2, y2) = (to_ll.transform(*(geo.transform @ p)) for p in ((c, r), (c + 1, r), (c, r + 1)))
-    return abs(_GEOD.inv(x0, y0, x1, y1)[2]), abs(_GEOD.inv(x0, y0, x2, y2)[2])
-
-
-def locate_chips(paths: list[Path], chips_dir: Path, tms: bool = False) -> list[Chip]:
-    """Each chip's place: its own georeference, else its web-map tile name. Raises on chips with neither."""
-    from rooftrace.imagery.read import read_size
-
-    chips, lost, names = [], [], {}
-    for p in paths:
-        tile = parse_tile_name(p, tms=tms)
-        geo = raster_georef(p)
-        if geo is None:
-            if tile is None:
-                lost.append(p)
-                continue
-            geo = tile_georef(tile, *read_size(p))
-        name = _output_name(p.relative_to(chips_dir), tile)
-        if name in names:
-            raise RooftraceError(f"{p}: gives the same output name {name!r} as {names[name]}; rename one of them")
-        names[name] = p
-        chips.append(Chip(path=p, name=name, georef=geo, tile=tile, gsd_src=geo.gsd()))
-    if lost:
-        more = f" ({len(lost) - 1} more chips like it)" if len(lost) > 1 else ""
-        raise RooftraceError(f"{lost[0]}: no georeference (GeoTIFF tags, .aux.xml sidecar or world file) and its name "
-                             f"carries no web-map tile (OAM-<x>-<y>-<z>.png or <z>/<x>/<y>.png){more}")
-    return chips
-
-
-def _output_name(rel: Path, tile: mercantile.Tile | None) -> str:
-    """The written image's stem: the chip's path under CHIPS_DIR ('/' -> '_'), and for a chip on the tile
-    grid always ``<prefix><x>-<y>-<z>`` with the XYZ ``y``, so that the name still locates the image."""
-    parts = list(rel.with_suffix("").parts)
-    if tile is None:
-        return "_".join(parts)
-    import re
-
-    m = re.search(r"(\d+)-(\d+)-(\d{1,2})$", parts[-1])
-    if m:  # OAM-<x>-<y>-<z>
-        prefix = "_".join(parts[:-1] + [parts[-1][: m.start()]]) if len(parts) > 1 else parts[-1][: m.start()]
-    else:  # .../<z>/<x>/<y>
-        prefix = "_".join(parts[:-3]) + "_" if len(parts) > 3 else ""
-    return f"{prefix}{tile.x}-{tile.y}-{tile.z}"
-
-
-def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> None:
-    """Each chip's output size and transform: resampled to ``gsd`` metres a pixel, else as it is
-    (refused when the chips' pixel sizes differ)."""
-    if gsd is None:
-        zooms = sorted({c.tile.z for c in chips if c.tile is not None and c.georef.origin == "tile-name"})
-        sizes = [c.gsd_src for c in chips]
-        if len(zooms) > 1 or max(sizes) > GSD_TOLERANCE * min(sizes):
-            what = f"zoom levels {', '.join(map(str, zooms))}; " if len(zooms) > 1 else ""
-            raise RooftraceError(f"{chips_dir}: chips of several pixel sizes ({what}{min(sizes):.3f}-{max(sizes):.3f} m a pixel); "
-                                 "pass --gsd METRES to resample them all to one pixel size (e.g. --gsd 0.3)")
-    for c in chips:
-        w, h = c.georef.width, c.georef.height
-        if gsd is None:
-            c.out_w, c.out_h, c.out_transform = w, h, c.georef.transform
-        else:
-            gx, gy = axis_sizes_m(c.georef)
-            c.out_w, c.out_h = max(1, round(w * gx / gsd)), max(1, round(h * gy / gsd))
-            c.out_transform = c.georef.transform @ Affine.scale(w / c.out_w, h / c.out_h)
-        c.gsd = pixel_size_m(c.georef.crs, c.out_transform, c.out_w, c.out_h)
-
-
-def _chip_polygon(c: Chip) -> shapely.Polygon:
-    """The chip's outline in its CRS."""
-    t, w, h = c.georef.transform, c.georef.width, c.georef.height
-    return shapely.Polygon([t @ (0, 0), t @ (w, 0), t @ (w, h), t @ (0, h)])
-
-
-def _to_crs(geoms: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
-    if src == dst:
-        return geoms
-    t = Transformer.from_crs(src, dst, always_xy=True)
-    return shapely.transform(geoms, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
-
-
-def _centres_3857(chips: list[Chip]) -> tuple[np.ndarray, float]:
-    """Chip centres in Web Mercator and the median chip width there."""
-    centres, widths = [], []
-    for c in chips:
-        outline = _to_crs(np.array([_chip_polygon(c)], dtype=object), c.georef.crs, WEB_MERCATOR)[0]
-        centres.append(shapely.get_coordinates(outline.centroid)[0])
-        x0, _, x1, _ = outline.bounds
-        widths.append(x1 - x0)
-    return np.asarray(centres), float(np.median(widths))
-
-
 # --------------------------------------------------------------------------------------------- labels
 
 
-def read_footprints(path: Path, labels_crs: str | None, report: LoadReport) -> tuple[np.ndarray, CRS]:
-    """Building polygons of a GeoJSON/GeoPackage (cleaned, in their CRS) and that CRS."""
-    import pyogrio
-
-    if not path.exists():
-        raise RooftraceError(f"{path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Non closed ring detected")  # closed and noted below
-            meta, _, wkb, _ = pyogrio.raw.read(path)
-    except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, CRSError...
-        raise RooftraceError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
-    declared = geojson_crs_member(path)
-    if labels_crs is None and declared is not None:
-        try:
-            CRS.from_user_input(declared)
-        except CRSError:
-            raise RooftraceError(f"{path}: its CRS {declared!r} is not one pyproj knows; pass --labels-crs with the CRS "
-                                 "its coordinates are in") from None
-    if labels_crs is not None:
-        crs = parse_crs_option(labels_crs, "--labels-crs")
-        if meta.get("crs") and CRS.from_user_input(meta["crs"]) != crs:
-            report.note(f"the file declares {meta['crs']}; --labels-crs {labels_crs} is used instead")
-    elif not meta.get("crs"):
-        raise RooftraceError(f"{path}: declares no CRS; pass --labels-crs with the CRS its coordinates are in "
-                             "(EPSG:4326 for longitude/latitude)")
-    else:
-        try:
-            crs = CRS.from_user_input(meta["crs"])
-        except CRSError:
-            raise RooftraceError(f"{path}: its CRS {meta['crs']!r} is not one pyproj knows; pass --labels-crs") from None
-    geoms = geoms_from_wkb(wkb, report)
-    kept = []
-    for n, g in enumerate(geoms):
-        if g is None and wkb is not None and wkb[n] is not None:
-            continue  # unreadable: reported by geoms_from_wkb
-        if g is None or g.is_empty:
-            report.skip(f"feature {n}: no geometry; skipped", counter="dropped: no geometry")
-            continue
-        if shapely.get_type_id(g) not in (3, 6, 7):  # Polygon, MultiPolygon, GeometryCollection
-            report.skip(f"feature {n}: a {g.geom_type}, not a polygon; skipped", counter="dropped: not a polygon")
-            continue
-        cleaned = clean_footprint(g)
-        report.add_outcome(cleaned.outcome, f"feature {n}")
-        if cleaned.footprint is not None:
-            kept.append(cleaned.footprint)
-    if not kept:
-        raise RooftraceError(f"{path}: holds no building polygons")
-    arr = np.asarray(kept, dtype=object)
-    check_degrees(path, arr, crs, declared=labels_crs is not None or declared is not None)
-    return arr, crs
-
-
-def _chip_pieces(chips: list[Chip], footprints: np.ndarray, crs: CRS, counts: Counter) -> np.ndarray:
-    """Fill each chip's ``pieces``: its buildings clipped to it, in the written image's pixels. Returns
-    a boolean array: which buildings have a piece in some chip."""
-    in_chip = np.zeros(len(footprints), dtype=bool)
-    by_crs: dict[str, list[Chip]] = defaultdict(list)
-    for c in chips:
-        by_crs[c.georef.crs.to_wkt()].append(c)
-    for group in by_crs.values():
-        ccrs = group[0].georef.crs
-        geoms = _to_crs(footprints, crs, ccrs)
-        finite = np.isfinite(shapely.get_coordinates(geoms)).all()  # outside a projection's domain
-        tree = shapely.STRtree(geoms)
-        for c in group:
-            idx = tree.query(_chip_polygon(c), predicate="intersects")
-            if len(idx) == 0:
-                continue
-            inv = ~c.out_transform
-            full = shapely.transform(geoms[idx], lambda xy: np.column_stack(
-                (inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c, inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f)))
-            if not finite:
-                full = np.asarray([g if np.isfinite(shapely.get_coordinates(g)).all() else shapely.Polygon() for g in full],
-                                  dtype=object)
-            box = shapely.box(0, 0, c.out_w, c.out_h)
-            areas = shapely.area(full)
-            inside = shapely.contains_properly(box, shapely.centroid(full))
-            clipped = shapely.set_precision(shapely.intersection(full, box), COCO_GRID)
-            for k, g, a, cin, whole in zip(idx, clipped, areas, inside, shapely.within(full, box)):
-                cleaned = clean_footprint(g)
-                if cleaned.footprint is None:
-                    continue
-                piece = cleaned.footprint
-                if piece.area < MIN_PIECE_PX:
-                    counts["sliver"] += 1
-                    continue
-                if not whole:
-                    counts["clipped"] += 1
-                in_chip[k] = True
-                c.pieces.append((int(k), piece, float(piece.area / a) if a > 0 else 0.0, bool(cin)))
-    return in_chip
-
-
-def _mapped_area(aoi: Path | None, footprints: np.ndarray, crs: CRS, chip_width: float, report: LoadReport) -> shapely.Geometry:
-    """The mapped area in Web Mercator: the AOI file's polygons, else the labels' convex hull grown by half a chip."""
-    if aoi is not None:
-        geoms, acrs = read_footprints(aoi, None, LoadReport(path=str(aoi)))
-        return shapely.union_all(_to_crs(geoms, acrs, WEB_MERCATOR))
-    pts = shapely.multipoints(shapely.get_coordinates(footprints))
-    return shapely.convex_hull(_to_crs(np.array([pts], dtype=object), crs, WEB_MERCATOR)[0]).buffer(chip_width / 2)
-
-
 # --------------------------------------------------------------------------------------------- blocks
-
-
-def _needed_blocks(shares: dict[str, float]) -> int:
-    held = [v for k, v in shares.items() if k != "train" and v > 0]
-    if not held:
-        return 1
-    return max(len(held) + 1, round(1.0 / min(held)))
-
-
-def make_blocks(chips: list[Chip], shares: dict[str, float], block: int | None, block_zoom: int | None) -> str:
-    """Set each chip's ``block``; returns how the blocks were made.
-
-    Tile-named chips (all of them): the ancestor tile at ``block_zoom``, else at the coarsest zoom
-    minus log2(``block``), else 4 x 4, 2 x 2 or 1 x 1 chips of the coarsest zoom, the largest that
-    gives enough blocks for the shares. Others: a grid of ``block`` x ``block`` chips over the chip
-    centres in Web Mercator (chosen the same way when ``block`` is not given).
-    """
-    need = _needed_blocks(shares)
-    if block is not None and (block < 1 or block & (block - 1)):
-        raise RooftraceError(f"--block {block}: must be a power of two (1, 2, 4, 8, ...): blocks are N x N chips")
-    if all(c.tile is not None for c in chips):
-        zmin = min(c.tile.z for c in chips)
-        if block_zoom is not None:
-            if not 0 <= block_zoom <= zmin:
-                raise RooftraceError(f"--block-zoom {block_zoom}: must be between 0 and the chips' coarsest zoom ({zmin})")
-            candidates = [block_zoom]
-        elif block is not None:
-            candidates = [max(0, zmin - int(math.log2(block)))]
-        else:
-            candidates = [max(0, zmin - 2), max(0, zmin - 1), zmin]
-        for bz in candidates:
-            ids = [c.tile if c.tile.z == bz else mercantile.parent(c.tile, zoom=bz) for c in chips]
-            if len(set(ids)) >= need:
-                break
-        for c, t in zip(chips, ids):
-            c.block = f"{t.z}/{t.x}/{t.y}"
-        return f"web-map tiles at zoom {bz} ({2 ** (zmin - bz)} x {2 ** (zmin - bz)} chips of zoom {zmin})"
-    if block_zoom is not None:
-        raise RooftraceError("--block-zoom needs chips named on the web-map tile grid; use --block N (N x N chips)")
-    centres, width = _centres_3857(chips)
-    for n in ([block] if block is not None else [4, 2, 1]):
-        cell = n * width
-        ids = [f"grid{n}:{int(math.floor(x / cell))}_{int(math.floor(y / cell))}" for x, y in centres]
-        if len(set(ids)) >= need:
-            break
-    for c, b in zip(chips, ids):
-        c.block = b
-    return f"grid of {n} x {n} chips (Web Mercator)"
-
-
-def assign_blocks(sizes: dict[str, int], shares: dict[str, float], seed: int = 0, trials: int = 256) -> dict[str, str]:
-    """Blocks (name -> chip count) to splits, so that each split's chip count is near its share.
-
-    Seeded random orders, each filled greedily (a block goes where it brings the counts nearest their
-    targets); the best of ``trials`` wins, and an order that leaves a requested split without a block
-    loses to any that does not (when there are enough blocks).
-    """
-    names = sorted(sizes)
-    splits = [s for s in SPLITS if shares.get(s, 0) > 0]
-    total = sum(sizes.values())
-    target = {s: shares[s] * total for s in splits}
-    rng = np.random.default_rng(seed)
-    best, best_score = None, None
-    for _ in range(trials if len(splits) > 1 else 1):
-        got = dict.fromkeys(splits, 0)
-        nblocks = dict.fromkeys(splits, 0)
-        out = {}
-        for i in rng.permutation(len(names)):
-            b, n = names[i], sizes[names[i]]
-            s = min(splits, key=lambda s: (abs(got[s] + n - target[s]) - abs(got[s] - target[s]), nblocks[s], -target[s]))
-            got[s] += n
-            nblocks[s] += 1
-            out[b] = s
-        empty = sum(nblocks[s] == 0 for s in splits) if len(names) >= len(splits) else 0
-        score = (empty, sum(abs(got[s] - target[s]) for s in splits))
-        if best_score is None or score < best_score:
-            best, best_score = out, score
-    return best
 
 
 # ---------------------------------------------------------------------------------------------- pixels
@@ -759,4 +435,4 @@ def _write_manifest(result: ChipsResult, options: dict[str, Any]) -> None:
     atomic_write_text(result.out_dir / "prepare-chips.json", json.dumps(data, indent=1), force=True)
 
 
-__all__ = ["ChipsResult", "assign_blocks", "locate_chips", "make_blocks", "prepare_chips", "read_footprints"]
+__all__ = ["ChipsResult", "prepare_chips"]

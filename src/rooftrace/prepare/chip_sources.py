@@ -1,0 +1,154 @@
+"""Chips as sources: finding chip files, locating each one (its own georeference, else its web-map tile
+name) with its pixel size and footprint on the ground, and planning the size it is written at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mercantile
+import shapely
+from affine import Affine
+from pyproj import Geod, Transformer
+
+from rooftrace.core.errors import RooftraceError
+from rooftrace.imagery.georef import (
+    WGS84,
+    Georef,
+    parse_tile_name,
+    pixel_size_m,
+    raster_georef,
+    tile_georef,
+)
+
+CHIP_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".webp")
+
+
+SPLITS = ("train", "val", "test")
+
+
+#: Grid (pixels) the COCO writer rounds coordinates to; pieces are snapped to it before writing.
+COCO_GRID = 0.01
+
+
+#: Pieces of a building smaller than this (px² of the written image) are slivers and dropped.
+MIN_PIECE_PX = 1.0
+
+
+#: Without a target pixel size, chips whose pixel sizes differ by more than this ratio are refused.
+GSD_TOLERANCE = 1.10
+
+
+_GEOD = Geod(ellps="WGS84")
+
+
+@dataclass
+class Chip:
+    """One input chip and what becomes of it (pixel sizes in metres)."""
+
+    path: Path
+    name: str  #: output stem (the chip's path under CHIPS_DIR, '/' -> '_', without suffix)
+    georef: Georef  #: the chip's own place (source pixels)
+    tile: mercantile.Tile | None
+    gsd_src: float
+    out_w: int = 0
+    out_h: int = 0
+    out_transform: Affine = Affine.identity()
+    gsd: float = 0.0
+    block: str = ""
+    split: str | None = None
+    status: str = "kept"  #: kept | empty-outside | empty-skipped | nodata | unreadable | border-only
+    pieces: list = field(default_factory=list)  #: (building index, pixel geometry, fraction, centroid inside)
+    nodata_px: int = 0
+
+    @property
+    def crs_string(self) -> str:
+        epsg = self.georef.crs.to_epsg()
+        return f"EPSG:{epsg}" if epsg else self.georef.crs.to_wkt()
+
+
+def find_chips(chips_dir: Path) -> list[Path]:
+    """Image files in ``chips_dir`` and below, sorted by path (hidden files and sidecars left out)."""
+    if not chips_dir.is_dir():
+        raise RooftraceError(f"{chips_dir}: no such folder")
+    found = sorted(p for p in chips_dir.rglob("*") if p.is_file() and p.suffix.lower() in CHIP_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(chips_dir).parts))
+    if not found:
+        raise RooftraceError(f"{chips_dir}: no image chips ({', '.join(CHIP_SUFFIXES)}) in this folder or below")
+    return found
+
+
+def axis_sizes_m(geo: Georef) -> tuple[float, float]:
+    """Metres a pixel along x (a column step) and y (a row step) at the image centre, geodesically."""
+    to_ll = Transformer.from_crs(geo.crs, WGS84, always_xy=True)
+    c, r = geo.width / 2.0, geo.height / 2.0
+    (x0, y0), (x1, y1), (x2, y2) = (to_ll.transform(*(geo.transform @ p)) for p in ((c, r), (c + 1, r), (c, r + 1)))
+    return abs(_GEOD.inv(x0, y0, x1, y1)[2]), abs(_GEOD.inv(x0, y0, x2, y2)[2])
+
+
+def locate_chips(paths: list[Path], chips_dir: Path, tms: bool = False) -> list[Chip]:
+    """Each chip's place: its own georeference, else its web-map tile name. Raises on chips with neither."""
+    from rooftrace.imagery.read import read_size
+
+    chips, lost, names = [], [], {}
+    for p in paths:
+        tile = parse_tile_name(p, tms=tms)
+        geo = raster_georef(p)
+        if geo is None:
+            if tile is None:
+                lost.append(p)
+                continue
+            geo = tile_georef(tile, *read_size(p))
+        name = _output_name(p.relative_to(chips_dir), tile)
+        if name in names:
+            raise RooftraceError(f"{p}: gives the same output name {name!r} as {names[name]}; rename one of them")
+        names[name] = p
+        chips.append(Chip(path=p, name=name, georef=geo, tile=tile, gsd_src=geo.gsd()))
+    if lost:
+        more = f" ({len(lost) - 1} more chips like it)" if len(lost) > 1 else ""
+        raise RooftraceError(f"{lost[0]}: no georeference (GeoTIFF tags, .aux.xml sidecar or world file) and its name "
+                             f"carries no web-map tile (OAM-<x>-<y>-<z>.png or <z>/<x>/<y>.png){more}")
+    return chips
+
+
+def _output_name(rel: Path, tile: mercantile.Tile | None) -> str:
+    """The written image's stem: the chip's path under CHIPS_DIR ('/' -> '_'), and for a chip on the tile
+    grid always ``<prefix><x>-<y>-<z>`` with the XYZ ``y``, so that the name still locates the image."""
+    parts = list(rel.with_suffix("").parts)
+    if tile is None:
+        return "_".join(parts)
+    import re
+
+    m = re.search(r"(\d+)-(\d+)-(\d{1,2})$", parts[-1])
+    if m:  # OAM-<x>-<y>-<z>
+        prefix = "_".join(parts[:-1] + [parts[-1][: m.start()]]) if len(parts) > 1 else parts[-1][: m.start()]
+    else:  # .../<z>/<x>/<y>
+        prefix = "_".join(parts[:-3]) + "_" if len(parts) > 3 else ""
+    return f"{prefix}{tile.x}-{tile.y}-{tile.z}"
+
+
+def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> None:
+    """Each chip's output size and transform: resampled to ``gsd`` metres a pixel, else as it is
+    (refused when the chips' pixel sizes differ)."""
+    if gsd is None:
+        zooms = sorted({c.tile.z for c in chips if c.tile is not None and c.georef.origin == "tile-name"})
+        sizes = [c.gsd_src for c in chips]
+        if len(zooms) > 1 or max(sizes) > GSD_TOLERANCE * min(sizes):
+            what = f"zoom levels {', '.join(map(str, zooms))}; " if len(zooms) > 1 else ""
+            raise RooftraceError(f"{chips_dir}: chips of several pixel sizes ({what}{min(sizes):.3f}-{max(sizes):.3f} m a pixel); "
+                                 "pass --gsd METRES to resample them all to one pixel size (e.g. --gsd 0.3)")
+    for c in chips:
+        w, h = c.georef.width, c.georef.height
+        if gsd is None:
+            c.out_w, c.out_h, c.out_transform = w, h, c.georef.transform
+        else:
+            gx, gy = axis_sizes_m(c.georef)
+            c.out_w, c.out_h = max(1, round(w * gx / gsd)), max(1, round(h * gy / gsd))
+            c.out_transform = c.georef.transform @ Affine.scale(w / c.out_w, h / c.out_h)
+        c.gsd = pixel_size_m(c.georef.crs, c.out_transform, c.out_w, c.out_h)
+
+
+def _chip_polygon(c: Chip) -> shapely.Polygon:
+    """The chip's outline in its CRS."""
+    t, w, h = c.georef.transform, c.georef.width, c.georef.height
+    return shapely.Polygon([t @ (0, 0), t @ (w, 0), t @ (w, h), t @ (0, h)])
