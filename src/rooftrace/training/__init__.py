@@ -1,1 +1,6 @@
-"""training."""
+"""Training (needs the ``train`` extra).
+
+- :mod:`~rooftrace.training.loop`: ``train``, ``resume`` (``rooftrace train``).
+- :mod:`~rooftrace.training.dataset`: ``TileDataset`` (crops, augmentation, pixel size).
+- :mod:`~rooftrace.training.losses`, :mod:`~rooftrace.training.resume`, :mod:`~rooftrace.training.figures`.
+"""
