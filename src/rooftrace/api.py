@@ -27,7 +27,7 @@ from rooftrace.imagery.read import read_rgb, stretch_to_uint8
 from rooftrace.imagery.resample import (
     check_gsd,
     footprints_to_grid,
-    resample_factor,
+    place_georef,
     resample_rgb,
 )
 from rooftrace.inference.runtime import ModelRuntime, load_runtime, make_runner
@@ -123,7 +123,8 @@ class Model:
             GeoDataFrame in its CRS with a ``score`` per building.
         """
         rgb, georef = _read_input(image)
-        return self._predict_rgb(rgb, georef, gsd=gsd, method=method, settings=settings)
+        where = str(image) if isinstance(image, (str, Path)) else getattr(image, "name", "the array")
+        return self._predict_rgb(rgb, georef, where, gsd=gsd, method=method, settings=settings)
 
     def predict_batch(self, images: Iterable[ImageInput], *, gsd: float | None = None, method: str | None = None,
                       settings: PostprocessSettings | None = None) -> list[Footprints | geopandas.GeoDataFrame]:
@@ -146,18 +147,11 @@ class Model:
 
         return predict_scene(raster, out, model=make_runner(self.runtime), **options)
 
-    def _predict_rgb(self, rgb: np.ndarray, georef: Georef | None, *, gsd: float | None, method: str | None,
+    def _predict_rgb(self, rgb: np.ndarray, georef: Georef | None, where: str, *, gsd: float | None, method: str | None,
                      settings: PostprocessSettings | None) -> Footprints | geopandas.GeoDataFrame:
-        gsd = check_gsd(gsd)
         H, W = rgb.shape[:2]
-        own = None
-        if georef is not None:
-            try:
-                own = float(georef.gsd())
-            except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot bring to WGS84
-                own = None
-        factor = resample_factor(gsd if gsd is not None else own, self.gsd)
-        seen = resample_rgb(rgb, factor)
+        place = place_georef(georef, check_gsd(gsd), self.gsd, where)
+        seen = resample_rgb(rgb, place.factor)
         probs = self.runtime.image_probabilities(seen)
         method, settings = self.runtime.postprocessing(method, settings)
         found = postprocess(probs, method=method, settings=settings)

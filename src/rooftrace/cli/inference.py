@@ -142,13 +142,7 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
     if args.crs is not None or args.split_above is not None:
         raise RooftraceError("--crs and --split-above go with --scheduler or --dask-workers")
     done = predict_scenes(args.scenes, args.out, default_model(args.model), shard=args.shard, fmt=args.format, **common)
-    for r in done.results:
-        print(r.summary())
-    print(done.summary())
-    if done.failed:
-        print(f"rooftrace predict-scene: {len(done.failed)} scene(s) failed and were skipped (listed above); exit status 1",
-              file=sys.stderr)
-    return 1 if done.failed else 0
+    return _report_scenes(done)
 
 
 def _run_predict_scene_dask(args: argparse.Namespace, common: dict) -> int:
@@ -167,6 +161,11 @@ def _run_predict_scene_dask(args: argparse.Namespace, common: dict) -> int:
         raise RooftraceError(f"--split-above {split}: must be at least 1 pixel")
     done = predict_scenes_dask(args.scenes, args.out, default_model(args.model), scheduler=args.scheduler,
                                n_workers=args.dask_workers, crs=args.crs, split_above=split, **common)
+    return _report_scenes(done)
+
+
+def _report_scenes(done) -> int:
+    """Print each scene's summary and the run's; exit status 1 when a scene failed."""
     for r in done.results:
         print(r.summary())
     print(done.summary())

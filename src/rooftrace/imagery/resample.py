@@ -122,6 +122,13 @@ def place_tile(path: Path, width: int, height: int, gsd: float | None = None, mo
         geo = locate_image(path, width, height, tms=tms)
     except RooftraceError:
         geo = None
+    return place_georef(geo, gsd, model_gsd, path)
+
+
+def place_georef(geo: Georef | None, gsd: float | None, model_gsd: float | None, where: str | Path) -> TilePlace:
+    """The input pixel size of an image with georeference ``geo`` (``None``: none) and its resampling
+    factor to ``model_gsd``: ``gsd`` when given, else the image's own, measured geodesically; errors
+    name ``where``."""
     own = None
     if geo is not None:
         try:
@@ -138,5 +145,5 @@ def place_tile(path: Path, width: int, height: int, gsd: float | None = None, mo
     try:
         factor = resample_factor(g_in, model_gsd)
     except RooftraceError as exc:
-        raise RooftraceError(f"{path}: {exc} ({source})") from None
+        raise RooftraceError(f"{where}: {exc} ({source})") from None
     return TilePlace(geo, g_in, source, own, factor)

@@ -244,13 +244,11 @@ def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, d
         net = load_any(model, device=device, onnx_spinning=onnx_spinning)
     elif isinstance(model, (LoadedModel, OnnxModel)):
         net = model
-        if isinstance(net, LoadedModel):
-            dev = next(net.model.parameters()).device if device == "auto" else dev
-            net.model.to(dev).to(memory_format=torch.channels_last)
     else:
         raise RooftraceError(f"model {model!r}: expected a .safetensors or .onnx model file")
-    if isinstance(net, LoadedModel) and device == "auto":
-        dev = next(net.model.parameters()).device
+    if isinstance(net, LoadedModel):  # "auto" keeps a loaded model where it is
+        dev = next(net.model.parameters()).device if device == "auto" else dev
+        net.model.to(dev).to(memory_format=torch.channels_last)
     method, settings = tuned_postprocessing(net)
     return ModelRuntime(net, dev, tta=tta, precision=precision, method=method, settings=settings)
 
