@@ -67,6 +67,7 @@ class SplitSpec:
     match: str = ""  #: keep only images whose file name matches this regular expression
     exclude: str = ""  #: leave out images whose file name matches this regular expression
     gsd: float = 0.0  #: metres a pixel of images whose record gives none (0: unknown, used as they are)
+    weight: float = 1.0  #: with ``data.sampling: balanced``, a multiplier on this source's share of the batches
 
     def describe(self) -> str:
         parts = [self.path] + [f"{k}={v!r}" for k, v in (("groups", list(self.groups)), ("exclude_groups", list(self.exclude_groups)),
@@ -92,6 +93,7 @@ class DataConfig:
     gsd: float = 0.0  #: metres a pixel the model trains at; every tile is resampled to it (0 = as they are); saved with the model
     max_train_tiles: int = 0  #: use only the first N training tiles (0 = all); for quick checks
     max_val_tiles: int = 0
+    sampling: str = "uniform"  #: uniform (every tile alike) | balanced (by source, density, small buildings, vegetation: rooftrace.training.sampling)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ class AugmentConfig:
     gray: float = 0.0  #: probability of a grayscale (panchromatic-like) sample
     haze: float = 0.0  #: probability of haze (fog) or a low-resolution sensor (downscale and back)
     gamma: float = 0.0  #: probability of a gamma / colour-balance shift (other sensors)
+    pan: float = 0.0  #: probability of a simulated panchromatic sample (vegetation brightened as near-infrared does)
+    focus: float = 0.0  #: probability that a crop is placed on a building (small ones more often)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class OptimConfig:
     div_factor: float = 10.0
     final_div_factor: float = 100.0
     grad_clip: float = 1.0  #: max gradient norm (0 = off)
+    fused: bool = True  #: one fused AdamW kernel per tensor (same arithmetic as the loop, fewer passes over memory)
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,8 @@ class TrainConfig:
     vis_tiles: int = 4  #: validation tiles in each epoch's visual check
     steps_per_epoch: int = 0  #: 0 = one pass over the training tiles
     init_from: str = ""  #: start from the weights of this rooftrace model file (fine-tuning); "" = from model.encoder_weights
+    val_every: int = 1  #: validate every N epochs (and always after the last); the others only checkpoint
+    depthwise_fp32: bool = False  #: compute depthwise convolutions in fp32 under bf16 autocast (faster on CPUs: benchmarks/train_profile.py)
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,17 @@ class Config:
             for spec in specs:
                 if spec.gsd < 0:
                     raise RooftraceError(f"{key} {spec.path}: gsd {spec.gsd} must be metres a pixel (0 = unknown)")
+        if self.data.sampling not in ("uniform", "balanced"):
+            raise RooftraceError(f"data.sampling {self.data.sampling!r}: must be uniform or balanced")
+        if self.train.val_every < 1:
+            raise RooftraceError(f"train.val_every {self.train.val_every}: must be at least 1")
+        for key, v in (("augment.pan", self.augment.pan), ("augment.focus", self.augment.focus)):
+            if not 0.0 <= v <= 1.0:
+                raise RooftraceError(f"{key} {v}: must be a probability between 0 and 1")
+        for key, specs in (("data.train", self.data.train),):
+            for spec in specs:
+                if not spec.weight > 0:
+                    raise RooftraceError(f"{key} {spec.path}: weight {spec.weight} must be greater than 0")
         if not 1.0 <= self.augment.pixel_scale_limit <= 8.0:
             raise RooftraceError(f"augment.pixel_scale_limit {self.augment.pixel_scale_limit}: must be between 1 and 8")
         if self.train.amp not in ("auto", "bf16", "fp16", "off", "fp32"):

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -32,46 +31,27 @@ from rooftrace.imagery.read import read_rgb
 from rooftrace.imagery.resample import GSD_TOLERANCE, resize_image
 from rooftrace.labels.records import ImageKey, ImageLabels, LabelSet, LoadReport
 from rooftrace.prepare.targets import TargetSettings, make_targets
-
-
-def train_transform(aug: AugmentConfig) -> A.Compose:
-    """Augmentation after the crop; geometric transforms move every target channel (nearest).
-
-    Beyond flips, rotations and colour jitter, it imitates what users' imagery does differently:
-    grayscale (panchromatic) input, haze and low-resolution sensors, other colour balances.
-    """
-    return A.Compose([
-        A.HorizontalFlip(p=aug.hflip),
-        A.VerticalFlip(p=aug.vflip),
-        A.RandomRotate90(p=aug.rot90),
-        A.Affine(rotate=(-aug.rotate_limit, aug.rotate_limit), scale=(1 - aug.scale_limit, 1 + aug.scale_limit),
-                 interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=aug.rotate),
-        A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=aug.brightness_contrast),
-        A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=25, val_shift_limit=15, p=aug.hue_saturation),
-        A.OneOf([A.RandomGamma(gamma_limit=(70, 150)), A.RGBShift(r_shift_limit=20, g_shift_limit=20, b_shift_limit=20),
-                 A.PlanckianJitter()], p=aug.gamma),
-        A.OneOf([A.RandomFog(fog_coef_range=(0.1, 0.4), alpha_coef=0.08),
-                 A.Downscale(scale_range=(0.35, 0.7), interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR})],
-                p=aug.haze),
-        A.ToGray(method="weighted_average", p=aug.gray),
-        A.OneOf([A.MotionBlur(blur_limit=(3, 5)), A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))],
-                p=aug.blur_noise),
-    ], seed=0)
+from rooftrace.training.augment import train_transform
+from rooftrace.training.sampling import TileStats, focus_window, tile_stats
 
 
 def random_scaled_crop(rgb: np.ndarray, target: np.ndarray, crop: int, scale: float,
-                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                       rng: np.random.Generator, focus: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A ``crop x crop`` sample showing the ground at ``scale`` times the tile's pixel size.
 
     A window of ``crop / scale`` pixels is cut at a random place (zero-padded on the bottom and
     right where the tile is smaller) and resized to ``crop``: ``scale`` > 1 shows the buildings
-    larger (finer pixels), < 1 smaller. Targets are resized with nearest neighbours.
+    larger (finer pixels), < 1 smaller. Targets are resized with nearest neighbours. With ``focus``
+    (a point ``(x, y)`` in the tile's pixels), the window is placed so that it holds the point at a
+    random place (:func:`rooftrace.training.sampling.focus_window`).
     """
     win = max(1, int(round(crop / scale)))
     h, w = rgb.shape[:2]
-    y0 = int(rng.integers(0, max(h - win, 0) + 1))
-    x0 = int(rng.integers(0, max(w - win, 0) + 1))
+    if focus is not None:
+        y0, x0 = focus_window(focus, win, (h, w), rng)
+    else:
+        y0 = int(rng.integers(0, max(h - win, 0) + 1))
+        x0 = int(rng.integers(0, max(w - win, 0) + 1))
     img = np.zeros((win, win, rgb.shape[2]), rgb.dtype)
     tgt = np.zeros((win, win, target.shape[2]), target.dtype)
     part = rgb[y0:y0 + win, x0:x0 + win]
@@ -93,6 +73,7 @@ class TileRef:
     image: ImageLabels
     gsd: float | None  #: metres a pixel of the file (record, else the split's ``gsd``), if known
     key: ImageKey  #: unique across the dataset's splits (the split's own key when that is unique)
+    source: int = 0  #: index of the split spec it came from (a source, for balanced sampling)
 
     @property
     def path(self) -> Path:
@@ -129,7 +110,7 @@ def select_tiles(specs: tuple[SplitSpec, ...] | list[SplitSpec], splits: list[La
             if key in seen:
                 continue
             seen.add(key)
-            out.append(TileRef(labels, img, img.gsd or spec.gsd or None, key))
+            out.append(TileRef(labels, img, img.gsd or spec.gsd or None, key, source=n))
             kept += 1
         if not kept:
             raise RooftraceError(f"split {spec.describe()}: no readable tile is left by its filters")
@@ -168,6 +149,7 @@ class TileDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if data.cache else None
+        self._stats: dict[int, TileStats] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -211,6 +193,13 @@ class TileDataset(Dataset):
             self.cache[i] = out
         return out
 
+    def stats(self, i: int) -> TileStats:
+        """Tile ``i``'s buildings (centroids and areas in its resampled pixels) and vegetation share."""
+        if i not in self._stats:
+            rgb, target = self.load(i)
+            self._stats[i] = tile_stats(rgb, target[:, :, 0], self.footprints(i, rgb.shape[:2]))
+        return self._stats[i]
+
     def drop_unreadable(self, report: LoadReport) -> list[Path]:
         """Decode every tile once and leave out those that cannot be read; returns their paths.
 
@@ -237,6 +226,7 @@ class TileDataset(Dataset):
             keep.append(ref)
         if dropped:
             self.items = keep
+            self._stats = {}
             if self.cache is not None:
                 self.cache = cache
             if not keep:
@@ -252,7 +242,10 @@ class TileDataset(Dataset):
             scale = 1.0
             if self.aug.pixel_scale and rng.random() < self.aug.pixel_scale:
                 scale = float(self.aug.pixel_scale_limit ** rng.uniform(-1.0, 1.0))
-            rgb, target = random_scaled_crop(rgb, target, self.crop, scale, rng)
+            focus = None
+            if self.aug.focus and rng.random() < self.aug.focus:
+                focus = self.stats(i).pick_building(rng)
+            rgb, target = random_scaled_crop(rgb, target, self.crop, scale, rng, focus)
             self.transform.set_random_seed(seed)
             out = self.transform(image=rgb, mask=target)
             rgb, target = out["image"], out["mask"]

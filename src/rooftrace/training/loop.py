@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm import tqdm
 
 from rooftrace.config import Config, dump_yaml, load_config, resolve_path
@@ -43,10 +43,11 @@ from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.labels.records import LabelSet, LoadReport
 from rooftrace.labels.splits import open_split
 from rooftrace.models.architectures import build_model, count_parameters
-from rooftrace.models.autocast import autocast, autocast_dtype, dtype_name
+from rooftrace.models.autocast import autocast, autocast_dtype, depthwise_in_fp32, dtype_name
 from rooftrace.models.files import save_model
 from rooftrace.training.dataset import TileDataset, collate_pad, select_tiles
 from rooftrace.training.losses import SegmentationLoss
+from rooftrace.training.sampling import tile_weights
 from rooftrace.training.resume import (
     PENDING,
     _move_pending,
@@ -171,11 +172,27 @@ class Trainer:
                 for message in report.messages:
                     self.log.info(f"skipped {message}; the tile is left out of {name}")
                 self.log.info(f"{name}: {len(dropped)} unreadable tile(s) left out; {len(ds)} kept")
+        # Tile statistics for balanced sampling and building-focused crops, computed once before
+        # workers fork (they share them).
+        self.weights = None
+        if cfg.data.sampling == "balanced" or cfg.augment.focus:
+            stats = [self.train_ds.stats(i) for i in range(len(self.train_ds))]
+            if cfg.data.sampling == "balanced":
+                self.weights = tile_weights(stats, [ref.source for ref in self.train_ds.items], cfg.data.crop_size,
+                                            [spec.weight for spec in cfg.data.train])
+                if env.main:
+                    shares = {}
+                    for ref, w in zip(self.train_ds.items, self.weights):
+                        shares[ref.source] = shares.get(ref.source, 0.0) + float(w)
+                    self.log.info("balanced sampling, share of batches by source: " + ", ".join(
+                        f"{cfg.data.train[k].path} {v:.0%}" for k, v in sorted(shares.items())))
         self.channels = len(cfg.data.channels)
         model = build_model(cfg.model, self.channels)
         if cfg.train.init_from:
             init_weights(model, resolve_path(cfg.train.init_from))
         model = model.to(env.device)
+        if cfg.train.depthwise_fp32 and env.amp_dtype is not None:
+            depthwise_in_fp32(model)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -186,7 +203,7 @@ class Trainer:
             self.net = torch.compile(self.net)
         self.loss_fn = SegmentationLoss(cfg.loss, self.channels).to(env.device)
         self.steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(self.train_ds) / (cfg.data.batch_size * env.world))
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr / cfg.optim.div_factor, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = _adamw(model, cfg)
         total_steps = cfg.train.epochs * self.steps_per_epoch
         # OneCycleLR needs a warm-up of at least two steps; very short runs get that much.
         pct_start = min(max(cfg.optim.pct_start, 2.0 / total_steps), 0.9)
@@ -213,9 +230,13 @@ class Trainer:
         else:
             g = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch)
             n = self.steps_per_epoch * self.cfg.data.batch_size
-            sampler = RandomSampler(self.train_ds, replacement=n > len(self.train_ds), num_samples=n, generator=g)
+            if self.weights is not None:
+                sampler = WeightedRandomSampler(self.weights.tolist(), num_samples=n, replacement=True, generator=g)
+            else:
+                sampler = RandomSampler(self.train_ds, replacement=n > len(self.train_ds), num_samples=n, generator=g)
         return DataLoader(self.train_ds, batch_size=self.cfg.data.batch_size, sampler=sampler, num_workers=self.cfg.data.workers,
-                          pin_memory=self.env.device.type == "cuda", drop_last=False, collate_fn=collate_pad)
+                          pin_memory=self.env.device.type == "cuda", drop_last=False, collate_fn=collate_pad,
+                          worker_init_fn=_quiet_worker if self.cfg.data.workers else None)
 
     def _autocast(self):
         return autocast(self.env.device, self.env.amp_dtype)
@@ -374,22 +395,25 @@ class Trainer:
             train_loss, rate = self.train_epoch(epoch)
             if self.env.main:
                 row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], "train_loss": train_loss}
-                row.update(self.validate(epoch))
+                validated = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
+                row.update(self.validate(epoch) if validated else {k: math.nan for k in METRIC_FIELDS[3:12]})
                 bad_weight = next((k for k, v in self.model.state_dict().items()
                                    if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
-                if not math.isfinite(train_loss) or not math.isfinite(row["val_loss"]) or bad_weight is not None:
+                if not math.isfinite(train_loss) or (validated and not math.isfinite(row["val_loss"])) or bad_weight is not None:
                     self._diverged(epoch, f"its end: training loss {train_loss:.4g}, validation loss {row['val_loss']:.4g}"
                                    + (f", weight {bad_weight} not finite" if bad_weight else ""))
                 row["train_images_per_s"], row["epoch_s"] = rate, time.perf_counter() - t0
                 self.history.append(row)
-                improved = row["object_f1"] > self.best_f1
+                improved = validated and row["object_f1"] > self.best_f1
                 if improved:
                     self.best_f1, self.best_epoch, self.bad_epochs = row["object_f1"], epoch + 1, 0
-                else:
+                elif validated:
                     self.bad_epochs += 1
                 self._write_epoch_files(epoch, row, improved)
-                self.log.info(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {train_loss:.4f}, val loss {row['val_loss']:.4f}, "
-                              f"pixel IoU {row['pixel_iou']:.4f}, object F1 {row['object_f1']:.4f}{' (best)' if improved else ''}, "
+                scores = (f"val loss {row['val_loss']:.4f}, pixel IoU {row['pixel_iou']:.4f}, "
+                          f"object F1 {row['object_f1']:.4f}{' (best)' if improved else ''}" if validated
+                          else f"not validated (train.val_every {cfg.train.val_every})")
+                self.log.info(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {train_loss:.4f}, {scores}, "
                               f"{rate:.1f} img/s, {row['epoch_s']:.1f} s")
                 stop = bool(cfg.train.patience) and self.bad_epochs >= cfg.train.patience
                 if stop:
@@ -405,6 +429,26 @@ class Trainer:
         if self.env.main:
             self.log.info(f"done: best object F1 {self.best_f1:.4f} at epoch {self.best_epoch}; {self.run_dir}")
         return summary
+
+
+def _quiet_worker(_: int) -> None:
+    """A DataLoader worker computes on one thread: OpenCV otherwise starts a thread per core in each
+    worker, and they take the cores from the network's threads, which then wait on each other."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _adamw(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """AdamW over ``model``'s parameters, fused (one kernel a tensor) when ``optim.fused`` and the build has it."""
+    kwargs = {"lr": cfg.optim.lr / cfg.optim.div_factor, "weight_decay": cfg.optim.weight_decay}
+    if cfg.optim.fused:
+        try:
+            return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
+        except (RuntimeError, TypeError):  # a device or torch build without the fused kernel
+            pass
+    return torch.optim.AdamW(model.parameters(), **kwargs)
 
 
 def _worker_errors(loader):
