@@ -236,3 +236,64 @@ def test_a_4000_px_tile_is_predicted_with_memory_flat_in_its_size(tmp_path):
     rows = list(csv.reader((tmp_path / "out" / "submission.csv").open()))
     assert len(rows) == 2 and rows[1][0] == "big"
     assert len(json.loads((tmp_path / "out" / "predictions.coco.json").read_text())) > 0
+
+
+def test_the_shipped_network_built_in_plain_torch_gives_smps_outputs():
+    """models/lite0.py rebuilds the shipped U-Net (EfficientNet-Lite0) without smp, timm and torchvision:
+    the same state dict loads strictly and the outputs are identical, in fp32 and bf16 autocast."""
+    import dataclasses
+
+    import torch
+
+    from rooftrace.models.architectures import build_model
+    from rooftrace.models.files import load_model, read_model_file, shipped_model
+    from rooftrace.models.lite0 import UnetLite0
+
+    loaded = load_model(shipped_model())
+    assert isinstance(loaded.model, UnetLite0)
+    ref = build_model(dataclasses.replace(loaded.config.model, encoder_weights=None), len(loaded.channels)).eval()
+    assert not isinstance(ref, UnetLite0)
+    tensors, _ = read_model_file(shipped_model())
+    ref.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 96, 160)
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(x), ref(x))
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(loaded.model(x), ref(x))
+
+
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """`rooftrace --help` and building the parser import none of torch, smp, geopandas, rasterio, dask,
+    onnxruntime, scipy or shapely; the parser's copies of library choices match the libraries."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from rooftrace.cli import build_parser; build_parser(); "
+            "heavy = ['torch', 'segmentation_models_pytorch', 'timm', 'geopandas', 'rasterio', 'dask', 'onnxruntime', 'scipy', "
+            "'shapely', 'cv2']; print([m for m in heavy if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+    from rooftrace.cli import options
+    from rooftrace.evaluation.metrics import MATCHING_MODES
+    from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE
+    from rooftrace.instances.postprocess import POSTPROCESSORS
+    from rooftrace.scenes.blocks import DEFAULT_BLOCK, DEFAULT_MARGIN
+
+    assert options.MATCHING_MODES == MATCHING_MODES and options.POSTPROCESS_METHODS == tuple(sorted(POSTPROCESSORS))
+    assert (options.DEFAULT_TILE, options.DEFAULT_OVERLAP, options.DEFAULT_BLOCK, options.DEFAULT_MARGIN) == (
+        DEFAULT_TILE, DEFAULT_OVERLAP, DEFAULT_BLOCK, DEFAULT_MARGIN)
+
+
+def test_the_gpu_throughput_script_runs_its_cpu_dry_run(sample):
+    """benchmarks/gpu_throughput.py is prepared for a lent GPU; its --dry-run runs the same code tiny on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ROOFTRACE_SAMPLE_DIR": str(sample)}
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_throughput.py"), "--dry-run"], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "| predict (" in p.stdout and "| predict_scene (" in p.stdout

@@ -15,7 +15,7 @@ reports), :mod:`rooftrace.models`, :mod:`rooftrace.training`, :mod:`rooftrace.in
 :mod:`rooftrace.scenes`; :mod:`rooftrace.api` is the notebook API and :mod:`rooftrace.cli` the command
 line. DESIGN.md explains them.
 
-Importing ``rooftrace`` is light: the API (and torch with it) loads on first use.
+Importing ``rooftrace`` is light: the API (and torch with it) and the label records (and shapely) load on first use.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rooftrace.core.errors import RooftraceError
-from rooftrace.labels.records import ImageLabels, LabelSet, LoadReport, image_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from rooftrace.api import Footprints, Model, load_model
+    from rooftrace.labels.records import ImageLabels, LabelSet, LoadReport, image_key
 
 from rooftrace.core.version import __version__  # noqa: E402
 
@@ -34,6 +34,7 @@ __all__ = ["Footprints", "ImageLabels", "LabelSet", "LoadReport", "Model", "Roof
            "__version__"]
 
 _API = {"load_model", "Model", "Footprints"}
+_RECORDS = {"ImageLabels", "LabelSet", "LoadReport", "image_key"}
 
 
 def __getattr__(name: str) -> Any:
@@ -41,4 +42,8 @@ def __getattr__(name: str) -> Any:
         from rooftrace import api
 
         return getattr(api, name)
+    if name in _RECORDS:  # shapely with them: not needed to start the command line
+        from rooftrace.labels import records
+
+        return getattr(records, name)
     raise AttributeError(f"module 'rooftrace' has no attribute {name!r}")

@@ -24,12 +24,7 @@ import numpy as np
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.georef import Georef, locate_image
 from rooftrace.imagery.read import read_rgb, stretch_to_uint8
-from rooftrace.imagery.resample import (
-    check_gsd,
-    footprints_to_grid,
-    place_georef,
-    resample_rgb,
-)
+from rooftrace.imagery.resample import check_gsd, footprints_to_grid, place_georef
 from rooftrace.inference.runtime import ModelRuntime, load_runtime, make_runner
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess
 
@@ -122,9 +117,7 @@ class Model:
             :class:`Footprints` in pixel coordinates, or, when the image is georeferenced, a
             GeoDataFrame in its CRS with a ``score`` per building.
         """
-        rgb, georef = _read_input(image)
-        where = str(image) if isinstance(image, (str, Path)) else getattr(image, "name", "the array")
-        return self._predict_rgb(rgb, georef, where, gsd=gsd, method=method, settings=settings)
+        return self._run([image], gsd=gsd, method=method, settings=settings)[0]
 
     def predict_batch(self, images: Iterable[ImageInput], *, gsd: float | None = None, method: str | None = None,
                       settings: PostprocessSettings | None = None) -> list[Footprints | geopandas.GeoDataFrame]:
@@ -136,7 +129,7 @@ class Model:
                 what = f"an array of shape {images.shape}" if isinstance(images, np.ndarray) else "one rasterio dataset"
             raise RooftraceError(f"predict_batch({what}): expected a list of images (or an (N, H, W, 3) array); "
                                  "for one image call predict()")
-        return [self.predict(image, gsd=gsd, method=method, settings=settings) for image in images]
+        return self._run(list(images), gsd=gsd, method=method, settings=settings)
 
     def predict_scene(self, raster: str | Path, out: str | Path, **options: Any) -> SceneResult:
         """Buildings of a georeferenced raster of any size, window by window with memory bounded by the
@@ -147,18 +140,34 @@ class Model:
 
         return predict_scene(raster, out, model=make_runner(self.runtime), **options)
 
-    def _predict_rgb(self, rgb: np.ndarray, georef: Georef | None, where: str, *, gsd: float | None, method: str | None,
-                     settings: PostprocessSettings | None) -> Footprints | geopandas.GeoDataFrame:
-        H, W = rgb.shape[:2]
-        place = place_georef(georef, check_gsd(gsd), self.gsd, where)
-        seen = resample_rgb(rgb, place.factor)
-        probs = self.runtime.image_probabilities(seen)
+    def _run(self, images: list[ImageInput], *, gsd: float | None, method: str | None, settings: PostprocessSettings | None
+             ) -> list[Footprints | geopandas.GeoDataFrame]:
+        """Images through the tile engine (:class:`rooftrace.inference.engine.TileEngine`), as ``rooftrace
+        predict`` runs tiles: read ahead in a thread, batched by size, post-processed in line."""
+        from rooftrace.inference.engine import TileEngine, prepare_rgb
+
+        gsd = check_gsd(gsd)
         method, settings = self.runtime.postprocessing(method, settings)
-        found = postprocess(probs, method=method, settings=settings)
-        polygons, scores = footprints_to_grid(list(found.footprints), list(found.scores), seen.shape[:2], (H, W))
-        result = Footprints(polygons, [float(s) for s in scores], W, H,
-                            found.instances if seen.shape[:2] == (H, W) else None)
-        return result.to_geodataframe(georef) if georef is not None else result
+        georefs: dict[int, Georef | None] = {}
+
+        def read(i: int) -> Any:
+            image = images[i]
+            rgb, georefs[i] = _read_input(image)
+            where = str(image) if isinstance(image, (str, Path)) else getattr(image, "name", "the array")
+            return prepare_rgb(i, rgb, place_georef(georefs[i], gsd, self.gsd, where), self.runtime.norm)
+
+        def finish(probs: np.ndarray, tile: Any) -> Footprints | geopandas.GeoDataFrame:
+            (H, W), seen = tile.orig, tile.size
+            found = postprocess(probs, method=method, settings=settings)
+            polygons, scores = footprints_to_grid(list(found.footprints), list(found.scores), seen, (H, W))
+            result = Footprints(polygons, [float(v) for v in scores], W, H, found.instances if seen == (H, W) else None)
+            georef = georefs.pop(tile.index)
+            return result.to_geodataframe(georef) if georef is not None else result
+
+        out: list[Any] = [None] * len(images)
+        for tile, result in TileEngine(self.runtime, batch_size=8 if len(images) > 1 else 1).run(len(images), read, finish):
+            out[tile.index] = result
+        return out
 
 
 def load_model(path: str | Path | None = None, *, device: str = "auto", tta: bool = False, precision: str = "auto") -> Model:

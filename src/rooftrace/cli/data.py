@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rooftrace.cli.options import add_band_options, parse_stretch
+from rooftrace.cli.options import MATCHING_MODES, add_band_options, parse_stretch
 from rooftrace.core.errors import RooftraceError
 
 
@@ -43,8 +43,6 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from rooftrace.evaluation.metrics import MATCHING_MODES
-
     p = sub.add_parser(
         "evaluate",
         help="score predictions against ground truth (object-wise F1 as BEGC2024, and pixel metrics)",
@@ -144,8 +142,6 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def add_report(sub: argparse._SubParsersAction) -> None:
-    from rooftrace.evaluation.metrics import MATCHING_MODES
-
     p = sub.add_parser(
         "report", help="an HTML report: tiles with TP/FP/missed buildings and scores, or a scene with an offline map",
         description="Tiles: score PRED against GT and write REPORT/index.html with a picture of every tile (true "

@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 
 from rooftrace.cli.options import (
+    DEFAULT_BLOCK,
+    DEFAULT_MARGIN,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
     add_band_options,
     add_postprocess_options,
     default_model,
@@ -67,9 +71,6 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def add_predict_scene(sub: argparse._SubParsersAction) -> None:
-    from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE
-    from rooftrace.scenes.blocks import DEFAULT_BLOCK, DEFAULT_MARGIN
-
     p = sub.add_parser(
         "predict-scene",
         help="footprints for large georeferenced scenes: GeoTIFF in, GeoPackage, FlatGeobuf, GeoParquet or GeoJSON out",

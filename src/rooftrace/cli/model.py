@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from rooftrace.cli.options import (
+    MATCHING_MODES,
+    POSTPROCESS_METHODS,
     add_postprocess_options,
     default_model,
     parse_settings,
@@ -48,8 +50,6 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def add_oracle(sub: argparse._SubParsersAction) -> None:
-    from rooftrace.evaluation.metrics import MATCHING_MODES
-
     p = sub.add_parser("oracle", help="measure what post-processing alone loses: perfect targets -> polygons -> CSV -> object F1",
                        description="Make every GT image's targets as if a perfect model had output them, post-process them, "
                        "write OUT/submission.csv (one row per GT image) and score it against the GT.")
@@ -88,14 +88,12 @@ def _run_oracle(args: argparse.Namespace) -> int:
 
 
 def add_tune(sub: argparse._SubParsersAction) -> None:
-    from rooftrace.instances.postprocess import POSTPROCESSORS
-
     p = sub.add_parser("tune", help="search the post-processing thresholds that maximise object F1 on a validation split",
                        description="Runs the model once over SPLIT, searches the post-processing settings, and saves "
                        "the best beside the model (<model>.postprocess.json), where predict picks them up.")
     p.add_argument("--model", type=Path, required=True, help="model .safetensors or .onnx (the tuned settings are saved beside it)")
     p.add_argument("--split", type=Path, required=True, help="validation split folder (image/ and <split>.json)")
-    p.add_argument("--postprocess", choices=sorted(POSTPROCESSORS), default="watershed")
+    p.add_argument("--postprocess", choices=POSTPROCESS_METHODS, default="watershed")
     p.add_argument("--tta", action="store_true", help="tune on flip-TTA probabilities")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",

@@ -8,6 +8,18 @@ from pathlib import Path
 
 from rooftrace.core.errors import RooftraceError
 
+# The parser's choices and defaults, written here so that building the parser (``rooftrace --help``, or
+# any command before it runs) imports none of the libraries behind them; tests/test_cli.py checks that
+# each equals the library's own.
+#: :data:`rooftrace.evaluation.metrics.MATCHING_MODES`.
+MATCHING_MODES = ("one-to-one", "any", "spacenet")
+#: The names of :data:`rooftrace.instances.postprocess.POSTPROCESSORS`.
+POSTPROCESS_METHODS = ("seed", "watershed")
+#: :data:`rooftrace.imagery.windows.DEFAULT_TILE` and ``DEFAULT_OVERLAP``.
+DEFAULT_TILE, DEFAULT_OVERLAP = 512, 64
+#: :data:`rooftrace.scenes.blocks.DEFAULT_BLOCK` and ``DEFAULT_MARGIN``.
+DEFAULT_BLOCK, DEFAULT_MARGIN = 2048, 128
+
 
 def parse_settings(items: list[str], path: Path | None):
     """Post-processing settings from a JSON file (a tune file or a plain object) and KEY=VALUE items."""
@@ -33,9 +45,7 @@ def parse_settings(items: list[str], path: Path | None):
 
 
 def add_postprocess_options(p: argparse.ArgumentParser, default_method: str | None) -> None:
-    from rooftrace.instances.postprocess import POSTPROCESSORS
-
-    p.add_argument("--postprocess", choices=sorted(POSTPROCESSORS), default=default_method,
+    p.add_argument("--postprocess", choices=POSTPROCESS_METHODS, default=default_method,
                    help="post-processing method" + (f" (default {default_method})" if default_method else
                                                     " (default: the tuned one saved beside the model, else watershed)"))
     p.add_argument("--settings", type=Path, default=None, help="JSON file of post-processing settings (e.g. a tune file)")

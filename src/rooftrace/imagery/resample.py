@@ -128,7 +128,8 @@ def place_tile(path: Path, width: int, height: int, gsd: float | None = None, mo
 def place_georef(geo: Georef | None, gsd: float | None, model_gsd: float | None, where: str | Path) -> TilePlace:
     """The input pixel size of an image with georeference ``geo`` (``None``: none) and its resampling
     factor to ``model_gsd``: ``gsd`` when given, else the image's own, measured geodesically; errors
-    name ``where``."""
+    name ``where``. The one pixel-size rule: tiles (:func:`place_tile`), the API and scenes
+    (:func:`rooftrace.scenes.predict.scene_scale`) all decide through it."""
     own = None
     if geo is not None:
         try:
@@ -145,5 +146,5 @@ def place_georef(geo: Georef | None, gsd: float | None, model_gsd: float | None,
     try:
         factor = resample_factor(g_in, model_gsd)
     except RooftraceError as exc:
-        raise RooftraceError(f"{where}: {exc} ({source})") from None
+        raise RooftraceError(f"{where}: {exc} (the pixel size is from {source})") from None
     return TilePlace(geo, g_in, source, own, factor)

@@ -1,11 +1,12 @@
 """Windows over a raster: window starts with overlap, the overlap-and-crop rule that gives each pixel to
-exactly one window, and the grid of windows of a scene. Pixel coordinates: (column, row) from the
+exactly one window, the grid of windows of a scene, and the one loop that runs a model over them
+(:func:`run_windows`). Pixel coordinates: (column, row) from the
 top-left corner."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 from rasterio.windows import Window
@@ -80,3 +81,68 @@ def check_tiling(tile: int, overlap: int) -> None:
         raise RooftraceError(f"--tile {tile}: must be at least 32 pixels")
     if overlap < 0 or overlap >= tile:
         raise RooftraceError(f"--overlap {overlap}: must be at least 0 and less than --tile ({tile})")
+
+
+@dataclass
+class KeptWindow:
+    """One window's share of a stitched output: grid row ``i``, column ``j``; ``rows`` and ``cols`` the
+    part of the image it is kept for (image pixels); ``part`` the model's output over exactly that
+    part, ``(C, rows, cols)``, 0 where the window had no valid pixel; ``None`` when the window had no
+    valid pixel at all (it was not run)."""
+
+    i: int
+    j: int
+    rows: slice
+    cols: slice
+    part: np.ndarray | None
+
+
+def run_windows(grid: Grid, read: Callable[[Window], tuple[np.ndarray, np.ndarray | None]],
+                run: Callable[[np.ndarray], np.ndarray], batch_size: int,
+                jobs: Sequence[tuple[int, int]] | None = None) -> Iterator[KeptWindow]:
+    """Run ``run`` over the windows of ``grid`` in batches and yield each window's kept part, in job order.
+
+    The one window loop of rooftrace: a large tile (:meth:`rooftrace.inference.runtime.ModelRuntime.windowed_probabilities`),
+    a scene (:func:`rooftrace.scenes.stitch.stitch_scene`) and a Dask task's share of a scene
+    (:func:`rooftrace.scenes.tasks._window_task`) all stitch through it, so each pixel comes from the
+    one window it is most central in (:func:`window_keep`) everywhere.
+
+    Args:
+        grid: The windows.
+        read: ``Window -> (rgb (th, tw, 3) uint8, valid (th, tw) bool or None for all valid)``. The next
+            batch is read in a thread while this one runs (reading releases the GIL).
+        run: ``(N, th, tw, 3) uint8 -> (N, C, th, tw)`` (any dtype; its result is cropped, not copied).
+        batch_size: Windows per call of ``run``.
+        jobs: ``(i, j)`` windows to run, in this order (default every window, row by row).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(i, j) for i in range(len(grid.ys)) for j in range(len(grid.xs))] if jobs is None else list(jobs)
+    batches = [jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)]
+    if not batches:
+        return
+    (ky0, ky1), (kx0, kx1) = grid.ky, grid.kx
+
+    def read_batch(batch: list[tuple[int, int]]) -> list[tuple[int, int, np.ndarray, np.ndarray | None]]:
+        return [(i, j, *read(grid.window(i, j))) for i, j in batch]
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rooftrace-read") as pool:
+        future = pool.submit(read_batch, batches[0])
+        for k in range(len(batches)):
+            items = future.result()
+            if k + 1 < len(batches):
+                future = pool.submit(read_batch, batches[k + 1])
+            todo = [it for it in items if it[3] is None or it[3].any()]
+            out = run(np.stack([it[2] for it in todo])) if todo else None
+            done = {(it[0], it[1]): n for n, it in enumerate(todo)}
+            for i, j, _, valid in items:
+                rows, cols = slice(int(ky0[i]), int(ky1[i])), slice(int(kx0[j]), int(kx1[j]))
+                n = done.get((i, j))
+                if n is None:
+                    yield KeptWindow(i, j, rows, cols, None)
+                    continue
+                full = out[n]  # type: ignore[index]
+                if valid is not None:
+                    full[:, ~valid] = 0
+                y, x = int(grid.ys[i]), int(grid.xs[j])
+                yield KeptWindow(i, j, rows, cols, full[:, rows.start - y:rows.stop - y, cols.start - x:cols.stop - x])

@@ -24,16 +24,15 @@ its footprints are brought back to the tile's own pixels (see :func:`predict_fol
 
 Unreadable tiles are reported and skipped, and still get their (empty) row in the submission.
 
-The work is a pipeline whose stages overlap: DataLoader worker processes read, normalise and pad
-tiles; the main thread groups tiles of the same padded size into batches (so a 256 x 256 tile is never
-padded to a 672 x 672 neighbour's size, and a tile's probabilities depend on nothing but the tile: the
-same as at batch size 1) and runs the model (on the CPU, one 512 x 512 tile's worth of pixels per
-forward pass, which is faster per tile there than larger batches); a small pool of threads
-post-processes each tile and encodes and writes its mask and overlay while the next batch runs.
-Post-processing releases the GIL in its heavy parts (OpenCV, numpy, scikit-image, shapely, zlib), so
-the threads run alongside inference. On a CPU of up to 4 cores, where inference already fills every
-core, the default is to post-process in line instead (a thread beside PyTorch's slows it more than
-it saves; see ``benchmarks/predict_speed.py``).
+The work runs through the tile engine (:class:`rooftrace.inference.engine.TileEngine`), whose stages
+overlap: reading threads decode, place, resample, normalise and pad tiles ahead of the network; tiles
+of the same padded size are batched (so a 256 x 256 tile is never padded to a 672 x 672 neighbour's
+size, and a tile's probabilities depend on nothing but the tile: the same as at batch size 1); the
+network runs (on the CPU, one 512 x 512 tile's worth of pixels per forward pass, which is faster per
+tile there than larger batches); each tile is post-processed and its mask and overlay encoded and
+written in finishing threads, or in line on a CPU of up to 4 cores, where inference already fills
+every core (see ``benchmarks/pipeline_speed.py``). This module adds what is particular to a folder:
+the output folder's checks, crash-safe records and resuming, and the output files.
 """
 
 from __future__ import annotations
@@ -41,29 +40,23 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.imagery.georef import Georef
-from rooftrace.imagery.normalize import Normalization
-from rooftrace.imagery.read import list_images, read_rgb
+from rooftrace.imagery.read import list_images
 from rooftrace.imagery.resample import (
     TilePlace,
     check_gsd,
     footprints_to_grid,
     place_tile,
     resample_factor,
-    resample_rgb,
 )
 from rooftrace.inference.devices import _default_threads, pick_device
 from rooftrace.inference.outputs import (
@@ -81,11 +74,8 @@ from rooftrace.inference.partial import (
     _tile_record,
 )
 from rooftrace.inference.provenance import make_provenance
-from rooftrace.inference.runtime import (
-    WINDOWED_ABOVE,
-    load_runtime,
-    pad_normalise,
-)
+from rooftrace.inference.engine import Prepared, TileEngine, prepare_tile
+from rooftrace.inference.runtime import load_runtime
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess
 from rooftrace.labels.begc import write_begc_csv
 from rooftrace.labels.coco import write_coco_results
@@ -93,60 +83,6 @@ from rooftrace.labels.geojson import write_geojson
 from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key
 from rooftrace.models.autocast import normalise_precision
 from rooftrace.models.files import LoadedModel
-
-
-class _Tiles(Dataset):
-    """Tiles of a folder as normalised tensors zero-padded (bottom, right) to a multiple of 32; an
-    unreadable tile yields its error instead. ``rgb`` (for overlays) only when asked.
-
-    Each tile is located (:func:`place_tile`) and, when its pixel size differs from the model's,
-    resampled to it; ``size`` is then the resampled size and ``orig`` the tile's own."""
-
-    def __init__(self, files: list[Path], norm: Normalization, keep_rgb: bool = True, gsd: float | None = None,
-                 model_gsd: float | None = None, tms: bool = False):
-        self.files, self.norm, self.keep_rgb = files, norm, keep_rgb
-        self.gsd, self.model_gsd, self.tms = gsd, model_gsd, tms
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        try:
-            rgb = read_rgb(self.files[i])
-            H, W = rgb.shape[:2]
-            place = place_tile(self.files[i], W, H, self.gsd, self.model_gsd, self.tms)  # a wrong pixel size: skipped too
-        except RooftraceError as exc:
-            return {"index": i, "error": str(exc)}
-        seen = resample_rgb(rgb, place.factor)
-        h, w = seen.shape[:2]
-        if h * w > WINDOWED_ABOVE:  # run window by window in the main process (memory flat in the tile's size)
-            return {"index": i, "large": seen, "size": (h, w), "orig": (H, W), "place": place, "rgb": rgb if self.keep_rgb else None}
-        x = torch.from_numpy(pad_normalise(seen, self.norm)[0])
-        return {"index": i, "image": x, "size": (h, w), "orig": (H, W), "place": place, "rgb": rgb if self.keep_rgb else None}
-
-
-def _one(tile: dict[str, Any]) -> dict[str, Any]:
-    """The loader's collate function for single tiles: as they are (no conversion of ``rgb``)."""
-    return tile
-
-
-def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Tiles of one padded size (or several: each is zero-padded to the largest) as one batch."""
-    ok = [b for b in batch if "image" in b]
-    out: dict[str, Any] = {"errors": [(b["index"], b["error"]) for b in batch if "error" in b], "index": [b["index"] for b in ok],
-                           "rgb": [b["rgb"] for b in ok], "size": [tuple(b["size"]) for b in ok],
-                           "orig": [tuple(b.get("orig", b["size"])) for b in ok], "place": [b.get("place") for b in ok]}
-    if ok:
-        H = max(b["image"].shape[1] for b in ok)
-        W = max(b["image"].shape[2] for b in ok)
-        if all(tuple(b["image"].shape[1:]) == (H, W) for b in ok):
-            out["image"] = torch.stack([b["image"] for b in ok])
-        else:
-            x = torch.zeros(len(ok), 3, H, W)
-            for n, b in enumerate(ok):
-                x[n, :, : b["image"].shape[1], : b["image"].shape[2]] = b["image"]
-            out["image"] = x
-    return out
 
 
 @dataclass
@@ -303,7 +239,7 @@ def predict_folder(
             model, else (ONNX) what travelled in its metadata, else the default method with default
             settings.
         batch_size: Tiles per forward pass; tiles are batched with others of the same padded size.
-        workers: Tile-reading processes (0: read in the main thread).
+        workers: Tile-reading threads (0: read in the main thread), reading ahead of the network.
         threads: Post-processing and writing threads (0: in the main thread, after each batch;
             default: 0 for inference on a CPU of up to 4 cores, else half the cores, at most 8).
         compile: ``torch.compile`` the PyTorch model (pays off on long runs on a GPU; the first
@@ -341,7 +277,7 @@ def predict_folder(
     images, out_dir = Path(images), Path(out_dir)
     gsd = check_gsd(gsd)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise RooftraceError(f"--workers {workers}: must be 0 (read tiles in the main process) or more")
+        raise RooftraceError(f"--workers {workers}: must be 0 (read tiles in the main thread) or more")
     pick_device(device)  # a device torch does not know is refused before anything is read or written
     files = list_images(images)
     if not files:
@@ -349,45 +285,21 @@ def predict_folder(
     _check_unique_keys(images, files)
     _check_out_dir(out_dir, force, resume)
     precision = normalise_precision(precision)
-    dev = pick_device(device)
-    n_threads = _default_threads(dev) if threads is None else max(0, int(threads))
+    n_threads = _default_threads(pick_device(device)) if threads is None else max(0, int(threads))
     runtime = load_runtime(model, device=device, tta=tta, precision=precision, onnx_spinning=n_threads == 0 and workers == 0)
-    loaded = runtime.net
-    if compile and isinstance(loaded, LoadedModel):
-        loaded.model = torch.compile(loaded.model)
+    if compile and isinstance(runtime.net, LoadedModel):
+        import torch
+
+        runtime.net.model = torch.compile(runtime.net.model)
     method, settings = runtime.postprocessing(method, settings)
-    partial = out_dir / PARTIAL
     record = _run_record(model, method, settings, tta, precision, images, write_masks, write_overlays, gsd, tms)
-    model_gsd = loaded.gsd
+    model_gsd = runtime.gsd
     if gsd is not None and model_gsd is not None:
         try:
             resample_factor(gsd, model_gsd)  # a --gsd no tile could be resampled from stops before any tile
         except RooftraceError as exc:
             raise RooftraceError(f"--gsd {gsd:g}: {exc}") from None
-    done: dict[int, tuple[int, int, list, list, dict[str, Any]]] = {}
-    changed: list[str] = []  # tiles whose file changed since the unfinished run recorded them
-    if resume:
-        try:
-            before = json.loads((partial / "run.json").read_text())
-        except (OSError, ValueError):
-            raise RooftraceError(f"{partial / 'run.json'}: unreadable; start again with --force") from None
-        differ = [k for k in record if before.get(k) != record[k]]
-        if differ:
-            raise RooftraceError(f"{out_dir}: the unfinished run used other {', '.join(differ)}; resume it with the same "
-                                 "model, images and options, or start again with --force")
-        for n, f in enumerate(files):
-            got = _read_tile_record(partial / f"{f.stem}.json")
-            if got is None:
-                continue
-            if got[4].get("file") is None or got[4]["file"] != _file_stamp(f):  # the tile changed: predicted again
-                changed.append(f.name)
-                continue
-            done[n] = got
-    else:
-        if partial.exists():
-            shutil.rmtree(partial)
-        atomic_write_text(partial / "run.json", json.dumps(record, indent=1), force=True)
-    norm = runtime.norm
+    done, changed = _start_or_resume(out_dir, files, record, resume)
     report = LoadReport(path=str(images))
     labels = LabelSet(report=report, root=images, format="predictions")
     keys: list[ImageKey] = [image_key(f) for f in files]
@@ -399,92 +311,89 @@ def predict_folder(
         img.width, img.height, img.footprints, img.scores = w, h, fps, scores
         if "gsd_source" in rec:  # where it lies is read again at the end; the pixel size it was predicted at is kept
             places[n] = TilePlace(None, rec.get("gsd"), rec["gsd_source"], rec.get("own_gsd"), float(rec.get("factor", 1.0)))
-    todo_index = [n for n in range(len(files)) if n not in done]  # loader index -> files index
-    stamps = {n: _file_stamp(files[n]) for n in todo_index}  # taken before the tile is read
-    changed_note = (f"{len(changed)} tile(s) changed since the unfinished run recorded them (size or modification time) "
-                    f"and were predicted again: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}") if changed else None
-    # One tile at a time out of the loader (batch_size=None); batches are formed below, by padded size.
-    tiles = _Tiles([files[n] for n in todo_index], norm, keep_rgb=write_overlays, gsd=gsd, model_gsd=model_gsd, tms=tms)
-    loader = DataLoader(tiles, batch_size=None, num_workers=workers, collate_fn=_one,
-                        pin_memory=dev.type == "cuda", prefetch_factor=max(2, batch_size) if workers else None)
-    timings = {"wait": 0.0, "inference": 0.0, "postprocess": 0.0, "postprocess_cpu": 0.0, "write": 0.0, "write_cpu": 0.0}
+    todo = [n for n in range(len(files)) if n not in done]  # engine index -> files index
+    stamps = {n: _file_stamp(files[n]) for n in todo}  # taken before the tile is read
+    engine = TileEngine(runtime, batch_size=batch_size, readers=workers, threads=n_threads)
+    timings = {"postprocess": 0.0, "postprocess_cpu": 0.0, "write": 0.0, "write_cpu": 0.0}
+
+    def read(j: int) -> Prepared:
+        return prepare_tile(j, files[todo[j]], runtime.norm, gsd=gsd, model_gsd=model_gsd, tms=tms, keep_rgb=write_overlays)
+
+    def finish(probs: np.ndarray, tile: Prepared) -> tuple[list, list, tuple[float, ...]]:
+        return _finish_tile(probs, tile.rgb, files[todo[tile.index]].stem, out_dir, method, settings, write_masks, write_overlays,
+                            tile.orig)
+
     t0 = time.perf_counter()
     skipped = 0
-    bar = tqdm(total=len(files), initial=len(done), desc="predict", unit="tile", disable=not progress, dynamic_ncols=True)
-    pool = ThreadPoolExecutor(n_threads, thread_name_prefix="rooftrace-post") if n_threads else None
-    pending: deque[tuple[int, int, int, Future | tuple]] = deque()
-    max_pending = max(2 * batch_size, 4 * max(n_threads, 1))
-
-    def settle(limit: int) -> None:
-        # Finished tiles are taken (and their .partial record written) at once, in order; wait
-        # for unfinished ones only beyond ``limit``.
-        while pending and (len(pending) > limit or not isinstance(pending[0][3], Future) or pending[0][3].done()):
-            i, h, w, job = pending.popleft()
-            fps, scores, seconds = job.result() if isinstance(job, Future) else job
+    with tqdm(total=len(files), initial=len(done), desc="predict", unit="tile", disable=not progress, dynamic_ncols=True) as bar:
+        for tile, result in engine.run(len(todo), read, finish):
+            i = todo[tile.index]
+            bar.update(1)
+            if result is None:
+                report.skip(tile.error)  # type: ignore[arg-type]
+                skipped += 1
+                continue
+            places[i] = tile.place  # type: ignore[assignment]
+            (H, W), (fps, scores, seconds) = tile.orig, result
             img = labels[keys[i]]
-            img.width, img.height = w, h
-            img.footprints, img.scores = fps, scores
-            atomic_write_text(partial / f"{files[i].stem}.json", _tile_record(w, h, fps, scores, places.get(i), stamps.get(i)), force=True)
+            img.width, img.height, img.footprints, img.scores = W, H, fps, scores
+            atomic_write_text(out_dir / PARTIAL / f"{files[i].stem}.json", _tile_record(W, H, fps, scores, places[i], stamps[i]),
+                              force=True)
             for name, value in zip(("postprocess", "postprocess_cpu", "write", "write_cpu"), seconds):
                 timings[name] += value
-            bar.update(1)
-
-    def finish(j: int, probs: np.ndarray, tile: dict[str, Any]) -> None:
-        i = todo_index[j]
-        H, W = tile["orig"]  # the tile's own size; probs are at the size the model saw it
-        if tile["place"] is not None:
-            places[i] = tile["place"]
-        args = (probs, tile["rgb"], files[i].stem, out_dir, method, settings, write_masks, write_overlays, (H, W))
-        pending.append((i, H, W, pool.submit(_finish_tile, *args) if pool is not None else _finish_tile(*args)))
-
-    def run_batch(tiles: list[dict[str, Any]]) -> None:
-        batch = _collate(tiles)
-        t = time.perf_counter()
-        probs = runtime.run(batch["image"])
-        timings["inference"] += time.perf_counter() - t
-        for n, j in enumerate(batch["index"]):
-            h, w = batch["size"][n]
-            finish(j, probs[n, :, :h, :w], {"orig": batch["orig"][n], "place": batch["place"][n], "rgb": batch["rgb"][n]})
-        settle(max_pending)
-
-    def run_large(tile: dict[str, Any]) -> None:
-        t = time.perf_counter()
-        probs = runtime.windowed_probabilities(tile.pop("large"))
-        timings["inference"] += time.perf_counter() - t
-        finish(tile["index"], probs, tile)
-        settle(0)  # one such tile's probabilities in memory at a time
-
-    buckets: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    try:
-        it = iter(loader)
-        while True:
-            t = time.perf_counter()
-            tile = next(it, None)
-            timings["wait"] += time.perf_counter() - t
-            if tile is None:
-                break
-            if "error" in tile:
-                report.skip(tile["error"])
-                skipped += 1
-                bar.update(1)
-                continue
-            if "large" in tile:
-                run_large(tile)
-                continue
-            shape = tuple(tile["image"].shape[1:])
-            bucket = buckets.setdefault(shape, [])
-            bucket.append(tile)
-            if len(bucket) >= batch_size:
-                run_batch(buckets.pop(shape))
-        for shape in list(buckets):
-            run_batch(buckets.pop(shape))
-        settle(0)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+    timings.update(engine.timings)
     seconds = time.perf_counter() - t0
     readable = [n for n in range(len(files)) if n in done or n in places]
+    maps, written = _write_outputs(labels, files, keys, readable, places, done, out_dir, images, model, method, settings, tms)
+    timings["outputs"] = time.perf_counter() - t0 - seconds
+    timings["total"] = time.perf_counter() - t0
+    tile_gsd = {keys[n]: {"gsd": pl.gsd, "gsd_source": pl.gsd_source, "own_gsd": pl.own_gsd, "factor": pl.factor}
+                for n, pl in sorted(places.items())}
+    notes = _gsd_notes(tile_gsd, model_gsd, gsd, report, [files[n].name for n in sorted(places)])
+    notes.extend(_coordinate_notes(maps, len(readable)))
+    if changed:
+        notes.insert(0, f"note: {len(changed)} tile(s) changed since the unfinished run recorded them (size or modification "
+                        f"time) and were predicted again: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}")
+    return PredictResult(out_dir, labels, len(files), skipped, seconds, report, written, timings, n_resumed=len(done),
+                         gsd_model=model_gsd, tile_gsd=tile_gsd, map_outputs=maps, notes=notes)
+
+
+def _start_or_resume(out_dir: Path, files: list[Path], record: dict[str, Any], resume: bool
+                     ) -> tuple[dict[int, tuple[int, int, list, list, dict[str, Any]]], list[str]]:
+    """A new run's ``.partial/run.json``; or, resuming, the tiles the unfinished run finished (by file
+    index) and the names of those whose file changed since (predicted again)."""
+    partial = out_dir / PARTIAL
+    done: dict[int, tuple[int, int, list, list, dict[str, Any]]] = {}
+    changed: list[str] = []
+    if not resume:
+        if partial.exists():
+            shutil.rmtree(partial)
+        atomic_write_text(partial / "run.json", json.dumps(record, indent=1), force=True)
+        return done, changed
+    try:
+        before = json.loads((partial / "run.json").read_text())
+    except (OSError, ValueError):
+        raise RooftraceError(f"{partial / 'run.json'}: unreadable; start again with --force") from None
+    differ = [k for k in record if before.get(k) != record[k]]
+    if differ:
+        raise RooftraceError(f"{out_dir}: the unfinished run used other {', '.join(differ)}; resume it with the same "
+                             "model, images and options, or start again with --force")
+    for n, f in enumerate(files):
+        got = _read_tile_record(partial / f"{f.stem}.json")
+        if got is None:
+            continue
+        if got[4].get("file") is None or got[4]["file"] != _file_stamp(f):  # the tile changed: predicted again
+            changed.append(f.name)
+            continue
+        done[n] = got
+    return done, changed
+
+
+def _write_outputs(labels: LabelSet, files: list[Path], keys: list[ImageKey], readable: list[int], places: dict[int, TilePlace],
+                   done: dict, out_dir: Path, images: Path, model: str | Path, method: str, settings: PostprocessSettings | None,
+                   tms: bool) -> tuple[MapOutputs | None, list[Path]]:
+    """The submission, the GeoJSON (and GeoPackage) and the COCO results, each written atomically; then
+    ``.partial`` is removed (the run is complete)."""
     georefs: dict[ImageKey, Georef] = {}
     for n in readable:
         geo = places[n].georef if n in places else None
@@ -508,17 +417,8 @@ def predict_folder(
                 sub.images[k] = labels[k]
             written.append(write_geojson(sub, out_dir / PIXEL_GEOJSON_NAME, force=True))
     written.append(write_coco_results(labels, out_dir / "predictions.coco.json", force=True))
-    shutil.rmtree(partial, ignore_errors=True)  # the run is complete
-    timings["outputs"] = time.perf_counter() - t0 - seconds
-    timings["total"] = time.perf_counter() - t0
-    tile_gsd = {keys[n]: {"gsd": pl.gsd, "gsd_source": pl.gsd_source, "own_gsd": pl.own_gsd, "factor": pl.factor}
-                for n, pl in sorted(places.items())}
-    notes = _gsd_notes(tile_gsd, model_gsd, gsd, report, [files[n].name for n in sorted(places)])
-    notes.extend(_coordinate_notes(maps, len(readable)))
-    if changed_note:
-        notes.insert(0, "note: " + changed_note)
-    return PredictResult(out_dir, labels, len(files), skipped, seconds, report, written, timings, n_resumed=len(done),
-                         gsd_model=model_gsd, tile_gsd=tile_gsd, map_outputs=maps, notes=notes)
+    shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)
+    return maps, written
 
 
 def _gsd_notes(tile_gsd: dict[ImageKey, dict[str, Any]], model_gsd: float | None, gsd: float | None, report: LoadReport,

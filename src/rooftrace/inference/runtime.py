@@ -32,7 +32,7 @@ import torch
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.normalize import Normalization
-from rooftrace.imagery.windows import Grid
+from rooftrace.imagery.windows import Grid, run_windows
 from rooftrace.inference.devices import CPU_PIXELS_PER_FORWARD, pick_device
 from rooftrace.inference.tuned import load_tuned
 from rooftrace.instances.postprocess import DEFAULT_METHOD, PostprocessSettings
@@ -180,6 +180,10 @@ class ModelRuntime:
         Raises:
             RooftraceError: The network gives another number of channels than its file names.
         """
+        if isinstance(x, np.ndarray):  # zero-copy: the network's input is a tensor whichever way it came
+            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.device.type == "cuda" and not self.is_onnx and not x.is_pinned():
+            x = x.pin_memory()  # then the copy to the GPU does not block
         out = predict_probabilities(self.net, x, self.device, tta=self.tta, precision=self.precision)
         if out.ndim != 4 or out.shape[1] != self.channels:
             raise RooftraceError(f"{self.path}: the network returned shape {tuple(out.shape)}, but the file names "
@@ -197,18 +201,20 @@ class ModelRuntime:
 
     def windowed_probabilities(self, rgb: np.ndarray, window: int = WINDOW, overlap: int = WINDOW_OVERLAP) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> ``(C, H, W)`` float32, window by window: each pixel's probability comes
-        from the one window it is most central in (overlap-and-crop, as scenes are stitched), so memory
-        is one window's activations plus the output, whatever the image's size."""
+        from the one window it is most central in (overlap-and-crop, the loop scenes are stitched with:
+        :func:`rooftrace.imagery.windows.run_windows`), so memory is one window's activations plus the
+        output, whatever the image's size."""
         h, w = rgb.shape[:2]
         grid = Grid.make(w, h, window, overlap)
         out: np.ndarray | None = None
-        for i, y in enumerate(grid.ys):
-            for j, x in enumerate(grid.xs):
-                p = self.probabilities(rgb[None, y : y + grid.th, x : x + grid.tw])[0]
-                if out is None:
-                    out = np.empty((p.shape[0], h, w), dtype=np.float32)
-                (y0, y1), (x0, x1) = (grid.ky[0][i], grid.ky[1][i]), (grid.kx[0][j], grid.kx[1][j])
-                out[:, y0:y1, x0:x1] = p[:, y0 - y : y1 - y, x0 - x : x1 - x]
+
+        def read(win: Any) -> tuple[np.ndarray, None]:
+            return rgb[win.row_off:win.row_off + win.height, win.col_off:win.col_off + win.width], None
+
+        for kept in run_windows(grid, read, self.probabilities, batch_size=1):
+            if out is None:
+                out = np.empty((kept.part.shape[0], h, w), dtype=np.float32)  # type: ignore[union-attr]
+            out[:, kept.rows, kept.cols] = kept.part
         assert out is not None
         return out
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyogrio
 import rasterio
 import shapely
 from pyproj import CRS, Transformer
@@ -79,6 +78,8 @@ def geoms_from_wkb(wkb: np.ndarray | None, report: LoadReport) -> np.ndarray:
 def _read_vector(path: Path, report: LoadReport) -> tuple[np.ndarray, CRS | None, dict[str, np.ndarray]]:
     if path.suffix.lower() == ".parquet":
         return _read_geoparquet(path, report)
+    import pyogrio  # only to read: writing the GeoJSON needs it not (nor its 0.5 s import)
+
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Non closed ring detected")  # closed and noted below

@@ -71,14 +71,22 @@ class BaselineUNet(nn.Module):
         return nn.functional.interpolate(self.head(y), scale_factor=2, mode="bilinear", align_corners=False)
 
 
-def build_model(cfg: ModelConfig, classes: int) -> nn.Module:
+def build_model(cfg: ModelConfig, classes: int, inference: bool = False) -> nn.Module:
     """The network a config describes, with ``classes`` output channels (logits).
+
+    ``inference=True`` (a model file's weights are loaded next): the shipped architecture (``unet`` with
+    ``tu-efficientnet_lite0``) is built in plain torch (:mod:`rooftrace.models.lite0`: the same parameters
+    and outputs, without importing smp, timm and torchvision); training builds every network with smp.
 
     Raises:
         RooftraceError: Unknown architecture or encoder, or encoder weights that fail their check.
     """
     if cfg.arch == "baseline-unet":
         return BaselineUNet(classes=classes, base=cfg.base_channels)
+    if inference and cfg.arch == "unet" and cfg.encoder == "tu-efficientnet_lite0":
+        from rooftrace.models.lite0 import UnetLite0
+
+        return UnetLite0(classes=classes)
     import segmentation_models_pytorch as smp
 
     packaged = PACKAGED_WEIGHTS.get(cfg.encoder_weights or "")

@@ -215,11 +215,21 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if missing:
         raise RooftraceError(f"{path}: its rooftrace metadata lacks {', '.join(missing)}; not a model file written by rooftrace")
     check_model_meta(path, meta)
-    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not _finite(v)), None)
     if bad is not None:
         raise RooftraceError(f"{path}: weight {bad} holds NaN or infinite values (a training run that diverged?); "
                              "the model cannot be used")
     return tensors, meta
+
+
+def _finite(v: torch.Tensor) -> bool:
+    """No NaN or infinity in ``v``; through numpy where it can (0.03 s for the shipped model, against 0.5 s
+    or more for torch's first operations at start-up), torch for bfloat16, which numpy lacks."""
+    if v.dtype == torch.bfloat16:
+        return bool(torch.isfinite(v).all())
+    import numpy as np
+
+    return bool(np.isfinite(v.numpy()).all())
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -234,7 +244,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         from dataclasses import replace
 
         cfg_local = replace(cfg, model=replace(cfg.model, encoder_weights=None))
-        model = build_model(cfg_local.model, classes=len(meta["channels"]))
+        model = build_model(cfg_local.model, classes=len(meta["channels"]), inference=True)
     except RooftraceError as exc:
         raise RooftraceError(f"{path}: {exc}") from None
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}

@@ -59,7 +59,6 @@ not need it.
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -212,34 +211,21 @@ class SceneResult:
 def scene_scale(scene: Scene, gsd: float | None, model_gsd: float | None) -> tuple[float, float | None, str, list[str]]:
     """The factor to read a scene at so that its pixels are the model's, and why.
 
-    The scene's pixel size is ``gsd`` when given, else measured on the ground from its transform
-    and CRS at its centre (:func:`rooftrace.imagery.georef.pixel_size_m`: metres, degrees included), else
-    unknown and taken to be the model's. Returns ``(factor, gsd_input, gsd_source, notes)``;
+    The rule is tiles' (:func:`rooftrace.imagery.resample.place_georef`): the scene's pixel size is ``gsd``
+    when given, else measured on the ground from its transform and CRS at its centre
+    (:func:`rooftrace.imagery.georef.pixel_size_m`: metres, degrees included), else unknown and taken to
+    be the model's. Returns ``(factor, gsd_input, gsd_source, notes)``;
     the factor is 1.0 when the model records no pixel size or the two are within 2 %.
     """
-    from rooftrace.imagery.georef import pixel_size_m
-    from rooftrace.imagery.resample import resample_factor
+    from rooftrace.imagery.georef import Georef
+    from rooftrace.imagery.resample import place_georef
 
-    own = None
-    if scene.crs is not None:
-        try:
-            own = float(pixel_size_m(scene.crs, scene.src.transform, scene.src.width, scene.src.height))
-            own = own if math.isfinite(own) and own > 0 else None
-        except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot bring to WGS84
-            own = None
+    geo = Georef(scene.crs, scene.src.transform, scene.src.width, scene.src.height, "geotiff") if scene.crs is not None else None
+    place = place_georef(geo, gsd, model_gsd, scene.path)  # the one pixel-size rule, as for tiles and the API
+    own, g_in, source, factor = place.own_gsd, place.gsd, place.gsd_source, place.factor
     notes: list[str] = []
-    if gsd is not None:
-        g_in, source = gsd, "--gsd"
-        if own is not None and not 0.5 <= gsd / own <= 2.0:
-            notes.append(f"note: --gsd {gsd:g} overrides the scene's own pixel size, {own:.3g} m, which differs by more than 2x; check --gsd")
-    elif own is not None:
-        g_in, source = own, "geotiff"
-    else:
-        g_in, source = None, "unknown"
-    try:
-        factor = resample_factor(g_in, model_gsd)
-    except RooftraceError as exc:
-        raise RooftraceError(f"{scene.path}: {exc} (the pixel size is from {source})") from None
+    if gsd is not None and own is not None and not 0.5 <= gsd / own <= 2.0:
+        notes.append(f"note: --gsd {gsd:g} overrides the scene's own pixel size, {own:.3g} m, which differs by more than 2x; check --gsd")
     if model_gsd is None:
         if gsd is not None:
             notes.append(f"note: the model records no pixel size, so --gsd {gsd:g} changes nothing: the scene is read as it is")

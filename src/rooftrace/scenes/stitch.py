@@ -4,10 +4,9 @@ into a tiled uint8 GeoTIFF on disk, so the scene's probabilities never live in m
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import rasterio
@@ -16,7 +15,7 @@ from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.raster import Scene
-from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, Grid, check_tiling
+from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, Grid, check_tiling, run_windows
 from rooftrace.inference.runtime import ModelRunner
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,6 +33,29 @@ def _quantise(probs: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
     if not np.isfinite(p).all():
         raise RooftraceError("the model returned NaN or infinite probabilities (a diverged model?)")
     return np.rint(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def model_channels(runner: ModelRunner, grid: Grid) -> int:
+    """The runner's output channels (1 or 3); a callable is asked once, on one black window."""
+    if runner.channels is not None:
+        return runner.channels
+    probe = runner.fn(np.zeros((1, grid.th, grid.tw, 3), dtype=np.uint8))
+    channels = int(np.asarray(probe).shape[1]) if np.ndim(probe) == 4 else 0
+    if channels not in (1, 3):
+        raise RooftraceError(f"the model returned shape {np.shape(probe)}; expected (1, 1 or 3, {grid.th}, {grid.tw})")
+    return channels
+
+
+def quantised_runner(runner: ModelRunner, channels: int, grid: Grid) -> Callable[[np.ndarray], np.ndarray]:
+    """``runner`` on a batch of windows, its output checked and quantised (:func:`_quantise`)."""
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        q = _quantise(runner.fn(batch), len(batch), grid.th, grid.tw)
+        if q.shape[1] != channels:
+            raise RooftraceError(f"the model returned {q.shape[1]} channels, then {channels}")
+        return q
+
+    return run
 
 
 def _compression() -> dict[str, Any]:
@@ -63,7 +85,8 @@ def stitch_scene(scene: Scene, runner: ModelRunner, out_path: str | Path, *, til
 
     The output is a tiled GeoTIFF with the scene's size, CRS and transform, one uint8 band per
     model channel (probability x 255, rounded), 0 on invalid pixels. Only one strip of windows
-    is held in memory; rows are written as soon as they are final.
+    is held in memory; rows are written as soon as they are final. The windows run through
+    :func:`rooftrace.imagery.windows.run_windows`, the one loop every stitched output uses.
     """
     check_tiling(tile, overlap)
     if batch_size < 1:
@@ -71,26 +94,13 @@ def stitch_scene(scene: Scene, runner: ModelRunner, out_path: str | Path, *, til
     t0 = time.perf_counter()
     grid = Grid.make(scene.width, scene.height, tile, overlap)
     ny, nx = len(grid.ys), len(grid.xs)
-    channels = runner.channels
-    if channels is None:  # a callable: ask it once what it returns
-        probe = runner.fn(np.zeros((1, grid.th, grid.tw, 3), dtype=np.uint8))
-        channels = int(np.asarray(probe).shape[1]) if np.ndim(probe) == 4 else 0
-        if channels not in (1, 3):
-            raise RooftraceError(f"the model returned shape {np.shape(probe)}; expected (1, 1 or 3, {grid.th}, {grid.tw})")
+    channels = model_channels(runner, grid)
     profile = dict(driver="GTiff", width=scene.width, height=scene.height, count=channels, dtype="uint8",
                    crs=scene.src.crs, transform=scene.transform, tiled=True, blockxsize=_PROB_BLOCK,
                    blockysize=_PROB_BLOCK, BIGTIFF="IF_SAFER", **_compression())
-    jobs = [(i, j) for i in range(ny) for j in range(nx)]
-    batches = [jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)]
-    ky0, ky1 = grid.ky
-    kx0, kx1 = grid.kx
-    strips: dict[int, np.ndarray] = {}
-    left = {i: nx for i in range(ny)}
+    strip: np.ndarray | None = None  # the row of windows being stitched
     pending: list[np.ndarray] = []
     state = {"pending_rows": 0, "written": 0, "skipped": 0}
-
-    def read_batch(batch: list[tuple[int, int]]) -> list[tuple[int, int, np.ndarray, np.ndarray | None]]:
-        return [(i, j, *scene.read(grid.window(i, j))) for i, j in batch]
 
     def write_rows(dst: rasterio.io.DatasetWriter, final: bool) -> None:
         rows = state["pending_rows"]
@@ -105,40 +115,22 @@ def stitch_scene(scene: Scene, runner: ModelRunner, out_path: str | Path, *, til
         state["written"] += n
         state["pending_rows"] = rows - n
 
-    bar = tqdm(total=len(jobs), desc=f"predict {scene.path.name}", unit="window", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=grid.n_windows, desc=f"predict {scene.path.name}", unit="window", disable=not progress, dynamic_ncols=True)
     try:
-        with rasterio.open(out_path, "w", **profile) as dst, ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(read_batch, batches[0])
-            for k in range(len(batches)):
-                items = future.result()
-                if k + 1 < len(batches):
-                    future = pool.submit(read_batch, batches[k + 1])
-                run = [it for it in items if it[3] is None or it[3].any()]
-                state["skipped"] += len(items) - len(run)
-                q = None
-                if run:
-                    q = _quantise(runner.fn(np.stack([it[2] for it in run])), len(run), grid.th, grid.tw)
-                    if q.shape[1] != channels:
-                        raise RooftraceError(f"the model returned {q.shape[1]} channels, then {channels}")
-                for n, (i, j, _, valid) in enumerate(run):
-                    if i not in strips:
-                        strips[i] = np.zeros((channels, ky1[i] - ky0[i], scene.width), dtype=np.uint8)
-                    part = q[n]  # type: ignore[index]
-                    if valid is not None:
-                        part[:, ~valid] = 0
-                    r0, r1 = ky0[i] - grid.ys[i], ky1[i] - grid.ys[i]
-                    c0, c1 = kx0[j] - grid.xs[j], kx1[j] - grid.xs[j]
-                    strips[i][:, :, kx0[j]:kx1[j]] = part[:, r0:r1, c0:c1]
-                for i in (it[0] for it in items):
-                    left[i] -= 1
-                    if left[i] == 0:  # windows come in row order, so strips complete in order
-                        strip = strips.pop(i, None)
-                        if strip is None:  # every window of the strip had no valid pixel
-                            strip = np.zeros((channels, ky1[i] - ky0[i], scene.width), dtype=np.uint8)
-                        pending.append(strip)
-                        state["pending_rows"] += strip.shape[1]
-                        write_rows(dst, final=i == ny - 1)
-                bar.update(len(items))
+        with rasterio.open(out_path, "w", **profile) as dst:
+            for kept in run_windows(grid, scene.read, quantised_runner(runner, channels, grid), batch_size):
+                if strip is None:
+                    strip = np.zeros((channels, kept.rows.stop - kept.rows.start, scene.width), dtype=np.uint8)
+                if kept.part is None:
+                    state["skipped"] += 1
+                else:
+                    strip[:, :, kept.cols] = kept.part
+                if kept.j == nx - 1:  # windows come row by row, so strips complete in order
+                    pending.append(strip)
+                    state["pending_rows"] += strip.shape[1]
+                    strip = None
+                    write_rows(dst, final=kept.i == ny - 1)
+                bar.update(1)
     finally:
         bar.close()
-    return StitchStats(len(jobs), state["skipped"], channels, time.perf_counter() - t0)
+    return StitchStats(grid.n_windows, state["skipped"], channels, time.perf_counter() - t0)

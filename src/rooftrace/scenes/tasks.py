@@ -97,6 +97,7 @@ def _plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str
     )
     from rooftrace.scenes.blocks import DEFAULT_BLOCK, DEFAULT_MARGIN, DEFAULT_MAX_GROUP
     from rooftrace.scenes.predict import scene_scale
+    from rooftrace.scenes.stitch import model_channels
     from rooftrace.scenes.writers import scene_provenance, unit_metres
 
     try:
@@ -109,12 +110,7 @@ def _plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str
             factor, gsd_in, gsd_source, notes = scene_scale(sc, check_gsd(kwargs.get("gsd")), runner.gsd)
             sc.set_scale(factor)
             grid = Grid.make(sc.width, sc.height, tile, overlap)
-            channels = runner.channels
-            if channels is None:  # a callable: ask it once what it returns, as stitch_scene does
-                probe = runner.fn(np.zeros((1, grid.th, grid.tw, 3), dtype=np.uint8))
-                channels = int(np.asarray(probe).shape[1]) if np.ndim(probe) == 4 else 0
-                if channels not in (1, 3):
-                    raise RooftraceError(f"the model returned shape {np.shape(probe)}; expected (1, 1 or 3, {grid.th}, {grid.tw})")
+            channels = model_channels(runner, grid)
             crs = sc.crs
             plan = dict(
                 bands=kwargs.get("bands"), stretch=kwargs.get("stretch", DEFAULT_STRETCH), scale=factor, width=sc.width,
@@ -134,42 +130,31 @@ def _plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str
 
 
 def _window_task(spec: ModelSpec, scene: str, plan: dict[str, Any], lo: int, hi: int, part_path: str) -> tuple[str, Any]:
-    """Phase 1 for jobs ``lo:hi`` (row-major windows) of a split scene, batched as stitch_scene batches
-    them; writes the probabilities those windows keep (zeros elsewhere) over the rows they span."""
+    """Phase 1 for jobs ``lo:hi`` (row-major windows) of a split scene, through the window loop
+    stitch_scene runs (:func:`rooftrace.imagery.windows.run_windows`), batched as it batches them;
+    writes the probabilities those windows keep (zeros elsewhere) over the rows they span."""
     import rasterio
     from affine import Affine
 
     from rooftrace.imagery.raster import GDAL_CACHE_MB
-    from rooftrace.imagery.windows import Grid
-    from rooftrace.scenes.stitch import _PROB_BLOCK, _compression, _quantise
+    from rooftrace.imagery.windows import Grid, run_windows
+    from rooftrace.scenes.stitch import _PROB_BLOCK, _compression, quantised_runner
 
     try:
         runner = worker_runner(spec)
         grid = Grid.make(plan["width"], plan["height"], plan["tile"], plan["overlap"])
         nx, channels, bs = len(grid.xs), plan["channels"], plan["batch_size"]
         ky0, ky1 = grid.ky
-        kx0, kx1 = grid.kx
         jobs = [(k // nx, k % nx) for k in range(lo, hi)]
         row0, row1 = int(ky0[jobs[0][0]]), int(ky1[jobs[-1][0]])
         out = np.zeros((channels, row1 - row0, plan["width"]), dtype=np.uint8)
         skipped = 0
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), _open_scene(scene, plan) as sc:
-            for k in range(0, len(jobs), bs):
-                items = [(i, j, *sc.read(grid.window(i, j))) for i, j in jobs[k:k + bs]]
-                run = [it for it in items if it[3] is None or it[3].any()]
-                skipped += len(items) - len(run)
-                if not run:
-                    continue
-                q = _quantise(runner.fn(np.stack([it[2] for it in run])), len(run), grid.th, grid.tw)
-                if q.shape[1] != channels:
-                    raise RooftraceError(f"the model returned {q.shape[1]} channels, then {channels}")
-                for n, (i, j, _, valid) in enumerate(run):
-                    part = q[n]
-                    if valid is not None:
-                        part[:, ~valid] = 0
-                    r0, r1 = ky0[i] - grid.ys[i], ky1[i] - grid.ys[i]
-                    c0, c1 = kx0[j] - grid.xs[j], kx1[j] - grid.xs[j]
-                    out[:, ky0[i] - row0:ky1[i] - row0, kx0[j]:kx1[j]] = part[:, r0:r1, c0:c1]
+            for kept in run_windows(grid, sc.read, quantised_runner(runner, channels, grid), bs, jobs=jobs):
+                if kept.part is None:
+                    skipped += 1
+                else:
+                    out[:, kept.rows.start - row0:kept.rows.stop - row0, kept.cols] = kept.part
         tmp = f"{part_path}.{os.getpid()}.tmp.tif"
         where = dict(crs=plan["src_crs"], transform=plan["transform"] * Affine.translation(0, row0)) if plan["src_crs"] else {}
         with rasterio.open(tmp, "w", driver="GTiff", width=out.shape[2], height=out.shape[1], count=channels, dtype="uint8", **where,

@@ -1,0 +1,199 @@
+"""The tile engine: read -> place and resample -> batch -> forward -> post-process and write, as stages
+that overlap.
+
+:class:`TileEngine` runs any number of images through one loaded model (:class:`ModelRuntime`):
+
+1. **read** (threads, :func:`prepare_tile` or any function the caller gives): decode the image, decide
+   its pixel size and resample it (:func:`rooftrace.imagery.resample.place_tile`, the one pixel-size
+   rule), normalise and pad it to a multiple of 32. Decoding (OpenCV, GDAL, Pillow) and numpy release
+   the GIL, so the readers run beside the network; at most ``ahead`` images are read ahead of it (a
+   bounded queue: memory stays flat whatever the number of images);
+2. **batch** (the calling thread): images of the same padded size are grouped into batches of
+   ``batch_size`` (an image's probabilities then depend on nothing but the image: the same as at
+   batch size 1), and an image of more than :data:`WINDOWED_ABOVE` pixels runs alone, window by window
+   (:meth:`ModelRuntime.windowed_probabilities`, the window loop scenes are stitched with);
+3. **forward** (the calling thread): :meth:`ModelRuntime.run`;
+4. **finish** (threads, or in line with ``threads=0``): the caller's function, typically
+   post-processing, tracing and writing per-image files (:mod:`rooftrace.instances.postprocess`:
+   OpenCV, scikit-image, shapely and zlib release the GIL). At most ``max_pending`` images wait to be
+   finished; results come back in the order images finish.
+
+On a CPU of up to 4 cores, where the network already fills every core, finishing runs in line by
+default (a thread beside PyTorch's slows the network more than it saves; ``benchmarks/pipeline_speed.py``
+measures it), and one reader thread reads ahead.
+
+Tile prediction (:func:`rooftrace.inference.predict.predict_folder`) and the Python API
+(:meth:`rooftrace.api.Model.predict_batch`) run images through it; scenes run their windows through
+:func:`rooftrace.imagery.windows.run_windows`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from rooftrace.core.errors import RooftraceError
+from rooftrace.imagery.normalize import Normalization
+from rooftrace.imagery.read import read_rgb
+from rooftrace.imagery.resample import TilePlace, place_tile, resample_rgb
+from rooftrace.inference.runtime import WINDOWED_ABOVE, ModelRuntime, pad_normalise
+
+
+@dataclass
+class Prepared:
+    """One image, read and ready for the network (or the error that stopped it).
+
+    Attributes:
+        index: Its position in the caller's list.
+        image: ``(3, H', W')`` float32, normalised and zero-padded to a multiple of 32; ``None`` for a
+            large image (see ``large``) or an error.
+        large: The resampled ``(h, w, 3)`` uint8 image when it has more than :data:`WINDOWED_ABOVE` pixels
+            (run window by window).
+        size: ``(h, w)``: the size the network sees (after resampling).
+        orig: ``(H, W)``: the image's own size.
+        place: Where it lies and the pixel size it was predicted at.
+        rgb: The image as read, when the caller keeps it (overlays).
+        error: Why it could not be read (then nothing else is set).
+    """
+
+    index: int
+    image: np.ndarray | None = None
+    large: np.ndarray | None = None
+    size: tuple[int, int] = (0, 0)
+    orig: tuple[int, int] = (0, 0)
+    place: TilePlace | None = None
+    rgb: np.ndarray | None = None
+    error: str | None = None
+    #: Seconds this image took to read, in wall and the reading thread's CPU time.
+    seconds: tuple[float, float] = (0.0, 0.0)
+
+
+def prepare_rgb(index: int, rgb: np.ndarray, place: TilePlace, norm: Normalization, keep_rgb: bool = False) -> Prepared:
+    """An image already decoded, resampled by ``place.factor`` and normalised (or kept whole when large)."""
+    H, W = rgb.shape[:2]
+    seen = resample_rgb(rgb, place.factor)
+    h, w = seen.shape[:2]
+    kept = rgb if keep_rgb else None
+    if h * w > WINDOWED_ABOVE:
+        return Prepared(index, large=seen, size=(h, w), orig=(H, W), place=place, rgb=kept)
+    return Prepared(index, image=pad_normalise(seen, norm)[0], size=(h, w), orig=(H, W), place=place, rgb=kept)
+
+
+def prepare_tile(index: int, path: Path, norm: Normalization, *, gsd: float | None = None, model_gsd: float | None = None,
+                 tms: bool = False, keep_rgb: bool = False) -> Prepared:
+    """Read one tile file, place it (:func:`place_tile`: a wrong pixel size is an error too) and prepare it."""
+    t, c = time.perf_counter(), time.thread_time()
+    try:
+        rgb = read_rgb(path)
+        place = place_tile(path, rgb.shape[1], rgb.shape[0], gsd, model_gsd, tms)
+    except RooftraceError as exc:
+        return Prepared(index, error=str(exc))
+    out = prepare_rgb(index, rgb, place, norm, keep_rgb)
+    out.seconds = (time.perf_counter() - t, time.thread_time() - c)
+    return out
+
+
+@dataclass
+class TileEngine:
+    """A model runtime with how images flow through it (see the module docstring).
+
+    Attributes:
+        runtime: The loaded model.
+        batch_size: Images of one padded size per forward pass.
+        readers: Reading threads (0: read in the calling thread, one image at a time).
+        threads: Finishing threads (0: finish in line, after each batch).
+        ahead: Images read ahead of the network (default ``2 * batch_size``).
+        timings: Seconds per stage, summed over images: ``read`` and ``read_cpu`` (in the reading
+            threads), ``wait`` (the network waiting for an image), ``inference``.
+    """
+
+    runtime: ModelRuntime
+    batch_size: int = 8
+    readers: int = 1
+    threads: int = 0
+    ahead: int | None = None
+    timings: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "read_cpu": 0.0, "wait": 0.0, "inference": 0.0})
+
+    def run(self, n: int, read: Callable[[int], Prepared], finish: Callable[[np.ndarray, Prepared], Any]
+            ) -> Iterator[tuple[Prepared, Any]]:
+        """Images ``0 .. n-1``: ``read(i)`` prepares each, ``finish(probs, prepared)`` finishes each
+        (``probs``: ``(C, h, w)`` at the size the network saw). Yields ``(prepared, finish's result)`` as
+        images finish, and ``(prepared, None)`` at once for an image that could not be read."""
+        ahead = max(1, self.ahead or 2 * self.batch_size)
+        readers = ThreadPoolExecutor(self.readers, thread_name_prefix="rooftrace-read") if self.readers else None
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rooftrace-post") if self.threads else None
+        max_pending = max(2 * self.batch_size, 4 * max(self.threads, 1))
+        pending: deque[tuple[Prepared, Future | Any]] = deque()
+        reads: deque[Future] = deque()
+        timings = self.timings
+
+        def settle(limit: int) -> Iterator[tuple[Prepared, Any]]:
+            while pending and (len(pending) > limit or not isinstance(pending[0][1], Future) or pending[0][1].done()):
+                tile, job = pending.popleft()
+                yield tile, job.result() if isinstance(job, Future) else job
+
+        def start(tile: Prepared, probs: np.ndarray) -> None:
+            pending.append((tile, pool.submit(finish, probs, tile) if pool is not None else finish(probs, tile)))
+
+        def run_batch(tiles: list[Prepared]) -> None:
+            H = max(t.image.shape[1] for t in tiles)  # type: ignore[union-attr]
+            W = max(t.image.shape[2] for t in tiles)  # type: ignore[union-attr]
+            x = np.zeros((len(tiles), 3, H, W), dtype=np.float32)
+            for k, t in enumerate(tiles):
+                x[k, :, : t.image.shape[1], : t.image.shape[2]] = t.image  # type: ignore[union-attr]
+                t.image = None  # the batch holds it now
+            s = time.perf_counter()
+            probs = self.runtime.run(x)
+            timings["inference"] += time.perf_counter() - s
+            for k, t in enumerate(tiles):
+                h, w = t.size
+                start(t, probs[k, :, :h, :w])
+
+        def next_tile(i: int) -> Prepared:
+            if readers is None:
+                return read(i)
+            while len(reads) < ahead and i + len(reads) < n:
+                reads.append(readers.submit(read, i + len(reads)))
+            return reads.popleft().result()
+
+        buckets: dict[tuple[int, int], list[Prepared]] = {}
+        try:
+            for i in range(n):
+                s = time.perf_counter()
+                tile = next_tile(i)
+                timings["wait"] += time.perf_counter() - s
+                timings["read"] += tile.seconds[0]
+                timings["read_cpu"] += tile.seconds[1]
+                if tile.error is not None:
+                    yield tile, None
+                    continue
+                if tile.large is not None:
+                    s = time.perf_counter()
+                    probs = self.runtime.windowed_probabilities(tile.large)
+                    tile.large = None
+                    timings["inference"] += time.perf_counter() - s
+                    start(tile, probs)
+                    yield from settle(0)  # one such image's probabilities in memory at a time
+                    continue
+                shape = tuple(tile.image.shape[1:])  # type: ignore[union-attr]
+                bucket = buckets.setdefault(shape, [])  # type: ignore[arg-type]
+                bucket.append(tile)
+                if len(bucket) >= self.batch_size:
+                    run_batch(buckets.pop(shape))  # type: ignore[arg-type]
+                    yield from settle(max_pending)
+            for shape in list(buckets):
+                run_batch(buckets.pop(shape))
+            yield from settle(0)
+        finally:
+            for f in reads:
+                f.cancel()
+            if readers is not None:
+                readers.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
