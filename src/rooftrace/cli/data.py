@@ -71,6 +71,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from rooftrace.core.files import atomic_write_text
     from rooftrace.evaluation.metrics import evaluate_labels
+    from rooftrace.evaluation.overlap import check_overlap
     from rooftrace.labels.formats import align_keys, read_labels
 
     if not 0.0 < args.iou <= 1.0:
@@ -84,6 +85,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(gt.report.summary())
     print(pred.report.summary())
     pred = align_keys(gt, pred)
+    check_overlap(gt, pred, args.gt, args.pred)
     score = evaluate_labels(gt, pred, iou=args.iou, matching=args.matching, pixel=not args.no_pixel)
     print()
     print(score.summary())

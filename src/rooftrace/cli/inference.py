@@ -97,7 +97,8 @@ def add_predict_scene(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help=f"post-processing block in pixels (default {DEFAULT_BLOCK})")
     p.add_argument("--margin", type=int, default=DEFAULT_MARGIN, help=f"pixels read around each block (default {DEFAULT_MARGIN})")
     p.add_argument("--probabilities", type=Path, default=None, help="also keep the stitched probabilities as a GeoTIFF (one scene)")
-    p.add_argument("--format", choices=("gpkg", "fgb", "parquet", "geojson"), default="gpkg", help="output format when --out is a folder (default gpkg)")
+    p.add_argument("--format", choices=("gpkg", "fgb", "parquet", "geojson"), default=None,
+                   help="output format when --out is a folder (default gpkg); one scene's format is --out's suffix")
     p.add_argument("--shard", default=None, metavar="I/N", help="take scenes I, I+N, I+2N, ... of the sorted list (0 <= I < N)")
     p.add_argument("--force", action="store_true", help="overwrite outputs; in folder mode, redo scenes whose output exists")
     d = p.add_argument_group("Dask (pip install 'rooftrace[dask]'): one task per scene, big scenes split across workers, "
@@ -132,6 +133,15 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
         if (len(args.scenes) != 1 or one.is_dir() or one.suffix.lower() == ".txt" or args.shard is not None
                 or args.scheduler is not None or args.dask_workers is not None):
             raise RooftraceError(f"--out {args.out}: a file holds one scene; for several scenes or --shard, give a folder as --out")
+        if args.crs is not None:
+            raise RooftraceError(f"--crs {args.crs}: sets the CRS of the merged layer of several scenes on Dask; one scene's "
+                                 f"{args.out.name} is written in the scene's own CRS. For longitude/latitude write "
+                                 f"{args.out.with_suffix('.geojson').name}, or reproject the output (ogr2ogr -t_srs {args.crs})")
+        if args.split_above is not None:
+            raise RooftraceError("--split-above splits scenes across Dask workers; it goes with --scheduler or --dask-workers")
+        if args.format is not None and args.format != args.out.suffix.lower().lstrip("."):
+            raise RooftraceError(f"--format {args.format}: the output format of one scene is --out's suffix ({args.out.name}); "
+                                 "--format is for an output folder")
         result = predict_scene(one, args.out, default_model(args.model), probabilities=args.probabilities, **common)
         print(result.summary())
         return 0
@@ -141,7 +151,7 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
         return _run_predict_scene_dask(args, common)
     if args.crs is not None or args.split_above is not None:
         raise RooftraceError("--crs and --split-above go with --scheduler or --dask-workers")
-    done = predict_scenes(args.scenes, args.out, default_model(args.model), shard=args.shard, fmt=args.format, **common)
+    done = predict_scenes(args.scenes, args.out, default_model(args.model), shard=args.shard, fmt=args.format or "gpkg", **common)
     return _report_scenes(done)
 
 
@@ -152,7 +162,7 @@ def _run_predict_scene_dask(args: argparse.Namespace, common: dict) -> int:
         raise RooftraceError("--scheduler and --dask-workers: give one (an existing cluster, or a local one of N workers)")
     if args.shard is not None:
         raise RooftraceError("--shard splits the scenes without a coordinator; with --scheduler or --dask-workers, Dask does")
-    if args.format != "gpkg":
+    if args.format not in (None, "gpkg"):
         raise RooftraceError(f"--format {args.format}: with Dask, per-scene outputs and the merged layer are GeoPackages")
     if args.dask_workers is not None and args.dask_workers < 1:
         raise RooftraceError(f"--dask-workers {args.dask_workers}: must be at least 1")

@@ -9,8 +9,14 @@ from pathlib import Path
 from rooftrace.core.errors import RooftraceError
 
 
-def parse_settings(items: list[str], path: Path | None):
-    """Post-processing settings from a JSON file (a tune file or a plain object) and KEY=VALUE items."""
+def parse_settings(items: list[str], path: Path | None) -> dict | None:
+    """The post-processing settings a user changes: those of a JSON file (a tune file or a plain object), then
+    KEY=VALUE items. Returned as a mapping that :func:`rooftrace.inference.tuned.resolve_postprocessing` applies
+    on top of the model's tuned settings, so naming one setting changes only that one (``None``: none named).
+
+    Raises:
+        RooftraceError: A file that is not a JSON object, an item without ``=``, an unknown setting or a bad value.
+    """
     from rooftrace.instances.postprocess import PostprocessSettings
 
     data: dict = {}
@@ -29,7 +35,10 @@ def parse_settings(items: list[str], path: Path | None):
             data[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             data[key.strip()] = value  # e.g. surface=flat
-    return PostprocessSettings.from_dict(data) if data else None
+    if not data:
+        return None
+    PostprocessSettings.from_dict(data)  # an unknown key or a bad value stops here, before the model loads
+    return data
 
 
 def add_postprocess_options(p: argparse.ArgumentParser, default_method: str | None) -> None:
@@ -38,9 +47,23 @@ def add_postprocess_options(p: argparse.ArgumentParser, default_method: str | No
     p.add_argument("--postprocess", choices=sorted(POSTPROCESSORS), default=default_method,
                    help="post-processing method" + (f" (default {default_method})" if default_method else
                                                     " (default: the tuned one saved beside the model, else watershed)"))
-    p.add_argument("--settings", type=Path, default=None, help="JSON file of post-processing settings (e.g. a tune file)")
+    from dataclasses import fields
+
+    from rooftrace.instances.postprocess import PostprocessSettings
+
+    keys = ", ".join(f"{f.name} ({_fmt_default(f.default)})" for f in fields(PostprocessSettings))
+    p.add_argument("--settings", type=Path, default=None, metavar="FILE",
+                   help="JSON file of post-processing settings (a tune file, or an object of some settings); the settings "
+                   "it names replace the model's tuned ones, the others stay tuned (default: none)")
     p.add_argument("--pp", dest="pp", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one post-processing setting, e.g. --pp simplify=1 (repeatable)")
+                   help="change one post-processing setting on top of the model's tuned settings (the others stay as tuned; "
+                   "the run prints what it used), e.g. --pp regularise=true or --pp simplify=1 (px); repeatable. "
+                   f"Keys, with the untuned defaults (thresholds are probabilities 0-1, areas in px of the model's pixel "
+                   f"size): {keys}")
+
+
+def _fmt_default(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def default_model(model: Path | None) -> Path:

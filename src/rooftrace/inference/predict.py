@@ -80,7 +80,9 @@ from rooftrace.inference.partial import (
     _run_record,
     _tile_record,
 )
+from rooftrace.inference.card import card_notes
 from rooftrace.inference.provenance import make_provenance
+from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.inference.runtime import (
     WINDOWED_ABOVE,
     load_runtime,
@@ -281,7 +283,7 @@ def predict_folder(
     device: str = "auto",
     workers: int = 2,
     method: str | None = None,
-    settings: PostprocessSettings | None = None,
+    settings: SettingsArg = None,
     write_masks: bool = True,
     write_overlays: bool = True,
     force: bool = False,
@@ -301,7 +303,9 @@ def predict_folder(
             else the CPU).
         method, settings: Post-processing; default: what ``rooftrace tune`` saved beside the
             model, else (ONNX) what travelled in its metadata, else the default method with default
-            settings.
+            settings. ``settings`` as a mapping (``{"regularise": True}``, what ``--pp`` gives) changes
+            only the settings it names, on top of those; complete :class:`PostprocessSettings` replace them.
+            The summary's first note says what was used, and ``predictions.gpkg`` records it.
         batch_size: Tiles per forward pass; tiles are batched with others of the same padded size.
         workers: Tile-reading processes (0: read in the main thread).
         threads: Post-processing and writing threads (0: in the main thread, after each batch;
@@ -343,6 +347,10 @@ def predict_folder(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise RooftraceError(f"--workers {workers}: must be 0 (read tiles in the main process) or more")
     pick_device(device)  # a device torch does not know is refused before anything is read or written
+    if images.is_file():
+        raise RooftraceError(f"{images}: is a file; predict takes a folder of tiles. For one raster of any size run "
+                             f"`rooftrace predict-scene {images} --out {images.stem}.gpkg`, or put the file in a folder "
+                             "and give the folder")
     files = list_images(images)
     if not files:
         raise RooftraceError(f"{images}: no image files (.tif, .png, .jpg) in this folder")
@@ -355,7 +363,8 @@ def predict_folder(
     loaded = runtime.net
     if compile and isinstance(loaded, LoadedModel):
         loaded.model = torch.compile(loaded.model)
-    method, settings = runtime.postprocessing(method, settings)
+    used = used_postprocessing(runtime, method, settings)
+    method, settings = used.method, used.settings
     partial = out_dir / PARTIAL
     record = _run_record(model, method, settings, tta, precision, images, write_masks, write_overlays, gsd, tms)
     model_gsd = loaded.gsd
@@ -495,7 +504,8 @@ def predict_folder(
             georefs[keys[n]] = geo
     written = [write_begc_csv(labels, out_dir / "submission.csv", image_keys=keys, force=True)]
     maps = write_map_outputs(labels, georefs, out_dir, make_provenance(source=images, crs=None, model_path=model, method=method,
-                                                                       settings=settings, source_kind="images")) if georefs else None
+                                                                       settings=settings, source_kind="images",
+                                                                       settings_from=used.to_json())) if georefs else None
     if maps is None:
         written.append(write_geojson(labels, out_dir / GEOJSON_NAME, force=True))
     else:
@@ -513,8 +523,10 @@ def predict_folder(
     timings["total"] = time.perf_counter() - t0
     tile_gsd = {keys[n]: {"gsd": pl.gsd, "gsd_source": pl.gsd_source, "own_gsd": pl.own_gsd, "factor": pl.factor}
                 for n, pl in sorted(places.items())}
-    notes = _gsd_notes(tile_gsd, model_gsd, gsd, report, [files[n].name for n in sorted(places)])
+    notes = [used.describe()]
+    notes.extend(_gsd_notes(tile_gsd, model_gsd, gsd, report, [files[n].name for n in sorted(places)]))
     notes.extend(_coordinate_notes(maps, len(readable)))
+    notes.extend(card_notes(labels, tile_gsd, model_gsd))
     if changed_note:
         notes.insert(0, "note: " + changed_note)
     return PredictResult(out_dir, labels, len(files), skipped, seconds, report, written, timings, n_resumed=len(done),
