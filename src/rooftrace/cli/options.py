@@ -66,6 +66,14 @@ def _fmt_default(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
+#: The help of every --matching option.
+MATCHING_HELP = ("how predictions are paired with labels: one-to-one (BEGC2024: each label and each prediction in at most "
+                 "one pair, IoU >= --iou), any (a label is found, and a prediction right, when any partner reaches --iou) or "
+                 "spacenet (SpaceNet's scorer: greedy one-to-one, footprints of about 20 px² or less left out) (default one-to-one)")
+#: The help of every --iou option.
+IOU_HELP = "IoU (intersection over union, 0-1) from which a prediction matches a label (default 0.5)"
+
+
 def default_model(model: Path | None) -> Path:
     if model is not None:
         return model
@@ -89,6 +97,6 @@ def parse_stretch(text: str) -> tuple[float, float]:
 def add_band_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bands", default=None, metavar="R,G,B",
                    help="bands read as red, green, blue, e.g. 1,1,1 for a panchromatic band or 1,2,3 for the first three "
-                   "of a multispectral image (needed unless the raster has 3 bands, or 3 and alpha)")
+                   "of a multispectral image (needed unless the raster has 3 bands, or 3 and alpha; default 1,2,3 for those)")
     p.add_argument("--stretch", default="2,98", metavar="LOW,HIGH",
                    help="percentiles of the per-scene, per-band stretch of rasters that are not 8-bit (default 2,98)")

@@ -580,6 +580,11 @@ def _coordinate_notes(maps: MapOutputs | None, n_readable: int) -> list[str]:
              f"(EPSG:4326), {GPKG_NAME} in {maps.crs}; submission.csv and predictions.coco.json stay in pixels"]
     if maps.reprojected:
         lines.append(f"note: tiles in {', '.join(sorted(set(maps.reprojected)))} were reprojected to {maps.crs} in {GPKG_NAME}")
+    if maps.n_merged:
+        lines.append(f"overlapping tiles: {maps.n_merged} footprint(s) were copies of {maps.n_merged_buildings} building(s) "
+                     f"already found in another tile (the same ground at several zoom levels, or overlapping tiles; IoU >= 0.5) "
+                     f"and were merged to the highest-scoring one in {GEOJSON_NAME} and {GPKG_NAME}; submission.csv and "
+                     "predictions.coco.json keep each tile's own")
     if maps.n_unlocated:
         lines.append(f"note: {maps.n_unlocated} tile(s) are not georeferenced: their footprints are in pixels only "
                      f"({PIXEL_GEOJSON_NAME}, submission.csv, predictions.coco.json)")
