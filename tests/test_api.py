@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import geopandas
 import numpy as np
 import pytest
 import rasterio
@@ -50,11 +51,12 @@ def test_predict_on_sample_tiles_equals_the_cli(shipped, tiles, tmp_path):
     cli = _coco_polygons(tmp_path / "cli" / "predictions.coco.json")
     total = 0
     for path in sorted(tiles.iterdir()):
-        got = shipped.predict(path)
-        assert isinstance(got, rooftrace.Footprints) and (got.width, got.height) == rasterio.open(path).shape[::-1]
+        got = shipped.predict(path)  # one result type for every input: a GeoDataFrame (issue 24)
+        assert isinstance(got, geopandas.GeoDataFrame) and (got.attrs["width"], got.attrs["height"]) == rasterio.open(path).shape[::-1]
+        assert got.crs is None and got.attrs["coordinates"] == "pixel" and got["area_m2"].isna().all()
         want = cli.get(str(rooftrace.image_key(path)), [])
         assert len(got) == len(want), path.name
-        for (poly, score), (ref, ref_score) in zip(got, want):
+        for (poly, score), (ref, ref_score) in zip(zip(got.geometry, got["score"]), want):
             assert poly.symmetric_difference(ref).area <= 1e-6 * max(ref.area, 1.0)
             assert score == pytest.approx(ref_score, abs=1e-4)
         total += len(got)
@@ -70,8 +72,11 @@ def test_array_dataset_and_batch_forms_agree_with_the_file(shipped, tiles):
         by_dataset = shipped.predict(ds)
     batch = shipped.predict_batch([path, rgb])
     for other in (by_array, by_dataset, *batch):
-        assert len(other) == len(by_file)
-        assert all(a.equals_exact(b, 1e-9) for a, b in zip(other.polygons, by_file.polygons))
+        assert isinstance(other, geopandas.GeoDataFrame) and len(other) == len(by_file)
+        assert all(a.equals_exact(b, 1e-9) for a, b in zip(other.geometry, by_file.geometry))
+    rich = shipped.footprints(path)  # the richer object, one call away
+    assert isinstance(rich, rooftrace.Footprints) and rich.instances is not None
+    assert all(a.equals_exact(b, 1e-9) for a, b in zip(rich.to_geodataframe().geometry, by_file.geometry))
 
 
 def test_a_georeferenced_image_gives_a_geodataframe_in_its_crs(shipped, tiles, tmp_path):
@@ -86,8 +91,10 @@ def test_a_georeferenced_image_gives_a_geodataframe_in_its_crs(shipped, tiles, t
                        crs="EPSG:32616", transform=transform) as dst:
         dst.write(data)
     gdf = shipped.predict(geo)
-    pixel = shipped.predict(np.moveaxis(data, 0, -1))
+    pixel = shipped.footprints(np.moveaxis(data, 0, -1))
     assert gdf.crs.to_epsg() == 32616 and len(gdf) == len(pixel) > 0
+    # area_m2 is the ground area: 0.09 m² a pixel in this UTM CRS (issue 24: it was missing for chips)
+    assert list(gdf["area_m2"]) == pytest.approx([p.area * 0.09 for p in pixel.polygons], rel=1e-3)
     assert list(gdf["score"]) == pytest.approx(pixel.scores)
     a = np.asarray(transform.to_gdal())
     for g, p in zip(gdf.geometry, pixel.polygons):
@@ -102,7 +109,7 @@ def test_pixel_size_is_taken_into_account_for_arrays(shipped, tiles):
     path = sorted(tiles.iterdir())[1]
     rgb = np.moveaxis(rasterio.open(path).read([1, 2, 3]), 0, -1)
     big = np.repeat(np.repeat(rgb, 2, axis=0), 2, axis=1)
-    small, large = shipped.predict(rgb), shipped.predict(big, gsd=0.15)
+    small, large = shipped.footprints(rgb), shipped.footprints(big, gsd=0.15)
     assert (large.width, large.height) == (2 * small.width, 2 * small.height)
     assert abs(len(large) - len(small)) <= max(2, len(small) // 5)
     assert sum(p.area for p in large.polygons) == pytest.approx(4 * sum(p.area for p in small.polygons), rel=0.2)
@@ -139,7 +146,7 @@ def test_onnx_models_work_in_the_api_predict_scene_and_tune(onnx_model, sample, 
     rgb = np.moveaxis(rasterio.open(sorted(tiles.iterdir())[0]).read([1, 2, 3]), 0, -1)
     assert onnx_rt.is_onnx and not torch_rt.is_onnx
     np.testing.assert_allclose(onnx_rt.probabilities(rgb), torch_rt.probabilities(rgb), atol=1e-4)
-    assert isinstance(rooftrace.load_model(onnx_model).predict(rgb), rooftrace.Footprints)
+    assert isinstance(rooftrace.load_model(onnx_model).predict(rgb), geopandas.GeoDataFrame)
 
     scene = sample / "scenes" / "inria_austin.tif"
     out = tmp_path / "austin.gpkg"
@@ -179,7 +186,13 @@ def test_the_readme_python_example_runs_as_written(sample, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
-    assert isinstance(namespace["buildings"], rooftrace.Footprints) and len(namespace["buildings"]) > 0
+    buildings = namespace["buildings"]  # one result type for every input kind (issue 24)
+    assert isinstance(buildings, geopandas.GeoDataFrame) and len(buildings) > 0 and buildings.attrs["coordinates"] == "pixel"
+    assert isinstance(namespace["found"], rooftrace.Footprints) and len(namespace["found"]) == len(buildings)
     gdf = namespace["gdf"]
-    assert gdf.crs is not None and len(gdf) > 0 and "score" in gdf
+    assert isinstance(gdf, geopandas.GeoDataFrame) and gdf.crs is not None and len(gdf) > 0 and "score" in gdf
+    assert (gdf["area_m2"] > 0).all()
     assert (tmp_path / "city.gpkg").stat().st_size > 0
+    city = namespace["city"]  # predict_scene hands back the footprints it wrote
+    assert isinstance(city, geopandas.GeoDataFrame) and len(city) == namespace["result"].n_buildings > 0
+    assert city.crs == geopandas.read_file(tmp_path / "city.gpkg").crs and (city["area_m2"] > 0).all()

@@ -801,7 +801,7 @@ def test_api_odd_inputs_are_one_line_errors_or_handled(model_file, tmp_path):
         rooftrace.load_model(tmp_path / "models")
     with pytest.raises(RooftraceError, match="empty image"):
         model.predict(np.zeros((0, 0, 3), np.uint8))
-    one = model.predict(np.zeros((1, 1, 3), np.uint8))
+    one = model.footprints(np.zeros((1, 1, 3), np.uint8))
     assert (one.width, one.height) == (1, 1)
     with pytest.raises(RooftraceError, match="dtype uint16; expected uint8"):
         model.predict(np.zeros((64, 64, 3), np.uint16))
@@ -809,8 +809,8 @@ def test_api_odd_inputs_are_one_line_errors_or_handled(model_file, tmp_path):
         model.predict(np.full((64, 64, 3), np.nan))
     with pytest.raises(RooftraceError, match=r"shape \(3, 64, 64\)"):
         model.predict(rgb.transpose(2, 0, 1))
-    four = model.predict(np.concatenate([rgb, np.full((64, 64, 1), 255, np.uint8)], axis=2))
-    assert [p.wkt for p in four.polygons] == [p.wkt for p in model.predict(rgb).polygons]  # alpha dropped
+    four = model.footprints(np.concatenate([rgb, np.full((64, 64, 1), 255, np.uint8)], axis=2))
+    assert [p.wkt for p in four.polygons] == [p.wkt for p in model.footprints(rgb).polygons]  # alpha dropped
     with pytest.raises(RooftraceError, match="folder: not a readable raster"):
         model.predict(_folder(tmp_path / "folder"))
     for bad in (0, -1, float("nan")):
@@ -826,7 +826,7 @@ def test_api_a_pixel_size_far_from_the_models_is_refused(model_file, tmp_path):
     model = rooftrace.load_model(_model(tmp_path, model_file, meta={"gsd": 0.3}), device="cpu")
     with pytest.raises(RooftraceError, match="at most 32x"):
         model.predict(np.zeros((64, 64, 3), np.uint8), gsd=1000)
-    assert model.predict(np.zeros((64, 64, 3), np.uint8), gsd=0.6).width == 64  # 2x: resampled and mapped back
+    assert model.predict(np.zeros((64, 64, 3), np.uint8), gsd=0.6).attrs["width"] == 64  # 2x: resampled and mapped back
 
 
 def test_duplicate_set_keys_the_last_wins():

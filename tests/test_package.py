@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import ast
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from rooftrace.inference.provenance import read_provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "rooftrace"
@@ -152,3 +156,36 @@ def test_outputs_are_written_with_the_users_umask(sample, tmp_path):
                        check=True, capture_output=True)
         for f in ("submission.csv", "predictions.coco.json", f"overlays/{Path(name).stem}.png"):
             assert (out / f).stat().st_mode & 0o777 == mode, f
+
+
+def test_the_readme_quickstart_runs_as_written_from_a_fresh_folder(installed, sample, tmp_path):
+    """The README's first screen: the "your imagery" commands, run as written in an empty folder against the
+    installed wheel (``pip install .`` is the ``installed`` fixture: this checkout's wheel, installed outside it),
+    with ``my.tif`` a georeferenced RGB scene. They stay on the first screen, beside ``make demo``/``make test``
+    and what the model suits and where it fails."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    first_screen = "\n".join(readme.splitlines()[:45])
+    assert "make demo" in first_screen and "make test" in first_screen and "panchromatic" in first_screen
+    assert "0.3 m" in first_screen and "MODEL_CARD.md" in first_screen and "docs/scene-report.png" in first_screen
+    block = re.search(r"\*\*Your imagery\*\*.*?```bash\n(.*?)```", first_screen, re.S)
+    assert block is not None, "the quickstart block is not on the README's first screen"
+    commands = [ln.split("#")[0].strip() for ln in block.group(1).splitlines() if ln.strip()]
+    assert commands[0] == "pip install ." and len(commands) == 3
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(sample / "scenes" / "inria_austin.tif", fresh / "my.tif")
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    for command in commands[1:]:
+        args = shlex.split(command)
+        assert args[0] == "rooftrace"
+        r = subprocess.run([sys.executable, "-m", "rooftrace", *args[1:]], cwd=fresh, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, f"{command}: {r.stderr[-2000:]}"
+    gpkg = fresh / "my.gpkg"
+    import geopandas
+
+    gdf = geopandas.read_file(gpkg)
+    assert len(gdf) > 10 and gdf.crs.to_epsg() == 26914 and (gdf["area_m2"] > 0).all()
+    assert read_provenance(gpkg)["model"]["path"].startswith(str(installed))  # the wheel's own model ran
+    assert any((fresh / p).glob("index.html") for p in os.listdir(fresh) if (fresh / p).is_dir())

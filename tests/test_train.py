@@ -180,7 +180,9 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(mini_split, tmp_path
     proc.wait()
     assert state is not None, "the run never finished an epoch"
     run_b = state.parent
-    assert len(_rows(run_b)) < 3, "the run finished before it could be killed"
+    # Killed between the commit (resume.safetensors) and moving the epoch's files into place, the
+    # metrics still wait in .epoch-pending/ (resume finishes the moves): either way, not all 3 epochs.
+    assert not (run_b / "metrics.csv").exists() or len(_rows(run_b)) < 3, "the run finished before it could be killed"
     resume(run_b)
 
     rows_a, rows_b = _rows(straight), _rows(run_b)

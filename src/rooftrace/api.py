@@ -3,10 +3,22 @@
     import rooftrace
 
     model = rooftrace.load_model()                  # the shipped model; or load_model("m.safetensors" / "m.onnx")
-    buildings = model.predict("tile.png")            # polygons in pixel coordinates, with scores
-    gdf = model.predict("scene_chip.tif")            # georeferenced input: a GeoDataFrame in the raster's CRS
-    many = model.predict_batch(["a.png", "b.png"])   # one result per image
-    model.predict_scene("city.tif", "city.gpkg")     # a raster of any size, window by window, to a GIS file
+    gdf = model.predict("tile.png")                  # a GeoDataFrame: geometry, score, area_m2, for every input kind
+    gdf = model.predict("scene_chip.tif")            # georeferenced input: in the raster's CRS, area_m2 in m²
+    found = model.footprints("tile.png")             # the richer result: pixel polygons, instance ids, georeference
+    many = model.predict_batch(["a.png", "b.png"])   # one GeoDataFrame per image
+    result = model.predict_scene("city.tif", "city.gpkg")  # a raster of any size, window by window, to a GIS file
+    city = result.to_geodataframe()                  # the footprints it wrote; result.summary() says what it did
+
+Every input gives the same kind of result, a GeoDataFrame with ``geometry``, ``score`` and ``area_m2``:
+
+- georeferenced (a GeoTIFF, a world file, a web-map tile name, a rasterio dataset with a CRS): in its CRS,
+  ``area_m2`` the ground area in square metres;
+- not georeferenced (a PNG, an array): in pixel coordinates (x = column, y = row), ``crs`` ``None`` and
+  ``gdf.attrs["coordinates"] == "pixel"``; ``area_m2`` from ``gsd=`` when given, else NaN.
+
+``gdf.attrs`` also holds ``postprocessing`` (the one line saying what was used) and ``warnings`` (inputs outside
+the model card, also raised as :class:`rooftrace.inference.card.ModelCardWarning`).
 
 Everything goes through the same code as the command line (:mod:`rooftrace.inference.runtime` for the
 network, :mod:`rooftrace.instances.postprocess` with the model's tuned settings), so ``model.predict(path)``
@@ -25,7 +37,9 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.georef import Georef, locate_image
 from rooftrace.imagery.read import read_rgb, stretch_to_uint8
 from rooftrace.imagery.resample import check_gsd, footprints_to_grid, place_georef
+from rooftrace.inference import card
 from rooftrace.inference.runtime import ModelRuntime, load_runtime, make_runner
+from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +56,8 @@ ImageInput = Union[np.ndarray, str, Path, "rasterio.DatasetReader"]
 @dataclass
 class Footprints:
     """The buildings found in one image, in pixel coordinates: ``(column, row)`` with ``(0, 0)`` at the
-    top-left corner of the top-left pixel (DESIGN.md). Iterates over ``(polygon, score)`` pairs."""
+    top-left corner of the top-left pixel (DESIGN.md). Iterates over ``(polygon, score)`` pairs.
+    :meth:`Model.footprints` gives it; :meth:`to_geodataframe` turns it into what :meth:`Model.predict` gives."""
 
     polygons: list[Polygon]
     scores: list[float]
@@ -50,6 +65,14 @@ class Footprints:
     height: int
     #: The instance-id raster (0 = background), when post-processing made one.
     instances: np.ndarray | None = field(default=None, repr=False)
+    #: Where the image lies (``None``: not georeferenced).
+    georef: Georef | None = None
+    #: The image's pixel size in metres when known (its georeference's, or ``gsd=``).
+    gsd: float | None = None
+    #: The post-processing used, in one line.
+    postprocessing: str = ""
+    #: Model-card warnings about this input (:mod:`rooftrace.inference.card`).
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.polygons)
@@ -58,19 +81,36 @@ class Footprints:
         return iter(zip(self.polygons, self.scores))
 
     def to_geodataframe(self, georef: Georef | None = None) -> geopandas.GeoDataFrame:
-        """A GeoDataFrame with ``score`` per building: in pixel coordinates (no CRS), or in ``georef``'s
-        CRS when given."""
+        """A GeoDataFrame with ``geometry``, ``score`` and ``area_m2`` per building.
+
+        In ``georef``'s CRS (default the image's own georeference) with ``area_m2`` in ground square metres;
+        for an image that is not georeferenced, in pixel coordinates with no CRS, ``attrs["coordinates"] ==
+        "pixel"``, and ``area_m2`` from the pixel size when it is known (else NaN).
+        """
         import geopandas
 
+        from rooftrace.geometry.areas import area_m2
         from rooftrace.imagery.georef import pixels_to_map
 
+        georef = georef if georef is not None else self.georef
         geoms = list(self.polygons)
-        crs = None
+        scores = np.asarray(self.scores, dtype=float)
         if georef is not None:
             coeffs = np.tile(np.asarray(tuple(georef.transform)[:6], dtype=np.float64), (len(geoms), 1))
             geoms = list(pixels_to_map(np.asarray(geoms, dtype=object), coeffs)) if geoms else []
-            crs = georef.crs
-        return geopandas.GeoDataFrame({"score": np.asarray(self.scores, dtype=float)}, geometry=geoms, crs=crs)
+            areas = area_m2(np.asarray(geoms, dtype=object), georef.crs) if geoms else np.zeros(0)
+            gdf = geopandas.GeoDataFrame({"score": scores, "area_m2": areas}, geometry=geoms, crs=georef.crs)
+            gdf.attrs["coordinates"] = "map"
+        else:
+            px = np.asarray([p.area for p in geoms], dtype=float)
+            areas = px * self.gsd ** 2 if self.gsd else np.full(len(geoms), np.nan)
+            gdf = geopandas.GeoDataFrame({"score": scores, "area_m2": areas}, geometry=geoms, crs=None)
+            gdf.attrs["coordinates"] = "pixel"
+            gdf.attrs["note"] = ("pixel coordinates (x = column, y = row of the image), not map coordinates; "
+                                 + ("area_m2 from the given pixel size" if self.gsd else "area_m2 unknown (give gsd=)"))
+        gdf.attrs.update(width=self.width, height=self.height, gsd=self.gsd, postprocessing=self.postprocessing,
+                         warnings=list(self.warnings))
+        return gdf
 
 
 @dataclass
@@ -102,7 +142,7 @@ class Model:
         return f"rooftrace.Model({self.runtime.description}, gsd={self.gsd})"
 
     def predict(self, image: ImageInput, *, gsd: float | None = None, method: str | None = None,
-                settings: PostprocessSettings | None = None) -> Footprints | geopandas.GeoDataFrame:
+                settings: SettingsArg = None) -> geopandas.GeoDataFrame:
         """Find the buildings in one image.
 
         Args:
@@ -111,16 +151,25 @@ class Model:
                 an open rasterio dataset.
             gsd: The image's pixel size in metres, when it cannot be read from the image (arrays, plain
                 PNGs). The image is resampled to the model's pixel size and the buildings brought back.
-            method, settings: Post-processing other than the model's tuned one.
+            method, settings: Post-processing other than the model's tuned one: complete
+                :class:`PostprocessSettings`, or a mapping of the settings to change on top of the tuned
+                ones (``{"regularise": True}``).
 
         Returns:
-            :class:`Footprints` in pixel coordinates, or, when the image is georeferenced, a
-            GeoDataFrame in its CRS with a ``score`` per building.
+            A GeoDataFrame with ``geometry``, ``score`` and ``area_m2`` (see the module docstring): in the image's
+            CRS when it is georeferenced, else in pixel coordinates (``attrs["coordinates"] == "pixel"``).
+            :meth:`footprints` gives the richer :class:`Footprints` (instance ids, georeference).
         """
+        return self.footprints(image, gsd=gsd, method=method, settings=settings).to_geodataframe()
+
+    def footprints(self, image: ImageInput, *, gsd: float | None = None, method: str | None = None,
+                   settings: SettingsArg = None) -> Footprints:
+        """:meth:`predict`'s buildings as :class:`Footprints`: pixel polygons, scores, the instance-id raster and
+        the image's georeference; ``.to_geodataframe()`` gives what :meth:`predict` gives."""
         return self._run([image], gsd=gsd, method=method, settings=settings)[0]
 
     def predict_batch(self, images: Iterable[ImageInput], *, gsd: float | None = None, method: str | None = None,
-                      settings: PostprocessSettings | None = None) -> list[Footprints | geopandas.GeoDataFrame]:
+                      settings: SettingsArg = None) -> list[geopandas.GeoDataFrame]:
         """:meth:`predict` for many images, in order (a file that cannot be read raises its error)."""
         if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim != 4) or _is_dataset(images):
             if isinstance(images, (str, Path)):
@@ -129,40 +178,55 @@ class Model:
                 what = f"an array of shape {images.shape}" if isinstance(images, np.ndarray) else "one rasterio dataset"
             raise RooftraceError(f"predict_batch({what}): expected a list of images (or an (N, H, W, 3) array); "
                                  "for one image call predict()")
-        return self._run(list(images), gsd=gsd, method=method, settings=settings)
+        return [f.to_geodataframe() for f in self._run(list(images), gsd=gsd, method=method, settings=settings)]
 
     def predict_scene(self, raster: str | Path, out: str | Path, **options: Any) -> SceneResult:
         """Buildings of a georeferenced raster of any size, window by window with memory bounded by the
         window and block sizes, written to ``out`` (``.gpkg``, ``.geojson``, ...) in the raster's CRS.
         ``options`` are those of :func:`rooftrace.scenes.predict.predict_scene` (``bands``, ``tile``,
-        ``overlap``, ``force``, ...)."""
+        ``overlap``, ``settings``, ``force``, ...).
+
+        Returns:
+            The :class:`~rooftrace.scenes.predict.SceneResult`: ``.summary()`` says what was done, and
+            ``.to_geodataframe()`` reads back the footprints written (geometry, score, area_m2). Model-card
+            warnings are also raised as :class:`~rooftrace.inference.card.ModelCardWarning`.
+        """
         from rooftrace.scenes.predict import predict_scene
 
-        return predict_scene(raster, out, model=make_runner(self.runtime), **options)
+        result = predict_scene(raster, out, model=make_runner(self.runtime), **options)
+        card.emit(n for n in result.notes if n.startswith("warning: outside the model card"))
+        return result
 
-    def _run(self, images: list[ImageInput], *, gsd: float | None, method: str | None, settings: PostprocessSettings | None
-             ) -> list[Footprints | geopandas.GeoDataFrame]:
+    def _run(self, images: list[ImageInput], *, gsd: float | None, method: str | None, settings: SettingsArg) -> list[Footprints]:
         """Images through the tile engine (:class:`rooftrace.inference.engine.TileEngine`), as ``rooftrace
-        predict`` runs tiles: read ahead in a thread, batched by size, post-processed in line."""
+        predict`` runs tiles: read ahead in a thread, batched by size, post-processed in line; each result
+        with its georeference, pixel size, the post-processing used and the model-card warnings."""
         from rooftrace.inference.engine import TileEngine, prepare_rgb
 
         gsd = check_gsd(gsd)
-        method, settings = self.runtime.postprocessing(method, settings)
-        georefs: dict[int, Georef | None] = {}
+        used = used_postprocessing(self.runtime, method, settings)
+        inputs: dict[int, tuple[np.ndarray, Georef | None, str, Any]] = {}
 
         def read(i: int) -> Any:
             image = images[i]
-            rgb, georefs[i] = _read_input(image)
+            rgb, georef = _read_input(image)
             where = str(image) if isinstance(image, (str, Path)) else getattr(image, "name", "the array")
-            return prepare_rgb(i, rgb, place_georef(georefs[i], gsd, self.gsd, where), self.runtime.norm)
+            place = place_georef(georef, gsd, self.gsd, where)
+            inputs[i] = (rgb, georef, where, place)
+            return prepare_rgb(i, rgb, place, self.runtime.norm)
 
-        def finish(probs: np.ndarray, tile: Any) -> Footprints | geopandas.GeoDataFrame:
+        def finish(probs: np.ndarray, tile: Any) -> Footprints:
             (H, W), seen = tile.orig, tile.size
-            found = postprocess(probs, method=method, settings=settings)
+            rgb, georef, where, place = inputs.pop(tile.index)
+            found = postprocess(probs, method=used.method, settings=used.settings)
             polygons, scores = footprints_to_grid(list(found.footprints), list(found.scores), seen, (H, W))
-            result = Footprints(polygons, [float(v) for v in scores], W, H, found.instances if seen == (H, W) else None)
-            georef = georefs.pop(tile.index)
-            return result.to_geodataframe(georef) if georef is not None else result
+            input_gsd = place.gsd if place.gsd_source != "unknown" else None
+            areas = [p.area * input_gsd ** 2 for p in polygons] if input_gsd else []
+            warned = card.emit([card.grey_warning(rgb, where), card.contrast_warning(rgb, where),
+                                card.gsd_warning(input_gsd, self.gsd, where),
+                                card.size_warning(areas, where) if self.gsd is not None else None])
+            return Footprints(polygons, [float(v) for v in scores], W, H, found.instances if seen == (H, W) else None,
+                              georef=georef, gsd=input_gsd, postprocessing=used.describe(), warnings=warned)
 
         out: list[Any] = [None] * len(images)
         for tile, result in TileEngine(self.runtime, batch_size=8 if len(images) > 1 else 1).run(len(images), read, finish):

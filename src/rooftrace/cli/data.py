@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rooftrace.cli.options import MATCHING_MODES, add_band_options, parse_stretch
+from rooftrace.cli.options import IOU_HELP, MATCHING_HELP, MATCHING_MODES, add_band_options, parse_stretch
 from rooftrace.core.errors import RooftraceError
 
 
@@ -19,8 +19,10 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("split_dir", type=Path, help="split folder holding image/ and <split>.json")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--boundary-width", type=int, default=None, help="boundary band width in pixels")
-    p.add_argument("--contact-width", type=int, default=None, help="contact reach in pixels")
+    p.add_argument("--boundary-width", type=int, default=None, metavar="PX",
+                   help="boundary band width in pixels (default 2: the inner two pixels of each building)")
+    p.add_argument("--contact-width", type=int, default=None, metavar="PX",
+                   help="contact reach in pixels: gaps up to 2 x PX - 1 between buildings are flagged (default 3)")
     p.add_argument("--previews", type=int, default=8, help="number of preview overlays to draw (default 8)")
     p.add_argument("--force", action="store_true", help="overwrite earlier outputs in --out")
     p.set_defaults(func=_run_prepare)
@@ -51,16 +53,19 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--gt", type=Path, required=True, help="ground-truth labels")
     p.add_argument("--pred", type=Path, required=True, help="predicted labels")
-    p.add_argument("--iou", type=float, default=0.5, help="IoU at which a prediction matches (default 0.5)")
-    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one", help="matching mode (default one-to-one)")
-    p.add_argument("--json", type=Path, default=None, help="write the scores as JSON here")
-    p.add_argument("--gt-raster", type=Path, default=None, help="GeoTIFF that map-coordinate GT belongs to")
-    p.add_argument("--pred-raster", type=Path, default=None, help="GeoTIFF that map-coordinate predictions belong to")
+    p.add_argument("--iou", type=float, default=0.5, help=IOU_HELP)
+    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one", help=MATCHING_HELP)
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the scores, per image too, as JSON here (default: none)")
+    p.add_argument("--gt-raster", type=Path, default=None, metavar="RASTER",
+                   help="GeoTIFF that map-coordinate GT belongs to: scores in its pixels, pixel metrics too (default: GT and "
+                   "predictions in map coordinates are scored as one scene)")
+    p.add_argument("--pred-raster", type=Path, default=None, metavar="RASTER",
+                   help="GeoTIFF that map-coordinate predictions belong to (default --gt-raster)")
     p.add_argument("--gt-crs", default=None, metavar="CRS",
-                   help="CRS of GeoJSON/GeoPackage GT when the file declares none or a wrong one, e.g. EPSG:32645")
+                   help="CRS of GeoJSON/GeoPackage GT when the file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")
     p.add_argument("--pred-crs", default=None, metavar="CRS",
-                   help="CRS of GeoJSON/GeoPackage predictions when the file declares none or a wrong one")
-    p.add_argument("--images", type=Path, default=None, help="image folder, when PRED is a folder of masks")
+                   help="CRS of GeoJSON/GeoPackage predictions when the file declares none or a wrong one (default: the file\'s own)")
+    p.add_argument("--images", type=Path, default=None, metavar="DIR", help="image folder, when PRED is a folder of masks (default: none)")
     p.add_argument("--no-pixel", action="store_true", help="skip pixel metrics")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.set_defaults(func=_run_evaluate)
@@ -69,6 +74,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from rooftrace.core.files import atomic_write_text
     from rooftrace.evaluation.metrics import evaluate_labels
+    from rooftrace.evaluation.overlap import check_overlap
     from rooftrace.labels.formats import align_keys, read_labels
 
     if not 0.0 < args.iou <= 1.0:
@@ -82,6 +88,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(gt.report.summary())
     print(pred.report.summary())
     pred = align_keys(gt, pred)
+    check_overlap(gt, pred, args.gt, args.pred)
     score = evaluate_labels(gt, pred, iou=args.iou, matching=args.matching, pixel=not args.no_pixel)
     print()
     print(score.summary())
@@ -106,12 +113,12 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", type=Path, help="labels to read (format detected from the content)")
     p.add_argument("dst", type=Path, help="file to write")
-    p.add_argument("--to", choices=WRITERS, default=None, help="output format")
-    p.add_argument("--raster", type=Path, default=None, help="GeoTIFF that map-coordinate SRC belongs to")
+    p.add_argument("--to", choices=WRITERS, default=None, help="output format (default from DST's suffix)")
+    p.add_argument("--raster", type=Path, default=None, help="GeoTIFF that map-coordinate SRC belongs to (default: none; needed for pixel formats)")
     p.add_argument("--labels-crs", default=None, metavar="CRS",
-                   help="CRS of a GeoJSON/GeoPackage SRC when the file declares none or a wrong one, e.g. EPSG:32645")
+                   help="CRS of a GeoJSON/GeoPackage SRC when the file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")
     p.add_argument("--images", type=Path, default=None,
-                   help="image folder: every image in it gets a row in a BEGC2024 CSV; pairs a mask folder with its images")
+                   help="image folder: every image in it gets a row in a BEGC2024 CSV; pairs a mask folder with its images (default: none)")
     p.add_argument("--force", action="store_true", help="overwrite DST")
     p.set_defaults(func=_run_convert)
 
@@ -150,15 +157,18 @@ def add_report(sub: argparse._SubParsersAction) -> None:
         "and an interactive map that works offline (click a building for its id, score and area).")
     p.add_argument("--pred", type=Path, required=True,
                    help="a rooftrace predict output folder, predictions in any format, or a predict-scene output")
-    p.add_argument("--gt", type=Path, default=None, help="ground truth (COCO gives the tile files too); optional with --raster")
-    p.add_argument("--raster", type=Path, default=None, metavar="SCENE", help="the scene's raster: write a scene report")
+    p.add_argument("--gt", type=Path, default=None, help="ground truth (COCO gives the tile files too); optional with --raster "
+                   "(default: none, the report shows the buildings unscored)")
+    p.add_argument("--raster", type=Path, default=None, metavar="SCENE",
+                   help="the scene's raster: write a scene report with a map (default: none, a tile report)")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: PRED/report, or report beside PRED)")
-    p.add_argument("--images", type=Path, default=None, help="tile folder, when the ground truth does not name the files")
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="tile folder, when the ground truth does not name the files (default: the folder the labels name)")
     p.add_argument("--bands", default=None, metavar="R,G,B", help="scene band mapping (default 1,1,1 for one band)")
-    p.add_argument("--labels-crs", default=None, metavar="CRS", help="CRS of --gt when its file declares none or a wrong one")
-    p.add_argument("--iou", type=float, default=0.5)
-    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one")
-    p.add_argument("--title", default=None)
+    p.add_argument("--labels-crs", default=None, metavar="CRS", help="CRS of --gt when its file declares none or a wrong one (default: the file's)")
+    p.add_argument("--iou", type=float, default=0.5, help=IOU_HELP)
+    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one", help=MATCHING_HELP)
+    p.add_argument("--title", default=None, help="the report's title (default: from the inputs' names)")
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.set_defaults(func=_run_report)
 
@@ -187,7 +197,7 @@ def add_prepare_scenes(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels (default 512)")
     add_band_options(p)
     p.add_argument("--labels-crs", default=None, metavar="CRS",
-                   help="CRS of the labels when a file declares none or a wrong one, e.g. EPSG:32645")
+                   help="CRS of the labels when a file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")
     p.add_argument("--source", default=None, help="COCO source of every tile (default: each scene's file stem)")
     p.add_argument("--force", action="store_true", help="write into a folder that already holds a split")
     p.set_defaults(func=_run_prepare_scenes)
@@ -219,14 +229,14 @@ def add_prepare_chips(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", type=Path, required=True, help="building footprints: GeoJSON or GeoPackage, any CRS")
     p.add_argument("--out", type=Path, required=True, help="output folder (gets train/, val/, test/)")
     p.add_argument("--gsd", type=float, default=None, metavar="METRES",
-                   help="resample every chip and its labels to this pixel size (needed for chips of several zoom levels)")
+                   help="resample every chip and its labels to this pixel size in metres (needed for chips of several zoom levels; default: as they are)")
     p.add_argument("--val", type=float, default=0.15, help="validation share of the chips, split by area (default 0.15)")
     p.add_argument("--test", type=float, default=0.15, help="test share of the chips, split by area (default 0.15)")
     p.add_argument("--block", type=int, default=None, metavar="N",
                    help="split in blocks of N x N neighbouring chips (a power of two; default: 4, 2 or 1, the largest "
                    "that gives enough blocks for the shares)")
     p.add_argument("--block-zoom", type=int, default=None, metavar="Z",
-                   help="tile-named chips: blocks are the web-map tiles of zoom Z holding them")
+                   help="tile-named chips: blocks are the web-map tiles of zoom Z holding them (default: the coarsest zoom, see --block)")
     p.add_argument("--aoi", type=Path, default=None,
                    help="polygon file of the mapped area: chips without buildings inside it are kept as true negatives, "
                    "those outside left out (default: the labels' convex hull grown by half a chip)")
@@ -234,7 +244,7 @@ def add_prepare_chips(sub: argparse._SubParsersAction) -> None:
                    help="chips without buildings: auto (by the mapped area, default), keep all, skip all")
     p.add_argument("--tms", action="store_true", help="chip names count y from the bottom (TMS) instead of the top (XYZ)")
     p.add_argument("--labels-crs", default=None, metavar="CRS",
-                   help="CRS of the labels when the file declares none or a wrong one, e.g. EPSG:32645")
+                   help="CRS of the labels when the file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")
     p.add_argument("--source", default=None, help="COCO source of every image (default: the name of CHIPS_DIR's parent)")
     p.add_argument("--seed", type=int, default=0, help="seed of the assignment of blocks to splits (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite splits already in --out")

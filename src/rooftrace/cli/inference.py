@@ -25,12 +25,15 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="footprints for a folder of tiles: submission.csv, GeoJSON, COCO results, masks, overlays",
                        description="Batched inference on every tile of --images (any size), optional flip TTA, "
                        "post-processing, and the BEGC2024 submission with one row for every tile.")
-    p.add_argument("--images", type=Path, required=True, help="folder of tiles (.tif, .png, .jpg)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("tiles", type=Path, nargs="?", default=None, metavar="TILES",
+                   help="folder of tiles (.tif, .png, .jpg); one raster of any size goes to predict-scene instead")
+    p.add_argument("--images", type=Path, default=None, metavar="TILES", help="the same as TILES, the older spelling (default: TILES)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: submission.csv, predictions.geojson/.gpkg, "
+                   "predictions.coco.json, masks/, overlays/")
     p.add_argument("--model", type=Path, default=None,
                    help="model .safetensors, or an .onnx from rooftrace export (default: the shipped model)")
     p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per forward pass (default 8)")
     p.add_argument("--threads", type=int, default=None,
                    help="post-processing threads (default: 0 on a CPU of up to 4 cores, else half the cores, at most 8)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long runs; ignored for .onnx)")
@@ -40,7 +43,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="tile-reading processes (default 2)")
     p.add_argument("--gsd", type=float, default=None, metavar="METRES",
                    help="the tiles' pixel size in metres, for tiles that do not say (no GeoTIFF georeference, no tile name); "
-                   "overrides what they say. Tiles are resampled to the model's pixel size when it records one")
+                   "overrides what they say (default: each tile's own, else the model's). Tiles are resampled to the model's pixel size when it records one")
     p.add_argument("--tms", action="store_true", help="tile names (OAM-<x>-<y>-<z>, <z>/<x>/<y>) count y from the bottom (TMS), not the top (XYZ)")
     add_postprocess_options(p, None)
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
@@ -54,6 +57,10 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from rooftrace.inference.predict import predict_folder
 
+    if (args.tiles is None) == (args.images is None):
+        raise RooftraceError("give the folder of tiles once: rooftrace predict TILES --out OUT (or --images TILES)")
+    images = args.tiles if args.tiles is not None else args.images
+
     if args.batch_size < 1:
         raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.threads is not None and args.threads < 0:
@@ -61,7 +68,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise RooftraceError(f"--workers {args.workers}: must be 0 (read tiles in the main process) or more")
     check_device(args.device)
-    result = predict_folder(args.images, args.out, default_model(args.model), batch_size=args.batch_size, tta=args.tta,
+    result = predict_folder(images, args.out, default_model(args.model), batch_size=args.batch_size, tta=args.tta,
                             device=args.device, workers=args.workers, method=args.postprocess,
                             settings=parse_settings(args.pp, args.settings), write_masks=not args.no_masks,
                             write_overlays=not args.no_overlays, force=args.force, threads=args.threads,
@@ -92,21 +99,22 @@ def add_predict_scene(sub: argparse._SubParsersAction) -> None:
                    help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
     p.add_argument("--gsd", type=float, default=None, metavar="METRES",
                    help="the scene's pixel size in metres, for a scene without a CRS; overrides its transform's. Scenes are read "
-                   "resampled to the model's pixel size when it records one")
+                   "resampled to the model's pixel size when it records one (default: from the scene's transform)")
     add_band_options(p)
     add_postprocess_options(p, None)
     p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help=f"post-processing block in pixels (default {DEFAULT_BLOCK})")
     p.add_argument("--margin", type=int, default=DEFAULT_MARGIN, help=f"pixels read around each block (default {DEFAULT_MARGIN})")
-    p.add_argument("--probabilities", type=Path, default=None, help="also keep the stitched probabilities as a GeoTIFF (one scene)")
-    p.add_argument("--format", choices=("gpkg", "fgb", "parquet", "geojson"), default="gpkg", help="output format when --out is a folder (default gpkg)")
-    p.add_argument("--shard", default=None, metavar="I/N", help="take scenes I, I+N, I+2N, ... of the sorted list (0 <= I < N)")
+    p.add_argument("--probabilities", type=Path, default=None, help="also keep the stitched probabilities as a GeoTIFF (one scene; default: not kept)")
+    p.add_argument("--format", choices=("gpkg", "fgb", "parquet", "geojson"), default=None,
+                   help="output format when --out is a folder (default gpkg); one scene's format is --out's suffix")
+    p.add_argument("--shard", default=None, metavar="I/N", help="take scenes I, I+N, I+2N, ... of the sorted list (0 <= I < N; default: all scenes)")
     p.add_argument("--force", action="store_true", help="overwrite outputs; in folder mode, redo scenes whose output exists")
     d = p.add_argument_group("Dask (pip install 'rooftrace[dask]'): one task per scene, big scenes split across workers, "
                              "OUT/scenes/<scene>.gpkg and one merged layer OUT/footprints.gpkg")
     d.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run on an existing Dask cluster: tcp://host:8786, or a scheduler file")
+                   help="run on an existing Dask cluster: tcp://host:8786, or a scheduler file (default: no Dask)")
     d.add_argument("--dask-workers", type=int, default=None, metavar="N",
-                   help="run on a local Dask cluster of N worker processes (one thread each)")
+                   help="run on a local Dask cluster of N worker processes (one thread each; default: no Dask)")
     d.add_argument("--crs", default=None, help="CRS of the merged layer (default: the first scene's); other scenes are reprojected")
     d.add_argument("--split-above", type=int, default=None, metavar="PIXELS",
                    help="split scenes of more pixels (width x height) across workers (default 64,000,000)")
@@ -133,6 +141,15 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
         if (len(args.scenes) != 1 or one.is_dir() or one.suffix.lower() == ".txt" or args.shard is not None
                 or args.scheduler is not None or args.dask_workers is not None):
             raise RooftraceError(f"--out {args.out}: a file holds one scene; for several scenes or --shard, give a folder as --out")
+        if args.crs is not None:
+            raise RooftraceError(f"--crs {args.crs}: sets the CRS of the merged layer of several scenes on Dask; one scene's "
+                                 f"{args.out.name} is written in the scene's own CRS. For longitude/latitude write "
+                                 f"{args.out.with_suffix('.geojson').name}, or reproject the output (ogr2ogr -t_srs {args.crs})")
+        if args.split_above is not None:
+            raise RooftraceError("--split-above splits scenes across Dask workers; it goes with --scheduler or --dask-workers")
+        if args.format is not None and args.format != args.out.suffix.lower().lstrip("."):
+            raise RooftraceError(f"--format {args.format}: the output format of one scene is --out's suffix ({args.out.name}); "
+                                 "--format is for an output folder")
         result = predict_scene(one, args.out, default_model(args.model), probabilities=args.probabilities, **common)
         print(result.summary())
         return 0
@@ -142,7 +159,7 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
         return _run_predict_scene_dask(args, common)
     if args.crs is not None or args.split_above is not None:
         raise RooftraceError("--crs and --split-above go with --scheduler or --dask-workers")
-    done = predict_scenes(args.scenes, args.out, default_model(args.model), shard=args.shard, fmt=args.format, **common)
+    done = predict_scenes(args.scenes, args.out, default_model(args.model), shard=args.shard, fmt=args.format or "gpkg", **common)
     return _report_scenes(done)
 
 
@@ -153,7 +170,7 @@ def _run_predict_scene_dask(args: argparse.Namespace, common: dict) -> int:
         raise RooftraceError("--scheduler and --dask-workers: give one (an existing cluster, or a local one of N workers)")
     if args.shard is not None:
         raise RooftraceError("--shard splits the scenes without a coordinator; with --scheduler or --dask-workers, Dask does")
-    if args.format != "gpkg":
+    if args.format not in (None, "gpkg"):
         raise RooftraceError(f"--format {args.format}: with Dask, per-scene outputs and the merged layer are GeoPackages")
     if args.dask_workers is not None and args.dask_workers < 1:
         raise RooftraceError(f"--dask-workers {args.dask_workers}: must be at least 1")

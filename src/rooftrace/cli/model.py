@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from rooftrace.cli.options import (
+    MATCHING_HELP,
     MATCHING_MODES,
     POSTPROCESS_METHODS,
     add_postprocess_options,
@@ -25,10 +26,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--resume RUN_DIR continues a killed run from its last finished epoch. "
         "Under torchrun --nproc_per_node N it trains with DistributedDataParallel.",
     )
-    p.add_argument("--config", type=Path, default=None, help="YAML config, e.g. configs/unet-r34.yaml")
+    p.add_argument("--config", type=Path, default=None, help="YAML config, e.g. configs/unet-r34.yaml (default: the resumed run's, with --resume)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config entry, e.g. --set train.epochs=2 (repeatable)")
-    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run")
+                   help="override a config entry, e.g. --set train.epochs=2 (repeatable; default: none)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue this run from its last finished epoch (default: a new run)")
     p.set_defaults(func=_run_train)
 
 
@@ -57,9 +58,10 @@ def add_oracle(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for submission.csv")
     add_postprocess_options(p, "watershed")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="default: 3 for watershed, 1 for seed")
-    p.add_argument("--blur", type=float, default=0.0, help="Gaussian sigma (px) applied to the perfect output")
-    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one")
-    p.add_argument("--json", type=Path, default=None, help="also write scores and settings as JSON")
+    p.add_argument("--blur", type=float, default=0.0, metavar="SIGMA",
+                   help="Gaussian sigma in pixels applied to the perfect output, as a soft model would give it (default 0: none)")
+    p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one", help=MATCHING_HELP)
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write scores and settings as JSON (default: none)")
     p.add_argument("--force", action="store_true", help="overwrite earlier outputs")
     p.set_defaults(func=_run_oracle)
 
@@ -93,9 +95,10 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
                        "the best beside the model (<model>.postprocess.json), where predict picks them up.")
     p.add_argument("--model", type=Path, required=True, help="model .safetensors or .onnx (the tuned settings are saved beside it)")
     p.add_argument("--split", type=Path, required=True, help="validation split folder (image/ and <split>.json)")
-    p.add_argument("--postprocess", choices=POSTPROCESS_METHODS, default="watershed")
+    p.add_argument("--postprocess", choices=POSTPROCESS_METHODS, default="watershed",
+                   help="post-processing method whose settings are searched (default watershed)")
     p.add_argument("--tta", action="store_true", help="tune on flip-TTA probabilities")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: a GPU when there is one)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
     p.add_argument("--force", action="store_true", help="replace settings already saved beside the model")
@@ -151,7 +154,7 @@ def add_import_weights(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path, help="the checkpoint to import")
     p.add_argument("--config", type=Path, required=True, help="config of its architecture, e.g. configs/unet-r34.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config entry, e.g. --set data.channels=[footprint] for a one-output model")
+                   help="override a config entry, e.g. --set data.channels=[footprint] for a one-output model (repeatable; default: none)")
     p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="read a pickle checkpoint (with torch.load(weights_only=True)); only for files you trust")

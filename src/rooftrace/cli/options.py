@@ -21,8 +21,14 @@ DEFAULT_TILE, DEFAULT_OVERLAP = 512, 64
 DEFAULT_BLOCK, DEFAULT_MARGIN = 2048, 128
 
 
-def parse_settings(items: list[str], path: Path | None):
-    """Post-processing settings from a JSON file (a tune file or a plain object) and KEY=VALUE items."""
+def parse_settings(items: list[str], path: Path | None) -> dict | None:
+    """The post-processing settings a user changes: those of a JSON file (a tune file or a plain object), then
+    KEY=VALUE items. Returned as a mapping that :func:`rooftrace.inference.tuned.resolve_postprocessing` applies
+    on top of the model's tuned settings, so naming one setting changes only that one (``None``: none named).
+
+    Raises:
+        RooftraceError: A file that is not a JSON object, an item without ``=``, an unknown setting or a bad value.
+    """
     from rooftrace.instances.postprocess import PostprocessSettings
 
     data: dict = {}
@@ -41,16 +47,41 @@ def parse_settings(items: list[str], path: Path | None):
             data[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             data[key.strip()] = value  # e.g. surface=flat
-    return PostprocessSettings.from_dict(data) if data else None
+    if not data:
+        return None
+    PostprocessSettings.from_dict(data)  # an unknown key or a bad value stops here, before the model loads
+    return data
 
 
 def add_postprocess_options(p: argparse.ArgumentParser, default_method: str | None) -> None:
     p.add_argument("--postprocess", choices=POSTPROCESS_METHODS, default=default_method,
                    help="post-processing method" + (f" (default {default_method})" if default_method else
                                                     " (default: the tuned one saved beside the model, else watershed)"))
-    p.add_argument("--settings", type=Path, default=None, help="JSON file of post-processing settings (e.g. a tune file)")
+    from dataclasses import fields
+
+    from rooftrace.instances.postprocess import PostprocessSettings
+
+    keys = ", ".join(f"{f.name} ({_fmt_default(f.default)})" for f in fields(PostprocessSettings))
+    p.add_argument("--settings", type=Path, default=None, metavar="FILE",
+                   help="JSON file of post-processing settings (a tune file, or an object of some settings); the settings "
+                   "it names replace the model's tuned ones, the others stay tuned (default: none)")
     p.add_argument("--pp", dest="pp", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one post-processing setting, e.g. --pp simplify=1 (repeatable)")
+                   help="change one post-processing setting on top of the model's tuned settings (the others stay as tuned; "
+                   "the run prints what it used), e.g. --pp regularise=true or --pp simplify=1 (px); repeatable. "
+                   f"Keys, with the untuned defaults (thresholds are probabilities 0-1, areas in px of the model's pixel "
+                   f"size): {keys}")
+
+
+def _fmt_default(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+#: The help of every --matching option.
+MATCHING_HELP = ("how predictions are paired with labels: one-to-one (BEGC2024: each label and each prediction in at most "
+                 "one pair, IoU >= --iou), any (a label is found, and a prediction right, when any partner reaches --iou) or "
+                 "spacenet (SpaceNet's scorer: greedy one-to-one, footprints of about 20 px² or less left out) (default one-to-one)")
+#: The help of every --iou option.
+IOU_HELP = "IoU (intersection over union, 0-1) from which a prediction matches a label (default 0.5)"
 
 
 def default_model(model: Path | None) -> Path:
@@ -76,6 +107,6 @@ def parse_stretch(text: str) -> tuple[float, float]:
 def add_band_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bands", default=None, metavar="R,G,B",
                    help="bands read as red, green, blue, e.g. 1,1,1 for a panchromatic band or 1,2,3 for the first three "
-                   "of a multispectral image (needed unless the raster has 3 bands, or 3 and alpha)")
+                   "of a multispectral image (needed unless the raster has 3 bands, or 3 and alpha; default 1,2,3 for those)")
     p.add_argument("--stretch", default="2,98", metavar="LOW,HIGH",
                    help="percentiles of the per-scene, per-band stretch of rasters that are not 8-bit (default 2,98)")

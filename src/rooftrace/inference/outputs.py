@@ -16,6 +16,7 @@ import numpy as np
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text
 from rooftrace.imagery.georef import Georef
+from rooftrace.inference.overlaps import duplicates
 from rooftrace.labels.records import ImageKey, LabelSet
 
 #: Output names: footprints in longitude/latitude (or, when no tile is georeferenced, in pixels), in
@@ -44,6 +45,10 @@ class MapOutputs:
     crs: str  #: the GeoPackage's CRS (the first georeferenced tile's)
     origins: dict[str, int]  #: tiles by where their georeference came from (``geotiff``, ``tile-name``)
     reprojected: list[str] = field(default_factory=list)  #: other tile CRSs, reprojected into ``crs``
+    #: Copies of a building from overlapping tiles left out of the map outputs (:mod:`rooftrace.inference.overlaps`),
+    #: and the buildings they were copies of.
+    n_merged: int = 0
+    n_merged_buildings: int = 0
 
 
 def _crs_label(crs: Any) -> str:
@@ -67,6 +72,10 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
       the layer metadata (item ``rooftrace``).
 
     ``area_m2`` is measured in each tile's own CRS (geodesic, so the same in any CRS).
+
+    Where tiles overlap (several zoom levels of one place, overlapping cuts), the copies of a building
+    (IoU >= 0.5 between footprints of different tiles) are merged to the highest-scoring one
+    (:func:`rooftrace.inference.overlaps.duplicates`); ``submission.csv`` and the COCO results keep every tile's own.
 
     Footprints go from each tile's pixels through its own affine transform
     (:func:`rooftrace.imagery.georef.pixels_to_map`, vectorised over every vertex), then from each CRS to
@@ -122,6 +131,12 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     g_crs, g_ll, areas = g_crs[sort], g_ll[sort], np.round(areas[sort], 3)
     keys_out = [keys_out[n] for n in sort]
     scores = np.asarray([round(float(scores_out[n]), 4) for n in sort], dtype=np.float64)
+    # Overlapping tiles (several zoom levels of one place, overlapping cuts): each building once.
+    keep, n_groups = duplicates(g_crs, keys_out, scores)
+    n_merged = int((~keep).sum())
+    if n_merged:
+        g_crs, g_ll, areas, scores = g_crs[keep], g_ll[keep], areas[keep], scores[keep]
+        keys_out = [k for k, y in zip(keys_out, keep) if y]
     names = [labels[k].file_name or "" for k in keys_out]
 
     # GeoJSON (RFC 7946): lon/lat, right-hand rule, no crs member.
@@ -155,4 +170,4 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     origins: dict[str, int] = {}
     for k in order:
         origins[georefs[k].origin] = origins.get(georefs[k].origin, 0) + 1
-    return MapOutputs(files, len(order), 0, len(g_crs), _crs_label(first_crs), origins, reprojected)
+    return MapOutputs(files, len(order), 0, len(g_crs), _crs_label(first_crs), origins, reprojected, n_merged, n_groups)

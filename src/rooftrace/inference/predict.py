@@ -73,7 +73,9 @@ from rooftrace.inference.partial import (
     _run_record,
     _tile_record,
 )
+from rooftrace.inference.card import card_notes
 from rooftrace.inference.provenance import make_provenance
+from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.inference.engine import Prepared, TileEngine, prepare_tile
 from rooftrace.inference.runtime import load_runtime
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess
@@ -217,7 +219,7 @@ def predict_folder(
     device: str = "auto",
     workers: int = 2,
     method: str | None = None,
-    settings: PostprocessSettings | None = None,
+    settings: SettingsArg = None,
     write_masks: bool = True,
     write_overlays: bool = True,
     force: bool = False,
@@ -237,7 +239,9 @@ def predict_folder(
             else the CPU).
         method, settings: Post-processing; default: what ``rooftrace tune`` saved beside the
             model, else (ONNX) what travelled in its metadata, else the default method with default
-            settings.
+            settings. ``settings`` as a mapping (``{"regularise": True}``, what ``--pp`` gives) changes
+            only the settings it names, on top of those; complete :class:`PostprocessSettings` replace them.
+            The summary's first note says what was used, and ``predictions.gpkg`` records it.
         batch_size: Tiles per forward pass; tiles are batched with others of the same padded size.
         workers: Tile-reading threads (0: read in the main thread), reading ahead of the network.
         threads: Post-processing and writing threads (0: in the main thread, after each batch;
@@ -279,6 +283,10 @@ def predict_folder(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise RooftraceError(f"--workers {workers}: must be 0 (read tiles in the main thread) or more")
     pick_device(device)  # a device torch does not know is refused before anything is read or written
+    if images.is_file():
+        raise RooftraceError(f"{images}: is a file; predict takes a folder of tiles. For one raster of any size run "
+                             f"`rooftrace predict-scene {images} --out {images.stem}.gpkg`, or put the file in a folder "
+                             "and give the folder")
     files = list_images(images)
     if not files:
         raise RooftraceError(f"{images}: no image files (.tif, .png, .jpg) in this folder")
@@ -291,7 +299,8 @@ def predict_folder(
         import torch
 
         runtime.net.model = torch.compile(runtime.net.model)
-    method, settings = runtime.postprocessing(method, settings)
+    used = used_postprocessing(runtime, method, settings)
+    method, settings = used.method, used.settings
     record = _run_record(model, method, settings, tta, precision, images, write_masks, write_overlays, gsd, tms)
     model_gsd = runtime.gsd
     if gsd is not None and model_gsd is not None:
@@ -344,13 +353,16 @@ def predict_folder(
     timings.update(engine.timings)
     seconds = time.perf_counter() - t0
     readable = [n for n in range(len(files)) if n in done or n in places]
-    maps, written = _write_outputs(labels, files, keys, readable, places, done, out_dir, images, model, method, settings, tms)
+    maps, written = _write_outputs(labels, files, keys, readable, places, done, out_dir, images, model, method, settings, tms,
+                                   used.to_json())
     timings["outputs"] = time.perf_counter() - t0 - seconds
     timings["total"] = time.perf_counter() - t0
     tile_gsd = {keys[n]: {"gsd": pl.gsd, "gsd_source": pl.gsd_source, "own_gsd": pl.own_gsd, "factor": pl.factor}
                 for n, pl in sorted(places.items())}
-    notes = _gsd_notes(tile_gsd, model_gsd, gsd, report, [files[n].name for n in sorted(places)])
+    notes = [used.describe()]
+    notes.extend(_gsd_notes(tile_gsd, model_gsd, gsd, report, [files[n].name for n in sorted(places)]))
     notes.extend(_coordinate_notes(maps, len(readable)))
+    notes.extend(card_notes(labels, tile_gsd, model_gsd))
     if changed:
         notes.insert(0, f"note: {len(changed)} tile(s) changed since the unfinished run recorded them (size or modification "
                         f"time) and were predicted again: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}")
@@ -391,7 +403,7 @@ def _start_or_resume(out_dir: Path, files: list[Path], record: dict[str, Any], r
 
 def _write_outputs(labels: LabelSet, files: list[Path], keys: list[ImageKey], readable: list[int], places: dict[int, TilePlace],
                    done: dict, out_dir: Path, images: Path, model: str | Path, method: str, settings: PostprocessSettings | None,
-                   tms: bool) -> tuple[MapOutputs | None, list[Path]]:
+                   tms: bool, settings_from: dict | None = None) -> tuple[MapOutputs | None, list[Path]]:
     """The submission, the GeoJSON (and GeoPackage) and the COCO results, each written atomically; then
     ``.partial`` is removed (the run is complete)."""
     georefs: dict[ImageKey, Georef] = {}
@@ -404,7 +416,8 @@ def _write_outputs(labels: LabelSet, files: list[Path], keys: list[ImageKey], re
             georefs[keys[n]] = geo
     written = [write_begc_csv(labels, out_dir / "submission.csv", image_keys=keys, force=True)]
     maps = write_map_outputs(labels, georefs, out_dir, make_provenance(source=images, crs=None, model_path=model, method=method,
-                                                                       settings=settings, source_kind="images")) if georefs else None
+                                                                       settings=settings, source_kind="images",
+                                                                       settings_from=settings_from)) if georefs else None
     if maps is None:
         written.append(write_geojson(labels, out_dir / GEOJSON_NAME, force=True))
     else:
@@ -468,6 +481,11 @@ def _coordinate_notes(maps: MapOutputs | None, n_readable: int) -> list[str]:
              f"(EPSG:4326), {GPKG_NAME} in {maps.crs}; submission.csv and predictions.coco.json stay in pixels"]
     if maps.reprojected:
         lines.append(f"note: tiles in {', '.join(sorted(set(maps.reprojected)))} were reprojected to {maps.crs} in {GPKG_NAME}")
+    if maps.n_merged:
+        lines.append(f"overlapping tiles: {maps.n_merged} footprint(s) were copies of {maps.n_merged_buildings} building(s) "
+                     f"already found in another tile (the same ground at several zoom levels, or overlapping tiles; IoU >= 0.5) "
+                     f"and were merged to the highest-scoring one in {GEOJSON_NAME} and {GPKG_NAME}; submission.csv and "
+                     "predictions.coco.json keep each tile's own")
     if maps.n_unlocated:
         lines.append(f"note: {maps.n_unlocated} tile(s) are not georeferenced: their footprints are in pixels only "
                      f"({PIXEL_GEOJSON_NAME}, submission.csv, predictions.coco.json)")

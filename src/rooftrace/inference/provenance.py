@@ -41,7 +41,7 @@ def _settings_dict(settings: Any) -> dict[str, Any]:
 
 def make_provenance(*, source: str | Path | None, crs: CRS | None, model_path: str | Path | None = None,
                     model_description: str | None = None, method: str | None = None, settings: Any = None,
-                    source_kind: str = "raster") -> dict[str, Any]:
+                    source_kind: str = "raster", settings_from: dict[str, Any] | None = None) -> dict[str, Any]:
     """What made an output, as a JSON-serialisable dict (written into the file's metadata by the writers).
 
     Args:
@@ -50,6 +50,8 @@ def make_provenance(*, source: str | Path | None, crs: CRS | None, model_path: s
         model_path: The model file (its name, absolute path and SHA-256 are recorded); else
             ``model_description`` names the model (a callable).
         method, settings: Post-processing (``settings=None``: the defaults, recorded in full).
+        settings_from: Where the settings came from and what the user changed
+            (:meth:`rooftrace.inference.tuned.Postprocessing.to_json`), recorded beside them.
     """
     from rooftrace.core.version import __version__
 
@@ -63,7 +65,8 @@ def make_provenance(*, source: str | Path | None, crs: CRS | None, model_path: s
         "software": f"rooftrace {__version__}",
         "rooftrace_version": __version__,
         "model": model,
-        "postprocessing": {"method": method, "settings": _settings_dict(settings)} if method is not None else None,
+        "postprocessing": ({"method": method, "settings": _settings_dict(settings), **(settings_from or {})}
+                           if method is not None else None),
         "source": {source_kind: str(Path(source).resolve()) if source is not None else None},
         "crs": _crs_name(crs) if crs is not None else None,
         "fields": dict(FIELDS),

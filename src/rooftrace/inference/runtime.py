@@ -34,8 +34,8 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.windows import Grid, run_windows
 from rooftrace.inference.devices import CPU_PIXELS_PER_FORWARD, pick_device
-from rooftrace.inference.tuned import load_tuned
-from rooftrace.instances.postprocess import DEFAULT_METHOD, PostprocessSettings
+from rooftrace.inference.tuned import SettingsArg, load_tuned, used_postprocessing
+from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.models.autocast import autocast, autocast_dtype, normalise_precision
 from rooftrace.models.files import LoadedModel, load_model, shipped_model
 from rooftrace.models.onnx import (
@@ -225,10 +225,12 @@ class ModelRuntime:
             return self.windowed_probabilities(rgb)
         return self.probabilities(rgb)[0]
 
-    def postprocessing(self, method: str | None = None, settings: PostprocessSettings | None = None
+    def postprocessing(self, method: str | None = None, settings: SettingsArg = None
                        ) -> tuple[str, PostprocessSettings | None]:
-        """``(method, settings)``: the ones given, else the tuned ones, else the defaults."""
-        return method or self.method or DEFAULT_METHOD, settings or self.settings
+        """``(method, settings)``: the ones given, else the tuned ones, else the defaults; settings given as a
+        mapping change only the settings they name, on top of the tuned ones (:func:`used_postprocessing`)."""
+        used = used_postprocessing(self, method, settings)
+        return used.method, used.settings
 
 
 def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, device: str = "auto", tta: bool = False,
@@ -276,12 +278,12 @@ class ModelRunner:
     #: The model's runtime, when it is a model file (``None`` for a plain callable).
     runtime: ModelRuntime | None = None
 
-    def postprocessing(self, method: str | None = None, settings: PostprocessSettings | None = None
+    def postprocessing(self, method: str | None = None, settings: SettingsArg = None
                        ) -> tuple[str, PostprocessSettings | None]:
-        """``(method, settings)``: the ones given, else the model's tuned ones, else the defaults."""
-        if self.runtime is not None:
-            return self.runtime.postprocessing(method, settings)
-        return method or DEFAULT_METHOD, settings
+        """``(method, settings)``: the ones given, else the model's tuned ones, else the defaults (as
+        :meth:`ModelRuntime.postprocessing`)."""
+        used = used_postprocessing(self.runtime, method, settings)
+        return used.method, used.settings
 
 
 def make_runner(model: str | Path | LoadedModel | OnnxModel | ModelRuntime | ModelRunner | SceneModel | None,

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping, Union
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.instances.postprocess import PostprocessSettings
@@ -33,3 +35,91 @@ def load_tuned(model_path: str | Path) -> tuple[str | None, PostprocessSettings 
         return data.get("method"), PostprocessSettings.from_dict(data["settings"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise RooftraceError(f"{p}: not a readable post-processing settings file ({exc})") from None
+
+
+#: What a run is given as post-processing settings: complete settings (used as they are), or a mapping of
+#: the settings to change on top of the model's tuned ones (``--pp key=value``, a partial settings file).
+SettingsArg = Union[PostprocessSettings, Mapping[str, Any], None]
+
+
+@dataclass(frozen=True)
+class Postprocessing:
+    """The post-processing a run used, and where it came from.
+
+    Attributes:
+        method: ``watershed`` or ``seed``.
+        settings: The settings in full.
+        base: Where the settings started: ``tuned`` (``rooftrace tune``'s file beside the model, or an ONNX
+            model's metadata), ``defaults`` (no tuned settings) or ``given`` (complete settings passed in).
+        base_file: The tuned-settings file, when ``base`` is ``tuned`` and the settings came from one.
+        changed: The settings the user changed on top of ``base`` (``--pp``, a partial settings file).
+    """
+
+    method: str
+    settings: PostprocessSettings
+    base: str = "defaults"
+    base_file: str | None = None
+    changed: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line: the method, where the settings came from, what was changed, and every value that is
+        not the default."""
+        if self.base == "tuned":
+            src = f"the model's tuned settings ({self.base_file})" if self.base_file else "the model's tuned settings"
+        elif self.base == "given":
+            src = "the settings given"
+        else:
+            src = "the default settings (the model has no tuned ones)"
+        if self.changed:
+            src += " with " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.changed.items()) + " changed"
+        default = PostprocessSettings().to_dict()
+        values = {k: v for k, v in self.settings.to_dict().items() if v != default[k]}
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()) if values else "all at their defaults"
+        return f"post-processing: {self.method}, {src}: {shown}" + ("; the rest at their defaults" if values else "")
+
+    def to_json(self) -> dict[str, Any]:
+        """What the outputs record beside the full settings."""
+        return {"from": self.base, "file": self.base_file, "changed": {k: _plain(v) for k, v in self.changed.items()}}
+
+
+def _fmt(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def resolve_postprocessing(method: str | None, settings: SettingsArg, tuned_method: str | None,
+                           tuned: PostprocessSettings | None, tuned_file: str | Path | None = None) -> Postprocessing:
+    """The post-processing a run uses: ``method`` (else the tuned one, else the default), and ``settings``:
+    complete :class:`PostprocessSettings` are used as they are; a mapping changes only the settings it names, on
+    top of the model's tuned settings (else the defaults). So ``--pp regularise=true`` keeps the tuned
+    thresholds.
+
+    Raises:
+        RooftraceError: An unknown setting or a value of the wrong kind.
+    """
+    from rooftrace.instances.postprocess import DEFAULT_METHOD
+
+    method = method or tuned_method or DEFAULT_METHOD
+    base_kind = "tuned" if tuned is not None else "defaults"
+    base = tuned if tuned is not None else PostprocessSettings()
+    name = Path(tuned_file).name if tuned_file is not None and tuned is not None else None
+    if isinstance(settings, PostprocessSettings):
+        if tuned is not None and settings == tuned:
+            return Postprocessing(method, settings, "tuned", name)
+        return Postprocessing(method, settings, "given")
+    if not settings:
+        return Postprocessing(method, base, base_kind, name)
+    merged = PostprocessSettings.from_dict({**base.to_dict(), **dict(settings)})
+    return Postprocessing(method, merged, base_kind, name, dict(settings))
+
+
+def used_postprocessing(runtime: Any, method: str | None = None, settings: SettingsArg = None) -> Postprocessing:
+    """:func:`resolve_postprocessing` for a :class:`rooftrace.inference.runtime.ModelRuntime` (or ``None``: no
+    tuned settings)."""
+    if runtime is None:
+        return resolve_postprocessing(method, settings, None, None)
+    tuned_file = tuned_settings_path(runtime.path) if runtime.settings is not None and tuned_settings_path(runtime.path).exists() else None
+    return resolve_postprocessing(method, settings, runtime.method, runtime.settings, tuned_file)

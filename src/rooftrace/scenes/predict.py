@@ -70,8 +70,10 @@ import rasterio
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.raster import DEFAULT_STRETCH, GDAL_CACHE_MB, Scene
 from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
+from rooftrace.inference.card import band_warning, gsd_warning, size_warning
 from rooftrace.inference.provenance import _crs_name
 from rooftrace.inference.runtime import ModelRunner, SceneModel, make_runner
+from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.instances.postprocess import (
     PostprocessSettings,
 )
@@ -203,9 +205,33 @@ class SceneResult:
         lines.extend(self.notes)
         return "\n".join(lines)
 
+    def to_geodataframe(self) -> Any:
+        """The footprints written to :attr:`out`, read back as a GeoDataFrame (``geometry``, ``score``,
+        ``area_m2``), in the output's CRS (``None`` for a scene without one: pixel coordinates)."""
+        import warnings
+
+        import geopandas
+
+        if self.out.suffix.lower() == ".parquet":
+            return geopandas.read_parquet(self.out)
+        with warnings.catch_warnings():  # a scene without a CRS was written without one on purpose
+            warnings.simplefilter("ignore")
+            gdf = geopandas.read_file(self.out, engine="pyogrio")
+        if gdf.crs is None:
+            gdf.attrs["coordinates"] = "pixel"
+        return gdf
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the fields."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def no_crs_warning(scene: Path, out: Path, gsd: float | None) -> str:
+    """The summary line for a scene without a CRS: its footprints are in its pixels, and its areas known only from ``--gsd``."""
+    area = f"area_m2 is from --gsd {gsd:g} m" if gsd else "area_m2 is empty (give --gsd METRES for ground areas)"
+    return (f"warning: {scene.name} has no CRS (no georeference), so {out.name} is in the scene's pixel coordinates "
+            f"(x = column, y = row; a GIS would place them near 0, 0) with no CRS, and {area}. Give a georeferenced raster "
+            "(a GeoTIFF, or a world file or .aux.xml beside the image) for map coordinates, or use `rooftrace predict` for tiles")
 
 
 def scene_scale(scene: Scene, gsd: float | None, model_gsd: float | None) -> tuple[float, float | None, str, list[str]]:
@@ -256,7 +282,7 @@ def predict_scene(
     bands: str | Sequence[int] | None = None,
     stretch: tuple[float, float] = DEFAULT_STRETCH,
     method: str | None = None,
-    settings: PostprocessSettings | None = None,
+    settings: SettingsArg = None,
     block: int = DEFAULT_BLOCK,
     margin: int = DEFAULT_MARGIN,
     max_group: int = DEFAULT_MAX_GROUP,
@@ -292,7 +318,8 @@ def predict_scene(
         bands: Band mapping (see :class:`Scene`).
         stretch: Percentiles of the per-scene stretch of non-uint8 rasters.
         method, settings: Post-processing; default what ``rooftrace tune`` saved beside the
-            model, else ``watershed`` with default settings.
+            model, else ``watershed`` with default settings. ``settings`` as a mapping (what ``--pp``
+            gives) changes only the settings it names, on top of those; the summary says what was used.
         block, margin, max_group: Post-processing block geometry (module docstring).
         probabilities: Also keep the stitched probabilities here (a GeoTIFF, uint8 x 255).
         normalization: For callables: give them normalised float input instead of uint8.
@@ -324,10 +351,17 @@ def predict_scene(
     _remove_probabilities_temp(prob_path)  # what a killed run of this output left
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), Scene(scene, bands=bands, percentiles=stretch) as sc:
         runner = model if isinstance(model, ModelRunner) else make_runner(model, device=device, tta=tta, normalization=normalization, precision=precision)
-        method, settings = runner.postprocessing(method, settings)
+        used = used_postprocessing(runner.runtime, method, settings)
+        method, settings = used.method, used.settings
         factor, gsd_in, gsd_source, notes = scene_scale(sc, gsd, runner.gsd)
+        notes.insert(0, used.describe())
+        if sc.crs is None:
+            notes.append(no_crs_warning(scene, out, gsd_in if gsd_source == "--gsd" else None))
+        notes.extend(w for w in (band_warning(sc.plan.bands, scene.name), gsd_warning(gsd_in, runner.gsd, scene.name)) if w)
         sc.set_scale(factor)
-        writer = FeatureWriter(out, sc.crs, sc.transform, force=force, provenance=scene_provenance(runner, method, settings, scene, sc.crs),
+        prov = scene_provenance(runner, method, settings, scene, sc.crs)
+        prov["postprocessing"].update(used.to_json())
+        writer = FeatureWriter(out, sc.crs, sc.transform, force=force, provenance=prov,
                                metres_per_unit=unit_metres(sc.crs, gsd_in, sc.src.transform))
         try:
             stats = stitch_scene(sc, runner, prob_path, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)
@@ -338,6 +372,8 @@ def predict_scene(
                 writer.add(part.geoms, part.scores)
                 truncated += part.n_truncated
             written = writer.close()
+            if runner.gsd is not None:  # a model card's sizes are of a model that knows its pixel size
+                notes.extend(w for w in (size_warning(writer.area_sample, scene.name),) if w)
             t2 = time.perf_counter()
             kept = None
             if probabilities is not None:

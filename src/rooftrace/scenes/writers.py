@@ -146,6 +146,10 @@ def check_writable(folder: str | Path, meant: str | Path) -> None:
 # Provenance
 
 
+#: How many buildings' areas a writer keeps for the model-card size check (:func:`rooftrace.inference.card.size_warning`).
+AREA_SAMPLE = 100_000
+
+
 def scene_provenance(runner: Any, method: str | None, settings: Any, scene: str | Path, crs: CRS | None) -> dict[str, Any]:
     """:func:`make_provenance` for a scene predicted by ``runner`` (a :class:`rooftrace.inference.runtime.ModelRunner`)."""
     return make_provenance(source=scene, crs=crs, model_path=getattr(runner, "model_path", None),
@@ -228,6 +232,8 @@ class FeatureWriter:
         # FlatGeobuf cannot be appended to: its features are staged in a GeoPackage (removed by abort's glob too).
         self.stage = self.tmp.with_name(self.tmp.name + ".gpkg") if driver == "FlatGeobuf" else self.tmp
         self.count = 0
+        #: Ground areas (m²) of the first :data:`AREA_SAMPLE` buildings, for the model-card size check.
+        self.area_sample: list[float] = []
         self._buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._buffered = 0
         self._started = False
@@ -259,6 +265,8 @@ class FeatureWriter:
         geoms = pixel_to_map(np.asarray(pixel_geoms, dtype=object), self.transform)
         scores = np.asarray(scores, dtype=np.float64)
         areas = area_m2(geoms, self.crs, self.metres_per_unit)
+        if len(self.area_sample) < AREA_SAMPLE:
+            self.area_sample.extend(areas[: AREA_SAMPLE - len(self.area_sample)].tolist())
         with self._writing():
             if self._json is not None:
                 self._write_json(geoms, scores, areas)
