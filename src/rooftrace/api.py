@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Union
 import numpy as np
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.memory import TILE_BYTES_PER_PIXEL, check_pixels
 from rooftrace.imagery.georef import Georef, locate_image
 from rooftrace.imagery.read import read_rgb, stretch_to_uint8
 from rooftrace.imagery.resample import (
     check_gsd,
+    check_resampled,
     footprints_to_grid,
     place_georef,
     resample_rgb,
@@ -151,6 +153,7 @@ class Model:
                      settings: PostprocessSettings | None) -> Footprints | geopandas.GeoDataFrame:
         H, W = rgb.shape[:2]
         place = place_georef(georef, check_gsd(gsd), self.gsd, where)
+        check_resampled(where, W, H, place.factor)
         seen = resample_rgb(rgb, place.factor)
         probs = self.runtime.image_probabilities(seen)
         method, settings = self.runtime.postprocessing(method, settings)
@@ -176,10 +179,13 @@ def load_model(path: str | Path | None = None, *, device: str = "auto", tta: boo
 def _read_input(image: ImageInput) -> tuple[np.ndarray, Georef | None]:
     """An RGB uint8 array and, when the input says where it lies, its georeference."""
     if isinstance(image, np.ndarray):
+        if image.ndim in (2, 3):  # before any copy: the whole image's probabilities and post-processing are in memory
+            check_pixels("the array", image.shape[1], image.shape[0], TILE_BYTES_PER_PIXEL,
+                         "image in one piece (Model.predict; for rasters this large use predict_scene, window by window)")
         return _as_rgb(image, "the array"), None
     if isinstance(image, (str, Path)):
         path = Path(image)
-        rgb = read_rgb(path)
+        rgb = read_rgb(path, TILE_BYTES_PER_PIXEL)
         try:
             georef = locate_image(path, rgb.shape[1], rgb.shape[0])
         except RooftraceError:
@@ -215,6 +221,7 @@ def _read_dataset(ds: rasterio.DatasetReader) -> tuple[np.ndarray, Georef | None
         raise RooftraceError(f"{name}: the rasterio dataset is closed; call predict inside its `with rasterio.open(...)` "
                              "block, or pass the path")
     bands = [1, 2, 3] if ds.count >= 3 else [1]
+    check_pixels(name, ds.width, ds.height, TILE_BYTES_PER_PIXEL + 3 * np.dtype(ds.dtypes[0]).itemsize)
     data = ds.read(bands)
     if data.dtype != np.uint8:
         data = np.stack([stretch_to_uint8(b) for b in data])

@@ -38,6 +38,7 @@ it saves; see ``benchmarks/predict_speed.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -54,12 +55,15 @@ from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
+from rooftrace.core.locks import FOLDER_LOCK
+from rooftrace.core.memory import TILE_BYTES_PER_PIXEL
 from rooftrace.imagery.georef import Georef
 from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.read import list_images, read_rgb
 from rooftrace.imagery.resample import (
     TilePlace,
     check_gsd,
+    check_resampled,
     footprints_to_grid,
     place_tile,
     resample_factor,
@@ -112,9 +116,10 @@ class _Tiles(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         try:
-            rgb = read_rgb(self.files[i])
+            rgb = read_rgb(self.files[i], TILE_BYTES_PER_PIXEL)  # a size that cannot fit: skipped before it is read
             H, W = rgb.shape[:2]
             place = place_tile(self.files[i], W, H, self.gsd, self.model_gsd, self.tms)  # a wrong pixel size: skipped too
+            check_resampled(self.files[i], W, H, place.factor)
         except RooftraceError as exc:
             return {"index": i, "error": str(exc)}
         seen = resample_rgb(rgb, place.factor)
@@ -195,7 +200,7 @@ def _check_out_dir(out_dir: Path, force: bool, resume: bool = False) -> None:
     if resume:
         if not (partial / "run.json").exists():
             raise RooftraceError(f"{out_dir}: holds no unfinished predict run to resume (no {PARTIAL}/run.json)")
-    elif out_dir.exists() and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+    elif out_dir.exists() and out_dir.is_dir() and any(p.name != FOLDER_LOCK for p in out_dir.iterdir()) and not force:
         if (partial / "run.json").exists():
             done = sum(1 for _ in partial.glob("*.json")) - 1
             raise RooftraceError(f"{out_dir}: holds an unfinished predict run ({done} tiles done); pass --resume to finish it, "
@@ -271,6 +276,39 @@ def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: 
     return footprints, scores, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1)
 
 
+#: What ``predict`` writes into ``--out`` (files and folders), none of which may be an input.
+OUTPUT_NAMES = ("submission.csv", "predictions.geojson", "predictions-pixels.geojson", "predictions.gpkg",
+                "predictions.coco.json", "masks", "overlays", PARTIAL)
+
+
+def _exclusive_out(fn: Any) -> Any:
+    """Run ``fn(images, out_dir, model, ...)`` holding ``out_dir``'s lock (a second run on it stops at once), after
+    checking that no output is an input (the images folder is not ``out_dir`` nor inside it; the model is not one
+    of its files). An output folder the run made is removed again if the run stops before writing anything."""
+    import functools
+
+    from rooftrace.core.locks import OutputLock
+    from rooftrace.core.paths import check_distinct
+
+    @functools.wraps(fn)
+    def wrapper(images: str | Path, out_dir: str | Path, model: Any = None, *args: Any, **kwargs: Any) -> Any:
+        out = Path(out_dir)
+        check_distinct({"--model": model if isinstance(model, (str, Path)) else None},
+                       {"--out " + n: out / n for n in OUTPUT_NAMES})
+        check_distinct({"--images": images}, {}, folders={"--out": out})
+        created = not out.exists()
+        try:
+            with OutputLock(out, folder=True, what="--out"):
+                return fn(images, out_dir, model, *args, **kwargs)
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only when empty
+            raise
+    return wrapper
+
+
+@_exclusive_out
 def predict_folder(
     images: str | Path,
     out_dir: str | Path,
