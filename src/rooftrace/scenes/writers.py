@@ -311,11 +311,15 @@ class FeatureWriter:
             cause = cause.__cause__ or cause.__context__
         if cause is not None and cause.strerror not in text:  # "Write failed. See previous exception": the previous one
             text = f"{cause.strerror}; {text}"
-        if "See previous exception" in text or "Write failed" in text:
+        if cause is None and not getattr(exc, "strerror", None):  # GDAL's and SQLite's own words: say what is short
             free = _free_bytes(self.path.parent)
-            if free is not None and free < 1024 * 1024:
-                text = f"No space left on device ({free} bytes free); {text}"
-        return text.replace(str(self.stage), str(self.path)).replace(str(self.tmp), str(self.path))
+            limit = _file_size_limit()
+            if free is not None and free < 16 * 1024 * 1024:
+                text = f"No space left on device ({free:,} bytes free); {text}"
+            elif limit is not None:
+                text = f"the file size limit (ulimit -f) of {limit:,} bytes was reached, or the disk is full; {text}"
+        text = text.replace(str(self.stage), str(self.path)).replace(str(self.tmp), str(self.path))
+        return text if len(text) <= 300 else text[:297] + "..."
 
     def add(self, pixel_geoms: np.ndarray, scores: np.ndarray) -> None:
         """Add buildings given in scene pixel coordinates, with their scores."""
@@ -427,6 +431,13 @@ class FeatureWriter:
             self._parquet = None
         for p in self.tmp.parent.glob(self.tmp.name + "*"):  # GeoPackage journals and FlatGeobuf staging too
             p.unlink(missing_ok=True)
+
+
+def _file_size_limit() -> int | None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _free_bytes(folder: Path) -> int | None:
