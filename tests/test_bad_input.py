@@ -1086,3 +1086,91 @@ def test_a_network_that_returns_other_channels_than_its_file_names_is_an_error(m
     monkeypatch.setattr(OnnxModel, "predict", lambda self, x: real(self, x)[:, :2])
     with pytest.raises(RooftraceError, match=r"m\.onnx: the network returned shape \(1, 2, 64, 64\), but the file names 3"):
         model.predict(np.zeros((64, 64, 3), np.uint8))
+
+
+# --- fourth round (issue 23): bounds asserted, locks ------------------------------------------------------
+
+
+def test_api_a_20000_px_array_is_refused_at_once_without_allocating(model_file, monkeypatch):
+    """``Model.predict`` of a 20,000 x 20,000 array once grew about 22 bytes a pixel (6.5 GB after 300 s). Above the
+    allocation bound (pinned at 4 GiB here, whatever the machine) it is refused in well under a second, before any
+    copy: a zero-stride view stands for the user's array, and tracemalloc sees no large allocation."""
+    import time
+    import tracemalloc
+
+    import rooftrace
+    from rooftrace.core.errors import RooftraceError
+
+    monkeypatch.setenv("ROOFTRACE_MEMORY_LIMIT", "4G")
+    model = rooftrace.load_model(model_file, device="cpu")
+    big = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (20_000, 20_000, 3))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(RooftraceError, match=r"the array: a 20,000 x 20,000 px image .*predict_scene.* would need 14\.9 GiB"):
+            model.predict(big)
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seconds < 1.0 and peak < 50 * 1024 * 1024, (seconds, peak)
+
+
+def test_pixel_metrics_on_a_sparse_60000_px_raster_stay_small(tmp_path):
+    """evaluate --gt-raster of a sparse 60,000 x 60,000 scene once asked for 3.35 GiB (one mask of the scene): the
+    pixel metrics now rasterise only the footprints' window, and the command runs under a 1.5 GB address space."""
+    import os
+    import resource
+
+    argv = _geo_eval(tmp_path, size=60_000)[:-1]  # pixel metrics on
+    limit = 1536 * 1024 * 1024
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    exe = Path(sys.executable).parent / "rooftrace"
+    run = subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=120, preexec_fn=cap,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "pixel IoU 1.0000" in run.stdout and "MemoryError" not in run.stderr
+
+
+def test_a_lock_is_exclusive_in_one_process_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    """Two runs in one process exclude each other (flock, per open file); a lock file whose process died is not a
+    lock: the next run takes it over, and releasing removes it."""
+    from rooftrace.core.locks import OutputBusy, OutputLock, holder, lock_path
+
+    target = tmp_path / "a.gpkg"
+    first = OutputLock(target)
+    assert holder(target) == __import__("os").getpid()
+    with pytest.raises(OutputBusy, match=r"a\.gpkg: in use by another rooftrace run \(process \d+\)"):
+        OutputLock(target)
+    first.release()
+    assert holder(target) is None and not lock_path(target).exists()
+    lock_path(target).write_text("999999\n")  # what a killed run leaves: the file, but no lock on it
+    with OutputLock(target):
+        assert holder(target) == __import__("os").getpid()
+    assert not lock_path(target).exists()
+
+
+def test_a_second_process_on_a_held_out_stops_at_once_and_touches_nothing(model_file, tmp_path):
+    """Another process: while this one holds --out (as a live `rooftrace predict` does), `rooftrace predict --force`
+    into it exits 2 at once, naming this process, and leaves the folder as it was; once released, it runs."""
+    import os
+
+    from rooftrace.core.locks import OutputLock
+
+    images = _images(tmp_path)
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    (out / "submission.csv").write_text("the first run's\n")
+    exe = Path(sys.executable).parent / "rooftrace"
+    argv = [str(exe), *_predict(images, tmp_path, model_file), "--force"]
+    with OutputLock(out, folder=True):
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"in use by another rooftrace run (process {os.getpid()})" in second.stderr and "Traceback" not in second.stderr
+    assert (out / "submission.csv").read_text() == "the first run's\n" and not list((out / "masks").iterdir())
+    third = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert (out / "submission.csv").read_text().startswith("ImageID") and not (out / ".rooftrace.lock").exists()
