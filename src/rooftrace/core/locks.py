@@ -140,6 +140,11 @@ class OutputLock:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
 
-    def __del__(self) -> None:  # pragma: no cover - a lock dropped without release
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+    def __del__(self, _close=os.close) -> None:  # pragma: no cover - a lock dropped without release
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            self._fd = None
+            try:
+                _close(fd)  # the kernel drops the lock with the file; the stale lock file blocks no one
+            except OSError:
+                pass
