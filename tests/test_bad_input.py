@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -24,6 +24,7 @@ import rasterio
 from conftest import REPO, write_tiny_model
 from PIL import Image
 from rasterio.transform import from_origin
+from shapely.geometry import box as shapely_box
 
 from rooftrace.cli import main
 
@@ -99,6 +100,8 @@ class Case:
     setup: Callable[[Path, Path], list[str]]  #: (tmp, model) -> argv
     code: int
     says: tuple[str, ...]  #: substrings the output must hold (file name, problem)
+    around: Callable[[], Any] | None = None  #: a context manager the command runs in (a file size limit)
+    check: Callable[[Path], None] | None = None  #: what must hold afterwards (tmp -> asserts)
 
 
 def _predict(images: Path, tmp: Path, model: Path, *extra: str) -> list[str]:
@@ -400,7 +403,216 @@ CASES = [
     Case("train-real-divergence", "a run that really diverges in epoch 2 (optim.lr=1e6, no clipping, 1 step an epoch)",
          lambda t, m: _train(*_tiny_run(t, corrupt=False), *_DIVERGE), 2,
          ("training diverged at epoch 2", "last.safetensors (epoch 1), is kept", "optim.lr")),
+    # Fourth round (issue 23): runs that would destroy each other, outputs over inputs, paths, sizes, layers.
+    Case("predict-out-in-use", "predict into an --out another live run is writing (its lock held)",
+         lambda t, m: _predict(_images(t), t, _held(t / "out", folder=True) and m, "--force"), 2,
+         ("out", "in use by another rooftrace run", "process")),
+    Case("scene-out-in-use", "predict-scene to a file another live run is writing: its temporary probabilities are left alone",
+         lambda t, m: _scene(t, m, _busy_scene_out(t), "--force"), 2, ("busy.gpkg", "in use by another rooftrace run"),
+         check=lambda t: _assert(( t / ".busy.gpkg.probs.tif").read_bytes() == b"first run")),
+    Case("scenes-one-in-use", "a folder of scenes, one held by another live run: skipped, the others done",
+         lambda t, m: ["predict-scene", str(_two_scenes(t)), "--out", str(_held_scene_out(t)), "--model", str(m),
+                       "--device", "cpu"], 0, ("1 scene(s) predicted", "being predicted by another run", "other.tif")),
+    Case("scene-probabilities-is-out", "predict-scene --out same.gpkg --probabilities same.gpkg",
+         lambda t, m: _scene(t, m, t / "same.gpkg", "--probabilities", str(t / "same.gpkg")), 2,
+         ("same.gpkg", "given as both --out and --probabilities")),
+    Case("scene-probabilities-is-input", "predict-scene --probabilities naming the input scene, with --force",
+         lambda t, m: _scene(t, m, t / "o.gpkg", "--probabilities", str(t / "s.tif"), "--force"), 2,
+         ("s.tif", "--probabilities is also the scene"),
+         check=lambda t: _assert(rasterio.open(t / "s.tif").count == 3)),
+    Case("convert-onto-itself", "convert SRC SRC --force (the input as the output)",
+         lambda t, m: ["convert", str(_coco(t, [_ann([SQUARE])])), str(t / "split" / "split.json"), "--to", "coco", "--force"], 2,
+         ("split.json", "DST is also the SRC")),
+    Case("coco-path-escapes", "a COCO file_name of ../x/escape.png (outside the split) in prepare",
+         lambda t, m: _prepare(_coco_outside(t, "../x/escape.png"), t), 1,
+         ("images[1]", "../x/escape.png", "outside the split folder", "--allow-outside-paths")),
+    Case("coco-path-absolute", "a COCO file_name that is an absolute path, in prepare",
+         lambda t, m: _prepare(_coco_outside(t, str(t / "x" / "abs.png")), t), 1,
+         ("images[1]", "abs.png", "outside the split folder")),
+    Case("coco-path-allowed", "the same with --allow-outside-paths: read",
+         lambda t, m: _prepare(_coco_outside(t, "../x/escape.png"), t) + ["--allow-outside-paths"], 0,
+         ("2 images",)),
+    Case("csv-id-not-a-name", "a CSV ImageID of ../../x converted to COCO (its file_name would climb out)",
+         lambda t, m: ["convert", str(_csv(t, 'ImageID,Coordinates\n../../x,"[[(10,10),(40,10),(40,40),(10,40)]]"\n')),
+                       str(t / "out.json"), "--to", "coco"], 0, ("line 2", "'../../x'", "not a plain name")),
+    Case("sparse-huge-tile", "a 300 KB sparse GeoTIFF declaring 100,000 x 100,000 px among the tiles (predict)",
+         lambda t, m: _predict(_images(t, ("2.tif", _sparse)), t, m), 1,
+         ("2.tif", "would need", "GiB of memory", "skipped"), check=lambda t: _assert((t / "out" / "masks" / "1.png").exists())),
+    Case("sparse-huge-prepare", "the same as a training tile (prepare)",
+         lambda t, m: _prepare(_coco_sparse(t), t), 1, ("2.tif", "would need", "skipped")),
+    Case("sparse-huge-gt-raster", "evaluate --gt-raster of a sparse 60,000 x 60,000 px scene, pixel metrics on",
+         lambda t, m: _geo_eval(t, size=60_000)[:-1], 0, ("pixel IoU 1.0000",)),
+    Case("chip-zoom-0", "a chip named OAM-0-0-0.png with --gsd 0.3 (the whole world in 256 px)",
+         lambda t, m: _chips(t, 0, 0, 0, "--gsd", "0.3"), 2, ("OAM-0-0-0.png", "would need", "PiB of memory")),
+    Case("chip-misnamed-64x", "a chip named at zoom 13 (19 m pixels) with --gsd 0.3: enlarged 64x",
+         lambda t, m: _chips(t, 4096, 4096, 13, "--gsd", "0.3"), 2, ("OAM-4096-4096-13.png", "enlarged 63.7x", "at most 32x")),
+    Case("chip-enlarged-8x", "a chip at zoom 16 (2.4 m pixels) with --gsd 0.3: enlarged 8x, noted",
+         lambda t, m: _chips(t, 32768, 32768, 16, "--gsd", "0.3"), 0, ("enlarged more than 4x", "OAM-32768-32768-16.png")),
+    Case("chips-aoi-elsewhere", "prepare-chips --aoi of an area that overlaps no chip",
+         lambda t, m: _chips(t, 262144, 262144, 19, "--aoi", str(_aoi(t, _square_ll(50.0, 10.0)))), 2,
+         ("aoi.geojson", "overlaps none of the 1 chips")),
+    Case("gpkg-two-layers", "evaluate --gt of a GeoPackage with two layers",
+         lambda t, m: _geo_eval(t, two_layers=True), 2, ("gt.gpkg", "holds 2 layers", "'buildings', 'roads'", "--layer")),
+    Case("gpkg-two-layers-chosen", "the same with --layer buildings",
+         lambda t, m: _geo_eval(t, two_layers=True) + ["--layer", "buildings"], 0, ("object F1", "1.0000")),
+    Case("gpkg-two-layers-chips", "prepare-chips --labels of a GeoPackage with two layers",
+         lambda t, m: _chips(t, 262144, 262144, 19, labels="gpkg"), 2, ("labels.gpkg", "holds 2 layers")),
+    Case("gpkg-layer-missing", "--layer naming a layer the file does not have",
+         lambda t, m: _geo_eval(t, two_layers=True) + ["--layer", "houses"], 2, ("gt.gpkg", "no layer 'houses'", "'roads'")),
+    *[Case(f"scenes-half-written-{fmt}", f"a folder of scenes whose .{fmt} output was cut short: predicted again",
+           lambda t, m, fmt=fmt: _scenes_cut(t, m, fmt), 0, ("1 scene(s) predicted", "0 already done"))
+      for fmt in ("gpkg", "fgb", "parquet", "geojson")],
+    Case("scenes-foreign-gpkg", "a folder of scenes whose .gpkg output is another program's file (no provenance)",
+         lambda t, m: _scenes_cut(t, m, "gpkg", foreign=True), 0, ("1 scene(s) predicted", "0 already done")),
+    Case("model-channels-garbage", "a model file whose metadata names channels ['a', 'b', 'c']",
+         lambda t, m: _predict(_images(t), t, _model(t, m, meta={"channels": ["a", "b", "c"]})), 2,
+         ("bad.safetensors", "output channels", "'footprint'")),
+    Case("model-meta-deep", "a model file whose metadata nests 100,000 lists deep",
+         lambda t, m: _predict(_images(t), t, _model(t, m, raw_meta="[" * 100_000 + "]" * 100_000)), 2,
+         ("bad.safetensors", "nests 100000 levels deep")),
+    Case("onnx-meta-deep", "an .onnx whose metadata nests 100,000 lists deep",
+         lambda t, m: _predict(_images(t), t, _foreign_onnx(t, meta={"rooftrace": "[" * 100_000 + "]" * 100_000})), 2,
+         ("foreign.onnx", "nests 100000 levels deep")),
+    Case("model-norm-overflow", "a model file with normalisation mean 1e308, std 1e-308 (finite, but overflows)",
+         lambda t, m: _predict(_images(t), t, _model(t, m, meta={"mean": [1e308] * 3, "std": [1e-308] * 3})), 2,
+         ("bad.safetensors", "normalisation mean", "not be a finite number")),
+    Case("device-mps", "--device mps on a PyTorch without Apple's Metal",
+         lambda t, m: _predict(_images(t), t, m, "--device", "mps"), 2, ("--device mps", "not available")),
+    *[Case(f"scene-disk-full-{fmt}", f"predict-scene to .{fmt} when the disk fills (file size limit of {limit:,} bytes)",
+           lambda t, m, fmt=fmt: _scene(t, m, t / "o" / f"out.{fmt}"), 2, (f"out.{fmt}", "cannot write it"),
+           around=lambda limit=limit: _file_size_limit(limit),
+           check=lambda t: _assert(not list((t / "o").iterdir())))
+      for fmt, limit in (("gpkg", 30_000), ("fgb", 30_000), ("parquet", 2_000), ("geojson", 1_000))],
+    Case("export-not-writable", "export --onnx inside a regular file",
+         lambda t, m: ["export", "--model", str(m), "--onnx", str(_file(t / "afile") / "m.onnx")], 2,
+         ("afile/m.onnx", "cannot write it")),
 ]
+
+_HELD: list[Any] = []  #: locks the cases hold as "another live run" while the command runs
+
+
+def _assert(ok: bool) -> None:
+    assert ok
+
+
+def _held(target: Path, folder: bool = False) -> Path:
+    from rooftrace.core.locks import OutputLock
+
+    _HELD.append(OutputLock(target, folder=folder))
+    return target
+
+
+def _busy_scene_out(tmp: Path) -> Path:
+    """An output another run is writing: its lock held and its probabilities half stitched."""
+    (tmp / ".busy.gpkg.probs.tif").write_bytes(b"first run")
+    return _held(tmp / "busy.gpkg")
+
+
+def _two_scenes(tmp: Path) -> Path:
+    d = _scenes(tmp, bad=False)
+    _tif(d / "other.tif", 3, size=96)
+    return d
+
+
+def _held_scene_out(tmp: Path) -> Path:
+    _held(tmp / "out" / "other.gpkg")
+    return tmp / "out"
+
+
+def _file_size_limit(limit: int) -> Any:
+    """A context in which no file may grow past ``limit`` bytes (a disk that fills up), writes failing with EFBIG."""
+    import contextlib
+    import resource
+    import signal
+
+    @contextlib.contextmanager
+    def ctx():
+        old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        old = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old)
+            signal.signal(signal.SIGXFSZ, old_sig)
+    return ctx()
+
+
+def _sparse(path: Path, size: int = 100_000) -> Path:
+    """A GeoTIFF that declares ``size`` x ``size`` RGB pixels in a few hundred KB (sparse, tiled)."""
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32614",
+                       transform=from_origin(500000, 3000000, 0.3, 0.3), tiled=True, sparse_ok=True, compress="deflate") as dst:
+        dst.write(np.full((3, 64, 64), 100, np.uint8), window=((0, 64), (0, 64)))
+    return path
+
+
+def _coco_sparse(tmp: Path) -> Path:
+    images = [{"id": 1, "file_name": "image/1.png", "width": 64, "height": 64},
+              {"id": 2, "file_name": "image/2.tif", "width": 100_000, "height": 100_000}]
+    path = _coco(tmp, [_ann([SQUARE]), _ann([SQUARE], 2, 2)], images=images)
+    _png(path.parent / "image" / "1.png")
+    _sparse(path.parent / "image" / "2.tif")
+    return path
+
+
+def _coco_outside(tmp: Path, name: str) -> Path:
+    """A split whose second image record points outside it (the file exists there)."""
+    (tmp / "x").mkdir(exist_ok=True)
+    _png(tmp / "x" / "escape.png")
+    _png(tmp / "x" / "abs.png")
+    images = [{"id": 1, "file_name": "image/1.png", "width": 64, "height": 64}, {"id": 2, "file_name": name, "width": 64, "height": 64}]
+    path = _coco(tmp, [_ann([SQUARE]), _ann([SQUARE], 2, 2)], images=images)
+    _png(path.parent / "image" / "1.png")
+    return path
+
+
+def _aoi(tmp: Path, geometry: dict) -> Path:
+    path = tmp / "aoi.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": geometry}]}))
+    return path
+
+
+def _tile_lonlat(x: float, y: float, z: int) -> tuple[float, float]:
+    n = 2.0 ** z
+    return x / n * 360.0 - 180.0, math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y / n))))
+
+
+def _square_ll(lon: float, lat: float, d: float = 2e-5) -> dict:
+    return {"type": "Polygon", "coordinates": [[[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d],
+                                                [lon - d, lat - d]]]}
+
+
+def _chips(tmp: Path, x: int, y: int, z: int, *extra: str, labels: str = "geojson") -> list[str]:
+    """prepare-chips on one 256 px chip named OAM-x-y-z.png with one building at its centre."""
+    d = tmp / "chips"
+    d.mkdir()
+    _png(d / f"OAM-{x}-{y}-{z}.png", (256, 256, 3))
+    lon, lat = _tile_lonlat(x + 0.5, y + 0.5, z)
+    if labels == "gpkg":
+        import geopandas as gpd
+        from shapely.geometry import shape
+
+        path = tmp / "labels.gpkg"
+        for layer in ("buildings", "roads"):
+            gpd.GeoDataFrame(geometry=[shape(_square_ll(lon, lat))], crs="EPSG:4326").to_file(path, layer=layer)
+    else:
+        path = _geojson(tmp, _square_ll(lon, lat))
+    return ["prepare-chips", str(d), "--labels", str(path), "--out", str(tmp / "splits"), *extra]
+
+
+def _scenes_cut(tmp: Path, model: Path, fmt: str, foreign: bool = False) -> list[str]:
+    """A folder of one scene whose output is there but cut off halfway (or another program's file)."""
+    d = _scenes(tmp, bad=False)
+    out = tmp / "out"
+    out.mkdir()
+    done = out / f"good.{fmt}"
+    if foreign:
+        _vector(done, (500003, 2999990))
+        return ["predict-scene", str(d), "--out", str(out), "--model", str(model), "--device", "cpu", "--format", fmt]
+    assert main(["predict-scene", str(d / "good.tif"), "--out", str(done), "--model", str(model), "--device", "cpu"]) == 0
+    data = done.read_bytes()
+    done.write_bytes(data[: len(data) // 2])
+    return ["predict-scene", str(d), "--out", str(out), "--model", str(model), "--device", "cpu", "--format", fmt]
 
 #: One step an epoch, OneCycle starting at lr 1e6 / 1e6 = 1 and at 1e6 from step 2: epoch 1 is finite, epoch 2
 #: is not (optim.lr=100 alone stays finite: the loss reaches 1e5 but never NaN).
@@ -625,10 +837,10 @@ def _evaluate(tmp: Path, csv_text: str, two_images: bool = False) -> list[str]:
     return ["evaluate", "--gt", str(gt), "--pred", str(_csv(tmp, csv_text)), "--no-pixel"]
 
 
-def _geo_eval(tmp: Path) -> list[str]:
+def _geo_eval(tmp: Path, size: int = 64, two_layers: bool = False) -> list[str]:
     from pyproj import Transformer
 
-    raster = _tif(tmp / "scene.tif", 3, size=64)
+    raster = _tif(tmp / "scene.tif", 3, size=64) if size == 64 else _sparse(tmp / "scene.tif", size)
     to_ll = Transformer.from_crs("EPSG:32614", "EPSG:4326", always_xy=True)
     x0, y0 = 500000 + 3, 3000000 - 3  # a 6 m square 10 px from the corner
     ring = [list(to_ll.transform(x, y)) for x, y in ((x0, y0), (x0 + 6, y0), (x0 + 6, y0 - 6), (x0, y0 - 6), (x0, y0))]
@@ -636,14 +848,25 @@ def _geo_eval(tmp: Path) -> list[str]:
                                                      "geometry": {"type": "Polygon", "coordinates": [ring]}}]}
     gj = tmp / "labels.geojson"
     gj.write_text(json.dumps(fc))
-    return ["evaluate", "--gt", str(gj), "--pred", str(gj), "--gt-raster", str(raster), "--no-pixel"]
+    gt = gj
+    if two_layers:  # the buildings, and a layer of something else that a GIS keeps in the same file
+        import geopandas as gpd
+
+        gt = tmp / "gt.gpkg"
+        gpd.read_file(gj).to_file(gt, layer="buildings")
+        gpd.GeoDataFrame(geometry=[shapely_box(500000, 2999980, 500019, 2999981)], crs="EPSG:32614").to_file(gt, layer="roads")
+    return ["evaluate", "--gt", str(gt), "--pred", str(gj), "--gt-raster", str(raster), "--no-pixel"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_named_and_exits_with_the_right_status(case: Case, model_file, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything a bad input might try to write lands here, and is checked below
     argv = case.setup(tmp_path, model_file)
-    code = main(argv)
+    capsys.readouterr()  # what a setup printed (a first run) is not the case's output
+    import contextlib
+
+    with case.around() if case.around else contextlib.nullcontext():
+        code = main(argv)
     out = capsys.readouterr()
     text = out.out + out.err
     assert "Traceback" not in text
@@ -651,6 +874,8 @@ def test_bad_input_is_named_and_exits_with_the_right_status(case: Case, model_fi
         assert s in text, f"{case.id}: {s!r} not in output:\n{text}"
     assert code == case.code, f"{case.id}: exit {code}, expected {case.code}:\n{text}"
     assert not (tmp_path / "PWNED").exists()
+    if case.check is not None:
+        case.check(tmp_path)
     if code == 1:  # the end of the output says that something was skipped
         assert "skipped" in text.splitlines()[-1] or "skipped" in out.err
 
@@ -861,3 +1086,91 @@ def test_a_network_that_returns_other_channels_than_its_file_names_is_an_error(m
     monkeypatch.setattr(OnnxModel, "predict", lambda self, x: real(self, x)[:, :2])
     with pytest.raises(RooftraceError, match=r"m\.onnx: the network returned shape \(1, 2, 64, 64\), but the file names 3"):
         model.predict(np.zeros((64, 64, 3), np.uint8))
+
+
+# --- fourth round (issue 23): bounds asserted, locks ------------------------------------------------------
+
+
+def test_api_a_20000_px_array_is_refused_at_once_without_allocating(model_file, monkeypatch):
+    """``Model.predict`` of a 20,000 x 20,000 array once grew about 22 bytes a pixel (6.5 GB after 300 s). Above the
+    allocation bound (pinned at 4 GiB here, whatever the machine) it is refused in well under a second, before any
+    copy: a zero-stride view stands for the user's array, and tracemalloc sees no large allocation."""
+    import time
+    import tracemalloc
+
+    import rooftrace
+    from rooftrace.core.errors import RooftraceError
+
+    monkeypatch.setenv("ROOFTRACE_MEMORY_LIMIT", "4G")
+    model = rooftrace.load_model(model_file, device="cpu")
+    big = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (20_000, 20_000, 3))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(RooftraceError, match=r"the array: a 20,000 x 20,000 px image .*predict_scene.* would need 14\.9 GiB"):
+            model.predict(big)
+        seconds = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seconds < 1.0 and peak < 50 * 1024 * 1024, (seconds, peak)
+
+
+def test_pixel_metrics_on_a_sparse_60000_px_raster_stay_small(tmp_path):
+    """evaluate --gt-raster of a sparse 60,000 x 60,000 scene once asked for 3.35 GiB (one mask of the scene): the
+    pixel metrics now rasterise only the footprints' window, and the command runs under a 1.5 GB address space."""
+    import os
+    import resource
+
+    argv = _geo_eval(tmp_path, size=60_000)[:-1]  # pixel metrics on
+    limit = 1536 * 1024 * 1024
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    exe = Path(sys.executable).parent / "rooftrace"
+    run = subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=120, preexec_fn=cap,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "pixel IoU 1.0000" in run.stdout and "MemoryError" not in run.stderr
+
+
+def test_a_lock_is_exclusive_in_one_process_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    """Two runs in one process exclude each other (flock, per open file); a lock file whose process died is not a
+    lock: the next run takes it over, and releasing removes it."""
+    from rooftrace.core.locks import OutputBusy, OutputLock, holder, lock_path
+
+    target = tmp_path / "a.gpkg"
+    first = OutputLock(target)
+    assert holder(target) == __import__("os").getpid()
+    with pytest.raises(OutputBusy, match=r"a\.gpkg: in use by another rooftrace run \(process \d+\)"):
+        OutputLock(target)
+    first.release()
+    assert holder(target) is None and not lock_path(target).exists()
+    lock_path(target).write_text("999999\n")  # what a killed run leaves: the file, but no lock on it
+    with OutputLock(target):
+        assert holder(target) == __import__("os").getpid()
+    assert not lock_path(target).exists()
+
+
+def test_a_second_process_on_a_held_out_stops_at_once_and_touches_nothing(model_file, tmp_path):
+    """Another process: while this one holds --out (as a live `rooftrace predict` does), `rooftrace predict --force`
+    into it exits 2 at once, naming this process, and leaves the folder as it was; once released, it runs."""
+    import os
+
+    from rooftrace.core.locks import OutputLock
+
+    images = _images(tmp_path)
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    (out / "submission.csv").write_text("the first run's\n")
+    exe = Path(sys.executable).parent / "rooftrace"
+    argv = [str(exe), *_predict(images, tmp_path, model_file), "--force"]
+    with OutputLock(out, folder=True):
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"in use by another rooftrace run (process {os.getpid()})" in second.stderr and "Traceback" not in second.stderr
+    assert (out / "submission.csv").read_text() == "the first run's\n" and not list((out / "masks").iterdir())
+    third = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert (out / "submission.csv").read_text().startswith("ImageID") and not (out / ".rooftrace.lock").exists()

@@ -32,7 +32,7 @@ def run() -> list[str]:
         os.chdir(tmp)
         argv = c.setup(tmp, model)
         out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), c.around() if c.around else contextlib.nullcontext():
             code = main(argv)
         text = re.sub(r"[^\n]*\r", "", out.getvalue() + "\n" + err.getvalue())  # a line is what the terminal shows last
         lines = [ln for ln in text.splitlines() if ln.strip() and "%|" not in ln] or ["(nothing)"]

@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Union
 import numpy as np
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.memory import TILE_BYTES_PER_PIXEL, check_pixels
 from rooftrace.imagery.georef import Georef, locate_image
 from rooftrace.imagery.read import read_rgb, stretch_to_uint8
-from rooftrace.imagery.resample import check_gsd, footprints_to_grid, place_georef
+from rooftrace.imagery.resample import check_gsd, check_resampled, footprints_to_grid, place_georef
 from rooftrace.inference import card
 from rooftrace.inference.runtime import ModelRuntime, load_runtime, make_runner
 from rooftrace.inference.tuned import SettingsArg, used_postprocessing
@@ -212,6 +213,7 @@ class Model:
             rgb, georef = _read_input(image)
             where = str(image) if isinstance(image, (str, Path)) else getattr(image, "name", "the array")
             place = place_georef(georef, gsd, self.gsd, where)
+            check_resampled(where, rgb.shape[1], rgb.shape[0], place.factor)  # refused before it is resized
             inputs[i] = (rgb, georef, where, place)
             return prepare_rgb(i, rgb, place, self.runtime.norm)
 
@@ -249,10 +251,13 @@ def load_model(path: str | Path | None = None, *, device: str = "auto", tta: boo
 def _read_input(image: ImageInput) -> tuple[np.ndarray, Georef | None]:
     """An RGB uint8 array and, when the input says where it lies, its georeference."""
     if isinstance(image, np.ndarray):
+        if image.ndim in (2, 3):  # before any copy: the whole image's probabilities and post-processing are in memory
+            check_pixels("the array", image.shape[1], image.shape[0], TILE_BYTES_PER_PIXEL,
+                         "image in one piece (Model.predict; for rasters this large use predict_scene, window by window)")
         return _as_rgb(image, "the array"), None
     if isinstance(image, (str, Path)):
         path = Path(image)
-        rgb = read_rgb(path)
+        rgb = read_rgb(path, TILE_BYTES_PER_PIXEL)
         try:
             georef = locate_image(path, rgb.shape[1], rgb.shape[0])
         except RooftraceError:
@@ -288,6 +293,7 @@ def _read_dataset(ds: rasterio.DatasetReader) -> tuple[np.ndarray, Georef | None
         raise RooftraceError(f"{name}: the rasterio dataset is closed; call predict inside its `with rasterio.open(...)` "
                              "block, or pass the path")
     bands = [1, 2, 3] if ds.count >= 3 else [1]
+    check_pixels(name, ds.width, ds.height, TILE_BYTES_PER_PIXEL + 3 * np.dtype(ds.dtypes[0]).itemsize)
     data = ds.read(bands)
     if data.dtype != np.uint8:
         data = np.stack([stretch_to_uint8(b) for b in data])

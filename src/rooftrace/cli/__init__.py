@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ("export", "import-weights"):
             p.add_argument("--strict", action="store_true",
                            help="stop at the first bad record, tile or scene instead of skipping it and reporting it at the end")
+            p.add_argument("--allow-outside-paths", action="store_true",
+                           help="read image files that label files name by an absolute path or a path climbing out of "
+                           "their split folder ('..'); without it such records are skipped, named")
     return parser
 
 
@@ -70,11 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     130: interrupted.
     """
     from rooftrace.core.errors import strict_mode, tally_skips
+    from rooftrace.core.paths import allow_outside_paths
+    from rooftrace.labels.geojson import vector_layer
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with strict_mode(getattr(args, "strict", False)), tally_skips() as tally:
+        with strict_mode(getattr(args, "strict", False)), tally_skips() as tally, \
+                allow_outside_paths(getattr(args, "allow_outside_paths", False)), vector_layer(getattr(args, "layer", None)):
             code = int(args.func(args) or 0)
         if tally.n and code in (0, 1):
             print(f"rooftrace {args.command}: {tally.n} item(s) skipped (listed above); exit status 1", file=sys.stderr)

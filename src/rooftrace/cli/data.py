@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rooftrace.cli.options import IOU_HELP, MATCHING_HELP, MATCHING_MODES, add_band_options, parse_stretch
+from rooftrace.cli.options import IOU_HELP, MATCHING_HELP, MATCHING_MODES, add_band_options, add_layer_option, check_io, parse_stretch
 from rooftrace.core.errors import RooftraceError
 
 
@@ -29,6 +29,7 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
+    check_io(args, ("split_dir",), (), ("out",))
     from dataclasses import replace
 
     from rooftrace.prepare.targets import TargetSettings
@@ -68,10 +69,12 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, default=None, metavar="DIR", help="image folder, when PRED is a folder of masks (default: none)")
     p.add_argument("--no-pixel", action="store_true", help="skip pixel metrics")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    add_layer_option(p)
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    check_io(args, ("gt", "pred", "gt_raster", "pred_raster"), ("json",))
     from rooftrace.core.files import atomic_write_text
     from rooftrace.evaluation.metrics import evaluate_labels
     from rooftrace.evaluation.overlap import check_overlap
@@ -120,10 +123,12 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, default=None,
                    help="image folder: every image in it gets a row in a BEGC2024 CSV; pairs a mask folder with its images (default: none)")
     p.add_argument("--force", action="store_true", help="overwrite DST")
+    add_layer_option(p)
     p.set_defaults(func=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    check_io(args, ("src", "raster"), ("dst",))
     from rooftrace.labels import formats
 
     fmt = args.to or _SUFFIX_FORMAT.get(args.dst.suffix.lower())
@@ -170,6 +175,7 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--matching", choices=MATCHING_MODES, default="one-to-one", help=MATCHING_HELP)
     p.add_argument("--title", default=None, help="the report's title (default: from the inputs' names)")
     p.add_argument("--force", action="store_true", help="replace an existing report")
+    add_layer_option(p)
     p.set_defaults(func=_run_report)
 
 
@@ -200,6 +206,7 @@ def add_prepare_scenes(sub: argparse._SubParsersAction) -> None:
                    help="CRS of the labels when a file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")
     p.add_argument("--source", default=None, help="COCO source of every tile (default: each scene's file stem)")
     p.add_argument("--force", action="store_true", help="write into a folder that already holds a split")
+    add_layer_option(p)
     p.set_defaults(func=_run_prepare_scenes)
 
 
@@ -248,10 +255,12 @@ def add_prepare_chips(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default=None, help="COCO source of every image (default: the name of CHIPS_DIR's parent)")
     p.add_argument("--seed", type=int, default=0, help="seed of the assignment of blocks to splits (default 0)")
     p.add_argument("--force", action="store_true", help="overwrite splits already in --out")
+    add_layer_option(p)
     p.set_defaults(func=_run_prepare_chips)
 
 
 def _run_prepare_chips(args: argparse.Namespace) -> int:
+    check_io(args, ("chips_dir", "labels", "aoi"), (), ("out",))
     from rooftrace.prepare.chips import prepare_chips
 
     result = prepare_chips(args.chips_dir, args.labels, args.out, gsd=args.gsd, val=args.val, test=args.test,

@@ -11,6 +11,7 @@ from rooftrace.cli.options import (
     MATCHING_MODES,
     POSTPROCESS_METHODS,
     add_postprocess_options,
+    check_io,
     default_model,
     parse_settings,
 )
@@ -67,6 +68,7 @@ def add_oracle(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_oracle(args: argparse.Namespace) -> int:
+    check_io(args, ("gt",), ("json",))
     from rooftrace.core.files import atomic_write_text
     from rooftrace.evaluation.oracle import run_oracle
     from rooftrace.instances.postprocess import PostprocessSettings
@@ -134,6 +136,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    check_io(args, ("model", "calibration"), ("onnx",))
     from rooftrace.inference.export import export_onnx
 
     if args.calibration_tiles < 1:
@@ -167,6 +170,7 @@ def _run_import_weights(args: argparse.Namespace) -> int:
     from rooftrace.config import load_config
     from rooftrace.models.checkpoints import import_checkpoint
 
+    check_io(args, ("checkpoint", "config"), ("out",))
     if args.out.suffix.lower() != ".safetensors":
         raise RooftraceError(f"--out {args.out}: rooftrace model files end in .safetensors")
     path = import_checkpoint(args.checkpoint, args.out, load_config(args.config, args.overrides),

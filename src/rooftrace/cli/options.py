@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Sequence
 
 from rooftrace.core.errors import RooftraceError
 
@@ -110,3 +111,22 @@ def add_band_options(p: argparse.ArgumentParser) -> None:
                    "of a multispectral image (needed unless the raster has 3 bands, or 3 and alpha; default 1,2,3 for those)")
     p.add_argument("--stretch", default="2,98", metavar="LOW,HIGH",
                    help="percentiles of the per-scene, per-band stretch of rasters that are not 8-bit (default 2,98)")
+
+
+def check_io(args: argparse.Namespace, inputs: Sequence[str], outputs: Sequence[str], folders: Sequence[str] = ()) -> None:
+    """No output option names an input or another output (resolved paths, links followed); no output folder
+    holds an input. Options are ``args`` attribute names; the messages give them as ``--option``."""
+    from rooftrace.core.paths import check_distinct
+
+    def opt(name: str) -> str:
+        return name.upper() if name in ("src", "dst", "split_dir", "chips_dir", "checkpoint") else "--" + name.replace("_", "-")
+
+    check_distinct({opt(n): getattr(args, n, None) for n in inputs}, {opt(n): getattr(args, n, None) for n in outputs},
+                   {opt(n): getattr(args, n, None) for n in folders})
+
+
+def add_layer_option(p: argparse.ArgumentParser) -> None:
+    """``--layer``: which layer of a vector file of several (a GeoPackage) to read."""
+    p.add_argument("--layer", default=None, metavar="NAME",
+                   help="the layer to read from vector files that hold several (a GeoPackage); without it such a file "
+                   "is an error that lists its layers (files of one layer are read as they are)")

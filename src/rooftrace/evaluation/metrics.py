@@ -56,11 +56,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import shapely
+import shapely.affinity
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components, maximum_bipartite_matching
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.memory import check_pixels
 from rooftrace.geometry.shapes import Footprint, footprints_bounds
 from rooftrace.labels.records import ImageKey, ImageLabels, LabelSet
 from rooftrace.prepare.targets import rasterize_footprints
@@ -445,8 +447,22 @@ def _pixel_counts(g: ImageLabels | None, p: ImageLabels | None) -> tuple[int, in
         b = footprints_bounds([*gfp, *pfp])
         assert b is not None
         shape = (max(0, math.ceil(b[3])), max(0, math.ceil(b[2])))
-    gm = rasterize_footprints(gfp, shape).astype(bool)
-    pm = rasterize_footprints(pfp, shape).astype(bool)
+    # Only pixels under a footprint count, so only the footprints' bounding window is rasterised (whole
+    # pixels, clipped to the image): memory follows the buildings, not the size a header declares.
+    b = footprints_bounds([*gfp, *pfp])
+    if b is None:
+        return 0, 0, 0
+    x0, y0 = max(0, math.floor(b[0])), max(0, math.floor(b[1]))
+    x1, y1 = min(shape[1], math.ceil(b[2])), min(shape[0], math.ceil(b[3]))
+    if x1 <= x0 or y1 <= y0:
+        return 0, 0, 0
+    check_pixels(f"image {(g or p).key}", x1 - x0, y1 - y0, 4, "pixel-metric window")  # type: ignore[union-attr]
+    window = (y1 - y0, x1 - x0)
+    if (x0, y0) != (0, 0):
+        gfp = [shapely.affinity.translate(f, -x0, -y0) for f in gfp]
+        pfp = [shapely.affinity.translate(f, -x0, -y0) for f in pfp]
+    gm = rasterize_footprints(gfp, window).astype(bool)
+    pm = rasterize_footprints(pfp, window).astype(bool)
     tp = int(np.count_nonzero(gm & pm))
     return tp, int(np.count_nonzero(pm)) - tp, int(np.count_nonzero(gm)) - tp
 

@@ -110,14 +110,14 @@ def _read_footprints(path: Path, raster_crs: CRS | None, transform: Affine, crs:
     import pyogrio.errors
     import pyogrio.raw
 
-    from rooftrace.labels.geojson import geoms_from_wkb, parse_crs_option, reproject
+    from rooftrace.labels.geojson import geoms_from_wkb, parse_crs_option, read_vector_raw, reproject
 
     if not path.exists():
         raise RooftraceError(f"{path}: no such file")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Non closed ring detected")
-            meta, fids, wkb, values = pyogrio.raw.read(path, return_fids=True)
+            meta, fids, wkb, values = read_vector_raw(path, return_fids=True)
     except pyogrio.errors.DataSourceError as exc:
         raise RooftraceError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
     report = LoadReport(path=str(path))

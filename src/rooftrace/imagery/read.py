@@ -15,6 +15,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.memory import check_pixels
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -57,8 +58,13 @@ def read_size(path: str | Path) -> tuple[int, int]:
 PIL_SUFFIXES = (".png",)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path, bytes_per_pixel: float = 0) -> np.ndarray:
     """Read an image as ``(H, W, 3)`` uint8 RGB.
+
+    The size its header declares is checked against the allocation bound
+    (:func:`rooftrace.core.memory.check_allocation`) before anything is decoded: the bands as stored,
+    the RGB result, a float copy for a stretch, and ``bytes_per_pixel`` more for the caller's work
+    (a 300 KB sparse GeoTIFF can declare 100,000 x 100,000 pixels).
 
     One band is repeated three times (a palette band is expanded through its colour table); a
     fourth (alpha) band is dropped; 16-bit and float data are scaled to 8 bits by their 2nd-98th
@@ -67,9 +73,11 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() in PIL_SUFFIXES:
-        data = _read_pil(path)
+        data = _read_pil(path, bytes_per_pixel)
     else:
         with open_raster(path) as src:
+            item = np.dtype(src.dtypes[0]).itemsize
+            check_pixels(path, src.width, src.height, src.count * item + 3 + (4 * src.count if item > 1 else 0) + bytes_per_pixel)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -92,13 +100,15 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(data.transpose(1, 2, 0))
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(path: Path, bytes_per_pixel: float = 0) -> np.ndarray:
     """A PNG as ``(bands, H, W)``, decoded in full so that truncation is an error."""
     from PIL import Image, UnidentifiedImageError
 
     _check_file(path)
     try:
         with Image.open(path) as im:
+            bands = len(im.getbands())
+            check_pixels(path, im.width, im.height, 2 * bands + 3 + (4 * bands if im.mode.startswith("I") else 0) + bytes_per_pixel)
             im.load()
             if im.mode in ("P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")

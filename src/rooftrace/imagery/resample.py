@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.memory import TILE_BYTES_PER_PIXEL, check_pixels
 from rooftrace.imagery.georef import Georef, locate_image
 
 #: Pixel sizes within this fraction of the model's are used as they are (no resampling).
@@ -54,6 +55,15 @@ def resample_factor(gsd_in: float | None, gsd_model: float | None, tolerance: fl
                              f"resamples by at most {MAX_RESAMPLE:g}x either way, so this pixel size is wrong (a typo in "
                              "--gsd, or a georeference that is not the image's): fix it or give the right --gsd")
     return 1.0 if abs(f - 1.0) <= tolerance else f
+
+
+def check_resampled(where: str | Path, width: int, height: int, factor: float,
+                    bytes_per_pixel: float = TILE_BYTES_PER_PIXEL) -> None:
+    """Refuse, before resizing, an image whose resampled size (``round(w * f) x round(h * f)``) needs more
+    memory than the allocation bound (:func:`rooftrace.core.memory.check_allocation`)."""
+    if factor > 1.0:
+        check_pixels(where, max(1, round(width * factor)), max(1, round(height * factor)), bytes_per_pixel,
+                     f"image resampled x{factor:.3g} to its model's pixel size")
 
 
 def resample_rgb(rgb: np.ndarray, factor: float) -> np.ndarray:

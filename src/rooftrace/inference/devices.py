@@ -24,6 +24,11 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RooftraceError("--device cuda: no CUDA GPU is available here")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise RooftraceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise RooftraceError("--device mps: Apple's Metal (MPS) is not available in this build of PyTorch or on this machine; "
+                             "use cpu or auto")
     return torch.device(device)
 
 

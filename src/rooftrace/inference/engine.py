@@ -39,9 +39,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.memory import TILE_BYTES_PER_PIXEL
 from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.read import read_rgb
-from rooftrace.imagery.resample import TilePlace, place_tile, resample_rgb
+from rooftrace.imagery.resample import TilePlace, check_resampled, place_tile, resample_rgb
 from rooftrace.inference.runtime import WINDOWED_ABOVE, ModelRuntime, pad_normalise
 
 
@@ -90,8 +91,9 @@ def prepare_tile(index: int, path: Path, norm: Normalization, *, gsd: float | No
     """Read one tile file, place it (:func:`place_tile`: a wrong pixel size is an error too) and prepare it."""
     t, c = time.perf_counter(), time.thread_time()
     try:
-        rgb = read_rgb(path)
-        place = place_tile(path, rgb.shape[1], rgb.shape[0], gsd, model_gsd, tms)
+        rgb = read_rgb(path, TILE_BYTES_PER_PIXEL)  # a size that cannot fit: skipped before it is decoded
+        place = place_tile(path, rgb.shape[1], rgb.shape[0], gsd, model_gsd, tms)  # a wrong pixel size: skipped too
+        check_resampled(path, rgb.shape[1], rgb.shape[0], place.factor)
     except RooftraceError as exc:
         return Prepared(index, error=str(exc))
     out = prepare_rgb(index, rgb, place, norm, keep_rgb)

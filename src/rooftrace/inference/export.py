@@ -41,6 +41,7 @@ goes, :func:`_torch_export` is the one place to change.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -117,6 +118,17 @@ class ExportResult:
             lines.append(f"int8 vs PyTorch on the same inputs: max |diff| {self.int8_max_abs_diff:.3f}, mean |diff| "
                          f"{self.int8_mean_abs_diff:.2e} (not held to the tolerance; calibrated on {len(self.calibration)} tiles)")
         return "\n".join(lines)
+
+
+def _check_writable(out: Path) -> None:
+    """``out``'s folder (made if missing) must take a new file; else an error naming ``out``."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".rooftrace-", suffix=".probe", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RooftraceError(f"{out}: cannot write it ({exc.strerror or exc}); nothing was exported") from None
 
 
 def _random_inputs(mean: Sequence[float], std: Sequence[float], shapes: Sequence[tuple[int, int, int]], seed: int = 0) -> list[np.ndarray]:
@@ -295,6 +307,7 @@ def export_onnx(
         raise RooftraceError(f"--tolerance {tolerance}: must be > 0")
     if is_onnx(model):
         raise RooftraceError(f"{model}: already an ONNX model; export takes a .safetensors model file")
+    _check_writable(out)  # a read-only folder is named by the .onnx meant, before the model is loaded
     loaded = load_model(model, device="cpu")
     net = with_sigmoid(loaded.model)
     calib_names: list[str] = []
@@ -310,7 +323,11 @@ def export_onnx(
     with torch.inference_mode():
         expected = [net(torch.from_numpy(x)).numpy() for x in inputs]
 
-    with tempfile.TemporaryDirectory(prefix=".rooftrace-export-", dir=out.parent if out.parent.exists() else None) as tmp:
+    try:
+        staging = tempfile.TemporaryDirectory(prefix=".rooftrace-export-", dir=out.parent)
+    except OSError as exc:
+        raise RooftraceError(f"{out}: cannot write it ({exc.strerror or exc})") from None
+    with staging as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         try:
             _torch_export(net, fp32, opset)

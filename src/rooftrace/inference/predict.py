@@ -37,6 +37,7 @@ the output folder's checks, crash-safe records and resuming, and the output file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -49,6 +50,7 @@ from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
+from rooftrace.core.locks import FOLDER_LOCK
 from rooftrace.imagery.georef import Georef
 from rooftrace.imagery.read import list_images
 from rooftrace.imagery.resample import (
@@ -133,7 +135,7 @@ def _check_out_dir(out_dir: Path, force: bool, resume: bool = False) -> None:
     if resume:
         if not (partial / "run.json").exists():
             raise RooftraceError(f"{out_dir}: holds no unfinished predict run to resume (no {PARTIAL}/run.json)")
-    elif out_dir.exists() and out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+    elif out_dir.exists() and out_dir.is_dir() and any(p.name != FOLDER_LOCK for p in out_dir.iterdir()) and not force:
         if (partial / "run.json").exists():
             done = sum(1 for _ in partial.glob("*.json")) - 1
             raise RooftraceError(f"{out_dir}: holds an unfinished predict run ({done} tiles done); pass --resume to finish it, "
@@ -209,6 +211,39 @@ def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: 
     return footprints, scores, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1)
 
 
+#: What ``predict`` writes into ``--out`` (files and folders), none of which may be an input.
+OUTPUT_NAMES = ("submission.csv", "predictions.geojson", "predictions-pixels.geojson", "predictions.gpkg",
+                "predictions.coco.json", "masks", "overlays", PARTIAL)
+
+
+def _exclusive_out(fn: Any) -> Any:
+    """Run ``fn(images, out_dir, model, ...)`` holding ``out_dir``'s lock (a second run on it stops at once), after
+    checking that no output is an input (the images folder is not ``out_dir`` nor inside it; the model is not one
+    of its files). An output folder the run made is removed again if the run stops before writing anything."""
+    import functools
+
+    from rooftrace.core.locks import OutputLock
+    from rooftrace.core.paths import check_distinct
+
+    @functools.wraps(fn)
+    def wrapper(images: str | Path, out_dir: str | Path, model: Any = None, *args: Any, **kwargs: Any) -> Any:
+        out = Path(out_dir)
+        check_distinct({"--model": model if isinstance(model, (str, Path)) else None},
+                       {"--out " + n: out / n for n in OUTPUT_NAMES})
+        check_distinct({"--images": images}, {}, folders={"--out": out})
+        created = not out.exists()
+        try:
+            with OutputLock(out, folder=True, what="--out"):
+                return fn(images, out_dir, model, *args, **kwargs)
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only when empty
+            raise
+    return wrapper
+
+
+@_exclusive_out
 def predict_folder(
     images: str | Path,
     out_dir: str | Path,

@@ -22,7 +22,7 @@ from shapely.geometry import Polygon
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, read_text
 from rooftrace.geometry.shapes import exterior_rings
-from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key
+from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key, note_unplain_key
 
 HEADER = ("ImageID", "Coordinates")
 
@@ -110,6 +110,7 @@ def read_begc_csv(path: str | Path, text: str | None = None) -> LabelSet:
             report.note(f"line {line}: ImageID {key!r} appears again; its rings are added to the earlier row's")
             report.counts["duplicate image ids"] += 1
         else:
+            note_unplain_key(key, f"line {line}: ImageID", report)
             report.counts["images"] += 1
         ls.get_or_add(key)
         try:

@@ -19,6 +19,7 @@ import numpy as np
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, read_json
+from rooftrace.core.paths import inside
 from rooftrace.geometry.shapes import Footprint, exterior_rings, polygon_from_rings
 from rooftrace.labels.records import (
     ImageLabels,
@@ -180,6 +181,10 @@ def coco_to_labelset(data: dict, path: Path, check_images: bool = True) -> Label
         if not _is_id(rec["id"]) or not isinstance(rec["file_name"], str):
             report.skip(f"{where}: 'id' must be a number or string and 'file_name' a string; skipped",
                         counter="dropped: malformed image record")
+            continue
+        if inside(path.parent, rec["file_name"]) is None:
+            report.skip(f"{where}: file_name {rec['file_name']!r} points outside the split folder {path.parent} (an absolute "
+                        "path or '..'); skipped (--allow-outside-paths reads it)", counter="dropped: image path outside the split")
             continue
         key = image_key(rec["file_name"])
         if rec["id"] in by_id:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import rasterio
@@ -40,6 +42,48 @@ PIXEL_MARKER = {"coordinates": "pixel",
                         "NOT longitude/latitude: the images were not georeferenced"}
 #: The layer name GDAL and QGIS show for a pixel-coordinate file (it would otherwise pass for EPSG:4326).
 PIXEL_LAYER_NAME = "pixel coordinates (not longitude-latitude)"
+
+
+_LAYER: ContextVar[str | None] = ContextVar("rooftrace_vector_layer", default=None)
+
+
+@contextmanager
+def vector_layer(name: str | None) -> Iterator[None]:
+    """Within this block, vector files of several layers (a GeoPackage) are read at layer ``name`` (the
+    CLI's ``--layer``); files of one layer are read as they are."""
+    token = _LAYER.set(name)
+    try:
+        yield
+    finally:
+        _LAYER.reset(token)
+
+
+def choose_layer(path: str | Path, layer: str | None = None) -> str | int:
+    """The layer of a vector file to read: its only one, else ``layer`` (or :func:`vector_layer`'s).
+
+    Raises:
+        RooftraceError: Several layers and none chosen, or the chosen one is not there: the message lists them.
+    """
+    layer = layer if layer is not None else _LAYER.get()
+    try:
+        layers = [str(row[0]) for row in pyogrio.list_layers(path)]
+    except Exception as exc:  # noqa: BLE001 - pyogrio raises DataSourceError and GDAL errors
+        raise RooftraceError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
+    if len(layers) <= 1:
+        return 0
+    names = ", ".join(repr(n) for n in layers[:20]) + (f" and {len(layers) - 20} more" if len(layers) > 20 else "")
+    if layer is None:
+        raise RooftraceError(f"{path}: holds {len(layers)} layers ({names}); choose one with --layer NAME")
+    if layer not in layers:
+        raise RooftraceError(f"{path}: has no layer {layer!r}; its layers are {names}")
+    return layer
+
+
+def read_vector_raw(path: str | Path, layer: str | None = None, **kwargs: Any) -> tuple:
+    """``pyogrio.raw.read`` of the layer :func:`choose_layer` picks (never silently the first of several)."""
+    import pyogrio.raw
+
+    return pyogrio.raw.read(path, layer=choose_layer(path, layer), **kwargs)
 
 
 def is_pixel_geojson(data: Any) -> bool:
@@ -83,7 +127,7 @@ def _read_vector(path: Path, report: LoadReport) -> tuple[np.ndarray, CRS | None
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Non closed ring detected")  # closed and noted below
-            meta, _, wkb, fields = pyogrio.raw.read(path)
+            meta, _, wkb, fields = read_vector_raw(path)
     except pyogrio.errors.DataSourceError as exc:
         raise RooftraceError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
     geoms = geoms_from_wkb(wkb, report)

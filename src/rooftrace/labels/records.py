@@ -203,12 +203,30 @@ class LabelSet:
         """Absolute path of an image's file, when the set knows it."""
         if img.file_name is None:
             return None
-        p = Path(img.file_name)
-        return p if p.is_absolute() or self.root is None else self.root / p
+        if self.root is None:
+            return Path(img.file_name)
+        from rooftrace.core.paths import inside
+
+        p = inside(self.root, img.file_name)
+        if p is None:  # read from a label file: stays inside its split unless allowed (--allow-outside-paths)
+            raise RooftraceError(f"{self.root}: image {img.key!r} has file_name {img.file_name!r}, outside this folder; "
+                                 "pass --allow-outside-paths to read it")
+        return p
 
     @property
     def n_footprints(self) -> int:
         return sum(len(i.footprints) for i in self)
+
+
+def note_unplain_key(key: ImageKey, where: str, report: LoadReport) -> None:
+    """Note an image id that is not a plain name (``../x``, ``/etc/passwd``, ``a/b``): a file name made from
+    it (a COCO ``file_name``, ``image/<id>.tif``) would point into another folder."""
+    from rooftrace.core.paths import plain_name
+
+    if not plain_name(key):
+        report.note(f"{where} {key!r} is not a plain name (it holds a folder, '..' or is absolute); a file name made "
+                    "from it, such as a COCO file_name, would point outside the image folder")
+        report.counts["image ids that are not plain names"] += 1
 
 
 def check_image_file(path: Path | None, img: ImageLabels, where: str, report: LoadReport) -> None:

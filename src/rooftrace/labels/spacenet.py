@@ -17,7 +17,7 @@ from shapely.errors import GEOSException
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, read_text
 from rooftrace.labels.begc import sort_keys
-from rooftrace.labels.records import ImageKey, LabelSet, LoadReport
+from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, note_unplain_key
 
 HEADER = ("ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence")
 
@@ -47,6 +47,8 @@ def read_spacenet_csv(path: str | Path, text: str | None = None) -> LabelSet:
             report.skip(f"line {line}: empty ImageId; skipped", counter="dropped: malformed row")
             continue
         key = _key(raw_key)
+        if key not in ls:
+            note_unplain_key(key, f"line {line}: ImageId", report)
         if key not in ls:
             report.counts["images"] += 1
         ls.get_or_add(key)

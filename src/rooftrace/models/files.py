@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from rooftrace.config import Config, config_from_dict
+from rooftrace.config import CHANNELS, Config, config_from_dict
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.core.hashing import sha256_file
@@ -93,9 +93,73 @@ def check_model_meta(path: Path, meta: dict[str, Any]) -> None:
         ok = isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                           and math.isfinite(x) for x in v)
         if not ok or (key == "std" and not all(x > 0 for x in v)):
-            raise RooftraceError(f"{path}: its input normalisation {key} {v!r} is not three finite numbers"
+            raise RooftraceError(f"{path}: its input normalisation {key} {_short(v)} is not three finite numbers"
                                  + (" greater than 0 (inputs are divided by it)" if key == "std" else ""))
+        lo, hi = NORM_RANGE[key]
+        if not all(lo <= abs(x) <= hi for x in v):
+            raise RooftraceError(f"{path}: its input normalisation {key} {_short(v)} is outside {lo:g}..{hi:g} in size; "
+                                 "(pixel - mean) / std would not be a finite number the network can use: the file is "
+                                 "damaged or its metadata was edited")
+    channels = meta.get("channels")
+    if "channels" in meta and not (isinstance(channels, list) and 1 <= len(channels) <= len(CHANNELS)
+                                   and all(isinstance(c, str) for c in channels) and channels[0] == "footprint"
+                                   and set(channels) <= set(CHANNELS) and len(set(channels)) == len(channels)):
+        raise RooftraceError(f"{path}: its metadata's output channels {_short(channels)} are not a list of distinct names of "
+                             f"{list(CHANNELS)} starting with 'footprint'; the file is damaged or its metadata was edited")
     model_gsd(path, meta)
+
+
+#: Sizes (absolute values) the normalisation may have: pixels are 0-255, so a mean beyond 1e4 or a std
+#: below 1e-6 or above 1e4 is no normalisation any model was trained with (1e308 / 1e-308 overflows).
+NORM_RANGE = {"mean": (0.0, 1e4), "std": (1e-6, 1e4)}
+#: The most rooftrace metadata a model file may carry (bytes) and how deeply its JSON may nest.
+META_MAX_BYTES = 4 * 1024 * 1024
+META_MAX_DEPTH = 64
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_model_metadata(path: Path, raw: str) -> dict[str, Any]:
+    """A model file's rooftrace metadata (JSON text), bounded before it is parsed: at most
+    :data:`META_MAX_BYTES` and :data:`META_MAX_DEPTH` levels of nesting (a file nested 100,000 deep
+    would exhaust Python's recursion), and a mapping.
+
+    Raises:
+        RooftraceError: Too large, too deep, not JSON or not a mapping, naming the file.
+    """
+    if len(raw) > META_MAX_BYTES:
+        raise RooftraceError(f"{path}: its rooftrace metadata is {len(raw):,} bytes, more than the {META_MAX_BYTES:,} a model "
+                             "file's metadata can need; the file is damaged or was not written by rooftrace")
+    depth = json_depth(raw)
+    if depth > META_MAX_DEPTH:
+        raise RooftraceError(f"{path}: its rooftrace metadata nests {depth} levels deep, more than {META_MAX_DEPTH}; the file "
+                             "is damaged or was not written by rooftrace")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RooftraceError(f"{path}: its rooftrace metadata is not JSON ({str(exc)[:120]}); the file is damaged or was not "
+                             "written by rooftrace") from None
+    if not isinstance(meta, dict):
+        raise RooftraceError(f"{path}: its rooftrace metadata is not a mapping; not a model file written by rooftrace")
+    return meta
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON text (strings skipped), without parsing it."""
+    import re
+
+    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
+    depth = best = 0
+    for ch in stripped:
+        if ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
 
 
 def save_model(path: str | Path, model: nn.Module, cfg: Config, extra: dict[str, Any] | None = None,
@@ -206,11 +270,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise RooftraceError(f"{path}: not a readable safetensors file ({exc})") from None
     if meta_raw is None:
         raise RooftraceError(f"{path}: no rooftrace metadata; not a model file written by rooftrace")
-    try:
-        meta = json.loads(meta_raw)
-    except ValueError as exc:
-        raise RooftraceError(f"{path}: its rooftrace metadata is not JSON ({exc}); the file is damaged or was not "
-                             "written by rooftrace") from None
+    meta = parse_model_metadata(path, meta_raw)
     missing = [k for k in ("config", "channels", "mean", "std") if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise RooftraceError(f"{path}: its rooftrace metadata lacks {', '.join(missing)}; not a model file written by rooftrace")

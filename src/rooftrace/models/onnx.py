@@ -3,7 +3,6 @@ running a session through onnxruntime, with the same interface as a PyTorch mode
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from rooftrace.models.files import (
     check_model_meta,
     check_model_path,
     model_gsd,
+    parse_model_metadata,
     verify_sidecar,
 )
 
@@ -76,12 +76,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     props = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in props:
         raise RooftraceError(f"{path}: no rooftrace metadata; export it with rooftrace export")
-    try:
-        meta = json.loads(props[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise RooftraceError(f"{path}: unreadable rooftrace metadata ({exc})") from None
-    if not isinstance(meta, dict):
-        raise RooftraceError(f"{path}: its rooftrace metadata is not a mapping; not a model rooftrace exported")
+    meta = parse_model_metadata(path, props[METADATA_KEY])
     check_model_meta(path, meta)
     return meta
 

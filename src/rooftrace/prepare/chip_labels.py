@@ -36,14 +36,16 @@ def _to_crs(geoms: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
 
 def read_footprints(path: Path, labels_crs: str | None, report: LoadReport) -> tuple[np.ndarray, CRS]:
     """Building polygons of a GeoJSON/GeoPackage (cleaned, in their CRS) and that CRS."""
-    import pyogrio
+    from rooftrace.labels.geojson import read_vector_raw
 
     if not path.exists():
         raise RooftraceError(f"{path}: no such file")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Non closed ring detected")  # closed and noted below
-            meta, _, wkb, _ = pyogrio.raw.read(path)
+            meta, _, wkb, _ = read_vector_raw(path)
+    except RooftraceError:
+        raise
     except Exception as exc:  # pyogrio raises DataSourceError, DataLayerError, CRSError...
         raise RooftraceError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
     declared = geojson_crs_member(path)

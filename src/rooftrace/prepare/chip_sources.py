@@ -127,9 +127,23 @@ def _output_name(rel: Path, tile: mercantile.Tile | None) -> str:
     return f"{prefix}{tile.x}-{tile.y}-{tile.z}"
 
 
-def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> None:
+#: Chips enlarged more than this are noted (a zoom level or pixel size that may be wrong).
+NOTE_ENLARGE = 4.0
+
+
+def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> list[str]:
     """Each chip's output size and transform: resampled to ``gsd`` metres a pixel, else as it is
-    (refused when the chips' pixel sizes differ)."""
+    (refused when the chips' pixel sizes differ). Returns notes on chips enlarged more than
+    :data:`NOTE_ENLARGE` times.
+
+    Raises:
+        RooftraceError: A chip whose resampled size needs more memory than the allocation bound, or
+            that would be resampled by more than ``MAX_RESAMPLE`` (32x) either way (a misnamed chip,
+            a wrong --gsd), naming the chip.
+    """
+    from rooftrace.core.memory import check_pixels
+    from rooftrace.imagery.resample import MAX_RESAMPLE
+
     if gsd is None:
         zooms = sorted({c.tile.z for c in chips if c.tile is not None and c.georef.origin == "tile-name"})
         sizes = [c.gsd_src for c in chips]
@@ -137,15 +151,34 @@ def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> None:
             what = f"zoom levels {', '.join(map(str, zooms))}; " if len(zooms) > 1 else ""
             raise RooftraceError(f"{chips_dir}: chips of several pixel sizes ({what}{min(sizes):.3f}-{max(sizes):.3f} m a pixel); "
                                  "pass --gsd METRES to resample them all to one pixel size (e.g. --gsd 0.3)")
+    enlarged: list[tuple[float, str]] = []
     for c in chips:
         w, h = c.georef.width, c.georef.height
         if gsd is None:
             c.out_w, c.out_h, c.out_transform = w, h, c.georef.transform
         else:
             gx, gy = axis_sizes_m(c.georef)
-            c.out_w, c.out_h = max(1, round(w * gx / gsd)), max(1, round(h * gy / gsd))
+            fx, fy = gx / gsd, gy / gsd
+            # Before OpenCV is asked for it: the resampled chip, its validity mask and the PNG encoder's copy.
+            check_pixels(c.path, max(w, w * fx), max(h, h * fy), 8, f"chip resampled to --gsd {gsd:g}")
+            f = max(fx, fy, 1 / min(fx, fy))
+            if f > MAX_RESAMPLE:
+                how = "enlarged" if max(fx, fy) > 1 else "shrunk"
+                src = f"its tile name (zoom {c.tile.z})" if c.georef.origin == "tile-name" and c.tile is not None else "its georeference"
+                raise RooftraceError(f"{c.path}: would be {how} {f:.3g}x to --gsd {gsd:g} (its pixel size from {src} is "
+                                     f"{min(gx, gy):.4g} m); rooftrace resamples by at most {MAX_RESAMPLE:g}x, so the chip's "
+                                     "name or georeference, or --gsd, is wrong")
+            if max(fx, fy) > NOTE_ENLARGE:
+                enlarged.append((max(fx, fy), c.path.name))
+            c.out_w, c.out_h = max(1, round(w * fx)), max(1, round(h * fy))
             c.out_transform = c.georef.transform @ Affine.scale(w / c.out_w, h / c.out_h)
         c.gsd = pixel_size_m(c.georef.crs, c.out_transform, c.out_w, c.out_h)
+    if not enlarged:
+        return []
+    enlarged.sort(reverse=True)
+    names = ", ".join(f"{n} ({f:.3g}x)" for f, n in enlarged[:3]) + (" ..." if len(enlarged) > 3 else "")
+    return [f"note: {len(enlarged)} chip(s) enlarged more than {NOTE_ENLARGE:g}x to --gsd {gsd:g}: {names}; "
+            "check their names (zoom level) or georeference"]
 
 
 def _chip_polygon(c: Chip) -> shapely.Polygon:

@@ -286,7 +286,7 @@ def prepare_chips(
 
     chips = locate_chips(find_chips(chips_dir), chips_dir, tms=tms)
     result.chips = chips
-    plan_sizes(chips, chips_dir, gsd)
+    result.notes.extend(plan_sizes(chips, chips_dir, gsd))
     footprints, crs = read_footprints(labels, labels_crs, report)
     result.n_buildings = len(footprints)
     if report.problems:
@@ -306,7 +306,13 @@ def prepare_chips(
     if empties and empty == "skip":
         for c in empties:
             c.status = "empty-skipped"
-    elif empties and empty == "auto":
+    if aoi is not None:  # an area of interest that covers no chip is a wrong file or CRS, not "no true negatives"
+        every, width = _centres_3857(chips)
+        area = _mapped_area(Path(aoi), footprints, crs, width, report)
+        if not any(area.distance(shapely.Point(xy)) <= width / 2 for xy in every):
+            raise RooftraceError(f"{aoi}: the --aoi overlaps none of the {len(chips)} chips of {chips_dir}; wrong file, or "
+                                 "coordinates in another CRS than the file says")
+    if empties and empty == "auto":
         centres, width = _centres_3857(empties)
         area = _mapped_area(Path(aoi) if aoi is not None else None, footprints, crs, width, report)
         for c, xy in zip(empties, centres):

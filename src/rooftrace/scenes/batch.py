@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from rooftrace.core.errors import RooftraceError, is_strict
+from rooftrace.core.locks import OutputBusy, holder
 from rooftrace.imagery.raster import SCENE_SUFFIXES
 from rooftrace.inference.runtime import ModelRunner, SceneModel, make_runner
 from rooftrace.scenes.predict import SceneResult, predict_scene
-from rooftrace.scenes.writers import check_writable
+from rooftrace.scenes.writers import check_writable, output_complete
 
 if TYPE_CHECKING:  # pragma: no cover
     from rooftrace.imagery.normalize import Normalization
@@ -94,22 +95,23 @@ class ScenesResult:
     results: list[SceneResult] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    busy: list[Path] = field(default_factory=list)  #: scenes another live run was writing, left to it
 
     def summary(self) -> str:
         i, n = self.shard
         lines = [f"shard {i}/{n}: {len(self.results)} scene(s) predicted, {len(self.skipped)} already done, "
-                 f"{len(self.failed)} failed; outputs in {self.out_dir}"]
+                 + (f"{len(self.busy)} being predicted by another run, " if self.busy else "")
+                 + f"{len(self.failed)} failed; outputs in {self.out_dir}"]
         lines += [f"  {r.scene.name}: {r.n_buildings} buildings, {r.seconds:.1f} s" for r in self.results]
         lines += [f"  failed {p}: {msg}" for p, msg in self.failed]
+        lines += [f"  {p.name}: being predicted by another live run (its output is locked); left to it" for p in self.busy]
         return "\n".join(lines)
 
 
-def _finished(output: Path) -> bool:
-    """Whether a scene's output is there and not empty."""
-    try:
-        return output.stat().st_size > 0
-    except OSError:
-        return False
+def _finished(output: Path, scene: Path | None = None) -> bool:
+    """Whether a scene's output is finished: it opens, reads back whole and carries the provenance the
+    run recorded (:func:`rooftrace.scenes.writers.output_complete`); a half-written or foreign file is not."""
+    return output_complete(output, scene) is None
 
 
 def predict_scenes(
@@ -154,8 +156,15 @@ def predict_scenes(
     result = ScenesResult(out_dir, (i, n))
     mine = shard_scenes(every, (i, n))
     # An output of 0 bytes (a copy cut short, a full disk outside rooftrace) is not a finished scene.
-    todo = [p for p in mine if force or not _finished(out_dir / f"{p.stem}.{fmt}")]
-    result.skipped = [p for p in mine if p not in todo]
+    todo, busy = [], []
+    for p in mine:
+        out = out_dir / f"{p.stem}.{fmt}"
+        if holder(out) is not None:  # another live run is writing it: left to that run
+            busy.append(p)
+        elif force or not _finished(out, p):
+            todo.append(p)
+    result.skipped = [p for p in mine if p not in todo and p not in busy]
+    result.busy = busy
     if not todo:
         return result
     check_writable(out_dir, out_dir)  # before the model is loaded: not once per scene, after its inference
@@ -164,6 +173,8 @@ def predict_scenes(
         try:
             out = out_dir / f"{p.stem}.{fmt}"
             result.results.append(predict_scene(p, out, runner, force=force or out.exists(), progress=progress, **kwargs))
+        except OutputBusy:  # another run took it meanwhile: it is that run's, and this one goes on
+            result.busy.append(p)
         except RooftraceError as exc:
             if is_strict():  # --strict: stop at the first scene that fails
                 raise

@@ -43,6 +43,7 @@ from typing import Any, Iterator, Sequence
 
 from rooftrace.core.errors import RooftraceError, is_strict
 from rooftrace.core.hashing import sha256_file
+from rooftrace.core.locks import OutputLock
 from rooftrace.scenes.merge import MERGED_LAYER, MERGED_NAME, _parse_crs, merge_scenes
 from rooftrace.scenes.tasks import (
     ModelSpec,
@@ -111,17 +112,12 @@ class DaskScenesResult:
         return "\n".join(lines)
 
 
-def scene_done(path: Path) -> bool:
-    """Whether a per-scene GeoPackage is finished: not empty and it opens (a partial file does not)."""
-    try:
-        if path.stat().st_size == 0:
-            return False
-        import pyogrio
+def scene_done(path: Path, scene: Path | None = None) -> bool:
+    """Whether a per-scene GeoPackage is finished: it opens, reads back whole and carries the provenance of
+    ``scene`` (:func:`rooftrace.scenes.writers.output_complete`, the rule of the one-process path too)."""
+    from rooftrace.scenes.writers import output_complete
 
-        pyogrio.read_info(path)
-        return True
-    except Exception:  # noqa: BLE001 - missing, truncated, not a GeoPackage: not done
-        return False
+    return output_complete(path, scene) is None
 
 
 def _model_spec(model: Any, device: str, tta: bool, precision: str, normalization: Any) -> ModelSpec:
@@ -254,8 +250,10 @@ def predict_scenes_dask(
         scene_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RooftraceError(f"{scene_dir}: cannot create it ({exc.strerror})") from None
+    # One Dask run at a time per --out (a second stops here); an error drops the lock with this frame.
+    lock = OutputLock(out_dir, folder=True, what="--out")
     result = DaskScenesResult(out_dir)
-    todo = [p for p in every if force or not scene_done(scene_dir / f"{p.stem}.gpkg")]
+    todo = [p for p in every if force or not scene_done(scene_dir / f"{p.stem}.gpkg", p)]
     result.skipped = [p for p in every if p not in todo]
     if todo:
         spec = _model_spec(model, device, tta, precision, normalization)
@@ -271,11 +269,12 @@ def predict_scenes_dask(
                 own_client.close()
             if own_cluster is not None:
                 own_cluster.close()
-    done = [p for p in every if scene_done(scene_dir / f"{p.stem}.gpkg")]
+    done = [p for p in every if scene_done(scene_dir / f"{p.stem}.gpkg", p)]
     if done:
         result.merged, result.n_merged, result.crs = merge_scenes(
             [(p.stem, scene_dir / f"{p.stem}.gpkg") for p in done], out_dir / merged, target_crs, result.failed)
     result.seconds = time.perf_counter() - t_start
+    lock.release()
     return result
 
 

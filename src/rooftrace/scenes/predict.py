@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -68,6 +69,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import rasterio
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.locks import OutputLock
+from rooftrace.core.paths import check_distinct
 from rooftrace.imagery.raster import DEFAULT_STRETCH, GDAL_CACHE_MB, Scene
 from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 from rooftrace.inference.card import band_warning, gsd_warning, size_warning
@@ -338,6 +341,9 @@ def predict_scene(
     scene, out = Path(scene), Path(out)
     gsd = check_gsd(gsd)
     check_tiling(tile, overlap)
+    # Before anything runs: no output is an input or another output (resolved paths, links followed).
+    check_distinct({"scene": scene, "--model": model if isinstance(model, (str, Path)) else None},
+                   {"--out": out, "--probabilities": probabilities})
     check_output(out, force)
     if probabilities is not None and Path(probabilities).exists() and not force:
         raise RooftraceError(f"{probabilities}: already exists; pass --force to overwrite it")
@@ -348,7 +354,18 @@ def predict_scene(
     prob_path = probabilities_temp(out, work_dir)
     if work_dir is not None:
         check_writable(work_dir, prob_path)
-    _remove_probabilities_temp(prob_path)  # what a killed run of this output left
+    # One run at a time writes ``out`` and its sidecars: a second stops here, before it touches the first's files.
+    with OutputLock(out, what="--out"), OutputLock(probabilities, what="--probabilities") if probabilities else nullcontext():
+        _remove_probabilities_temp(prob_path)  # what a killed run of this output left (no live run holds it)
+        return _run_scene(scene, out, model, gsd, tile, overlap, batch_size, device, tta, precision, bands, stretch, method,
+                          settings, block, margin, max_group, probabilities, normalization, force, progress, prob_path, t0)
+
+
+def _run_scene(scene: Path, out: Path, model: Any, gsd: float | None, tile: int, overlap: int, batch_size: int, device: str,
+               tta: bool, precision: str, bands: Any, stretch: tuple[float, float], method: str | None,
+               settings: PostprocessSettings | None, block: int, margin: int, max_group: int, probabilities: str | Path | None,
+               normalization: Normalization | None, force: bool, progress: bool, prob_path: Path, t0: float) -> SceneResult:
+    """:func:`predict_scene` once its checks have passed and its outputs are locked."""
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), Scene(scene, bands=bands, percentiles=stretch) as sc:
         runner = model if isinstance(model, ModelRunner) else make_runner(model, device=device, tta=tta, normalization=normalization, precision=precision)
         used = used_postprocessing(runner.runtime, method, settings)

@@ -142,6 +142,51 @@ def check_writable(folder: str | Path, meant: str | Path) -> None:
         raise RooftraceError(f"{meant}: cannot write it ({exc.strerror or exc}); nothing was predicted") from None
 
 
+def output_complete(path: str | Path, source: str | Path | None = None) -> str | None:
+    """Whether a scene's output is finished: ``None`` when it is, else why not.
+
+    Finished means more than "there": the file opens in its format, every feature reads back (a
+    FlatGeobuf or GeoPackage cut short, a GeoJSON without its end, a GeoParquet without its footer
+    do not), and it carries the provenance the run recorded, for ``source`` when given. A file
+    another program left under that name, or garbage, is not finished.
+    """
+    from rooftrace.inference.provenance import read_provenance
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "it is empty (0 bytes)"
+    except OSError:
+        return "it is not there"
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.read_table(path)
+        elif path.suffix.lower() in (".geojson", ".json"):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("features"), list):
+                return "it is not a GeoJSON FeatureCollection"
+        else:
+            import pyogrio
+            import pyogrio.raw
+
+            info = pyogrio.read_info(path)
+            _, _, wkb, _ = pyogrio.raw.read(path, columns=[])
+            if info.get("features", -1) not in (-1, len(wkb)):
+                return f"it declares {info['features']} features but {len(wkb)} read back"
+        prov = read_provenance(path)
+    except Exception as exc:  # noqa: BLE001 - any reader's error: the file is not a finished output
+        return f"it does not read back ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+    if not isinstance(prov, dict):
+        return "it carries no rooftrace provenance (not written by rooftrace, or cut short)"
+    if source is not None:
+        recorded = (prov.get("source") or {}).get("raster") if isinstance(prov.get("source"), dict) else None
+        if recorded is None or Path(recorded).name != Path(source).name:
+            return f"its provenance names another source ({recorded})"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Provenance
 
@@ -241,9 +286,10 @@ class FeatureWriter:
         self._parquet: Any = None
         self._to_lonlat: Any = None
         if driver == "GeoJSON":
-            with self._writing():
+            with self._writing():  # a failure removes the temporary file (abort), so none outlives the run
                 self._json = open(self.tmp, "w", encoding="utf-8")
                 self._json.write(geojson_head(self.path.stem, self.provenance))
+                self._json.flush()
             self._decimals = _decimals(transform, crs)
             self._to_lonlat = to_lonlat
 
@@ -254,9 +300,32 @@ class FeatureWriter:
 
         try:
             yield
-        except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, pyogrio.errors.FieldError) as exc:
-            text = getattr(exc, "strerror", None) or str(exc).replace(str(self.tmp), str(self.path)).splitlines()[0]
-            raise RooftraceError(f"{self.path}: cannot write it ({text})") from None
+        except RooftraceError:
+            self.abort()
+            raise
+        except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, pyogrio.errors.FieldError,
+                RuntimeError, ValueError) as exc:  # pyarrow's ArrowIOError is an OSError; GDAL's "Write failed" a DataSourceError
+            self.abort()
+            raise RooftraceError(f"{self.path}: cannot write it ({self._why(exc)})") from None
+
+    def _why(self, exc: BaseException) -> str:
+        """The reason of a write error, for the user: the system's when there is one (a full disk, a read-only
+        folder), never the temporary file's name."""
+        text = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        cause = exc.__cause__ or exc.__context__
+        while cause is not None and not getattr(cause, "strerror", None):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None and cause.strerror not in text:  # "Write failed. See previous exception": the previous one
+            text = f"{cause.strerror}; {text}"
+        if cause is None and not getattr(exc, "strerror", None):  # GDAL's and SQLite's own words: say what is short
+            free = _free_bytes(self.path.parent)
+            limit = _file_size_limit()
+            if free is not None and free < 16 * 1024 * 1024:
+                text = f"No space left on device ({free:,} bytes free); {text}"
+            elif limit is not None:
+                text = f"the file size limit (ulimit -f) of {limit:,} bytes was reached, or the disk is full; {text}"
+        text = text.replace(str(self.stage), str(self.path)).replace(str(self.tmp), str(self.path))
+        return text if len(text) <= 300 else text[:297] + "..."
 
     def add(self, pixel_geoms: np.ndarray, scores: np.ndarray) -> None:
         """Add buildings given in scene pixel coordinates, with their scores."""
@@ -361,7 +430,8 @@ class FeatureWriter:
     def abort(self) -> None:
         """Drop the temporary file (after an error)."""
         if self._json is not None:
-            self._json.close()
+            with suppress(OSError):  # closing flushes, which fails again on a full disk
+                self._json.close()
             self._json = None
         if self._parquet is not None:
             with suppress(Exception):  # the file is removed below whatever state it is in
@@ -369,6 +439,21 @@ class FeatureWriter:
             self._parquet = None
         for p in self.tmp.parent.glob(self.tmp.name + "*"):  # GeoPackage journals and FlatGeobuf staging too
             p.unlink(missing_ok=True)
+
+
+def _file_size_limit() -> int | None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return None
 
 
 def scene_area_km2(width: int, height: int, transform: Affine, crs: CRS | None) -> float | None:

@@ -84,6 +84,9 @@ def setup_env(cfg: Config) -> Env:
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want.startswith("cuda") and not torch.cuda.is_available():
         raise RooftraceError("train.device is cuda but no CUDA GPU is available")
+    if want == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise RooftraceError("train.device is mps but Apple's Metal (MPS) is not available in this build of PyTorch or on "
+                             "this machine; use cpu or auto")
     if world > 1:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if want.startswith("cuda"):
