@@ -64,6 +64,8 @@ def choose_layer(path: str | Path, layer: str | None = None) -> str | int:
     Raises:
         RooftraceError: Several layers and none chosen, or the chosen one is not there: the message lists them.
     """
+    import pyogrio  # only to read (its import costs 0.5 s)
+
     layer = layer if layer is not None else _LAYER.get()
     try:
         layers = [str(row[0]) for row in pyogrio.list_layers(path)]

@@ -238,8 +238,7 @@ class Trainer:
             else:
                 sampler = RandomSampler(self.train_ds, replacement=n > len(self.train_ds), num_samples=n, generator=g)
         return DataLoader(self.train_ds, batch_size=self.cfg.data.batch_size, sampler=sampler, num_workers=self.cfg.data.workers,
-                          pin_memory=self.env.device.type == "cuda", drop_last=False, collate_fn=collate_pad,
-                          worker_init_fn=_quiet_worker if self.cfg.data.workers else None)
+                          pin_memory=self.env.device.type == "cuda", drop_last=False, collate_fn=collate_pad)
 
     def _autocast(self):
         return autocast(self.env.device, self.env.amp_dtype)
@@ -432,15 +431,6 @@ class Trainer:
         if self.env.main:
             self.log.info(f"done: best object F1 {self.best_f1:.4f} at epoch {self.best_epoch}; {self.run_dir}")
         return summary
-
-
-def _quiet_worker(_: int) -> None:
-    """A DataLoader worker computes on one thread: OpenCV otherwise starts a thread per core in each
-    worker, and they take the cores from the network's threads, which then wait on each other."""
-    import cv2
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
 
 
 def _adamw(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
