@@ -18,7 +18,8 @@ Variants (``--variants``; the first is the reference of the ratio column):
 
 - ``before``: bf16 autocast, channels_last, AdamW ``foreach`` (the recipe until this change);
 - ``dw-fp32``: the depthwise convolutions computed in fp32 (``train.depthwise_fp32``), the rest bf16;
-- ``dw-fp32+fused``: and fused AdamW (``optim.fused``): the recipe now;
+- ``dw-fp32+fused``: and fused AdamW (``optim.fused``; off in the recipe, as a resumed run did not
+  reproduce the uninterrupted one with it); ``dw-fp32`` is the recipe now;
 - ``fp32``: no autocast; ``dw-fp32+fused+bn-frozen``: and the encoder's BatchNorm statistics frozen
   (not in the recipe: it changes what is learnt; measured for the record);
 - ``dw-fp32+fused+b16``: batch 16 instead of 8.

@@ -19,6 +19,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 import rooftrace
+from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.cli import build_parser, main
 from rooftrace.inference.provenance import read_provenance
 
@@ -62,7 +63,7 @@ def test_pp_changes_only_the_named_setting_on_top_of_the_tuned_ones(tuned):
             assert getattr(settings, key) == value, key
     from rooftrace.instances.postprocess import PostprocessSettings
 
-    assert tuned["footprint_threshold"] != PostprocessSettings().footprint_threshold  # the trap is real
+    assert tuned["min_area"] != PostprocessSettings().min_area  # the trap is real
 
 
 def test_predict_scene_prints_and_records_the_settings_it_used(sample, tmp_path, capsys, tuned):
@@ -72,7 +73,8 @@ def test_predict_scene_prints_and_records_the_settings_it_used(sample, tmp_path,
     printed = capsys.readouterr().out
     line = next(ln for ln in printed.splitlines() if ln.startswith("post-processing:"))
     assert SHIPPED_TUNED.name in line and "regularise=true changed" in line
-    assert f"footprint_threshold={tuned['footprint_threshold']:g}" in line and f"min_area={tuned['min_area']}" in line
+    changed = [k for k in ("footprint_threshold", "seed_footprint", "seed_contact") if tuned[k] != getattr(PostprocessSettings(), k)]
+    assert changed and all(f"{k}={tuned[k]:g}" in line for k in changed) and f"min_area={tuned['min_area']}" in line
     pp = read_provenance(out)["postprocessing"]
     assert pp["from"] == "tuned" and pp["changed"] == {"regularise": True}
     assert pp["settings"]["footprint_threshold"] == tuned["footprint_threshold"] and pp["settings"]["regularise"] is True

@@ -282,6 +282,11 @@ def test_the_command_line_starts_without_the_heavy_libraries():
     from rooftrace.scenes.blocks import DEFAULT_BLOCK, DEFAULT_MARGIN
 
     assert options.MATCHING_MODES == MATCHING_MODES and options.POSTPROCESS_METHODS == tuple(sorted(POSTPROCESSORS))
+    from dataclasses import fields
+
+    from rooftrace.instances.postprocess import PostprocessSettings
+
+    assert options.PP_DEFAULTS == tuple((f.name, f.default) for f in fields(PostprocessSettings))
     assert (options.DEFAULT_TILE, options.DEFAULT_OVERLAP, options.DEFAULT_BLOCK, options.DEFAULT_MARGIN) == (
         DEFAULT_TILE, DEFAULT_OVERLAP, DEFAULT_BLOCK, DEFAULT_MARGIN)
 

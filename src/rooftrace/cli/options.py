@@ -54,15 +54,18 @@ def parse_settings(items: list[str], path: Path | None) -> dict | None:
     return data
 
 
+#: The fields of :class:`rooftrace.instances.postprocess.PostprocessSettings` and their defaults, for the
+#: help (the parser imports no post-processing library; tests/test_predict.py checks the copy).
+PP_DEFAULTS = (("footprint_threshold", 0.5), ("seed_footprint", 0.7), ("seed_boundary", 0.5), ("seed_contact", 0.5),
+               ("min_seed_area", 1), ("min_area", 8), ("simplify", 0.0), ("regularise", False), ("rectangularity", 0.9),
+               ("merge_contact", 0.3), ("surface", "probability"), ("split_distance", 0.0), ("keep_holes", False))
+
+
 def add_postprocess_options(p: argparse.ArgumentParser, default_method: str | None) -> None:
     p.add_argument("--postprocess", choices=POSTPROCESS_METHODS, default=default_method,
                    help="post-processing method" + (f" (default {default_method})" if default_method else
                                                     " (default: the tuned one saved beside the model, else watershed)"))
-    from dataclasses import fields
-
-    from rooftrace.instances.postprocess import PostprocessSettings
-
-    keys = ", ".join(f"{f.name} ({_fmt_default(f.default)})" for f in fields(PostprocessSettings))
+    keys = ", ".join(f"{name} ({_fmt_default(default)})" for name, default in PP_DEFAULTS)
     p.add_argument("--settings", type=Path, default=None, metavar="FILE",
                    help="JSON file of post-processing settings (a tune file, or an object of some settings); the settings "
                    "it names replace the model's tuned ones, the others stay tuned (default: none)")
@@ -129,4 +132,4 @@ def add_layer_option(p: argparse.ArgumentParser) -> None:
     """``--layer``: which layer of a vector file of several (a GeoPackage) to read."""
     p.add_argument("--layer", default=None, metavar="NAME",
                    help="the layer to read from vector files that hold several (a GeoPackage); without it such a file "
-                   "is an error that lists its layers (files of one layer are read as they are)")
+                   "is an error that lists its layers (default: none; files of one layer are read as they are)")
