@@ -40,7 +40,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--workers", type=int, default=2, help="tile-reading processes (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="tile-reading threads, working ahead of the network (default 2; 0: read in the main thread)")
     p.add_argument("--gsd", type=float, default=None, metavar="METRES",
                    help="the tiles' pixel size in metres, for tiles that do not say (no GeoTIFF georeference, no tile name); "
                    "overrides what they say (default: each tile's own, else the model's). Tiles are resampled to the model's pixel size when it records one")
