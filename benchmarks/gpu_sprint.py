@@ -154,17 +154,17 @@ def _load_pack(root: Path, split: str):
             pieces.append(piece)
             weights.append(img["weight"] * part.shape[0] * part.shape[1] / (h * w))
     data = torch.from_numpy(np.stack(pieces)).permute(0, 3, 1, 2).contiguous()
-    return data, torch.tensor(weights, dtype=torch.float64), coco
+    return data, torch.tensor(weights, dtype=torch.float64)
 
 
-def _batch(data, weights, n: int, crop: int, aug: dict, gen, device):
+def _batch(data, weights, n: int, crop: int, aug: dict, device):
     """``n`` augmented crops from the uint8 pieces on ``device``: (images normalised, targets 0/1)."""
     import torch
     import torch.nn.functional as F
 
-    idx = torch.multinomial(weights, n, replacement=True, generator=gen).to(device)
+    idx = torch.multinomial(weights, n, replacement=True).to(device)
     x = data.index_select(0, idx).float()
-    r = lambda *s: torch.rand(*s, device=device, generator=None)  # noqa: E731
+    r = lambda *s: torch.rand(*s, device=device)  # noqa: E731
     # Affine crop: scale (pixel size, log-uniform within the limit, for pixel_scale of the samples),
     # any rotation a quarter of the time else a small one, flips, a random place.
     scale = torch.ones(n, device=device)
@@ -241,9 +241,9 @@ def train(pack_dir: Path, out: Path, minutes: float, device: str, batch: int, lr
     loss_fn = SegmentationLoss(cfg.loss, CHANNELS).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr / 10, weight_decay=cfg.optim.weight_decay,
                             fused=dev.type in ("cuda", "cpu"))
-    data, weights, _ = _load_pack(pack_dir, "train")
+    data, weights = _load_pack(pack_dir, "train")
     data = data.to(dev)
-    val, _, _ = _load_pack(pack_dir, "val")
+    val, _ = _load_pack(pack_dir, "val")
     aug = dataclasses.asdict(cfg.augment)
     amp = dict(device_type=dev.type, dtype=torch.bfloat16)
     budget = minutes * 60 - (time.perf_counter() - t_start) - 45  # leave time for validation and saving
@@ -260,7 +260,7 @@ def train(pack_dir: Path, out: Path, minutes: float, device: str, batch: int, lr
         cur = lr / 10 + (lr - lr / 10) * frac / w if frac < w else lr / 1000 + (lr - lr / 1000) * 0.5 * (1 + math.cos(math.pi * (frac - w) / (1 - w)))
         for g in opt.param_groups:
             g["lr"] = cur
-        x, y = _batch(data, weights, batch, crop, aug, None, dev)
+        x, y = _batch(data, weights, batch, crop, aug, dev)
         with torch.autocast(**amp):
             logits = net(x)
         loss = loss_fn(logits.float(), y)

@@ -267,7 +267,7 @@ def test_gpu_sprint_batches_keep_targets_on_their_pixels(tmp_path):
     data[0, :, 200:312, 200:312] = 255  # image white and all targets on in the same square
     aug = {"pixel_scale": 1.0, "pixel_scale_limit": 2.0, "rotate_limit": 12.0, "brightness_contrast": 0, "gamma": 0, "pan": 0,
            "gray": 0, "blur_noise": 0}
-    x, y = gpu_sprint._batch(data, torch.ones(1, dtype=torch.float64), 16, 128, aug, None, torch.device("cpu"))
+    x, y = gpu_sprint._batch(data, torch.ones(1, dtype=torch.float64), 16, 128, aug, torch.device("cpu"))
     img = (x * 0.5 + 0.5)[:, 0]
     inside = y[:, 0] > 0.5
     assert inside.any()

@@ -57,8 +57,10 @@ from rooftrace.training.resume import (
     save_resume_state,
 )
 
-METRIC_FIELDS = ["epoch", "lr", "train_loss", "val_loss", "pixel_iou", "pixel_f1", "pixel_precision", "pixel_recall",
-                 "object_f1", "object_f1_pooled", "object_precision", "object_recall", "train_images_per_s", "epoch_s"]
+#: What :meth:`Trainer.validate` measures (NaN in the rows of epochs that ``train.val_every`` skips).
+VAL_FIELDS = ("val_loss", "pixel_iou", "pixel_f1", "pixel_precision", "pixel_recall", "object_f1", "object_f1_pooled",
+              "object_precision", "object_recall")
+METRIC_FIELDS = ["epoch", "lr", "train_loss", *VAL_FIELDS, "train_images_per_s", "epoch_s"]
 
 
 @dataclass
@@ -184,11 +186,9 @@ class Trainer:
                 self.weights = tile_weights(stats, [ref.source for ref in self.train_ds.items], cfg.data.crop_size,
                                             [spec.weight for spec in cfg.data.train])
                 if env.main:
-                    shares = {}
-                    for ref, w in zip(self.train_ds.items, self.weights):
-                        shares[ref.source] = shares.get(ref.source, 0.0) + float(w)
+                    shares = np.bincount([ref.source for ref in self.train_ds.items], weights=self.weights)
                     self.log.info("balanced sampling, share of batches by source: " + ", ".join(
-                        f"{cfg.data.train[k].path} {v:.0%}" for k, v in sorted(shares.items())))
+                        f"{spec.path} {v:.0%}" for spec, v in zip(cfg.data.train, shares)))
         self.channels = len(cfg.data.channels)
         model = build_model(cfg.model, self.channels)
         if cfg.train.init_from:
@@ -398,7 +398,7 @@ class Trainer:
             if self.env.main:
                 row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], "train_loss": train_loss}
                 validated = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
-                row.update(self.validate(epoch) if validated else {k: math.nan for k in METRIC_FIELDS[3:12]})
+                row.update(self.validate(epoch) if validated else dict.fromkeys(VAL_FIELDS, math.nan))
                 bad_weight = next((k for k, v in self.model.state_dict().items()
                                    if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
                 if not math.isfinite(train_loss) or (validated and not math.isfinite(row["val_loss"])) or bad_weight is not None:
