@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.locks import exclusive
 from rooftrace.core.files import atomic_write_bytes
 from rooftrace.core.version import __version__
 from rooftrace.imagery.draw import render_preview
@@ -115,6 +116,7 @@ def _count_stale(out_dir: Path, written: set[str]) -> int:
     return n
 
 
+@exclusive("out_dir")
 def prepare_split(
     split_dir: str | Path,
     out_dir: str | Path,
