@@ -143,7 +143,9 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", type=Path, help="labels to read (format detected from the content)")
     p.add_argument("dst", type=Path, help="file to write")
-    p.add_argument("--to", choices=WRITERS, default=None, help="output format (default from DST's suffix)")
+    p.add_argument("--to", choices=WRITERS, default=None,
+                   help="output format (default from DST's suffix); it must fit the suffix: .csv begc-csv or spacenet-csv, "
+                   ".geojson geojson, .json coco, coco-results or geojson")
     p.add_argument("--raster", type=Path, default=None, help="GeoTIFF that map-coordinate SRC belongs to (default: none; needed for pixel formats)")
     p.add_argument("--labels-crs", default=None, metavar="CRS",
                    help="CRS of a GeoJSON/GeoPackage SRC when the file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")
