@@ -23,7 +23,6 @@ from conftest import REPO, write_tiny_model  # noqa: E402
 
 from rooftrace.cli import main  # noqa: E402
 
-
 #: Output that changes from one run to the next, and what the table shows instead (the table is regenerated into
 #: TESTING.md: a regeneration must change only what the code changed).
 VOLATILE = [

@@ -18,10 +18,11 @@ import fcntl
 import functools
 import inspect
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from rooftrace.core.errors import RooftraceError
 

@@ -76,8 +76,8 @@ import numpy as np
 import shapely
 
 from rooftrace.core.errors import RooftraceError
-from rooftrace.core.locks import exclusive
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
+from rooftrace.core.locks import exclusive
 from rooftrace.imagery.georef import (
     WGS84,
 )

@@ -39,8 +39,8 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
-from rooftrace.core.locks import exclusive
 from rooftrace.core.files import atomic_write_bytes
+from rooftrace.core.locks import exclusive
 from rooftrace.geometry.shapes import clean_footprint
 from rooftrace.imagery.raster import DEFAULT_STRETCH, GDAL_CACHE_MB, Scene
 from rooftrace.imagery.windows import DEFAULT_TILE, window_starts

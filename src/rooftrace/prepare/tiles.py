@@ -31,8 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
-from rooftrace.core.locks import exclusive
 from rooftrace.core.files import atomic_write_bytes
+from rooftrace.core.locks import exclusive
 from rooftrace.core.version import __version__
 from rooftrace.imagery.draw import render_preview
 from rooftrace.imagery.png import encode_instances, encode_png
