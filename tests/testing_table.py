@@ -43,7 +43,15 @@ def normalise(line: str) -> str:
 
 
 def run() -> list[str]:
-    base = Path(tempfile.mkdtemp(prefix="rooftrace-bad-input-"))
+    with tempfile.TemporaryDirectory(prefix="rooftrace-bad-input-") as tmp:  # removed afterwards, cases and all
+        cwd = os.getcwd()
+        try:
+            return _run(Path(tmp))
+        finally:
+            os.chdir(cwd)
+
+
+def _run(base: Path) -> list[str]:
     model = write_tiny_model(base / "model" / "tiny.safetensors", base_channels=4)
     rows = ["| case | bad input | command | exit | what the user sees (the line naming it) |", "|---|---|---|---|---|"]
     for c in cases.CASES:
