@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with rasterio.open(args.sample / "scenes" / "inria_austin.tif") as src:
         tile = np.moveaxis(src.read([1, 2, 3]), 0, -1)
-    reps = -(-args.size // tile.shape[0])
-    image = np.ascontiguousarray(np.tile(tile, (reps, reps, 1))[: args.size, : args.size])
+    image = np.empty((args.size, args.size, 3), np.uint8)  # filled in place: no transient copy in the peak
+    th, tw = tile.shape[:2]
+    for r in range(0, args.size, th):
+        for c in range(0, args.size, tw):
+            image[r:r + th, c:c + tw] = tile[: min(th, args.size - r), : min(tw, args.size - c)]
     model = rooftrace.load_model(args.model, device="cpu")
     model.predict(image[:512, :512])  # warm: the network's kernels, geopandas
     before = _peak()
