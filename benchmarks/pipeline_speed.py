@@ -160,7 +160,7 @@ def run_tiles(tiles: Path, model: Path | None, work: Path, args: argparse.Namesp
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     n = r.n_images - r.n_skipped
     return {"wall": wall, "cpu": cpu, "steady": r.timings["total"], "n": n, "buildings": r.labels.n_footprints,
-            "timings": dict(r.timings), "runtime": r.timings.get("runtime", "")}
+            "timings": dict(r.timings), "runtime": next((n for n in r.notes if n.startswith("runtime:")), "")}
 
 
 def make_scene(sample: Path, size: int, path: Path) -> Path:
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runtime = load_runtime(args.model, device=args.device, precision=args.precision)
         figures["load s"] = time.perf_counter() - t0
-        figures["runtime"] = getattr(runtime, "description", "")
+        figures["runtime"] = f"{runtime.description}; {runtime.runtime_line}"
         model = args.model or runtime.path
         files = sorted(tiles.glob("*.png"))
         figures["stages"] = stages(files, runtime, args.batch_size, work)

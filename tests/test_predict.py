@@ -187,6 +187,44 @@ def test_resume_predicts_again_the_tiles_that_changed(model_file, tmp_path, monk
     assert (out / "submission.csv").read_text() == (ref.out_dir / "submission.csv").read_text()
 
 
+def test_auto_precision_is_the_faster_one_measured_once_cached_and_reported(sample, model_file, tmp_path, monkeypatch):
+    """Issue 26: ``precision="auto"`` on a CPU with native bf16 times bf16 against fp32 on the network once, keeps
+    the faster, caches it in the user's cache folder (a second load measures nothing) and reports it in the
+    summary and the GIS provenance; an explicit precision is used as given."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from rooftrace.inference import choice
+    from rooftrace.inference.predict import predict_folder
+    from rooftrace.inference.provenance import read_provenance
+    from rooftrace.inference.runtime import load_runtime
+
+    monkeypatch.setenv("ROOFTRACE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ROOFTRACE_RUNTIME_PROBE", "1")
+    monkeypatch.setattr(choice, "cpu_has_native_bf16", lambda: True)
+    real = choice._time_forward
+    assert real(load_runtime(model_file, device="cpu", precision="fp32").net.model, "bf16", choice.torch.device("cpu")) > 0
+    timed: list[str] = []
+    monkeypatch.setattr(choice, "_time_forward", lambda model, p, dev: timed.append(p) or {"bf16": 0.3, "fp32": 0.1}[p])
+    rt = load_runtime(model_file, device="cpu")
+    assert (rt.precision, rt.choice.how, sorted(timed)) == ("fp32", "measured", ["bf16", "fp32"])
+    assert rt.runtime_line == "runtime: fp32 (measured on this machine: fp32 0.100 s, bf16 0.300 s a 512 x 512 tile)"
+    assert json.loads((tmp_path / "cache" / "runtime.json").read_text())
+    again = load_runtime(model_file, device="cpu")
+    assert (again.precision, again.choice.how, len(timed)) == ("fp32", "cached", 2)
+    assert load_runtime(model_file, device="cpu", precision="bf16").precision == "bf16" and len(timed) == 2
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    with rasterio.open(sample / "scenes" / "inria_austin.tif") as src:
+        data, crs, transform = src.read(window=Window(0, 0, 256, 256)), src.crs, src.transform
+    with rasterio.open(tiles / "a.tif", "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8", crs=crs,
+                       transform=transform) as dst:
+        dst.write(data)
+    result = predict_folder(tiles, tmp_path / "out", model_file, workers=0, progress=False)
+    assert "runtime: fp32 (measured before on this machine, cached" in result.summary()
+    assert read_provenance(tmp_path / "out" / "predictions.gpkg")["model"]["runtime"].startswith("runtime: fp32")
+
+
 def test_windowed_probabilities_stitch_each_pixel_from_exactly_one_window(model_file, monkeypatch):
     """A large image runs window by window; with a per-pixel stand-in network, the stitched map equals
     the network on the whole image exactly (every pixel placed once, from the right window offset)."""

@@ -201,39 +201,157 @@ class Model:
     def _run(self, images: list[ImageInput], *, gsd: float | None, method: str | None, settings: SettingsArg) -> list[Footprints]:
         """Images through the tile engine (:class:`rooftrace.inference.engine.TileEngine`), as ``rooftrace
         predict`` runs tiles: read ahead in a thread, batched by size, post-processed in line; each result
-        with its georeference, pixel size, the post-processing used and the model-card warnings."""
+        with its georeference, pixel size, the post-processing used and the model-card warnings. An image of
+        more than :data:`rooftrace.inference.runtime.WINDOWED_ABOVE` pixels (at the model's pixel size) runs as
+        ``predict-scene`` runs a raster instead (:meth:`_run_windowed`), so memory stays flat in its size."""
         from rooftrace.inference.engine import TileEngine, prepare_rgb
 
         gsd = check_gsd(gsd)
         used = used_postprocessing(self.runtime, method, settings)
         inputs: dict[int, tuple[np.ndarray, Georef | None, str, Any]] = {}
+        out: list[Any] = [None] * len(images)
+        small: list[int] = []
+        for i, image in enumerate(images):
+            large = _windowed_input(image, gsd, self.gsd)
+            if large is None:
+                small.append(i)
+            else:
+                out[i] = self._run_windowed(large, used)
 
-        def read(i: int) -> Any:
+        def read(k: int) -> Any:
+            i = small[k]
             image = images[i]
             rgb, georef = _read_input(image)
             where = str(image) if isinstance(image, (str, Path)) else getattr(image, "name", "the array")
             place = place_georef(georef, gsd, self.gsd, where)
             check_resampled(where, rgb.shape[1], rgb.shape[0], place.factor)  # refused before it is resized
-            inputs[i] = (rgb, georef, where, place)
-            return prepare_rgb(i, rgb, place, self.runtime.norm)
+            inputs[k] = (rgb, georef, where, place)
+            return prepare_rgb(k, rgb, place, self.runtime.norm)
 
         def finish(probs: np.ndarray, tile: Any) -> Footprints:
             (H, W), seen = tile.orig, tile.size
             rgb, georef, where, place = inputs.pop(tile.index)
             found = postprocess(probs, method=used.method, settings=used.settings)
             polygons, scores = footprints_to_grid(list(found.footprints), list(found.scores), seen, (H, W))
-            input_gsd = place.gsd if place.gsd_source != "unknown" else None
-            areas = [p.area * input_gsd ** 2 for p in polygons] if input_gsd else []
-            warned = card.emit([card.grey_warning(rgb, where), card.contrast_warning(rgb, where),
-                                card.gsd_warning(input_gsd, self.gsd, where),
-                                card.size_warning(areas, where) if self.gsd is not None else None])
-            return Footprints(polygons, [float(v) for v in scores], W, H, found.instances if seen == (H, W) else None,
-                              georef=georef, gsd=input_gsd, postprocessing=used.describe(), warnings=warned)
+            return self._result(polygons, scores, (H, W), found.instances if seen == (H, W) else None, georef, where, place,
+                                used, rgb)
 
-        out: list[Any] = [None] * len(images)
-        for tile, result in TileEngine(self.runtime, batch_size=8 if len(images) > 1 else 1).run(len(images), read, finish):
-            out[tile.index] = result
+        if small:
+            engine = TileEngine(self.runtime, batch_size=8 if len(small) > 1 else 1)
+            for tile, result in engine.run(len(small), read, finish):
+                out[small[tile.index]] = result
         return out
+
+    def _result(self, polygons: list, scores: Any, size: tuple[int, int], instances: np.ndarray | None, georef: Georef | None,
+                where: str, place: Any, used: Any, rgb: np.ndarray | None) -> Footprints:
+        """One image's :class:`Footprints`, with its model-card warnings (``rgb``: the image, for the colour checks)."""
+        H, W = size
+        input_gsd = place.gsd if place.gsd_source != "unknown" else None
+        areas = [p.area * input_gsd ** 2 for p in polygons] if input_gsd else []
+        checks = [card.gsd_warning(input_gsd, self.gsd, where), card.size_warning(areas, where) if self.gsd is not None else None]
+        if rgb is not None:
+            checks[:0] = [card.grey_warning(rgb, where), card.contrast_warning(rgb, where)]
+        warned = card.emit(checks)
+        return Footprints(polygons, [float(v) for v in scores], W, H, instances, georef=georef, gsd=input_gsd,
+                          postprocessing=used.describe(), warnings=warned)
+
+    def _run_windowed(self, large: _Windowed, used: Any) -> Footprints:
+        """One large image as ``predict-scene`` runs a raster: its windows (512 px, 64 px overlap, batches of 4)
+        stitched as uint8 probabilities into a temporary GeoTIFF (:func:`rooftrace.scenes.stitch.stitch_scene`),
+        then post-processed in blocks (:func:`rooftrace.scenes.blocks.postprocess_blocks`), each building once.
+        Memory is the image (an array's windows are views of it; a file's are read from disk), one strip of
+        windows, one block and the buildings. There is no instance-id raster (``instances`` is ``None``)."""
+        import tempfile
+        import warnings
+
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+
+        from rooftrace.imagery.raster import GDAL_CACHE_MB
+        from rooftrace.scenes.blocks import postprocess_blocks
+        from rooftrace.scenes.stitch import stitch_scene
+
+        source = large.source
+        polygons: list = []
+        scores: list[float] = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="rooftrace-") as tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # an array's probabilities are in its pixels
+                prob = Path(tmp) / "probabilities.tif"
+                stitch_scene(source, make_runner(self.runtime), prob, progress=False)
+                for part in postprocess_blocks(prob, method=used.method, settings=used.settings, progress=False):
+                    polygons.extend(part.geoms)
+                    scores.extend(part.scores.tolist())
+        finally:
+            if hasattr(source, "close"):
+                source.close()
+        polygons, scores = footprints_to_grid(polygons, scores, (source.height, source.width), large.size)
+        return self._result(polygons, scores, large.size, None, large.georef, large.where, large.place, used, large.rgb)
+
+
+@dataclass
+class _Windowed:
+    """An image too large to run in one piece: what :meth:`Model._run_windowed` reads its windows from (an
+    :class:`~rooftrace.imagery.raster.ArrayScene`, or a :class:`~rooftrace.imagery.raster.Scene` of the file,
+    both at the model's pixel size), its own size ``(H, W)``, georeference and place, and the array itself
+    (for the colour checks; ``None`` for a file)."""
+
+    source: Any
+    size: tuple[int, int]
+    georef: Georef | None
+    where: str
+    place: Any
+    rgb: np.ndarray | None
+
+
+def _windowed_input(image: ImageInput, gsd: float | None, model_gsd: float | None) -> _Windowed | None:
+    """``None`` for an image that runs in one piece (:data:`rooftrace.inference.runtime.WINDOWED_ABOVE` pixels or
+    fewer at the model's pixel size, or a rasterio dataset); else how to read it window by window. Decided from
+    the array's shape or the file's header, before anything is read or copied."""
+    from rooftrace.imagery.raster import ArrayScene, Scene
+    from rooftrace.imagery.read import PIL_SUFFIXES, open_raster, read_size
+    from rooftrace.imagery.resample import resample_rgb
+    from rooftrace.inference.runtime import WINDOWED_ABOVE
+
+    def seen(W: int, H: int, factor: float) -> int:
+        return max(1, round(W * factor)) * max(1, round(H * factor))
+
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        H, W = image.shape[:2]
+        place = place_georef(None, gsd, model_gsd, "the array")
+        if seen(W, H, place.factor) <= WINDOWED_ABOVE:
+            return None
+        rgb = _as_rgb(image, "the array", copy=False)
+        if place.factor != 1.0:
+            check_resampled("the array", W, H, place.factor, 3)
+            rgb = resample_rgb(np.ascontiguousarray(rgb), place.factor)
+        return _Windowed(ArrayScene(rgb), (H, W), None, "the array", place, rgb)
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        try:
+            W, H = read_size(path)
+        except RooftraceError:
+            return None  # read as a whole, which says what is wrong with it
+        try:
+            georef = locate_image(path, W, H)
+        except RooftraceError:
+            georef = None
+        place = place_georef(georef, gsd, model_gsd, str(path))
+        if seen(W, H, place.factor) <= WINDOWED_ABOVE:
+            return None
+        if path.suffix.lower() in PIL_SUFFIXES:  # decoded whole (a truncated PNG is an error), then as an array
+            rgb = read_rgb(path, 3)
+            if place.factor != 1.0:
+                check_resampled(path, W, H, place.factor, 3)
+                rgb = resample_rgb(rgb, place.factor)
+            return _Windowed(ArrayScene(rgb, str(path)), (H, W), georef, str(path), place, rgb)
+        with open_raster(path) as src:
+            bands = None if src.count >= 3 else (1, 1, 1)
+        scene = Scene(path, bands=bands)
+        scene.set_scale(place.factor)
+        return _Windowed(scene, (H, W), georef, str(path), place, None)
+    return None
 
 
 def load_model(path: str | Path | None = None, *, device: str = "auto", tta: bool = False, precision: str = "auto") -> Model:
@@ -272,9 +390,11 @@ def _is_dataset(obj: Any) -> bool:
     return hasattr(obj, "read") and hasattr(obj, "transform") and hasattr(obj, "count")
 
 
-def _as_rgb(a: np.ndarray, what: str) -> np.ndarray:
+def _as_rgb(a: np.ndarray, what: str, copy: bool = True) -> np.ndarray:
+    """``a`` as ``(H, W, 3)`` uint8 RGB; with ``copy=False`` a view whenever it can be (a grey image's bands
+    repeated by a zero stride), for images read window by window."""
     if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
+        a = np.repeat(a[:, :, None], 3, axis=2) if copy else np.broadcast_to(a[:, :, None], (*a.shape, 3))
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise RooftraceError(f"{what}: shape {a.shape}; expected (H, W, 3) RGB or (H, W) grey")
     if a.dtype != np.uint8:
@@ -282,7 +402,7 @@ def _as_rgb(a: np.ndarray, what: str) -> np.ndarray:
                              "rooftrace.imagery.read.stretch_to_uint8(array)")
     if min(a.shape[:2]) < 1:
         raise RooftraceError(f"{what}: empty image {a.shape}")
-    return np.ascontiguousarray(a[:, :, :3])
+    return np.ascontiguousarray(a[:, :, :3]) if copy else a[:, :, :3]
 
 
 def _read_dataset(ds: rasterio.DatasetReader) -> tuple[np.ndarray, Georef | None]:

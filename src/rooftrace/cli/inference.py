@@ -55,7 +55,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from rooftrace.inference.predict import predict_folder
+    from rooftrace.inference.predict import PredictOptions, predict_folder
 
     if (args.tiles is None) == (args.images is None):
         raise RooftraceError("give the folder of tiles once: rooftrace predict TILES --out OUT (or --images TILES)")
@@ -68,11 +68,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise RooftraceError(f"--workers {args.workers}: must be 0 (read tiles in the main process) or more")
     check_device(args.device)
-    result = predict_folder(images, args.out, default_model(args.model), batch_size=args.batch_size, tta=args.tta,
-                            device=args.device, workers=args.workers, method=args.postprocess,
-                            settings=parse_settings(args.pp, args.settings), write_masks=not args.no_masks,
-                            write_overlays=not args.no_overlays, force=args.force, threads=args.threads,
-                            compile=args.compile, precision=args.precision, resume=args.resume, gsd=args.gsd, tms=args.tms)
+    options = PredictOptions(batch_size=args.batch_size, tta=args.tta, device=args.device, workers=args.workers,
+                             method=args.postprocess, settings=parse_settings(args.pp, args.settings),
+                             write_masks=not args.no_masks, write_overlays=not args.no_overlays, force=args.force,
+                             threads=args.threads, compile=args.compile, precision=args.precision, resume=args.resume,
+                             gsd=args.gsd, tms=args.tms)
+    result = predict_folder(images, args.out, default_model(args.model), options)
     print(result.summary())
     return 1 if result.n_skipped else 0
 

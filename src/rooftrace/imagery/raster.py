@@ -259,3 +259,36 @@ class Scene:
         if valid is not None:
             rgb[~valid] = 0
         return rgb, valid
+
+
+class ArrayScene:
+    """An ``(H, W, 3)`` uint8 array read window by window as a :class:`Scene` is: what the stitching
+    (:func:`rooftrace.scenes.stitch.stitch_scene`) needs of a raster, without a file. Windows are views of
+    the array (nothing is copied), every pixel is valid, and there is no CRS: pixel coordinates.
+
+    The Python API runs an image of more than :data:`rooftrace.inference.runtime.WINDOWED_ABOVE` pixels
+    through it (:meth:`rooftrace.api.Model.footprints`), so memory stays flat in the image's size.
+    """
+
+    scale = 1.0
+    crs = None
+
+    def __init__(self, rgb: np.ndarray, name: str = "the array"):
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise RooftraceError(f"{name}: expected an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+        self.rgb = rgb
+        self.path = Path(name)
+        self.transform = Affine.identity()
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    def read(self, window: Window) -> tuple[np.ndarray, None]:
+        """One window as ``(rgb, None)`` (every pixel valid)."""
+        r, c = int(window.row_off), int(window.col_off)
+        return self.rgb[r:r + int(window.height), c:c + int(window.width)], None

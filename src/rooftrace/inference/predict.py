@@ -41,7 +41,7 @@ import contextlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -243,42 +243,24 @@ def _exclusive_out(fn: Any) -> Any:
     return wrapper
 
 
-@_exclusive_out
-def predict_folder(
-    images: str | Path,
-    out_dir: str | Path,
-    model: str | Path,
-    *,
-    batch_size: int = 8,
-    tta: bool = False,
-    device: str = "auto",
-    workers: int = 2,
-    method: str | None = None,
-    settings: SettingsArg = None,
-    write_masks: bool = True,
-    write_overlays: bool = True,
-    force: bool = False,
-    progress: bool = True,
-    threads: int | None = None,
-    compile: bool = False,
-    precision: str = "auto",
-    resume: bool = False,
-    gsd: float | None = None,
-    tms: bool = False,
-) -> PredictResult:
-    """Predict footprints for every tile of ``images`` and write the outputs into ``out_dir``.
+@dataclass(frozen=True)
+class PredictOptions:
+    """How :func:`predict_folder` runs (``rooftrace predict``'s options), checked by :meth:`checked`.
 
-    Args:
-        model: A ``.safetensors`` model file written by rooftrace, or an ``.onnx`` file written by
-            ``rooftrace export`` (run with ONNX Runtime: CUDA when available and ``device`` allows,
-            else the CPU).
+    Attributes:
+        batch_size: Tiles per forward pass; tiles are batched with others of the same padded size.
+        tta: Average the predictions of the four flips.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (an ``.onnx`` model picks its providers from it).
+        workers: Tile-reading threads (0: read in the main thread), reading ahead of the network.
         method, settings: Post-processing; default: what ``rooftrace tune`` saved beside the
             model, else (ONNX) what travelled in its metadata, else the default method with default
             settings. ``settings`` as a mapping (``{"regularise": True}``, what ``--pp`` gives) changes
             only the settings it names, on top of those; complete :class:`PostprocessSettings` replace them.
             The summary's first note says what was used, and ``predictions.gpkg`` records it.
-        batch_size: Tiles per forward pass; tiles are batched with others of the same padded size.
-        workers: Tile-reading threads (0: read in the main thread), reading ahead of the network.
+        write_masks, write_overlays: Also write ``masks/<stem>.png`` (16-bit instance ids) and
+            ``overlays/<stem>.png`` (the tile with its polygons), the costliest outputs.
+        force: Overwrite an output folder that holds files.
+        progress: Show a progress bar.
         threads: Post-processing and writing threads (0: in the main thread, after each batch;
             default: 0 for inference on a CPU of up to 4 cores, else half the cores, at most 8).
         compile: ``torch.compile`` the PyTorch model (pays off on long runs on a GPU; the first
@@ -291,6 +273,53 @@ def predict_folder(
         gsd: The tiles' pixel size in metres, for tiles that do not say (``--gsd``); it overrides
             what a tile's georeference says (a tile whose own differs by more than 2x is noted).
         tms: Read web-map tile names as TMS (``y`` counted from the bottom) instead of XYZ.
+    """
+
+    batch_size: int = 8
+    tta: bool = False
+    device: str = "auto"
+    workers: int = 2
+    method: str | None = None
+    settings: SettingsArg = None
+    write_masks: bool = True
+    write_overlays: bool = True
+    force: bool = False
+    progress: bool = True
+    threads: int | None = None
+    compile: bool = False
+    precision: str = "auto"
+    resume: bool = False
+    gsd: float | None = None
+    tms: bool = False
+
+    def checked(self) -> PredictOptions:
+        """The options with ``gsd`` and ``precision`` normalised and ``threads`` decided.
+
+        Raises:
+            RooftraceError: A bad ``workers``, ``gsd``, ``precision`` or ``device`` (before anything is read or written).
+        """
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise RooftraceError(f"--workers {self.workers}: must be 0 (read tiles in the main thread) or more")
+        dev = pick_device(self.device)  # a device torch does not know is refused before anything is read or written
+        threads = _default_threads(dev) if self.threads is None else max(0, int(self.threads))
+        return replace(self, gsd=check_gsd(self.gsd), precision=normalise_precision(self.precision), threads=threads)
+
+
+@_exclusive_out
+def predict_folder(images: str | Path, out_dir: str | Path, model: str | Path, options: PredictOptions | None = None,
+                   **changes: Any) -> PredictResult:
+    """Predict footprints for every tile of ``images`` and write the outputs into ``out_dir``.
+
+    Args:
+        model: A ``.safetensors`` model file written by rooftrace, or an ``.onnx`` file written by
+            ``rooftrace export`` (run with ONNX Runtime: CUDA when available and ``device`` allows,
+            else the CPU).
+        options: How to run (:class:`PredictOptions`; default its defaults); ``changes`` change single
+            options on top (``predict_folder(images, out, model, batch_size=4, write_overlays=False)``).
+
+    Three stages (:class:`_FolderRun`): :meth:`~_FolderRun.start` (checks, the model, a new run's record or
+    the unfinished run's tiles), :meth:`~_FolderRun.predict` (the tiles through the tile engine, each
+    finished tile recorded), :meth:`~_FolderRun.finish` (the output files and the summary's notes).
 
     Pixel size: when the model records the pixel size it was trained at (``gsd`` in its
     metadata), each tile is resampled to it before the model sees it (OpenCV area averaging when
@@ -313,96 +342,143 @@ def predict_folder(
     end, each to a temporary name and renamed, and then ``.partial`` is removed. A run killed at
     any moment leaves no half-written file, and ``resume=True`` finishes it.
     """
-    images, out_dir = Path(images), Path(out_dir)
-    gsd = check_gsd(gsd)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise RooftraceError(f"--workers {workers}: must be 0 (read tiles in the main thread) or more")
-    pick_device(device)  # a device torch does not know is refused before anything is read or written
-    if images.is_file():
-        raise RooftraceError(f"{images}: is a file; predict takes a folder of tiles. For one raster of any size run "
-                             f"`rooftrace predict-scene {images} --out {images.stem}.gpkg`, or put the file in a folder "
-                             "and give the folder")
-    files = list_images(images)
-    if not files:
-        raise RooftraceError(f"{images}: no image files (.tif, .png, .jpg) in this folder")
-    _check_unique_keys(images, files)
-    _check_out_dir(out_dir, force, resume)
-    precision = normalise_precision(precision)
-    n_threads = _default_threads(pick_device(device)) if threads is None else max(0, int(threads))
-    runtime = load_runtime(model, device=device, tta=tta, precision=precision, onnx_spinning=n_threads == 0 and workers == 0)
-    if compile and isinstance(runtime.net, LoadedModel):
-        import torch
+    opts = replace(options or PredictOptions(), **changes).checked()
+    run = _FolderRun.start(Path(images), Path(out_dir), model, opts)
+    run.predict()
+    return run.finish()
 
-        runtime.net.model = torch.compile(runtime.net.model)
-    used = used_postprocessing(runtime, method, settings)
-    method, settings = used.method, used.settings
-    record = _run_record(model, method, settings, tta, precision, images, write_masks, write_overlays, gsd, tms)
-    model_gsd = runtime.gsd
-    if gsd is not None and model_gsd is not None:
-        try:
-            resample_factor(gsd, model_gsd)  # a --gsd no tile could be resampled from stops before any tile
-        except RooftraceError as exc:
-            raise RooftraceError(f"--gsd {gsd:g}: {exc}") from None
-    done, changed = _start_or_resume(out_dir, files, record, resume)
-    report = LoadReport(path=str(images))
-    labels = LabelSet(report=report, root=images, format="predictions")
-    keys: list[ImageKey] = [image_key(f) for f in files]
-    for f, k in zip(files, keys):  # file order, whatever order the batches finish in
-        labels.get_or_add(k).file_name = f.name
-    places: dict[int, TilePlace] = {}
-    for n, (w, h, fps, scores, rec) in done.items():
-        img = labels[keys[n]]
-        img.width, img.height, img.footprints, img.scores = w, h, fps, scores
-        if "gsd_source" in rec:  # where it lies is read again at the end; the pixel size it was predicted at is kept
-            places[n] = TilePlace(None, rec.get("gsd"), rec["gsd_source"], rec.get("own_gsd"), float(rec.get("factor", 1.0)))
-    todo = [n for n in range(len(files)) if n not in done]  # engine index -> files index
-    stamps = {n: _file_stamp(files[n]) for n in todo}  # taken before the tile is read
-    engine = TileEngine(runtime, batch_size=batch_size, readers=workers, threads=n_threads)
-    timings = {"postprocess": 0.0, "postprocess_cpu": 0.0, "write": 0.0, "write_cpu": 0.0}
 
-    def read(j: int) -> Prepared:
-        return prepare_tile(j, files[todo[j]], runtime.norm, gsd=gsd, model_gsd=model_gsd, tms=tms, keep_rgb=write_overlays)
+@dataclass
+class _FolderRun:
+    """One ``predict_folder`` run's state, from :meth:`start` to :meth:`finish`."""
 
-    def finish(probs: np.ndarray, tile: Prepared) -> tuple[list, list, tuple[float, ...]]:
-        return _finish_tile(probs, tile.rgb, files[todo[tile.index]].stem, out_dir, method, settings, write_masks, write_overlays,
-                            tile.orig)
+    images: Path
+    out_dir: Path
+    model: str | Path
+    opts: PredictOptions
+    files: list[Path]
+    keys: list[ImageKey]
+    runtime: Any
+    used: Any
+    labels: LabelSet
+    report: LoadReport
+    #: Tiles the unfinished run finished (by file index), and those whose file changed since.
+    done: dict[int, tuple[int, int, list, list, dict[str, Any]]]
+    changed: list[str]
+    #: File indexes still to predict (the engine's index ``j`` is ``todo[j]``), with their size and time before reading.
+    todo: list[int]
+    stamps: dict[int, Any]
+    places: dict[int, TilePlace] = field(default_factory=dict)
+    skipped: int = 0
+    timings: dict[str, float] = field(default_factory=lambda: {"postprocess": 0.0, "postprocess_cpu": 0.0, "write": 0.0,
+                                                               "write_cpu": 0.0})
+    t0: float = 0.0
+    seconds: float = 0.0
 
-    t0 = time.perf_counter()
-    skipped = 0
-    with tqdm(total=len(files), initial=len(done), desc="predict", unit="tile", disable=not progress, dynamic_ncols=True) as bar:
-        for tile, result in engine.run(len(todo), read, finish):
-            i = todo[tile.index]
-            bar.update(1)
-            if result is None:
-                report.skip(tile.error)  # type: ignore[arg-type]
-                skipped += 1
-                continue
-            places[i] = tile.place  # type: ignore[assignment]
-            (H, W), (fps, scores, seconds) = tile.orig, result
-            img = labels[keys[i]]
-            img.width, img.height, img.footprints, img.scores = W, H, fps, scores
-            atomic_write_text(out_dir / PARTIAL / f"{files[i].stem}.json", _tile_record(W, H, fps, scores, places[i], stamps[i]),
-                              force=True)
-            for name, value in zip(("postprocess", "postprocess_cpu", "write", "write_cpu"), seconds):
-                timings[name] += value
-    timings.update(engine.timings)
-    seconds = time.perf_counter() - t0
-    readable = [n for n in range(len(files)) if n in done or n in places]
-    maps, written = _write_outputs(labels, files, keys, readable, places, done, out_dir, images, model, method, settings, tms,
-                                   used.to_json())
-    timings["outputs"] = time.perf_counter() - t0 - seconds
-    timings["total"] = time.perf_counter() - t0
-    tile_gsd = {keys[n]: {"gsd": pl.gsd, "gsd_source": pl.gsd_source, "own_gsd": pl.own_gsd, "factor": pl.factor}
-                for n, pl in sorted(places.items())}
-    notes = [used.describe()]
-    notes.extend(_gsd_notes(tile_gsd, model_gsd, gsd, report, [files[n].name for n in sorted(places)]))
-    notes.extend(_coordinate_notes(maps, len(readable)))
-    notes.extend(card_notes(labels, tile_gsd, model_gsd))
-    if changed:
-        notes.insert(0, f"note: {len(changed)} tile(s) changed since the unfinished run recorded them (size or modification "
-                        f"time) and were predicted again: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}")
-    return PredictResult(out_dir, labels, len(files), skipped, seconds, report, written, timings, n_resumed=len(done),
-                         gsd_model=model_gsd, tile_gsd=tile_gsd, map_outputs=maps, notes=notes)
+    @classmethod
+    def start(cls, images: Path, out_dir: Path, model: str | Path, opts: PredictOptions) -> _FolderRun:
+        """Stage 1: the folder's checks, the model, and a new run's record (or the unfinished run's tiles)."""
+        if images.is_file():
+            raise RooftraceError(f"{images}: is a file; predict takes a folder of tiles. For one raster of any size run "
+                                 f"`rooftrace predict-scene {images} --out {images.stem}.gpkg`, or put the file in a folder "
+                                 "and give the folder")
+        files = list_images(images)
+        if not files:
+            raise RooftraceError(f"{images}: no image files (.tif, .png, .jpg) in this folder")
+        _check_unique_keys(images, files)
+        _check_out_dir(out_dir, opts.force, opts.resume)
+        runtime = load_runtime(model, device=opts.device, tta=opts.tta, precision=opts.precision,
+                               onnx_spinning=opts.threads == 0 and opts.workers == 0)
+        if opts.compile and isinstance(runtime.net, LoadedModel):
+            import torch
+
+            runtime.net.model = torch.compile(runtime.net.model)
+        used = used_postprocessing(runtime, opts.method, opts.settings)
+        if opts.gsd is not None and runtime.gsd is not None:
+            try:
+                resample_factor(opts.gsd, runtime.gsd)  # a --gsd no tile could be resampled from stops before any tile
+            except RooftraceError as exc:
+                raise RooftraceError(f"--gsd {opts.gsd:g}: {exc}") from None
+        record = _run_record(model, used.method, used.settings, opts.tta, opts.precision, images, opts.write_masks,
+                             opts.write_overlays, opts.gsd, opts.tms)
+        done, changed = _start_or_resume(out_dir, files, record, opts.resume)
+        report = LoadReport(path=str(images))
+        labels = LabelSet(report=report, root=images, format="predictions")
+        keys = [image_key(f) for f in files]
+        for f, k in zip(files, keys):  # file order, whatever order the batches finish in
+            labels.get_or_add(k).file_name = f.name
+        run = cls(images, out_dir, model, opts, files, keys, runtime, used, labels, report, done, changed,
+                  todo=[n for n in range(len(files)) if n not in done], stamps={})
+        for n, (w, h, fps, scores, rec) in done.items():
+            img = labels[keys[n]]
+            img.width, img.height, img.footprints, img.scores = w, h, fps, scores
+            if "gsd_source" in rec:  # where it lies is read again at the end; the pixel size it was predicted at is kept
+                run.places[n] = TilePlace(None, rec.get("gsd"), rec["gsd_source"], rec.get("own_gsd"), float(rec.get("factor", 1.0)))
+        run.stamps = {n: _file_stamp(files[n]) for n in run.todo}  # taken before the tile is read
+        return run
+
+    def read(self, j: int) -> Prepared:
+        """The engine's reading stage for its image ``j``."""
+        o = self.opts
+        return prepare_tile(j, self.files[self.todo[j]], self.runtime.norm, gsd=o.gsd, model_gsd=self.runtime.gsd, tms=o.tms,
+                            keep_rgb=o.write_overlays)
+
+    def finish_tile(self, probs: np.ndarray, tile: Prepared) -> tuple[list, list, tuple[float, ...]]:
+        """The engine's finishing stage: post-process, mask and overlay (:func:`_finish_tile`)."""
+        o = self.opts
+        return _finish_tile(probs, tile.rgb, self.files[self.todo[tile.index]].stem, self.out_dir, self.used.method,
+                            self.used.settings, o.write_masks, o.write_overlays, tile.orig)
+
+    def predict(self) -> None:
+        """Stage 2: every tile still to do through the tile engine; each finished tile recorded in ``.partial``."""
+        o = self.opts
+        engine = TileEngine(self.runtime, batch_size=o.batch_size, readers=o.workers, threads=o.threads or 0)
+        self.t0 = time.perf_counter()
+        with tqdm(total=len(self.files), initial=len(self.done), desc="predict", unit="tile", disable=not o.progress,
+                  dynamic_ncols=True) as bar:
+            for tile, result in engine.run(len(self.todo), self.read, self.finish_tile):
+                bar.update(1)
+                if result is None:
+                    self.report.skip(tile.error)  # type: ignore[arg-type]
+                    self.skipped += 1
+                    continue
+                self._record(self.todo[tile.index], tile, result)
+        self.timings.update(engine.timings)
+        self.seconds = time.perf_counter() - self.t0
+
+    def _record(self, i: int, tile: Prepared, result: tuple[list, list, tuple[float, ...]]) -> None:
+        self.places[i] = tile.place  # type: ignore[assignment]
+        (H, W), (fps, scores, seconds) = tile.orig, result
+        img = self.labels[self.keys[i]]
+        img.width, img.height, img.footprints, img.scores = W, H, fps, scores
+        atomic_write_text(self.out_dir / PARTIAL / f"{self.files[i].stem}.json",
+                          _tile_record(W, H, fps, scores, self.places[i], self.stamps[i]), force=True)
+        for name, value in zip(("postprocess", "postprocess_cpu", "write", "write_cpu"), seconds):
+            self.timings[name] += value
+
+    def finish(self) -> PredictResult:
+        """Stage 3: the output files (then ``.partial`` goes) and the summary's notes."""
+        files, keys, places, o = self.files, self.keys, self.places, self.opts
+        readable = [n for n in range(len(files)) if n in self.done or n in places]
+        maps, written = _write_outputs(self.labels, files, keys, readable, places, self.done, self.out_dir, self.images,
+                                       self.model, self.used.method, self.used.settings, o.tms, self.used.to_json(),
+                                       self.runtime.runtime_line)
+        self.timings["outputs"] = time.perf_counter() - self.t0 - self.seconds
+        self.timings["total"] = time.perf_counter() - self.t0
+        model_gsd = self.runtime.gsd
+        tile_gsd = {keys[n]: {"gsd": pl.gsd, "gsd_source": pl.gsd_source, "own_gsd": pl.own_gsd, "factor": pl.factor}
+                    for n, pl in sorted(places.items())}
+        notes = [self.used.describe(), self.runtime.runtime_line]
+        notes.extend(_gsd_notes(tile_gsd, model_gsd, o.gsd, self.report, [files[n].name for n in sorted(places)]))
+        notes.extend(_coordinate_notes(maps, len(readable)))
+        notes.extend(card_notes(self.labels, tile_gsd, model_gsd))
+        if self.changed:
+            notes.insert(0, f"note: {len(self.changed)} tile(s) changed since the unfinished run recorded them (size or "
+                            f"modification time) and were predicted again: {', '.join(self.changed[:5])}"
+                            f"{' ...' if len(self.changed) > 5 else ''}")
+        return PredictResult(self.out_dir, self.labels, len(files), self.skipped, self.seconds, self.report, written,
+                             self.timings, n_resumed=len(self.done), gsd_model=model_gsd, tile_gsd=tile_gsd, map_outputs=maps,
+                             notes=notes)
 
 
 def _start_or_resume(out_dir: Path, files: list[Path], record: dict[str, Any], resume: bool
@@ -438,7 +514,7 @@ def _start_or_resume(out_dir: Path, files: list[Path], record: dict[str, Any], r
 
 def _write_outputs(labels: LabelSet, files: list[Path], keys: list[ImageKey], readable: list[int], places: dict[int, TilePlace],
                    done: dict, out_dir: Path, images: Path, model: str | Path, method: str, settings: PostprocessSettings | None,
-                   tms: bool, settings_from: dict | None = None) -> tuple[MapOutputs | None, list[Path]]:
+                   tms: bool, settings_from: dict | None = None, runtime: str | None = None) -> tuple[MapOutputs | None, list[Path]]:
     """The submission, the GeoJSON (and GeoPackage) and the COCO results, each written atomically; then
     ``.partial`` is removed (the run is complete)."""
     georefs: dict[ImageKey, Georef] = {}
@@ -452,7 +528,7 @@ def _write_outputs(labels: LabelSet, files: list[Path], keys: list[ImageKey], re
     written = [write_begc_csv(labels, out_dir / "submission.csv", image_keys=keys, force=True)]
     maps = write_map_outputs(labels, georefs, out_dir, make_provenance(source=images, crs=None, model_path=model, method=method,
                                                                        settings=settings, source_kind="images",
-                                                                       settings_from=settings_from)) if georefs else None
+                                                                       settings_from=settings_from, runtime=runtime)) if georefs else None
     if maps is None:
         written.append(write_geojson(labels, out_dir / GEOJSON_NAME, force=True))
     else:

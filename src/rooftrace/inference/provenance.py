@@ -41,7 +41,8 @@ def _settings_dict(settings: Any) -> dict[str, Any]:
 
 def make_provenance(*, source: str | Path | None, crs: CRS | None, model_path: str | Path | None = None,
                     model_description: str | None = None, method: str | None = None, settings: Any = None,
-                    source_kind: str = "raster", settings_from: dict[str, Any] | None = None) -> dict[str, Any]:
+                    source_kind: str = "raster", settings_from: dict[str, Any] | None = None,
+                    runtime: str | None = None) -> dict[str, Any]:
     """What made an output, as a JSON-serialisable dict (written into the file's metadata by the writers).
 
     Args:
@@ -50,6 +51,7 @@ def make_provenance(*, source: str | Path | None, crs: CRS | None, model_path: s
         model_path: The model file (its name, absolute path and SHA-256 are recorded); else
             ``model_description`` names the model (a callable).
         method, settings: Post-processing (``settings=None``: the defaults, recorded in full).
+        runtime: What ran the network and how it was chosen (:attr:`rooftrace.inference.runtime.ModelRuntime.runtime_line`).
         settings_from: Where the settings came from and what the user changed
             (:meth:`rooftrace.inference.tuned.Postprocessing.to_json`), recorded beside them.
     """
@@ -61,6 +63,8 @@ def make_provenance(*, source: str | Path | None, crs: CRS | None, model_path: s
         model = {"file": p.name, "path": str(p.resolve()), "sha256": model_sha256(p)}
     else:
         model = {"file": None, "sha256": None, "description": model_description}
+    if runtime is not None:
+        model["runtime"] = runtime
     prov = {
         "software": f"rooftrace {__version__}",
         "rooftrace_version": __version__,

@@ -33,6 +33,7 @@ import torch
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.windows import Grid, run_windows
+from rooftrace.inference.choice import RuntimeChoice, choose_precision
 from rooftrace.inference.devices import CPU_PIXELS_PER_FORWARD, pick_device
 from rooftrace.inference.tuned import SettingsArg, load_tuned, used_postprocessing
 from rooftrace.instances.postprocess import PostprocessSettings
@@ -148,6 +149,8 @@ class ModelRuntime:
     #: Post-processing ``rooftrace tune`` chose for this model (``None``: the defaults).
     method: str | None = None
     settings: PostprocessSettings | None = None
+    #: How ``precision`` was decided (:func:`rooftrace.inference.choice.choose_precision`; ``None``: ONNX Runtime).
+    choice: RuntimeChoice | None = None
     norm: Normalization = field(init=False)
 
     def __post_init__(self) -> None:
@@ -173,6 +176,13 @@ class ModelRuntime:
     @property
     def description(self) -> str:
         return f"{self.path.name} ({'ONNX Runtime' if self.is_onnx else self.device})"
+
+    @property
+    def runtime_line(self) -> str:
+        """One line on what runs the network: ONNX Runtime, or the precision and how it was chosen."""
+        if self.is_onnx:
+            return "runtime: ONNX Runtime (an .onnx model)"
+        return self.choice.describe() if self.choice is not None else f"runtime: {self.precision}"
 
     def run(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         """Probabilities for a batch already normalised and padded (:func:`pad_normalise`).
@@ -241,7 +251,9 @@ def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, d
         model: A model file, an already loaded model, or ``None`` for the model that ships with rooftrace.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (ONNX models choose their providers from it).
         tta: Average the predictions of the four flips.
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` autocast (PyTorch models only).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` autocast (PyTorch models only); ``auto`` is the
+            faster of bf16 and fp32 where the CPU has native bf16, measured once on this machine and cached
+            (:mod:`rooftrace.inference.choice`).
         onnx_spinning: Let ONNX Runtime's threads spin between runs (faster when nothing else runs).
     """
     precision = normalise_precision(precision)
@@ -258,7 +270,11 @@ def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, d
         dev = next(net.model.parameters()).device if device == "auto" else dev
         net.model.to(dev).to(memory_format=torch.channels_last)
     method, settings = tuned_postprocessing(net)
-    return ModelRuntime(net, dev, tta=tta, precision=precision, method=method, settings=settings)
+    choice = None
+    if isinstance(net, LoadedModel):  # "auto": the faster of bf16 and fp32 on this machine, measured once
+        choice = choose_precision(net.model, precision, dev)
+        precision = choice.precision
+    return ModelRuntime(net, dev, tta=tta, precision=precision, method=method, settings=settings, choice=choice)
 
 
 @dataclass

@@ -28,7 +28,6 @@ from rooftrace.imagery.read import read_rgb
 from rooftrace.imagery.resample import (
     footprints_to_grid,
     place_tile,
-    resample_factor,
     resample_rgb,
 )
 from rooftrace.inference.runtime import load_runtime
@@ -108,9 +107,9 @@ def _tune(model: Path, split: str | Path, method: str, tta: bool, device: str, p
         rgb = read_rgb(path)
         h0, w0 = rgb.shape[:2]
         # Thresholds are in the model's pixels (min_area): tiles are resampled to the model's pixel
-        # size as predict resamples them, and their labels scaled with them.
-        tile_gsd = img.gsd or (place_tile(path, w0, h0, model_gsd=loaded.gsd).gsd if loaded.gsd else None)
-        rgb = resample_rgb(rgb, resample_factor(tile_gsd, loaded.gsd))
+        # size by predict's rule (the split's recorded pixel size standing for --gsd), labels scaled with them.
+        factor = place_tile(path, w0, h0, gsd=img.gsd or None, model_gsd=loaded.gsd).factor if loaded.gsd else 1.0
+        rgb = resample_rgb(rgb, factor)
         h, w = rgb.shape[:2]
         probs.append(runtime.probabilities(rgb)[0])
         g = gt.get_or_add(img.key)

@@ -376,6 +376,8 @@ def _run_scene(scene: Path, out: Path, model: Any, gsd: float | None, tile: int,
         method, settings = used.method, used.settings
         factor, gsd_in, gsd_source, notes = scene_scale(sc, gsd, runner.gsd)
         notes.insert(0, used.describe())
+        if runner.runtime is not None:
+            notes.insert(1, runner.runtime.runtime_line)
         if sc.crs is None:
             notes.append(no_crs_warning(scene, out, gsd_in if gsd_source == "--gsd" else None))
         notes.extend(w for w in (band_warning(sc.plan.bands, scene.name), gsd_warning(gsd_in, runner.gsd, scene.name)) if w)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import rasterio
@@ -14,7 +14,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
-from rooftrace.imagery.raster import Scene
+from rooftrace.imagery.raster import ArrayScene, Scene
 from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, Grid, check_tiling, run_windows
 from rooftrace.inference.runtime import ModelRunner
 
@@ -79,58 +79,87 @@ class StitchStats:
     seconds: float
 
 
-def stitch_scene(scene: Scene, runner: ModelRunner, out_path: str | Path, *, tile: int = DEFAULT_TILE,
-                 overlap: int = DEFAULT_OVERLAP, batch_size: int = 4, progress: bool = True) -> StitchStats:
-    """Run the model over every window of ``scene`` and write the stitched probabilities to ``out_path``.
+def prob_profile(width: int, height: int, channels: int, crs: Any = None, transform: Any = None) -> dict[str, Any]:
+    """The creation options of a stitched probability GeoTIFF: tiled, compressed, one uint8 band a channel."""
+    where = dict(crs=crs, transform=transform) if transform is not None else {}
+    return dict(driver="GTiff", width=width, height=height, count=channels, dtype="uint8", **where, tiled=True,
+                blockxsize=_PROB_BLOCK, blockysize=_PROB_BLOCK, BIGTIFF="IF_SAFER", **_compression())
 
-    The output is a tiled GeoTIFF with the scene's size, CRS and transform, one uint8 band per
-    model channel (probability x 255, rounded), 0 on invalid pixels. Only one strip of windows
-    is held in memory; rows are written as soon as they are final. The windows run through
-    :func:`rooftrace.imagery.windows.run_windows`, the one loop every stitched output uses.
+
+def stitch_windows(grid: Grid, read: Callable, run: Callable[[np.ndarray], np.ndarray], batch_size: int,
+                   dst: rasterio.io.DatasetWriter, channels: int, *, jobs: Sequence[tuple[int, int]] | None = None,
+                   bar: Any = None) -> int:
+    """Run windows through :func:`rooftrace.imagery.windows.run_windows` and write what each keeps into ``dst``,
+    whose first row is the first row the first window keeps; returns the windows skipped (no valid pixel).
+
+    The one stitching loop: a scene (:func:`stitch_scene`) runs every window; a Dask task
+    (:func:`rooftrace.scenes.tasks._window_task`) a run of them, whose first and last rows of windows may be
+    partial (what no window of the run keeps stays 0). One strip of windows is held in memory, and rows are
+    written in whole blocks of the GeoTIFF as soon as they are final.
     """
-    check_tiling(tile, overlap)
-    if batch_size < 1:
-        raise RooftraceError(f"--batch-size {batch_size}: must be at least 1")
-    t0 = time.perf_counter()
-    grid = Grid.make(scene.width, scene.height, tile, overlap)
-    ny, nx = len(grid.ys), len(grid.xs)
-    channels = model_channels(runner, grid)
-    profile = dict(driver="GTiff", width=scene.width, height=scene.height, count=channels, dtype="uint8",
-                   crs=scene.src.crs, transform=scene.transform, tiled=True, blockxsize=_PROB_BLOCK,
-                   blockysize=_PROB_BLOCK, BIGTIFF="IF_SAFER", **_compression())
+    width = grid.width
     strip: np.ndarray | None = None  # the row of windows being stitched
+    strip_i = -1
     pending: list[np.ndarray] = []
     state = {"pending_rows": 0, "written": 0, "skipped": 0}
 
-    def write_rows(dst: rasterio.io.DatasetWriter, final: bool) -> None:
+    def write_rows(final: bool) -> None:
         rows = state["pending_rows"]
         n = rows if final else (rows // _PROB_BLOCK) * _PROB_BLOCK  # whole blocks only, until the end
         if n == 0:
             return
         data = np.concatenate(pending, axis=1) if len(pending) > 1 else pending[0]
-        dst.write(data[:, :n], window=Window(0, state["written"], scene.width, n))
+        dst.write(data[:, :n], window=Window(0, state["written"], width, n))
         pending.clear()
         if n < rows:
             pending.append(data[:, n:].copy())
         state["written"] += n
         state["pending_rows"] = rows - n
 
+    def close_strip() -> None:
+        nonlocal strip
+        if strip is not None:
+            pending.append(strip)
+            state["pending_rows"] += strip.shape[1]
+            strip = None
+            write_rows(final=False)
+
+    for kept in run_windows(grid, read, run, batch_size, jobs=jobs):
+        if kept.i != strip_i:  # windows come row by row, so strips complete in order
+            close_strip()
+            strip_i = kept.i
+            strip = np.zeros((channels, kept.rows.stop - kept.rows.start, width), dtype=np.uint8)
+        if kept.part is None:
+            state["skipped"] += 1
+        else:
+            strip[:, :, kept.cols] = kept.part  # type: ignore[index]
+        if bar is not None:
+            bar.update(1)
+    close_strip()
+    write_rows(final=True)
+    return state["skipped"]
+
+
+def stitch_scene(scene: Scene | ArrayScene, runner: ModelRunner, out_path: str | Path, *, tile: int = DEFAULT_TILE,
+                 overlap: int = DEFAULT_OVERLAP, batch_size: int = 4, progress: bool = True) -> StitchStats:
+    """Run the model over every window of ``scene`` and write the stitched probabilities to ``out_path``.
+
+    The output is a tiled GeoTIFF with the scene's size, CRS and transform, one uint8 band per
+    model channel (probability x 255, rounded), 0 on invalid pixels (:func:`stitch_windows`). ``scene``
+    is a raster (:class:`Scene`) or an array (:class:`ArrayScene`: no CRS, the output is in its pixels).
+    """
+    check_tiling(tile, overlap)
+    if batch_size < 1:
+        raise RooftraceError(f"--batch-size {batch_size}: must be at least 1")
+    t0 = time.perf_counter()
+    grid = Grid.make(scene.width, scene.height, tile, overlap)
+    channels = model_channels(runner, grid)
+    where = (scene.src.crs, scene.transform) if isinstance(scene, Scene) else (None, None)
     bar = tqdm(total=grid.n_windows, desc=f"predict {scene.path.name}", unit="window", disable=not progress, dynamic_ncols=True)
     try:
-        with rasterio.open(out_path, "w", **profile) as dst:
-            for kept in run_windows(grid, scene.read, quantised_runner(runner, channels, grid), batch_size):
-                if strip is None:
-                    strip = np.zeros((channels, kept.rows.stop - kept.rows.start, scene.width), dtype=np.uint8)
-                if kept.part is None:
-                    state["skipped"] += 1
-                else:
-                    strip[:, :, kept.cols] = kept.part
-                if kept.j == nx - 1:  # windows come row by row, so strips complete in order
-                    pending.append(strip)
-                    state["pending_rows"] += strip.shape[1]
-                    strip = None
-                    write_rows(dst, final=kept.i == ny - 1)
-                bar.update(1)
+        with rasterio.open(out_path, "w", **prob_profile(scene.width, scene.height, channels, *where)) as dst:
+            skipped = stitch_windows(grid, scene.read, quantised_runner(runner, channels, grid), batch_size, dst, channels,
+                                     bar=bar)
     finally:
         bar.close()
-    return StitchStats(grid.n_windows, state["skipped"], channels, time.perf_counter() - t0)
+    return StitchStats(grid.n_windows, skipped, channels, time.perf_counter() - t0)

@@ -130,15 +130,15 @@ def _plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str
 
 
 def _window_task(spec: ModelSpec, scene: str, plan: dict[str, Any], lo: int, hi: int, part_path: str) -> tuple[str, Any]:
-    """Phase 1 for jobs ``lo:hi`` (row-major windows) of a split scene, through the window loop
-    stitch_scene runs (:func:`rooftrace.imagery.windows.run_windows`), batched as it batches them;
+    """Phase 1 for jobs ``lo:hi`` (row-major windows) of a split scene, through the stitching loop
+    stitch_scene runs (:func:`rooftrace.scenes.stitch.stitch_windows`), batched as it batches them;
     writes the probabilities those windows keep (zeros elsewhere) over the rows they span."""
     import rasterio
     from affine import Affine
 
     from rooftrace.imagery.raster import GDAL_CACHE_MB
-    from rooftrace.imagery.windows import Grid, run_windows
-    from rooftrace.scenes.stitch import _PROB_BLOCK, _compression, quantised_runner
+    from rooftrace.imagery.windows import Grid
+    from rooftrace.scenes.stitch import prob_profile, quantised_runner, stitch_windows
 
     try:
         runner = worker_runner(spec)
@@ -147,19 +147,11 @@ def _window_task(spec: ModelSpec, scene: str, plan: dict[str, Any], lo: int, hi:
         ky0, ky1 = grid.ky
         jobs = [(k // nx, k % nx) for k in range(lo, hi)]
         row0, row1 = int(ky0[jobs[0][0]]), int(ky1[jobs[-1][0]])
-        out = np.zeros((channels, row1 - row0, plan["width"]), dtype=np.uint8)
-        skipped = 0
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), _open_scene(scene, plan) as sc:
-            for kept in run_windows(grid, sc.read, quantised_runner(runner, channels, grid), bs, jobs=jobs):
-                if kept.part is None:
-                    skipped += 1
-                else:
-                    out[:, kept.rows.start - row0:kept.rows.stop - row0, kept.cols] = kept.part
         tmp = f"{part_path}.{os.getpid()}.tmp.tif"
-        where = dict(crs=plan["src_crs"], transform=plan["transform"] * Affine.translation(0, row0)) if plan["src_crs"] else {}
-        with rasterio.open(tmp, "w", driver="GTiff", width=out.shape[2], height=out.shape[1], count=channels, dtype="uint8", **where,
-                           tiled=True, blockxsize=_PROB_BLOCK, blockysize=_PROB_BLOCK, BIGTIFF="IF_SAFER", **_compression()) as dst:
-            dst.write(out)
+        crs, transform = (plan["src_crs"], plan["transform"] * Affine.translation(0, row0)) if plan["src_crs"] else (None, None)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), _open_scene(scene, plan) as sc, \
+                rasterio.open(tmp, "w", **prob_profile(plan["width"], row1 - row0, channels, crs, transform)) as dst:
+            skipped = stitch_windows(grid, sc.read, quantised_runner(runner, channels, grid), bs, dst, channels, jobs=jobs)
         os.replace(tmp, part_path)
     except RooftraceError as exc:
         return "failed", str(exc)
@@ -172,16 +164,14 @@ def _assemble_task(plan: dict[str, Any], parts: list[tuple[str, Any]], part_path
     from rasterio.windows import Window
 
     from rooftrace.imagery.raster import GDAL_CACHE_MB
-    from rooftrace.scenes.stitch import _PROB_BLOCK, _compression
+    from rooftrace.scenes.stitch import _PROB_BLOCK, prob_profile
 
     for status, value in parts:
         if status == "failed":
             return "failed", value
     spans = [(p[1][0], p[1][1], path) for p, path in zip(parts, part_paths)]
     H, W, channels = plan["height"], plan["width"], plan["channels"]
-    profile = dict(driver="GTiff", width=W, height=H, count=channels, dtype="uint8", crs=plan["src_crs"],
-                   transform=plan["transform"], tiled=True, blockxsize=_PROB_BLOCK, blockysize=_PROB_BLOCK, BIGTIFF="IF_SAFER",
-                   **_compression())
+    profile = prob_profile(W, H, channels, plan["src_crs"], plan["transform"])
     tmp = f"{prob_path}.{os.getpid()}.tmp.tif"
     step = _PROB_BLOCK * 4  # rows assembled at a time (whole blocks)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(tmp, "w", **profile) as dst:

@@ -191,8 +191,10 @@ AREA_SAMPLE = 100_000
 
 def scene_provenance(runner: Any, method: str | None, settings: Any, scene: str | Path, crs: CRS | None) -> dict[str, Any]:
     """:func:`make_provenance` for a scene predicted by ``runner`` (a :class:`rooftrace.inference.runtime.ModelRunner`)."""
+    runtime = getattr(runner, "runtime", None)
     return make_provenance(source=scene, crs=crs, model_path=getattr(runner, "model_path", None),
-                           model_description=getattr(runner, "description", None), method=method, settings=settings)
+                           model_description=getattr(runner, "description", None), method=method, settings=settings,
+                           runtime=runtime.runtime_line if runtime is not None else None)
 
 
 def unit_metres(crs: CRS | None, gsd: float | None, transform: Affine) -> float | None:
