@@ -169,17 +169,17 @@ def test_an_adapted_model_that_is_not_better_is_refused_with_exit_3(banepa, tiny
 
 
 def test_the_time_budget_is_honoured(banepa, tiny_model, tmp_path):
-    """A budget of 20 s with far more steps planned than fit: the schedule is shortened, and the whole
+    """A budget of one minute with far more steps planned than fit: the schedule is shortened, and the whole
     command (chips, scores, adapting, tuning, the card) ends within the budget."""
     from rooftrace.training.finetune import finetune, load_recipe
 
     chips, labels = banepa
     t0 = time.monotonic()
-    r = finetune(chips, labels, tmp_path / "m.safetensors", model=tiny_model, minutes=20 / 60, block=1, val=0.25, test=0.25,
+    r = finetune(chips, labels, tmp_path / "m.safetensors", model=tiny_model, minutes=1.0, block=1, val=0.25, test=0.25,
                  recipe=load_recipe(steps=100_000, eval_every=2, batch_size=2, crop_size=128, patience=0),
                  runs_dir=tmp_path / "runs", keep_worse=True, device="cpu", progress=False, log=lambda s: None)
     took = time.monotonic() - t0
-    assert took <= 20 + 3, took
+    assert took <= 60 + 3, took
     assert 0 < r.steps < 100_000 and ("shortened" in r.stopped or "time budget" in r.stopped), r.stopped
 
 

@@ -287,7 +287,7 @@ def _run_prepare_chips(args: argparse.Namespace) -> int:
                    empty=args.empty, tms=args.tms, labels_crs=args.labels_crs, source=args.source, seed=args.seed,
                    label_shift=parse_shift(args.shift_labels), force=args.force)
     if args.align_labels:
-        from rooftrace.training.finetune import align_chips
+        from rooftrace.training.alignment import align_chips
 
         aligned = align_chips(args.chips_dir, args.labels, args.out, args.model, **options)
         print(aligned.chips.summary())

@@ -6,7 +6,7 @@
 1. **Chips** (:func:`rooftrace.prepare.chips.prepare_chips`, every option it takes): resampled to the
    model's pixel size and split *by area* into blocks for training, blocks for tuning (early stopping and
    the post-processing search) and blocks for the card (scored once, at the end, by both models).
-2. **Labels against the imagery** (:func:`align_chips`): the starting model's footprint probabilities are
+2. **Labels against the imagery** (:func:`rooftrace.training.alignment.align_chips`): the starting model's footprint probabilities are
    cross-correlated with the rasterised labels, block by block (:mod:`rooftrace.prepare.shift`); a clear,
    consistent shift is corrected by preparing the chips again with the labels moved. Blocks with many
    confident buildings that no label touches are flagged as incompletely mapped.
@@ -42,287 +42,30 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 
-from rooftrace.config import (
-    AugmentConfig,
-    Config,
-    config_from_dict,
-    resolve_path,
-)
+from rooftrace.config import Config, config_from_dict, resolve_path
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text
 from rooftrace.evaluation.metrics import Score
 from rooftrace.evaluation.tuning import score_settings, search_settings
-from rooftrace.imagery.normalize import Normalization
-from rooftrace.imagery.read import read_rgb
 from rooftrace.instances.postprocess import PostprocessSettings
-from rooftrace.labels.records import LabelSet
 from rooftrace.labels.splits import open_split
-from rooftrace.models.architectures import build_model
-from rooftrace.models.autocast import autocast, autocast_dtype
-from rooftrace.models.files import read_model_file, save_model, shipped_model
-from rooftrace.prepare.chips import ChipsResult, prepare_chips
-from rooftrace.prepare.shift import (
-    AreaShift,
-    Completeness,
-    area_shift,
-    unlabelled_buildings,
-)
-from rooftrace.prepare.targets import building_mask
+from rooftrace.models.autocast import autocast
+from rooftrace.models.files import save_model
+from rooftrace.training.alignment import DEFAULT_GSD, Alignment, SplitProbs, align_chips, load_network, resolve_model
 from rooftrace.training.dataset import TileDataset, collate_pad, select_tiles
 from rooftrace.training.losses import TolerantLoss
+from rooftrace.training.recipe import Recipe, load_recipe
 
-#: The pixel size a model is adapted at when neither it nor the user gives one (the shipped model's).
-DEFAULT_GSD = 0.3
 #: Tuned post-processing settings beside a model: ``<name>.postprocess.json`` (as ``rooftrace tune`` writes them).
 POSTPROCESS_SUFFIX = ".postprocess.json"
 #: The exit status of ``rooftrace finetune`` when the adapted model is not better and is not kept.
 NOT_BETTER = 3
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How a model is adapted (the packaged ``recipes/finetune.yaml`` holds the measured defaults)."""
-
-    lr: float = 3e-4  #: peak learning rate of the decoder and head
-    encoder_lr: float = 0.3  #: the encoder's learning rate as a share of ``lr``
-    warmup: float = 0.05  #: share of the steps warming up
-    steps: int = 600  #: the most steps
-    batch_size: int = 8
-    crop_size: int = 256
-    freeze_encoder: float = 0.3  #: share of the steps with the encoder frozen
-    freeze_bn: bool = True  #: the encoder's BatchNorm statistics stay frozen throughout
-    eval_every: int = 25  #: steps between scores on the tuning blocks
-    patience: int = 6  #: scores without a better F1 before stopping (0: never)
-    unlabelled_weight: float = 0.2  #: loss weight of confident pixels outside the labels (1: the plain loss)
-    confident: float = 0.8
-    augment: dict = field(default_factory=dict)  #: overrides of the starting model's augmentation
-
-    def check(self) -> Recipe:
-        for key in ("lr", "steps", "batch_size", "eval_every"):
-            if not getattr(self, key) > 0:
-                raise RooftraceError(f"recipe {key} {getattr(self, key)}: must be greater than 0")
-        for key in ("encoder_lr", "warmup", "freeze_encoder", "unlabelled_weight", "confident"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise RooftraceError(f"recipe {key} {getattr(self, key)}: must be between 0 and 1")
-        if self.crop_size < 32 or self.crop_size % 32:
-            raise RooftraceError(f"recipe crop_size {self.crop_size}: must be a positive multiple of 32")
-        names = {f.name for f in dataclasses.fields(AugmentConfig)}
-        unknown = sorted(set(self.augment) - names)
-        if unknown:
-            raise RooftraceError(f"recipe augment: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return self
-
-
-def load_recipe(path: str | Path | None = None, **changes: Any) -> Recipe:
-    """The packaged recipe (found with :mod:`importlib.resources`, so it works from an installed wheel),
-    then the keys of ``path`` (a YAML file), then ``changes``.
-
-    Raises:
-        RooftraceError: An unreadable file, an unknown key or a bad value.
-    """
-    from importlib.resources import files
-
-    data = yaml.safe_load((files("rooftrace.training") / "recipes" / "finetune.yaml").read_text())
-    if path is not None:
-        path = Path(path)
-        try:
-            extra = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise RooftraceError(f"{path}: no such recipe file") from None
-        except yaml.YAMLError as exc:
-            raise RooftraceError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(extra, dict):
-            raise RooftraceError(f"{path}: a recipe is a mapping of keys (see rooftrace/training/recipes/finetune.yaml)")
-        data.update(extra)
-    data.update({k: v for k, v in changes.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(Recipe)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise RooftraceError(f"{path or 'recipe'}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    types = {f.name: f.type for f in dataclasses.fields(Recipe)}
-    try:
-        values = {k: (float(v) if types[k] == "float" else int(v) if types[k] == "int" else v) for k, v in data.items()}
-    except (TypeError, ValueError) as exc:
-        raise RooftraceError(f"{path or 'recipe'}: {exc}") from None
-    return Recipe(**values).check()
-
-
-def resolve_model(model: str | Path | None) -> Path:
-    """``None`` or ``"shipped"``: the model inside the package; else the path, which must be a rooftrace
-    ``.safetensors`` model file."""
-    if model is None or str(model) == "shipped":
-        return shipped_model()
-    path = Path(model)
-    if not path.exists():
-        raise RooftraceError(f"{path}: no such model file (or --model shipped for the model that ships with rooftrace)")
-    if path.suffix.lower() != ".safetensors":
-        raise RooftraceError(f"{path}: fine-tuning starts from a rooftrace .safetensors model file")
-    return path
-
-
 def tuned_path(model: Path) -> Path:
     """``<name>.postprocess.json`` beside ``<name>.safetensors``."""
     return model.with_name(model.name.removesuffix(".safetensors") + POSTPROCESS_SUFFIX)
-
-
-# ------------------------------------------------------------------------------------------- the network
-
-
-@dataclass
-class Network:
-    """A network being adapted, with what it needs to see images."""
-
-    model: torch.nn.Module
-    config: Config
-    channels: tuple[str, ...]
-    norm: Normalization
-    device: torch.device
-    amp: torch.dtype | None
-
-    @torch.inference_mode()
-    def probabilities(self, rgb: np.ndarray) -> np.ndarray:
-        """``(C, H, W)`` probabilities of one ``(H, W, 3)`` uint8 image (padded to 32, cropped back)."""
-        was = self.model.training
-        self.model.eval()
-        h, w = rgb.shape[:2]
-        ph, pw = -h % 32, -w % 32
-        x = np.pad(self.norm.apply(rgb), ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
-        with autocast(self.device, self.amp):
-            logits = self.model(torch.from_numpy(x)[None].to(self.device))
-        self.model.train(was)
-        return torch.sigmoid(logits.float())[0, :, :h, :w].cpu().numpy()
-
-
-def load_network(path: Path, device: str = "auto") -> Network:
-    """A model file's network, built for training (every weight from the file; nothing downloaded)."""
-    from rooftrace.config import check_device
-
-    tensors, meta = read_model_file(path)
-    try:
-        cfg = config_from_dict(meta["config"])
-    except (RooftraceError, KeyError, TypeError) as exc:
-        raise RooftraceError(f"{path}: its config cannot be read ({exc})") from None
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_weights=None, encoder_weights_sha256=None))
-    channels = tuple(meta["channels"])
-    model = build_model(cfg.model, len(channels))
-    try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
-    except RuntimeError as exc:
-        raise RooftraceError(f"{path}: its weights do not fit the network it names ({str(exc).splitlines()[0]})") from None
-    want = check_device(device)
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(want)
-    return Network(model.to(dev).eval(), cfg, channels, Normalization(tuple(meta["mean"]), tuple(meta["std"])), dev,
-                   autocast_dtype(cfg.train.amp, dev))
-
-
-@dataclass
-class SplitProbs:
-    """A split's labels and the probabilities of one network for each of its images (same order)."""
-
-    labels: LabelSet
-    probs: list[np.ndarray]
-    blocks: list[str]
-    images: list[np.ndarray]  #: the images, ``(H, W, 3)`` uint8, as the network saw them
-
-    def again(self, net: Network) -> SplitProbs:
-        """The same images and labels with ``net``'s probabilities."""
-        return SplitProbs(self.labels, [net.probabilities(rgb) for rgb in self.images], self.blocks, self.images)
-
-    def pairs_by_block(self) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-        out: dict[str, list] = {}
-        for img, p, b in zip(self.labels, self.probs, self.blocks):
-            out.setdefault(b, []).append((p[0], building_mask(img.footprints, p.shape[1:])))
-        return out
-
-
-def split_probabilities(net: Network, split_dir: Path) -> SplitProbs:
-    """Every image of a split, its labels (with width and height) and ``net``'s probabilities."""
-    labels = open_split(split_dir)
-    gt, probs, blocks, images = LabelSet(root=labels.root, format="memory"), [], [], []
-    for img in labels:
-        path = labels.image_path(img)
-        if path is None or not path.exists():
-            continue
-        rgb = read_rgb(path)
-        images.append(rgb)
-        g = gt.get_or_add(img.key)
-        g.footprints, g.width, g.height, g.source, g.group = img.footprints, rgb.shape[1], rgb.shape[0], img.source, img.group
-        g.file_name = img.file_name
-        probs.append(net.probabilities(rgb))
-        blocks.append(img.group or "?")
-    return SplitProbs(gt, probs, blocks, images)
-
-
-# ------------------------------------------------------------------------------------------ the labels
-
-
-@dataclass
-class Alignment:
-    """What :func:`align_chips` found and did."""
-
-    chips: ChipsResult
-    shift: AreaShift
-    completeness: Completeness
-    probs: dict[str, SplitProbs]  #: split -> the starting model's probabilities (labels after any correction)
-    seconds_per_image: float
-
-    def summary(self) -> str:
-        return "\n".join([self.shift.summary(), self.completeness.summary()])
-
-
-def align_chips(chips_dir: str | Path, labels: str | Path, out_dir: str | Path, net: Network | Path | str | None = None, *,
-                align: bool = True, max_shift_m: float = 6.0, progress: bool = True, **prepare: Any) -> Alignment:
-    """:func:`prepare_chips`, then the labels' shift from the imagery estimated per block with ``net``'s
-    probabilities (``None``: the shipped model) and, with ``align`` and when the shift is clear and
-    consistent, the chips prepared again with the labels moved back (``rooftrace prepare-chips
-    --align-labels``). Also flags blocks whose labels look incomplete.
-
-    Args:
-        max_shift_m: Shifts up to this many metres each way are searched.
-        prepare: Options of :func:`prepare_chips` (``gsd`` defaults to the model's pixel size).
-    """
-    if not isinstance(net, Network):
-        net = load_network(resolve_model(net))
-    gsd = prepare.pop("gsd", None) or net.config.data.gsd or DEFAULT_GSD
-    out_dir = Path(out_dir)
-    result = prepare_chips(chips_dir, labels, out_dir, gsd=gsd, progress=progress, **prepare)
-    t0 = time.perf_counter()
-    probs = {s: split_probabilities(net, p.parent) for s, p in result.splits.items()}
-    n = sum(len(p.probs) for p in probs.values())
-    per_image = (time.perf_counter() - t0) / max(n, 1)
-    by_block: dict[str, list] = {}
-    for p in probs.values():
-        for b, pairs in p.pairs_by_block().items():
-            by_block.setdefault(b, []).extend(pairs)
-    max_px = max(2, int(math.ceil(max_shift_m / gsd)))
-    shift = area_shift(by_block, gsd, max_px=max_px)
-    if align and shift.correction is not None:
-        given = prepare.pop("label_shift", None) or (0.0, 0.0)
-        moved = (given[0] + shift.correction[0], given[1] + shift.correction[1])
-        result = prepare_chips(chips_dir, labels, out_dir, gsd=gsd, progress=progress, label_shift=moved,
-                               **{**prepare, "force": True})
-        probs = {s: _relabel(p, result.splits[s].parent) for s, p in probs.items()}
-        by_block = {}
-        for p in probs.values():
-            for b, pairs in p.pairs_by_block().items():
-                by_block.setdefault(b, []).extend(pairs)
-    elif shift.correction is not None:
-        shift.reason = shift.reason.replace("corrected by", "not corrected (--no-align); would be corrected by")
-    completeness = unlabelled_buildings(by_block, min_area_px=max(4, int(round(6.0 / gsd ** 2))))
-    return Alignment(result, shift, completeness, probs, per_image)
-
-
-def _relabel(p: SplitProbs, split_dir: Path) -> SplitProbs:
-    """The same images and probabilities with the labels of the split prepared again."""
-    labels = open_split(split_dir)
-    for img in p.labels:
-        if img.key in labels:
-            img.footprints = labels[img.key].footprints
-    return p
 
 
 # ------------------------------------------------------------------------------------------ the result
@@ -564,7 +307,7 @@ def finetune(
     loss_fn = TolerantLoss(cfg.loss, len(net.channels), recipe.unlabelled_weight, recipe.confident).to(net.device)
     bn_types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
     frozen_bn = [m for m in (encoder.modules() if encoder is not None else []) if isinstance(m, bn_types)] if recipe.freeze_bn else []
-    freeze_steps = int(round(recipe.freeze_encoder * recipe.steps)) if enc_params else 0
+    frozen = bool(enc_params) and recipe.freeze_encoder > 0  # for the first freeze_encoder of the (planned) steps
 
     def set_encoder(trainable: bool) -> None:
         for p in enc_params:
@@ -581,7 +324,7 @@ def finetune(
     step, epoch, stopped = 0, 0, "the planned steps are done"
     calibrated = False
     g = torch.Generator().manual_seed(seed)
-    set_encoder(freeze_steps == 0)
+    set_encoder(not frozen)
     bar = tqdm(total=plan.total, desc="finetune", unit="step", disable=not progress, dynamic_ncols=True)
     t_train = time.monotonic()
     if time.monotonic() + end_s + eval_s >= deadline:
@@ -599,8 +342,9 @@ def finetune(
         t_chunk = time.monotonic()
         n_chunk, loss_sum = 0, 0.0
         for batch in loader:
-            if step == freeze_steps and freeze_steps:
+            if frozen and step >= int(round(recipe.freeze_encoder * plan.total)):
                 set_encoder(True)
+                frozen = False
             x, y = batch["image"].to(net.device), batch["target"].to(net.device)
             with autocast(net.device, net.amp):
                 logits = model(x)
