@@ -235,3 +235,12 @@ def test_prepare_chips_moves_labels_by_a_given_shift(banepa, tmp_path, capsys):
     code, _, err = _run(["prepare-chips", str(chips), "--labels", str(labels), "--out", str(tmp_path / "c"),
                          "--shift-labels", "east"], capsys)
     assert code == 2 and "--shift-labels" in err
+
+
+def test_prepare_chips_align_labels_reports_the_shift_and_the_incomplete_blocks(banepa, tiny_model, tmp_path, capsys):
+    chips, labels = banepa
+    code, out, err = _run(["prepare-chips", str(chips), "--labels", str(labels), "--out", str(tmp_path / "a"), "--gsd", "0.3",
+                           "--block", "1", "--align-labels", "--model", str(tiny_model)], capsys)
+    assert code == 0, err
+    assert "label shift:" in out and "block 19/" in out and ("labels look" in out)
+    assert (tmp_path / "a" / "train" / "train.json").exists()

@@ -414,8 +414,8 @@ def finetune(
     result = FinetuneResult(run, None, str(start_path), start_side, adapted_side, card_split, len(card.probs), step, best_step,
                             stopped, time.monotonic() - t_start, float(minutes), al, recipe, history)
     if result.better or keep_worse:
-        save_model(out, model, cfg, extra=extra, force=True)
-        _write_settings(tuned_path(out), method, a_settings, a_tuning_f1, run / "chips" / "val", force=True)
+        save_model(out, model, cfg, extra=extra, force=force)  # one that appeared meanwhile is not overwritten either
+        _write_settings(tuned_path(out), method, a_settings, a_tuning_f1, run / "chips" / "val", force=force)
         result.out, result.kept_worse = out, not result.better
     result.seconds = time.monotonic() - t_start
     _write_run_files(result, train_s)
