@@ -50,7 +50,7 @@ from rooftrace.evaluation.metrics import Score
 from rooftrace.evaluation.tuning import score_settings, search_settings
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.labels.splits import open_split
-from rooftrace.models.autocast import autocast
+from rooftrace.models.autocast import autocast, depthwise_in_fp32
 from rooftrace.models.files import save_model
 from rooftrace.training.alignment import DEFAULT_GSD, Alignment, SplitProbs, align_chips, load_network, resolve_model
 from rooftrace.training.dataset import TileDataset, collate_pad, select_tiles
@@ -294,6 +294,8 @@ def finetune(
     np.random.seed(seed)
     train_ds = TileDataset(select_tiles(cfg.data.train, [open_split(cfg.data.train[0].path)]), cfg.data, cfg.augment, seed=seed)
     model = net.model
+    if net.amp == torch.bfloat16 and net.device.type == "cpu":
+        depthwise_in_fp32(model)  # faster on CPUs, as the shipped model's recipe trains (train.depthwise_fp32)
     encoder = getattr(model, "encoder", None)
     enc_params = list(encoder.parameters()) if encoder is not None else []
     enc_ids = {id(p) for p in enc_params}
