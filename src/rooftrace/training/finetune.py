@@ -319,7 +319,8 @@ def finetune(
     # card blocks and a search: both estimated from the starting model's passes.
     n_eval = len(tuning.probs)
     n_end = n_eval + (len(card.probs) if card_split != "val" else 0)
-    end_s = al.seconds_per_image * n_end * 1.2 + tune_s * 1.5 + 5.0
+    # The adapted model finds more buildings than the start, and post-processing them costs more: a wide margin.
+    end_s = al.seconds_per_image * n_end * 1.5 + tune_s * 3.0 + 10.0
     eval_s = al.seconds_per_image * n_eval * 1.2 + 1.0
     best_f1, best_step, best_state, bad = -1.0, 0, None, 0
     history: list[dict] = []
@@ -364,14 +365,15 @@ def finetune(
             n_chunk += 1
             loss_sum += float(loss.detach())
             bar.update(1)
-            if step >= plan.total or time.monotonic() + end_s + eval_s >= deadline:
+            # Stop while one more step, a score and the end still fit (a busy CPU slows all three).
+            if step >= plan.total or time.monotonic() + 1.5 * (end_s + eval_s) + (time.monotonic() - t_chunk) / n_chunk >= deadline:
                 break
         chunk_s = time.monotonic() - t_chunk
         epoch += 1
         t_eval = time.monotonic()
         probs = tuning.again(net)
         f1 = score_settings(probs.probs, probs.labels, method, start_settings).f1
-        eval_s = max(eval_s * 0.5, time.monotonic() - t_eval)
+        eval_s = max(eval_s * 0.75, time.monotonic() - t_eval)
         history.append({"step": step, "lr": scheduler.get_last_lr()[0], "train_loss": loss_sum / max(n_chunk, 1),
                         "tuning_f1": f1, "seconds": round(time.monotonic() - t_start, 1)})
         if f1 > best_f1:
