@@ -486,6 +486,80 @@ CASES = [
     Case("export-not-writable", "export --onnx inside a regular file",
          lambda t, m: ["export", "--model", str(m), "--onnx", str(_file(t / "afile") / "m.onnx")], 2,
          ("afile/m.onnx", "cannot write it")),
+    # Fifth round (issue 23): the stages added since the fourth (prepare-chips, scene reports, report, the API, Dask,
+    # every output format, convert, export), each case tried by hand first; all but the last answered badly before.
+    Case("scene-probabilities-not-tif", "predict-scene --probabilities p.gpkg (a GeoTIFF would be written under a GeoPackage's name)",
+         lambda t, m: _scene(t, m, t / "o.gpkg", "--probabilities", str(t / "p.gpkg")), 2,
+         ("p.gpkg", "must end in .tif", "nothing was predicted"), check=lambda t: _assert(not (t / "p.gpkg").exists())),
+    Case("scene-out-is-folder", "predict-scene --out x.gpkg where x.gpkg is a folder, with --force (found after the inference before)",
+         lambda t, m: _scene(t, m, _folder(t / "x.gpkg"), "--force"), 2, ("x.gpkg", "a folder, not a file", "nothing was predicted")),
+    Case("predict-disk-full-gpkg", "predict's predictions.gpkg when the disk fills (file size limit of 20,000 bytes): says why, not SQL",
+         lambda t, m: _predict(_images(t, ("2.tif", lambda p: _tif(p, 3))), t, m, "--no-masks"), 2,
+         ("predictions.gpkg", "cannot write it", "file size limit"), around=lambda: _file_size_limit(20_000),
+         check=lambda t: _assert(_temporaries(t / "out") == [".partial"])),
+    Case("report-scene-parquet", "scene report of a .parquet that predict-scene wrote (GDAL here has no Parquet driver)",
+         lambda t, m: _report(t, pred=_geoparquet(t / "pred.parquet", (500003, 2999990))), 0, ("scene report of 1 buildings",)),
+    Case("report-out-is-pred", "report --out naming the --pred file, with --force",
+         lambda t, m: _report(t)[:-2] + ["--out", str(t / "pred.gpkg"), "--force"], 2, ("pred.gpkg", "--out is also the --pred"),
+         check=lambda t: _assert(t.joinpath("pred.gpkg").is_file())),
+    Case("report-gt-in-out", "report --out holding the ground truth under a name the report writes (scores.json), with --force",
+         lambda t, m: _tile_report(t, gt_name="rep/scores.json") + ["--force"], 2, ("scores.json", "--out scores.json is also the --gt"),
+         check=lambda t: _assert("images" in json.loads((t / "rep" / "scores.json").read_text()))),
+    Case("report-out-in-a-file", "report --out inside a regular file: refused before anything is read",
+         lambda t, m: _report(t)[:-2] + ["--out", str(_file(t / "afile") / "report")], 2,
+         ("afile/report", "cannot write it", "nothing was reported")),
+    Case("report-out-in-use", "report into an --out another live report is writing (its lock held)",
+         lambda t, m: _report(t)[:-2] + ["--out", str(_held(t / "report", folder=True)), "--force"], 2,
+         ("report", "in use by another rooftrace run")),
+    Case("report-iou-zero", "report --iou 0 with labels (a traceback before)",
+         lambda t, m: _report(t, gt=_vector(t / "gt.gpkg", (500003, 2999990))) + ["--iou", "0"], 2, ("--iou 0", "(0, 1]"),
+         check=lambda t: _assert(not (t / "report").exists())),
+    Case("report-disk-full", "scene report when the disk fills (file size limit of 50,000 bytes) while copying the map's library",
+         lambda t, m: _report(t), 2, ("report/leaflet/leaflet.js", "cannot write it"), around=lambda: _file_size_limit(50_000),
+         check=lambda t: _assert(not _temporaries(t / "report"))),
+    Case("tune-settings-in-use", "tune while another live tune of the same model writes its settings (its lock held)",
+         lambda t, m: _tune(t, m, held=True), 2, ("mm.postprocess.json", "in use by another rooftrace run")),
+    Case("tune-settings-folder", "tune --force where the settings file beside the model is a folder (found after the search before)",
+         lambda t, m: _tune(t, m, folder=True) + ["--force"], 2, ("mm.postprocess.json", "a folder", "nothing was tuned")),
+    Case("train-resume-in-use", "train --resume of a run folder another live run is writing (its lock held)",
+         lambda t, m: ["train", "--resume", str(_held(_run_folder(t), folder=True))], 2,
+         ("runs/r1", "in use by another rooftrace run", "run folder to resume")),
+    Case("train-runs-dir-in-a-file", "train.runs_dir inside a regular file: refused before any data is read",
+         lambda t, m: _train(*_tiny_run(t, corrupt=False), f"train.runs_dir={_file(t / 'afile')}/runs"), 2,
+         ("afile", "cannot create the run folder", "nothing was trained")),
+    Case("chips-out-inside-chips", "prepare-chips --out inside CHIPS_DIR (searched recursively: a rerun read its own chips again)",
+         lambda t, m: _chips_out(t, t / "chips" / "splits"), 2, ("chips/splits", "inside CHIPS_DIR", "searched for chips recursively"),
+         check=lambda t: _assert(not (t / "chips" / "splits").exists())),
+    Case("chips-labels-parquet", "prepare-chips --labels of a GeoParquet file (GDAL here has no Parquet driver)",
+         lambda t, m: _chips(t, 262144, 262144, 19, labels="parquet"), 0, ("1 chips",)),
+    Case("convert-geojson-named-parquet", "convert --to geojson into out.parquet (GeoJSON text a GIS cannot open as Parquet)",
+         lambda t, m: ["convert", str(_coco(t, [_ann([SQUARE])])), str(t / "out.parquet"), "--to", "geojson"], 2,
+         ("out.parquet", "convert writes GeoJSON", "not .parquet"), check=lambda t: _assert(not (t / "out.parquet").exists())),
+    Case("convert-to-gpkg", "convert into out.gpkg (it said: pass --to; no --to writes a GeoPackage)",
+         lambda t, m: ["convert", str(_coco(t, [_ann([SQUARE])])), str(t / "out.gpkg")], 2, ("out.gpkg", "not .gpkg", "ogr2ogr")),
+    Case("convert-geojson-named-csv", "convert --to geojson into out.csv",
+         lambda t, m: ["convert", str(_coco(t, [_ann([SQUARE])])), str(t / "out.csv"), "--to", "geojson"], 2,
+         ("out.csv", "--to geojson does not fit", "begc-csv")),
+    Case("export-disk-full", "export when the disk fills (file size limit of 20,000 bytes) while the exporter stages its file",
+         lambda t, m: ["export", "--model", str(m), "--onnx", str(t / "m.onnx")], 2, ("m.onnx", "cannot write it", "nothing was exported"),
+         around=lambda: _file_size_limit(20_000), check=lambda t: _assert(not _temporaries(t) and not (t / "m.onnx").exists())),
+    Case("scheduler-file-missing", "predict-scene --scheduler naming a scheduler file that is not there (Dask: 'missing port number')",
+         lambda t, m: ["predict-scene", str(_scenes(t, bad=False)), "--out", str(t / "out"), "--model", str(m),
+                       "--scheduler", str(t / "scheduler.json")], 2, ("scheduler.json", "no such scheduler file"),
+         check=lambda t: _assert(not (t / "out").exists())),
+    Case("export-opset-too-new", "export --opset 99 (found by the exporter, after the model was loaded and run, naming the model)",
+         lambda t, m: ["export", "--model", str(m), "--onnx", str(t / "m.onnx"), "--opset", "99"], 2,
+         ("--opset 99", "exports ONNX opsets 17 to", "nothing was exported")),
+    Case("prepare-out-in-use", "prepare into an --out another live prepare is writing (its lock held)",
+         lambda t, m: _prepare(_coco(t, [_ann([SQUARE])], with_files=True), t) + ["--force"] if _held(t / "prepared", folder=True) else [],
+         2, ("prepared", "in use by another rooftrace run"), check=lambda t: _assert(not (t / "prepared" / "summary.json").exists())),
+    Case("chips-out-in-use", "prepare-chips into an --out another live run is writing (its lock held)",
+         lambda t, m: _chips_out(t, _held(t / "splits", folder=True)) + ["--force"], 2, ("splits", "in use by another rooftrace run"),
+         check=lambda t: _assert(not (t / "splits" / "train").exists())),
+    Case("prepare-scenes-out-in-use", "prepare-scenes into a split folder another live run is writing (its lock held)",
+         lambda t, m: ["prepare-scenes", str(_tif(t / "s.tif", 3, size=96)), str(_vector(t / "l.gpkg", (500003, 2999990))),
+                       "--out", str(_held(t / "sp", folder=True)), "--tile", "64", "--force"], 2, ("sp", "in use by another rooftrace run"),
+         check=lambda t: _assert(not (t / "sp" / "image").exists())),
 ]
 
 _HELD: list[Any] = []  #: locks the cases hold as "another live run" while the command runs
@@ -538,6 +612,59 @@ def _file_size_limit(limit: int) -> Any:
     return ctx()
 
 
+def _temporaries(folder: Path) -> list[str]:
+    """Hidden files a run left in ``folder`` and below (temporary files, probes), by their path in it."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*")) if folder.exists() else []
+
+
+def _geoparquet(path: Path, corner: tuple[float, float]) -> Path:
+    """A GeoParquet file in EPSG:32614 with one 6 m square at ``corner``, as geopandas (and GIS) write it."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    gpd.GeoDataFrame({"score": [0.9]}, geometry=[box(corner[0], corner[1], corner[0] + 6, corner[1] + 6)],
+                     crs="EPSG:32614").to_parquet(path)
+    return path
+
+
+def _tile_report(tmp: Path, gt_name: str = "split/split.json") -> list[str]:
+    """``rooftrace report`` of tiles: a submission against one COCO image, the ground truth at ``gt_name``."""
+    gt = _coco(tmp, [_ann([SQUARE])], with_files=True)
+    if gt_name != "split/split.json":
+        data = json.loads(gt.read_text())
+        data["images"][0]["file_name"] = str(gt.parent / data["images"][0]["file_name"])
+        (tmp / gt_name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / gt_name).write_text(json.dumps(data))
+        gt = tmp / gt_name
+    pred = _csv(tmp, 'ImageID,Coordinates\n1,"[[(10,10),(40,10),(40,40),(10,40)]]"\n')
+    return ["report", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp / "rep"), "--allow-outside-paths"]
+
+
+def _tune(tmp: Path, model: Path, held: bool = False, folder: bool = False) -> list[str]:
+    from rooftrace.inference.tuned import tuned_settings_path
+
+    mm = _file(tmp / "mm.safetensors", model.read_bytes())
+    if held:
+        _held(tuned_settings_path(mm))
+    if folder:
+        _folder(tuned_settings_path(mm))
+    return ["tune", "--model", str(mm), "--split", str(_coco(tmp, [_ann([SQUARE])], with_files=True).parent), "--device", "cpu"]
+
+
+def _run_folder(tmp: Path) -> Path:
+    """A run folder as train leaves it after its start (its config), for --resume."""
+    run = tmp / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text((REPO / "configs" / "baseline-unet.yaml").read_text())
+    return run
+
+
+def _chips_out(tmp: Path, out: Path) -> list[str]:
+    argv = _chips(tmp, 262144, 262144, 19)
+    argv[argv.index("--out") + 1] = str(out)
+    return argv
+
+
 def _sparse(path: Path, size: int = 100_000) -> Path:
     """A GeoTIFF that declares ``size`` x ``size`` RGB pixels in a few hundred KB (sparse, tiled)."""
     with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32614",
@@ -588,7 +715,13 @@ def _chips(tmp: Path, x: int, y: int, z: int, *extra: str, labels: str = "geojso
     d.mkdir()
     _png(d / f"OAM-{x}-{y}-{z}.png", (256, 256, 3))
     lon, lat = _tile_lonlat(x + 0.5, y + 0.5, z)
-    if labels == "gpkg":
+    if labels == "parquet":
+        import geopandas as gpd
+        from shapely.geometry import shape
+
+        path = tmp / "labels.parquet"
+        gpd.GeoDataFrame(geometry=[shape(_square_ll(lon, lat))], crs="EPSG:4326").to_parquet(path)
+    elif labels == "gpkg":
         import geopandas as gpd
         from shapely.geometry import shape
 
@@ -1155,7 +1288,7 @@ def test_a_lock_is_exclusive_in_one_process_and_a_dead_runs_lock_is_taken_over(t
 
 def test_a_second_process_on_a_held_out_stops_at_once_and_touches_nothing(model_file, tmp_path):
     """Another process: while this one holds --out (as a live `rooftrace predict` does), `rooftrace predict --force`
-    into it exits 2 at once, naming this process, and leaves the folder as it was; once released, it runs."""
+    into it exits 2 at once, naming this process, and leaves the folder as it was; once released, a run writes it."""
     import os
 
     from rooftrace.core.locks import OutputLock
@@ -1171,6 +1304,92 @@ def test_a_second_process_on_a_held_out_stops_at_once_and_touches_nothing(model_
     assert second.returncode == 2, second.stdout + second.stderr
     assert f"in use by another rooftrace run (process {os.getpid()})" in second.stderr and "Traceback" not in second.stderr
     assert (out / "submission.csv").read_text() == "the first run's\n" and not list((out / "masks").iterdir())
-    third = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert third.returncode == 0, third.stdout + third.stderr
+    assert main(argv[1:]) == 0  # released: the next run (here in this process, which starts faster) writes it
     assert (out / "submission.csv").read_text().startswith("ImageID") and not (out / ".rooftrace.lock").exists()
+
+
+# --- fifth round (issue 23): every writer on a full disk, the API, the Dask merge ---------------------------------
+
+#: Each writer, run until the disk fills (a file size limit: writes fail with EFBIG, as on a full disk, without root):
+#: (id, argv maker, limit in bytes, the file the message must name).
+_FULL_DISK = [
+    *[(f"convert-{fmt}", lambda t, m, fmt=fmt, sfx=sfx: ["convert", str(_coco(t, [_ann([SQUARE], i + 1) for i in range(300)])),
+                                                          str(t / f"out{sfx}"), "--to", fmt], 1_000, f"out{sfx}")
+      for fmt, sfx in (("begc-csv", ".csv"), ("spacenet-csv", ".csv"), ("coco", ".json"), ("coco-results", ".json"),
+                       ("geojson", ".geojson"))],
+    ("evaluate-json", lambda t, m: _evaluate(t, 'ImageID,Coordinates\n1,"[[(10,10),(40,10),(40,40),(10,40)]]"\n')
+     + ["--json", str(t / "scores.json")], 200, "scores.json"),
+    ("predict-submission", lambda t, m: _predict(_images(t), t, m), 300, "out/"),
+    ("prepare", lambda t, m: _prepare(_coco(t, [_ann([SQUARE])], with_files=True), t), 300, "prepared/"),
+    ("prepare-chips", lambda t, m: _chips(t, 262144, 262144, 19), 3_000, "splits/"),
+    ("prepare-scenes", lambda t, m: ["prepare-scenes", str(_tif(t / "s.tif", 3, size=96)), str(_vector(t / "l.gpkg", (500003, 2999990))),
+                                     "--out", str(t / "sp"), "--tile", "64"], 3_000, "sp/image/"),
+    ("report-tiles", lambda t, m: _tile_report(t), 3_000, "rep/"),
+    ("oracle", lambda t, m: ["oracle", "--gt", str(_coco(t, [_ann([SQUARE])], with_files=True)), "--out", str(t / "or")], 10,
+     "or/submission.csv"),
+    ("tune", lambda t, m: _tune(t, m), 100, "mm.postprocess.json"),
+    ("import-weights", lambda t, m: ["import-weights", str(_file(t / "w.pth", m.read_bytes())), "--config",
+                                     str(REPO / "configs/baseline-unet.yaml"), "--set", "model.base_channels=4", "--set",
+                                     "data.channels=[footprint, boundary, contact]", "--set", "loss.channel_weights=[1, 0.5, 0.5]",
+                                     "--out", str(t / "o.safetensors")], 5_000, "o.safetensors"),
+]
+
+
+@pytest.mark.parametrize("name,argv,limit,named", _FULL_DISK, ids=[c[0] for c in _FULL_DISK])
+def test_every_writer_names_its_file_when_the_disk_fills_and_leaves_no_temporary_file(name, argv, limit, named, model_file,
+                                                                                         tmp_path, capsys, monkeypatch):
+    """One line naming the file meant (never a temporary one, nor a file of the package), exit 2, and no hidden file
+    left behind (predict keeps its ``.partial`` records, which ``--resume`` continues from)."""
+    monkeypatch.chdir(tmp_path)
+    args = argv(tmp_path, model_file)
+    capsys.readouterr()
+    with _file_size_limit(limit):
+        code = main(args)
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert code == 2 and len(line) == 1, err
+    assert f"{tmp_path}/{named}" in line[0] and "cannot write it" in line[0] and "Traceback" not in err, line[0]
+    meant = line[0].split(": error: ", 1)[1].split(": cannot write it")[0]
+    assert not Path(meant).name.startswith("."), meant  # the file meant, not a temporary one
+    assert [p for p in _temporaries(tmp_path) if not p.startswith("out/.partial") and ".rooftrace.lock" not in p] == []
+
+
+def test_api_predict_scene_refuses_probabilities_that_are_not_a_geotiff(model_file, tmp_path):
+    """``Model.predict_scene(..., probabilities="p.gpkg")`` wrote a GeoTIFF under a GeoPackage's name; with
+    ``force`` it replaced the GeoPackage a previous run wrote. Now it is refused before anything runs."""
+    import rooftrace
+    from rooftrace.core.errors import RooftraceError
+
+    model = rooftrace.load_model(model_file, device="cpu")
+    scene = _tif(tmp_path / "s.tif", 3, size=96)
+    earlier = _vector(tmp_path / "earlier.gpkg", (500003, 2999990))
+    before = earlier.read_bytes()
+    with pytest.raises(RooftraceError, match=r"earlier\.gpkg: --probabilities is written as a GeoTIFF"):
+        model.predict_scene(scene, tmp_path / "o.gpkg", probabilities=earlier, force=True)
+    assert earlier.read_bytes() == before and not (tmp_path / "o.gpkg").exists()
+
+
+def test_the_dask_merged_layer_on_a_full_disk_names_it_and_leaves_no_temporary_file(tmp_path):
+    """The merged layer of a Dask run (``footprints.gpkg``) raised GDAL's own error (a traceback at the command line)
+    when the disk filled; it is now one line naming the file, and its temporary GeoPackage is gone."""
+    from rooftrace.core.errors import RooftraceError
+    from rooftrace.scenes.merge import merge_scenes
+
+    (tmp_path / "scenes").mkdir()
+    items = [(stem, _vector(tmp_path / "scenes" / f"{stem}.gpkg", (500003 + 10 * i, 2999990))) for i, stem in enumerate("ab")]
+    out = tmp_path / "footprints.gpkg"
+    with _file_size_limit(20_000), pytest.raises(RooftraceError, match=r"footprints\.gpkg: cannot write it \(.*file size limit"):
+        merge_scenes(items, out)
+    assert not out.exists() and _temporaries(tmp_path) == []
+
+
+def test_testing_md_holds_no_output_that_changes_on_every_run():
+    """TESTING.md's table is regenerated by tests/testing_table.py, which writes placeholders for what changes from run
+    to run: no process ids, timings, rates, run-folder timestamps, temporary folders or this machine's memory."""
+    import re
+
+    text = (REPO / "TESTING.md").read_text()
+    volatile = [r"\(process \d+\)", r"\d+\.\d+ (tiles/s|s/km²)", r"\bin \d+\.\d+ s\b", r"\d{8}-\d{6}", r"/tmp/", r"pytest-of-",
+                r"the bound of [0-9.]+ GiB"]
+    found = {p: m.group(0) for p in volatile if (m := re.search(p, text))}
+    assert not found, f"regenerate the table with tests/testing_table.py: {found}"

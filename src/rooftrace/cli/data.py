@@ -107,6 +107,33 @@ WRITERS = ("begc-csv", "spacenet-csv", "coco", "coco-results", "geojson")
 _SUFFIX_FORMAT = {".csv": "begc-csv", ".geojson": "geojson", ".json": "coco"}
 
 
+#: The formats convert may write under each suffix that says a format (a file's suffix is what a GIS, a
+#: spreadsheet or a browser opens it by); other suffixes take any --to.
+_SUFFIX_FITS = {".csv": ("begc-csv", "spacenet-csv"), ".geojson": ("geojson",), ".json": ("coco", "coco-results", "geojson")}
+#: Suffixes of formats convert does not write (GIS vector files, rasters).
+_NOT_WRITTEN = (".gpkg", ".fgb", ".parquet", ".shp", ".kml", ".gml", ".tif", ".tiff", ".png", ".jpg")
+
+
+def _convert_format(dst: Path, to: str | None) -> str:
+    """The format convert writes DST in: ``--to``, else the one DST's suffix names; a suffix that names another
+    format is an error (``--to geojson out.parquet`` would give a GIS text it cannot open)."""
+    suffix = dst.suffix.lower()
+    if suffix in _NOT_WRITTEN:
+        raise RooftraceError(f"{dst}: convert writes GeoJSON (.geojson), CSV (.csv: BEGC2024 or SpaceNet) and COCO (.json), "
+                             f"not {suffix}; write a .geojson and turn it into {suffix} with a GIS "
+                             f"(ogr2ogr {dst.name} {dst.with_suffix('.geojson').name}), or use predict-scene --out for buildings "
+                             "found in a scene")
+    fits = _SUFFIX_FITS.get(suffix)
+    if to is None:
+        if fits is None:
+            raise RooftraceError(f"{dst}: cannot tell the output format from the suffix; pass --to")
+        return _SUFFIX_FORMAT[suffix]
+    if fits is not None and to not in fits:
+        raise RooftraceError(f"{dst}: --to {to} does not fit the name's suffix {suffix} (it takes {', '.join(fits)}); "
+                             "name the file for the format written, so that what opens it can read it")
+    return to
+
+
 def add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
@@ -116,7 +143,9 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", type=Path, help="labels to read (format detected from the content)")
     p.add_argument("dst", type=Path, help="file to write")
-    p.add_argument("--to", choices=WRITERS, default=None, help="output format (default from DST's suffix)")
+    p.add_argument("--to", choices=WRITERS, default=None,
+                   help="output format (default from DST's suffix); it must fit the suffix: .csv begc-csv or spacenet-csv, "
+                   ".geojson geojson, .json coco, coco-results or geojson")
     p.add_argument("--raster", type=Path, default=None, help="GeoTIFF that map-coordinate SRC belongs to (default: none; needed for pixel formats)")
     p.add_argument("--labels-crs", default=None, metavar="CRS",
                    help="CRS of a GeoJSON/GeoPackage SRC when the file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")
@@ -131,9 +160,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     check_io(args, ("src", "raster"), ("dst",))
     from rooftrace.labels import formats
 
-    fmt = args.to or _SUFFIX_FORMAT.get(args.dst.suffix.lower())
-    if fmt is None:
-        raise RooftraceError(f"{args.dst}: cannot tell the output format from the suffix; pass --to")
+    fmt = _convert_format(args.dst, args.to)
     ls = formats.read_labels(args.src, raster=args.raster, images=args.images, crs=args.labels_crs)
     print(ls.report.summary())
     if ls.crs is not None and fmt != "geojson":

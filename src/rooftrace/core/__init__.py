@@ -2,8 +2,11 @@
 
 - :mod:`~rooftrace.core.errors`: :class:`RooftraceError` (one line for the user, exit 2), ``strict_mode`` and
   ``tally_skips`` (skipped items make a command exit 1).
-- :mod:`~rooftrace.core.files`: atomic writes with the user's umask (``atomic_write_text``, ``atomic_write_bytes``)
-  and reads that name the file on failure.
+- :mod:`~rooftrace.core.files`: atomic writes with the user's umask (``atomic_write_text``, ``atomic_write_bytes``),
+  reads that name the file on failure, ``probe_writable`` (an output checked before any work) and
+  ``write_error_reason`` (why a write failed, for the file meant).
+- :mod:`~rooftrace.core.locks`: exclusive outputs (``OutputLock``, ``exclusive``); :mod:`~rooftrace.core.paths`:
+  inputs never outputs; :mod:`~rooftrace.core.memory`: the allocation bound.
 - :mod:`~rooftrace.core.hashing`: ``sha256_file``.
 - :mod:`~rooftrace.core.version`: ``__version__``.
 """

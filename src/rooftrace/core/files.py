@@ -76,6 +76,79 @@ def atomic_write_bytes(path: str | Path, data: bytes, force: bool = False) -> Pa
     return path
 
 
+def probe_writable(folder: str | Path, meant: str | Path, nothing: str = "") -> None:
+    """Make ``folder`` (and its parents) if missing and check that a file can be created in it, before any
+    work: a run that cannot write its output stops at once, not after all its work.
+
+    Args:
+        folder: Where the output goes.
+        meant: The output the message names (a file, or ``folder`` itself).
+        nothing: What the message ends with (``"; nothing was predicted"``).
+
+    Raises:
+        RooftraceError: ``MEANT: cannot write it (WHY)NOTHING``, naming ``meant``, never the probe file.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".rooftrace-", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise RooftraceError(f"{meant}: cannot write it ({folder} is a file, not a folder){nothing}") from None
+    except NotADirectoryError as exc:
+        raise RooftraceError(f"{meant}: cannot write it ({exc.strerror}){nothing}") from None
+    except OSError as exc:
+        raise RooftraceError(f"{meant}: cannot write it ({exc.strerror or exc}){nothing}") from None
+
+
+def write_error_reason(exc: BaseException, path: str | Path, temporary: tuple[str | Path, ...] = ()) -> str:
+    """Why writing ``path`` failed, for the user: the system's reason when there is one (a full disk, a file size
+    limit, a read-only folder), else the library's first line with what is short said first (GDAL and SQLite say
+    "Write failed" or "sqlite3_exec(INSERT ...)" for a full disk); never the ``temporary`` files' names."""
+    text = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not getattr(cause, "strerror", None):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None and cause.strerror not in text:  # "Write failed. See previous exception": the previous one
+        text = f"{cause.strerror}; {text}"
+    if cause is None and not getattr(exc, "strerror", None):
+        free = free_bytes(Path(path).parent)
+        limit = file_size_limit()
+        short = text if len(text) <= 100 else text[:97] + "..."  # the library's words after the reason, shortened
+        if free is not None and free < 16 * 1024 * 1024:
+            text = f"No space left on device ({free:,} bytes free); {short}"
+        elif limit is not None:
+            text = f"the file size limit (ulimit -f) of {limit:,} bytes was reached, or the disk is full; {short}"
+    for t in temporary:
+        text = text.replace(str(t), str(path))
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def file_size_limit() -> int | None:
+    """The soft limit on the size of a file this process writes (``ulimit -f``), ``None`` when there is none."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Bytes free to this user in ``folder``'s file system (``None`` when the system does not say)."""
+    try:
+        st = os.statvfs(folder)
+        return st.f_bavail * st.f_frsize
+    except (OSError, AttributeError):
+        return None
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> Path:
+    """Copy ``src`` over ``dst`` through :func:`atomic_write_bytes` (errors name ``dst``, no temporary file stays)."""
+    return atomic_write_bytes(dst, Path(src).read_bytes(), force=True)
+
+
 _UMASK_LOCK = threading.Lock()
 
 

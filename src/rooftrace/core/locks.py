@@ -15,11 +15,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
+import inspect
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 from rooftrace.core.errors import RooftraceError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: The lock file of an output folder.
 FOLDER_LOCK = ".rooftrace.lock"
@@ -148,3 +155,33 @@ class OutputLock:
                 _close(fd)  # the kernel drops the lock with the file; the stale lock file blocks no one
             except OSError:
                 pass
+
+
+@contextmanager
+def exclusive_folder(out: str | Path, what: str = "--out") -> Iterator[Path]:
+    """Hold ``out``'s folder lock for a run that writes into it (a second run stops at once with :class:`OutputBusy`);
+    a folder the run made is removed again when the run stops before writing into it."""
+    out = Path(out)
+    created = not out.exists()
+    try:
+        with OutputLock(out, folder=True, what=what):
+            yield out
+    except BaseException:
+        if created:
+            with suppress(OSError):
+                out.rmdir()  # only when empty
+        raise
+
+
+def exclusive(param: str, what: str = "--out") -> Callable[[F], F]:
+    """Decorate a function that writes into the folder given as its argument ``param``: it runs inside
+    :func:`exclusive_folder` of that folder."""
+    def deco(fn: F) -> F:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with exclusive_folder(sig.bind_partial(*args, **kwargs).arguments[param], what):
+                return fn(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+    return deco

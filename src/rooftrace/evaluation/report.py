@@ -15,17 +15,20 @@ labels, an interactive offline map): see :mod:`rooftrace.evaluation.scene_report
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rooftrace.core.errors import RooftraceError
-from rooftrace.core.files import atomic_write_bytes, atomic_write_text
+from rooftrace.core.files import atomic_write_bytes, atomic_write_text, probe_writable
+from rooftrace.core.locks import OutputLock
+from rooftrace.core.paths import check_distinct
 from rooftrace.evaluation.metrics import Score, evaluate_labels, match_footprints
 from rooftrace.imagery.draw import draw_outlines, draw_scores
 from rooftrace.imagery.png import encode_png
@@ -145,6 +148,45 @@ def build_report(pred: str | Path, gt: str | Path | None = None, out: str | Path
     """
     pred = Path(pred)
     out = Path(out) if out is not None else (pred / "report" if pred.is_dir() else pred.parent / "report")
+    if not (isinstance(iou, (int, float)) and 0.0 < iou <= 1.0):  # NaN fails too
+        raise RooftraceError(f"--iou {iou}: must be in (0, 1], the IoU from which a prediction matches a label (e.g. 0.5)")
+    inputs = {"--pred": pred, "--gt": gt, "--raster": raster, "--images": images}
+    _check_report_out(out, inputs, force)
+    created = not out.exists()
+    try:
+        probe_writable(out, out, "; nothing was reported")
+        with OutputLock(out, folder=True, what="--out"):  # one report at a time is written into a folder
+            return _build_report(pred, gt, out, images=images, raster=raster, bands=bands, labels_crs=labels_crs, iou=iou,
+                                 matching=matching, title=title, force=force, max_tiles=max_tiles)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # the folder this run made, when it stopped before writing into it
+        raise
+
+
+#: What a report writes into its folder (tile and scene reports), and the folders it fills.
+REPORT_FILES = ("index.html", "scores.json", "scene.jpg", "quicklook.jpg", "footprints.js")
+REPORT_FOLDERS = ("tiles", "leaflet")
+
+
+def _check_report_out(out: Path, inputs: dict[str, Any], force: bool) -> None:
+    """Before anything is read: ``out`` is no input, no file the report writes is one, and (without ``force``) it
+    holds no report yet."""
+    check_distinct(inputs, {"--out": out})
+    check_distinct(inputs, {f"--out {name}": out / name for name in REPORT_FILES},
+                   folders={f"--out {name}": out / name for name in REPORT_FOLDERS})
+    if out.exists() and not out.is_dir():
+        raise RooftraceError(f"{out}: --out is a file; the report is a folder (index.html and its pictures): choose a "
+                             "folder; nothing was reported")
+    if (out / "index.html").exists() and not force:
+        raise RooftraceError(f"{out}: already holds a report; pass --force to replace it")
+
+
+def _build_report(pred: Path, gt: str | Path | None, out: Path, *, images: str | Path | None, raster: str | Path | None,
+                  bands: str | None, labels_crs: str | None, iou: float, matching: str, title: str | None, force: bool,
+                  max_tiles: int) -> ReportResult | SceneReportResult:
+    """:func:`build_report` once its output is checked and locked."""
     if raster is not None:
         from rooftrace.evaluation.scene_report import write_scene_report
 

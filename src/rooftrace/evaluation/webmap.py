@@ -12,12 +12,11 @@ for ``file://``).
 from __future__ import annotations
 
 import json
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rooftrace.core.files import atomic_write_text
+from rooftrace.core.files import atomic_copy, atomic_write_text
 
 LEAFLET_VERSION = "1.9.4"
 #: Files of the bundled Leaflet, relative to ``static/leaflet/`` (and to the copy beside a report).
@@ -34,9 +33,7 @@ def copy_leaflet(out_dir: str | Path) -> Path:
     """Copy the bundled Leaflet into ``OUT_DIR/leaflet/`` (replacing an older copy); returns that folder."""
     src, dst = leaflet_dir(), Path(out_dir) / "leaflet"
     for name in LEAFLET_FILES:
-        target = dst / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / name, target)
+        atomic_copy(src / name, dst / name)  # a full disk names the copy, never the package's file; no partial copy stays
     return dst
 
 

@@ -120,6 +120,16 @@ class ExportResult:
         return "\n".join(lines)
 
 
+def _newest_opset() -> int | None:
+    """The newest ONNX opset this PyTorch's exporter writes (``None`` when it does not say)."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+
+        return int(ONNX_MAX_OPSET)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+
+
 def _check_writable(out: Path) -> None:
     """``out``'s folder (made if missing) must take a new file; else an error naming ``out``."""
     try:
@@ -303,6 +313,10 @@ def export_onnx(
         raise RooftraceError(f"{out}: already exists; pass --force to overwrite it")
     if opset < 17:
         raise RooftraceError(f"--opset {opset}: must be at least 17")
+    newest = _newest_opset()
+    if newest is not None and opset > newest:  # found now, not by the exporter after the model is loaded and run
+        raise RooftraceError(f"--opset {opset}: this PyTorch ({torch.__version__}) exports ONNX opsets 17 to {newest}; "
+                             "nothing was exported")
     if not tolerance > 0:
         raise RooftraceError(f"--tolerance {tolerance}: must be > 0")
     if is_onnx(model):
@@ -332,6 +346,9 @@ def export_onnx(
         try:
             _torch_export(net, fp32, opset)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; say which model failed
+            why = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
+            if isinstance(why, OSError) and why.errno is not None:  # a full disk while staging: the .onnx meant is named
+                raise RooftraceError(f"{out}: cannot write it ({why.strerror}); nothing was exported") from None
             raise RooftraceError(f"{model}: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         sess = _session(str(fp32))
         got = [sess.run(None, {INPUT_NAME: x})[0] for x in inputs]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from rooftrace.core.errors import RooftraceError
-from rooftrace.core.files import atomic_write_text
+from rooftrace.core.files import atomic_write_text, write_error_reason
 from rooftrace.imagery.georef import Georef
 from rooftrace.inference.overlaps import duplicates
 from rooftrace.labels.records import ImageKey, LabelSet
@@ -162,7 +162,7 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
                           crs=first_crs.to_wkt(), layer_metadata=provenance_metadata(_with_crs(provenance, first_crs)))
         os.replace(tmp, gpkg)
     except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:  # a full disk: name the output
-        raise RooftraceError(f"{gpkg}: cannot write it ({getattr(exc, 'strerror', None) or str(exc).splitlines()[0]})") from None
+        raise RooftraceError(f"{gpkg}: cannot write it ({write_error_reason(exc, gpkg, (tmp,))})") from None
     finally:
         for q in tmp.parent.glob(tmp.name + "*"):
             q.unlink(missing_ok=True)

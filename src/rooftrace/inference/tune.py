@@ -18,7 +18,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
-from rooftrace.core.files import atomic_write_text
+from rooftrace.core.files import atomic_write_text, probe_writable
+from rooftrace.core.locks import OutputLock
+from rooftrace.core.paths import check_distinct
 from rooftrace.evaluation.tuning import search_settings
 from rooftrace.imagery.read import read_rgb
 from rooftrace.imagery.resample import (
@@ -32,7 +34,6 @@ from rooftrace.inference.tuned import tuned_settings_path
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.labels.records import LabelSet
 from rooftrace.labels.splits import open_split
-
 
 @dataclass
 class TuneResult:
@@ -57,8 +58,22 @@ def tune(model: str | Path, split: str | Path, *, method: str = "watershed", tta
     """Search post-processing settings for ``model`` on ``split`` and save them beside the model."""
     model = Path(model)
     out = tuned_settings_path(model)
-    if save and out.exists() and not force:
+    if not save:
+        return _tune(model, split, method, tta, device, precision, rounds, None, progress)
+    check_distinct({"--model": model, "--split": split}, {"the tuned settings": out})
+    if out.is_dir():
+        raise RooftraceError(f"{out}: a folder where the tuned settings go (beside the model); move it away; nothing was tuned")
+    if out.exists() and not force:
         raise RooftraceError(f"{out}: already exists; pass --force to replace the tuned settings")
+    probe_writable(out.parent, out, "; nothing was tuned")  # before the model runs: not after minutes of search
+    # One tune at a time writes a model's settings: a second stops here, before its search.
+    with OutputLock(out, what="--model (its tuned settings)"):
+        return _tune(model, split, method, tta, device, precision, rounds, out, progress)
+
+
+def _tune(model: Path, split: str | Path, method: str, tta: bool, device: str, precision: str, rounds: int, out: Path | None,
+          progress: bool) -> TuneResult:
+    """:func:`tune` once its output is checked (and locked); ``out`` ``None``: not saved."""
     labels = open_split(split)
     if not any(img.footprints for img in labels):
         raise RooftraceError(f"{split}: its labels hold no buildings, so every setting that finds nothing would score "
@@ -85,7 +100,7 @@ def tune(model: str | Path, split: str | Path, *, method: str = "watershed", tta
         raise RooftraceError(f"{split}: no readable tiles to tune on")
     best, best_f1, f1_default, trials = search_settings(probs, gt, method, rounds)
     path = None
-    if save:
+    if out is not None:
         payload = {"method": method, "settings": best.to_dict(), "object_f1": best_f1, "object_f1_defaults": f1_default,
                    "split": str(split), "tta": tta, "trials": trials}
         path = atomic_write_text(out, json.dumps(payload, indent=2), force=True)

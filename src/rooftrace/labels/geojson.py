@@ -82,7 +82,14 @@ def choose_layer(path: str | Path, layer: str | None = None) -> str | int:
 
 
 def read_vector_raw(path: str | Path, layer: str | None = None, **kwargs: Any) -> tuple:
-    """``pyogrio.raw.read`` of the layer :func:`choose_layer` picks (never silently the first of several)."""
+    """``pyogrio.raw.read`` of the layer :func:`choose_layer` picks (never silently the first of several); a GeoParquet
+    file (``.parquet``, what ``predict-scene`` writes) is read with pyarrow into the same ``(meta, fids, wkb, fields)``,
+    since pyogrio's GDAL may have no Parquet driver."""
+    if Path(path).suffix.lower() == ".parquet":
+        wkb, crs, fields = _geoparquet_columns(Path(path))
+        meta = {"crs": crs.to_wkt() if crs is not None else None, "fields": np.asarray(list(fields), dtype=object)}
+        fids = np.arange(len(wkb)) if kwargs.get("return_fids") else None
+        return meta, fids, wkb, list(fields.values())
     import pyogrio.raw
 
     return pyogrio.raw.read(path, layer=choose_layer(path, layer), **kwargs)
@@ -138,6 +145,12 @@ def _read_vector(path: Path, report: LoadReport) -> tuple[np.ndarray, CRS | None
 
 
 def _read_geoparquet(path: Path, report: LoadReport) -> tuple[np.ndarray, CRS | None, dict[str, np.ndarray]]:
+    """:func:`_geoparquet_columns` with the geometries read (a ring that is not closed closed, noted)."""
+    wkb, crs, fields = _geoparquet_columns(path)
+    return geoms_from_wkb(wkb, report), crs, fields
+
+
+def _geoparquet_columns(path: Path) -> tuple[np.ndarray, CRS | None, dict[str, np.ndarray]]:
     """A GeoParquet file (1.x: WKB geometry column named in the ``geo`` metadata, CRS as PROJJSON)
     read with pyarrow, since pyogrio's GDAL may have no Parquet driver."""
     try:
@@ -157,11 +170,11 @@ def _read_geoparquet(path: Path, report: LoadReport) -> tuple[np.ndarray, CRS | 
         raise RooftraceError(f"{path}: a Parquet file without GeoParquet 'geo' metadata; not a GeoParquet file") from None
     if info.get("encoding", "WKB").upper() != "WKB":
         raise RooftraceError(f"{path}: geometry encoding {info.get('encoding')!r}; rooftrace reads WKB GeoParquet")
-    geoms = geoms_from_wkb(np.asarray(table.column(column).to_pylist(), dtype=object), report)
+    wkb = np.asarray(table.column(column).to_pylist(), dtype=object)
     crs_json = info["crs"] if "crs" in info else "OGC:CRS84"  # GeoParquet: a missing crs means CRS84, null unknown
     crs = CRS.from_user_input(crs_json) if crs_json is not None else None
     fields = {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in table.column_names if name != column}
-    return geoms, crs, fields
+    return wkb, crs, fields
 
 
 def geojson_crs_member(path: Path, data: Any = None) -> str | None:

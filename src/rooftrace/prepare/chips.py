@@ -77,6 +77,7 @@ import shapely
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
+from rooftrace.core.locks import exclusive
 from rooftrace.imagery.georef import (
     WGS84,
 )
@@ -225,6 +226,17 @@ def _check_out(out_dir: Path, force: bool) -> None:
                                      "pass --force to overwrite it, or choose another --out")
 
 
+def _check_not_inside(out_dir: Path, chips_dir: Path) -> None:
+    """CHIPS_DIR is searched recursively, so an ``out_dir`` inside it would be read as chips by the next run: its
+    PNGs, the same ground again under other names, would land in the splits a second time (in train and test alike)."""
+    out_r, chips_r = out_dir.resolve(), chips_dir.resolve()
+    if out_r == chips_r or chips_r in out_r.parents:
+        raise RooftraceError(f"{out_dir}: --out lies inside CHIPS_DIR {chips_dir}, which is searched for chips recursively: "
+                             "the next run would read the chips written there as more chips of the same ground (in train "
+                             "and test alike); choose an --out outside it")
+
+
+@exclusive("out_dir")
 def prepare_chips(
     chips_dir: str | Path,
     labels: str | Path,
@@ -284,6 +296,7 @@ def prepare_chips(
         raise RooftraceError(f"--val {val} --test {test}: shares must be >= 0 and add up to less than 1")
     shares = {"train": 1.0 - val - test, "val": val, "test": test}
     _check_out(out_dir, force)
+    _check_not_inside(out_dir, chips_dir)
     source = source or chips_dir.resolve().parent.name or chips_dir.resolve().name
     result = ChipsResult(out_dir)
     report = LoadReport(path=str(labels))

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes
+from rooftrace.core.locks import exclusive
 from rooftrace.geometry.shapes import clean_footprint
 from rooftrace.imagery.raster import DEFAULT_STRETCH, GDAL_CACHE_MB, Scene
 from rooftrace.imagery.windows import DEFAULT_TILE, window_starts
@@ -123,6 +124,7 @@ def _pieces(footprints: np.ndarray, tree: shapely.STRtree, x0: int, y0: int, w: 
     return np.asarray(keep_idx, dtype=np.int64), pieces
 
 
+@exclusive("split_dir")
 def prepare_scenes(
     pairs: Sequence[tuple[str | Path, str | Path]],
     split_dir: str | Path,

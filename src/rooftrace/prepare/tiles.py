@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes
+from rooftrace.core.locks import exclusive
 from rooftrace.core.version import __version__
 from rooftrace.imagery.draw import render_preview
 from rooftrace.imagery.png import encode_instances, encode_png
@@ -115,6 +116,7 @@ def _count_stale(out_dir: Path, written: set[str]) -> int:
     return n
 
 
+@exclusive("out_dir")
 def prepare_split(
     split_dir: str | Path,
     out_dir: str | Path,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -157,10 +158,28 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def check_scheduler(scheduler: str | None) -> None:
+    """A ``--scheduler`` that is not an address (``tcp://host:8786``, ``host:8786``) is a scheduler file: it must be
+    there (Dask would take the missing file's path for an address and say "missing port number").
+
+    Raises:
+        RooftraceError: A scheduler file that does not exist or is a folder.
+    """
+    if scheduler is None or "://" in scheduler or re.fullmatch(r"[\w.\-\[\]:]+:\d+", scheduler):
+        return
+    if os.path.isdir(scheduler):
+        raise RooftraceError(f"--scheduler {scheduler}: a folder; give the scheduler file (dask scheduler "
+                             "--scheduler-file FILE writes it) or the scheduler's address, e.g. tcp://host:8786")
+    if not os.path.isfile(scheduler):
+        raise RooftraceError(f"--scheduler {scheduler}: no such scheduler file, and not an address such as tcp://host:8786; "
+                             "nothing was predicted")
+
+
 def make_client(scheduler: str | None = None, n_workers: int | None = None) -> tuple[Any, Any]:
     """A Dask client: to ``scheduler`` (``tcp://host:8786``, or a scheduler file path), else a
     LocalCluster of ``n_workers`` worker processes with one thread each. Returns ``(client, cluster)``;
     close both (``cluster`` is ``None`` when connecting to an existing scheduler)."""
+    check_scheduler(scheduler)
     distributed = _need_dask()
     if scheduler is not None:
         try:
@@ -242,6 +261,7 @@ def predict_scenes_dask(
         if locals()[name] < 1:
             raise RooftraceError(f"{name} {locals()[name]}: must be at least 1")
     target_crs = _parse_crs(crs)
+    check_scheduler(scheduler)
     every = list_scenes(scenes)
     check_unique_stems(every)
     out_dir = Path(out_dir)

@@ -69,6 +69,7 @@ def merge_scenes(items: Sequence[tuple[str, Path]], out: Path, crs: Any = None,
     Returns ``(path, buildings, CRS name)``.
     """
     import pyogrio
+    import pyogrio.errors
     import pyogrio.raw
     import shapely
     from pyproj import CRS, Transformer
@@ -131,8 +132,12 @@ def merge_scenes(items: Sequence[tuple[str, Path]], out: Path, crs: Any = None,
         if not started:  # every scene was refused: an empty layer still says what the run gave
             write(np.empty(0, dtype=object), [np.empty(0, dtype=object), np.empty(0), np.empty(0)])
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         for q in out.parent.glob(tmp.name + "*"):
             q.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError)):  # a full disk
+            from rooftrace.core.files import write_error_reason
+
+            raise RooftraceError(f"{out}: cannot write it ({write_error_reason(exc, out, (tmp,))})") from None
         raise
     return out, count, _crs_name(crs) if crs is not None else None

@@ -345,6 +345,10 @@ def predict_scene(
     check_distinct({"scene": scene, "--model": model if isinstance(model, (str, Path)) else None},
                    {"--out": out, "--probabilities": probabilities})
     check_output(out, force)
+    if probabilities is not None and Path(probabilities).suffix.lower() not in (".tif", ".tiff"):
+        raise RooftraceError(f"{probabilities}: --probabilities is written as a GeoTIFF, so its name must end in .tif or "
+                             f".tiff (a GeoTIFF under a {Path(probabilities).suffix or 'bare'} name would mislead whoever "
+                             "opens it); nothing was predicted")
     if probabilities is not None and Path(probabilities).exists() and not force:
         raise RooftraceError(f"{probabilities}: already exists; pass --force to overwrite it")
     # Before the model is loaded or the scene read: an output that cannot be written stops at once.

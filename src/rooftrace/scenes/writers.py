@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -52,6 +51,7 @@ from affine import Affine
 from pyproj import CRS
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.files import probe_writable, write_error_reason
 from rooftrace.geometry.areas import area_m2
 from rooftrace.geometry.shapes import pixel_to_map
 from rooftrace.inference.provenance import (
@@ -113,6 +113,9 @@ def check_output(path: str | Path, force: bool = False) -> str:
     driver = OUTPUT_DRIVERS.get(path.suffix.lower())
     if driver is None:
         raise RooftraceError(f"{path}: unknown output format {path.suffix!r}; use {_FORMATS_TEXT}")
+    if path.is_dir():  # found now, not by the rename at the end of a run
+        raise RooftraceError(f"{path}: a folder, not a file; choose another --out (a folder of outputs takes no "
+                             f"{path.suffix} suffix); nothing was predicted")
     if path.exists() and not force:
         raise RooftraceError(f"{path}: already exists; pass --force to overwrite it")
     if driver == "Parquet":
@@ -130,16 +133,7 @@ def check_writable(folder: str | Path, meant: str | Path) -> None:
     Raises:
         RooftraceError: Naming ``meant`` (the output) and why (``Not a directory``, ``Permission denied``, ...).
     """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".rooftrace-", suffix=".probe", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except FileExistsError:
-        raise RooftraceError(f"{meant}: cannot write it ({folder} is a file, not a folder); nothing was predicted") from None
-    except OSError as exc:
-        raise RooftraceError(f"{meant}: cannot write it ({exc.strerror or exc}); nothing was predicted") from None
+    probe_writable(folder, meant, "; nothing was predicted")
 
 
 def output_complete(path: str | Path, source: str | Path | None = None) -> str | None:
@@ -309,23 +303,9 @@ class FeatureWriter:
             raise RooftraceError(f"{self.path}: cannot write it ({self._why(exc)})") from None
 
     def _why(self, exc: BaseException) -> str:
-        """The reason of a write error, for the user: the system's when there is one (a full disk, a read-only
-        folder), never the temporary file's name."""
-        text = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-        cause = exc.__cause__ or exc.__context__
-        while cause is not None and not getattr(cause, "strerror", None):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None and cause.strerror not in text:  # "Write failed. See previous exception": the previous one
-            text = f"{cause.strerror}; {text}"
-        if cause is None and not getattr(exc, "strerror", None):  # GDAL's and SQLite's own words: say what is short
-            free = _free_bytes(self.path.parent)
-            limit = _file_size_limit()
-            if free is not None and free < 16 * 1024 * 1024:
-                text = f"No space left on device ({free:,} bytes free); {text}"
-            elif limit is not None:
-                text = f"the file size limit (ulimit -f) of {limit:,} bytes was reached, or the disk is full; {text}"
-        text = text.replace(str(self.stage), str(self.path)).replace(str(self.tmp), str(self.path))
-        return text if len(text) <= 300 else text[:297] + "..."
+        """The reason of a write error, for the user (:func:`rooftrace.core.files.write_error_reason`): the system's
+        when there is one (a full disk, a read-only folder), never the temporary file's name."""
+        return write_error_reason(exc, self.path, (self.stage, self.tmp))
 
     def add(self, pixel_geoms: np.ndarray, scores: np.ndarray) -> None:
         """Add buildings given in scene pixel coordinates, with their scores."""
@@ -439,21 +419,6 @@ class FeatureWriter:
             self._parquet = None
         for p in self.tmp.parent.glob(self.tmp.name + "*"):  # GeoPackage journals and FlatGeobuf staging too
             p.unlink(missing_ok=True)
-
-
-def _file_size_limit() -> int | None:
-    import resource
-
-    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    return None if soft == resource.RLIM_INFINITY else int(soft)
-
-
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        st = os.statvfs(folder)
-        return st.f_bavail * st.f_frsize
-    except OSError:
-        return None
 
 
 def scene_area_km2(width: int, height: int, transform: Affine, crs: CRS | None) -> float | None:

@@ -19,6 +19,7 @@ CPU, NCCL on GPUs): a distributed sampler splits each epoch, rank 0 validates an
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -40,6 +41,7 @@ from tqdm import tqdm
 from rooftrace.config import Config, dump_yaml, load_config, resolve_path
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
+from rooftrace.core.locks import OutputLock
 from rooftrace.labels.records import LabelSet, LoadReport
 from rooftrace.labels.splits import open_split
 from rooftrace.models.architectures import build_model, count_parameters
@@ -144,13 +146,18 @@ def new_run_dir(cfg: Config) -> Path:
     """``RUNS/NAME-YYYYmmdd-HHMMSS`` (a suffix is added if that exists: runs never share a folder)."""
     base = resolve_path(cfg.train.runs_dir) / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run, n = base, 1
-    while run.exists():
-        run, n = Path(f"{base}-{n}"), n + 1
-    try:
-        run.mkdir(parents=True)
-    except OSError as exc:
-        raise RooftraceError(f"{run}: cannot create the run folder ({exc.strerror})") from None
-    return run
+    while True:  # mkdir, not exists(): two runs started in the same second never share a folder
+        try:
+            run.mkdir(parents=True)
+            return run
+        except FileExistsError:
+            if not base.parent.is_dir():
+                raise RooftraceError(f"{run}: cannot create the run folder ({base.parent} is a file, not a folder "
+                                     "(train.runs_dir)); nothing was trained") from None
+            run, n = Path(f"{base}-{n}"), n + 1
+        except OSError as exc:
+            raise RooftraceError(f"{run}: cannot create the run folder ({exc.strerror}; train.runs_dir); nothing was "
+                                 "trained") from None
 
 
 class Trainer:
@@ -478,7 +485,9 @@ def train(cfg: Config) -> dict[str, Any]:
     env = setup_env(cfg)
     try:
         run_dir = _shared_run_dir(cfg, env, None)
-        return Trainer(cfg, run_dir, env).fit()
+        # The run holds its folder while it runs: a --resume of it meanwhile stops at once instead of writing into it.
+        with OutputLock(run_dir, folder=True, what="run folder") if run_dir is not None else contextlib.nullcontext():
+            return Trainer(cfg, run_dir, env).fit()
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -491,6 +500,8 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str,
         raise RooftraceError(f"{run_dir}: not a run folder (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml", overrides)
     env = setup_env(cfg)
+    # A run folder another live run is writing (the first run, or another --resume of it) is not touched.
+    lock = OutputLock(run_dir, folder=True, what="run folder to resume") if env.main else None
     try:
         trainer = Trainer(cfg, run_dir if env.main else None, env)
         state_path = run_dir / "resume.safetensors"
@@ -515,5 +526,7 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str,
                              else f"restarted {run_dir} from epoch 1")
         return trainer.fit()
     finally:
+        if lock is not None:
+            lock.release()
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
