@@ -178,6 +178,7 @@ def test_model_file_records_its_pixel_size(tmp_path):
 
 
 def test_tune_works_at_the_model_pixel_size(split_with_groups, tmp_path, monkeypatch):
+    import rooftrace.evaluation.tuning as tuning_mod
     import rooftrace.inference.runtime as runtime_mod
     import rooftrace.inference.tune as tune_mod
 
@@ -186,7 +187,7 @@ def test_tune_works_at_the_model_pixel_size(split_with_groups, tmp_path, monkeyp
                                                                  "loss.channel_weights=[1, 0.5, 0.5]"])
     model = save_model(tmp_path / "m.safetensors", build_model(cfg.model, 3), cfg)
     seen_inputs, seen_gt = [], []
-    real_predict, real_score = runtime_mod.predict_probabilities, tune_mod._score
+    real_predict, real_score = runtime_mod.predict_probabilities, tuning_mod.score_settings
 
     def predict(loaded, x, *a, **k):
         seen_inputs.append(tuple(x.shape[2:]))
@@ -198,8 +199,8 @@ def test_tune_works_at_the_model_pixel_size(split_with_groups, tmp_path, monkeyp
         return real_score(probs, gt, method, s)
 
     monkeypatch.setattr(runtime_mod, "predict_probabilities", predict)
-    monkeypatch.setattr(tune_mod, "_score", score)
-    monkeypatch.setattr(tune_mod, "SEARCH_SPACE", {"min_area": (8,)})
+    monkeypatch.setattr(tuning_mod, "score_settings", score)
+    monkeypatch.setattr(tuning_mod, "SEARCH_SPACE", {"min_area": (8,)})
     tune_mod.tune(model, split_with_groups, rounds=1, save=False, progress=False)
     # Records without a gsd are taken at the model's 0.3 m (256 px); the 0.6 m ones are doubled (512 px).
     assert seen_inputs == [(256, 256), (512, 512), (256, 256), (512, 512)]

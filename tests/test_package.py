@@ -73,7 +73,8 @@ def test_stages_import_only_toward_the_data_source_and_there_is_no_circle():
 def test_geometry_and_io_modules_do_not_import_torch():
     code = ("import sys; import rooftrace.geometry.shapes, rooftrace.geometry.polygons, rooftrace.imagery.read, "
             "rooftrace.imagery.georef, rooftrace.imagery.resample, rooftrace.labels.formats, rooftrace.evaluation.metrics, "
-            "rooftrace.instances.postprocess, rooftrace.core.files; print('torch' in sys.modules)")
+            "rooftrace.instances.postprocess, rooftrace.core.files, rooftrace.prepare.shift, rooftrace.prepare.chips, "
+            "rooftrace.evaluation.tuning; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 
@@ -189,3 +190,34 @@ def test_the_readme_quickstart_runs_as_written_from_a_fresh_folder(installed, sa
     assert len(gdf) > 10 and gdf.crs.to_epsg() == 26914 and (gdf["area_m2"] > 0).all()
     assert read_provenance(gpkg)["model"]["path"].startswith(str(installed))  # the wheel's own model ran
     assert any((fresh / p).glob("index.html") for p in os.listdir(fresh) if (fresh / p).is_dir())
+
+
+def test_the_installed_wheel_finetunes_from_another_folder(installed, tmp_path):
+    """`rooftrace finetune` from the wheel, run in a folder outside the checkout: the packaged recipe and
+    `--model shipped` are found inside the installed package, and a run with a tiny network (a few Banepa
+    chips, two steps) writes the model, its tuned settings and the run folder where the user is."""
+    from conftest import write_tiny_model
+    from test_chips import _link_chips, osm_dir
+
+    osm = osm_dir()
+    if not (osm / "banepa" / "labels.geojson").exists():
+        pytest.skip(f"osm-oam pack not found at {osm}; set ROOFTRACE_OSM_DIR")
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = ("import rooftrace.training.finetune as f; print(f.__file__); print(f.resolve_model('shipped')); "
+             "print(f.load_recipe().steps)")
+    lines = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert lines[0].startswith(str(installed)) and lines[1].startswith(str(installed)) and int(lines[2]) > 0
+    names = [f"OAM-{x}-{y}-19.tif" for y in (220241, 220242) for x in (386690, 386691, 386692, 386693)]
+    chips = _link_chips([osm / "banepa" / "chips" / n for n in names], tmp_path / "chips")
+    tiny = write_tiny_model(tmp_path / "tiny.safetensors", base_channels=4)
+    r = subprocess.run([sys.executable, "-m", "rooftrace", "finetune", str(chips), "--labels", str(osm / "banepa" / "labels.geojson"),
+                        "--out", "mine.safetensors", "--model", str(tiny), "--block", "1", "--val", "0.25", "--test", "0.25",
+                        "--steps", "2", "--minutes", "3", "--keep-worse", "--device", "cpu"],
+                       cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (elsewhere / "mine.safetensors").exists() and (elsewhere / "mine.postprocess.json").exists()
+    (run,) = (elsewhere / "runs").iterdir()
+    assert (run / "card.md").exists() and "object F1" in r.stdout

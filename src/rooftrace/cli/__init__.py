@@ -23,6 +23,7 @@ from rooftrace.cli.data import (
 from rooftrace.cli.inference import add_predict, add_predict_scene
 from rooftrace.cli.model import (
     add_export,
+    add_finetune,
     add_import_weights,
     add_oracle,
     add_train,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prepare_chips(sub)
     add_export(sub)
     add_import_weights(sub)
+    add_finetune(sub)
     for name, p in sub.choices.items():
         if name not in ("export", "import-weights"):
             p.add_argument("--strict", action="store_true",
@@ -70,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     0: done, nothing skipped; 1: done, but some records, tiles or scenes were skipped (each is
     listed in the output); 2: stopped by bad input or an output that cannot be written (one
     message naming the file, no traceback; with ``--strict``, also the first skipped item);
+    3: ``finetune`` finished but the adapted model is not better on the held-out blocks (not written);
     130: interrupted.
     """
     from rooftrace.core.errors import strict_mode, tally_skips

@@ -281,17 +281,44 @@ def add_prepare_chips(sub: argparse._SubParsersAction) -> None:
                    help="CRS of the labels when the file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")
     p.add_argument("--source", default=None, help="COCO source of every image (default: the name of CHIPS_DIR's parent)")
     p.add_argument("--seed", type=int, default=0, help="seed of the assignment of blocks to splits (default 0)")
+    p.add_argument("--shift-labels", default=None, metavar="EAST,NORTH",
+                   help="move every label this many metres east and north before cutting it into chips (labels traced over "
+                   "other imagery; default: none)")
+    p.add_argument("--align-labels", action="store_true",
+                   help="estimate the labels' shift from the imagery per block with --model's footprint probabilities, report "
+                   "it, and prepare the chips again with the labels moved back when the shift is clear; also flags blocks "
+                   "whose labels look incomplete (needs the training extra; default: off)")
+    p.add_argument("--model", default="shipped", metavar="PATH|shipped",
+                   help="with --align-labels: the model whose probabilities are compared with the labels (default shipped)")
     p.add_argument("--force", action="store_true", help="overwrite splits already in --out")
     add_layer_option(p)
     p.set_defaults(func=_run_prepare_chips)
+
+
+def parse_shift(text: str | None) -> tuple[float, float] | None:
+    """``EAST,NORTH`` metres -> ``(east, north)``."""
+    if text is None:
+        return None
+    east, sep, north = text.partition(",")
+    try:
+        return float(east), float(north)
+    except ValueError:
+        raise RooftraceError(f"--shift-labels {text!r}: expected EAST,NORTH in metres, such as 2.5,-1") from None
 
 
 def _run_prepare_chips(args: argparse.Namespace) -> int:
     check_io(args, ("chips_dir", "labels", "aoi"), (), ("out",))
     from rooftrace.prepare.chips import prepare_chips
 
-    result = prepare_chips(args.chips_dir, args.labels, args.out, gsd=args.gsd, val=args.val, test=args.test,
-                           block=args.block, block_zoom=args.block_zoom, aoi=args.aoi, empty=args.empty, tms=args.tms,
-                           labels_crs=args.labels_crs, source=args.source, seed=args.seed, force=args.force)
-    print(result.summary())
+    options = dict(gsd=args.gsd, val=args.val, test=args.test, block=args.block, block_zoom=args.block_zoom, aoi=args.aoi,
+                   empty=args.empty, tms=args.tms, labels_crs=args.labels_crs, source=args.source, seed=args.seed,
+                   label_shift=parse_shift(args.shift_labels), force=args.force)
+    if args.align_labels:
+        from rooftrace.training.alignment import align_chips
+
+        aligned = align_chips(args.chips_dir, args.labels, args.out, args.model, **options)
+        print(aligned.chips.summary())
+        print(aligned.summary())
+        return 0
+    print(prepare_chips(args.chips_dir, args.labels, args.out, **options).summary())
     return 0

@@ -1,4 +1,4 @@
-"""Subcommands about models: train, oracle, tune, export, import-weights."""
+"""Subcommands about models: train, oracle, tune, export, import-weights, finetune."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rooftrace.cli.options import (
     MATCHING_HELP,
     MATCHING_MODES,
     POSTPROCESS_METHODS,
+    add_layer_option,
     add_postprocess_options,
     check_io,
     default_model,
@@ -176,4 +177,77 @@ def _run_import_weights(args: argparse.Namespace) -> int:
     path = import_checkpoint(args.checkpoint, args.out, load_config(args.config, args.overrides),
                              trust_pickle=args.trust_pickle, half=args.half, force=args.force)
     print(f"imported {args.checkpoint} -> {path} (SHA-256 in {path.name}.sha256)")
+    return 0
+
+
+def add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="adapt a model to your area: chips + OpenStreetMap buildings -> a model scored before/after on held-out blocks",
+        description="Prepares CHIPS_DIR and --labels as prepare-chips does (at the model's pixel size), holds out blocks by "
+        "area for tuning and for the card, estimates and corrects a shift between labels and imagery, adapts --model (the "
+        "shipped one by default) with the packaged recipe within --minutes, tunes the post-processing of both models on "
+        "the tuning blocks and scores them on the card blocks. --out gets the adapted model and its tuned settings "
+        "(<name>.postprocess.json) only if it is better there (else exit 3, unless --keep-worse); the run folder gets the "
+        "splits, the adapted model, card.md, card.json and steps.csv.",
+    )
+    p.add_argument("chips_dir", type=Path, metavar="CHIPS_DIR", help="folder of chips (searched recursively), as prepare-chips takes it")
+    p.add_argument("--labels", type=Path, required=True, help="building footprints: GeoJSON or GeoPackage, any CRS")
+    p.add_argument("--out", type=Path, required=True, help="the adapted model file to write (.safetensors)")
+    p.add_argument("--model", default="shipped", metavar="PATH|shipped",
+                   help="the model to start from: a rooftrace .safetensors file, or 'shipped' (default) for the model that "
+                   "ships with rooftrace")
+    p.add_argument("--minutes", type=float, default=15.0,
+                   help="time budget in minutes, everything included; the schedule is shortened to fit (default 15)")
+    p.add_argument("--recipe", type=Path, default=None, metavar="FILE",
+                   help="YAML of recipe keys that replace the packaged recipe's (default: the packaged recipe)")
+    p.add_argument("--steps", type=int, default=None, help="the most adapting steps (default: the recipe's, 600)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 3e-4)")
+    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
+                   help="pixel size to adapt at (default: the model's, else 0.3)")
+    p.add_argument("--val", type=float, default=0.15, help="share of the chips (by area) for the tuning blocks (default 0.15)")
+    p.add_argument("--test", type=float, default=0.15,
+                   help="share of the chips (by area) for the card blocks; 0 scores the card on the tuning blocks (default 0.15)")
+    p.add_argument("--block", type=int, default=None, metavar="N", help="blocks of N x N chips (as prepare-chips; default: chosen)")
+    p.add_argument("--block-zoom", type=int, default=None, metavar="Z", help="tile-named chips: blocks are the tiles of zoom Z (default: chosen)")
+    p.add_argument("--aoi", type=Path, default=None, help="polygon file of the mapped area (as prepare-chips; default: the labels' hull)")
+    p.add_argument("--empty", choices=("auto", "keep", "skip"), default="auto", help="chips without buildings (as prepare-chips; default auto)")
+    p.add_argument("--tms", action="store_true", help="chip names count y from the bottom (TMS)")
+    p.add_argument("--labels-crs", default=None, metavar="CRS", help="CRS of the labels when the file declares none or a wrong one (default: the file's)")
+    p.add_argument("--no-align", dest="align", action="store_false",
+                   help="estimate and report the labels' shift from the imagery, but do not correct it (default: corrected when clear)")
+    p.add_argument("--max-shift", type=float, default=6.0, metavar="METRES", help="the largest label shift searched, each way (default 6)")
+    p.add_argument("--keep-worse", action="store_true", help="write --out even when the adapted model is not better on the held-out blocks")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the run folder is made (default runs)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: a GPU when there is one)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split into blocks and the adapting (default 0)")
+    p.add_argument("--force", action="store_true", help="overwrite --out and its settings file")
+    add_layer_option(p)
+    p.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    import sys
+
+    check_io(args, ("chips_dir", "labels", "aoi", "recipe"), ("out",))
+    check_device(args.device)
+    from rooftrace.training.finetune import NOT_BETTER, finetune, load_recipe
+
+    recipe = load_recipe(args.recipe, steps=args.steps, lr=args.lr)
+    model = args.model if args.model == "shipped" else Path(args.model)
+    result = finetune(args.chips_dir, args.labels, args.out, model=model, minutes=args.minutes, recipe=recipe, gsd=args.gsd,
+                      val=args.val, test=args.test, align=args.align, max_shift_m=args.max_shift, keep_worse=args.keep_worse,
+                      force=args.force, runs_dir=args.runs_dir, device=args.device, seed=args.seed, block=args.block,
+                      block_zoom=args.block_zoom, aoi=args.aoi, empty=args.empty, tms=args.tms, labels_crs=args.labels_crs)
+    print()
+    print(result.card())
+    print(f"card: {result.run_dir / 'card.md'}")
+    if not result.better:
+        if result.out is None:
+            print(f"rooftrace finetune: the adapted model is not better than the starting one on the held-out blocks "
+                  f"(F1 {result.start.f1:.4f} -> {result.adapted.f1:.4f}); {args.out} was not written (the adapted model is in "
+                  f"{result.run_dir / 'adapted.safetensors'}; --keep-worse writes it)", file=sys.stderr)
+            return NOT_BETTER
+        print(f"warning: the adapted model is not better on the held-out blocks (F1 {result.start.f1:.4f} -> "
+              f"{result.adapted.f1:.4f}); written to {args.out} as --keep-worse asks", file=sys.stderr)
     return 0

@@ -3,7 +3,7 @@
 The model runs once over the split (optionally with flip TTA), on tiles resampled to the model's pixel
 size as ``predict`` resamples them (a tile's pixel size is its COCO record's ``gsd``, else its
 georeference's), and its probabilities stay in memory;
-then a coordinate search tries each setting's candidate values in turn, keeping whatever raises the
+then :func:`rooftrace.evaluation.tuning.search_settings` tries each setting's candidate values in turn, keeping whatever raises the
 mean object F1 (one-to-one, IoU 0.5), for a few rounds until nothing improves. Post-processing takes
 a few milliseconds a tile, so hundreds of trials cost seconds. The result is written beside the
 model (``<model>.postprocess.json``), where ``rooftrace predict`` picks it up.
@@ -12,18 +12,16 @@ model (``<model>.postprocess.json``), where ``rooftrace predict`` picks it up.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, probe_writable
 from rooftrace.core.locks import OutputLock
 from rooftrace.core.paths import check_distinct
-from rooftrace.evaluation.metrics import evaluate_labels
+from rooftrace.evaluation.tuning import search_settings
 from rooftrace.imagery.read import read_rgb
 from rooftrace.imagery.resample import (
     footprints_to_grid,
@@ -32,20 +30,9 @@ from rooftrace.imagery.resample import (
 )
 from rooftrace.inference.runtime import load_runtime
 from rooftrace.inference.tuned import tuned_settings_path
-from rooftrace.instances.postprocess import PostprocessSettings, postprocess
+from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.labels.records import LabelSet
 from rooftrace.labels.splits import open_split
-
-#: Candidate values per setting (the search starts from the defaults).
-SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
-    "footprint_threshold": (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65),
-    "seed_footprint": (0.5, 0.6, 0.7, 0.8, 0.9),
-    "seed_boundary": (0.3, 0.4, 0.5, 0.6, 0.7, 1.01),
-    "seed_contact": (0.2, 0.3, 0.4, 0.5, 0.6, 1.01),
-    "merge_contact": (0.0, 0.15, 0.3, 0.45),
-    "min_area": (4, 8, 16, 32, 64),
-}
-
 
 @dataclass
 class TuneResult:
@@ -63,13 +50,6 @@ class TuneResult:
         return (f"object F1 {self.f1:.4f} with tuned settings (defaults: {self.f1_default:.4f}) after {self.trials} trials\n"
                 f"changed from the defaults: {json.dumps(changed) if changed else 'nothing'}"
                 + (f"\nsaved to {self.path}" if self.path else ""))
-
-
-def _score(probs: list[np.ndarray], gt: LabelSet, method: str, s: PostprocessSettings) -> float:
-    pred = LabelSet()
-    for p, img in zip(probs, gt):
-        pred.get_or_add(img.key).footprints = postprocess(p, method=method, settings=s).footprints
-    return evaluate_labels(gt, pred, pixel=False).f1
 
 
 def tune(model: str | Path, split: str | Path, *, method: str = "watershed", tta: bool = False, device: str = "auto",
@@ -117,26 +97,7 @@ def _tune(model: Path, split: str | Path, method: str, tta: bool, device: str, p
         g.width, g.height, g.source = w, h, img.source
     if not probs:
         raise RooftraceError(f"{split}: no readable tiles to tune on")
-    if method == "seed" or probs[0].shape[0] == 1:
-        space = {k: v for k, v in SEARCH_SPACE.items() if k in ("footprint_threshold", "min_area")}
-    else:
-        space = SEARCH_SPACE
-    best = PostprocessSettings()
-    f1_default = best_f1 = _score(probs, gt, method, best)
-    trials = 1
-    for _ in range(rounds):
-        improved = False
-        for key, values in space.items():
-            for v in values:
-                cand = replace(best, **{key: v})
-                if cand == best:
-                    continue
-                f1 = _score(probs, gt, method, cand)
-                trials += 1
-                if f1 > best_f1 + 1e-9:
-                    best, best_f1, improved = cand, f1, True
-        if not improved:
-            break
+    best, best_f1, f1_default, trials = search_settings(probs, gt, method, rounds)
     path = None
     if out is not None:
         payload = {"method": method, "settings": best.to_dict(), "object_f1": best_f1, "object_f1_defaults": f1_default,

@@ -3,6 +3,7 @@ them exactly into each chip's CRS, and clipping them to each chip, in the chip's
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -87,6 +88,17 @@ def read_footprints(path: Path, labels_crs: str | None, report: LoadReport) -> t
     arr = np.asarray(kept, dtype=object)
     check_degrees(path, arr, crs, declared=labels_crs is not None or declared is not None)
     return arr, crs
+
+
+def shift_footprints(footprints: np.ndarray, crs: CRS, east: float, north: float) -> tuple[np.ndarray, CRS]:
+    """Move footprints ``east`` and ``north`` metres on the ground; returns them in Web Mercator, whose
+    units are ground metres times ``1 / cos(latitude)`` (taken at the footprints' centre)."""
+    from rooftrace.imagery.georef import WEB_MERCATOR, WGS84
+
+    centre = shapely.get_coordinates(shapely.centroid(shapely.union_all(_to_crs(shapely.envelope(footprints), crs, WGS84))))[0]
+    k = 1.0 / math.cos(math.radians(float(centre[1])))
+    moved = shapely.transform(_to_crs(footprints, crs, WEB_MERCATOR), lambda xy: xy + np.array([east * k, north * k]))
+    return moved, WEB_MERCATOR
 
 
 def _chip_pieces(chips: list[Chip], footprints: np.ndarray, crs: CRS, counts: Counter) -> np.ndarray:

@@ -89,6 +89,7 @@ from rooftrace.prepare.chip_labels import (
     _mapped_area,
     _to_crs,
     read_footprints,
+    shift_footprints,
 )
 from rooftrace.prepare.chip_sources import (
     SPLITS,
@@ -252,6 +253,7 @@ def prepare_chips(
     labels_crs: str | None = None,
     source: str | None = None,
     seed: int = 0,
+    label_shift: tuple[float, float] | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> ChipsResult:
@@ -274,6 +276,8 @@ def prepare_chips(
         labels_crs: The labels' CRS when the file declares none or declares a wrong one.
         source: COCO ``source`` of every image (default: the chips folder's parent's name).
         seed: Seeds the assignment of blocks to splits.
+        label_shift: Move every label this many metres ``(east, north)`` before it is cut into chips (labels
+            traced over other imagery; :mod:`rooftrace.prepare.shift` estimates the shift).
         force: Overwrite a split already in ``out_dir``.
         progress: Show a progress bar.
 
@@ -301,6 +305,12 @@ def prepare_chips(
     result.chips = chips
     result.notes.extend(plan_sizes(chips, chips_dir, gsd))
     footprints, crs = read_footprints(labels, labels_crs, report)
+    if label_shift is not None and any(label_shift):
+        east, north = (float(v) for v in label_shift)
+        if not (math.isfinite(east) and math.isfinite(north) and math.hypot(east, north) <= 100):
+            raise RooftraceError(f"--shift-labels {east:g},{north:g}: must be metres east,north within 100 m")
+        footprints, crs = shift_footprints(footprints, crs, east, north)
+        result.notes.append(f"labels moved {east:+.2f} m east, {north:+.2f} m north")
     result.n_buildings = len(footprints)
     if report.problems:
         result.notes.append(f"{labels}: " + "; ".join(report.messages[:5]) + (" ..." if report.problems > 5 else ""))
@@ -401,7 +411,8 @@ def prepare_chips(
             result.notes.append(f"{s} is empty: only {len(sizes)} blocks ({result.block_scheme}); try --block 1 or a larger --{s}")
     _write_manifest(result, dict(chips_dir=str(chips_dir), labels=str(labels), gsd=gsd, val=val, test=test, block=block,
                                  block_zoom=block_zoom, aoi=str(aoi) if aoi else None, empty=empty, tms=tms,
-                                 labels_crs=labels_crs, source=source, seed=seed))
+                                 labels_crs=labels_crs, source=source, seed=seed,
+                                 label_shift=list(label_shift) if label_shift else None))
     return result
 
 
