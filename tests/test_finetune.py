@@ -200,6 +200,22 @@ def test_bad_input_is_one_line_naming_the_file(banepa, tiny_model, tmp_path, cap
     assert code == 2 and "bad.yaml" in err and "warp" in err
 
 
+def test_a_second_run_on_the_same_out_and_an_out_that_is_an_input_stop_before_any_work(banepa, tiny_model, tmp_path, capsys):
+    from rooftrace.core.locks import OutputLock
+
+    chips, labels = banepa
+    out = tmp_path / "m.safetensors"
+    base = ["finetune", str(chips), "--labels", str(labels), "--model", str(tiny_model), "--runs-dir", str(tmp_path / "runs")]
+    with OutputLock(out, what="--out"):  # another live run writing this model
+        t0 = time.monotonic()
+        code, _, err = _run([*base, "--out", str(out)], capsys)
+    assert code == 2 and str(out) in err and time.monotonic() - t0 < 10, err
+    assert not out.exists() and not (tmp_path / "runs").exists()  # nothing prepared, nothing written
+    code, _, err = _run([*base, "--out", str(tiny_model), "--force"], capsys)  # the starting model is an input
+    assert code == 2 and str(tiny_model.name) in err and "--model" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_packaged_recipe_loads_and_rejects_unknown_keys():
     from rooftrace.core.errors import RooftraceError
     from rooftrace.training.finetune import Recipe, load_recipe, resolve_model

@@ -340,7 +340,7 @@ def test_a_run_stopped_while_moving_a_committed_epoch_finishes_the_moves_on_resu
     def stop(run_dir):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "_move_pending", stop)
+    monkeypatch.setattr(train_mod, "move_pending", stop)
     assert main(_tiny(mini_split, tmp_path / "runs")) == 130
     (run,) = (tmp_path / "runs").iterdir()
     assert (run / ".epoch-pending" / "last.safetensors").exists() and not (run / "last.safetensors").exists()

@@ -15,18 +15,18 @@ class RooftraceError(Exception):
     """
 
 
-_STRICT: ContextVar[bool] = ContextVar("rooftrace_strict", default=False)
+STRICT: ContextVar[bool] = ContextVar("rooftrace_strict", default=False)
 
 
 @contextmanager
 def strict_mode(on: bool = True) -> Iterator[None]:
     """Within this block, the first skipped item (:meth:`LoadReport.skip`, a dropped footprint)
     raises :class:`RooftraceError` instead of being reported at the end (the CLI's ``--strict``)."""
-    token = _STRICT.set(on)
+    token = STRICT.set(on)
     try:
         yield
     finally:
-        _STRICT.reset(token)
+        STRICT.reset(token)
 
 
 class SkipTally:
@@ -50,7 +50,7 @@ def tally_skips() -> Iterator[SkipTally]:
         _TALLY.reset(token)
 
 
-def _count_skip() -> None:
+def count_skip() -> None:
     tally = _TALLY.get()
     if tally is not None:
         tally.n += 1
@@ -58,4 +58,4 @@ def _count_skip() -> None:
 
 def is_strict() -> bool:
     """Whether :func:`strict_mode` is on."""
-    return _STRICT.get()
+    return STRICT.get()

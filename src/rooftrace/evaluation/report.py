@@ -98,12 +98,12 @@ def _fmt(v: float) -> str:
 
 def _svg_path(fp) -> str:
     """An SVG path ``d`` of a footprint's rings, in tile pixels."""
-    from rooftrace.imagery.draw import _rings
+    from rooftrace.imagery.draw import footprint_rings
 
     def num(v: float) -> str:
         return f"{v:.1f}".rstrip("0").rstrip(".")
 
-    return " ".join("M" + " L".join(f"{num(x)} {num(y)}" for x, y in ring[:-1]) + " Z" for ring in _rings(fp) if len(ring) > 2)
+    return " ".join("M" + " L".join(f"{num(x)} {num(y)}" for x, y in ring[:-1]) + " Z" for ring in footprint_rings(fp) if len(ring) > 2)
 
 
 def _tile_svg(w: int, h: int, shapes: list[tuple[object, str, str]]) -> str:

@@ -15,7 +15,7 @@ PANEL = 256
 UPSCALE_BELOW = 400
 
 
-def _rings(fp: Footprint) -> list[np.ndarray]:
+def footprint_rings(fp: Footprint) -> list[np.ndarray]:
     """Every ring (exteriors and holes) of a footprint as ``(n, 2)`` arrays."""
     out = []
     for part in shapely.get_parts(fp):
@@ -47,7 +47,7 @@ def draw_outlines(rgb: np.ndarray, groups: Sequence[tuple[Sequence[Footprint], t
     draw = ImageDraw.Draw(img)
     for footprints, color in groups:
         for fp in footprints:
-            for ring in _rings(fp):
+            for ring in footprint_rings(fp):
                 pts = [(float(x) * scale - 0.5, float(y) * scale - 0.5) for x, y in ring]
                 if len(pts) >= 2:
                     draw.line(pts, fill=color, width=width)

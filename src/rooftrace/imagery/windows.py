@@ -104,7 +104,7 @@ def run_windows(grid: Grid, read: Callable[[Window], tuple[np.ndarray, np.ndarra
 
     The one window loop of rooftrace: a large tile (:meth:`rooftrace.inference.runtime.ModelRuntime.windowed_probabilities`),
     a scene (:func:`rooftrace.scenes.stitch.stitch_scene`) and a Dask task's share of a scene
-    (:func:`rooftrace.scenes.tasks._window_task`) all stitch through it, so each pixel comes from the
+    (:func:`rooftrace.scenes.tasks.window_task`) all stitch through it, so each pixel comes from the
     one window it is most central in (:func:`window_keep`) everywhere.
 
     Args:

@@ -32,7 +32,7 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _default_threads(device: torch.device) -> int:
+def default_threads(device: torch.device) -> int:
     """Post-processing threads: none (in line, after each batch) for inference on a CPU of up to 4
     cores, where PyTorch's threads already fill the cores and a thread beside them slows inference
     more than it saves; else half the cores, at most 8."""

@@ -61,9 +61,9 @@ from rooftrace.models.onnx import (
     METADATA_KEY,
     ONNX_SUFFIX,
     OUTPUT_NAME,
-    _require,
-    _session,
     is_onnx,
+    onnx_session,
+    require_onnx_module,
 )
 
 DEFAULT_OPSET = 17
@@ -301,8 +301,8 @@ def export_onnx(
 
     from rooftrace.inference.tuned import load_tuned
 
-    onnx = _require("onnx")
-    _require("onnxruntime")
+    onnx = require_onnx_module("onnx")
+    require_onnx_module("onnxruntime")
     from rooftrace.models.files import load_model
 
     t0 = time.perf_counter()
@@ -350,7 +350,7 @@ def export_onnx(
             if isinstance(why, OSError) and why.errno is not None:  # a full disk while staging: the .onnx meant is named
                 raise RooftraceError(f"{out}: cannot write it ({why.strerror}); nothing was exported") from None
             raise RooftraceError(f"{model}: ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-        sess = _session(str(fp32))
+        sess = onnx_session(str(fp32))
         got = [sess.run(None, {INPUT_NAME: x})[0] for x in inputs]
         diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
         if not diff <= tolerance:
@@ -361,7 +361,7 @@ def export_onnx(
         if int8:
             final = Path(tmp) / "int8.onnx"
             quantize_int8(fp32, final, calib, op_types=int8_ops)
-            qs = _session(str(final))
+            qs = onnx_session(str(final))
             qgot = [qs.run(None, {INPUT_NAME: x})[0] for x in inputs]
             q_max = max(float(np.abs(g - e).max()) for g, e in zip(qgot, expected))
             q_mean = float(np.mean([np.abs(g - e).mean() for g, e in zip(qgot, expected)]))

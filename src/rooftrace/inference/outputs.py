@@ -87,9 +87,9 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     from rooftrace.geometry.areas import area_m2
     from rooftrace.imagery.georef import WGS84, pixels_to_map, reproject_geoms
     from rooftrace.inference.provenance import (
-        _with_crs,
         geojson_head,
         provenance_metadata,
+        with_crs,
     )
 
     order = [img.key for img in labels if img.key in georefs]
@@ -145,7 +145,7 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     feats = [f'{{"type": "Feature", "properties": {{"image_id": {json.dumps(k)}, "file_name": {json.dumps(n)}, '
              f'"score": {sc}, "area_m2": {a}}}, "geometry": {t}}}'
              for k, n, sc, a, t in zip(keys_out, names, scores.tolist(), areas.tolist(), texts)]
-    head = geojson_head("predictions", _with_crs(provenance, WGS84),
+    head = geojson_head("predictions", with_crs(provenance, WGS84),
                         {"coordinates": "EPSG:4326", "note": "longitude, latitude (RFC 7946); image_id names the tile"})
     text = head + ",\n".join(feats) + "\n]}\n"
     files = [atomic_write_text(out_dir / GEOJSON_NAME, text, force=True)]
@@ -159,7 +159,7 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
         pyogrio.raw.write(tmp, shapely.to_wkb(g_crs) if len(g_crs) else np.empty(0, dtype=object),
                           [ids, np.asarray(names, dtype=object), scores, areas], ["image_id", "file_name", "score", "area_m2"],
                           layer="predictions", driver="GPKG", geometry_type="Polygon" if kinds == {3} else "Unknown",
-                          crs=first_crs.to_wkt(), layer_metadata=provenance_metadata(_with_crs(provenance, first_crs)))
+                          crs=first_crs.to_wkt(), layer_metadata=provenance_metadata(with_crs(provenance, first_crs)))
         os.replace(tmp, gpkg)
     except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:  # a full disk: name the output
         raise RooftraceError(f"{gpkg}: cannot write it ({write_error_reason(exc, gpkg, (tmp,))})") from None

@@ -16,7 +16,7 @@ from rooftrace.instances.postprocess import PostprocessSettings
 PARTIAL = ".partial"  #: per-tile results of an unfinished run, inside the output folder
 
 
-def _run_record(model: str | Path, method: str, settings: PostprocessSettings | None, tta: bool, precision: str,
+def run_record(model: str | Path, method: str, settings: PostprocessSettings | None, tta: bool, precision: str,
                 images: Path, masks: bool, overlays: bool, gsd: float | None = None, tms: bool = False) -> dict[str, Any]:
     """What a resumed run must share with the run it continues."""
     from rooftrace.core.hashing import sha256_file
@@ -26,7 +26,7 @@ def _run_record(model: str | Path, method: str, settings: PostprocessSettings | 
             "gsd": gsd, "tms": tms}
 
 
-def _file_stamp(path: Path) -> dict[str, int] | None:
+def file_stamp(path: Path) -> dict[str, int] | None:
     """What a resumed run compares to tell that a tile changed since its result was recorded."""
     try:
         st = path.stat()
@@ -35,7 +35,7 @@ def _file_stamp(path: Path) -> dict[str, int] | None:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _tile_record(w: int, h: int, footprints: list, scores: list, place: TilePlace | None = None,
+def tile_record(w: int, h: int, footprints: list, scores: list, place: TilePlace | None = None,
                  stamp: dict[str, int] | None = None) -> str:
     """A finished tile's result (footprints in the tile's own pixels), the pixel size it was predicted
     at, and the size and modification time its file had when it was read (``stamp``)."""
@@ -48,7 +48,7 @@ def _tile_record(w: int, h: int, footprints: list, scores: list, place: TilePlac
     return json.dumps(rec)
 
 
-def _read_tile_record(path: Path) -> tuple[int, int, list, list, dict[str, Any]] | None:
+def read_tile_record(path: Path) -> tuple[int, int, list, list, dict[str, Any]] | None:
     """A finished tile's result, or None when there is none or it is unreadable (the tile is then redone)."""
     import shapely
 

@@ -60,7 +60,9 @@ from rooftrace.imagery.resample import (
     place_tile,
     resample_factor,
 )
-from rooftrace.inference.devices import _default_threads, pick_device
+from rooftrace.inference.card import card_notes
+from rooftrace.inference.devices import default_threads, pick_device
+from rooftrace.inference.engine import Prepared, TileEngine, prepare_tile
 from rooftrace.inference.outputs import (
     GEOJSON_NAME,
     GPKG_NAME,
@@ -70,16 +72,14 @@ from rooftrace.inference.outputs import (
 )
 from rooftrace.inference.partial import (
     PARTIAL,
-    _file_stamp,
-    _read_tile_record,
-    _run_record,
-    _tile_record,
+    file_stamp,
+    read_tile_record,
+    run_record,
+    tile_record,
 )
-from rooftrace.inference.card import card_notes
 from rooftrace.inference.provenance import make_provenance
-from rooftrace.inference.tuned import SettingsArg, used_postprocessing
-from rooftrace.inference.engine import Prepared, TileEngine, prepare_tile
 from rooftrace.inference.runtime import load_runtime
+from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess
 from rooftrace.labels.begc import write_begc_csv
 from rooftrace.labels.coco import write_coco_results
@@ -301,7 +301,7 @@ class PredictOptions:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise RooftraceError(f"--workers {self.workers}: must be 0 (read tiles in the main thread) or more")
         dev = pick_device(self.device)  # a device torch does not know is refused before anything is read or written
-        threads = _default_threads(dev) if self.threads is None else max(0, int(self.threads))
+        threads = default_threads(dev) if self.threads is None else max(0, int(self.threads))
         return replace(self, gsd=check_gsd(self.gsd), precision=normalise_precision(self.precision), threads=threads)
 
 
@@ -399,7 +399,7 @@ class _FolderRun:
                 resample_factor(opts.gsd, runtime.gsd)  # a --gsd no tile could be resampled from stops before any tile
             except RooftraceError as exc:
                 raise RooftraceError(f"--gsd {opts.gsd:g}: {exc}") from None
-        record = _run_record(model, used.method, used.settings, opts.tta, opts.precision, images, opts.write_masks,
+        record = run_record(model, used.method, used.settings, opts.tta, opts.precision, images, opts.write_masks,
                              opts.write_overlays, opts.gsd, opts.tms)
         done, changed = _start_or_resume(out_dir, files, record, opts.resume)
         report = LoadReport(path=str(images))
@@ -414,7 +414,7 @@ class _FolderRun:
             img.width, img.height, img.footprints, img.scores = w, h, fps, scores
             if "gsd_source" in rec:  # where it lies is read again at the end; the pixel size it was predicted at is kept
                 run.places[n] = TilePlace(None, rec.get("gsd"), rec["gsd_source"], rec.get("own_gsd"), float(rec.get("factor", 1.0)))
-        run.stamps = {n: _file_stamp(files[n]) for n in run.todo}  # taken before the tile is read
+        run.stamps = {n: file_stamp(files[n]) for n in run.todo}  # taken before the tile is read
         return run
 
     def read(self, j: int) -> Prepared:
@@ -452,7 +452,7 @@ class _FolderRun:
         img = self.labels[self.keys[i]]
         img.width, img.height, img.footprints, img.scores = W, H, fps, scores
         atomic_write_text(self.out_dir / PARTIAL / f"{self.files[i].stem}.json",
-                          _tile_record(W, H, fps, scores, self.places[i], self.stamps[i]), force=True)
+                          tile_record(W, H, fps, scores, self.places[i], self.stamps[i]), force=True)
         for name, value in zip(("postprocess", "postprocess_cpu", "write", "write_cpu"), seconds):
             self.timings[name] += value
 
@@ -502,10 +502,10 @@ def _start_or_resume(out_dir: Path, files: list[Path], record: dict[str, Any], r
         raise RooftraceError(f"{out_dir}: the unfinished run used other {', '.join(differ)}; resume it with the same "
                              "model, images and options, or start again with --force")
     for n, f in enumerate(files):
-        got = _read_tile_record(partial / f"{f.stem}.json")
+        got = read_tile_record(partial / f"{f.stem}.json")
         if got is None:
             continue
-        if got[4].get("file") is None or got[4]["file"] != _file_stamp(f):  # the tile changed: predicted again
+        if got[4].get("file") is None or got[4]["file"] != file_stamp(f):  # the tile changed: predicted again
             changed.append(f.name)
             continue
         done[n] = got

@@ -72,7 +72,7 @@ def make_provenance(*, source: str | Path | None, crs: CRS | None, model_path: s
         "postprocessing": ({"method": method, "settings": _settings_dict(settings), **(settings_from or {})}
                            if method is not None else None),
         "source": {source_kind: str(Path(source).resolve()) if source is not None else None},
-        "crs": _crs_name(crs) if crs is not None else None,
+        "crs": crs_name(crs) if crs is not None else None,
         "fields": dict(FIELDS),
     }
     return json.loads(json.dumps(prov, default=_plain))  # numpy numbers, tuples and paths as JSON has them
@@ -95,9 +95,9 @@ def describe_provenance(prov: dict[str, Any]) -> str:
             f"Full provenance: metadata item {PROVENANCE_KEY!r}.")
 
 
-def _with_crs(provenance: dict[str, Any] | None, crs: CRS | None) -> dict[str, Any]:
+def with_crs(provenance: dict[str, Any] | None, crs: CRS | None) -> dict[str, Any]:
     prov = dict(provenance) if provenance is not None else make_provenance(source=None, crs=crs)
-    prov["crs"] = _crs_name(crs) if crs is not None else None
+    prov["crs"] = crs_name(crs) if crs is not None else None
     prov.setdefault("fields", dict(FIELDS))
     return prov
 
@@ -146,7 +146,7 @@ FIELDS = {
 }
 
 
-def _crs_name(crs: CRS) -> str:
+def crs_name(crs: CRS) -> str:
     auth = crs.to_authority()
     return f"{auth[0]}:{auth[1]}" if auth else crs.to_wkt()
 

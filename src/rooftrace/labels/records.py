@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from rooftrace.core.errors import _STRICT, RooftraceError, _count_skip
+from rooftrace.core.errors import STRICT, RooftraceError, count_skip
 from rooftrace.geometry.shapes import Cleaned, Footprint, Outcome, clean_footprint
 
 ImageKey = int | str
@@ -85,10 +85,10 @@ class LoadReport:
     def skip(self, message: str, counter: str = "skipped") -> None:
         """Record an item left out, naming it, under ``counter`` (a ``dropped: ...`` counter for
         footprints); under :func:`strict_mode` stop here instead."""
-        if _STRICT.get():
+        if STRICT.get():
             raise RooftraceError(f"{self.path}: {message} (--strict stops at the first problem)")
         self.counts[counter] += 1
-        _count_skip()
+        count_skip()
         self.note(message)
 
     def add_outcome(self, outcome: str, where: str) -> None:

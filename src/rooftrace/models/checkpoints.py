@@ -14,7 +14,7 @@ from rooftrace.config import Config
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.hashing import sha256_file
 from rooftrace.models.architectures import build_model
-from rooftrace.models.files import _named_as, save_model, sniff_weights
+from rooftrace.models.files import named_as, save_model, sniff_weights
 
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
@@ -59,7 +59,7 @@ def import_checkpoint(src: str | Path, out: str | Path, cfg: Config, *, trust_pi
             raise RooftraceError(f"{src}: not a readable safetensors file ({exc})") from None
     else:
         if not trust_pickle:
-            raise RooftraceError(f"{src}: a pickle checkpoint{_named_as(src, 'pickle') if kind == 'pickle' else ''}, and unpickling a file runs whatever code it contains; "
+            raise RooftraceError(f"{src}: a pickle checkpoint{named_as(src, 'pickle') if kind == 'pickle' else ''}, and unpickling a file runs whatever code it contains; "
                                  "pass --trust-pickle if you trust where it comes from (it is then read with "
                                  "torch.load(weights_only=True), which accepts tensors and plain containers only)")
         try:

@@ -169,7 +169,7 @@ def save_model(path: str | Path, model: nn.Module, cfg: Config, extra: dict[str,
     Args:
         half: Store floating-point weights as fp16 (half the size; loaded back as fp32).
     """
-    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     meta = {
@@ -186,7 +186,7 @@ def save_model(path: str | Path, model: nn.Module, cfg: Config, extra: dict[str,
     return path
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "module", model)  # DistributedDataParallel
     return getattr(model, "_orig_mod", model)  # torch.compile
 
@@ -195,7 +195,7 @@ def refuse_pickle(path: Path, by_content: bool = False) -> None:
     """Raise a clear error for pickle checkpoints (they can run arbitrary code when loaded): files
     named as one or, with ``by_content``, a file whose first bytes are a pickle's, whatever its name."""
     if by_content or path.suffix.lower() in PICKLE_SUFFIXES:
-        named = _named_as(path, "pickle") if by_content else ""
+        named = named_as(path, "pickle") if by_content else ""
         raise RooftraceError(
             f"{path}: a pickle checkpoint{named}; rooftrace loads weights from .safetensors only, because unpickling "
             "a file runs whatever code it contains. If you trust where it comes from, convert it once: "
@@ -221,7 +221,7 @@ def sniff_weights(path: Path) -> str:
     return "unknown"
 
 
-def _named_as(path: Path, kind: str) -> str:
+def named_as(path: Path, kind: str) -> str:
     """`` (named .pth)``-style words when a file's name says another kind than its content."""
     suffix = path.suffix.lower()
     says = "pickle" if suffix in PICKLE_SUFFIXES else "safetensors" if suffix == ".safetensors" else None

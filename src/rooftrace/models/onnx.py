@@ -31,7 +31,7 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
 
-def _require(module: str):
+def require_onnx_module(module: str):
     """Import ``onnx`` or ``onnxruntime``, or say how to install it."""
     import importlib
 
@@ -46,7 +46,7 @@ def is_onnx(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ONNX_SUFFIX
 
 
-def _session(model_bytes_or_path: bytes | str, threads: int = 0):
+def onnx_session(model_bytes_or_path: bytes | str, threads: int = 0):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -63,7 +63,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     Raises:
         RooftraceError: No such file, a damaged file, or an ONNX file rooftrace did not write.
     """
-    onnx = _require("onnx")
+    onnx = require_onnx_module("onnx")
     path = Path(path)
     if not path.exists():
         raise RooftraceError(f"{path}: no such model file")
@@ -115,7 +115,7 @@ class OnnxModel:
 def onnx_providers(device: str = "auto") -> list[str]:
     """ONNX Runtime execution providers for a ``--device`` value: CUDA first when asked for (or
     ``auto``) and available in this onnxruntime build, then the CPU."""
-    ort = _require("onnxruntime")
+    ort = require_onnx_module("onnxruntime")
     available = ort.get_available_providers()
     want_cuda = device == "auto" or device.startswith("cuda")
     if want_cuda and "CUDAExecutionProvider" in available:
@@ -137,7 +137,7 @@ def load_onnx(path: str | Path, device: str = "auto", threads: int = 0, spinning
         spinning: Let idle intra-op threads spin; turn off when other work (post-processing
             threads) shares the cores.
     """
-    ort = _require("onnxruntime")
+    ort = require_onnx_module("onnxruntime")
     path = Path(path)
     meta = read_onnx_metadata(path)
     try:

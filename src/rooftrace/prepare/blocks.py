@@ -14,15 +14,15 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.georef import (
     WEB_MERCATOR,
 )
-from rooftrace.prepare.chip_labels import _to_crs
-from rooftrace.prepare.chip_sources import SPLITS, Chip, _chip_polygon
+from rooftrace.prepare.chip_labels import to_crs
+from rooftrace.prepare.chip_sources import SPLITS, Chip, chip_polygon
 
 
-def _centres_3857(chips: list[Chip]) -> tuple[np.ndarray, float]:
+def centres_3857(chips: list[Chip]) -> tuple[np.ndarray, float]:
     """Chip centres in Web Mercator and the median chip width there."""
     centres, widths = [], []
     for c in chips:
-        outline = _to_crs(np.array([_chip_polygon(c)], dtype=object), c.georef.crs, WEB_MERCATOR)[0]
+        outline = to_crs(np.array([chip_polygon(c)], dtype=object), c.georef.crs, WEB_MERCATOR)[0]
         centres.append(shapely.get_coordinates(outline.centroid)[0])
         x0, _, x1, _ = outline.bounds
         widths.append(x1 - x0)
@@ -66,7 +66,7 @@ def make_blocks(chips: list[Chip], shares: dict[str, float], block: int | None, 
         return f"web-map tiles at zoom {bz} ({2 ** (zmin - bz)} x {2 ** (zmin - bz)} chips of zoom {zmin})"
     if block_zoom is not None:
         raise RooftraceError("--block-zoom needs chips named on the web-map tile grid; use --block N (N x N chips)")
-    centres, width = _centres_3857(chips)
+    centres, width = centres_3857(chips)
     for n in ([block] if block is not None else [4, 2, 1]):
         cell = n * width
         ids = [f"grid{n}:{int(math.floor(x / cell))}_{int(math.floor(y / cell))}" for x, y in centres]

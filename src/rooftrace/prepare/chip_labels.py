@@ -25,10 +25,10 @@ from rooftrace.labels.geojson import (
     parse_crs_option,
 )
 from rooftrace.labels.records import LoadReport
-from rooftrace.prepare.chip_sources import COCO_GRID, MIN_PIECE_PX, Chip, _chip_polygon
+from rooftrace.prepare.chip_sources import COCO_GRID, MIN_PIECE_PX, Chip, chip_polygon
 
 
-def _to_crs(geoms: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
+def to_crs(geoms: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
     if src == dst:
         return geoms
     t = Transformer.from_crs(src, dst, always_xy=True)
@@ -95,13 +95,13 @@ def shift_footprints(footprints: np.ndarray, crs: CRS, east: float, north: float
     units are ground metres times ``1 / cos(latitude)`` (taken at the footprints' centre)."""
     from rooftrace.imagery.georef import WEB_MERCATOR, WGS84
 
-    centre = shapely.get_coordinates(shapely.centroid(shapely.union_all(_to_crs(shapely.envelope(footprints), crs, WGS84))))[0]
+    centre = shapely.get_coordinates(shapely.centroid(shapely.union_all(to_crs(shapely.envelope(footprints), crs, WGS84))))[0]
     k = 1.0 / math.cos(math.radians(float(centre[1])))
-    moved = shapely.transform(_to_crs(footprints, crs, WEB_MERCATOR), lambda xy: xy + np.array([east * k, north * k]))
+    moved = shapely.transform(to_crs(footprints, crs, WEB_MERCATOR), lambda xy: xy + np.array([east * k, north * k]))
     return moved, WEB_MERCATOR
 
 
-def _chip_pieces(chips: list[Chip], footprints: np.ndarray, crs: CRS, counts: Counter) -> np.ndarray:
+def chip_pieces(chips: list[Chip], footprints: np.ndarray, crs: CRS, counts: Counter) -> np.ndarray:
     """Fill each chip's ``pieces``: its buildings clipped to it, in the written image's pixels. Returns
     a boolean array: which buildings have a piece in some chip."""
     in_chip = np.zeros(len(footprints), dtype=bool)
@@ -110,11 +110,11 @@ def _chip_pieces(chips: list[Chip], footprints: np.ndarray, crs: CRS, counts: Co
         by_crs[c.georef.crs.to_wkt()].append(c)
     for group in by_crs.values():
         ccrs = group[0].georef.crs
-        geoms = _to_crs(footprints, crs, ccrs)
+        geoms = to_crs(footprints, crs, ccrs)
         finite = np.isfinite(shapely.get_coordinates(geoms)).all()  # outside a projection's domain
         tree = shapely.STRtree(geoms)
         for c in group:
-            idx = tree.query(_chip_polygon(c), predicate="intersects")
+            idx = tree.query(chip_polygon(c), predicate="intersects")
             if len(idx) == 0:
                 continue
             inv = ~c.out_transform
@@ -142,10 +142,10 @@ def _chip_pieces(chips: list[Chip], footprints: np.ndarray, crs: CRS, counts: Co
     return in_chip
 
 
-def _mapped_area(aoi: Path | None, footprints: np.ndarray, crs: CRS, chip_width: float, report: LoadReport) -> shapely.Geometry:
+def mapped_area(aoi: Path | None, footprints: np.ndarray, crs: CRS, chip_width: float, report: LoadReport) -> shapely.Geometry:
     """The mapped area in Web Mercator: the AOI file's polygons, else the labels' convex hull grown by half a chip."""
     if aoi is not None:
         geoms, acrs = read_footprints(aoi, None, LoadReport(path=str(aoi)))
-        return shapely.union_all(_to_crs(geoms, acrs, WEB_MERCATOR))
+        return shapely.union_all(to_crs(geoms, acrs, WEB_MERCATOR))
     pts = shapely.multipoints(shapely.get_coordinates(footprints))
-    return shapely.convex_hull(_to_crs(np.array([pts], dtype=object), crs, WEB_MERCATOR)[0]).buffer(chip_width / 2)
+    return shapely.convex_hull(to_crs(np.array([pts], dtype=object), crs, WEB_MERCATOR)[0]).buffer(chip_width / 2)

@@ -181,7 +181,7 @@ def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> list[st
             "check their names (zoom level) or georeference"]
 
 
-def _chip_polygon(c: Chip) -> shapely.Polygon:
+def chip_polygon(c: Chip) -> shapely.Polygon:
     """The chip's outline in its CRS."""
     t, w, h = c.georef.transform, c.georef.width, c.georef.height
     return shapely.Polygon([t @ (0, 0), t @ (w, 0), t @ (w, h), t @ (0, h)])

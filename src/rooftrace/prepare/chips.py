@@ -83,18 +83,18 @@ from rooftrace.imagery.georef import (
 )
 from rooftrace.labels.coco import write_coco
 from rooftrace.labels.records import ImageLabels, LabelSet, LoadReport, image_key
-from rooftrace.prepare.blocks import _centres_3857, assign_blocks, make_blocks
+from rooftrace.prepare.blocks import assign_blocks, centres_3857, make_blocks
 from rooftrace.prepare.chip_labels import (
-    _chip_pieces,
-    _mapped_area,
-    _to_crs,
+    chip_pieces,
+    mapped_area,
     read_footprints,
     shift_footprints,
+    to_crs,
 )
 from rooftrace.prepare.chip_sources import (
     SPLITS,
     Chip,
-    _chip_polygon,
+    chip_polygon,
     find_chips,
     locate_chips,
     plan_sizes,
@@ -314,10 +314,10 @@ def prepare_chips(
     result.n_buildings = len(footprints)
     if report.problems:
         result.notes.append(f"{labels}: " + "; ".join(report.messages[:5]) + (" ..." if report.problems > 5 else ""))
-    in_chip = _chip_pieces(chips, footprints, crs, result.counts)
+    in_chip = chip_pieces(chips, footprints, crs, result.counts)
     if not in_chip.any():
-        lb = shapely.total_bounds(_to_crs(footprints, crs, WGS84))
-        cb = shapely.total_bounds(np.asarray([_to_crs(np.array([_chip_polygon(c)], dtype=object), c.georef.crs, WGS84)[0]
+        lb = shapely.total_bounds(to_crs(footprints, crs, WGS84))
+        cb = shapely.total_bounds(np.asarray([to_crs(np.array([chip_polygon(c)], dtype=object), c.georef.crs, WGS84)[0]
                                               for c in chips], dtype=object))
         raise RooftraceError(f"{labels}: no building overlaps any chip of {chips_dir} (labels lon {lb[0]:.5f}..{lb[2]:.5f}, "
                              f"lat {lb[1]:.5f}..{lb[3]:.5f}; chips lon {cb[0]:.5f}..{cb[2]:.5f}, lat {cb[1]:.5f}..{cb[3]:.5f}); "
@@ -330,14 +330,14 @@ def prepare_chips(
         for c in empties:
             c.status = "empty-skipped"
     if aoi is not None:  # an area of interest that covers no chip is a wrong file or CRS, not "no true negatives"
-        every, width = _centres_3857(chips)
-        area = _mapped_area(Path(aoi), footprints, crs, width, report)
+        every, width = centres_3857(chips)
+        area = mapped_area(Path(aoi), footprints, crs, width, report)
         if not any(area.distance(shapely.Point(xy)) <= width / 2 for xy in every):
             raise RooftraceError(f"{aoi}: the --aoi overlaps none of the {len(chips)} chips of {chips_dir}; wrong file, or "
                                  "coordinates in another CRS than the file says")
     if empties and empty == "auto":
-        centres, width = _centres_3857(empties)
-        area = _mapped_area(Path(aoi) if aoi is not None else None, footprints, crs, width, report)
+        centres, width = centres_3857(empties)
+        area = mapped_area(Path(aoi) if aoi is not None else None, footprints, crs, width, report)
         for c, xy in zip(empties, centres):
             if not area.contains(shapely.Point(xy)):
                 c.status = "empty-outside"

@@ -45,15 +45,15 @@ from typing import Any, Iterator, Sequence
 from rooftrace.core.errors import RooftraceError, is_strict
 from rooftrace.core.hashing import sha256_file
 from rooftrace.core.locks import OutputLock
-from rooftrace.scenes.merge import MERGED_LAYER, MERGED_NAME, _parse_crs, merge_scenes
+from rooftrace.scenes.merge import MERGED_LAYER, MERGED_NAME, merge_scenes, parse_crs
 from rooftrace.scenes.tasks import (
     ModelSpec,
-    _assemble_task,
-    _blocks_task,
-    _plan_task,
-    _scene_task,
-    _window_task,
-    _write_task,
+    assemble_task,
+    blocks_task,
+    plan_task,
+    scene_task,
+    window_task,
+    write_task,
 )
 
 #: Default size above which a scene is split across workers (pixels, width x height): 8,000 x 8,000.
@@ -69,10 +69,6 @@ def _need_dask() -> Any:
     except ImportError:
         raise RooftraceError("Dask is not installed: pip install 'rooftrace[dask]' (or 'dask[distributed]')") from None
     return distributed
-
-
-# ---------------------------------------------------------------------------------------------
-# Tasks (run on the workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +256,7 @@ def predict_scenes_dask(
     for name in ("windows_per_task", "blocks_per_task"):
         if locals()[name] < 1:
             raise RooftraceError(f"{name} {locals()[name]}: must be at least 1")
-    target_crs = _parse_crs(crs)
+    target_crs = parse_crs(crs)
     check_scheduler(scheduler)
     every = list_scenes(scenes)
     check_unique_stems(every)
@@ -308,10 +304,10 @@ def _run(client: Any, spec: ModelSpec, todo: list[Path], scene_dir: Path, out_di
         out = scene_dir / f"{p.stem}.gpkg"
         px = _pixels(p)
         if px is not None and px > split_above:
-            f = client.submit(_plan_task, spec, str(p), kwargs, key=f"plan-{p.stem}-{run_id}", **opts)
+            f = client.submit(plan_task, spec, str(p), kwargs, key=f"plan-{p.stem}-{run_id}", **opts)
             waiting[f] = ("plan", p)
         else:
-            f = client.submit(_scene_task, spec, str(p), str(out), kwargs, key=f"scene-{p.stem}-{run_id}", **opts)
+            f = client.submit(scene_task, spec, str(p), str(out), kwargs, key=f"scene-{p.stem}-{run_id}", **opts)
             waiting[f] = ("scene", p)
     started = {p: time.time() for p in todo}
     ac = distributed.as_completed(list(waiting))
@@ -347,15 +343,15 @@ def _submit_split(client: Any, spec: ModelSpec, p: Path, plan: dict[str, Any], s
     n = plan["n_windows"]
     ranges = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
     part_paths = [str(work / f"part-{k:05d}.tif") for k in range(len(ranges))]
-    parts = [client.submit(_window_task, spec, str(p), plan, lo, hi, path, key=f"windows-{p.stem}-{k}-{run_id}", **opts)
+    parts = [client.submit(window_task, spec, str(p), plan, lo, hi, path, key=f"windows-{p.stem}-{k}-{run_id}", **opts)
              for k, ((lo, hi), path) in enumerate(zip(ranges, part_paths))]
     prob_path = str(work / "probabilities.tif")
-    assembled = client.submit(_assemble_task, plan, parts, part_paths, prob_path, key=f"assemble-{p.stem}-{run_id}", **opts)
+    assembled = client.submit(assemble_task, plan, parts, part_paths, prob_path, key=f"assemble-{p.stem}-{run_id}", **opts)
     cores = block_cores(plan["height"], plan["width"], plan["block"])
     chunks = [cores[k:k + blocks_per_task] for k in range(0, len(cores), blocks_per_task)]
-    blocks = [client.submit(_blocks_task, plan, assembled, prob_path, chunk, key=f"blocks-{p.stem}-{k}-{run_id}", **opts)
+    blocks = [client.submit(blocks_task, plan, assembled, prob_path, chunk, key=f"blocks-{p.stem}-{k}-{run_id}", **opts)
               for k, chunk in enumerate(chunks)]
-    written = client.submit(_write_task, str(p), str(scene_dir / f"{p.stem}.gpkg"), plan, assembled, blocks, str(work), t0,
+    written = client.submit(write_task, str(p), str(scene_dir / f"{p.stem}.gpkg"), plan, assembled, blocks, str(work), t0,
                             key=f"write-{p.stem}-{run_id}", **opts)
     waiting[written] = ("write", p)
     return written

@@ -19,7 +19,7 @@ MERGED_NAME = "footprints.gpkg"
 MERGED_LAYER = "footprints"
 
 
-def _parse_crs(crs: str | None) -> Any:
+def parse_crs(crs: str | None) -> Any:
     if crs is None:
         return None
     from pyproj import CRS
@@ -35,7 +35,7 @@ def merged_provenance(items: Sequence[tuple[str, dict[str, Any] | None]], crs: A
     """The merged layer's provenance: each scene's own (``scenes``, by name), with what they all share
     (model, post-processing) also at the top; ``crs`` is the merged layer's."""
     from rooftrace.core.version import __version__
-    from rooftrace.inference.provenance import FIELDS, _crs_name
+    from rooftrace.inference.provenance import FIELDS, crs_name
 
     scenes = {stem: prov for stem, prov in items}
     known = [p for p in scenes.values() if p]
@@ -49,7 +49,7 @@ def merged_provenance(items: Sequence[tuple[str, dict[str, Any] | None]], crs: A
         else:
             prov[key] = "differs by scene (see scenes)" if known else None
     prov["source"] = {"scenes": len(scenes)}
-    prov["crs"] = _crs_name(crs) if crs is not None else None
+    prov["crs"] = crs_name(crs) if crs is not None else None
     prov["fields"] = {"scene": "the scene (file stem) the building was predicted in", **FIELDS}
     # per scene: what is not shared (its raster and CRS, at least), or None for a file written without provenance
     prov["scenes"] = {stem: {k: v for k, v in p.items() if k not in (*shared, "software", "rooftrace_version", "fields")} if p else None
@@ -76,7 +76,7 @@ def merge_scenes(items: Sequence[tuple[str, Path]], out: Path, crs: Any = None,
 
     from rooftrace.geometry.areas import area_m2
     from rooftrace.inference.provenance import (
-        _crs_name,
+        crs_name,
         provenance_metadata,
         read_provenance,
     )
@@ -108,7 +108,7 @@ def merge_scenes(items: Sequence[tuple[str, Path]], out: Path, crs: Any = None,
         for stem, path, info in infos:
             src_crs = CRS.from_user_input(info["crs"]) if info.get("crs") else None
             if (src_crs is None) != (crs is None):
-                failed.append((path, f"has no CRS, so it cannot join the merged layer in {_crs_name(crs)}" if src_crs is None
+                failed.append((path, f"has no CRS, so it cannot join the merged layer in {crs_name(crs)}" if src_crs is None
                                else "the merged layer has no CRS (the first scene had none); give --crs"))
                 continue
             accepted.append((stem, path, src_crs))
@@ -140,4 +140,4 @@ def merge_scenes(items: Sequence[tuple[str, Path]], out: Path, crs: Any = None,
 
             raise RooftraceError(f"{out}: cannot write it ({write_error_reason(exc, out, (tmp,))})") from None
         raise
-    return out, count, _crs_name(crs) if crs is not None else None
+    return out, count, crs_name(crs) if crs is not None else None

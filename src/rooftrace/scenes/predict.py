@@ -74,7 +74,7 @@ from rooftrace.core.paths import check_distinct
 from rooftrace.imagery.raster import DEFAULT_STRETCH, GDAL_CACHE_MB, Scene
 from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 from rooftrace.inference.card import band_warning, gsd_warning, size_warning
-from rooftrace.inference.provenance import _crs_name
+from rooftrace.inference.provenance import crs_name
 from rooftrace.inference.runtime import ModelRunner, SceneModel, make_runner
 from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.instances.postprocess import (
@@ -102,27 +102,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------------------------
-# Opening a scene: bands, stretch, nodata
-
-
-# ---------------------------------------------------------------------------------------------
-# Windows
-
-
-# ---------------------------------------------------------------------------------------------
-# Running a model on batches of windows
-
-
-# ---------------------------------------------------------------------------------------------
-# Phase 1: inference and stitching into a probability GeoTIFF
-
-
-# ---------------------------------------------------------------------------------------------
-# Phase 2: post-processing in blocks, each building once
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing features
+# The probabilities' temporary file
 
 
 def probabilities_temp(out: str | Path, work_dir: str | Path | None = None) -> Path:
@@ -412,32 +392,9 @@ def _run_scene(scene: Path, out: Path, model: Any, gsd: float | None, tile: int,
         st = sc.src.transform
         return SceneResult(
             scene=scene, out=written, model=runner.description, n_buildings=writer.count, width=sc.src.width, height=sc.src.height,
-            crs=_crs_name(crs) if crs is not None else None, pixel_size=(abs(st.a), abs(st.e)),
+            crs=crs_name(crs) if crs is not None else None, pixel_size=(abs(st.a), abs(st.e)),
             area_km2=scene_area_km2(sc.src.width, sc.src.height, st, crs), bands=sc.plan.describe(),
             n_windows=stats.n_windows, n_windows_nodata=stats.n_skipped, n_truncated=truncated,
             seconds_inference=t1 - t0, seconds_postprocess=t2 - t1, seconds=time.perf_counter() - t0, probabilities=kept,
             gsd_input=gsd_in, gsd_source=gsd_source, gsd_model=runner.gsd, scale=factor, notes=notes,
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Many scenes, many processes
-
-
-__all__ = [
-    "FeatureWriter",
-    "ModelRunner",
-    "Scene",
-    "SceneModel",
-    "SceneResult",
-    "check_output",
-    "check_tiling",
-    "check_writable",
-    "probabilities_temp",
-    "make_runner",
-    "postprocess_blocks",
-    "predict_scene",
-    "scene_area_km2",
-    "scene_scale",
-    "stitch_scene",
-]

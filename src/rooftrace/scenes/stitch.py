@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import rasterio
@@ -15,14 +15,16 @@ from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.raster import ArrayScene, Scene
-from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, Grid, check_tiling, run_windows
+from rooftrace.imagery.windows import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    Grid,
+    check_tiling,
+    run_windows,
+)
 from rooftrace.inference.runtime import ModelRunner
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-
-
-_PROB_BLOCK = 256  # block size of the stitched probability GeoTIFF
+PROB_BLOCK = 256  # block size of the stitched probability GeoTIFF
 
 
 def _quantise(probs: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
@@ -83,7 +85,7 @@ def prob_profile(width: int, height: int, channels: int, crs: Any = None, transf
     """The creation options of a stitched probability GeoTIFF: tiled, compressed, one uint8 band a channel."""
     where = dict(crs=crs, transform=transform) if transform is not None else {}
     return dict(driver="GTiff", width=width, height=height, count=channels, dtype="uint8", **where, tiled=True,
-                blockxsize=_PROB_BLOCK, blockysize=_PROB_BLOCK, BIGTIFF="IF_SAFER", **_compression())
+                blockxsize=PROB_BLOCK, blockysize=PROB_BLOCK, BIGTIFF="IF_SAFER", **_compression())
 
 
 def stitch_windows(grid: Grid, read: Callable, run: Callable[[np.ndarray], np.ndarray], batch_size: int,
@@ -93,7 +95,7 @@ def stitch_windows(grid: Grid, read: Callable, run: Callable[[np.ndarray], np.nd
     whose first row is the first row the first window keeps; returns the windows skipped (no valid pixel).
 
     The one stitching loop: a scene (:func:`stitch_scene`) runs every window; a Dask task
-    (:func:`rooftrace.scenes.tasks._window_task`) a run of them, whose first and last rows of windows may be
+    (:func:`rooftrace.scenes.tasks.window_task`) a run of them, whose first and last rows of windows may be
     partial (what no window of the run keeps stays 0). One strip of windows is held in memory, and rows are
     written in whole blocks of the GeoTIFF as soon as they are final.
     """
@@ -105,7 +107,7 @@ def stitch_windows(grid: Grid, read: Callable, run: Callable[[np.ndarray], np.nd
 
     def write_rows(final: bool) -> None:
         rows = state["pending_rows"]
-        n = rows if final else (rows // _PROB_BLOCK) * _PROB_BLOCK  # whole blocks only, until the end
+        n = rows if final else (rows // PROB_BLOCK) * PROB_BLOCK  # whole blocks only, until the end
         if n == 0:
             return
         data = np.concatenate(pending, axis=1) if len(pending) > 1 else pending[0]

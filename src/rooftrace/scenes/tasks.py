@@ -64,7 +64,7 @@ def model_loads() -> dict[str, int]:
     return {f"{k[0]} {str(k[1])[:12]}": n for k, n in LOADS.items()}
 
 
-def _scene_task(spec: ModelSpec, scene: str, out: str, kwargs: dict[str, Any]) -> tuple[str, Any]:
+def scene_task(spec: ModelSpec, scene: str, out: str, kwargs: dict[str, Any]) -> tuple[str, Any]:
     """One whole scene on one worker: ``("done", SceneResult)`` or ``("failed", message)`` for bad input."""
     from rooftrace.scenes.predict import predict_scene
 
@@ -83,7 +83,7 @@ def _open_scene(scene: str, plan: dict[str, Any]) -> Any:
     return sc
 
 
-def _plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str, Any]:
+def plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str, Any]:
     """What a split scene's tasks need: scale, grid, channels, post-processing (``("plan", dict)``)."""
     import rasterio
 
@@ -129,7 +129,7 @@ def _plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str
     return "plan", plan
 
 
-def _window_task(spec: ModelSpec, scene: str, plan: dict[str, Any], lo: int, hi: int, part_path: str) -> tuple[str, Any]:
+def window_task(spec: ModelSpec, scene: str, plan: dict[str, Any], lo: int, hi: int, part_path: str) -> tuple[str, Any]:
     """Phase 1 for jobs ``lo:hi`` (row-major windows) of a split scene, through the stitching loop
     stitch_scene runs (:func:`rooftrace.scenes.stitch.stitch_windows`), batched as it batches them;
     writes the probabilities those windows keep (zeros elsewhere) over the rows they span."""
@@ -158,13 +158,13 @@ def _window_task(spec: ModelSpec, scene: str, plan: dict[str, Any], lo: int, hi:
     return "part", (row0, row1, len(jobs), skipped)
 
 
-def _assemble_task(plan: dict[str, Any], parts: list[tuple[str, Any]], part_paths: list[str], prob_path: str) -> tuple[str, Any]:
+def assemble_task(plan: dict[str, Any], parts: list[tuple[str, Any]], part_paths: list[str], prob_path: str) -> tuple[str, Any]:
     """The stitched probability GeoTIFF from the phase-1 parts: per pixel, the one part that kept it."""
     import rasterio
     from rasterio.windows import Window
 
     from rooftrace.imagery.raster import GDAL_CACHE_MB
-    from rooftrace.scenes.stitch import _PROB_BLOCK, prob_profile
+    from rooftrace.scenes.stitch import PROB_BLOCK, prob_profile
 
     for status, value in parts:
         if status == "failed":
@@ -173,7 +173,7 @@ def _assemble_task(plan: dict[str, Any], parts: list[tuple[str, Any]], part_path
     H, W, channels = plan["height"], plan["width"], plan["channels"]
     profile = prob_profile(W, H, channels, plan["src_crs"], plan["transform"])
     tmp = f"{prob_path}.{os.getpid()}.tmp.tif"
-    step = _PROB_BLOCK * 4  # rows assembled at a time (whole blocks)
+    step = PROB_BLOCK * 4  # rows assembled at a time (whole blocks)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(tmp, "w", **profile) as dst:
         for r in range(0, H, step):
             r1 = min(H, r + step)
@@ -188,7 +188,7 @@ def _assemble_task(plan: dict[str, Any], parts: list[tuple[str, Any]], part_path
     return "probabilities", sum(p[1][3] for p in parts)
 
 
-def _blocks_task(plan: dict[str, Any], assembled: tuple[str, Any], prob_path: str, cores: list[tuple[int, int]]) -> tuple[str, Any]:
+def blocks_task(plan: dict[str, Any], assembled: tuple[str, Any], prob_path: str, cores: list[tuple[int, int]]) -> tuple[str, Any]:
     """Phase 2 for some cores: their buildings (WKB in scene pixels) and scores, core by core, in order."""
     import shapely
 
@@ -205,13 +205,13 @@ def _blocks_task(plan: dict[str, Any], assembled: tuple[str, Any], prob_path: st
     return "blocks", out
 
 
-def _write_task(scene: str, out: str, plan: dict[str, Any], assembled: tuple[str, Any], blocks: list[tuple[str, Any]],
+def write_task(scene: str, out: str, plan: dict[str, Any], assembled: tuple[str, Any], blocks: list[tuple[str, Any]],
                 work: str, t0: float) -> tuple[str, Any]:
     """The split scene's GeoPackage, blocks in the single-process order; returns ``("done", SceneResult)``."""
     import shapely
     from pyproj import CRS
 
-    from rooftrace.inference.provenance import _crs_name
+    from rooftrace.inference.provenance import crs_name
     from rooftrace.scenes.predict import SceneResult
     from rooftrace.scenes.writers import FeatureWriter, scene_area_km2
 
@@ -236,7 +236,7 @@ def _write_task(scene: str, out: str, plan: dict[str, Any], assembled: tuple[str
     seconds = time.time() - t0
     return "done", SceneResult(
         scene=Path(scene), out=written, model=plan["model"], n_buildings=writer.count, width=plan["src_width"],
-        height=plan["src_height"], crs=_crs_name(crs) if crs is not None else None, pixel_size=(abs(st.a), abs(st.e)),
+        height=plan["src_height"], crs=crs_name(crs) if crs is not None else None, pixel_size=(abs(st.a), abs(st.e)),
         area_km2=scene_area_km2(plan["src_width"], plan["src_height"], st, crs), bands=plan["bands_text"],
         n_windows=plan["n_windows"], n_windows_nodata=int(assembled[1]), n_truncated=truncated, seconds_inference=float("nan"),
         seconds_postprocess=float("nan"), seconds=seconds, gsd_input=plan["gsd_input"], gsd_source=plan["gsd_source"],

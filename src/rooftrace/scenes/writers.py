@@ -57,11 +57,11 @@ from rooftrace.geometry.shapes import pixel_to_map
 from rooftrace.inference.provenance import (
     FIELDS,
     PROVENANCE_KEY,
-    _crs_name,
-    _with_crs,
+    crs_name,
     geojson_head,
     make_provenance,
     provenance_metadata,
+    with_crs,
 )
 
 #: Output formats by suffix (OGR driver names; ``Parquet`` is written with pyarrow, not GDAL).
@@ -266,9 +266,9 @@ class FeatureWriter:
         self.driver, self.crs, self.transform, self.chunk = driver, crs, transform, chunk
         self.metres_per_unit = metres_per_unit
         self.out_crs = CRS.from_epsg(4326) if driver == "GeoJSON" else crs
-        self.provenance = _with_crs(provenance, self.out_crs)
+        self.provenance = with_crs(provenance, self.out_crs)
         if crs is not None and not crs.equals(self.out_crs):
-            self.provenance["reprojected_from"] = _crs_name(crs)
+            self.provenance["reprojected_from"] = crs_name(crs)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.path.suffix}")
         # FlatGeobuf cannot be appended to: its features are staged in a GeoPackage (removed by abort's glob too).
         self.stage = self.tmp.with_name(self.tmp.name + ".gpkg") if driver == "FlatGeobuf" else self.tmp

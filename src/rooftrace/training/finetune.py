@@ -45,14 +45,23 @@ import torch
 
 from rooftrace.config import Config, config_from_dict, resolve_path
 from rooftrace.core.errors import RooftraceError
-from rooftrace.core.files import atomic_write_text
+from rooftrace.core.files import atomic_write_text, probe_writable
+from rooftrace.core.locks import OutputLock
+from rooftrace.core.paths import check_distinct
 from rooftrace.evaluation.metrics import Score
 from rooftrace.evaluation.tuning import score_settings, search_settings
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.labels.splits import open_split
 from rooftrace.models.autocast import autocast, depthwise_in_fp32
 from rooftrace.models.files import save_model
-from rooftrace.training.alignment import DEFAULT_GSD, Alignment, SplitProbs, align_chips, load_network, resolve_model
+from rooftrace.training.alignment import (
+    DEFAULT_GSD,
+    Alignment,
+    SplitProbs,
+    align_chips,
+    load_network,
+    resolve_model,
+)
 from rooftrace.training.dataset import TileDataset, collate_pad, select_tiles
 from rooftrace.training.losses import TolerantLoss
 from rooftrace.training.recipe import Recipe, load_recipe
@@ -262,168 +271,173 @@ def finetune(
             raise RooftraceError(f"{p}: already exists; pass --force to overwrite it, or choose another --out")
     if not out.parent.is_dir():
         raise RooftraceError(f"--out {out}: its folder {out.parent} does not exist")
-    recipe = recipe or load_recipe()
-    start_path = resolve_model(model)
-    net = load_network(start_path, device)
-    gsd = gsd or net.config.data.gsd or DEFAULT_GSD
-    run = _new_run_dir(Path(resolve_path(str(runs_dir))), out.name.removesuffix(".safetensors"))
-    log(f"run folder {run}; starting from {start_path} at {gsd:g} m a pixel")
+    check_distinct({"CHIPS_DIR": chips_dir, "--labels": labels, "--model": None if model in (None, "shipped") else model},
+                   {"--out": out, "its tuned settings": tuned_path(out)})
+    probe_writable(out.parent, out, "; nothing was adapted")
+    # One run at a time writes a model file: a second finetune to the same --out stops here, before any work.
+    with OutputLock(out, what="--out"):
+        recipe = recipe or load_recipe()
+        start_path = resolve_model(model)
+        net = load_network(start_path, device)
+        gsd = gsd or net.config.data.gsd or DEFAULT_GSD
+        run = _new_run_dir(Path(resolve_path(str(runs_dir))), out.name.removesuffix(".safetensors"))
+        log(f"run folder {run}; starting from {start_path} at {gsd:g} m a pixel")
 
-    # 1-2. Chips split by area, the labels' shift, the starting model's probabilities.
-    al = align_chips(chips_dir, labels, run / "chips", net, align=align, max_shift_m=max_shift_m, progress=progress,
-                     gsd=gsd, val=val, test=test, seed=seed, **prepare)
-    log(al.chips.summary())
-    log(al.summary())
-    if "train" not in al.probs or "val" not in al.probs or not al.chips.per_split.get("train", {}).get("chips") \
-            or not al.chips.per_split.get("val", {}).get("chips"):
-        raise RooftraceError(f"{chips_dir}: too few blocks of chips to hold some out ({al.chips.block_scheme}); give more chips, "
-                             "or smaller blocks (--block 1)")
-    card_split = "test" if al.chips.per_split.get("test", {}).get("chips") else "val"
-    tuning, card = al.probs["val"], al.probs[card_split]
-    if not any(img.footprints for img in tuning.labels):
-        raise RooftraceError(f"{labels}: the tuning blocks hold no labelled building; give more chips or another --seed")
-    t_tune = time.perf_counter()
-    start_settings, start_tuning_f1 = _tune(tuning, method)
-    tune_s = time.perf_counter() - t_tune
-    start_side = Side.of(score_settings(card.probs, card.labels, method, start_settings), start_tuning_f1, start_settings)
-    log(f"start: tuned F1 {start_tuning_f1:.4f} on the tuning blocks, {start_side.f1:.4f} on the {card_split} blocks")
+        # 1-2. Chips split by area, the labels' shift, the starting model's probabilities.
+        al = align_chips(chips_dir, labels, run / "chips", net, align=align, max_shift_m=max_shift_m, progress=progress,
+                         gsd=gsd, val=val, test=test, seed=seed, **prepare)
+        log(al.chips.summary())
+        log(al.summary())
+        if "train" not in al.probs or "val" not in al.probs or not al.chips.per_split.get("train", {}).get("chips") \
+                or not al.chips.per_split.get("val", {}).get("chips"):
+            raise RooftraceError(f"{chips_dir}: too few blocks of chips to hold some out ({al.chips.block_scheme}); give more chips, "
+                                 "or smaller blocks (--block 1)")
+        card_split = "test" if al.chips.per_split.get("test", {}).get("chips") else "val"
+        tuning, card = al.probs["val"], al.probs[card_split]
+        if not any(img.footprints for img in tuning.labels):
+            raise RooftraceError(f"{labels}: the tuning blocks hold no labelled building; give more chips or another --seed")
+        t_tune = time.perf_counter()
+        start_settings, start_tuning_f1 = _tune(tuning, method)
+        tune_s = time.perf_counter() - t_tune
+        start_side = Side.of(score_settings(card.probs, card.labels, method, start_settings), start_tuning_f1, start_settings)
+        log(f"start: tuned F1 {start_tuning_f1:.4f} on the tuning blocks, {start_side.f1:.4f} on the {card_split} blocks")
 
-    # 3. Adapting.
-    cfg = _train_config(net.config, recipe, run / "chips" / "train", run / "chips" / "val", gsd, start_path, seed)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    train_ds = TileDataset(select_tiles(cfg.data.train, [open_split(cfg.data.train[0].path)]), cfg.data, cfg.augment, seed=seed)
-    model = net.model
-    if net.amp == torch.bfloat16 and net.device.type == "cpu":
-        depthwise_in_fp32(model)  # faster on CPUs, as the shipped model's recipe trains (train.depthwise_fp32)
-    encoder = getattr(model, "encoder", None)
-    enc_params = list(encoder.parameters()) if encoder is not None else []
-    enc_ids = {id(p) for p in enc_params}
-    other = [p for p in model.parameters() if id(p) not in enc_ids]
-    groups = [{"params": other, "lr": recipe.lr}]
-    if enc_params:
-        groups.append({"params": enc_params, "lr": recipe.lr * recipe.encoder_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
-    plan = _Plan(recipe.steps, recipe.warmup)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: plan.factor(s))
-    loss_fn = TolerantLoss(cfg.loss, len(net.channels), recipe.unlabelled_weight, recipe.confident).to(net.device)
-    bn_types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
-    frozen_bn = [m for m in (encoder.modules() if encoder is not None else []) if isinstance(m, bn_types)] if recipe.freeze_bn else []
-    frozen = bool(enc_params) and recipe.freeze_encoder > 0  # for the first freeze_encoder of the (planned) steps
+        # 3. Adapting.
+        cfg = _train_config(net.config, recipe, run / "chips" / "train", run / "chips" / "val", gsd, start_path, seed)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        train_ds = TileDataset(select_tiles(cfg.data.train, [open_split(cfg.data.train[0].path)]), cfg.data, cfg.augment, seed=seed)
+        model = net.model
+        if net.amp == torch.bfloat16 and net.device.type == "cpu":
+            depthwise_in_fp32(model)  # faster on CPUs, as the shipped model's recipe trains (train.depthwise_fp32)
+        encoder = getattr(model, "encoder", None)
+        enc_params = list(encoder.parameters()) if encoder is not None else []
+        enc_ids = {id(p) for p in enc_params}
+        other = [p for p in model.parameters() if id(p) not in enc_ids]
+        groups = [{"params": other, "lr": recipe.lr}]
+        if enc_params:
+            groups.append({"params": enc_params, "lr": recipe.lr * recipe.encoder_lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
+        plan = _Plan(recipe.steps, recipe.warmup)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: plan.factor(s))
+        loss_fn = TolerantLoss(cfg.loss, len(net.channels), recipe.unlabelled_weight, recipe.confident).to(net.device)
+        bn_types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+        frozen_bn = [m for m in (encoder.modules() if encoder is not None else []) if isinstance(m, bn_types)] if recipe.freeze_bn else []
+        frozen = bool(enc_params) and recipe.freeze_encoder > 0  # for the first freeze_encoder of the (planned) steps
 
-    def set_encoder(trainable: bool) -> None:
-        for p in enc_params:
-            p.requires_grad_(trainable)
+        def set_encoder(trainable: bool) -> None:
+            for p in enc_params:
+                p.requires_grad_(trainable)
 
-    # Each evaluation re-runs the network over the tuning blocks; the end needs one pass over the tuning and
-    # card blocks and a search: both estimated from the starting model's passes.
-    n_eval = len(tuning.probs)
-    n_end = n_eval + (len(card.probs) if card_split != "val" else 0)
-    # The adapted model finds more buildings than the start, and post-processing them costs more: a wide margin.
-    end_s = al.seconds_per_image * n_end * 1.5 + tune_s * 3.0 + 10.0
-    eval_s = al.seconds_per_image * n_eval * 1.2 + 1.0
-    best_f1, best_step, best_state, bad = -1.0, 0, None, 0
-    history: list[dict] = []
-    step, epoch, stopped = 0, 0, "the planned steps are done"
-    calibrated = False
-    g = torch.Generator().manual_seed(seed)
-    set_encoder(not frozen)
-    bar = tqdm(total=plan.total, desc="finetune", unit="step", disable=not progress, dynamic_ncols=True)
-    t_train = time.monotonic()
-    if time.monotonic() + end_s + eval_s >= deadline:
-        raise RooftraceError(f"--minutes {minutes:g}: the budget is used up before adapting starts (the chips and the starting "
-                             f"model's scores took {time.monotonic() - t_start:.0f} s); give more minutes")
-    while step < plan.total:
-        train_ds.epoch = epoch
-        sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=recipe.eval_every * recipe.batch_size,
-                                                 generator=g)
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=recipe.batch_size, sampler=sampler, num_workers=0,
-                                             collate_fn=collate_pad)
-        model.train()
-        for m in frozen_bn:
-            m.eval()
-        t_chunk = time.monotonic()
-        n_chunk, loss_sum = 0, 0.0
-        for batch in loader:
-            if frozen and step >= int(round(recipe.freeze_encoder * plan.total)):
-                set_encoder(True)
-                frozen = False
-            x, y = batch["image"].to(net.device), batch["target"].to(net.device)
-            with autocast(net.device, net.amp):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            if not bool(torch.isfinite(loss.detach())):
-                raise RooftraceError(f"adapting diverged at step {step + 1} (the loss is {float(loss)}); lower the recipe's lr "
-                                     f"(now {recipe.lr:g})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            n_chunk += 1
-            loss_sum += float(loss.detach())
-            bar.update(1)
-            # Stop while one more step, a score and the end still fit (a busy CPU slows all three).
-            if step >= plan.total or time.monotonic() + 1.5 * (end_s + eval_s) + (time.monotonic() - t_chunk) / n_chunk >= deadline:
+        # Each evaluation re-runs the network over the tuning blocks; the end needs one pass over the tuning and
+        # card blocks and a search: both estimated from the starting model's passes.
+        n_eval = len(tuning.probs)
+        n_end = n_eval + (len(card.probs) if card_split != "val" else 0)
+        # The adapted model finds more buildings than the start, and post-processing them costs more: a wide margin.
+        end_s = al.seconds_per_image * n_end * 1.5 + tune_s * 3.0 + 10.0
+        eval_s = al.seconds_per_image * n_eval * 1.2 + 1.0
+        best_f1, best_step, best_state, bad = -1.0, 0, None, 0
+        history: list[dict] = []
+        step, epoch, stopped = 0, 0, "the planned steps are done"
+        calibrated = False
+        g = torch.Generator().manual_seed(seed)
+        set_encoder(not frozen)
+        bar = tqdm(total=plan.total, desc="finetune", unit="step", disable=not progress, dynamic_ncols=True)
+        t_train = time.monotonic()
+        if time.monotonic() + end_s + eval_s >= deadline:
+            raise RooftraceError(f"--minutes {minutes:g}: the budget is used up before adapting starts (the chips and the starting "
+                                 f"model's scores took {time.monotonic() - t_start:.0f} s); give more minutes")
+        while step < plan.total:
+            train_ds.epoch = epoch
+            sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=recipe.eval_every * recipe.batch_size,
+                                                     generator=g)
+            loader = torch.utils.data.DataLoader(train_ds, batch_size=recipe.batch_size, sampler=sampler, num_workers=0,
+                                                 collate_fn=collate_pad)
+            model.train()
+            for m in frozen_bn:
+                m.eval()
+            t_chunk = time.monotonic()
+            n_chunk, loss_sum = 0, 0.0
+            for batch in loader:
+                if frozen and step >= int(round(recipe.freeze_encoder * plan.total)):
+                    set_encoder(True)
+                    frozen = False
+                x, y = batch["image"].to(net.device), batch["target"].to(net.device)
+                with autocast(net.device, net.amp):
+                    logits = model(x)
+                loss = loss_fn(logits.float(), y)
+                if not bool(torch.isfinite(loss.detach())):
+                    raise RooftraceError(f"adapting diverged at step {step + 1} (the loss is {float(loss)}); lower the recipe's lr "
+                                         f"(now {recipe.lr:g})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                n_chunk += 1
+                loss_sum += float(loss.detach())
+                bar.update(1)
+                # Stop while one more step, a score and the end still fit (a busy CPU slows all three).
+                if step >= plan.total or time.monotonic() + 1.5 * (end_s + eval_s) + (time.monotonic() - t_chunk) / n_chunk >= deadline:
+                    break
+            chunk_s = time.monotonic() - t_chunk
+            epoch += 1
+            t_eval = time.monotonic()
+            probs = tuning.again(net)
+            f1 = score_settings(probs.probs, probs.labels, method, start_settings).f1
+            eval_s = max(eval_s * 0.75, time.monotonic() - t_eval)
+            history.append({"step": step, "lr": scheduler.get_last_lr()[0], "train_loss": loss_sum / max(n_chunk, 1),
+                            "tuning_f1": f1, "seconds": round(time.monotonic() - t_start, 1)})
+            if f1 > best_f1:
+                best_f1, best_step, bad = f1, step, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+            bar.set_postfix(loss=f"{loss_sum / max(n_chunk, 1):.3f}", f1=f"{f1:.3f}", best=f"{best_f1:.3f}")
+            left = deadline - time.monotonic() - end_s
+            if not calibrated and n_chunk:
+                # The speed is known now: fit the schedule into the time left.
+                per_step = chunk_s / n_chunk + eval_s / recipe.eval_every
+                fits = step + int(max(0.0, left) / per_step)
+                if fits < plan.total:
+                    plan.total = max(step, fits)
+                    bar.total = plan.total
+                    bar.refresh()
+                    stopped = f"the schedule was shortened to {plan.total} steps to fit the {minutes:g} minutes"
+                calibrated = True
+            if recipe.patience and bad >= recipe.patience:
+                stopped = f"stopped early: no better F1 on the tuning blocks for {recipe.patience} evaluations"
                 break
-        chunk_s = time.monotonic() - t_chunk
-        epoch += 1
-        t_eval = time.monotonic()
-        probs = tuning.again(net)
-        f1 = score_settings(probs.probs, probs.labels, method, start_settings).f1
-        eval_s = max(eval_s * 0.75, time.monotonic() - t_eval)
-        history.append({"step": step, "lr": scheduler.get_last_lr()[0], "train_loss": loss_sum / max(n_chunk, 1),
-                        "tuning_f1": f1, "seconds": round(time.monotonic() - t_start, 1)})
-        if f1 > best_f1:
-            best_f1, best_step, bad = f1, step, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-        bar.set_postfix(loss=f"{loss_sum / max(n_chunk, 1):.3f}", f1=f"{f1:.3f}", best=f"{best_f1:.3f}")
-        left = deadline - time.monotonic() - end_s
-        if not calibrated and n_chunk:
-            # The speed is known now: fit the schedule into the time left.
-            per_step = chunk_s / n_chunk + eval_s / recipe.eval_every
-            fits = step + int(max(0.0, left) / per_step)
-            if fits < plan.total:
-                plan.total = max(step, fits)
-                bar.total = plan.total
-                bar.refresh()
-                stopped = f"the schedule was shortened to {plan.total} steps to fit the {minutes:g} minutes"
-            calibrated = True
-        if recipe.patience and bad >= recipe.patience:
-            stopped = f"stopped early: no better F1 on the tuning blocks for {recipe.patience} evaluations"
-            break
-        if step < plan.total and left < chunk_s / max(n_chunk, 1) * min(recipe.eval_every, plan.total - step) + eval_s:
-            stopped = f"stopped at the time budget ({minutes:g} minutes)"
-            break
-    bar.close()
-    train_s = time.monotonic() - t_train
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+            if step < plan.total and left < chunk_s / max(n_chunk, 1) * min(recipe.eval_every, plan.total - step) + eval_s:
+                stopped = f"stopped at the time budget ({minutes:g} minutes)"
+                break
+        bar.close()
+        train_s = time.monotonic() - t_train
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
 
-    # 4. Tuning and the card.
-    adapted_path = run / "adapted.safetensors"
-    extra = {"finetune": {"start_model": str(start_path), "steps": step, "best_step": best_step, "chips": str(chips_dir),
-                          "labels": str(labels)}}
-    save_model(adapted_path, model, cfg, extra=extra)
-    tuning_a = tuning.again(net)
-    card_a = tuning_a if card_split == "val" else card.again(net)
-    a_settings, a_tuning_f1 = _tune(tuning_a, method)
-    adapted_side = Side.of(score_settings(card_a.probs, card_a.labels, method, a_settings), a_tuning_f1, a_settings)
-    _write_settings(tuned_path(adapted_path), method, a_settings, a_tuning_f1, run / "chips" / "val", force=True)
-    result = FinetuneResult(run, None, str(start_path), start_side, adapted_side, card_split, len(card.probs), step, best_step,
-                            stopped, time.monotonic() - t_start, float(minutes), al, recipe, history)
-    if result.better or keep_worse:
-        save_model(out, model, cfg, extra=extra, force=force)  # one that appeared meanwhile is not overwritten either
-        _write_settings(tuned_path(out), method, a_settings, a_tuning_f1, run / "chips" / "val", force=force)
-        result.out, result.kept_worse = out, not result.better
-    result.seconds = time.monotonic() - t_start
-    _write_run_files(result, train_s)
-    return result
+        # 4. Tuning and the card.
+        adapted_path = run / "adapted.safetensors"
+        extra = {"finetune": {"start_model": str(start_path), "steps": step, "best_step": best_step, "chips": str(chips_dir),
+                              "labels": str(labels)}}
+        save_model(adapted_path, model, cfg, extra=extra)
+        tuning_a = tuning.again(net)
+        card_a = tuning_a if card_split == "val" else card.again(net)
+        a_settings, a_tuning_f1 = _tune(tuning_a, method)
+        adapted_side = Side.of(score_settings(card_a.probs, card_a.labels, method, a_settings), a_tuning_f1, a_settings)
+        _write_settings(tuned_path(adapted_path), method, a_settings, a_tuning_f1, run / "chips" / "val", force=True)
+        result = FinetuneResult(run, None, str(start_path), start_side, adapted_side, card_split, len(card.probs), step, best_step,
+                                stopped, time.monotonic() - t_start, float(minutes), al, recipe, history)
+        if result.better or keep_worse:
+            save_model(out, model, cfg, extra=extra, force=force)  # one that appeared meanwhile is not overwritten either
+            _write_settings(tuned_path(out), method, a_settings, a_tuning_f1, run / "chips" / "val", force=force)
+            result.out, result.kept_worse = out, not result.better
+        result.seconds = time.monotonic() - t_start
+        _write_run_files(result, train_s)
+        return result
 
 
 def _write_settings(path: Path, method: str, settings: PostprocessSettings, f1: float, split: Path, force: bool) -> None:

@@ -35,7 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    RandomSampler,
+    WeightedRandomSampler,
+)
 from tqdm import tqdm
 
 from rooftrace.config import Config, dump_yaml, load_config, resolve_path
@@ -45,19 +50,24 @@ from rooftrace.core.locks import OutputLock
 from rooftrace.labels.records import LabelSet, LoadReport
 from rooftrace.labels.splits import open_split
 from rooftrace.models.architectures import build_model, count_parameters
-from rooftrace.models.autocast import autocast, autocast_dtype, depthwise_in_fp32, dtype_name
+from rooftrace.models.autocast import (
+    autocast,
+    autocast_dtype,
+    depthwise_in_fp32,
+    dtype_name,
+)
 from rooftrace.models.files import save_model
 from rooftrace.training.dataset import TileDataset, collate_pad, select_tiles
 from rooftrace.training.losses import SegmentationLoss
-from rooftrace.training.sampling import tile_weights
 from rooftrace.training.resume import (
     PENDING,
-    _move_pending,
-    _pending_epoch,
     load_resume_state,
+    move_pending,
+    pending_epoch,
     recover_epoch_files,
     save_resume_state,
 )
+from rooftrace.training.sampling import tile_weights
 
 #: What :meth:`Trainer.validate` measures (NaN in the rows of epochs that ``train.val_every`` skips).
 VAL_FIELDS = ("val_loss", "pixel_iou", "pixel_f1", "pixel_precision", "pixel_recall", "object_f1", "object_f1_pooled",
@@ -389,7 +399,7 @@ class Trainer:
         save_resume_state(final / "resume.safetensors", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                           scaler=self.scaler, info={"epoch": epoch + 1, "best_f1": self.best_f1, "best_epoch": self.best_epoch,
                                                     "bad_epochs": self.bad_epochs, "history": self.history})
-        _move_pending(final)
+        move_pending(final)
 
     def fit(self) -> dict[str, Any]:
         """Train from ``start_epoch`` to the end or to early stopping; returns the final summary."""
@@ -507,7 +517,7 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str,
         state_path = run_dir / "resume.safetensors"
         # A run stopped while writing its first epoch's files has no resume state but a pending set:
         # it starts again from epoch 1 (every rank decides before rank 0 removes the set).
-        restart = not state_path.exists() and _pending_epoch(run_dir) is not None
+        restart = not state_path.exists() and pending_epoch(run_dir) is not None
         if env.world > 1:
             dist.barrier()
         if restart:

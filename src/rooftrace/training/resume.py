@@ -19,7 +19,7 @@ from torch import nn
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes
-from rooftrace.models.files import _unwrap
+from rooftrace.models.files import unwrap
 
 
 def save_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
@@ -27,7 +27,7 @@ def save_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Op
     """Write everything a run needs to continue exactly, the model's weights included: one
     safetensors file, atomically, so weights and optimizer state always belong to the same epoch."""
     tensors: dict[str, torch.Tensor] = {
-        f"model/{k}": v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()
+        f"model/{k}": v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()
     }
     opt = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
@@ -68,8 +68,8 @@ def load_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Op
             meta = json.loads((f.metadata() or {})["resume"])
     except (SafetensorError, ValueError, KeyError, OSError) as exc:
         raise RooftraceError(f"{path}: not a readable resume state ({exc})") from None
-    device = next(_unwrap(model).parameters()).device
-    _unwrap(model).load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model/")})
+    device = next(unwrap(model).parameters()).device
+    unwrap(model).load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model/")})
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         if key.startswith("optim/"):
@@ -97,7 +97,7 @@ def load_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Op
 PENDING = ".epoch-pending"
 
 
-def _pending_epoch(run_dir: Path) -> int | None:
+def pending_epoch(run_dir: Path) -> int | None:
     """The epoch of the pending set in ``run_dir`` (0 if it cannot be told), or ``None`` when there is none."""
     pending = run_dir / PENDING
     if not pending.is_dir():
@@ -108,7 +108,7 @@ def _pending_epoch(run_dir: Path) -> int | None:
         return 0
 
 
-def _move_pending(run_dir: Path) -> None:
+def move_pending(run_dir: Path) -> None:
     """Move a committed epoch's files from ``RUN/.epoch-pending/`` into the run folder."""
     pending = run_dir / PENDING
     # Each model file before its SHA-256 sidecar, the epoch marker last.
@@ -129,11 +129,11 @@ def recover_epoch_files(run_dir: Path, committed: int | None) -> str | None:
     epoch (the run stopped while writing it: a full disk, SIGKILL) is removed, so the run folder
     holds the last complete epoch's files only.
     """
-    pending = _pending_epoch(run_dir)
+    pending = pending_epoch(run_dir)
     if pending is None:
         return None
     if committed is not None and pending == committed:
-        _move_pending(run_dir)
+        move_pending(run_dir)
         return f"finished moving epoch {pending}'s files into place (the run had stopped while moving them)"
     shutil.rmtree(run_dir / PENDING, ignore_errors=True)
     back = (f"the run continues after epoch {committed}, the last complete one" if committed
