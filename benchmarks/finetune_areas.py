@@ -38,7 +38,9 @@ from _common import REPO, cpu_name  # noqa: E402
 
 OSM = REPO.parent / "shared" / "data" / "osm-oam"
 START_REV, START_PATH = "cfe4d35", "models/rooftrace-unet-effb0.safetensors"
-AREAS = {"banepa": ("banepa/chips", "banepa/labels.geojson"), "kampala": ("kampala/chips", "kampala/labels.geojson")}
+EXTRA = REPO.parent / "shared" / "data" / "buildings-extra"
+AREAS = {"banepa": ("banepa/chips", "banepa/labels.geojson"), "kampala": ("kampala/chips", "kampala/labels.geojson"),
+         "rio": ("rio/chips", "rio/labels.geojson")}  # rio: made under OUT by rio_area()
 #: One change to the recipe at a time (keys of rooftrace.training.finetune.Recipe).
 ABLATION = {
     "recipe": {},
@@ -62,15 +64,50 @@ def start_model(out: Path, rev: str, path: str) -> Path:
     return dst
 
 
+def rio_area(out: Path) -> Path:
+    """buildings-extra's 14 SpaceNet Rio chips (WorldView-2 GeoTIFFs, about 0.5 m, EPSG:4326) as a user brings
+    an area: a folder of georeferenced chips and a GeoJSON of buildings (the COCO polygons mapped through each
+    chip's transform, pixel corners as DESIGN.md's convention). The starting model never saw Rio."""
+    import rasterio
+    from shapely.affinity import affine_transform
+    from shapely.geometry import mapping
+
+    from rooftrace.labels.formats import read_labels
+
+    root = out / "rio"
+    chips = root / "chips"
+    chips.mkdir(parents=True, exist_ok=True)
+    gt = read_labels(EXTRA / "train" / "train.json", images=EXTRA / "train", check_images=False)
+    features = []
+    for img in gt.images.values():
+        if "spacenet_rio" not in (img.file_name or ""):
+            continue
+        src = EXTRA / "train" / img.file_name
+        link = chips / src.name
+        if not link.exists():
+            link.symlink_to(src)
+        with rasterio.open(src) as ds:
+            t = ds.transform
+        for fp in img.footprints:
+            geo = affine_transform(fp, [t.a, t.b, t.d, t.e, t.c, t.f])
+            features.append({"type": "Feature", "properties": {"building": "yes", "chip": src.name}, "geometry": mapping(geo)})
+    (root / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return root
+
+
 def run_area(area: str, start: Path, out: Path, minutes: float, **recipe_changes) -> dict:
     from rooftrace.training.finetune import finetune, load_recipe
 
     chips, labels = AREAS[area]
+    base = OSM
+    if area == "rio":
+        rio_area(out)
+        base = out
     tag = area + ("-" + "-".join(f"{k}{v}" for k, v in recipe_changes.items()) if recipe_changes else "")
     out.mkdir(parents=True, exist_ok=True)
     model_out = out / f"{tag}.safetensors"
     t0 = time.monotonic()
-    r = finetune(OSM / chips, OSM / labels, model_out, model=start, minutes=minutes, recipe=load_recipe(**recipe_changes),
+    r = finetune(base / chips, base / labels, model_out, model=start, minutes=minutes, recipe=load_recipe(**recipe_changes),
                  gsd=0.3, val=0.2, test=0.2, runs_dir=out / "runs", keep_worse=True, force=True, device="cpu", progress=False,
                  log=lambda s: print(s, flush=True))
     wall = time.monotonic() - t0
