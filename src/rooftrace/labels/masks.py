@@ -14,6 +14,7 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.geometry.polygons import mask_to_footprints
 from rooftrace.imagery.read import IMAGE_SUFFIXES, list_images
 from rooftrace.labels.records import LabelSet, LoadReport, image_key
+from rooftrace.labels.registry import LabelFormat
 
 
 def read_mask(path: Path):
@@ -75,3 +76,10 @@ def read_mask_folder(masks: str | Path, images: str | Path | None = None, connec
             img = ls.get_or_add(key)
             img.file_name = p.name
     return ls
+
+
+FORMAT = LabelFormat(
+    name="masks", title="masks", content="a folder of masks", sniff=lambda probe: True,
+    read=lambda probe, options: read_mask_folder(probe.path, images=options.images), folder=True,
+)
+"""The registry entry of a folder of masks (see :mod:`rooftrace.labels.registry`): read only (``prepare`` writes masks)."""
