@@ -21,13 +21,26 @@ def read_mask(path: Path):
     """A mask file as a 2-D boolean array (any band non-zero), with errors that name the file."""
     import numpy as np
 
-    from rooftrace.imagery.read import open_raster
+    from rooftrace.imagery.read import PIL_SUFFIXES, open_raster
 
-    with open_raster(path) as src:
+    if path.suffix.lower() in PIL_SUFFIXES:  # decoded whole with Pillow: GDAL reads a truncated PNG's missing rows as zeros
+        from PIL import Image, UnidentifiedImageError
+
         try:
-            data = src.read()
-        except Exception as exc:  # rasterio raises RasterioIOError and CPLE errors on corrupt files
-            raise RooftraceError(f"{path}: truncated or corrupt mask ({str(exc).splitlines()[0]})") from None
+            with Image.open(path) as im:
+                im.load()
+                data = np.asarray(im)
+        except UnidentifiedImageError:
+            raise RooftraceError(f"{path}: not a readable mask (not PNG data)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise RooftraceError(f"{path}: truncated or corrupt mask ({exc})") from None
+        data = data[None] if data.ndim == 2 else data.transpose(2, 0, 1)
+    else:
+        with open_raster(path) as src:
+            try:
+                data = src.read()
+            except Exception as exc:  # rasterio raises RasterioIOError and CPLE errors on corrupt files
+                raise RooftraceError(f"{path}: truncated or corrupt mask ({str(exc).splitlines()[0]})") from None
     if data.shape[0] > 4:
         raise RooftraceError(f"{path}: a mask has {data.shape[0]} bands; expected one")
     return np.any(data != 0, axis=0)
