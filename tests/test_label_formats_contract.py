@@ -188,3 +188,15 @@ def test_without_registration_the_toy_format_is_unknown(tmp_path):
     with pytest.raises(RooftraceError, match=r"l\.tsv: unknown label format \(suffix '\.tsv'\)"):
         read_labels(path)
     assert "toy-tsv" not in formats.writer_names()
+
+
+def test_the_cli_names_no_label_format():
+    """``convert``'s formats come from the registry: the label commands (cli/data.py) neither compare with nor list a
+    format's name. (``predict-scene --format`` names GIS output formats, which are not label formats.)"""
+    import ast
+
+    data = Path(formats.__file__).resolve().parents[1] / "cli" / "data.py"
+    names = set(formats.LABEL_FORMATS)
+    found = [f"data.py:{node.lineno} {node.value!r}" for node in ast.walk(ast.parse(data.read_text()))
+             if isinstance(node, ast.Constant) and node.value in names]
+    assert not found, f"format names in the CLI (read them from rooftrace.labels.formats instead): {found}"
