@@ -108,7 +108,8 @@ def read_labels(path: str | Path, raster: str | Path | None = None, images: str 
     for fmt in candidates:
         if fmt.sniff(probe):
             return fmt.read(probe, options)
-    lead = f"CSV header {probe.first_line!r} is" if probe.suffix == ".csv" else f"{probe.suffix[1:].upper() or 'a folder'} that is"
+    kind = probe.suffix[1:].upper() or "a folder"
+    lead = f"CSV header {probe.first_line!r} is" if probe.suffix == ".csv" else f"{kind} that is"
     raise RooftraceError(f"{path}: {lead} neither {_join([f.content for f in candidates], 'nor')}")
 
 
@@ -204,7 +205,8 @@ def write_labels(ls: LabelSet, path: str | Path, fmt: str | LabelFormat, images:
     if entry.write is None:
         raise RooftraceError(f"{path}: rooftrace reads {entry.name} but does not write it")
     if ls.crs is not None and not entry.map_coordinates:
-        raise RooftraceError(f"{source or path}: labels are in map coordinates; pass --raster to convert them to pixels for {entry.name}")
+        raise RooftraceError(f"{source or path}: labels are in map coordinates; pass --raster to convert them to pixels "
+                             f"for {entry.name}")
     return entry.write(ls, path, images=images, force=force)
 
 
@@ -247,7 +249,8 @@ def _rekey(img, key):
 
 __all__ = [
     "FORMATS", "LABEL_FORMATS", "LabelFormat", "OTHER_SUFFIXES", "not_written_suffixes", "register", "suffix_defaults_text",
-    "suffix_rules_text", "titles_text", "write_labels", "writer_for", "writer_names", "writers", "align_keys", "atomic_write_bytes", "atomic_write_text", "keys_of_folder", "read_begc_csv", "read_coco",
+    "suffix_rules_text", "titles_text", "write_labels", "writer_for", "writer_names", "writers", "align_keys",
+    "atomic_write_bytes", "atomic_write_text", "keys_of_folder", "read_begc_csv", "read_coco",
     "read_coco_results", "read_geojson", "read_json", "read_labels", "read_mask_folder", "read_spacenet_csv",
     "write_begc_csv", "write_coco", "write_coco_results", "write_geojson", "write_spacenet_csv", "is_pixel_geojson",
 ]
