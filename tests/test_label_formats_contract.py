@@ -200,3 +200,15 @@ def test_the_cli_names_no_label_format():
     found = [f"data.py:{node.lineno} {node.value!r}" for node in ast.walk(ast.parse(data.read_text()))
              if isinstance(node, ast.Constant) and node.value in names]
     assert not found, f"format names in the CLI (read them from rooftrace.labels.formats instead): {found}"
+
+
+def test_building_the_parser_imports_no_label_reader():
+    """The registry imports every reader (rasterio, pyproj, ...): the CLI reads it only when --to is checked or help is
+    shown, so that every command starts as fast as before it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from rooftrace.cli import build_parser; p = build_parser(); "
+            "print('rooftrace.labels.formats' in sys.modules, 'rasterio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
