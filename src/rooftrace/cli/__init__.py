@@ -29,6 +29,7 @@ from rooftrace.cli.model import (
     add_train,
     add_tune,
 )
+from rooftrace.cli.options import RegistryHelpFormatter
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.version import __version__
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rooftrace",
         description="Building footprints from aerial and satellite imagery: prepare, evaluate, and more.",
+        formatter_class=RegistryHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rooftrace {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -6,7 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-from rooftrace.cli.options import IOU_HELP, MATCHING_HELP, MATCHING_MODES, add_band_options, add_layer_option, check_io, parse_stretch
+from rooftrace.cli.options import (
+    IOU_HELP,
+    MATCHING_HELP,
+    MATCHING_MODES,
+    LabelWriterChoices,
+    RegistryHelpFormatter,
+    add_band_options,
+    add_layer_option,
+    check_io,
+    parse_stretch,
+)
 from rooftrace.core.errors import RooftraceError
 
 
@@ -101,51 +111,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-WRITERS = ("begc-csv", "spacenet-csv", "coco", "coco-results", "geojson")
-
-
-_SUFFIX_FORMAT = {".csv": "begc-csv", ".geojson": "geojson", ".json": "coco"}
-
-
-#: The formats convert may write under each suffix that says a format (a file's suffix is what a GIS, a
-#: spreadsheet or a browser opens it by); other suffixes take any --to.
-_SUFFIX_FITS = {".csv": ("begc-csv", "spacenet-csv"), ".geojson": ("geojson",), ".json": ("coco", "coco-results", "geojson")}
-#: Suffixes of formats convert does not write (GIS vector files, rasters).
-_NOT_WRITTEN = (".gpkg", ".fgb", ".parquet", ".shp", ".kml", ".gml", ".tif", ".tiff", ".png", ".jpg")
-
-
-def _convert_format(dst: Path, to: str | None) -> str:
-    """The format convert writes DST in: ``--to``, else the one DST's suffix names; a suffix that names another
-    format is an error (``--to geojson out.parquet`` would give a GIS text it cannot open)."""
-    suffix = dst.suffix.lower()
-    if suffix in _NOT_WRITTEN:
-        raise RooftraceError(f"{dst}: convert writes GeoJSON (.geojson), CSV (.csv: BEGC2024 or SpaceNet) and COCO (.json), "
-                             f"not {suffix}; write a .geojson and turn it into {suffix} with a GIS "
-                             f"(ogr2ogr {dst.name} {dst.with_suffix('.geojson').name}), or use predict-scene --out for buildings "
-                             "found in a scene")
-    fits = _SUFFIX_FITS.get(suffix)
-    if to is None:
-        if fits is None:
-            raise RooftraceError(f"{dst}: cannot tell the output format from the suffix; pass --to")
-        return _SUFFIX_FORMAT[suffix]
-    if fits is not None and to not in fits:
-        raise RooftraceError(f"{dst}: --to {to} does not fit the name's suffix {suffix} (it takes {', '.join(fits)}); "
-                             "name the file for the format written, so that what opens it can read it")
-    return to
-
-
 def add_convert(sub: argparse._SubParsersAction) -> None:
+    # The formats are the label-format registry's: the choices and the {placeholders} are read from it when needed.
     p = sub.add_parser(
         "convert",
-        help="convert labels between formats (COCO, COCO results, BEGC2024 CSV, SpaceNet CSV, GeoJSON, masks)",
+        help="convert labels between formats ({label formats})",
         description="Read SRC in any supported format and write DST in the format given by --to "
-        "(default from DST's suffix: .csv BEGC2024, .geojson GeoJSON, .json COCO).",
+        "(default from DST's suffix: {label suffix defaults}).",
+        formatter_class=RegistryHelpFormatter,
     )
     p.add_argument("src", type=Path, help="labels to read (format detected from the content)")
     p.add_argument("dst", type=Path, help="file to write")
-    p.add_argument("--to", choices=WRITERS, default=None,
-                   help="output format (default from DST's suffix); it must fit the suffix: .csv begc-csv or spacenet-csv, "
-                   ".geojson geojson, .json coco, coco-results or geojson")
+    p.add_argument("--to", choices=LabelWriterChoices(), default=None, metavar="FORMAT",
+                   help="output format (default from DST's suffix); it must fit the suffix: {label suffix rules}")
     p.add_argument("--raster", type=Path, default=None, help="GeoTIFF that map-coordinate SRC belongs to (default: none; needed for pixel formats)")
     p.add_argument("--labels-crs", default=None, metavar="CRS",
                    help="CRS of a GeoJSON/GeoPackage SRC when the file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")
@@ -158,25 +136,13 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 def _run_convert(args: argparse.Namespace) -> int:
     check_io(args, ("src", "raster"), ("dst",))
-    from rooftrace.labels import formats
+    from rooftrace.labels.formats import read_labels, write_labels, writer_for
 
-    fmt = _convert_format(args.dst, args.to)
-    ls = formats.read_labels(args.src, raster=args.raster, images=args.images, crs=args.labels_crs)
+    fmt = writer_for(args.dst, args.to)
+    ls = read_labels(args.src, raster=args.raster, images=args.images, crs=args.labels_crs)
     print(ls.report.summary())
-    if ls.crs is not None and fmt != "geojson":
-        raise RooftraceError(f"{args.src}: labels are in map coordinates; pass --raster to convert them to pixels for {fmt}")
-    if fmt == "begc-csv":
-        keys = formats.keys_of_folder(args.images) if args.images is not None else None
-        formats.write_begc_csv(ls, args.dst, image_keys=keys, force=args.force)
-    elif fmt == "spacenet-csv":
-        formats.write_spacenet_csv(ls, args.dst, force=args.force)
-    elif fmt == "coco":
-        formats.write_coco(ls, args.dst, force=args.force)
-    elif fmt == "coco-results":
-        formats.write_coco_results(ls, args.dst, force=args.force)
-    else:
-        formats.write_geojson(ls, args.dst, force=args.force)
-    print(f"{ls.n_footprints} footprints of {len(ls)} images written to {args.dst} ({fmt})")
+    write_labels(ls, args.dst, fmt, images=args.images, force=args.force, source=args.src)
+    print(f"{ls.n_footprints} footprints of {len(ls)} images written to {args.dst} ({fmt.name})")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import json
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +21,56 @@ POSTPROCESS_METHODS = ("seed", "watershed")
 DEFAULT_TILE, DEFAULT_OVERLAP = 512, 64
 #: :data:`rooftrace.scenes.blocks.DEFAULT_BLOCK` and ``DEFAULT_MARGIN``.
 DEFAULT_BLOCK, DEFAULT_MARGIN = 2048, 128
+
+
+# The label formats are the registry's (:data:`rooftrace.labels.formats.LABEL_FORMATS`), and importing it imports
+# every reader; so options about them read it only when a value is checked or help is shown: choices through
+# :class:`LabelWriterChoices`, help texts through the placeholders :class:`RegistryHelpFormatter` fills in.
+#: Placeholders in help texts -> the function of :mod:`rooftrace.labels.formats` whose words replace them.
+REGISTRY_PLACEHOLDERS = {"{label formats}": "titles_text", "{label suffix rules}": "suffix_rules_text",
+                         "{label suffix defaults}": "suffix_defaults_text"}
+
+
+def fill_registry_text(text: str) -> str:
+    """``text`` with each placeholder of :data:`REGISTRY_PLACEHOLDERS` replaced by what the label-format registry says."""
+    if not any(key in text for key in REGISTRY_PLACEHOLDERS):
+        return text
+    from rooftrace.labels import formats
+
+    for key, name in REGISTRY_PLACEHOLDERS.items():
+        if key in text:
+            text = text.replace(key, getattr(formats, name)())
+    return text
+
+
+class RegistryHelpFormatter(argparse.HelpFormatter):
+    """argparse's help formatter, with the label-format registry's words filled into help texts and descriptions
+    (:func:`fill_registry_text`) when help is shown."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return fill_registry_text(super()._expand_help(action))
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(fill_registry_text(text))
+
+
+class LabelWriterChoices(collections.abc.Sequence):
+    """The names of the label formats rooftrace writes (:func:`rooftrace.labels.formats.writer_names`), read from the
+    registry when first asked: a parser's ``choices``."""
+
+    def _names(self) -> tuple[str, ...]:
+        from rooftrace.labels.formats import writer_names
+
+        return writer_names()
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
 
 
 def parse_settings(items: list[str], path: Path | None) -> dict | None:

@@ -22,7 +22,14 @@ from shapely.geometry import Polygon
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, read_text
 from rooftrace.geometry.shapes import exterior_rings
-from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key, note_unplain_key
+from rooftrace.labels.records import (
+    ImageKey,
+    LabelSet,
+    LoadReport,
+    image_key,
+    note_unplain_key,
+)
+from rooftrace.labels.registry import LabelFormat, Probe
 
 HEADER = ("ImageID", "Coordinates")
 
@@ -188,3 +195,21 @@ def keys_of_folder(folder: str | Path) -> list[ImageKey]:
     from rooftrace.imagery.read import list_images
 
     return [image_key(p) for p in list_images(folder)]
+
+
+def _sniff(probe: Probe) -> bool:
+    # A blank file is an empty submission; a header naming PolygonWKT_Pix is SpaceNet's, whatever else it holds.
+    return not probe.header or ("coordinates" in probe.header and "polygonwkt_pix" not in probe.header)
+
+
+def _write(ls: LabelSet, path: str | Path, images: str | Path | None = None, force: bool = False) -> Path:
+    return write_begc_csv(ls, path, image_keys=keys_of_folder(images) if images is not None else None, force=force)
+
+
+FORMAT = LabelFormat(
+    name="begc-csv", title="BEGC2024 CSV", content="BEGC2024 (ImageID,Coordinates)",
+    sniff=_sniff, read=lambda probe, options: read_begc_csv(probe.path, text=probe.text), suffixes=(".csv",),
+    write=_write, write_suffixes=(".csv",), default_for=(".csv",),
+)
+"""The registry entry of the BEGC2024 CSV (see :mod:`rooftrace.labels.registry`); with ``images`` its writer
+gives every image of that folder a row."""

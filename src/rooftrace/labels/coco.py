@@ -28,6 +28,7 @@ from rooftrace.labels.records import (
     check_image_file,
     image_key,
 )
+from rooftrace.labels.registry import LabelFormat
 
 
 def _rings_from_flat(seg: Any, where: str, report: LoadReport) -> list[list[tuple[float, float]]] | None:
@@ -378,3 +379,24 @@ def write_coco_results(ls: LabelSet, path: str | Path, decimals: int = 2, force:
                 "area": round(fp.area, decimals),
             })
     return atomic_write_text(path, json.dumps(dets), force=force)
+
+
+FORMAT = LabelFormat(
+    name="coco", title="COCO", content="COCO (images/annotations)",
+    sniff=lambda probe: isinstance(probe.data, dict) and "images" in probe.data,
+    read=lambda probe, options: coco_to_labelset(probe.data, probe.path, check_images=options.check_images),
+    suffixes=(".json",),
+    write=lambda ls, path, images=None, force=False: write_coco(ls, path, force=force),
+    write_suffixes=(".json",), default_for=(".json",),
+)
+"""The registry entry of COCO ground truth (see :mod:`rooftrace.labels.registry`)."""
+
+RESULTS_FORMAT = LabelFormat(
+    name="coco-results", title="COCO results", content="COCO results (a list)",
+    sniff=lambda probe: isinstance(probe.data, list),
+    read=lambda probe, options: read_coco_results(probe.path, data=probe.data),
+    suffixes=(".json",),
+    write=lambda ls, path, images=None, force=False: write_coco_results(ls, path, force=force),
+    write_suffixes=(".json",),
+)
+"""The registry entry of COCO results."""

@@ -36,6 +36,7 @@ from rooftrace.geometry.areas import area_m2
 from rooftrace.geometry.shapes import map_to_pixel, pixel_to_map
 from rooftrace.labels.begc import sort_keys
 from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key
+from rooftrace.labels.registry import LabelFormat, Probe
 
 PIXEL_MARKER = {"coordinates": "pixel",
                 "note": "x = column, y = row of the image named by image_id (origin: its top-left corner, y downwards); "
@@ -387,3 +388,19 @@ def _props(img, score) -> dict:
     if score is not None:
         p["score"] = round(float(score), 4)
     return p
+
+
+def _sniff(probe: Probe) -> bool:
+    # Vector files by their suffix; a .json by its content (GeoJSON's "type").
+    return probe.suffix != ".json" or (isinstance(probe.data, dict) and probe.data.get("type") in ("FeatureCollection", "Feature"))
+
+
+FORMAT = LabelFormat(
+    name="geojson", title="GeoJSON", content="GeoJSON", sniff=_sniff,
+    read=lambda probe, options: read_geojson(probe.path, raster=options.raster, crs=options.crs, crs_option=options.crs_option),
+    suffixes=(".gpkg", ".geojson", ".shp", ".fgb", ".parquet", ".json"),
+    write=lambda ls, path, images=None, force=False: write_geojson(ls, path, force=force),
+    write_suffixes=(".geojson", ".json"), default_for=(".geojson",), map_coordinates=True,
+)
+"""The registry entry of GeoJSON and the vector files read alike (GeoPackage, FlatGeobuf, GeoParquet, Shapefile;
+see :mod:`rooftrace.labels.registry`); written as GeoJSON only (the GIS outputs of predictions are written elsewhere)."""

@@ -14,19 +14,33 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.geometry.polygons import mask_to_footprints
 from rooftrace.imagery.read import IMAGE_SUFFIXES, list_images
 from rooftrace.labels.records import LabelSet, LoadReport, image_key
+from rooftrace.labels.registry import LabelFormat
 
 
 def read_mask(path: Path):
     """A mask file as a 2-D boolean array (any band non-zero), with errors that name the file."""
     import numpy as np
 
-    from rooftrace.imagery.read import open_raster
+    from rooftrace.imagery.read import PIL_SUFFIXES, open_raster
 
-    with open_raster(path) as src:
+    if path.suffix.lower() in PIL_SUFFIXES:  # decoded whole with Pillow: GDAL reads a truncated PNG's missing rows as zeros
+        from PIL import Image, UnidentifiedImageError
+
         try:
-            data = src.read()
-        except Exception as exc:  # rasterio raises RasterioIOError and CPLE errors on corrupt files
-            raise RooftraceError(f"{path}: truncated or corrupt mask ({str(exc).splitlines()[0]})") from None
+            with Image.open(path) as im:
+                im.load()
+                data = np.asarray(im)
+        except UnidentifiedImageError:
+            raise RooftraceError(f"{path}: not a readable mask (not PNG data)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise RooftraceError(f"{path}: truncated or corrupt mask ({exc})") from None
+        data = data[None] if data.ndim == 2 else data.transpose(2, 0, 1)
+    else:
+        with open_raster(path) as src:
+            try:
+                data = src.read()
+            except Exception as exc:  # rasterio raises RasterioIOError and CPLE errors on corrupt files
+                raise RooftraceError(f"{path}: truncated or corrupt mask ({str(exc).splitlines()[0]})") from None
     if data.shape[0] > 4:
         raise RooftraceError(f"{path}: a mask has {data.shape[0]} bands; expected one")
     return np.any(data != 0, axis=0)
@@ -75,3 +89,10 @@ def read_mask_folder(masks: str | Path, images: str | Path | None = None, connec
             img = ls.get_or_add(key)
             img.file_name = p.name
     return ls
+
+
+FORMAT = LabelFormat(
+    name="masks", title="masks", content="a folder of masks", sniff=lambda probe: True,
+    read=lambda probe, options: read_mask_folder(probe.path, images=options.images), folder=True,
+)
+"""The registry entry of a folder of masks (see :mod:`rooftrace.labels.registry`): read only (``prepare`` writes masks)."""

@@ -18,6 +18,7 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, read_text
 from rooftrace.labels.begc import sort_keys
 from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, note_unplain_key
+from rooftrace.labels.registry import LabelFormat
 
 HEADER = ("ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence")
 
@@ -87,3 +88,12 @@ def write_spacenet_csv(ls: LabelSet, path: str | Path, decimals: int = 2, force:
         for n, (fp, s) in enumerate(zip(img.footprints, scores)):
             w.writerow([key, n, shapely.to_wkt(fp, rounding_precision=decimals, trim=True), round(float(s), 4)])
     return atomic_write_text(path, out.getvalue(), force=force)
+
+
+FORMAT = LabelFormat(
+    name="spacenet-csv", title="SpaceNet CSV", content="SpaceNet (ImageId,BuildingId,PolygonWKT_Pix)",
+    sniff=lambda probe: "polygonwkt_pix" in probe.header,
+    read=lambda probe, options: read_spacenet_csv(probe.path, text=probe.text), suffixes=(".csv",),
+    write=lambda ls, path, images=None, force=False: write_spacenet_csv(ls, path, force=force), write_suffixes=(".csv",),
+)
+"""The registry entry of SpaceNet CSVs (see :mod:`rooftrace.labels.registry`)."""
