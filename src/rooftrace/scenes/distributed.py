@@ -45,7 +45,7 @@ from typing import Any, Iterator, Sequence
 from rooftrace.core.errors import RooftraceError, is_strict
 from rooftrace.core.hashing import sha256_file
 from rooftrace.core.locks import OutputLock
-from rooftrace.scenes.merge import MERGED_LAYER, MERGED_NAME, merge_scenes, parse_crs
+from rooftrace.gis.merge import MERGED_LAYER, MERGED_NAME, merge_scenes, parse_crs
 from rooftrace.scenes.tasks import (
     ModelSpec,
     assemble_task,
@@ -111,8 +111,8 @@ class DaskScenesResult:
 
 def scene_done(path: Path, scene: Path | None = None) -> bool:
     """Whether a per-scene GeoPackage is finished: it opens, reads back whole and carries the provenance of
-    ``scene`` (:func:`rooftrace.scenes.writers.output_complete`, the rule of the one-process path too)."""
-    from rooftrace.scenes.writers import output_complete
+    ``scene`` (:func:`rooftrace.gis.writers.output_complete`, the rule of the one-process path too)."""
+    from rooftrace.gis.writers import output_complete
 
     return output_complete(path, scene) is None
 
