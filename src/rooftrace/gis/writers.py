@@ -172,6 +172,31 @@ def output_complete(path: str | Path, source: str | Path | None = None) -> str |
     return None
 
 
+def read_features(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], CRS | None]:
+    """Read back what :class:`FeatureWriter` wrote, in any registered format: the geometries (shapely),
+    the fields by name (``score``, ``area_m2``) and the file's CRS (``None``: unknown).
+
+    Raises:
+        RooftraceError: A suffix no format has (naming ``path``).
+    """
+    path = Path(path)
+    fmt = output_format(path)
+    if fmt.write == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}"))
+        crs_json = (geo.get("columns", {}).get(geo.get("primary_column", "geometry")) or {}).get("crs")
+        geoms = shapely.from_wkb(np.asarray(table.column("geometry").to_pylist(), dtype=object))
+        fields = {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names if n != "geometry"}
+        return geoms, fields, CRS.from_json_dict(crs_json) if crs_json else None
+    import pyogrio.raw
+
+    meta, _, wkb, values = pyogrio.raw.read(path)
+    geoms = shapely.from_wkb(wkb) if len(wkb) else np.empty(0, dtype=object)
+    return geoms, dict(zip(list(meta["fields"]), values)), CRS.from_user_input(meta["crs"]) if meta.get("crs") else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Provenance
 
