@@ -71,6 +71,7 @@ import rasterio
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.locks import OutputLock
 from rooftrace.core.paths import check_distinct
+from rooftrace.gis.formats import output_format
 from rooftrace.gis.provenance import crs_name
 from rooftrace.gis.writers import (
     FeatureWriter,
@@ -195,7 +196,7 @@ class SceneResult:
 
         import geopandas
 
-        if self.out.suffix.lower() == ".parquet":
+        if output_format(self.out).write == "parquet":  # pyogrio's GDAL may have no Parquet driver
             return geopandas.read_parquet(self.out)
         with warnings.catch_warnings():  # a scene without a CRS was written without one on purpose
             warnings.simplefilter("ignore")
