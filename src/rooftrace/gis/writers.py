@@ -5,9 +5,7 @@ Every building carries ``score`` (the model's confidence, 0-1) and ``area_m2`` (
 ground in square metres, :func:`rooftrace.geometry.areas.area_m2`: geodesic on the CRS's
 ellipsoid, so the same in every CRS). Every file carries its provenance (:func:`make_provenance`:
 the model file and its SHA-256, the post-processing method and settings, the source raster, the
-rooftrace version and the CRS) in the format's own metadata:
-
-Each format's entry in :mod:`rooftrace.gis.formats` says where (``.gpkg``: layer metadata ``rooftrace``
+rooftrace version and the CRS) in the format's own metadata. Each format's entry in :mod:`rooftrace.gis.formats` says where (``.gpkg``: layer metadata ``rooftrace``
 and ``DESCRIPTION``; ``.fgb``: the header's ``metadata`` and ``description``; ``.parquet``: GeoParquet 1.1
 ``geo`` and a ``rooftrace`` key-value; ``.geojson``: the ``description`` and ``rooftrace`` members) and in
 which coordinates (the scene's CRS, or EPSG:4326 longitude/latitude for GeoJSON).
@@ -18,10 +16,10 @@ RFC 7946 says so and most web maps and many GIS read GeoJSON as longitude/latitu
 ``crs`` member says; a scene without a CRS is refused as GeoJSON (its coordinates would be read
 as degrees) and can be written to the other formats, whose CRS is then left unknown.
 
-Streaming: a GeoPackage is appended to in chunks and a GeoJSON is streamed as text; FlatGeobuf
-cannot be appended to, so its features are streamed into a hidden GeoPackage beside the output
+Streaming, by the entry's write kind: a GeoPackage (``ogr``) is appended to in chunks and a GeoJSON
+(``geojson``) is streamed as text; FlatGeobuf (``ogr-staged``) cannot be appended to, so its features are streamed into a hidden GeoPackage beside the output
 and converted once at the end through GDAL's Arrow stream (record batches, never the whole layer
-in memory); a GeoParquet is written one row group per chunk (pyarrow's ``ParquetWriter``). Every
+in memory); a GeoParquet (``parquet``) is written one row group per chunk (pyarrow's ``ParquetWriter``). Every
 format goes to a temporary file beside the output that is renamed over it only when the writer
 is closed.
 """
