@@ -1384,7 +1384,7 @@ def test_the_dask_merged_layer_on_a_full_disk_names_it_and_leaves_no_temporary_f
     """The merged layer of a Dask run (``footprints.gpkg``) raised GDAL's own error (a traceback at the command line)
     when the disk filled; it is now one line naming the file, and its temporary GeoPackage is gone."""
     from rooftrace.core.errors import RooftraceError
-    from rooftrace.scenes.merge import merge_scenes
+    from rooftrace.gis.merge import merge_scenes
 
     (tmp_path / "scenes").mkdir()
     items = [(stem, _vector(tmp_path / "scenes" / f"{stem}.gpkg", (500003 + 10 * i, 2999990))) for i, stem in enumerate("ab")]

@@ -19,7 +19,7 @@ distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 from rooftrace.cli import main  # noqa: E402
-from rooftrace.inference.provenance import read_provenance
+from rooftrace.gis.provenance import read_provenance
 from rooftrace.prepare.targets import make_targets  # noqa: E402
 from rooftrace.scenes.batch import list_scenes, predict_scenes
 from rooftrace.scenes.tasks import model_loads

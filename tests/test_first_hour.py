@@ -21,7 +21,7 @@ from rasterio.windows import Window
 import rooftrace
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.cli import build_parser, main
-from rooftrace.inference.provenance import read_provenance
+from rooftrace.gis.provenance import read_provenance
 
 SHIPPED_TUNED = Path(rooftrace.__file__).parent / "models" / "shipped" / "rooftrace-unet-lite0.postprocess.json"
 

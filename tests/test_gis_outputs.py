@@ -22,10 +22,10 @@ import rooftrace
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.hashing import sha256_file
 from rooftrace.geometry.areas import area_m2
-from rooftrace.inference.provenance import read_provenance
+from rooftrace.gis.provenance import read_provenance
+from rooftrace.gis.writers import OUTPUT_DRIVERS, FeatureWriter, check_output
 from rooftrace.prepare.targets import make_targets
 from rooftrace.scenes.predict import predict_scene
-from rooftrace.scenes.writers import OUTPUT_DRIVERS, FeatureWriter, check_output
 
 #: 0.5 m pixels of UTM zone 18N at about 60°N, 75°W (the zone's central meridian).
 UTM18 = "EPSG:32618"

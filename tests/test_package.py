@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from rooftrace.inference.provenance import read_provenance
+from rooftrace.gis.provenance import read_provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "rooftrace"
 
 #: Stage subpackages in data-flow order: a module may import from its own stage or an earlier one only.
-STAGES = ["core", "config", "geometry", "imagery", "labels", "instances", "prepare", "evaluation", "models", "training",
-          "inference", "scenes", "api", "cli"]
+STAGES = ["core", "config", "geometry", "imagery", "labels", "instances", "gis", "prepare", "evaluation", "models",
+          "training", "inference", "scenes", "api", "cli"]
 
 
 def _module_name(path: Path) -> str:
@@ -74,7 +74,8 @@ def test_geometry_and_io_modules_do_not_import_torch():
     code = ("import sys; import rooftrace.geometry.shapes, rooftrace.geometry.polygons, rooftrace.imagery.read, "
             "rooftrace.imagery.georef, rooftrace.imagery.resample, rooftrace.labels.formats, rooftrace.evaluation.metrics, "
             "rooftrace.instances.postprocess, rooftrace.core.files, rooftrace.prepare.shift, rooftrace.prepare.chips, "
-            "rooftrace.evaluation.tuning; print('torch' in sys.modules)")
+            "rooftrace.evaluation.tuning, rooftrace.gis.formats, rooftrace.gis.provenance, rooftrace.gis.writers, "
+            "rooftrace.gis.merge; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 

@@ -194,9 +194,9 @@ def test_auto_precision_is_the_faster_one_measured_once_cached_and_reported(samp
     import rasterio
     from rasterio.windows import Window
 
+    from rooftrace.gis.provenance import read_provenance
     from rooftrace.inference import choice
     from rooftrace.inference.predict import predict_folder
-    from rooftrace.inference.provenance import read_provenance
     from rooftrace.inference.runtime import load_runtime
 
     monkeypatch.setenv("ROOFTRACE_CACHE_DIR", str(tmp_path / "cache"))

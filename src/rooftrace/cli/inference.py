@@ -19,6 +19,7 @@ from rooftrace.cli.options import (
 )
 from rooftrace.config import check_device
 from rooftrace.core.errors import RooftraceError
+from rooftrace.gis import formats
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -81,15 +82,15 @@ def _run_predict(args: argparse.Namespace) -> int:
 def add_predict_scene(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict-scene",
-        help="footprints for large georeferenced scenes: GeoTIFF in, GeoPackage, FlatGeobuf, GeoParquet or GeoJSON out",
-        description="Reads each scene window by window (memory bounded by --tile and --block, not by the scene), stitches "
+        help=f"footprints for large georeferenced scenes: GeoTIFF in, {formats.titles()} out",
+        description=f"Reads each scene window by window (memory bounded by --tile and --block, not by the scene), stitches "
         "the windows' probabilities, post-processes them in blocks so that every building comes out once, neither cut nor "
-        "duplicated, and writes one polygon per building with its area_m2 (ground square metres) and score: .gpkg, .fgb or .parquet in the scene's CRS, or .geojson in longitude/latitude (EPSG:4326); each file records its provenance (model and SHA-256, post-processing, source raster, version). "
-        "One scene: --out OUT.gpkg, OUT.fgb, OUT.parquet or OUT.geojson. Several scenes (files, folders, .txt lists of paths): --out is a "
-        "folder of <scene>.gpkg, and --shard I/N takes worker I's share of N (one process per GPU or node).",
+        f"duplicated, and writes one polygon per building with its area_m2 (ground square metres) and score: {formats.coordinates_text()}; each file records its provenance (model and SHA-256, post-processing, source raster, version). "
+        f"One scene: --out {formats.out_names()}. Several scenes (files, folders, .txt lists of paths): --out is a "
+        f"folder of <scene>{formats.FORMATS[formats.DEFAULT_FORMAT].suffix}, and --shard I/N takes worker I's share of N (one process per GPU or node).",
     )
     p.add_argument("scenes", nargs="+", type=Path, metavar="SCENE", help="GeoTIFF (or any GDAL raster), folder of them, or .txt list")
-    p.add_argument("--out", type=Path, required=True, help="OUT.gpkg, OUT.fgb, OUT.parquet or OUT.geojson for one scene; else an output folder")
+    p.add_argument("--out", type=Path, required=True, help=f"{formats.out_names()} for one scene; else an output folder")
     p.add_argument("--model", type=Path, default=None, help="model .safetensors or .onnx (default: the shipped model)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window size in pixels (default {DEFAULT_TILE})")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"overlap of neighbouring windows in pixels (default {DEFAULT_OVERLAP})")
@@ -106,12 +107,13 @@ def add_predict_scene(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help=f"post-processing block in pixels (default {DEFAULT_BLOCK})")
     p.add_argument("--margin", type=int, default=DEFAULT_MARGIN, help=f"pixels read around each block (default {DEFAULT_MARGIN})")
     p.add_argument("--probabilities", type=Path, default=None, help="also keep the stitched probabilities as a GeoTIFF (one scene; default: not kept)")
-    p.add_argument("--format", choices=("gpkg", "fgb", "parquet", "geojson"), default=None,
-                   help="output format when --out is a folder (default gpkg); one scene's format is --out's suffix")
+    p.add_argument("--format", choices=formats.names(), default=None,
+                   help=f"output format when --out is a folder (default {formats.DEFAULT_FORMAT}); one scene's format is --out's suffix")
     p.add_argument("--shard", default=None, metavar="I/N", help="take scenes I, I+N, I+2N, ... of the sorted list (0 <= I < N; default: all scenes)")
     p.add_argument("--force", action="store_true", help="overwrite outputs; in folder mode, redo scenes whose output exists")
     d = p.add_argument_group("Dask (pip install 'rooftrace[dask]'): one task per scene, big scenes split across workers, "
-                             "OUT/scenes/<scene>.gpkg and one merged layer OUT/footprints.gpkg")
+                             f"OUT/scenes/<scene>{formats.FORMATS[formats.DEFAULT_FORMAT].suffix} and one merged layer "
+                             f"OUT/footprints{formats.FORMATS[formats.DEFAULT_FORMAT].suffix}")
     d.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on an existing Dask cluster: tcp://host:8786, or a scheduler file (default: no Dask)")
     d.add_argument("--dask-workers", type=int, default=None, metavar="N",
@@ -125,7 +127,6 @@ def add_predict_scene(sub: argparse._SubParsersAction) -> None:
 def _run_predict_scene(args: argparse.Namespace) -> int:
     from rooftrace.scenes.batch import predict_scenes
     from rooftrace.scenes.predict import predict_scene
-    from rooftrace.scenes.writers import OUTPUT_DRIVERS
 
     if args.batch_size < 1:
         raise RooftraceError(f"--batch-size {args.batch_size}: must be at least 1")
@@ -134,33 +135,36 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
                   stretch=parse_stretch(args.stretch), method=args.postprocess, settings=parse_settings(args.pp, args.settings),
                   block=args.block, margin=args.margin, device=args.device, tta=args.tta, precision=args.precision, force=args.force,
                   gsd=args.gsd)
-    if args.out.suffix and args.out.suffix.lower() not in OUTPUT_DRIVERS and not args.out.is_dir():
-        raise RooftraceError(f"--out {args.out}: unknown output format {args.out.suffix!r}; use OUT.gpkg, OUT.fgb, OUT.parquet or OUT.geojson "
+    fmt = formats.format_for(args.out)
+    if args.out.suffix and fmt is None and not args.out.is_dir():
+        raise RooftraceError(f"--out {args.out}: unknown output format {args.out.suffix!r}; use {formats.out_names()} "
                              "for one scene, or a folder")
-    if args.out.suffix.lower() in OUTPUT_DRIVERS:
+    if fmt is not None:
         one = args.scenes[0]
         if (len(args.scenes) != 1 or one.is_dir() or one.suffix.lower() == ".txt" or args.shard is not None
                 or args.scheduler is not None or args.dask_workers is not None):
             raise RooftraceError(f"--out {args.out}: a file holds one scene; for several scenes or --shard, give a folder as --out")
         if args.crs is not None:
+            lonlat = formats.lonlat_format()
             raise RooftraceError(f"--crs {args.crs}: sets the CRS of the merged layer of several scenes on Dask; one scene's "
                                  f"{args.out.name} is written in the scene's own CRS. For longitude/latitude write "
-                                 f"{args.out.with_suffix('.geojson').name}, or reproject the output (ogr2ogr -t_srs {args.crs})")
+                                 f"{args.out.with_suffix(lonlat.suffix if lonlat else '').name}, or reproject the output (ogr2ogr -t_srs {args.crs})")
         if args.split_above is not None:
             raise RooftraceError("--split-above splits scenes across Dask workers; it goes with --scheduler or --dask-workers")
-        if args.format is not None and args.format != args.out.suffix.lower().lstrip("."):
+        if args.format is not None and args.format != fmt.name:
             raise RooftraceError(f"--format {args.format}: the output format of one scene is --out's suffix ({args.out.name}); "
                                  "--format is for an output folder")
         result = predict_scene(one, args.out, default_model(args.model), probabilities=args.probabilities, **common)
         print(result.summary())
         return 0
     if args.probabilities is not None:
-        raise RooftraceError("--probabilities keeps one scene's probabilities: give one scene and --out OUT.gpkg")
+        raise RooftraceError("--probabilities keeps one scene's probabilities: give one scene and --out "
+                             f"OUT{formats.FORMATS[formats.DEFAULT_FORMAT].suffix}")
     if args.scheduler is not None or args.dask_workers is not None:
         return _run_predict_scene_dask(args, common)
     if args.crs is not None or args.split_above is not None:
         raise RooftraceError("--crs and --split-above go with --scheduler or --dask-workers")
-    done = predict_scenes(args.scenes, args.out, default_model(args.model), shard=args.shard, fmt=args.format or "gpkg", **common)
+    done = predict_scenes(args.scenes, args.out, default_model(args.model), shard=args.shard, fmt=args.format or formats.DEFAULT_FORMAT, **common)
     return _report_scenes(done)
 
 
@@ -171,8 +175,11 @@ def _run_predict_scene_dask(args: argparse.Namespace, common: dict) -> int:
         raise RooftraceError("--scheduler and --dask-workers: give one (an existing cluster, or a local one of N workers)")
     if args.shard is not None:
         raise RooftraceError("--shard splits the scenes without a coordinator; with --scheduler or --dask-workers, Dask does")
-    if args.format not in (None, "gpkg"):
-        raise RooftraceError(f"--format {args.format}: with Dask, per-scene outputs and the merged layer are GeoPackages")
+    from rooftrace.gis.merge import MERGED_FORMAT
+
+    if args.format not in (None, MERGED_FORMAT):
+        raise RooftraceError(f"--format {args.format}: with Dask, per-scene outputs and the merged layer are "
+                             f"{formats.FORMATS[MERGED_FORMAT].title}s")
     if args.dask_workers is not None and args.dask_workers < 1:
         raise RooftraceError(f"--dask-workers {args.dask_workers}: must be at least 1")
     split = DEFAULT_SPLIT_ABOVE if args.split_above is None else args.split_above

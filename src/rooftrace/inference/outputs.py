@@ -1,7 +1,7 @@
 """Map outputs of tile prediction: ``predictions.geojson`` in EPSG:4326 and ``predictions.gpkg`` in the
 tiles' CRS when the tiles are georeferenced or located by their web-map names. Both carry each
 building's ``score`` and ``area_m2`` (ground square metres, :func:`rooftrace.geometry.areas.area_m2`) and
-the run's provenance (:func:`rooftrace.inference.provenance.make_provenance`), where the scene writers put it."""
+the run's provenance (:func:`rooftrace.gis.provenance.make_provenance`), where the scene writers put it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import numpy as np
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, write_error_reason
+from rooftrace.gis.provenance import crs_label
+from rooftrace.gis.writers import LONLAT_DECIMALS
 from rooftrace.imagery.georef import Georef
 from rooftrace.inference.overlaps import duplicates
 from rooftrace.labels.records import ImageKey, LabelSet
@@ -28,10 +30,6 @@ GPKG_NAME = "predictions.gpkg"
 
 
 PIXEL_GEOJSON_NAME = "predictions-pixels.geojson"
-
-
-#: Decimals of longitude/latitude in the GeoJSON: 1e-8 degrees is about a millimetre.
-LONLAT_DECIMALS = 8
 
 
 @dataclass
@@ -49,14 +47,6 @@ class MapOutputs:
     #: and the buildings they were copies of.
     n_merged: int = 0
     n_merged_buildings: int = 0
-
-
-def _crs_label(crs: Any) -> str:
-    from pyproj import CRS
-
-    crs = CRS.from_user_input(crs)
-    auth = crs.to_authority()
-    return f"{auth[0]}:{auth[1]}" if auth else crs.name
 
 
 def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir: Path,
@@ -85,12 +75,12 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     import shapely
 
     from rooftrace.geometry.areas import area_m2
-    from rooftrace.imagery.georef import WGS84, pixels_to_map, reproject_geoms
-    from rooftrace.inference.provenance import (
+    from rooftrace.gis.provenance import (
         geojson_head,
         provenance_metadata,
         with_crs,
     )
+    from rooftrace.imagery.georef import WGS84, pixels_to_map, reproject_geoms
 
     order = [img.key for img in labels if img.key in georefs]
     if not order:
@@ -104,7 +94,7 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     for keys in groups.values():
         crs = georefs[keys[0]].crs
         if crs != first_crs:
-            reprojected.append(_crs_label(crs))
+            reprojected.append(crs_label(crs))
         geoms, transforms = [], []
         for k in keys:
             img = labels[k]
@@ -170,4 +160,4 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
     origins: dict[str, int] = {}
     for k in order:
         origins[georefs[k].origin] = origins.get(georefs[k].origin, 0) + 1
-    return MapOutputs(files, len(order), 0, len(g_crs), _crs_label(first_crs), origins, reprojected, n_merged, n_groups)
+    return MapOutputs(files, len(order), 0, len(g_crs), crs_label(first_crs), origins, reprojected, n_merged, n_groups)

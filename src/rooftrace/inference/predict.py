@@ -51,6 +51,7 @@ from tqdm import tqdm
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.core.locks import FOLDER_LOCK
+from rooftrace.gis.provenance import make_provenance
 from rooftrace.imagery.georef import Georef
 from rooftrace.imagery.read import list_images
 from rooftrace.imagery.resample import (
@@ -77,7 +78,6 @@ from rooftrace.inference.partial import (
     run_record,
     tile_record,
 )
-from rooftrace.inference.provenance import make_provenance
 from rooftrace.inference.runtime import load_runtime
 from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from rooftrace.core.errors import RooftraceError, is_strict
 from rooftrace.core.locks import OutputBusy, holder
+from rooftrace.gis.formats import DEFAULT_FORMAT, by_name
+from rooftrace.gis.writers import check_writable, output_complete
 from rooftrace.imagery.raster import SCENE_SUFFIXES
 from rooftrace.inference.runtime import ModelRunner, SceneModel, make_runner
 from rooftrace.scenes.predict import SceneResult, predict_scene
-from rooftrace.scenes.writers import check_writable, output_complete
 
 if TYPE_CHECKING:  # pragma: no cover
     from rooftrace.imagery.normalize import Normalization
@@ -110,7 +111,7 @@ class ScenesResult:
 
 def _finished(output: Path, scene: Path | None = None) -> bool:
     """Whether a scene's output is finished: it opens, reads back whole and carries the provenance the
-    run recorded (:func:`rooftrace.scenes.writers.output_complete`); a half-written or foreign file is not."""
+    run recorded (:func:`rooftrace.gis.writers.output_complete`); a half-written or foreign file is not."""
     return output_complete(output, scene) is None
 
 
@@ -120,7 +121,7 @@ def predict_scenes(
     model: str | Path | LoadedModel | ModelRunner | SceneModel | None = None,
     *,
     shard: str | tuple[int, int] | None = None,
-    fmt: str = "gpkg",
+    fmt: str = DEFAULT_FORMAT,
     device: str = "auto",
     tta: bool = False,
     precision: str = "auto",
@@ -138,7 +139,8 @@ def predict_scenes(
     Args:
         scenes: Files, folders and ``.txt`` lists (see :func:`list_scenes`).
         shard: ``"i/n"`` or ``(i, n)``: take scenes ``i, i + n, ...`` of the sorted list.
-        fmt: ``gpkg``, ``fgb``, ``parquet`` or ``geojson`` (the output files' suffix).
+        fmt: A format's name in :mod:`rooftrace.gis.formats` (``gpkg``, ``fgb``, ``parquet``, ``geojson``;
+            the output files' suffix).
         kwargs: Passed on to :func:`predict_scene` (tile, overlap, batch_size, bands, ...).
 
     Raises:
@@ -146,8 +148,7 @@ def predict_scenes(
     """
     from rooftrace.imagery.resample import check_gsd
 
-    if fmt not in ("gpkg", "fgb", "parquet", "geojson"):
-        raise RooftraceError(f"--format {fmt!r}: choose gpkg, fgb, parquet or geojson")
+    suffix = by_name(fmt).suffix
     check_gsd(kwargs.get("gsd"))  # before any scene: a bad --gsd stops the run, it does not fail every scene
     i, n = parse_shard(shard)
     every = list_scenes(scenes)
@@ -158,7 +159,7 @@ def predict_scenes(
     # An output of 0 bytes (a copy cut short, a full disk outside rooftrace) is not a finished scene.
     todo, busy = [], []
     for p in mine:
-        out = out_dir / f"{p.stem}.{fmt}"
+        out = out_dir / f"{p.stem}{suffix}"
         if holder(out) is not None:  # another live run is writing it: left to that run
             busy.append(p)
         elif force or not _finished(out, p):
@@ -171,7 +172,7 @@ def predict_scenes(
     runner = make_runner(model, device=device, tta=tta, normalization=normalization, precision=precision)
     for p in todo:
         try:
-            out = out_dir / f"{p.stem}.{fmt}"
+            out = out_dir / f"{p.stem}{suffix}"
             result.results.append(predict_scene(p, out, runner, force=force or out.exists(), progress=progress, **kwargs))
         except OutputBusy:  # another run took it meanwhile: it is that run's, and this one goes on
             result.busy.append(p)

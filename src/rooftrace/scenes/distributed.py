@@ -45,7 +45,14 @@ from typing import Any, Iterator, Sequence
 from rooftrace.core.errors import RooftraceError, is_strict
 from rooftrace.core.hashing import sha256_file
 from rooftrace.core.locks import OutputLock
-from rooftrace.scenes.merge import MERGED_LAYER, MERGED_NAME, merge_scenes, parse_crs
+from rooftrace.gis.formats import FORMATS
+from rooftrace.gis.merge import (
+    MERGED_FORMAT,
+    MERGED_LAYER,
+    MERGED_NAME,
+    merge_scenes,
+    parse_crs,
+)
 from rooftrace.scenes.tasks import (
     ModelSpec,
     assemble_task,
@@ -58,6 +65,10 @@ from rooftrace.scenes.tasks import (
 
 #: Default size above which a scene is split across workers (pixels, width x height): 8,000 x 8,000.
 DEFAULT_SPLIT_ABOVE = 64_000_000
+
+#: The suffix of the per-scene outputs on Dask: the merged layer's format (:mod:`rooftrace.gis.formats`).
+SCENE_SUFFIX = FORMATS[MERGED_FORMAT].suffix
+
 #: Default windows per phase-1 task and cores per phase-2 task of a split scene.
 DEFAULT_WINDOWS_PER_TASK = 64
 DEFAULT_BLOCKS_PER_TASK = 4
@@ -111,8 +122,8 @@ class DaskScenesResult:
 
 def scene_done(path: Path, scene: Path | None = None) -> bool:
     """Whether a per-scene GeoPackage is finished: it opens, reads back whole and carries the provenance of
-    ``scene`` (:func:`rooftrace.scenes.writers.output_complete`, the rule of the one-process path too)."""
-    from rooftrace.scenes.writers import output_complete
+    ``scene`` (:func:`rooftrace.gis.writers.output_complete`, the rule of the one-process path too)."""
+    from rooftrace.gis.writers import output_complete
 
     return output_complete(path, scene) is None
 
@@ -269,7 +280,7 @@ def predict_scenes_dask(
     # One Dask run at a time per --out (a second stops here); an error drops the lock with this frame.
     lock = OutputLock(out_dir, folder=True, what="--out")
     result = DaskScenesResult(out_dir)
-    todo = [p for p in every if force or not scene_done(scene_dir / f"{p.stem}.gpkg", p)]
+    todo = [p for p in every if force or not scene_done(scene_dir / f"{p.stem}{SCENE_SUFFIX}", p)]
     result.skipped = [p for p in every if p not in todo]
     if todo:
         spec = _model_spec(model, device, tta, precision, normalization)
@@ -285,10 +296,10 @@ def predict_scenes_dask(
                 own_client.close()
             if own_cluster is not None:
                 own_cluster.close()
-    done = [p for p in every if scene_done(scene_dir / f"{p.stem}.gpkg", p)]
+    done = [p for p in every if scene_done(scene_dir / f"{p.stem}{SCENE_SUFFIX}", p)]
     if done:
         result.merged, result.n_merged, result.crs = merge_scenes(
-            [(p.stem, scene_dir / f"{p.stem}.gpkg") for p in done], out_dir / merged, target_crs, result.failed)
+            [(p.stem, scene_dir / f"{p.stem}{SCENE_SUFFIX}") for p in done], out_dir / merged, target_crs, result.failed)
     result.seconds = time.perf_counter() - t_start
     lock.release()
     return result
@@ -301,7 +312,7 @@ def _run(client: Any, spec: ModelSpec, todo: list[Path], scene_dir: Path, out_di
     opts = dict(retries=retries, pure=False)
     waiting: dict[Any, tuple[str, Path]] = {}  # future -> (kind, scene)
     for p in todo:
-        out = scene_dir / f"{p.stem}.gpkg"
+        out = scene_dir / f"{p.stem}{SCENE_SUFFIX}"
         px = _pixels(p)
         if px is not None and px > split_above:
             f = client.submit(plan_task, spec, str(p), kwargs, key=f"plan-{p.stem}-{run_id}", **opts)
@@ -329,7 +340,7 @@ def _run(client: Any, spec: ModelSpec, todo: list[Path], scene_dir: Path, out_di
             result.split.append(p)
             continue
         result.results.append(value)
-        for tmp in scene_dir.glob(f".{p.stem}.*.tmp.gpkg*"):  # left by a worker that died while writing it
+        for tmp in scene_dir.glob(f".{p.stem}.*.tmp{SCENE_SUFFIX}*"):  # left by a worker that died while writing it
             tmp.unlink(missing_ok=True)
 
 
@@ -351,7 +362,7 @@ def _submit_split(client: Any, spec: ModelSpec, p: Path, plan: dict[str, Any], s
     chunks = [cores[k:k + blocks_per_task] for k in range(0, len(cores), blocks_per_task)]
     blocks = [client.submit(blocks_task, plan, assembled, prob_path, chunk, key=f"blocks-{p.stem}-{k}-{run_id}", **opts)
               for k, chunk in enumerate(chunks)]
-    written = client.submit(write_task, str(p), str(scene_dir / f"{p.stem}.gpkg"), plan, assembled, blocks, str(work), t0,
+    written = client.submit(write_task, str(p), str(scene_dir / f"{p.stem}{SCENE_SUFFIX}"), plan, assembled, blocks, str(work), t0,
                             key=f"write-{p.stem}-{run_id}", **opts)
     waiting[written] = ("write", p)
     return written

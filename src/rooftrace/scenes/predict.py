@@ -4,7 +4,7 @@
 block sizes, not by the scene, and writes the buildings in the raster's CRS (GeoPackage, FlatGeobuf
 or GeoParquet; GeoJSON in longitude/latitude), one feature per building with its ``area_m2`` (ground
 square metres) and a ``score``, and the run's provenance in the file's metadata
-(:mod:`rooftrace.scenes.writers`). Two phases:
+(:mod:`rooftrace.gis.writers`). Two phases:
 
 1. **Inference and stitching.** The scene is read window by window (``tile`` x ``tile`` pixels,
    consecutive windows ``overlap`` pixels apart; the last window of a row or column is shifted
@@ -71,10 +71,19 @@ import rasterio
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.locks import OutputLock
 from rooftrace.core.paths import check_distinct
+from rooftrace.gis.formats import output_format
+from rooftrace.gis.provenance import crs_name
+from rooftrace.gis.writers import (
+    FeatureWriter,
+    check_output,
+    check_writable,
+    scene_area_km2,
+    scene_provenance,
+    unit_metres,
+)
 from rooftrace.imagery.raster import DEFAULT_STRETCH, GDAL_CACHE_MB, Scene
 from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 from rooftrace.inference.card import band_warning, gsd_warning, size_warning
-from rooftrace.inference.provenance import crs_name
 from rooftrace.inference.runtime import ModelRunner, SceneModel, make_runner
 from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.instances.postprocess import (
@@ -87,14 +96,6 @@ from rooftrace.scenes.blocks import (
     postprocess_blocks,
 )
 from rooftrace.scenes.stitch import stitch_scene
-from rooftrace.scenes.writers import (
-    FeatureWriter,
-    check_output,
-    check_writable,
-    scene_area_km2,
-    scene_provenance,
-    unit_metres,
-)
 
 if TYPE_CHECKING:  # pragma: no cover
     from rooftrace.imagery.normalize import Normalization
@@ -195,7 +196,7 @@ class SceneResult:
 
         import geopandas
 
-        if self.out.suffix.lower() == ".parquet":
+        if output_format(self.out).write == "parquet":  # pyogrio's GDAL may have no Parquet driver
             return geopandas.read_parquet(self.out)
         with warnings.catch_warnings():  # a scene without a CRS was written without one on purpose
             warnings.simplefilter("ignore")
@@ -284,7 +285,7 @@ def predict_scene(
             longitude/latitude; refused for a scene without a CRS); one polygon feature per
             building with ``score`` and ``area_m2`` (ground square metres), and the provenance
             (model file and SHA-256, post-processing, scene, rooftrace version, CRS) in the
-            file's metadata (see :mod:`rooftrace.scenes.writers`).
+            file's metadata (see :mod:`rooftrace.gis.writers`).
         model: A rooftrace model file (``.safetensors`` or ``.onnx``), a loaded model, a :class:`ModelRunner`, or a
             callable (see :data:`SceneModel`); default the shipped model.
         gsd: The scene's pixel size in metres (``--gsd``), for a scene without a CRS; it

@@ -87,6 +87,7 @@ def plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str,
     """What a split scene's tasks need: scale, grid, channels, post-processing (``("plan", dict)``)."""
     import rasterio
 
+    from rooftrace.gis.writers import scene_provenance, unit_metres
     from rooftrace.imagery.raster import DEFAULT_STRETCH, GDAL_CACHE_MB, Scene
     from rooftrace.imagery.resample import check_gsd
     from rooftrace.imagery.windows import (
@@ -98,7 +99,6 @@ def plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str,
     from rooftrace.scenes.blocks import DEFAULT_BLOCK, DEFAULT_MARGIN, DEFAULT_MAX_GROUP
     from rooftrace.scenes.predict import scene_scale
     from rooftrace.scenes.stitch import model_channels
-    from rooftrace.scenes.writers import scene_provenance, unit_metres
 
     try:
         tile, overlap = kwargs.get("tile", DEFAULT_TILE), kwargs.get("overlap", DEFAULT_OVERLAP)
@@ -211,9 +211,9 @@ def write_task(scene: str, out: str, plan: dict[str, Any], assembled: tuple[str,
     import shapely
     from pyproj import CRS
 
-    from rooftrace.inference.provenance import crs_name
+    from rooftrace.gis.provenance import crs_name
+    from rooftrace.gis.writers import FeatureWriter, scene_area_km2
     from rooftrace.scenes.predict import SceneResult
-    from rooftrace.scenes.writers import FeatureWriter, scene_area_km2
 
     failed = [v for s, v in [assembled, *blocks] if s == "failed"]
     if failed:

@@ -11,9 +11,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.gis.formats import DEFAULT_FORMAT, FORMATS, format_for
 
-#: The merged layer's file and layer name.
-MERGED_NAME = "footprints.gpkg"
+#: The merged layer's format (:mod:`rooftrace.gis.formats`), file and layer name.
+MERGED_FORMAT = DEFAULT_FORMAT
+
+
+MERGED_NAME = "footprints" + FORMATS[MERGED_FORMAT].suffix
 
 
 MERGED_LAYER = "footprints"
@@ -35,7 +39,7 @@ def merged_provenance(items: Sequence[tuple[str, dict[str, Any] | None]], crs: A
     """The merged layer's provenance: each scene's own (``scenes``, by name), with what they all share
     (model, post-processing) also at the top; ``crs`` is the merged layer's."""
     from rooftrace.core.version import __version__
-    from rooftrace.inference.provenance import FIELDS, crs_name
+    from rooftrace.gis.provenance import FIELDS, crs_name
 
     scenes = {stem: prov for stem, prov in items}
     known = [p for p in scenes.values() if p]
@@ -75,14 +79,15 @@ def merge_scenes(items: Sequence[tuple[str, Path]], out: Path, crs: Any = None,
     from pyproj import CRS, Transformer
 
     from rooftrace.geometry.areas import area_m2
-    from rooftrace.inference.provenance import (
+    from rooftrace.gis.provenance import (
         crs_name,
         provenance_metadata,
         read_provenance,
     )
 
-    if out.suffix.lower() != ".gpkg":
-        raise RooftraceError(f"{out}: the merged layer is a GeoPackage; name it .gpkg")
+    merged = FORMATS[MERGED_FORMAT]
+    if format_for(out) is not merged:
+        raise RooftraceError(f"{out}: the merged layer is a {merged.title}; name it {merged.suffix}")
     failed = failed if failed is not None else []
     infos = [(stem, path, pyogrio.read_info(path)) for stem, path in items]
     if crs is None and infos:
@@ -100,7 +105,7 @@ def merge_scenes(items: Sequence[tuple[str, Path]], out: Path, crs: Any = None,
         nonlocal started
         meta = {} if started else {"layer_metadata": provenance_metadata(merged_provenance(joined, crs))}
         pyogrio.raw.write(tmp, shapely.to_wkb(geoms) if len(geoms) else np.empty(0, dtype=object), fields, names_out,
-                          layer=MERGED_LAYER, driver="GPKG", geometry_type="Polygon", crs=wkt, append=started, **meta)
+                          layer=MERGED_LAYER, driver=merged.driver, geometry_type="Polygon", crs=wkt, append=started, **meta)
         started = True
 
     try:

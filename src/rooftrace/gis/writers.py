@@ -1,25 +1,14 @@
-"""Writing a scene's buildings: the output file check, writability check, provenance and the streaming
-feature writer (GeoPackage, GeoJSON, FlatGeobuf, GeoParquet, chosen by the output's suffix).
+"""Writing buildings to GIS files: the output file check, writability check, provenance and the streaming
+feature writer (every format of :mod:`rooftrace.gis.formats`, chosen by the output's suffix).
 
 Every building carries ``score`` (the model's confidence, 0-1) and ``area_m2`` (its area on the
 ground in square metres, :func:`rooftrace.geometry.areas.area_m2`: geodesic on the CRS's
 ellipsoid, so the same in every CRS). Every file carries its provenance (:func:`make_provenance`:
 the model file and its SHA-256, the post-processing method and settings, the source raster, the
-rooftrace version and the CRS) in the format's own metadata:
-
-========== ============================ ==================================================================
-Format     Coordinates                  Provenance (JSON text)
-========== ============================ ==================================================================
-.gpkg      the scene's CRS              layer metadata ``rooftrace`` (GDAL metadata, ``gpkg_metadata``
-                                        tables) and a one-line ``DESCRIPTION`` (``gpkg_contents``)
-.fgb       the scene's CRS              layer metadata ``rooftrace`` and ``DESCRIPTION`` (the FlatGeobuf
-                                        header's ``metadata`` and ``description``)
-.parquet   the scene's CRS              GeoParquet 1.1 (``geo`` key: WKB, PROJJSON CRS) and a
-                                        ``rooftrace`` key in the Parquet file's key-value metadata
-.geojson   EPSG:4326 lon/lat (RFC 7946) the top-level ``description`` member, which GDAL reads as layer
-                                        metadata ``DESCRIPTION``, and the same as an object in a
-                                        ``rooftrace`` foreign member
-========== ============================ ==================================================================
+rooftrace version and the CRS) in the format's own metadata. Each format's entry in :mod:`rooftrace.gis.formats` says where (``.gpkg``: layer metadata ``rooftrace``
+and ``DESCRIPTION``; ``.fgb``: the header's ``metadata`` and ``description``; ``.parquet``: GeoParquet 1.1
+``geo`` and a ``rooftrace`` key-value; ``.geojson``: the ``description`` and ``rooftrace`` members) and in
+which coordinates (the scene's CRS, or EPSG:4326 longitude/latitude for GeoJSON).
 
 :func:`read_provenance` reads it back from any of them. A GeoJSON is always written in
 longitude/latitude (reprojected from the scene's CRS; ``area_m2`` is measured before), because
@@ -27,10 +16,10 @@ RFC 7946 says so and most web maps and many GIS read GeoJSON as longitude/latitu
 ``crs`` member says; a scene without a CRS is refused as GeoJSON (its coordinates would be read
 as degrees) and can be written to the other formats, whose CRS is then left unknown.
 
-Streaming: a GeoPackage is appended to in chunks and a GeoJSON is streamed as text; FlatGeobuf
-cannot be appended to, so its features are streamed into a hidden GeoPackage beside the output
+Streaming, by the entry's write kind: a GeoPackage (``ogr``) is appended to in chunks and a GeoJSON
+(``geojson``) is streamed as text; FlatGeobuf (``ogr-staged``) cannot be appended to, so its features are streamed into a hidden GeoPackage beside the output
 and converted once at the end through GDAL's Arrow stream (record batches, never the whole layer
-in memory); a GeoParquet is written one row group per chunk (pyarrow's ``ParquetWriter``). Every
+in memory); a GeoParquet (``parquet``) is written one row group per chunk (pyarrow's ``ParquetWriter``). Every
 format goes to a temporary file beside the output that is renamed over it only when the writer
 is closed.
 """
@@ -54,21 +43,22 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import probe_writable, write_error_reason
 from rooftrace.geometry.areas import area_m2
 from rooftrace.geometry.shapes import pixel_to_map
-from rooftrace.inference.provenance import (
+from rooftrace.gis.formats import OutputFormat, output_drivers, output_format
+from rooftrace.gis.provenance import (
     FIELDS,
     PROVENANCE_KEY,
     crs_name,
     geojson_head,
     make_provenance,
     provenance_metadata,
+    read_provenance,
     with_crs,
 )
 
-#: Output formats by suffix (OGR driver names; ``Parquet`` is written with pyarrow, not GDAL).
-OUTPUT_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf", ".parquet": "Parquet"}
-#: Decimals of longitude/latitude in a GeoJSON at least: 1e-8 degrees is about a millimetre.
+#: Output formats by suffix (OGR driver names; ``Parquet`` is written with pyarrow, not GDAL), from :data:`rooftrace.gis.formats.FORMATS`.
+OUTPUT_DRIVERS = output_drivers()
+#: Decimals of longitude/latitude in a GeoJSON (at least, for a scene; exactly, for tile predictions): 1e-8 degrees is about a millimetre.
 LONLAT_DECIMALS = 8
-_FORMATS_TEXT = ".gpkg (GeoPackage), .fgb (FlatGeobuf), .parquet (GeoParquet) or .geojson (longitude/latitude)"
 
 
 def _lonlat_transformer(path: Path, crs: CRS) -> Any:
@@ -103,27 +93,27 @@ def _decimals(transform: Affine, crs: CRS | None) -> int:
 
 
 def check_output(path: str | Path, force: bool = False) -> str:
-    """The driver for an output file (:data:`OUTPUT_DRIVERS`), after checking its suffix, that it may be
-    written, and (GeoParquet) that pyarrow is installed.
+    """The driver for an output file (its format's in :mod:`rooftrace.gis.formats`), after checking its
+    suffix, that it may be written, and that what the format needs (pyarrow for GeoParquet) is installed.
 
     Raises:
         RooftraceError: Unknown suffix, ``path`` exists and not ``force``, or no pyarrow for ``.parquet``.
     """
     path = Path(path)
-    driver = OUTPUT_DRIVERS.get(path.suffix.lower())
-    if driver is None:
-        raise RooftraceError(f"{path}: unknown output format {path.suffix!r}; use {_FORMATS_TEXT}")
+    fmt = output_format(path)
     if path.is_dir():  # found now, not by the rename at the end of a run
         raise RooftraceError(f"{path}: a folder, not a file; choose another --out (a folder of outputs takes no "
                              f"{path.suffix} suffix); nothing was predicted")
     if path.exists() and not force:
         raise RooftraceError(f"{path}: already exists; pass --force to overwrite it")
-    if driver == "Parquet":
+    if fmt.needs is not None:
+        import importlib
+
         try:
-            import pyarrow.parquet  # noqa: F401
+            importlib.import_module(fmt.needs)
         except ImportError:
-            raise RooftraceError(f"{path}: GeoParquet needs pyarrow: pip install 'rooftrace[parquet]' (or pyarrow)") from None
-    return driver
+            raise RooftraceError(f"{path}: {fmt.title} needs {fmt.needs.split('.')[0]}: {fmt.install}") from None
+    return fmt.driver
 
 
 def check_writable(folder: str | Path, meant: str | Path) -> None:
@@ -144,20 +134,19 @@ def output_complete(path: str | Path, source: str | Path | None = None) -> str |
     do not), and it carries the provenance the run recorded, for ``source`` when given. A file
     another program left under that name, or garbage, is not finished.
     """
-    from rooftrace.inference.provenance import read_provenance
-
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             return "it is empty (0 bytes)"
     except OSError:
         return "it is not there"
+    fmt = output_format(path)
     try:
-        if path.suffix.lower() == ".parquet":
+        if fmt.write == "parquet":
             import pyarrow.parquet as pq
 
             pq.read_table(path)
-        elif path.suffix.lower() in (".geojson", ".json"):
+        elif fmt.write == "geojson":
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("features"), list):
                 return "it is not a GeoJSON FeatureCollection"
@@ -179,6 +168,31 @@ def output_complete(path: str | Path, source: str | Path | None = None) -> str |
         if recorded is None or Path(recorded).name != Path(source).name:
             return f"its provenance names another source ({recorded})"
     return None
+
+
+def read_features(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], CRS | None]:
+    """Read back what :class:`FeatureWriter` wrote, in any registered format: the geometries (shapely),
+    the fields by name (``score``, ``area_m2``) and the file's CRS (``None``: unknown).
+
+    Raises:
+        RooftraceError: A suffix no format has (naming ``path``).
+    """
+    path = Path(path)
+    fmt = output_format(path)
+    if fmt.write == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}"))
+        crs_json = (geo.get("columns", {}).get(geo.get("primary_column", "geometry")) or {}).get("crs")
+        geoms = shapely.from_wkb(np.asarray(table.column("geometry").to_pylist(), dtype=object))
+        fields = {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names if n != "geometry"}
+        return geoms, fields, CRS.from_json_dict(crs_json) if crs_json else None
+    import pyogrio.raw
+
+    meta, _, wkb, values = pyogrio.raw.read(path)
+    geoms = shapely.from_wkb(wkb) if len(wkb) else np.empty(0, dtype=object)
+    return geoms, dict(zip(list(meta["fields"]), values)), CRS.from_user_input(meta["crs"]) if meta.get("crs") else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +245,8 @@ def _unknown_crs_allowed() -> Iterator[None]:
 
 
 class FeatureWriter:
-    """Buildings into a GeoPackage, FlatGeobuf, GeoParquet or GeoJSON (by the suffix), streamed, atomically.
+    """Buildings into any format of :mod:`rooftrace.gis.formats` (by the suffix: GeoPackage, FlatGeobuf,
+    GeoParquet, GeoJSON), streamed, atomically.
 
     Features go to a temporary file beside ``path`` that is renamed over it only when
     :meth:`close` is called, so a reader never sees half a file and a killed job leaves none.
@@ -240,7 +255,7 @@ class FeatureWriter:
 
     Args:
         crs, transform: The scene's CRS (``None``: none) and its pixel-to-map transform; the
-            features are written in ``crs``, except GeoJSON (EPSG:4326).
+            features are written in ``crs``, except in a longitude/latitude format (GeoJSON: EPSG:4326).
         provenance: :func:`make_provenance`'s dict (its ``crs`` is set to the output's here).
         metres_per_unit: For a scene without a CRS: the size of a map unit in metres, for
             ``area_m2`` (else it is left empty).
@@ -253,25 +268,27 @@ class FeatureWriter:
     def __init__(self, path: str | Path, crs: CRS | None, transform: Affine, force: bool = False, chunk: int = 5000,
                  provenance: dict[str, Any] | None = None, metres_per_unit: float | None = None):
         self.path = Path(path)
-        driver = check_output(self.path, force)
-        if driver == "GeoJSON" and crs is None:
+        check_output(self.path, force)
+        fmt = output_format(self.path)
+        if fmt.lonlat and crs is None:
             raise RooftraceError(f"{self.path}: the scene has no CRS, and GeoJSON is longitude/latitude (RFC 7946), so a GIS "
                                  "would read its pixel coordinates as degrees; write .gpkg or .fgb (CRS left unknown) instead, "
                                  "or give the scene a CRS")
-        to_lonlat = _lonlat_transformer(self.path, crs) if driver == "GeoJSON" else None
+        to_lonlat = _lonlat_transformer(self.path, crs) if fmt.lonlat else None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RooftraceError(f"{self.path}: cannot create its folder ({exc.strerror})") from None
-        self.driver, self.crs, self.transform, self.chunk = driver, crs, transform, chunk
+        self.format: OutputFormat = fmt
+        self.driver, self.crs, self.transform, self.chunk = fmt.driver, crs, transform, chunk
         self.metres_per_unit = metres_per_unit
-        self.out_crs = CRS.from_epsg(4326) if driver == "GeoJSON" else crs
+        self.out_crs = CRS.from_epsg(4326) if fmt.lonlat else crs
         self.provenance = with_crs(provenance, self.out_crs)
         if crs is not None and not crs.equals(self.out_crs):
             self.provenance["reprojected_from"] = crs_name(crs)
         self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.path.suffix}")
-        # FlatGeobuf cannot be appended to: its features are staged in a GeoPackage (removed by abort's glob too).
-        self.stage = self.tmp.with_name(self.tmp.name + ".gpkg") if driver == "FlatGeobuf" else self.tmp
+        # A format that cannot be appended to (FlatGeobuf): its features are staged in a GeoPackage (removed by abort's glob too).
+        self.stage = self.tmp.with_name(self.tmp.name + ".gpkg") if fmt.write == "ogr-staged" else self.tmp
         self.count = 0
         #: Ground areas (m²) of the first :data:`AREA_SAMPLE` buildings, for the model-card size check.
         self.area_sample: list[float] = []
@@ -281,7 +298,7 @@ class FeatureWriter:
         self._json = None
         self._parquet: Any = None
         self._to_lonlat: Any = None
-        if driver == "GeoJSON":
+        if fmt.write == "geojson":
             with self._writing():  # a failure removes the temporary file (abort), so none outlives the run
                 self._json = open(self.tmp, "w", encoding="utf-8")
                 self._json.write(geojson_head(self.path.stem, self.provenance))
@@ -352,7 +369,7 @@ class FeatureWriter:
         if not self._buffer and (self._started or not final):
             return
         geoms, scores, areas = self._take()
-        if self.driver == "Parquet":
+        if self.format.write == "parquet":
             self._write_parquet(geoms, scores, areas)
             return
         import pyogrio.raw
@@ -360,7 +377,8 @@ class FeatureWriter:
         meta = {} if self._started else {"layer_metadata": provenance_metadata(self.provenance)}
         with _unknown_crs_allowed():
             pyogrio.raw.write(self.stage, shapely.to_wkb(geoms), [scores, areas], list(FIELDS), layer=self.path.stem,
-                              driver="GPKG", geometry_type="Polygon", crs=self.crs.to_wkt() if self.crs is not None else None,
+                              driver="GPKG" if self.format.write == "ogr-staged" else self.driver, geometry_type="Polygon",
+                              crs=self.crs.to_wkt() if self.crs is not None else None,
                               append=self._started, **meta)
         self._started = True
 
@@ -380,12 +398,12 @@ class FeatureWriter:
         self._parquet.write_table(table)
         self._started = True
 
-    def _convert_flatgeobuf(self) -> None:
-        """The staged GeoPackage into the FlatGeobuf, record batch by record batch (GDAL's Arrow stream)."""
+    def _convert_staged(self) -> None:
+        """The staged GeoPackage into the output's format (FlatGeobuf), record batch by record batch (GDAL's Arrow stream)."""
         import pyogrio.raw
 
         with pyogrio.raw.open_arrow(self.stage, batch_size=self.chunk, use_pyarrow=False) as (meta, stream), _unknown_crs_allowed():
-            pyogrio.raw.write_arrow(stream, self.tmp, driver="FlatGeobuf", layer=self.path.stem,
+            pyogrio.raw.write_arrow(stream, self.tmp, driver=self.driver, layer=self.path.stem,
                                     geometry_name=meta["geometry_name"] or "geometry", geometry_type="Polygon",
                                     crs=self.crs.to_wkt() if self.crs is not None else None,
                                     layer_metadata=provenance_metadata(self.provenance))
@@ -404,8 +422,8 @@ class FeatureWriter:
                 if self._parquet is not None:
                     self._parquet.close()
                     self._parquet = None
-                if self.driver == "FlatGeobuf":
-                    self._convert_flatgeobuf()
+                if self.format.write == "ogr-staged":
+                    self._convert_staged()
             os.replace(self.tmp, self.path)
         return self.path
 
