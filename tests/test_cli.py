@@ -71,3 +71,16 @@ def test_outputs_are_not_overwritten_without_force(sample, tmp_path, capsys):
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "rooftrace", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "evaluate" in r.stdout and "prepare" in r.stdout and "convert" in r.stdout
+
+
+def test_help_imports_no_gis_or_label_library():
+    """`rooftrace --help` (the list of commands) runs before any command: it imports neither the label readers nor
+    rasterio, pyproj or torch, so it answers in a fraction of a second (issue 26)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rooftrace.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(*(m in sys.modules for m in ('rooftrace.labels.formats', 'rasterio', 'pyproj', 'torch')), file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "convert" in r.stdout
+    assert r.stderr.split() == ["False", "False", "False", "False"], r.stderr

@@ -79,10 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from rooftrace.core.errors import strict_mode, tally_skips
     from rooftrace.core.paths import allow_outside_paths
-    from rooftrace.labels.geojson import vector_layer
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    from rooftrace.labels.geojson import vector_layer  # after parsing: `--help` imports no GIS library
     try:
         with strict_mode(getattr(args, "strict", False)), tally_skips() as tally, \
                 allow_outside_paths(getattr(args, "allow_outside_paths", False)), vector_layer(getattr(args, "layer", None)):

@@ -115,7 +115,8 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     # The formats are the label-format registry's: the choices and the {placeholders} are read from it when needed.
     p = sub.add_parser(
         "convert",
-        help="convert labels between formats ({label formats})",
+        # The list of commands names no format: `rooftrace --help` must not import every label reader.
+        help="convert labels between formats (COCO, BEGC2024 CSV, GeoJSON, ...: `rooftrace convert --help` lists them)",
         description="Read SRC in any supported format and write DST in the format given by --to "
         "(default from DST's suffix: {label suffix defaults}).",
         formatter_class=RegistryHelpFormatter,
