@@ -141,6 +141,18 @@ def ablation(args: argparse.Namespace, start: Path) -> list[dict]:
     return rows
 
 
+def label_iou(clean, other) -> float:
+    """Pixel IoU of two label sets of the same chips (the buildings' masks, pooled over the chips)."""
+    from rooftrace.prepare.targets import building_mask
+
+    inter = union = 0
+    for img in clean.labels:
+        a = building_mask(img.footprints, (img.height, img.width))
+        b = building_mask(other[img.key].footprints, (img.height, img.width))
+        inter, union = inter + int((a & b).sum()), union + int((a | b).sum())
+    return round(inter / max(union, 1), 4)
+
+
 def shift(args: argparse.Namespace, start: Path) -> list[dict]:
     from rooftrace.labels.splits import open_split
     from rooftrace.prepare.chips import prepare_chips
@@ -170,18 +182,8 @@ def shift(args: argparse.Namespace, start: Path) -> list[dict]:
             fixed = open_split(prepare_chips(chips, labels, work / "fixed", label_shift=(east + found.correction[0],
                                                                                          north + found.correction[1]), **kw)
                                .splits["train"].parent)
-            inter = union = 0
-            for img in clean.labels:
-                a = building_mask(img.footprints, (img.height, img.width))
-                b = building_mask(fixed[img.key].footprints, (img.height, img.width))
-                inter, union = inter + int((a & b).sum()), union + int((a | b).sum())
-            row["iou_after_correction"] = round(inter / max(union, 1), 4)
-        inter = union = 0
-        for img in clean.labels:
-            a = building_mask(img.footprints, (img.height, img.width))
-            b = building_mask(moved[img.key].footprints, (img.height, img.width))
-            inter, union = inter + int((a & b).sum()), union + int((a | b).sum())
-        row["iou_shifted"] = round(inter / max(union, 1), 4)
+            row["iou_after_correction"] = label_iou(clean, fixed)
+        row["iou_shifted"] = label_iou(clean, moved)
         rows.append(row)
         print(row, flush=True)
     print("\n| injected (m east, north) | found | error (px at 0.3 m) | corrected | label IoU with the clean labels: shifted → corrected |")

@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    from rooftrace.labels.geojson import vector_layer  # after parsing: `--help` imports no GIS library
+    # Imported after parsing: `--help` imports no GIS library.
+    from rooftrace.labels.geojson import vector_layer
     try:
         with strict_mode(getattr(args, "strict", False)), tally_skips() as tally, \
                 allow_outside_paths(getattr(args, "allow_outside_paths", False)), vector_layer(getattr(args, "layer", None)):

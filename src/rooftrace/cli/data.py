@@ -13,6 +13,7 @@ from rooftrace.cli.options import (
     LabelWriterChoices,
     RegistryHelpFormatter,
     add_band_options,
+    add_chip_options,
     add_layer_option,
     check_io,
     parse_stretch,
@@ -233,19 +234,7 @@ def add_prepare_chips(sub: argparse._SubParsersAction) -> None:
                    help="resample every chip and its labels to this pixel size in metres (needed for chips of several zoom levels; default: as they are)")
     p.add_argument("--val", type=float, default=0.15, help="validation share of the chips, split by area (default 0.15)")
     p.add_argument("--test", type=float, default=0.15, help="test share of the chips, split by area (default 0.15)")
-    p.add_argument("--block", type=int, default=None, metavar="N",
-                   help="split in blocks of N x N neighbouring chips (a power of two; default: 4, 2 or 1, the largest "
-                   "that gives enough blocks for the shares)")
-    p.add_argument("--block-zoom", type=int, default=None, metavar="Z",
-                   help="tile-named chips: blocks are the web-map tiles of zoom Z holding them (default: the coarsest zoom, see --block)")
-    p.add_argument("--aoi", type=Path, default=None,
-                   help="polygon file of the mapped area: chips without buildings inside it are kept as true negatives, "
-                   "those outside left out (default: the labels' convex hull grown by half a chip)")
-    p.add_argument("--empty", choices=("auto", "keep", "skip"), default="auto",
-                   help="chips without buildings: auto (by the mapped area, default), keep all, skip all")
-    p.add_argument("--tms", action="store_true", help="chip names count y from the bottom (TMS) instead of the top (XYZ)")
-    p.add_argument("--labels-crs", default=None, metavar="CRS",
-                   help="CRS of the labels when the file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")
+    add_chip_options(p)
     p.add_argument("--source", default=None, help="COCO source of every image (default: the name of CHIPS_DIR's parent)")
     p.add_argument("--seed", type=int, default=0, help="seed of the assignment of blocks to splits (default 0)")
     p.add_argument("--shift-labels", default=None, metavar="EAST,NORTH",

@@ -10,6 +10,7 @@ from rooftrace.cli.options import (
     MATCHING_HELP,
     MATCHING_MODES,
     POSTPROCESS_METHODS,
+    add_chip_options,
     add_layer_option,
     add_postprocess_options,
     check_io,
@@ -208,12 +209,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", type=float, default=0.15, help="share of the chips (by area) for the tuning blocks (default 0.15)")
     p.add_argument("--test", type=float, default=0.15,
                    help="share of the chips (by area) for the card blocks; 0 scores the card on the tuning blocks (default 0.15)")
-    p.add_argument("--block", type=int, default=None, metavar="N", help="blocks of N x N chips (as prepare-chips; default: chosen)")
-    p.add_argument("--block-zoom", type=int, default=None, metavar="Z", help="tile-named chips: blocks are the tiles of zoom Z (default: chosen)")
-    p.add_argument("--aoi", type=Path, default=None, help="polygon file of the mapped area (as prepare-chips; default: the labels' hull)")
-    p.add_argument("--empty", choices=("auto", "keep", "skip"), default="auto", help="chips without buildings (as prepare-chips; default auto)")
-    p.add_argument("--tms", action="store_true", help="chip names count y from the bottom (TMS)")
-    p.add_argument("--labels-crs", default=None, metavar="CRS", help="CRS of the labels when the file declares none or a wrong one (default: the file's)")
+    add_chip_options(p)
     p.add_argument("--no-align", dest="align", action="store_false",
                    help="estimate and report the labels' shift from the imagery, but do not correct it (default: corrected when clear)")
     p.add_argument("--max-shift", type=float, default=6.0, metavar="METRES", help="the largest label shift searched, each way (default 6)")

@@ -184,3 +184,22 @@ def add_layer_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None, metavar="NAME",
                    help="the layer to read from vector files that hold several (a GeoPackage); without it such a file "
                    "is an error that lists its layers (default: none; files of one layer are read as they are)")
+
+
+def add_chip_options(p: argparse.ArgumentParser) -> None:
+    """How chips are read and split into blocks by area: the options ``prepare-chips`` and ``finetune`` share
+    (:func:`rooftrace.prepare.chips.prepare_chips`'s ``block``, ``block_zoom``, ``aoi``, ``empty``, ``tms`` and
+    ``labels_crs``)."""
+    p.add_argument("--block", type=int, default=None, metavar="N",
+                   help="split in blocks of N x N neighbouring chips (a power of two; default: 4, 2 or 1, the largest "
+                   "that gives enough blocks for the shares)")
+    p.add_argument("--block-zoom", type=int, default=None, metavar="Z",
+                   help="tile-named chips: blocks are the web-map tiles of zoom Z holding them (default: the coarsest zoom, see --block)")
+    p.add_argument("--aoi", type=Path, default=None,
+                   help="polygon file of the mapped area: chips without buildings inside it are kept as true negatives, "
+                   "those outside left out (default: the labels' convex hull grown by half a chip)")
+    p.add_argument("--empty", choices=("auto", "keep", "skip"), default="auto",
+                   help="chips without buildings: auto (by the mapped area, default), keep all, skip all")
+    p.add_argument("--tms", action="store_true", help="chip names count y from the bottom (TMS) instead of the top (XYZ)")
+    p.add_argument("--labels-crs", default=None, metavar="CRS",
+                   help="CRS of the labels when the file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")

@@ -7,6 +7,6 @@
   ``write_error_reason`` (why a write failed, for the file meant).
 - :mod:`~rooftrace.core.locks`: exclusive outputs (``OutputLock``, ``exclusive``); :mod:`~rooftrace.core.paths`:
   inputs never outputs; :mod:`~rooftrace.core.memory`: the allocation bound.
-- :mod:`~rooftrace.core.hashing`: ``sha256_file``.
+- :mod:`~rooftrace.core.hashing`: ``sha256_file``; :mod:`~rooftrace.core.machine`: ``cpu_name``.
 - :mod:`~rooftrace.core.version`: ``__version__``.
 """

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,13 @@ from pathlib import Path
 import torch
 
 from rooftrace.core.files import atomic_write_text
-from rooftrace.models.autocast import autocast, autocast_dtype, cpu_has_native_bf16, dtype_name
+from rooftrace.core.machine import cpu_name
+from rooftrace.models.autocast import (
+    autocast,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    dtype_name,
+)
 
 #: Environment variables: the cache folder, and ``0`` to turn the measurement off.
 CACHE_ENV, PROBE_ENV = "ROOFTRACE_CACHE_DIR", "ROOFTRACE_RUNTIME_PROBE"
@@ -64,16 +69,6 @@ def cache_dir() -> Path:
     return Path(base) / "rooftrace"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def network_key(model: torch.nn.Module) -> str:
     """What the speed of a network depends on: its class and parameter shapes (not their values)."""
     h = hashlib.sha256(type(model).__name__.encode())
@@ -83,7 +78,7 @@ def network_key(model: torch.nn.Module) -> str:
 
 
 def _machine_key() -> str:
-    return f"{_cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    return f"{cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
 
 
 @torch.inference_mode()
