@@ -197,6 +197,47 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(mini_split, tmp_path
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-5), k
 
 
+def test_a_moving_average_of_the_weights_is_validated_saved_and_resumed_exactly(mini_split, tmp_path, monkeypatch):
+    """train.ema: the saved weights are the moving average (not the raw weights), the resume state
+    carries it, and a run stopped after its first epoch and resumed ends with the same average."""
+    from safetensors.torch import load as st_load
+
+    from rooftrace.training import loop
+
+    def sets(runs: Path) -> list[str]:
+        return _tiny(mini_split, runs, "train.ema=0.5")[4::2]  # the --set values
+
+    straight = Path(loop.train(load_config(REPO / "configs" / "baseline-unet.yaml", sets(tmp_path / "a")))["run_dir"])
+    state = st_load((straight / "resume.safetensors").read_bytes())
+    raw = {k[6:]: v for k, v in state.items() if k.startswith("model/")}
+    avg = {k[len("ema/module."):]: v for k, v in state.items() if k.startswith("ema/module.")}
+    saved, _ = read_model_file(straight / "last.safetensors")
+    assert raw.keys() == avg.keys() and saved.keys() <= raw.keys()
+    assert all(torch.equal(saved[k].float(), avg[k].float()) for k in saved)
+    assert any(not torch.allclose(saved[k].float(), raw[k].float()) for k in saved if saved[k].is_floating_point())
+
+    real_epoch = loop.Trainer.train_epoch
+
+    def stop_at_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(loop.Trainer, "train_epoch", stop_at_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(load_config(REPO / "configs" / "baseline-unet.yaml", sets(tmp_path / "b")))
+    monkeypatch.setattr(loop.Trainer, "train_epoch", real_epoch)
+    (run_b,) = list((tmp_path / "b").iterdir())
+    assert len(_rows(run_b)) == 1
+    loop.resume(run_b)
+    resumed, _ = read_model_file(run_b / "last.safetensors")
+    for k in saved:
+        assert torch.allclose(saved[k].float(), resumed[k].float(), atol=1e-5), k
+    assert load_config(run_b / "config.yaml").train.ema == 0.5
+    with pytest.raises(RooftraceError, match="train.ema"):
+        load_config(REPO / "configs" / "baseline-unet.yaml", ["train.ema=1.5"])
+
+
 @pytest.mark.slow
 def test_ddp_on_cpu_with_gloo_and_two_processes(mini_split, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", "-m", "rooftrace",

@@ -170,6 +170,7 @@ class TrainConfig:
     init_from: str = ""  #: start from the weights of this rooftrace model file (fine-tuning); "" = from model.encoder_weights
     val_every: int = 1  #: validate every N epochs (and always after the last); the others only checkpoint
     depthwise_fp32: bool = False  #: compute depthwise convolutions in fp32 under bf16 autocast (faster on CPUs: benchmarks/train_profile.py)
+    ema: float = 0.0  #: decay of an exponential moving average of the weights (BatchNorm statistics included) that is validated and saved; 0 = off
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,8 @@ class Config:
                     raise RooftraceError(f"{key} {spec.path}: gsd {spec.gsd} must be metres a pixel (0 = unknown)")
         if self.data.sampling not in ("uniform", "balanced"):
             raise RooftraceError(f"data.sampling {self.data.sampling!r}: must be uniform or balanced")
+        if not 0.0 <= self.train.ema < 1.0:
+            raise RooftraceError(f"train.ema {self.train.ema}: must be 0 (off) or a decay in (0, 1), such as 0.998")
         if self.train.val_every < 1:
             raise RooftraceError(f"train.val_every {self.train.val_every}: must be at least 1")
         for key, v in (("augment.pan", self.augment.pan), ("augment.focus", self.augment.focus)):

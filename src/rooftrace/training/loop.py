@@ -217,6 +217,11 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.net = model
+        # The moving average of the weights (train.ema): updated after every step, validated and saved in
+        # place of the raw weights; BatchNorm statistics are averaged too.
+        self.ema = (torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+            if cfg.train.ema else None)
         if env.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
         if cfg.train.compile:
@@ -295,6 +300,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             steps += 1
             total += float(loss.detach()) * x.shape[0]
             n_img += x.shape[0]
@@ -313,7 +320,8 @@ class Trainer:
         from rooftrace.evaluation.metrics import evaluate_labels
         from rooftrace.instances.postprocess import postprocess
 
-        self.model.eval()
+        model = self.evaluated
+        model.eval()
         loader = DataLoader(self.val_ds, batch_size=max(1, self.cfg.data.batch_size // 2), shuffle=False,
                             num_workers=0, collate_fn=collate_pad)
         pred = LabelSet(format="memory")
@@ -323,7 +331,7 @@ class Trainer:
         for batch in loader:
             x, y = self._to(batch["image"]), self._to(batch["target"])
             with self._autocast():
-                logits = self.model(x)
+                logits = model(x)
             logits = logits.float()
             if not bool(torch.isfinite(logits).all()):
                 self._diverged(epoch, "validation: the network's outputs are not finite")
@@ -358,6 +366,11 @@ class Trainer:
             "object_precision": score.precision, "object_recall": score.recall,
         }
 
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights a run validates and saves: their moving average (``train.ema``) or the weights."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _diverged(self, epoch: int, what: str) -> None:
         """Stop a run whose loss or weights are no longer finite, keeping the last good checkpoint."""
         last = self.run_dir / "last.safetensors" if self.run_dir is not None else None
@@ -384,9 +397,9 @@ class Trainer:
             raise RooftraceError(f"{run}: cannot create it ({exc.strerror})") from None
         atomic_write_text(run / "EPOCH", f"{epoch + 1}\n", force=True)
         extra = {"epoch": epoch + 1, "metrics": {k: row[k] for k in row if k != "epoch"}}
-        save_model(run / "last.safetensors", self.model, self.cfg, extra=extra)
+        save_model(run / "last.safetensors", self.evaluated, self.cfg, extra=extra)
         if improved:
-            save_model(run / "best.safetensors", self.model, self.cfg, extra=extra)
+            save_model(run / "best.safetensors", self.evaluated, self.cfg, extra=extra)
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
         w.writeheader()
@@ -398,7 +411,8 @@ class Trainer:
         atomic_write_bytes(run / "curves.png", plot_curves(self.history), force=True)
         save_resume_state(final / "resume.safetensors", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                           scaler=self.scaler, info={"epoch": epoch + 1, "best_f1": self.best_f1, "best_epoch": self.best_epoch,
-                                                    "bad_epochs": self.bad_epochs, "history": self.history})
+                                                    "bad_epochs": self.bad_epochs, "history": self.history},
+                          ema=self.ema)
         move_pending(final)
 
     def fit(self) -> dict[str, Any]:
@@ -416,7 +430,8 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], "train_loss": train_loss}
                 validated = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
                 row.update(self.validate(epoch) if validated else dict.fromkeys(VAL_FIELDS, math.nan))
-                bad_weight = next((k for k, v in self.model.state_dict().items()
+                bad_weight = next((k for m in {id(self.model): self.model, id(self.evaluated): self.evaluated}.values()
+                                   for k, v in m.state_dict().items()
                                    if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
                 if not math.isfinite(train_loss) or (validated and not math.isfinite(row["val_loss"])) or bad_weight is not None:
                     self._diverged(epoch, f"its end: training loss {train_loss:.4g}, validation loss {row['val_loss']:.4g}"
@@ -524,7 +539,7 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str,
             info = None
         else:
             info = load_resume_state(state_path, model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler,
-                                     scaler=trainer.scaler)
+                                     scaler=trainer.scaler, ema=trainer.ema)
             trainer.start_epoch = int(info["epoch"])
             trainer.best_f1, trainer.best_epoch, trainer.bad_epochs = info["best_f1"], info["best_epoch"], info["bad_epochs"]
             trainer.history = list(info["history"])

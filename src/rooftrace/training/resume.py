@@ -23,12 +23,15 @@ from rooftrace.models.files import unwrap
 
 
 def save_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-                      info: dict[str, Any]) -> Path:
-    """Write everything a run needs to continue exactly, the model's weights included: one
-    safetensors file, atomically, so weights and optimizer state always belong to the same epoch."""
+                      info: dict[str, Any], ema: nn.Module | None = None) -> Path:
+    """Write everything a run needs to continue exactly, the model's weights included (and the moving
+    average of them, ``ema``, when the run keeps one): one safetensors file, atomically, so weights and
+    optimizer state always belong to the same epoch."""
     tensors: dict[str, torch.Tensor] = {
         f"model/{k}": v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()
     }
+    if ema is not None:
+        tensors.update({f"ema/{k}": v.detach().to("cpu").contiguous() for k, v in ema.state_dict().items()})
     opt = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for pid, st in opt["state"].items():
@@ -56,8 +59,10 @@ def save_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Op
     return atomic_write_bytes(path, st_save(tensors, metadata={"resume": json.dumps(meta)}), force=True)
 
 
-def load_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler, scaler and RNG states; return the saved ``info``."""
+def load_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                      ema: nn.Module | None = None) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler, scaler, RNG states and the weights' moving average
+    (``ema``, when the run keeps one); return the saved ``info``."""
     if not path.exists():
         raise RooftraceError(f"{path}: no resume state in this run folder (was it killed before its first epoch ended?)")
     from safetensors import safe_open
@@ -70,6 +75,12 @@ def load_resume_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Op
         raise RooftraceError(f"{path}: not a readable resume state ({exc})") from None
     device = next(unwrap(model).parameters()).device
     unwrap(model).load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model/")})
+    if ema is not None:
+        saved = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema/")}
+        if not saved:
+            raise RooftraceError(f"{path}: this run now keeps a moving average of its weights (train.ema) but its resume "
+                                 "state has none; resume it with --set train.ema=0")
+        ema.load_state_dict(saved)
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         if key.startswith("optim/"):
