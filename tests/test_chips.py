@@ -194,6 +194,20 @@ def test_banepa_split_by_area_at_0_3_m(osm, tmp_path):
         assert score.f1 == 1.0 and score.fp == score.fn == 0, s
 
 
+def test_balance_buildings_gives_the_held_out_blocks_their_share_of_the_buildings(osm, tmp_path):
+    """prepare-chips --balance buildings (finetune's default) on Banepa: each held-out split holds about its
+    share of the buildings as well as of the chips, and the manifest says how the split was balanced."""
+    labels = osm / "banepa" / "labels.geojson"
+    r = prepare_chips(osm / "banepa" / "chips", labels, tmp_path / "b", val=0.2, test=0.2, balance="buildings", progress=False)
+    total = sum(d["annotations"] for d in r.per_split.values())
+    for s in ("val", "test"):
+        assert 6 <= r.per_split[s]["chips"] <= 14
+        assert 0.12 <= r.per_split[s]["annotations"] / total <= 0.28, (s, r.per_split)
+    assert json.loads((tmp_path / "b" / "prepare-chips.json").read_text())["options"]["balance"] == "buildings"
+    with pytest.raises(RooftraceError, match="--balance"):
+        prepare_chips(osm / "banepa" / "chips", labels, tmp_path / "c", balance="area", progress=False)
+
+
 def test_kampala_three_zoom_levels_give_the_same_buildings(osm, tmp_path):
     """The chips of zoom 19, 20 and 21 (one place, ~0.3, 0.15 and 0.07 m a pixel), each prepared at its own
     pixel size, give the same buildings: same centroids and areas in map coordinates."""
@@ -289,6 +303,28 @@ def test_assign_blocks_meets_shares_and_is_seeded():
 
 
 # ------------------------------------------------------------------------------------ chips without buildings
+
+
+def test_balancing_buildings_gives_each_held_out_split_its_share_of_the_buildings():
+    """Half of the blocks are empty: split by chips alone, a held-out split can get few or no buildings;
+    balanced by buildings too (finetune's default), each split gets its share of both."""
+    sizes = {f"b{i:02d}": 4 for i in range(20)}
+    buildings = {b: (10 if i % 2 else 0) for i, b in enumerate(sizes)}
+    shares = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+    def counts(where: dict[str, str], split: str) -> tuple[int, int]:
+        return sum(sizes[b] for b, s in where.items() if s == split), sum(buildings[b] for b, s in where.items() if s == split)
+
+    worst_by_chips = 0
+    for seed in range(8):
+        by_chips = assign_blocks(sizes, shares, seed=seed)
+        balanced = assign_blocks(sizes, shares, seed=seed, buildings=buildings)
+        assert balanced == assign_blocks(sizes, shares, seed=seed, buildings=buildings)
+        for split in ("val", "test"):
+            chips, found = counts(balanced, split)
+            assert chips == 16 and found == 20, (seed, split, chips, found)  # exactly its share of both
+            worst_by_chips = max(worst_by_chips, abs(counts(by_chips, split)[1] - 20))
+    assert worst_by_chips >= 10  # chips alone do leave a split far from its share of the buildings
 
 
 def test_chips_without_labels_outside_the_mapped_area_are_left_out(osm, tmp_path):

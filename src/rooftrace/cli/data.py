@@ -268,7 +268,7 @@ def _run_prepare_chips(args: argparse.Namespace) -> int:
 
     options = dict(gsd=args.gsd, val=args.val, test=args.test, block=args.block, block_zoom=args.block_zoom, aoi=args.aoi,
                    empty=args.empty, tms=args.tms, labels_crs=args.labels_crs, source=args.source, seed=args.seed,
-                   label_shift=parse_shift(args.shift_labels), force=args.force)
+                   label_shift=parse_shift(args.shift_labels), balance=args.balance, force=args.force)
     if args.align_labels:
         from rooftrace.training.alignment import align_chips
 

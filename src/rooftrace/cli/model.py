@@ -209,7 +209,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", type=float, default=0.15, help="share of the chips (by area) for the tuning blocks (default 0.15)")
     p.add_argument("--test", type=float, default=0.15,
                    help="share of the chips (by area) for the card blocks; 0 scores the card on the tuning blocks (default 0.15)")
-    add_chip_options(p)
+    add_chip_options(p, balance="buildings")
     p.add_argument("--no-align", dest="align", action="store_false",
                    help="estimate and report the labels' shift from the imagery, but do not correct it (default: corrected when clear)")
     p.add_argument("--max-shift", type=float, default=6.0, metavar="METRES", help="the largest label shift searched, each way (default 6)")
@@ -234,7 +234,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
     result = finetune(args.chips_dir, args.labels, args.out, model=model, minutes=args.minutes, recipe=recipe, gsd=args.gsd,
                       val=args.val, test=args.test, align=args.align, max_shift_m=args.max_shift, keep_worse=args.keep_worse,
                       force=args.force, runs_dir=args.runs_dir, device=args.device, seed=args.seed, block=args.block,
-                      block_zoom=args.block_zoom, aoi=args.aoi, empty=args.empty, tms=args.tms, labels_crs=args.labels_crs)
+                      block_zoom=args.block_zoom, aoi=args.aoi, empty=args.empty, tms=args.tms, labels_crs=args.labels_crs,
+                      balance=args.balance)
     print()
     print(result.card())
     print(f"card: {result.run_dir / 'card.md'}")

@@ -186,7 +186,7 @@ def add_layer_option(p: argparse.ArgumentParser) -> None:
                    "is an error that lists its layers (default: none; files of one layer are read as they are)")
 
 
-def add_chip_options(p: argparse.ArgumentParser) -> None:
+def add_chip_options(p: argparse.ArgumentParser, balance: str = "chips") -> None:
     """How chips are read and split into blocks by area: the options ``prepare-chips`` and ``finetune`` share
     (:func:`rooftrace.prepare.chips.prepare_chips`'s ``block``, ``block_zoom``, ``aoi``, ``empty``, ``tms`` and
     ``labels_crs``)."""
@@ -200,6 +200,9 @@ def add_chip_options(p: argparse.ArgumentParser) -> None:
                    "those outside left out (default: the labels' convex hull grown by half a chip)")
     p.add_argument("--empty", choices=("auto", "keep", "skip"), default="auto",
                    help="chips without buildings: auto (by the mapped area, default), keep all, skip all")
+    p.add_argument("--balance", choices=("chips", "buildings"), default=balance,
+                   help="what the split shares are met in: chips, or chips and labelled buildings together (so that no "
+                   f"held-out split is left with a handful of buildings; default: {balance})")
     p.add_argument("--tms", action="store_true", help="chip names count y from the bottom (TMS) instead of the top (XYZ)")
     p.add_argument("--labels-crs", default=None, metavar="CRS",
                    help="CRS of the labels when the file declares none or a wrong one, e.g. EPSG:32645 (default: the file\'s own)")

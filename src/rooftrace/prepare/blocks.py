@@ -77,31 +77,40 @@ def make_blocks(chips: list[Chip], shares: dict[str, float], block: int | None, 
     return f"grid of {n} x {n} chips (Web Mercator)"
 
 
-def assign_blocks(sizes: dict[str, int], shares: dict[str, float], seed: int = 0, trials: int = 256) -> dict[str, str]:
-    """Blocks (name -> chip count) to splits, so that each split's chip count is near its share.
+def assign_blocks(sizes: dict[str, int], shares: dict[str, float], seed: int = 0, trials: int = 256,
+                  buildings: dict[str, int] | None = None) -> dict[str, str]:
+    """Blocks (name -> chip count) to splits, so that each split's chip count is near its share, and with
+    ``buildings`` (name -> buildings in the block) its count of buildings too.
 
     Seeded random orders, each filled greedily (a block goes where it brings the counts nearest their
-    targets); the best of ``trials`` wins, and an order that leaves a requested split without a block
-    loses to any that does not (when there are enough blocks).
+    targets, each count measured as a share of its total); the best of ``trials`` wins, and an order that
+    leaves a requested split without a block (or, balancing buildings, without a building) loses to any
+    that does not (when there are enough blocks).
     """
     names = sorted(sizes)
     splits = [s for s in SPLITS if shares.get(s, 0) > 0]
-    total = sum(sizes.values())
-    target = {s: shares[s] * total for s in splits}
+    # One row per block: its chips and, when balanced too, its buildings, each as a share of all of them.
+    counts = np.array([[sizes[b], *(() if buildings is None else (buildings.get(b, 0),))] for b in names], dtype=float)
+    if buildings is not None:
+        counts /= np.maximum(counts.sum(axis=0), 1.0)
+    target = {s: shares[s] * counts.sum(axis=0) for s in splits}
     rng = np.random.default_rng(seed)
     best, best_score = None, None
     for _ in range(trials if len(splits) > 1 else 1):
-        got = dict.fromkeys(splits, 0)
+        got = {s: np.zeros(counts.shape[1]) for s in splits}
         nblocks = dict.fromkeys(splits, 0)
         out = {}
         for i in rng.permutation(len(names)):
-            b, n = names[i], sizes[names[i]]
-            s = min(splits, key=lambda s: (abs(got[s] + n - target[s]) - abs(got[s] - target[s]), nblocks[s], -target[s]))
-            got[s] += n
+            n = counts[i]
+            s = min(splits, key=lambda s: (float(np.abs(got[s] + n - target[s]).sum() - np.abs(got[s] - target[s]).sum()),
+                                           nblocks[s], -shares[s]))
+            got[s] = got[s] + n
             nblocks[s] += 1
-            out[b] = s
+            out[names[i]] = s
         empty = sum(nblocks[s] == 0 for s in splits) if len(names) >= len(splits) else 0
-        score = (empty, sum(abs(got[s] - target[s]) for s in splits))
+        if buildings is not None and sum(v > 0 for v in buildings.values()) >= len(splits):
+            empty += sum(got[s][1] == 0 for s in splits)
+        score = (empty, float(sum(np.abs(got[s] - target[s]).sum() for s in splits)))
         if best_score is None or score < best_score:
             best, best_score = out, score
     return best

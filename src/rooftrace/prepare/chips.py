@@ -254,6 +254,7 @@ def prepare_chips(
     source: str | None = None,
     seed: int = 0,
     label_shift: tuple[float, float] | None = None,
+    balance: str = "chips",
     force: bool = False,
     progress: bool = True,
 ) -> ChipsResult:
@@ -276,6 +277,8 @@ def prepare_chips(
         labels_crs: The labels' CRS when the file declares none or declares a wrong one.
         source: COCO ``source`` of every image (default: the chips folder's parent's name).
         seed: Seeds the assignment of blocks to splits.
+        balance: ``"chips"``: the shares are met in chips; ``"buildings"``: in chips and in labelled buildings
+            together, so that a held-out split is not left with a handful of buildings (``finetune``'s default).
         label_shift: Move every label this many metres ``(east, north)`` before it is cut into chips (labels
             traced over other imagery; :mod:`rooftrace.prepare.shift` estimates the shift).
         force: Overwrite a split already in ``out_dir``.
@@ -346,7 +349,12 @@ def prepare_chips(
     # Blocks and splits.
     result.block_scheme = make_blocks(kept, shares, block, block_zoom)
     sizes = Counter(c.block for c in kept)
-    where = assign_blocks(dict(sizes), shares, seed=seed)
+    if balance not in ("chips", "buildings"):
+        raise RooftraceError(f"--balance {balance!r}: must be 'chips' or 'buildings'")
+    per_block = Counter()
+    for c in kept:
+        per_block[c.block] += len(c.pieces)
+    where = assign_blocks(dict(sizes), shares, seed=seed, buildings=dict(per_block) if balance == "buildings" else None)
     for c in kept:
         c.split = where[c.block]
 
@@ -412,7 +420,8 @@ def prepare_chips(
     _write_manifest(result, dict(chips_dir=str(chips_dir), labels=str(labels), gsd=gsd, val=val, test=test, block=block,
                                  block_zoom=block_zoom, aoi=str(aoi) if aoi else None, empty=empty, tms=tms,
                                  labels_crs=labels_crs, source=source, seed=seed,
-                                 label_shift=list(label_shift) if label_shift else None))
+                                 label_shift=list(label_shift) if label_shift else None,
+                                 **({"balance": balance} if balance != "chips" else {})))  # the default's manifest as before
     return result
 
 

@@ -239,7 +239,9 @@ def finetune(
 
     Args:
         chips_dir, labels: As :func:`rooftrace.prepare.chips.prepare_chips` takes them (``prepare``: its other
-            options: ``block``, ``block_zoom``, ``aoi``, ``empty``, ``tms``, ``labels_crs``, ``source``).
+            options: ``block``, ``block_zoom``, ``aoi``, ``empty``, ``tms``, ``labels_crs``, ``source``, and
+            ``balance``, which here defaults to ``"buildings"``: the held-out blocks get their share of the
+            buildings as well as of the chips, so the card does not rest on a handful of buildings).
         out: The adapted model file (``.safetensors``); its tuned settings go beside it.
         model: The starting model file, or ``None`` / ``"shipped"`` for the model that ships with rooftrace.
         minutes: The time budget, everything included (the chips, the shift, adapting, tuning, the card).
@@ -260,6 +262,7 @@ def finetune(
     from tqdm import tqdm
 
     t_start = time.monotonic()
+    prepare.setdefault("balance", "buildings")
     if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
         raise RooftraceError(f"--minutes {minutes}: must be a number of minutes greater than 0")
     deadline = t_start + 60.0 * minutes
