@@ -254,18 +254,19 @@ def predict_scenes_dask(
             Dask's own rescheduling).
         force: Redo scenes whose output exists.
         kwargs: As for :func:`rooftrace.scenes.predict.predict_scene` (tile, overlap, batch_size, bands, stretch,
-            method, settings, block, margin, gsd, max_group).
+            method, settings, block, margin, input_gsd or its older name gsd, max_group).
 
     Raises:
         RooftraceError: No scenes, two scenes with one stem, a bad option, no Dask, or a scheduler
             that cannot be reached; with ``--strict``, the first scene that fails.
     """
-    from rooftrace.imagery.resample import check_gsd
+    from rooftrace.imagery.resample import check_gsd, gsd_alias
     from rooftrace.scenes.batch import check_unique_stems, list_scenes
     from rooftrace.scenes.blocks import block_cores
 
     t_start = time.perf_counter()
-    check_gsd(kwargs.get("gsd"))
+    kwargs["input_gsd"] = gsd_alias(kwargs.get("input_gsd"), kwargs.pop("gsd", None), "input_gsd")  # gsd: its older name
+    check_gsd(kwargs["input_gsd"])
     for name in ("windows_per_task", "blocks_per_task"):
         if locals()[name] < 1:
             raise RooftraceError(f"{name} {locals()[name]}: must be at least 1")

@@ -236,7 +236,7 @@ def plan_task(spec: ModelSpec, scene: str, kwargs: dict[str, Any]) -> tuple[str,
         stretch = kwargs.get("stretch", DEFAULT_STRETCH)
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), Scene(scene, bands=kwargs.get("bands"), percentiles=stretch) as sc:
             method, settings = runner.postprocessing(kwargs.get("method"), kwargs.get("settings"))
-            factor, input_gsd, gsd_source, notes = scene_scale(sc, check_gsd(kwargs.get("gsd")), runner.gsd)
+            factor, input_gsd, gsd_source, notes = scene_scale(sc, check_gsd(kwargs.get("input_gsd")), runner.gsd)
             sc.set_scale(factor)
             grid = Grid.make(sc.width, sc.height, tile, overlap)
             channels = model_channels(runner, grid)
