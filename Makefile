@@ -46,7 +46,7 @@ osm-splits: venv
 	@test -d "$(OSM)" || { echo "osm-oam pack not found at $(OSM); set ROOFTRACE_OSM_DIR"; exit 2; }
 	for place in banepa kampala; do \
 		$(BIN)/rooftrace prepare-chips "$(OSM)/$$place/chips" --labels "$(OSM)/$$place/labels.geojson" \
-			--out out/osm/$$place --gsd 0.3 --val 0.2 --test 0.2 --force || exit $$?; \
+			--out out/osm/$$place --model-gsd 0.3 --val 0.2 --test 0.2 --force || exit $$?; \
 	done
 
 clean:

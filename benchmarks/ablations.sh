@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Each step's share of the gain (issue 13), on one short recipe: the shipped config (configs/unet-lite0.yaml)
 # for 4 epochs of 75 steps (2,400 samples), with one thing changed at a time. Banepa is used at its own
-# 0.13 m in every run (out/osm-native/banepa, prepare-chips without --gsd), so that pixel-size handling
+# 0.13 m in every run (out/osm-native/banepa, prepare-chips without --model-gsd), so that pixel-size handling
 # is what tells the runs apart: with it, training resamples Banepa to 0.3 m; without it, tiles are used as
 # they come. Then every run is scored by benchmarks/model_card.py with default post-processing.
 #

@@ -108,7 +108,7 @@ def run_area(area: str, start: Path, out: Path, minutes: float, **recipe_changes
     model_out = out / f"{tag}.safetensors"
     t0 = time.monotonic()
     r = finetune(base / chips, base / labels, model_out, model=start, minutes=minutes, recipe=load_recipe(**recipe_changes),
-                 gsd=0.3, val=0.2, test=0.2, runs_dir=out / "runs", keep_worse=True, force=True, device="cpu", progress=False,
+                 model_gsd=0.3, val=0.2, test=0.2, runs_dir=out / "runs", keep_worse=True, force=True, device="cpu", progress=False,
                  log=lambda s: print(s, flush=True))
     wall = time.monotonic() - t0
     print(r.card(), flush=True)
@@ -163,7 +163,7 @@ def shift(args: argparse.Namespace, start: Path) -> list[dict]:
     chips, labels = (OSM / p for p in AREAS[args.areas[0]])
     net = load_network(start, "cpu")
     work = args.out / "shift"
-    kw = {"gsd": 0.3, "val": 0.0, "test": 0.0, "block": 2, "progress": False, "force": True}
+    kw = {"model_gsd": 0.3, "val": 0.0, "test": 0.0, "block": 2, "progress": False, "force": True}
     clean_dir = prepare_chips(chips, labels, work / "clean", **kw).splits["train"].parent
     clean = split_probabilities(net, clean_dir)
     rows = []

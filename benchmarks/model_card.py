@@ -9,14 +9,14 @@ For each ``NAME=MODEL[:METHOD][@tta]`` (a rooftrace ``.safetensors`` model, e.g.
    (``benchmarks/_splits.merged_split``), or the sample pack's val split for a model that records none.
 2. For every evaluation set: ``rooftrace predict`` (tiles) or ``rooftrace predict-scene`` (scenes),
    then ``rooftrace evaluate`` against the set's labels. Tiles are given at their own pixel size;
-   the model resamples them to its own (``--gsd`` where the files do not say).
+   the model resamples them to its own (``--input-gsd`` where the files do not say).
 
 Evaluation sets (none of them trained on, none used to choose an epoch or a threshold):
 
 - ``sample-test``: the sample pack's test split (10 tiles, 353 buildings; Inria 0.3 m, SpaceNet);
 - ``austin``: the sample pack's Inria Austin scene (1000 x 1000, 0.3 m) against its GeoJSON;
 - ``atlanta``: the SpaceNet Atlanta panchromatic scene (0.5 m) through ``--bands 1,1,1``;
-- ``banepa``: osm-oam Banepa test blocks at their own 0.13 m (``prepare-chips`` without ``--gsd``);
+- ``banepa``: osm-oam Banepa test blocks at their own 0.13 m (``prepare-chips`` without ``--model-gsd``);
 - ``kampala``: osm-oam Kampala test blocks (all three zoom levels, ingested at 0.3 m);
 - ``dubai``: buildings-extra's Dubai tile 6 (pixel size unknown: used as it is);
 - ``rio``: buildings-extra's Rio chips img62-64 (0.5 m GeoTIFFs).
@@ -56,7 +56,7 @@ def run(argv: list[str]) -> None:
 
 
 def prepare_sets(sample: Path, out: Path) -> dict[str, dict]:
-    """Each evaluation set: tiles (an image folder, its COCO labels, a ``--gsd`` if the files lack one)
+    """Each evaluation set: tiles (an image folder, its COCO labels, an ``--input-gsd`` if the files lack one)
     or a scene (raster, labels, predict-scene options)."""
     extra = resolve_path("${ROOFTRACE_EXTRA_DIR}") / "train"
     osm = resolve_path("${ROOFTRACE_OSM_DIR}")
@@ -101,7 +101,7 @@ def score_set(name: str, s: dict, model: Path, method: str, tta: bool, out: Path
         run(["predict-scene", str(s["scene"]), "--out", str(pred), *common, *s["opts"], "--force"])
     else:
         run(["predict", "--images", str(s["images"]), "--out", str(out / name), *common, "--no-overlays", "--force",
-             *(["--gsd", str(s["gsd"])] if s.get("gsd") else [])])
+             *(["--input-gsd", str(s["gsd"])] if s.get("gsd") else [])])
         pred = out / name / "submission.csv"
     scores = out / f"{name}.scores.json"
     run(["evaluate", "--gt", str(s["gt"]), "--pred", str(pred), "--json", str(scores), "--force"])

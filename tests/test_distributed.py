@@ -22,9 +22,9 @@ from rooftrace.cli import main  # noqa: E402
 from rooftrace.gis.provenance import read_provenance
 from rooftrace.prepare.targets import make_targets  # noqa: E402
 from rooftrace.scenes.batch import list_scenes, predict_scenes
-from rooftrace.scenes.tasks import model_loads
 from rooftrace.scenes.distributed import predict_scenes_dask, scene_done
 from rooftrace.scenes.predict import predict_scene
+from rooftrace.scenes.tasks import load_model_file
 
 REPO = Path(__file__).resolve().parents[1]
 DYADIC = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
@@ -121,9 +121,11 @@ def test_dask_gives_the_buildings_of_one_process_and_one_merged_layer(client, sh
         assert a[0] == b[0] and np.array_equal(a[1], b[1])
         total += len(a[0])
     assert total > 1000  # the sharp model finds thousands: the comparison is not of empty files
-    # Each worker loaded the model once, for all the scenes it ran.
-    loads = client.run(model_loads)
-    assert loads and all(set(v.values()) <= {1} for v in loads.values())
+    # Each worker loaded the model once, for all the scenes it ran: its model cache never loaded a file twice
+    # (every load still cached) and the scenes after a worker's first reused the model it had loaded.
+    caches = client.run(lambda: load_model_file.cache_info())
+    assert caches and all(c.misses == c.currsize for c in caches.values())
+    assert sum(c.hits + c.misses for c in caches.values()) >= len(scene_list) > sum(c.misses for c in caches.values())
     # One layer, in the first scene's CRS, the scene's name on every building, other CRSs reprojected.
     merged = tmp_path / "dask" / "footprints.gpkg"
     info = pyogrio.read_info(merged)

@@ -15,7 +15,10 @@ Every input gives the same kind of result, a GeoDataFrame with ``geometry``, ``s
 - georeferenced (a GeoTIFF, a world file, a web-map tile name, a rasterio dataset with a CRS): in its CRS,
   ``area_m2`` the ground area in square metres;
 - not georeferenced (a PNG, an array): in pixel coordinates (x = column, y = row), ``crs`` ``None`` and
-  ``gdf.attrs["coordinates"] == "pixel"``; ``area_m2`` from ``gsd=`` when given, else NaN.
+  ``gdf.attrs["coordinates"] == "pixel"``; ``area_m2`` from ``input_gsd=`` when given, else NaN.
+
+Two pixel sizes, named apart: ``input_gsd``, the image's (``predict(..., input_gsd=0.15)``; ``gsd=``, its older
+name, is still taken), and ``model_gsd``, the one the model was trained at (:attr:`Model.model_gsd`).
 
 ``gdf.attrs`` also holds ``postprocessing`` (the one line saying what was used) and ``warnings`` (inputs outside
 the model card, also raised as :class:`rooftrace.inference.card.ModelCardWarning`).
@@ -37,7 +40,7 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.core.memory import TILE_BYTES_PER_PIXEL, check_pixels
 from rooftrace.imagery.georef import Georef, locate_image
 from rooftrace.imagery.read import read_rgb, stretch_to_uint8
-from rooftrace.imagery.resample import check_gsd, check_resampled, footprints_to_grid, place_georef
+from rooftrace.imagery.resample import check_gsd, check_resampled, footprints_to_grid, gsd_alias, place_georef
 from rooftrace.inference import card
 from rooftrace.inference.runtime import ModelRuntime, load_runtime, make_runner
 from rooftrace.inference.tuned import SettingsArg, used_postprocessing
@@ -68,8 +71,8 @@ class Footprints:
     instances: np.ndarray | None = field(default=None, repr=False)
     #: Where the image lies (``None``: not georeferenced).
     georef: Georef | None = None
-    #: The image's pixel size in metres when known (its georeference's, or ``gsd=``).
-    gsd: float | None = None
+    #: The image's pixel size in metres when known (its georeference's, or ``input_gsd=``).
+    input_gsd: float | None = None
     #: The post-processing used, in one line.
     postprocessing: str = ""
     #: Model-card warnings about this input (:mod:`rooftrace.inference.card`).
@@ -77,6 +80,11 @@ class Footprints:
 
     def __len__(self) -> int:
         return len(self.polygons)
+
+    @property
+    def gsd(self) -> float | None:
+        """The older name of :attr:`input_gsd`, still read (and the key ``to_geodataframe`` writes into ``attrs``)."""
+        return self.input_gsd
 
     def __iter__(self) -> Iterator[tuple[Polygon, float]]:
         return iter(zip(self.polygons, self.scores))
@@ -104,12 +112,12 @@ class Footprints:
             gdf.attrs["coordinates"] = "map"
         else:
             px = np.asarray([p.area for p in geoms], dtype=float)
-            areas = px * self.gsd ** 2 if self.gsd else np.full(len(geoms), np.nan)
+            areas = px * self.input_gsd ** 2 if self.input_gsd else np.full(len(geoms), np.nan)
             gdf = geopandas.GeoDataFrame({"score": scores, "area_m2": areas}, geometry=geoms, crs=None)
             gdf.attrs["coordinates"] = "pixel"
             gdf.attrs["note"] = ("pixel coordinates (x = column, y = row of the image), not map coordinates; "
-                                 + ("area_m2 from the given pixel size" if self.gsd else "area_m2 unknown (give gsd=)"))
-        gdf.attrs.update(width=self.width, height=self.height, gsd=self.gsd, postprocessing=self.postprocessing,
+                                 + ("area_m2 from the given pixel size" if self.input_gsd else "area_m2 unknown (give input_gsd=)"))
+        gdf.attrs.update(width=self.width, height=self.height, gsd=self.input_gsd, postprocessing=self.postprocessing,
                          warnings=list(self.warnings))
         return gdf
 
@@ -130,9 +138,14 @@ class Model:
         return self.runtime.path
 
     @property
-    def gsd(self) -> float | None:
+    def model_gsd(self) -> float | None:
         """The pixel size in metres the model was trained at; images are resampled to it (``None``: as they are)."""
         return self.runtime.gsd
+
+    @property
+    def gsd(self) -> float | None:
+        """The older name of :attr:`model_gsd`, still read."""
+        return self.model_gsd
 
     @property
     def postprocessing(self) -> tuple[str, PostprocessSettings | None]:
@@ -140,37 +153,38 @@ class Model:
         return self.runtime.postprocessing()
 
     def __repr__(self) -> str:
-        return f"rooftrace.Model({self.runtime.description}, gsd={self.gsd})"
+        return f"rooftrace.Model({self.runtime.description}, gsd={self.model_gsd})"
 
-    def predict(self, image: ImageInput, *, gsd: float | None = None, method: str | None = None,
-                settings: SettingsArg = None) -> geopandas.GeoDataFrame:
+    def predict(self, image: ImageInput, *, input_gsd: float | None = None, method: str | None = None,
+                settings: SettingsArg = None, gsd: float | None = None) -> geopandas.GeoDataFrame:
         """Find the buildings in one image.
 
         Args:
             image: An ``(H, W, 3)`` uint8 RGB array (``(H, W)`` grey is repeated to three bands), an image
                 file (GeoTIFF, PNG, JPEG; located by its own georeference or its web-map tile name), or
                 an open rasterio dataset.
-            gsd: The image's pixel size in metres, when it cannot be read from the image (arrays, plain
+            input_gsd: The image's pixel size in metres, when it cannot be read from the image (arrays, plain
                 PNGs). The image is resampled to the model's pixel size and the buildings brought back.
             method, settings: Post-processing other than the model's tuned one: complete
                 :class:`PostprocessSettings`, or a mapping of the settings to change on top of the tuned
                 ones (``{"regularise": True}``).
+            gsd: The older name of ``input_gsd``, still taken.
 
         Returns:
             A GeoDataFrame with ``geometry``, ``score`` and ``area_m2`` (see the module docstring): in the image's
             CRS when it is georeferenced, else in pixel coordinates (``attrs["coordinates"] == "pixel"``).
             :meth:`footprints` gives the richer :class:`Footprints` (instance ids, georeference).
         """
-        return self.footprints(image, gsd=gsd, method=method, settings=settings).to_geodataframe()
+        return self.footprints(image, input_gsd=input_gsd, method=method, settings=settings, gsd=gsd).to_geodataframe()
 
-    def footprints(self, image: ImageInput, *, gsd: float | None = None, method: str | None = None,
-                   settings: SettingsArg = None) -> Footprints:
+    def footprints(self, image: ImageInput, *, input_gsd: float | None = None, method: str | None = None,
+                   settings: SettingsArg = None, gsd: float | None = None) -> Footprints:
         """:meth:`predict`'s buildings as :class:`Footprints`: pixel polygons, scores, the instance-id raster and
         the image's georeference; ``.to_geodataframe()`` gives what :meth:`predict` gives."""
-        return self._run([image], gsd=gsd, method=method, settings=settings)[0]
+        return self._run([image], input_gsd=gsd_alias(input_gsd, gsd, "input_gsd"), method=method, settings=settings)[0]
 
-    def predict_batch(self, images: Iterable[ImageInput], *, gsd: float | None = None, method: str | None = None,
-                      settings: SettingsArg = None) -> list[geopandas.GeoDataFrame]:
+    def predict_batch(self, images: Iterable[ImageInput], *, input_gsd: float | None = None, method: str | None = None,
+                      settings: SettingsArg = None, gsd: float | None = None) -> list[geopandas.GeoDataFrame]:
         """:meth:`predict` for many images, in order (a file that cannot be read raises its error)."""
         if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim != 4) or _is_dataset(images):
             if isinstance(images, (str, Path)):
@@ -179,7 +193,8 @@ class Model:
                 what = f"an array of shape {images.shape}" if isinstance(images, np.ndarray) else "one rasterio dataset"
             raise RooftraceError(f"predict_batch({what}): expected a list of images (or an (N, H, W, 3) array); "
                                  "for one image call predict()")
-        return [f.to_geodataframe() for f in self._run(list(images), gsd=gsd, method=method, settings=settings)]
+        input_gsd = gsd_alias(input_gsd, gsd, "input_gsd")
+        return [f.to_geodataframe() for f in self._run(list(images), input_gsd=input_gsd, method=method, settings=settings)]
 
     def predict_scene(self, raster: str | Path, out: str | Path, **options: Any) -> SceneResult:
         """Buildings of a georeferenced raster of any size, window by window with memory bounded by the
@@ -198,7 +213,7 @@ class Model:
         card.emit(n for n in result.notes if n.startswith("warning: outside the model card"))
         return result
 
-    def _run(self, images: list[ImageInput], *, gsd: float | None, method: str | None, settings: SettingsArg) -> list[Footprints]:
+    def _run(self, images: list[ImageInput], *, input_gsd: float | None, method: str | None, settings: SettingsArg) -> list[Footprints]:
         """Images through the tile engine (:class:`rooftrace.inference.engine.TileEngine`), as ``rooftrace
         predict`` runs tiles: read ahead in a thread, batched by size, post-processed in line; each result
         with its georeference, pixel size, the post-processing used and the model-card warnings. An image of
@@ -206,13 +221,13 @@ class Model:
         ``predict-scene`` runs a raster instead (:meth:`_run_windowed`), so memory stays flat in its size."""
         from rooftrace.inference.engine import TileEngine, prepare_rgb
 
-        gsd = check_gsd(gsd)
+        input_gsd = check_gsd(input_gsd)
         used = used_postprocessing(self.runtime, method, settings)
         inputs: dict[int, tuple[np.ndarray, Georef | None, str, Any]] = {}
         out: list[Any] = [None] * len(images)
         small: list[int] = []
         for i, image in enumerate(images):
-            large = _windowed_input(image, gsd, self.gsd)
+            large = _windowed_input(image, input_gsd, self.model_gsd)
             if large is None:
                 small.append(i)
             else:
@@ -223,7 +238,7 @@ class Model:
             image = images[i]
             rgb, georef = _read_input(image)
             where = str(image) if isinstance(image, (str, Path)) else getattr(image, "name", "the array")
-            place = place_georef(georef, gsd, self.gsd, where)
+            place = place_georef(georef, input_gsd, self.model_gsd, where)
             check_resampled(where, rgb.shape[1], rgb.shape[0], place.factor)  # refused before it is resized
             inputs[k] = (rgb, georef, where, place)
             return prepare_rgb(k, rgb, place, self.runtime.norm)
@@ -246,13 +261,14 @@ class Model:
                 where: str, place: Any, used: Any, rgb: np.ndarray | None) -> Footprints:
         """One image's :class:`Footprints`, with its model-card warnings (``rgb``: the image, for the colour checks)."""
         H, W = size
-        input_gsd = place.gsd if place.gsd_source != "unknown" else None
+        input_gsd = place.input_gsd if place.gsd_source != "unknown" else None
         areas = [p.area * input_gsd ** 2 for p in polygons] if input_gsd else []
-        checks = [card.gsd_warning(input_gsd, self.gsd, where), card.size_warning(areas, where) if self.gsd is not None else None]
+        checks = [card.gsd_warning(input_gsd, self.model_gsd, where),
+                  card.size_warning(areas, where) if self.model_gsd is not None else None]
         if rgb is not None:
             checks[:0] = [card.grey_warning(rgb, where), card.contrast_warning(rgb, where)]
         warned = card.emit(checks)
-        return Footprints(polygons, [float(v) for v in scores], W, H, instances, georef=georef, gsd=input_gsd,
+        return Footprints(polygons, [float(v) for v in scores], W, H, instances, georef=georef, input_gsd=input_gsd,
                           postprocessing=used.describe(), warnings=warned)
 
     def _run_windowed(self, large: _Windowed, used: Any) -> Footprints:
@@ -305,7 +321,7 @@ class _Windowed:
     rgb: np.ndarray | None
 
 
-def _windowed_input(image: ImageInput, gsd: float | None, model_gsd: float | None) -> _Windowed | None:
+def _windowed_input(image: ImageInput, input_gsd: float | None, model_gsd: float | None) -> _Windowed | None:
     """``None`` for an image that runs in one piece (:data:`rooftrace.inference.runtime.WINDOWED_ABOVE` pixels or
     fewer at the model's pixel size, or a rasterio dataset); else how to read it window by window. Decided from
     the array's shape or the file's header, before anything is read or copied."""
@@ -319,7 +335,7 @@ def _windowed_input(image: ImageInput, gsd: float | None, model_gsd: float | Non
 
     if isinstance(image, np.ndarray) and image.ndim in (2, 3):
         H, W = image.shape[:2]
-        place = place_georef(None, gsd, model_gsd, "the array")
+        place = place_georef(None, input_gsd, model_gsd, "the array")
         if seen(W, H, place.factor) <= WINDOWED_ABOVE:
             return None
         rgb = _as_rgb(image, "the array", copy=False)
@@ -337,7 +353,7 @@ def _windowed_input(image: ImageInput, gsd: float | None, model_gsd: float | Non
             georef = locate_image(path, W, H)
         except RooftraceError:
             georef = None
-        place = place_georef(georef, gsd, model_gsd, str(path))
+        place = place_georef(georef, input_gsd, model_gsd, str(path))
         if seen(W, H, place.factor) <= WINDOWED_ABOVE:
             return None
         if path.suffix.lower() in PIL_SUFFIXES:  # decoded whole (a truncated PNG is an error), then as an array

@@ -15,6 +15,7 @@ from rooftrace.cli.options import (
     add_band_options,
     add_chip_options,
     add_layer_option,
+    add_model_gsd_option,
     check_io,
     parse_stretch,
 )
@@ -230,8 +231,8 @@ def add_prepare_chips(sub: argparse._SubParsersAction) -> None:
     p.add_argument("chips_dir", type=Path, metavar="CHIPS_DIR", help="folder of chips (searched recursively)")
     p.add_argument("--labels", type=Path, required=True, help="building footprints: GeoJSON or GeoPackage, any CRS")
     p.add_argument("--out", type=Path, required=True, help="output folder (gets train/, val/, test/)")
-    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
-                   help="resample every chip and its labels to this pixel size in metres (needed for chips of several zoom levels; default: as they are)")
+    add_model_gsd_option(p, "resample every chip and its labels to this pixel size in metres, the one the model will train at "
+                         "(needed for chips of several zoom levels; default: as they are)")
     p.add_argument("--val", type=float, default=0.15, help="validation share of the chips, split by area (default 0.15)")
     p.add_argument("--test", type=float, default=0.15, help="test share of the chips, split by area (default 0.15)")
     add_chip_options(p)
@@ -266,7 +267,7 @@ def _run_prepare_chips(args: argparse.Namespace) -> int:
     check_io(args, ("chips_dir", "labels", "aoi"), (), ("out",))
     from rooftrace.prepare.chips import prepare_chips
 
-    options = dict(gsd=args.gsd, val=args.val, test=args.test, block=args.block, block_zoom=args.block_zoom, aoi=args.aoi,
+    options = dict(model_gsd=args.model_gsd, val=args.val, test=args.test, block=args.block, block_zoom=args.block_zoom, aoi=args.aoi,
                    empty=args.empty, tms=args.tms, labels_crs=args.labels_crs, source=args.source, seed=args.seed,
                    label_shift=parse_shift(args.shift_labels), balance=args.balance, force=args.force)
     if args.align_labels:

@@ -12,6 +12,7 @@ from rooftrace.cli.options import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
     add_band_options,
+    add_input_gsd_option,
     add_postprocess_options,
     default_model,
     parse_settings,
@@ -42,9 +43,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                    help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--workers", type=int, default=2, help="tile-reading threads, working ahead of the network (default 2; 0: read in the main thread)")
-    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
-                   help="the tiles' pixel size in metres, for tiles that do not say (no GeoTIFF georeference, no tile name); "
-                   "overrides what they say (default: each tile's own, else the model's). Tiles are resampled to the model's pixel size when it records one")
+    add_input_gsd_option(p, "the tiles' pixel size in metres, for tiles that do not say (no GeoTIFF georeference, no tile name); "
+                         "overrides what they say (default: each tile's own, else the model's). Tiles are resampled to the model's "
+                         "pixel size when it records one")
     p.add_argument("--tms", action="store_true", help="tile names (OAM-<x>-<y>-<z>, <z>/<x>/<y>) count y from the bottom (TMS), not the top (XYZ)")
     add_postprocess_options(p, None)
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
@@ -73,7 +74,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                              method=args.postprocess, settings=parse_settings(args.pp, args.settings),
                              write_masks=not args.no_masks, write_overlays=not args.no_overlays, force=args.force,
                              threads=args.threads, compile=args.compile, precision=args.precision, resume=args.resume,
-                             gsd=args.gsd, tms=args.tms)
+                             input_gsd=args.input_gsd, tms=args.tms)
     result = predict_folder(images, args.out, default_model(args.model), options)
     print(result.summary())
     return 1 if result.n_skipped else 0
@@ -99,9 +100,8 @@ def add_predict_scene(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
-    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
-                   help="the scene's pixel size in metres, for a scene without a CRS; overrides its transform's. Scenes are read "
-                   "resampled to the model's pixel size when it records one (default: from the scene's transform)")
+    add_input_gsd_option(p, "the scene's pixel size in metres, for a scene without a CRS; overrides its transform's. Scenes are "
+                         "read resampled to the model's pixel size when it records one (default: from the scene's transform)")
     add_band_options(p)
     add_postprocess_options(p, None)
     p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help=f"post-processing block in pixels (default {DEFAULT_BLOCK})")
@@ -134,7 +134,7 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
     common = dict(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, bands=args.bands,
                   stretch=parse_stretch(args.stretch), method=args.postprocess, settings=parse_settings(args.pp, args.settings),
                   block=args.block, margin=args.margin, device=args.device, tta=args.tta, precision=args.precision, force=args.force,
-                  gsd=args.gsd)
+                  input_gsd=args.input_gsd)
     fmt = formats.format_for(args.out)
     if args.out.suffix and fmt is None and not args.out.is_dir():
         raise RooftraceError(f"--out {args.out}: unknown output format {args.out.suffix!r}; use {formats.out_names()} "

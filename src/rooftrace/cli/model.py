@@ -12,6 +12,7 @@ from rooftrace.cli.options import (
     POSTPROCESS_METHODS,
     add_chip_options,
     add_layer_option,
+    add_model_gsd_option,
     add_postprocess_options,
     check_io,
     default_model,
@@ -204,8 +205,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="YAML of recipe keys that replace the packaged recipe's (default: the packaged recipe)")
     p.add_argument("--steps", type=int, default=None, help="the most adapting steps (default: the recipe's, 600)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's, 3e-4)")
-    p.add_argument("--gsd", type=float, default=None, metavar="METRES",
-                   help="pixel size to adapt at (default: the model's, else 0.3)")
+    add_model_gsd_option(p, "pixel size in metres to adapt at, the adapted model's (default: the model's, else 0.3)")
     p.add_argument("--val", type=float, default=0.15, help="share of the chips (by area) for the tuning blocks (default 0.15)")
     p.add_argument("--test", type=float, default=0.15,
                    help="share of the chips (by area) for the card blocks; 0 scores the card on the tuning blocks (default 0.15)")
@@ -231,7 +231,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, steps=args.steps, lr=args.lr)
     model = args.model if args.model == "shipped" else Path(args.model)
-    result = finetune(args.chips_dir, args.labels, args.out, model=model, minutes=args.minutes, recipe=recipe, gsd=args.gsd,
+    result = finetune(args.chips_dir, args.labels, args.out, model=model, minutes=args.minutes, recipe=recipe, model_gsd=args.model_gsd,
                       val=args.val, test=args.test, align=args.align, max_shift_m=args.max_shift, keep_worse=args.keep_worse,
                       force=args.force, runs_dir=args.runs_dir, device=args.device, seed=args.seed, block=args.block,
                       block_zoom=args.block_zoom, aoi=args.aoi, empty=args.empty, tms=args.tms, labels_crs=args.labels_crs,

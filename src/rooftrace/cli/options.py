@@ -186,6 +186,24 @@ def add_layer_option(p: argparse.ArgumentParser) -> None:
                    "is an error that lists its layers (default: none; files of one layer are read as they are)")
 
 
+# Two pixel sizes, named apart: the input's (the tiles' or the scene's, ``--input-gsd``) and the model's (the one a
+# model trains at, the target of prepare-chips and finetune, ``--model-gsd``). ``--gsd``, the older name, stays an alias
+# with the meaning it had in each command: the input's in predict and predict-scene, the model's in prepare-chips and
+# finetune.
+def add_input_gsd_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--input-gsd METRES``, the input's pixel size (``args.input_gsd``), and ``--gsd``, its alias; ``help_text`` says what it
+    does in the command."""
+    p.add_argument("--input-gsd", "--gsd", dest="input_gsd", type=float, default=None, metavar="METRES",
+                   help=f"{help_text}. --gsd is an alias of --input-gsd (its older name)")
+
+
+def add_model_gsd_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--model-gsd METRES``, the model's (the target) pixel size (``args.model_gsd``), and ``--gsd``, its alias in the
+    commands where ``--gsd`` always meant the target; ``help_text`` says what it does in the command."""
+    p.add_argument("--model-gsd", "--gsd", dest="model_gsd", type=float, default=None, metavar="METRES",
+                   help=f"{help_text}. --gsd is an alias of --model-gsd (its older name)")
+
+
 def add_chip_options(p: argparse.ArgumentParser, balance: str = "chips") -> None:
     """How chips are read and split into blocks by area: the options ``prepare-chips`` and ``finetune`` share
     (:func:`rooftrace.prepare.chips.prepare_chips`'s ``block``, ``block_zoom``, ``aoi``, ``empty``, ``tms`` and

@@ -211,14 +211,14 @@ def scene_provenance(runner: Any, method: str | None, settings: Any, scene: str 
                            runtime=runtime.runtime_line if runtime is not None else None)
 
 
-def unit_metres(crs: CRS | None, gsd: float | None, transform: Affine) -> float | None:
-    """For a scene without a CRS whose pixel size ``gsd`` (metres) is known: the size of one of its map
+def unit_metres(crs: CRS | None, input_gsd: float | None, transform: Affine) -> float | None:
+    """For a scene without a CRS whose pixel size ``input_gsd`` (metres) is known: the size of one of its map
     units (``transform``'s, the raster's own pixels when it has none) in metres, for ``area_m2``;
     ``None`` otherwise (a CRS says it, or nothing does)."""
-    if crs is not None or not gsd:
+    if crs is not None or not input_gsd:
         return None
     size = math.sqrt(abs(transform.determinant)) or 1.0
-    return float(gsd) / size
+    return float(input_gsd) / size
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,19 +39,33 @@ def check_gsd(gsd: float | None) -> float | None:
     return value
 
 
-def resample_factor(gsd_in: float | None, gsd_model: float | None, tolerance: float = GSD_TOLERANCE) -> float:
-    """How much to scale an image of pixel size ``gsd_in`` so that its pixels are ``gsd_model``:
-    ``gsd_in / gsd_model``, or exactly 1.0 when either is unknown or they differ by at most
+def gsd_alias(value: float | None, gsd: float | None, name: str) -> float | None:
+    """A pixel size given by its name (``input_gsd``: the input's; ``model_gsd``: the model's or the target's) or by
+    the older keyword ``gsd``, which public functions still take with its old meaning: whichever is given.
+
+    Raises:
+        RooftraceError: Both given, and different.
+    """
+    if gsd is None:
+        return value
+    if value is not None and value != gsd:
+        raise RooftraceError(f"{name}={value!r} and gsd={gsd!r}: give one (gsd is the older name of {name})")
+    return gsd
+
+
+def resample_factor(input_gsd: float | None, model_gsd: float | None, tolerance: float = GSD_TOLERANCE) -> float:
+    """How much to scale an image of pixel size ``input_gsd`` so that its pixels are ``model_gsd``:
+    ``input_gsd / model_gsd``, or exactly 1.0 when either is unknown or they differ by at most
     ``tolerance`` (2 %).
 
     Raises:
         RooftraceError: A factor beyond :data:`MAX_RESAMPLE` either way.
     """
-    if not gsd_in or not gsd_model:
+    if not input_gsd or not model_gsd:
         return 1.0
-    f = float(gsd_in) / float(gsd_model)
+    f = float(input_gsd) / float(model_gsd)
     if not 1 / MAX_RESAMPLE <= f <= MAX_RESAMPLE:
-        raise RooftraceError(f"a pixel size of {float(gsd_in):.4g} m is {f:.3g}x the model's {float(gsd_model):g} m; rooftrace "
+        raise RooftraceError(f"a pixel size of {float(input_gsd):.4g} m is {f:.3g}x the model's {float(model_gsd):g} m; rooftrace "
                              f"resamples by at most {MAX_RESAMPLE:g}x either way, so this pixel size is wrong (a typo in "
                              "--gsd, or a georeference that is not the image's): fix it or give the right --gsd")
     return 1.0 if abs(f - 1.0) <= tolerance else f
@@ -112,32 +126,32 @@ class TilePlace:
 
     Attributes:
         georef: Its georeference (:func:`rooftrace.imagery.georef.locate_image`), ``None`` when it has none.
-        gsd: Metres a pixel of the input, ``None`` when unknown.
+        input_gsd: Metres a pixel of the input, ``None`` when unknown.
         gsd_source: ``--gsd``, ``geotiff``, ``tile-name`` or ``unknown``.
         own_gsd: The tile's own pixel size from its georeference (also when ``--gsd`` overrides it).
         factor: The scale it was resampled by before the model saw it (1.0: not resampled).
     """
 
     georef: Georef | None
-    gsd: float | None
+    input_gsd: float | None
     gsd_source: str
     own_gsd: float | None
     factor: float
 
 
-def place_tile(path: Path, width: int, height: int, gsd: float | None = None, model_gsd: float | None = None,
+def place_tile(path: Path, width: int, height: int, input_gsd: float | None = None, model_gsd: float | None = None,
                tms: bool = False) -> TilePlace:
     """Locate a tile and decide its input pixel size and resampling factor (see :func:`predict_folder`)."""
     try:
         geo = locate_image(path, width, height, tms=tms)
     except RooftraceError:
         geo = None
-    return place_georef(geo, gsd, model_gsd, path)
+    return place_georef(geo, input_gsd, model_gsd, path)
 
 
-def place_georef(geo: Georef | None, gsd: float | None, model_gsd: float | None, where: str | Path) -> TilePlace:
+def place_georef(geo: Georef | None, input_gsd: float | None, model_gsd: float | None, where: str | Path) -> TilePlace:
     """The input pixel size of an image with georeference ``geo`` (``None``: none) and its resampling
-    factor to ``model_gsd``: ``gsd`` when given, else the image's own, measured geodesically; errors
+    factor to ``model_gsd``: ``input_gsd`` when given (``--input-gsd``), else the image's own, measured geodesically; errors
     name ``where``. The one pixel-size rule: tiles (:func:`place_tile`), the API and scenes
     (:func:`rooftrace.scenes.predict.scene_scale`) all decide through it."""
     own = None
@@ -147,8 +161,8 @@ def place_georef(geo: Georef | None, gsd: float | None, model_gsd: float | None,
             own = own if np.isfinite(own) and own > 0 else None
         except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot bring to WGS84
             own = None
-    if gsd is not None:
-        g_in, source = gsd, "--gsd"
+    if input_gsd is not None:
+        g_in, source = input_gsd, "--gsd"  # the recorded source keeps its name (written into outputs)
     elif own is not None:
         g_in, source = own, geo.origin  # type: ignore[union-attr]
     else:

@@ -75,15 +75,15 @@ def contrast_warning(rgb: np.ndarray, where: str) -> str | None:
                  "stretch it to 8 bits first (rooftrace.imagery.read.stretch_to_uint8, or predict-scene's --stretch)")
 
 
-def gsd_warning(gsd: float | None, model_gsd: float | None, where: str) -> str | None:
-    """A pixel size far from the model's (resampling cannot add detail a coarse image lacks)."""
-    if not gsd or not model_gsd:
+def gsd_warning(input_gsd: float | None, model_gsd: float | None, where: str) -> str | None:
+    """An input pixel size far from the model's (resampling cannot add detail a coarse image lacks)."""
+    if not input_gsd or not model_gsd:
         return None
-    if gsd > COARSER_THAN * model_gsd:
-        return _line(where, f"pixel size {gsd:.3g} m, coarser than {COARSER_THAN:g}x the model's {model_gsd:.3g} m; "
+    if input_gsd > COARSER_THAN * model_gsd:
+        return _line(where, f"pixel size {input_gsd:.3g} m, coarser than {COARSER_THAN:g}x the model's {model_gsd:.3g} m; "
                      "small buildings are a few pixels and are missed (is the pixel size right? --gsd overrides it)")
-    if gsd < model_gsd / FINER_THAN:
-        return _line(where, f"pixel size {gsd:.3g} m, finer than 1/{FINER_THAN:g} of the model's {model_gsd:.3g} m "
+    if input_gsd < model_gsd / FINER_THAN:
+        return _line(where, f"pixel size {input_gsd:.3g} m, finer than 1/{FINER_THAN:g} of the model's {model_gsd:.3g} m "
                      "(is the pixel size right? --gsd overrides it)")
     return None
 

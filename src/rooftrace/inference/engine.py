@@ -86,13 +86,13 @@ def prepare_rgb(index: int, rgb: np.ndarray, place: TilePlace, norm: Normalizati
     return Prepared(index, image=pad_normalise(seen, norm)[0], size=(h, w), orig=(H, W), place=place, rgb=kept)
 
 
-def prepare_tile(index: int, path: Path, norm: Normalization, *, gsd: float | None = None, model_gsd: float | None = None,
+def prepare_tile(index: int, path: Path, norm: Normalization, *, input_gsd: float | None = None, model_gsd: float | None = None,
                  tms: bool = False, keep_rgb: bool = False) -> Prepared:
     """Read one tile file, place it (:func:`place_tile`: a wrong pixel size is an error too) and prepare it."""
     t, c = time.perf_counter(), time.thread_time()
     try:
         rgb = read_rgb(path, TILE_BYTES_PER_PIXEL)  # a size that cannot fit: skipped before it is decoded
-        place = place_tile(path, rgb.shape[1], rgb.shape[0], gsd, model_gsd, tms)  # a wrong pixel size: skipped too
+        place = place_tile(path, rgb.shape[1], rgb.shape[0], input_gsd, model_gsd, tms)  # a wrong pixel size: skipped too
         check_resampled(path, rgb.shape[1], rgb.shape[0], place.factor)
     except RooftraceError as exc:
         return Prepared(index, error=str(exc))

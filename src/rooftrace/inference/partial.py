@@ -17,13 +17,13 @@ PARTIAL = ".partial"  #: per-tile results of an unfinished run, inside the outpu
 
 
 def run_record(model: str | Path, method: str, settings: PostprocessSettings | None, tta: bool, precision: str,
-                images: Path, masks: bool, overlays: bool, gsd: float | None = None, tms: bool = False) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues."""
+                images: Path, masks: bool, overlays: bool, input_gsd: float | None = None, tms: bool = False) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (its keys are the record's: ``gsd`` is ``input_gsd``)."""
     from rooftrace.core.hashing import sha256_file
 
     return {"model_sha256": sha256_file(Path(model)), "method": method, "settings": (settings or PostprocessSettings()).to_dict(),
             "tta": tta, "precision": precision, "images": str(images.resolve()), "masks": masks, "overlays": overlays,
-            "gsd": gsd, "tms": tms}
+            "gsd": input_gsd, "tms": tms}
 
 
 def file_stamp(path: Path) -> dict[str, int] | None:
@@ -44,7 +44,7 @@ def tile_record(w: int, h: int, footprints: list, scores: list, place: TilePlace
     wkb = shapely.to_wkb(np.asarray(footprints, dtype=object), hex=True).tolist() if footprints else []
     rec: dict[str, Any] = {"width": w, "height": h, "wkb": wkb, "scores": [float(v) for v in scores], "file": stamp}
     if place is not None:
-        rec.update(gsd=place.gsd, gsd_source=place.gsd_source, own_gsd=place.own_gsd, factor=place.factor)
+        rec.update(gsd=place.input_gsd, gsd_source=place.gsd_source, own_gsd=place.own_gsd, factor=place.factor)
     return json.dumps(rec)
 
 

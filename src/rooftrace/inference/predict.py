@@ -58,6 +58,7 @@ from rooftrace.imagery.resample import (
     TilePlace,
     check_gsd,
     footprints_to_grid,
+    gsd_alias,
     place_tile,
     resample_factor,
 )
@@ -108,8 +109,8 @@ class PredictResult:
     #: Tiles an earlier, unfinished run had done (``resume=True``), taken from ``.partial``.
     n_resumed: int = 0
     #: The pixel size in metres the model was trained at (``None``: not recorded; tiles used as they are).
-    gsd_model: float | None = None
-    #: Per tile (by key): ``gsd`` (metres a pixel of the input, ``None`` when unknown), ``gsd_source``
+    model_gsd: float | None = None
+    #: Per tile (by key): ``gsd`` (the input's pixel size in metres, ``None`` when unknown), ``gsd_source``
     #: (``--gsd``, ``geotiff``, ``tile-name``, ``unknown``), ``own_gsd`` and ``factor`` (the scale
     #: it was resampled by before the model saw it; 1.0 when it was not).
     tile_gsd: dict[ImageKey, dict[str, Any]] = field(default_factory=dict)
@@ -117,6 +118,11 @@ class PredictResult:
     map_outputs: MapOutputs | None = None
     #: Lines about pixel sizes and coordinates, printed by :meth:`summary`.
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def gsd_model(self) -> float | None:
+        """The older name of :attr:`model_gsd`, still read."""
+        return self.model_gsd
 
     def summary(self) -> str:
         lines = [f"predicted {self.labels.n_footprints} buildings on {self.n_images - self.n_skipped} of {self.n_images} tiles "
@@ -270,8 +276,9 @@ class PredictOptions:
         resume: Finish the unfinished run in ``out_dir`` (killed or crashed): tiles it finished
             are taken from ``out_dir/.partial`` and not predicted again. The model, images,
             post-processing and outputs must be the first run's.
-        gsd: The tiles' pixel size in metres, for tiles that do not say (``--gsd``); it overrides
+        input_gsd: The tiles' pixel size in metres, for tiles that do not say (``--input-gsd``); it overrides
             what a tile's georeference says (a tile whose own differs by more than 2x is noted).
+        gsd: The older name of ``input_gsd``, still taken (``predict_folder(..., gsd=0.3)``).
         tms: Read web-map tile names as TMS (``y`` counted from the bottom) instead of XYZ.
     """
 
@@ -289,20 +296,22 @@ class PredictOptions:
     compile: bool = False
     precision: str = "auto"
     resume: bool = False
-    gsd: float | None = None
+    input_gsd: float | None = None
     tms: bool = False
+    gsd: float | None = None
 
     def checked(self) -> PredictOptions:
-        """The options with ``gsd`` and ``precision`` normalised and ``threads`` decided.
+        """The options with ``input_gsd`` (or its older name ``gsd``) and ``precision`` normalised and ``threads`` decided.
 
         Raises:
-            RooftraceError: A bad ``workers``, ``gsd``, ``precision`` or ``device`` (before anything is read or written).
+            RooftraceError: A bad ``workers``, ``input_gsd``, ``precision`` or ``device`` (before anything is read or written).
         """
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise RooftraceError(f"--workers {self.workers}: must be 0 (read tiles in the main thread) or more")
         dev = pick_device(self.device)  # a device torch does not know is refused before anything is read or written
         threads = default_threads(dev) if self.threads is None else max(0, int(self.threads))
-        return replace(self, gsd=check_gsd(self.gsd), precision=normalise_precision(self.precision), threads=threads)
+        input_gsd = check_gsd(gsd_alias(self.input_gsd, self.gsd, "input_gsd"))
+        return replace(self, input_gsd=input_gsd, gsd=None, precision=normalise_precision(self.precision), threads=threads)
 
 
 @_exclusive_out
@@ -325,7 +334,7 @@ def predict_folder(images: str | Path, out_dir: str | Path, model: str | Path, o
     metadata), each tile is resampled to it before the model sees it (OpenCV area averaging when
     shrinking, bilinear when enlarging; not when they differ by 2 % or less), post-processed at
     that size (where its tuned thresholds hold), and its footprints are scaled back to the tile's
-    own pixel grid. A tile's pixel size is ``gsd`` when given, else its georeference's (a GeoTIFF
+    own pixel grid. A tile's pixel size is ``input_gsd`` when given, else its georeference's (a GeoTIFF
     transform or an XYZ tile name; measured on the ground at the tile's centre, so in metres for
     degrees too), else taken to be the model's (said once in the summary). A model without one:
     tiles are used as they are.
@@ -394,13 +403,13 @@ class _FolderRun:
 
             runtime.net.model = torch.compile(runtime.net.model)
         used = used_postprocessing(runtime, opts.method, opts.settings)
-        if opts.gsd is not None and runtime.gsd is not None:
+        if opts.input_gsd is not None and runtime.gsd is not None:
             try:
-                resample_factor(opts.gsd, runtime.gsd)  # a --gsd no tile could be resampled from stops before any tile
+                resample_factor(opts.input_gsd, runtime.gsd)  # a --gsd no tile could be resampled from stops before any tile
             except RooftraceError as exc:
-                raise RooftraceError(f"--gsd {opts.gsd:g}: {exc}") from None
+                raise RooftraceError(f"--gsd {opts.input_gsd:g}: {exc}") from None
         record = run_record(model, used.method, used.settings, opts.tta, opts.precision, images, opts.write_masks,
-                             opts.write_overlays, opts.gsd, opts.tms)
+                             opts.write_overlays, opts.input_gsd, opts.tms)
         done, changed = _start_or_resume(out_dir, files, record, opts.resume)
         report = LoadReport(path=str(images))
         labels = LabelSet(report=report, root=images, format="predictions")
@@ -420,7 +429,7 @@ class _FolderRun:
     def read(self, j: int) -> Prepared:
         """The engine's reading stage for its image ``j``."""
         o = self.opts
-        return prepare_tile(j, self.files[self.todo[j]], self.runtime.norm, gsd=o.gsd, model_gsd=self.runtime.gsd, tms=o.tms,
+        return prepare_tile(j, self.files[self.todo[j]], self.runtime.norm, input_gsd=o.input_gsd, model_gsd=self.runtime.gsd, tms=o.tms,
                             keep_rgb=o.write_overlays)
 
     def finish_tile(self, probs: np.ndarray, tile: Prepared) -> tuple[list, list, tuple[float, ...]]:
@@ -466,10 +475,10 @@ class _FolderRun:
         self.timings["outputs"] = time.perf_counter() - self.t0 - self.seconds
         self.timings["total"] = time.perf_counter() - self.t0
         model_gsd = self.runtime.gsd
-        tile_gsd = {keys[n]: {"gsd": pl.gsd, "gsd_source": pl.gsd_source, "own_gsd": pl.own_gsd, "factor": pl.factor}
+        tile_gsd = {keys[n]: {"gsd": pl.input_gsd, "gsd_source": pl.gsd_source, "own_gsd": pl.own_gsd, "factor": pl.factor}
                     for n, pl in sorted(places.items())}
         notes = [self.used.describe(), self.runtime.runtime_line]
-        notes.extend(_gsd_notes(tile_gsd, model_gsd, o.gsd, self.report, [files[n].name for n in sorted(places)]))
+        notes.extend(_gsd_notes(tile_gsd, model_gsd, o.input_gsd, self.report, [files[n].name for n in sorted(places)]))
         notes.extend(_coordinate_notes(maps, len(readable)))
         notes.extend(card_notes(self.labels, tile_gsd, model_gsd))
         if self.changed:
@@ -477,7 +486,7 @@ class _FolderRun:
                             f"modification time) and were predicted again: {', '.join(self.changed[:5])}"
                             f"{' ...' if len(self.changed) > 5 else ''}")
         return PredictResult(self.out_dir, self.labels, len(files), self.skipped, self.seconds, self.report, written,
-                             self.timings, n_resumed=len(self.done), gsd_model=model_gsd, tile_gsd=tile_gsd, map_outputs=maps,
+                             self.timings, n_resumed=len(self.done), model_gsd=model_gsd, tile_gsd=tile_gsd, map_outputs=maps,
                              notes=notes)
 
 
@@ -545,7 +554,7 @@ def _write_outputs(labels: LabelSet, files: list[Path], keys: list[ImageKey], re
     return maps, written
 
 
-def _gsd_notes(tile_gsd: dict[ImageKey, dict[str, Any]], model_gsd: float | None, gsd: float | None, report: LoadReport,
+def _gsd_notes(tile_gsd: dict[ImageKey, dict[str, Any]], model_gsd: float | None, input_gsd: float | None, report: LoadReport,
                names: list[str]) -> list[str]:
     """Summary lines on pixel sizes: what was resampled, what was assumed (once), where --gsd disagrees."""
     lines: list[str] = []
@@ -553,8 +562,8 @@ def _gsd_notes(tile_gsd: dict[ImageKey, dict[str, Any]], model_gsd: float | None
         return lines
     info = list(tile_gsd.values())
     if model_gsd is None:
-        if gsd is not None:
-            lines.append(f"note: the model records no pixel size, so --gsd {gsd:g} changes nothing: tiles are used as they are")
+        if input_gsd is not None:
+            lines.append(f"note: the model records no pixel size, so --gsd {input_gsd:g} changes nothing: tiles are used as they are")
         return lines
     resampled = [d for d in info if d["factor"] != 1.0]
     if resampled:
@@ -571,11 +580,11 @@ def _gsd_notes(tile_gsd: dict[ImageKey, dict[str, Any]], model_gsd: float | None
     if unknown:
         lines.append(f"note: {len(unknown)} tile(s) have no georeference and no --gsd was given: their pixel size was taken "
                      f"to be the model's ({model_gsd:.3g} m) and they were not resampled")
-    if gsd is not None:
-        off = [(n, d["own_gsd"]) for n, d in zip(names, info) if d["own_gsd"] and not 0.5 <= gsd / d["own_gsd"] <= 2.0]
+    if input_gsd is not None:
+        off = [(n, d["own_gsd"]) for n, d in zip(names, info) if d["own_gsd"] and not 0.5 <= input_gsd / d["own_gsd"] <= 2.0]
         if off:
             name, own = off[0]
-            msg = (f"--gsd {gsd:g} overrides the pixel size of {len(off)} georeferenced tile(s) whose own differs by more "
+            msg = (f"--gsd {input_gsd:g} overrides the pixel size of {len(off)} georeferenced tile(s) whose own differs by more "
                    f"than 2x (e.g. {name}: {own:.3g} m); check --gsd")
             report.note(msg)
             lines.append("note: " + msg)

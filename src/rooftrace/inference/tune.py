@@ -88,7 +88,7 @@ def _tune(model: Path, split: str | Path, method: str, tta: bool, device: str, p
         h0, w0 = rgb.shape[:2]
         # Thresholds are in the model's pixels (min_area): tiles are resampled to the model's pixel
         # size by predict's rule (the split's recorded pixel size standing for --gsd), labels scaled with them.
-        factor = place_tile(path, w0, h0, gsd=img.gsd or None, model_gsd=loaded.gsd).factor if loaded.gsd else 1.0
+        factor = place_tile(path, w0, h0, input_gsd=img.gsd or None, model_gsd=loaded.gsd).factor if loaded.gsd else 1.0
         rgb = resample_rgb(rgb, factor)
         h, w = rgb.shape[:2]
         probs.append(runtime.probabilities(rgb)[0])

@@ -50,11 +50,11 @@ class Chip:
     name: str  #: output stem (the chip's path under CHIPS_DIR, '/' -> '_', without suffix)
     georef: Georef  #: the chip's own place (source pixels)
     tile: mercantile.Tile | None
-    gsd_src: float
+    input_gsd: float  #: the chip's own (the input's) pixel size
     out_w: int = 0
     out_h: int = 0
     out_transform: Affine = Affine.identity()
-    gsd: float = 0.0
+    gsd: float = 0.0  #: the written chip's pixel size (``model_gsd`` when resampled to it)
     block: str = ""
     split: str | None = None
     status: str = "kept"  #: kept | empty-outside | empty-skipped | nodata | unreadable | border-only
@@ -103,7 +103,7 @@ def locate_chips(paths: list[Path], chips_dir: Path, tms: bool = False) -> list[
         if name in names:
             raise RooftraceError(f"{p}: gives the same output name {name!r} as {names[name]}; rename one of them")
         names[name] = p
-        chips.append(Chip(path=p, name=name, georef=geo, tile=tile, gsd_src=geo.gsd()))
+        chips.append(Chip(path=p, name=name, georef=geo, tile=tile, input_gsd=geo.gsd()))
     if lost:
         more = f" ({len(lost) - 1} more chips like it)" if len(lost) > 1 else ""
         raise RooftraceError(f"{lost[0]}: no georeference (GeoTIFF tags, .aux.xml sidecar or world file) and its name "
@@ -131,8 +131,8 @@ def _output_name(rel: Path, tile: mercantile.Tile | None) -> str:
 NOTE_ENLARGE = 4.0
 
 
-def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> list[str]:
-    """Each chip's output size and transform: resampled to ``gsd`` metres a pixel, else as it is
+def plan_sizes(chips: list[Chip], chips_dir: Path, model_gsd: float | None) -> list[str]:
+    """Each chip's output size and transform: resampled to ``model_gsd`` metres a pixel (the target), else as it is
     (refused when the chips' pixel sizes differ). Returns notes on chips enlarged more than
     :data:`NOTE_ENLARGE` times.
 
@@ -144,9 +144,9 @@ def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> list[st
     from rooftrace.core.memory import check_pixels
     from rooftrace.imagery.resample import MAX_RESAMPLE
 
-    if gsd is None:
+    if model_gsd is None:
         zooms = sorted({c.tile.z for c in chips if c.tile is not None and c.georef.origin == "tile-name"})
-        sizes = [c.gsd_src for c in chips]
+        sizes = [c.input_gsd for c in chips]
         if len(zooms) > 1 or max(sizes) > GSD_TOLERANCE * min(sizes):
             what = f"zoom levels {', '.join(map(str, zooms))}; " if len(zooms) > 1 else ""
             raise RooftraceError(f"{chips_dir}: chips of several pixel sizes ({what}{min(sizes):.3f}-{max(sizes):.3f} m a pixel); "
@@ -154,18 +154,18 @@ def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> list[st
     enlarged: list[tuple[float, str]] = []
     for c in chips:
         w, h = c.georef.width, c.georef.height
-        if gsd is None:
+        if model_gsd is None:
             c.out_w, c.out_h, c.out_transform = w, h, c.georef.transform
         else:
             gx, gy = axis_sizes_m(c.georef)
-            fx, fy = gx / gsd, gy / gsd
+            fx, fy = gx / model_gsd, gy / model_gsd
             # Before OpenCV is asked for it: the resampled chip, its validity mask and the PNG encoder's copy.
-            check_pixels(c.path, max(w, w * fx), max(h, h * fy), 8, f"chip resampled to --gsd {gsd:g}")
+            check_pixels(c.path, max(w, w * fx), max(h, h * fy), 8, f"chip resampled to --gsd {model_gsd:g}")
             f = max(fx, fy, 1 / min(fx, fy))
             if f > MAX_RESAMPLE:
                 how = "enlarged" if max(fx, fy) > 1 else "shrunk"
                 src = f"its tile name (zoom {c.tile.z})" if c.georef.origin == "tile-name" and c.tile is not None else "its georeference"
-                raise RooftraceError(f"{c.path}: would be {how} {f:.3g}x to --gsd {gsd:g} (its pixel size from {src} is "
+                raise RooftraceError(f"{c.path}: would be {how} {f:.3g}x to --gsd {model_gsd:g} (its pixel size from {src} is "
                                      f"{min(gx, gy):.4g} m); rooftrace resamples by at most {MAX_RESAMPLE:g}x, so the chip's "
                                      "name or georeference, or --gsd, is wrong")
             if max(fx, fy) > NOTE_ENLARGE:
@@ -177,7 +177,7 @@ def plan_sizes(chips: list[Chip], chips_dir: Path, gsd: float | None) -> list[st
         return []
     enlarged.sort(reverse=True)
     names = ", ".join(f"{n} ({f:.3g}x)" for f, n in enlarged[:3]) + (" ..." if len(enlarged) > 3 else "")
-    return [f"note: {len(enlarged)} chip(s) enlarged more than {NOTE_ENLARGE:g}x to --gsd {gsd:g}: {names}; "
+    return [f"note: {len(enlarged)} chip(s) enlarged more than {NOTE_ENLARGE:g}x to --gsd {model_gsd:g}: {names}; "
             "check their names (zoom level) or georeference"]
 
 

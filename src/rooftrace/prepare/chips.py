@@ -15,7 +15,7 @@ Example (a notebook)::
 
     from rooftrace.prepare.chips import prepare_chips
     result = prepare_chips("osm-oam/kampala/chips", "osm-oam/kampala/labels.geojson", "out/kampala",
-                           gsd=0.3, val=0.2, test=0.2)
+                           model_gsd=0.3, val=0.2, test=0.2)
     print(result.summary())
 
 **Where a chip lies.** A chip's own georeference comes first (GeoTIFF tags, or GDAL's ``.aux.xml``
@@ -31,13 +31,14 @@ top-left corner of the top-left pixel), clipped to the chip and snapped to the 0
 writer keeps. Pieces under 1 px² (a building grazing a chip's edge) are dropped and counted. A
 building cut by a chip border is a building in each chip it reaches, as in BEGC2024.
 
-**Pixel size.** ``gsd=`` resamples chip and labels together: each axis is scaled by its own measured
+**Pixel size.** ``model_gsd=`` (the pixel size the model will train at; ``gsd=`` is its older name, still
+taken) resamples chip and labels together: each axis is scaled by its own measured
 pixel size over the target (area interpolation when shrinking, bilinear when enlarging), the output is
 ``round(w * fx) x round(h * fy)`` and the labels go through the written image's transform, so they stay
 aligned to a fraction of a pixel. Every COCO image record carries ``gsd`` (metres a pixel of the written
 image, measured geodesically), ``source`` (default: the chips folder's parent, ``banepa``),
 ``area_group`` (its block) and, for provenance, ``chip`` (the original file), ``tile`` (``[x, y, z]``
-or null), ``crs`` and ``transform`` (of the written image; readers ignore these). Without ``gsd``, chips
+or null), ``crs`` and ``transform`` (of the written image; readers ignore these). Without ``model_gsd``, chips
 of several zoom levels or pixel sizes more than 10% apart are an error.
 
 **Split by area.** Chips are grouped in blocks of neighbours: for tile-named chips the ancestor tile
@@ -81,6 +82,7 @@ from rooftrace.core.locks import exclusive
 from rooftrace.imagery.georef import (
     WGS84,
 )
+from rooftrace.imagery.resample import gsd_alias
 from rooftrace.labels.coco import write_coco
 from rooftrace.labels.records import ImageLabels, LabelSet, LoadReport, image_key
 from rooftrace.prepare.blocks import assign_blocks, centres_3857, make_blocks
@@ -242,7 +244,7 @@ def prepare_chips(
     labels: str | Path,
     out_dir: str | Path,
     *,
-    gsd: float | None = None,
+    model_gsd: float | None = None,
     val: float = 0.15,
     test: float = 0.15,
     block: int | None = None,
@@ -257,6 +259,7 @@ def prepare_chips(
     balance: str = "chips",
     force: bool = False,
     progress: bool = True,
+    gsd: float | None = None,
 ) -> ChipsResult:
     """Turn a folder of chips and one labels file into ``out_dir/{train,val,test}`` (see the module docstring).
 
@@ -265,8 +268,8 @@ def prepare_chips(
             PNG/JPEG/WebP named ``OAM-<x>-<y>-<z>`` or laid out ``<z>/<x>/<y>.<ext>``.
         labels: Building footprints, GeoJSON or GeoPackage, any CRS.
         out_dir: Output folder.
-        gsd: Target pixel size in metres (resample chips and labels together); ``None`` keeps the
-            chips' own, which must then agree within 10%.
+        model_gsd: Target pixel size in metres, the model's (resample chips and labels together); ``None``
+            keeps the chips' own, which must then agree within 10%.
         val, test: Shares of the chips (counted in chips, met block by block) for validation and test;
             train gets the rest. 0 leaves a split out.
         block: Blocks of ``block`` x ``block`` chips (a power of two); ``block_zoom``: for tile-named
@@ -283,18 +286,20 @@ def prepare_chips(
             traced over other imagery; :mod:`rooftrace.prepare.shift` estimates the shift).
         force: Overwrite a split already in ``out_dir``.
         progress: Show a progress bar.
+        gsd: The older name of ``model_gsd``, still taken.
 
     Raises:
         RooftraceError: Bad input, one line naming the file: a chip with no georeference and no tile
-            name, labels in no chip, labels in an unknown CRS, mixed pixel sizes without ``gsd``, ...
+            name, labels in no chip, labels in an unknown CRS, mixed pixel sizes without ``model_gsd``, ...
     """
     from tqdm import tqdm
 
     chips_dir, labels, out_dir = Path(chips_dir), Path(labels), Path(out_dir)
     if empty not in ("auto", "keep", "skip"):
         raise RooftraceError(f"--empty {empty}: must be auto, keep or skip")
-    if gsd is not None and not (math.isfinite(gsd) and 0.01 <= gsd <= 100):
-        raise RooftraceError(f"--gsd {gsd}: must be a pixel size in metres between 0.01 and 100")
+    model_gsd = gsd_alias(model_gsd, gsd, "model_gsd")
+    if model_gsd is not None and not (math.isfinite(model_gsd) and 0.01 <= model_gsd <= 100):
+        raise RooftraceError(f"--gsd {model_gsd}: must be a pixel size in metres between 0.01 and 100")
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise RooftraceError(f"--val {val} --test {test}: shares must be >= 0 and add up to less than 1")
     shares = {"train": 1.0 - val - test, "val": val, "test": test}
@@ -306,7 +311,7 @@ def prepare_chips(
 
     chips = locate_chips(find_chips(chips_dir), chips_dir, tms=tms)
     result.chips = chips
-    result.notes.extend(plan_sizes(chips, chips_dir, gsd))
+    result.notes.extend(plan_sizes(chips, chips_dir, model_gsd))
     footprints, crs = read_footprints(labels, labels_crs, report)
     if label_shift is not None and any(label_shift):
         east, north = (float(v) for v in label_shift)
@@ -417,7 +422,7 @@ def prepare_chips(
                                "buildings": len({p[0] for c in mine for p in c.pieces})}
         if not mine:
             result.notes.append(f"{s} is empty: only {len(sizes)} blocks ({result.block_scheme}); try --block 1 or a larger --{s}")
-    _write_manifest(result, dict(chips_dir=str(chips_dir), labels=str(labels), gsd=gsd, val=val, test=test, block=block,
+    _write_manifest(result, dict(chips_dir=str(chips_dir), labels=str(labels), gsd=model_gsd, val=val, test=test, block=block,
                                  block_zoom=block_zoom, aoi=str(aoi) if aoi else None, empty=empty, tms=tms,
                                  labels_crs=labels_crs, source=source, seed=seed,
                                  label_shift=list(label_shift) if label_shift else None,
@@ -466,7 +471,7 @@ def _add_provenance(path: Path, chips: list[Chip]) -> None:
 def _write_manifest(result: ChipsResult, options: dict[str, Any]) -> None:
     chips = [{"chip": str(c.path), "name": c.name, "status": c.status, "split": c.split, "block": c.block or None,
               "tile": [c.tile.x, c.tile.y, c.tile.z] if c.tile is not None else None, "georef": c.georef.origin,
-              "gsd_source": round(c.gsd_src, 5), "gsd": round(c.gsd, 5), "size": [c.out_w, c.out_h],
+              "gsd_source": round(c.input_gsd, 5), "gsd": round(c.gsd, 5), "size": [c.out_w, c.out_h],
               "annotations": len(c.pieces), "nodata_px": c.nodata_px} for c in result.chips]
     data = {"options": options, "block_scheme": result.block_scheme, "buildings": result.n_buildings,
             "buildings_in_no_chip": result.n_outside, "per_split": result.per_split, "counts": dict(result.counts),

@@ -146,10 +146,11 @@ def predict_scenes(
     Raises:
         RooftraceError: No scenes, a bad shard or format, or two scenes with the same file stem.
     """
-    from rooftrace.imagery.resample import check_gsd
+    from rooftrace.imagery.resample import check_gsd, gsd_alias
 
     suffix = by_name(fmt).suffix
-    check_gsd(kwargs.get("gsd"))  # before any scene: a bad --gsd stops the run, it does not fail every scene
+    kwargs["input_gsd"] = gsd_alias(kwargs.get("input_gsd"), kwargs.pop("gsd", None), "input_gsd")  # gsd: its older name
+    check_gsd(kwargs["input_gsd"])  # before any scene: a bad --gsd stops the run, it does not fail every scene
     i, n = parse_shard(shard)
     every = list_scenes(scenes)
     check_unique_stems(every)

@@ -4,8 +4,8 @@
 (``dask.distributed``, the optional ``rooftrace[dask]`` extra) as the engine:
 
 - **One task per scene.** Each scene is one task, so a worker that finishes takes the next scene.
-  Each worker process loads the model once and keeps it (:func:`worker_runner`, cached per
-  process by model path, SHA-256, device, TTA and precision), never once per task.
+  Each worker process loads the model once and keeps it (:func:`rooftrace.scenes.tasks.load_model_file`,
+  cached per process by model path, SHA-256, device, TTA and precision), never once per task.
 - **Big scenes across workers.** A scene of more than ``split_above`` pixels is split. Phase 1
   (windows, model, stitching) runs as tasks of ``windows_per_task`` windows each, in the order
   and with the batches :func:`rooftrace.scenes.stitch.stitch_scene` uses (task boundaries fall on
@@ -55,6 +55,8 @@ from rooftrace.gis.merge import (
 )
 from rooftrace.scenes.tasks import (
     ModelSpec,
+    ScenePlan,
+    WindowRun,
     assemble_task,
     blocks_task,
     plan_task,
@@ -252,18 +254,19 @@ def predict_scenes_dask(
             Dask's own rescheduling).
         force: Redo scenes whose output exists.
         kwargs: As for :func:`rooftrace.scenes.predict.predict_scene` (tile, overlap, batch_size, bands, stretch,
-            method, settings, block, margin, gsd, max_group).
+            method, settings, block, margin, input_gsd or its older name gsd, max_group).
 
     Raises:
         RooftraceError: No scenes, two scenes with one stem, a bad option, no Dask, or a scheduler
             that cannot be reached; with ``--strict``, the first scene that fails.
     """
-    from rooftrace.imagery.resample import check_gsd
+    from rooftrace.imagery.resample import check_gsd, gsd_alias
     from rooftrace.scenes.batch import check_unique_stems, list_scenes
     from rooftrace.scenes.blocks import block_cores
 
     t_start = time.perf_counter()
-    check_gsd(kwargs.get("gsd"))
+    kwargs["input_gsd"] = gsd_alias(kwargs.get("input_gsd"), kwargs.pop("gsd", None), "input_gsd")  # gsd: its older name
+    check_gsd(kwargs["input_gsd"])
     for name in ("windows_per_task", "blocks_per_task"):
         if locals()[name] < 1:
             raise RooftraceError(f"{name} {locals()[name]}: must be at least 1")
@@ -344,21 +347,21 @@ def _run(client: Any, spec: ModelSpec, todo: list[Path], scene_dir: Path, out_di
             tmp.unlink(missing_ok=True)
 
 
-def _submit_split(client: Any, spec: ModelSpec, p: Path, plan: dict[str, Any], scene_dir: Path, out_dir: Path, windows_per_task: int,
+def _submit_split(client: Any, spec: ModelSpec, p: Path, plan: ScenePlan, scene_dir: Path, out_dir: Path, windows_per_task: int,
                   blocks_per_task: int, opts: dict[str, Any], run_id: str, t0: float, block_cores: Any, waiting: dict) -> Any:
     """Submit a split scene's tasks (windows, assembly, blocks, writing); returns the writing task's future."""
     work = out_dir / ".work" / f"{p.stem}-{run_id}"
     work.mkdir(parents=True, exist_ok=True)
-    bs = plan["batch_size"]
+    bs = plan.windows.batch_size
     step = max(1, windows_per_task // bs) * bs  # a multiple of the batch: the model sees stitch_scene's batches
-    n = plan["n_windows"]
-    ranges = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
-    part_paths = [str(work / f"part-{k:05d}.tif") for k in range(len(ranges))]
-    parts = [client.submit(window_task, spec, str(p), plan, lo, hi, path, key=f"windows-{p.stem}-{k}-{run_id}", **opts)
-             for k, ((lo, hi), path) in enumerate(zip(ranges, part_paths))]
+    n = plan.windows.n_windows
+    runs = [WindowRun(lo, min(n, lo + step), str(work / f"part-{k:05d}.tif")) for k, lo in enumerate(range(0, n, step))]
+    part_paths = [run.part_path for run in runs]
+    parts = [client.submit(window_task, spec, str(p), plan, run, key=f"windows-{p.stem}-{k}-{run_id}", **opts)
+             for k, run in enumerate(runs)]
     prob_path = str(work / "probabilities.tif")
     assembled = client.submit(assemble_task, plan, parts, part_paths, prob_path, key=f"assemble-{p.stem}-{run_id}", **opts)
-    cores = block_cores(plan["height"], plan["width"], plan["block"])
+    cores = block_cores(plan.windows.height, plan.windows.width, plan.postprocessing.block)
     chunks = [cores[k:k + blocks_per_task] for k in range(0, len(cores), blocks_per_task)]
     blocks = [client.submit(blocks_task, plan, assembled, prob_path, chunk, key=f"blocks-{p.stem}-{k}-{run_id}", **opts)
               for k, chunk in enumerate(chunks)]

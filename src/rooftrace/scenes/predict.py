@@ -140,9 +140,11 @@ class SceneResult:
         n_truncated: Groups of buildings larger than ``max_group`` pixels, cut there.
         seconds_inference, seconds_postprocess, seconds: Time of phase 1, phase 2 and in all.
         probabilities: Where the stitched probabilities were kept, if asked for.
-        gsd_input: The scene's pixel size in metres (``None``: unknown), and ``gsd_source`` where
+        gsd_input: The scene's (the input's) pixel size in metres (``None``: unknown), and ``gsd_source`` where
             it came from (``--gsd``, ``geotiff`` or ``unknown``).
-        gsd_model: The pixel size the model was trained at (``None``: not recorded).
+        gsd_model: The pixel size the model was trained at (``None``: not recorded). These two keep the
+            names :meth:`to_json` writes (JSON summaries do not change); in code they are the input's
+            and the model's pixel size, ``input_gsd`` and ``model_gsd``.
         scale: The factor the scene was resampled by before the model saw it (1.0: not resampled);
             the model then saw ``round(width * scale) x round(height * scale)`` pixels.
         notes: Lines about the pixel size, printed by :meth:`summary`.
@@ -170,6 +172,16 @@ class SceneResult:
     gsd_model: float | None = None
     scale: float = 1.0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def input_gsd(self) -> float | None:
+        """:attr:`gsd_input` by the name the code uses for the input's pixel size."""
+        return self.gsd_input
+
+    @property
+    def model_gsd(self) -> float | None:
+        """:attr:`gsd_model` by the name the code uses for the model's pixel size."""
+        return self.gsd_model
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -210,35 +222,35 @@ class SceneResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def no_crs_warning(scene: Path, out: Path, gsd: float | None) -> str:
+def no_crs_warning(scene: Path, out: Path, input_gsd: float | None) -> str:
     """The summary line for a scene without a CRS: its footprints are in its pixels, and its areas known only from ``--gsd``."""
-    area = f"area_m2 is from --gsd {gsd:g} m" if gsd else "area_m2 is empty (give --gsd METRES for ground areas)"
+    area = f"area_m2 is from --gsd {input_gsd:g} m" if input_gsd else "area_m2 is empty (give --gsd METRES for ground areas)"
     return (f"warning: {scene.name} has no CRS (no georeference), so {out.name} is in the scene's pixel coordinates "
             f"(x = column, y = row; a GIS would place them near 0, 0) with no CRS, and {area}. Give a georeferenced raster "
             "(a GeoTIFF, or a world file or .aux.xml beside the image) for map coordinates, or use `rooftrace predict` for tiles")
 
 
-def scene_scale(scene: Scene, gsd: float | None, model_gsd: float | None) -> tuple[float, float | None, str, list[str]]:
+def scene_scale(scene: Scene, input_gsd: float | None, model_gsd: float | None) -> tuple[float, float | None, str, list[str]]:
     """The factor to read a scene at so that its pixels are the model's, and why.
 
-    The rule is tiles' (:func:`rooftrace.imagery.resample.place_georef`): the scene's pixel size is ``gsd``
+    The rule is tiles' (:func:`rooftrace.imagery.resample.place_georef`): the scene's pixel size is ``input_gsd``
     when given, else measured on the ground from its transform and CRS at its centre
     (:func:`rooftrace.imagery.georef.pixel_size_m`: metres, degrees included), else unknown and taken to
-    be the model's. Returns ``(factor, gsd_input, gsd_source, notes)``;
+    be the model's. Returns ``(factor, input_gsd, gsd_source, notes)`` (the input's pixel size found);
     the factor is 1.0 when the model records no pixel size or the two are within 2 %.
     """
     from rooftrace.imagery.georef import Georef
     from rooftrace.imagery.resample import place_georef
 
     geo = Georef(scene.crs, scene.src.transform, scene.src.width, scene.src.height, "geotiff") if scene.crs is not None else None
-    place = place_georef(geo, gsd, model_gsd, scene.path)  # the one pixel-size rule, as for tiles and the API
-    own, g_in, source, factor = place.own_gsd, place.gsd, place.gsd_source, place.factor
+    place = place_georef(geo, input_gsd, model_gsd, scene.path)  # the one pixel-size rule, as for tiles and the API
+    own, g_in, source, factor = place.own_gsd, place.input_gsd, place.gsd_source, place.factor
     notes: list[str] = []
-    if gsd is not None and own is not None and not 0.5 <= gsd / own <= 2.0:
-        notes.append(f"note: --gsd {gsd:g} overrides the scene's own pixel size, {own:.3g} m, which differs by more than 2x; check --gsd")
+    if input_gsd is not None and own is not None and not 0.5 <= input_gsd / own <= 2.0:
+        notes.append(f"note: --gsd {input_gsd:g} overrides the scene's own pixel size, {own:.3g} m, which differs by more than 2x; check --gsd")
     if model_gsd is None:
-        if gsd is not None:
-            notes.append(f"note: the model records no pixel size, so --gsd {gsd:g} changes nothing: the scene is read as it is")
+        if input_gsd is not None:
+            notes.append(f"note: the model records no pixel size, so --gsd {input_gsd:g} changes nothing: the scene is read as it is")
     elif g_in is None:
         notes.append(f"note: the scene has no CRS and no --gsd was given: its pixel size was taken to be the model's "
                      f"({model_gsd:.3g} m) and it was not resampled")
@@ -256,7 +268,7 @@ def predict_scene(
     out: str | Path,
     model: str | Path | LoadedModel | ModelRunner | SceneModel | None = None,
     *,
-    gsd: float | None = None,
+    input_gsd: float | None = None,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
@@ -275,6 +287,7 @@ def predict_scene(
     work_dir: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
+    gsd: float | None = None,
 ) -> SceneResult:
     """Predict the buildings of a georeferenced scene and write them in its CRS.
 
@@ -288,7 +301,7 @@ def predict_scene(
             file's metadata (see :mod:`rooftrace.gis.writers`).
         model: A rooftrace model file (``.safetensors`` or ``.onnx``), a loaded model, a :class:`ModelRunner`, or a
             callable (see :data:`SceneModel`); default the shipped model.
-        gsd: The scene's pixel size in metres (``--gsd``), for a scene without a CRS; it
+        input_gsd: The scene's pixel size in metres (``--input-gsd``), for a scene without a CRS; it
             overrides what the scene's transform says. When the model records the pixel size it
             was trained at, the scene is read resampled to it (:func:`scene_scale`,
             :meth:`Scene.set_scale`): windows, overlap, blocks and the post-processing
@@ -311,16 +324,17 @@ def predict_scene(
             ``.<out name>.probs.tif``; one a killed run left is removed by the next run of ``out``).
         force: Overwrite ``out`` (and ``probabilities``).
         progress: Show progress bars.
+        gsd: The older name of ``input_gsd``, still taken (``predict_scene(..., gsd=0.5)``).
 
     Raises:
         RooftraceError: Unreadable scene, a band mapping needed, an output that exists, a bad
             option, or a model whose output is not probabilities.
     """
-    from rooftrace.imagery.resample import check_gsd
+    from rooftrace.imagery.resample import check_gsd, gsd_alias
 
     t0 = time.perf_counter()
     scene, out = Path(scene), Path(out)
-    gsd = check_gsd(gsd)
+    input_gsd = check_gsd(gsd_alias(input_gsd, gsd, "input_gsd"))
     check_tiling(tile, overlap)
     # Before anything runs: no output is an input or another output (resolved paths, links followed).
     check_distinct({"scene": scene, "--model": model if isinstance(model, (str, Path)) else None},
@@ -342,11 +356,11 @@ def predict_scene(
     # One run at a time writes ``out`` and its sidecars: a second stops here, before it touches the first's files.
     with OutputLock(out, what="--out"), OutputLock(probabilities, what="--probabilities") if probabilities else nullcontext():
         _remove_probabilities_temp(prob_path)  # what a killed run of this output left (no live run holds it)
-        return _run_scene(scene, out, model, gsd, tile, overlap, batch_size, device, tta, precision, bands, stretch, method,
+        return _run_scene(scene, out, model, input_gsd, tile, overlap, batch_size, device, tta, precision, bands, stretch, method,
                           settings, block, margin, max_group, probabilities, normalization, force, progress, prob_path, t0)
 
 
-def _run_scene(scene: Path, out: Path, model: Any, gsd: float | None, tile: int, overlap: int, batch_size: int, device: str,
+def _run_scene(scene: Path, out: Path, model: Any, input_gsd: float | None, tile: int, overlap: int, batch_size: int, device: str,
                tta: bool, precision: str, bands: Any, stretch: tuple[float, float], method: str | None,
                settings: PostprocessSettings | None, block: int, margin: int, max_group: int, probabilities: str | Path | None,
                normalization: Normalization | None, force: bool, progress: bool, prob_path: Path, t0: float) -> SceneResult:
@@ -355,18 +369,18 @@ def _run_scene(scene: Path, out: Path, model: Any, gsd: float | None, tile: int,
         runner = model if isinstance(model, ModelRunner) else make_runner(model, device=device, tta=tta, normalization=normalization, precision=precision)
         used = used_postprocessing(runner.runtime, method, settings)
         method, settings = used.method, used.settings
-        factor, gsd_in, gsd_source, notes = scene_scale(sc, gsd, runner.gsd)
+        factor, input_gsd, gsd_source, notes = scene_scale(sc, input_gsd, runner.gsd)
         notes.insert(0, used.describe())
         if runner.runtime is not None:
             notes.insert(1, runner.runtime.runtime_line)
         if sc.crs is None:
-            notes.append(no_crs_warning(scene, out, gsd_in if gsd_source == "--gsd" else None))
-        notes.extend(w for w in (band_warning(sc.plan.bands, scene.name), gsd_warning(gsd_in, runner.gsd, scene.name)) if w)
+            notes.append(no_crs_warning(scene, out, input_gsd if gsd_source == "--gsd" else None))
+        notes.extend(w for w in (band_warning(sc.plan.bands, scene.name), gsd_warning(input_gsd, runner.gsd, scene.name)) if w)
         sc.set_scale(factor)
         prov = scene_provenance(runner, method, settings, scene, sc.crs)
         prov["postprocessing"].update(used.to_json())
         writer = FeatureWriter(out, sc.crs, sc.transform, force=force, provenance=prov,
-                               metres_per_unit=unit_metres(sc.crs, gsd_in, sc.src.transform))
+                               metres_per_unit=unit_metres(sc.crs, input_gsd, sc.src.transform))
         try:
             stats = stitch_scene(sc, runner, prob_path, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)
             t1 = time.perf_counter()
@@ -397,5 +411,5 @@ def _run_scene(scene: Path, out: Path, model: Any, gsd: float | None, tile: int,
             area_km2=scene_area_km2(sc.src.width, sc.src.height, st, crs), bands=sc.plan.describe(),
             n_windows=stats.n_windows, n_windows_nodata=stats.n_skipped, n_truncated=truncated,
             seconds_inference=t1 - t0, seconds_postprocess=t2 - t1, seconds=time.perf_counter() - t0, probabilities=kept,
-            gsd_input=gsd_in, gsd_source=gsd_source, gsd_model=runner.gsd, scale=factor, notes=notes,
+            gsd_input=input_gsd, gsd_source=gsd_source, gsd_model=runner.gsd, scale=factor, notes=notes,
         )

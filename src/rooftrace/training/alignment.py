@@ -23,6 +23,7 @@ from rooftrace.config import Config, check_device, config_from_dict
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.read import read_rgb
+from rooftrace.imagery.resample import gsd_alias
 from rooftrace.labels.records import LabelSet
 from rooftrace.labels.splits import open_split
 from rooftrace.models.architectures import build_model
@@ -163,13 +164,14 @@ def align_chips(chips_dir: str | Path, labels: str | Path, out_dir: str | Path, 
 
     Args:
         max_shift_m: Shifts up to this many metres each way are searched.
-        prepare: Options of :func:`prepare_chips` (``gsd`` defaults to the model's pixel size).
+        prepare: Options of :func:`prepare_chips` (``model_gsd``, or its older name ``gsd``, defaults to the model's pixel size).
     """
     if not isinstance(net, Network):
         net = load_network(resolve_model(net))
-    gsd = prepare.pop("gsd", None) or net.config.data.gsd or DEFAULT_GSD
+    model_gsd = gsd_alias(prepare.pop("model_gsd", None), prepare.pop("gsd", None), "model_gsd")
+    model_gsd = model_gsd or net.config.data.gsd or DEFAULT_GSD
     out_dir = Path(out_dir)
-    result = prepare_chips(chips_dir, labels, out_dir, gsd=gsd, progress=progress, **prepare)
+    result = prepare_chips(chips_dir, labels, out_dir, model_gsd=model_gsd, progress=progress, **prepare)
     t0 = time.perf_counter()
     probs = {s: split_probabilities(net, p.parent) for s, p in result.splits.items()}
     n = sum(len(p.probs) for p in probs.values())
@@ -178,12 +180,12 @@ def align_chips(chips_dir: str | Path, labels: str | Path, out_dir: str | Path, 
     for p in probs.values():
         for b, pairs in p.pairs_by_block().items():
             by_block.setdefault(b, []).extend(pairs)
-    max_px = max(2, int(math.ceil(max_shift_m / gsd)))
-    shift = area_shift(by_block, gsd, max_px=max_px)
+    max_px = max(2, int(math.ceil(max_shift_m / model_gsd)))
+    shift = area_shift(by_block, model_gsd, max_px=max_px)
     if align and shift.correction is not None:
         given = prepare.pop("label_shift", None) or (0.0, 0.0)
         moved = (given[0] + shift.correction[0], given[1] + shift.correction[1])
-        result = prepare_chips(chips_dir, labels, out_dir, gsd=gsd, progress=progress, label_shift=moved,
+        result = prepare_chips(chips_dir, labels, out_dir, model_gsd=model_gsd, progress=progress, label_shift=moved,
                                **{**prepare, "force": True})
         probs = {s: _relabel(p, result.splits[s].parent) for s, p in probs.items()}
         by_block = {}
@@ -192,7 +194,7 @@ def align_chips(chips_dir: str | Path, labels: str | Path, out_dir: str | Path, 
                 by_block.setdefault(b, []).extend(pairs)
     elif shift.correction is not None:
         shift.reason = shift.reason.replace("corrected by", "not corrected (--no-align); would be corrected by")
-    completeness = unlabelled_buildings(by_block, min_area_px=max(4, int(round(6.0 / gsd ** 2))))
+    completeness = unlabelled_buildings(by_block, min_area_px=max(4, int(round(6.0 / model_gsd ** 2))))
     return Alignment(result, shift, completeness, probs, per_image)
 
 

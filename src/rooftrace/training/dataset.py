@@ -142,7 +142,7 @@ class TileDataset(Dataset):
         self.channels = [("footprint", "boundary", "contact").index(c) for c in data.channels]
         self.settings = TargetSettings(boundary_width=data.boundary_width, contact_width=data.contact_width)
         self.norm = Normalization(tuple(data.mean), tuple(data.std))
-        self.gsd = data.gsd or None
+        self.model_gsd = data.gsd or None  # the pixel size the model trains at (each TileRef's gsd is its tile's)
         self.crop = data.crop_size
         self.aug = aug
         self.transform = train_transform(aug) if aug is not None else None
@@ -157,9 +157,9 @@ class TileDataset(Dataset):
     def factor(self, i: int) -> float:
         """How much tile ``i`` is resized to reach ``data.gsd`` (1: not at all)."""
         g = self.items[i].gsd
-        if self.gsd is None or g is None or abs(g / self.gsd - 1) <= GSD_TOLERANCE:  # as resample_factor decides at inference
+        if self.model_gsd is None or g is None or abs(g / self.model_gsd - 1) <= GSD_TOLERANCE:  # as resample_factor decides at inference
             return 1.0
-        return g / self.gsd
+        return g / self.model_gsd
 
     def footprints(self, i: int, size: tuple[int, int] | None = None) -> list:
         """Tile ``i``'s footprints in the pixels of its resampled image (of ``size`` = (h, w))."""

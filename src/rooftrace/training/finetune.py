@@ -50,6 +50,7 @@ from rooftrace.core.locks import OutputLock
 from rooftrace.core.paths import check_distinct
 from rooftrace.evaluation.metrics import Score
 from rooftrace.evaluation.tuning import score_settings, search_settings
+from rooftrace.imagery.resample import gsd_alias
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.labels.splits import open_split
 from rooftrace.models.autocast import autocast, depthwise_in_fp32
@@ -178,10 +179,10 @@ def _new_run_dir(runs_dir: Path, name: str) -> Path:
             raise RooftraceError(f"{run}: cannot create the run folder ({exc.strerror})") from None
 
 
-def _train_config(start: Config, recipe: Recipe, train_dir: Path, val_dir: Path, gsd: float, init_from: Path, seed: int) -> Config:
+def _train_config(start: Config, recipe: Recipe, train_dir: Path, val_dir: Path, model_gsd: float, init_from: Path, seed: int) -> Config:
     data = start.to_dict()
     data["name"] = "finetune"
-    data["data"].update(train=[{"path": str(train_dir)}], val=[{"path": str(val_dir)}], gsd=gsd, batch_size=recipe.batch_size,
+    data["data"].update(train=[{"path": str(train_dir)}], val=[{"path": str(val_dir)}], gsd=model_gsd, batch_size=recipe.batch_size,
                         crop_size=recipe.crop_size, workers=0, cache=True, sampling="uniform", max_train_tiles=0,
                         max_val_tiles=0)
     data["augment"].update(recipe.augment)
@@ -219,7 +220,7 @@ def finetune(
     model: str | Path | None = None,
     minutes: float = 15.0,
     recipe: Recipe | None = None,
-    gsd: float | None = None,
+    model_gsd: float | None = None,
     val: float = 0.15,
     test: float = 0.15,
     align: bool = True,
@@ -232,6 +233,7 @@ def finetune(
     method: str = "watershed",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    gsd: float | None = None,
     **prepare: Any,
 ) -> FinetuneResult:
     """Adapt ``model`` to the area of ``chips_dir`` and ``labels``; write it to ``out`` if it is better on
@@ -246,7 +248,7 @@ def finetune(
         model: The starting model file, or ``None`` / ``"shipped"`` for the model that ships with rooftrace.
         minutes: The time budget, everything included (the chips, the shift, adapting, tuning, the card).
         recipe: :func:`load_recipe` (default: the packaged recipe).
-        gsd: Pixel size in metres to adapt at (default: the model's, else 0.3).
+        model_gsd: Pixel size in metres to adapt at, the adapted model's (default: the starting model's, else 0.3).
         val, test: Shares of the chips (by area) for the tuning blocks and the card blocks; with ``test`` 0 the
             card is scored on the tuning blocks (and says so).
         align: Correct a clear label shift; ``max_shift_m``: the largest shift searched.
@@ -254,6 +256,7 @@ def finetune(
         force: Overwrite ``out`` (and its settings file).
         runs_dir: Where the run folder is made.
         method: The post-processing method tuned (``watershed`` or ``seed``).
+        gsd: The older name of ``model_gsd``, still taken.
 
     Raises:
         RooftraceError: Bad input (one line naming the file), ``out`` exists without ``force``, too few blocks,
@@ -282,13 +285,13 @@ def finetune(
         recipe = recipe or load_recipe()
         start_path = resolve_model(model)
         net = load_network(start_path, device)
-        gsd = gsd or net.config.data.gsd or DEFAULT_GSD
+        model_gsd = gsd_alias(model_gsd, gsd, "model_gsd") or net.config.data.gsd or DEFAULT_GSD
         run = _new_run_dir(Path(resolve_path(str(runs_dir))), out.name.removesuffix(".safetensors"))
-        log(f"run folder {run}; starting from {start_path} at {gsd:g} m a pixel")
+        log(f"run folder {run}; starting from {start_path} at {model_gsd:g} m a pixel")
 
         # 1-2. Chips split by area, the labels' shift, the starting model's probabilities.
         al = align_chips(chips_dir, labels, run / "chips", net, align=align, max_shift_m=max_shift_m, progress=progress,
-                         gsd=gsd, val=val, test=test, seed=seed, **prepare)
+                         model_gsd=model_gsd, val=val, test=test, seed=seed, **prepare)
         log(al.chips.summary())
         log(al.summary())
         if "train" not in al.probs or "val" not in al.probs or not al.chips.per_split.get("train", {}).get("chips") \
@@ -306,7 +309,7 @@ def finetune(
         log(f"start: tuned F1 {start_tuning_f1:.4f} on the tuning blocks, {start_side.f1:.4f} on the {card_split} blocks")
 
         # 3. Adapting.
-        cfg = _train_config(net.config, recipe, run / "chips" / "train", run / "chips" / "val", gsd, start_path, seed)
+        cfg = _train_config(net.config, recipe, run / "chips" / "train", run / "chips" / "val", model_gsd, start_path, seed)
         torch.manual_seed(seed)
         np.random.seed(seed)
         train_ds = TileDataset(select_tiles(cfg.data.train, [open_split(cfg.data.train[0].path)]), cfg.data, cfg.augment, seed=seed)
