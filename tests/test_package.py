@@ -222,3 +222,30 @@ def test_the_installed_wheel_finetunes_from_another_folder(installed, tmp_path):
     assert (elsewhere / "mine.safetensors").exists() and (elsewhere / "mine.postprocess.json").exists()
     (run,) = (elsewhere / "runs").iterdir()
     assert (run / "card.md").exists() and "object F1" in r.stdout
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    """A leading underscore means "this module only": no module of rooftrace imports another module's
+    ``_name`` (``from rooftrace.x import _name``) or reads it through an imported module (``x._name``)."""
+    src = REPO / "src" / "rooftrace"
+    private = lambda name: name.startswith("_") and not (name.startswith("__") and name.endswith("__"))  # noqa: E731
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        modules = set()  # local names bound to rooftrace modules
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rooftrace"):
+                for a in node.names:
+                    if private(a.name):
+                        found.append(f"{path.relative_to(src)}:{node.lineno} imports {node.module}.{a.name}")
+                    elif (src / Path(*node.module.split(".")[1:]) / f"{a.name}.py").exists():  # a module
+                        modules.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("rooftrace") and a.asname:
+                        modules.add(a.asname)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules \
+                    and private(node.attr):
+                found.append(f"{path.relative_to(src)}:{node.lineno} reads {node.value.id}.{node.attr}")
+    assert not found, "\n".join(found)
