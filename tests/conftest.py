@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # precision "auto" runs bf16 where the CPU has it, without timing bf16 against fp32 first
 # (rooftrace.inference.choice): a measured choice could differ from run to run on a loaded machine, and
-# the tests compare outputs across runs. tests/test_predict.py tests the measurement and its cache.
+# the tests compare outputs across runs. tests/inference/test_predict.py tests the measurement and its cache.
 os.environ.setdefault("ROOFTRACE_RUNTIME_PROBE", "0")
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_tiny_model
 
 from rooftrace.cli import main
 from rooftrace.core.errors import RooftraceError
 from rooftrace.labels.formats import read_labels
+from tests.conftest import write_tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-"""Print the bad-input table of TESTING.md: every case of tests/test_bad_input.py run through the
+"""Print the bad-input table of TESTING.md: every case of tests/cli/test_bad_input.py run through the
 CLI, with its exit status and the line of output that names the file and the problem. What changes from
 run to run (process ids, timings, timestamps, this machine's memory, temporary folders) is written as a
 placeholder (:data:`VOLATILE`), so that regenerating the table changes only what the code changed.
 
-    .venv/bin/python tests/testing_table.py > /tmp/table.md   # then paste it into TESTING.md
+    .venv/bin/python tests/cli/testing_table.py > /tmp/table.md   # then paste it into TESTING.md
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for the package `tests`
 
-import test_bad_input as cases  # noqa: E402
-from conftest import REPO, write_tiny_model  # noqa: E402
-
+import tests.cli.test_bad_input as cases  # noqa: E402
 from rooftrace.cli import main  # noqa: E402
+from tests.conftest import REPO, write_tiny_model  # noqa: E402
 
 #: Output that changes from one run to the next, and what the table shows instead (the table is regenerated into
 #: TESTING.md: a regeneration must change only what the code changed).

@@ -25,7 +25,7 @@ from rooftrace.models.encoders import (
 from rooftrace.models.files import load_model, save_model
 from rooftrace.training.dataset import TileDataset, random_scaled_crop, select_tiles
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LITE0 = PACKAGED_WEIGHTS["efficientnet-lite0-imagenet"]
 
 

@@ -26,7 +26,7 @@ from rooftrace.scenes.tasks import model_loads
 from rooftrace.scenes.distributed import predict_scenes_dask, scene_done
 from rooftrace.scenes.predict import predict_scene
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DYADIC = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
 
 # Test-module functions (models) go to the workers by value: the worker processes need not import this file.

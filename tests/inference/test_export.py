@@ -25,7 +25,7 @@ from rooftrace.models.architectures import build_model
 from rooftrace.models.files import load_model, read_model_file, save_model
 from rooftrace.models.onnx import METADATA_KEY, load_onnx, read_onnx_metadata
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: ONNX Runtime vs PyTorch on real tiles, probabilities, absolute.
 TOLERANCE = 1e-4

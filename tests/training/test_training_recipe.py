@@ -20,7 +20,7 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.training.augment import Panchromatic, green_red_index, simulate_panchromatic, train_transform
 from rooftrace.training.sampling import TileStats, focus_window, tile_stats, tile_weights
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _garden(seed: int = 0) -> np.ndarray:

@@ -16,7 +16,7 @@ import pytest
 
 from rooftrace.gis.provenance import read_provenance
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "rooftrace"
 
 #: Stage subpackages in data-flow order: a module may import from its own stage or an earlier one only.
@@ -197,8 +197,8 @@ def test_the_installed_wheel_finetunes_from_another_folder(installed, tmp_path):
     """`rooftrace finetune` from the wheel, run in a folder outside the checkout: the packaged recipe and
     `--model shipped` are found inside the installed package, and a run with a tiny network (a few Banepa
     chips, two steps) writes the model, its tuned settings and the run folder where the user is."""
-    from conftest import write_tiny_model
-    from test_chips import _link_chips, osm_dir
+    from tests.conftest import write_tiny_model
+    from tests.prepare.test_chips import _link_chips, osm_dir
 
     osm = osm_dir()
     if not (osm / "banepa" / "labels.geojson").exists():

@@ -8,7 +8,7 @@
   named in the :class:`LoadReport`.
 * Tracing on pixel edges: polygons rasterise back (by pixel centre, with rasterio itself) to exactly
   the pixels they were traced from, for 4- and 8-connectivity, holes, diagonal touches and
-  one-pixel-wide lines (``tests/test_postprocess.py`` already compares the 4-connected tracer with
+  one-pixel-wide lines (``tests/instances/test_postprocess.py`` already compares the 4-connected tracer with
   GDAL on small random maps; this file checks the pixels themselves).
 
 Narrow regression tests pin edge cases once mishandled in ``src/`` (integers beyond float range,

@@ -4,7 +4,7 @@
 format is covered by its module and its registration line alone: its buildings round-trip (write, then read
 back through format detection), empty input reads as empty, a CRS is carried by a format that holds map
 coordinates and refused by one that does not, and bad input is one line naming the file. It also runs on a
-toy format (tests/label_format_toy.py) registered here only, to show that one module and one registration are
+toy format (tests/labels/label_format_toy.py) registered here only, to show that one module and one registration are
 all a format needs; the last tests show ``convert`` and its help knowing that toy format too.
 """
 
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from label_format_toy import FORMAT as TOY
 from PIL import Image
 from shapely.geometry import Polygon, box
 
@@ -24,6 +23,7 @@ from rooftrace.labels import formats
 from rooftrace.labels.formats import read_labels, register, write_labels, writer_for
 from rooftrace.labels.records import LabelSet
 from rooftrace.labels.registry import LabelFormat, Probe
+from tests.labels.label_format_toy import FORMAT as TOY
 
 #: The formats registered by rooftrace itself (the toy is added per test, below).
 REGISTERED = list(formats.LABEL_FORMATS)

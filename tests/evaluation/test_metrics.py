@@ -28,7 +28,7 @@ from rooftrace.labels.coco import read_coco
 from rooftrace.labels.records import ImageLabels, LabelSet
 
 SAMPLE_DIR = Path(
-    os.environ.get("ROOFTRACE_SAMPLE_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/buildings-sample")
+    os.environ.get("ROOFTRACE_SAMPLE_DIR", Path(__file__).resolve().parents[2].parent / "shared/data/buildings-sample")
 )
 
 

@@ -14,7 +14,6 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from conftest import write_tiny_model
 from pyproj import CRS, Transformer
 from shapely.geometry import box
 
@@ -26,6 +25,7 @@ from rooftrace.gis.provenance import read_provenance
 from rooftrace.gis.writers import OUTPUT_DRIVERS, FeatureWriter, check_output
 from rooftrace.prepare.targets import make_targets
 from rooftrace.scenes.predict import predict_scene
+from tests.conftest import write_tiny_model
 
 #: 0.5 m pixels of UTM zone 18N at about 60°N, 75°W (the zone's central meridian).
 UTM18 = "EPSG:32618"

@@ -24,7 +24,7 @@ from rooftrace.prepare.targets import (
 from rooftrace.prepare.tiles import PrepareResult, prepare_split
 
 SAMPLE_DIR = Path(
-    os.environ.get("ROOFTRACE_SAMPLE_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/buildings-sample")
+    os.environ.get("ROOFTRACE_SAMPLE_DIR", Path(__file__).resolve().parents[2].parent / "shared/data/buildings-sample")
 )
 needs_sample = pytest.mark.skipif(
     not (SAMPLE_DIR / "val" / "val.json").is_file(),

@@ -20,7 +20,7 @@ from rooftrace.models.architectures import BaselineUNet, build_model
 from rooftrace.models.files import load_model, read_model_file, save_model
 from rooftrace.training.losses import SegmentationLoss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NO_AUG = [f"augment.{k}=0" for k in ("hflip", "vflip", "rot90", "rotate", "scale_limit", "brightness_contrast", "hue_saturation", "blur_noise")]
 
 

@@ -17,13 +17,13 @@ import pytest
 import shapely
 from scipy import ndimage
 
-from conftest import write_tiny_model
 from rooftrace.cli import main
 from rooftrace.labels.splits import open_split
 from rooftrace.prepare.chips import prepare_chips
 from rooftrace.prepare.shift import area_shift, estimate_shift, unlabelled_buildings
 from rooftrace.prepare.targets import building_mask
-from test_chips import _link_chips, osm  # noqa: F401  (the osm fixture)
+from tests.conftest import write_tiny_model
+from tests.prepare.test_chips import _link_chips, osm  # noqa: F401  (the osm fixture)
 
 #: Banepa chips next to each other (two rows of four), enough for train, tuning and card blocks of one chip each.
 CHIPS = [f"OAM-{x}-{y}-19.tif" for y in (220241, 220242) for x in (386690, 386691, 386692, 386693)]

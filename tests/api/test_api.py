@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from conftest import write_tiny_model
 from rasterio.transform import from_origin
 
 import rooftrace
 from rooftrace.cli import main
 from rooftrace.core.errors import RooftraceError
+from tests.conftest import write_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -171,11 +171,11 @@ def test_the_readme_python_example_runs_as_written(sample, tmp_path, monkeypatch
 
     from PIL import Image
 
-    osm = Path(os.environ.get("ROOFTRACE_OSM_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "osm-oam"))
+    osm = Path(os.environ.get("ROOFTRACE_OSM_DIR", Path(__file__).resolve().parents[3] / "shared" / "data" / "osm-oam"))
     chips = sorted((osm / "banepa" / "chips").glob("*.tif"))
     if not chips:
         pytest.skip(f"osm-oam data not found at {osm}")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     assert "rooftrace.load_model()" in code and "model.predict(" in code
     tile = sorted((sample / "test" / "image").iterdir())[0]
@@ -262,9 +262,9 @@ def test_a_6000_px_array_is_predicted_with_memory_flat_in_its_size(model_file, t
     script = f"""
 import resource, sys
 import numpy as np
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 import rooftrace
-from test_api import _roofs, _stand_in
+from tests.api.test_api import _roofs, _stand_in
 model = rooftrace.load_model({str(model_file)!r}, device="cpu")
 img = _roofs(6000, 6000)
 model.predict(img[:512, :512])  # warm: the network's kernels, geopandas

@@ -13,7 +13,6 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from conftest import write_tiny_model
 from shapely.geometry import box
 
 from rooftrace.core.errors import RooftraceError
@@ -33,8 +32,9 @@ from rooftrace.scenes.batch import (
     shard_scenes,
 )
 from rooftrace.scenes.predict import predict_scene
+from tests.conftest import write_tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: A transform whose numbers are exact in binary, so pixel <-> map conversions are exact.
 DYADIC = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
 

@@ -2,7 +2,7 @@
 
 ``image<TAB>wkt`` on the first line, then one building a line: the image key and the footprint as WKT in
 pixel coordinates. Registering it (``rooftrace.labels.formats.register(FORMAT)``) is all it takes for
-``read_labels``, ``convert`` and tests/test_label_formats_contract.py to know it.
+``read_labels``, ``convert`` and tests/labels/test_label_formats_contract.py to know it.
 """
 
 from __future__ import annotations

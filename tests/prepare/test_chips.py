@@ -33,7 +33,7 @@ from rooftrace.labels.records import ImageLabels, LabelSet, image_key
 from rooftrace.prepare.blocks import assign_blocks
 from rooftrace.prepare.chips import prepare_chips
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def osm_dir() -> Path:
