@@ -86,21 +86,31 @@ def test_area_m2_subtracts_holes_adds_parts_and_needs_a_unit_without_a_crs():
     assert np.isnan(area_m2(geoms, None)).all()  # unknown, not a made-up number
 
 
-def test_area_m2_is_fast_for_a_scene_of_buildings():
+def test_area_m2_is_fast_for_a_scene_of_buildings(monkeypatch):
     """50,000 nine-vertex buildings in UTM: measured against an equal-area projection (an independent,
-    exact method) and timed."""
+    exact method). What keeps it fast is checked, not a time (which a loaded machine would stretch): every
+    vertex of every building goes through PROJ in one vectorised call, none one building at a time."""
     rng = np.random.default_rng(0)
     n = 50_000
     x, y = 500000 + rng.uniform(-10000, 10000, n), 6654000 + rng.uniform(-10000, 10000, n)
     geoms = shapely.buffer(shapely.points(x, y), rng.uniform(3, 15, n), quad_segs=2)
+    calls = []
+    transform = Transformer.transform
+
+    def counted(self, xx, yy, *args, **kwargs):
+        calls.append(np.size(xx))
+        return transform(self, xx, yy, *args, **kwargs)
+
+    monkeypatch.setattr(Transformer, "transform", counted)
     t = time.perf_counter()
     got = area_m2(geoms, UTM18)
     seconds = time.perf_counter() - t
+    monkeypatch.undo()
+    assert calls == [shapely.get_num_coordinates(geoms).sum()], calls[:5]  # one PROJ call, every vertex in it
     laea = Transformer.from_crs(UTM18, "+proj=laea +lat_0=60 +lon_0=-75 +ellps=WGS84", always_xy=True)
     exact = shapely.area(shapely.transform(geoms, lambda xy: np.column_stack(laea.transform(xy[:, 0], xy[:, 1]))))
     assert np.abs(got / exact - 1).max() < 1e-6
-    print(f"area_m2: {n} polygons in {seconds:.2f} s ({seconds / n * 1e6:.1f} µs each)")
-    assert seconds < 15.0  # about 0.5 s on one core; a shared, niced CI core may be many times slower
+    print(f"area_m2: {n} polygons in {seconds:.2f} s ({seconds / n * 1e6:.1f} µs each)")  # for the log, not asserted
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from rooftrace.cli import main
 from rooftrace.core.errors import RooftraceError
 from rooftrace.labels.formats import read_labels
-from tests.conftest import write_tiny_model
+from tests.conftest import start_held, write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,21 +125,35 @@ def test_a_crashed_predict_writes_no_submission_and_resume_finishes_it(model_fil
 
 
 def test_a_killed_predict_process_resumes_to_the_same_submission(model_file, tmp_path):
-    """SIGKILL in the middle of a real `rooftrace predict` process, then `--resume`."""
+    """SIGKILL in the middle of a real `rooftrace predict` process, then `--resume`. The process is held right after
+    its fifth tile's record is written, and killed there."""
     import signal
     import subprocess
     import sys
-    import time
 
     images = _tiles(tmp_path / "images", 60, size=384)
     exe = str(Path(sys.executable).parent / "rooftrace")
-    base = [exe, "predict", "--images", str(images), "--model", str(model_file), "--workers", "0", "--batch-size", "1"]
+    args = ["predict", "--images", str(images), "--model", str(model_file), "--workers", "0", "--batch-size", "1"]
+    base = [exe, *args]
     assert subprocess.run(base + ["--out", str(tmp_path / "ref")], capture_output=True, timeout=600).returncode == 0
     out = tmp_path / "out"
-    proc = subprocess.Popen(base + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / ".partial").glob("0*.json"))) < 5:
-        time.sleep(0.02)
+    hold_after_five_records = """
+        import sys
+        from pathlib import Path
+        import rooftrace.inference.predict as predict
+        from rooftrace.cli import main
+        write, records = predict.atomic_write_text, []
+        def write_then_hold(path, *a, **k):
+            done = write(path, *a, **k)
+            if Path(path).parent.name == ".partial" and Path(path).name != "run.json":
+                records.append(path)
+                if len(records) == 5:
+                    held()
+            return done
+        predict.atomic_write_text = write_then_hold
+        sys.exit(main(sys.argv[1:]))
+    """
+    proc = start_held(hold_after_five_records, *args, "--out", str(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     n_done = len(list((out / ".partial").glob("0*.json")))
@@ -241,10 +255,12 @@ def test_windowed_probabilities_stitch_each_pixel_from_exactly_one_window(model_
 def test_a_4000_px_tile_is_predicted_with_memory_flat_in_its_size(tmp_path):
     """Issue 16 item 7: one 4,000 x 4,000 tile with the shipped model peaked at 6.9 GB when it ran as one
     forward pass. It now runs window by window: a real ``rooftrace predict`` process stays under 2 GB
-    (watched from outside and killed at 3 GB, so a regression fails the test, not the machine)."""
+    (its peak resident memory as the kernel counted it, from ``wait4``; a watchdog kills it past 3 GB, so a regression
+    fails the test, not the machine)."""
+    import os
     import subprocess
     import sys
-    import time
+    import threading
 
     from PIL import Image
 
@@ -257,18 +273,29 @@ def test_a_4000_px_tile_is_predicted_with_memory_flat_in_its_size(tmp_path):
     Image.fromarray(img).save(tmp_path / "in" / "big.png")
     cmd = [sys.executable, "-m", "rooftrace", "predict", "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
            "--no-overlays", "--workers", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            rss = next(int(line.split()[1]) for line in open(f"/proc/{proc.pid}/status") if line.startswith("VmHWM:"))
-            peak = max(peak, rss * 1024)
-        except (OSError, StopIteration):
-            pass
-        if peak > 3 * 2**30:
-            proc.kill()
-        time.sleep(0.2)
-    out, err = proc.communicate()
+    with open(tmp_path / "stderr.txt", "w+") as err_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file)
+        finished = threading.Event()
+
+        def watchdog() -> None:  # a guard for the machine only: the peak asserted below is the kernel's own count
+            while not finished.wait(0.5):
+                try:
+                    hwm = next(int(line.split()[1]) for line in open(f"/proc/{proc.pid}/status") if line.startswith("VmHWM:"))
+                except (OSError, StopIteration, ValueError):
+                    continue
+                if hwm * 1024 > 3 * 2**30:
+                    proc.kill()
+                    return
+
+        guard = threading.Thread(target=watchdog, daemon=True)
+        guard.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # the process's end, and its peak resident memory (ru_maxrss, KiB)
+        finished.set()
+        guard.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err_file.seek(0)
+        err = err_file.read()
+    peak = usage.ru_maxrss * 1024
     assert proc.returncode == 0, err[-2000:]
     assert 0 < peak < 2 * 2**30, f"peak memory {peak / 2**30:.2f} GB"
     rows = list(csv.reader((tmp_path / "out" / "submission.csv").open()))

@@ -32,7 +32,7 @@ from rooftrace.scenes.batch import (
     shard_scenes,
 )
 from rooftrace.scenes.predict import predict_scene
-from tests.conftest import write_tiny_model
+from tests.conftest import start_held, write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 #: A transform whose numbers are exact in binary, so pixel <-> map conversions are exact.
@@ -379,33 +379,23 @@ def test_a_killed_run_leaves_its_probabilities_beside_the_output_and_the_next_ru
     folder: a SIGKILLed predict-scene leaves nothing in $TMPDIR, and the next run of that output removes it."""
     import os
     import signal
-    import time
 
     systmp, outs = tmp_path / "systmp", tmp_path / "outs"
     systmp.mkdir()
-    marker = tmp_path / "started"
-    code = textwrap.dedent(f"""
-        import pathlib, time
+    code = f"""
         from rooftrace.scenes.predict import predict_scene
         calls = []
         def slow(x):
             calls.append(1)
             if len(calls) == 3:  # midway: the probabilities raster is being written
-                pathlib.Path({str(marker)!r}).touch()
-                time.sleep(120)
+                held()
             return x.float() / 255
         predict_scene({str(seam_scene[0])!r}, {str(outs / 'out.gpkg')!r}, slow, tile=64, overlap=16, batch_size=1, progress=False)
-    """)
+    """
     env = {**os.environ, "TMPDIR": str(systmp), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-    try:
-        deadline = time.time() + 120
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        assert marker.exists(), "the subprocess never reached the model"
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = start_held(code, env=env)  # returns once the child is held at its third window
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
     assert list(systmp.iterdir()) == []
     left = sorted(p.name for p in outs.iterdir())
     assert ".out.gpkg.probs.tif" in left and "out.gpkg" not in left

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.models.architectures import BaselineUNet, build_model
 from rooftrace.models.files import load_model, read_model_file, save_model
 from rooftrace.training.losses import SegmentationLoss
+from tests.conftest import start_held
 
 REPO = Path(__file__).resolve().parents[2]
 NO_AUG = [f"augment.{k}=0" for k in ("hflip", "vflip", "rot90", "rotate", "scale_limit", "brightness_contrast", "hue_saturation", "blur_noise")]
@@ -167,22 +167,26 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(mini_split, tmp_path
     cmd = [sys.executable, "-m", "rooftrace", "train", "--config", str(REPO / "configs" / "baseline-unet.yaml")]
     for s in _overrides(mini_split, runs_b, "train.epochs=3", "model.base_channels=16"):
         cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    state = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list(runs_b.glob("*/resume.safetensors"))
-        if found:
-            state = found[0]
-            break
-        time.sleep(0.02)
+    # Held right after its first epoch is committed and moved into place, and killed there.
+    hold_after_one_epoch = """
+        import sys
+        import rooftrace.training.loop as loop
+        from rooftrace.cli import main
+        move = loop.move_pending
+        def move_then_hold(run_dir):
+            move(run_dir)
+            held()
+        loop.move_pending = move_then_hold
+        sys.exit(main(sys.argv[1:]))
+    """
+    proc = start_held(hold_after_one_epoch, *cmd[3:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert state is not None, "the run never finished an epoch"
+    (state,) = runs_b.glob("*/resume.safetensors")
     run_b = state.parent
-    # Killed between the commit (resume.safetensors) and moving the epoch's files into place, the
-    # metrics still wait in .epoch-pending/ (resume finishes the moves): either way, not all 3 epochs.
-    assert not (run_b / "metrics.csv").exists() or len(_rows(run_b)) < 3, "the run finished before it could be killed"
+    # Killed with epoch 1's files in place and epoch 2 not committed (a kill between a commit and its moves:
+    # test_a_run_stopped_while_moving_a_committed_epoch_finishes_the_moves_on_resume).
+    assert [r["epoch"] for r in _rows(run_b)] == ["1"], "the run was not killed after its first epoch"
     resume(run_b)
 
     rows_a, rows_b = _rows(straight), _rows(run_b)
