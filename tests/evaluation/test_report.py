@@ -39,19 +39,22 @@ def test_report_counts_and_draws_every_tile(sample, tmp_path, capsys):
 
 
 def test_report_of_a_folder_reads_pixels_not_a_longitude_latitude_geojson(sample, tmp_path):
-    from rooftrace.evaluation.report import _pred_path
+    from rooftrace.evaluation.report import build_report
 
     gt = read_coco(sample / "test" / "test.json")
+    n = sum(len(img.footprints) for img in gt)
     folder = tmp_path / "pred"
     folder.mkdir()
     write_begc_csv(gt, folder / "submission.csv")
     # A georeferenced run's GeoJSON is in longitude/latitude: the report must not score it against pixels.
     (folder / "predictions.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
-    assert _pred_path(folder) == folder / "submission.csv"
+    report = build_report(folder, sample / "test" / "test.json", tmp_path / "r1")
+    assert report.score.tp == n  # scored from submission.csv (the empty GeoJSON would find nothing)
     # A pixel GeoJSON (it has scores) is preferred when the tiles were not georeferenced.
     (folder / "predictions.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [],
                                                             "rooftrace": {"coordinates": "pixel"}}))
-    assert _pred_path(folder) == folder / "predictions.geojson"
+    report = build_report(folder, sample / "test" / "test.json", tmp_path / "r2")
+    assert report.score.tp == 0 and report.score.fn == n  # scored from the (empty) pixel GeoJSON
 
 
 def test_report_links_full_size_pictures_and_predict_overlays_and_shows_scores(sample, tmp_path):

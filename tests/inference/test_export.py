@@ -201,14 +201,20 @@ def test_int8_export_runs_and_says_so(sample, model_file, tmp_path, monkeypatch)
     assert p.shape == (1, 3, 256, 256) and float(p.min()) >= 0.0 and float(p.max()) <= 1.0
 
 
-def test_predict_overlays_are_lossless_pngs():
-    """predict writes overlays at a faster PNG level: the same pixels as prepare.encode_png."""
-    import io
+def test_predict_overlays_are_lossless_pngs(sample, model_file, tmp_path, monkeypatch):
+    """predict writes overlays at a faster PNG level: the same pixels as prepare.encode_png. The overlay drawn is
+    replaced by random pixels, which `rooftrace predict` must write back exactly."""
+    import shutil
 
     from PIL import Image
 
-    from rooftrace.inference.predict import _encode_overlay
+    import rooftrace.imagery.draw as draw
 
     rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    img = Image.open(io.BytesIO(_encode_overlay(rgb)))
+    monkeypatch.setattr(draw, "render_overlay", lambda *args, **kwargs: rgb)
+    (tmp_path / "images").mkdir()
+    shutil.copy(sample / "test" / "image" / "0000.tif", tmp_path / "images")
+    assert main(["predict", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--model", str(model_file),
+                 "--workers", "0"]) == 0
+    img = Image.open(tmp_path / "out" / "overlays" / "0000.png")
     assert img.mode == "RGB" and np.array_equal(np.asarray(img), rgb)
