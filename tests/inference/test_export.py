@@ -208,7 +208,7 @@ def test_predict_overlays_are_lossless_pngs(sample, model_file, tmp_path, monkey
 
     from PIL import Image
 
-    import rooftrace.imagery.draw as draw
+    from rooftrace.imagery import draw
 
     rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     monkeypatch.setattr(draw, "render_overlay", lambda *args, **kwargs: rgb)
