@@ -15,7 +15,7 @@ measuring, not to setting up. In one process it prints:
   against the network alone on the same windows.
 
 ``--dry-run`` runs the same code on the CPU, tiny (a few tiles, a 1,024-pixel scene, batch 2), so the
-script is checked where no GPU is lent (``tests/test_predict.py`` runs it so). On the GPU::
+script is checked where no GPU is lent (``tests/inference/test_predict.py`` runs it so). On the GPU::
 
     python benchmarks/gpu_throughput.py --tiles 2048 --batch-size 64 --readers 8 --threads 12 --scene-size 8192
 """

@@ -11,7 +11,7 @@ from typing import Sequence
 from rooftrace.core.errors import RooftraceError
 
 # The parser's choices and defaults, written here so that building the parser (``rooftrace --help``, or
-# any command before it runs) imports none of the libraries behind them; tests/test_cli.py checks that
+# any command before it runs) imports none of the libraries behind them; tests/cli/test_cli.py checks that
 # each equals the library's own.
 #: :data:`rooftrace.evaluation.metrics.MATCHING_MODES`.
 MATCHING_MODES = ("one-to-one", "any", "spacenet")
@@ -106,7 +106,7 @@ def parse_settings(items: list[str], path: Path | None) -> dict | None:
 
 
 #: The fields of :class:`rooftrace.instances.postprocess.PostprocessSettings` and their defaults, for the
-#: help (the parser imports no post-processing library; tests/test_predict.py checks the copy).
+#: help (the parser imports no post-processing library; tests/inference/test_predict.py checks the copy).
 PP_DEFAULTS = (("footprint_threshold", 0.5), ("seed_footprint", 0.7), ("seed_boundary", 0.5), ("seed_contact", 0.5),
                ("min_seed_area", 1), ("min_area", 8), ("simplify", 0.0), ("regularise", False), ("rectangularity", 0.9),
                ("merge_contact", 0.3), ("surface", "probability"), ("split_distance", 0.0), ("keep_holes", False))

@@ -1,6 +1,6 @@
 """Open a report in a real headless browser: the system's Chromium driven by Playwright.
 
-Used by the tests (``tests/test_scene_report.py``), the benchmark (``benchmarks/scene_report.py``) and the
+Used by the tests (``tests/evaluation/test_scene_report.py``), the benchmark (``benchmarks/scene_report.py``) and the
 README screenshot (``docs/scene_report_screenshot.py``). Playwright is only the driver: it never downloads a
 browser here; :func:`find_chromium` finds the one installed by the system (Debian: ``apt-get install
 chromium``), or ``$ROOFTRACE_CHROMIUM``. Every request the page makes is recorded, so a caller can check that

@@ -16,7 +16,7 @@
 
 The geodesic step is one C call per ring in a tight loop (about 8 µs a ring); everything else is
 vectorised over the whole array, so the tens of thousands of buildings of a scene take well under a
-second (measured in ``tests/test_gis_outputs.py::test_area_m2_is_fast_for_a_scene_of_buildings``).
+second (measured in ``tests/gis/test_gis_outputs.py::test_area_m2_is_fast_for_a_scene_of_buildings``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ help text all read this registry; none of them names a format.
 
 To add a format, add one :func:`register` call below (or in a module that is imported with this one);
 if none of the existing ``write`` kinds fits, add one branch to the writer. Every registered format
-then runs the contract tests of ``tests/test_gis_formats_contract.py``.
+then runs the contract tests of ``tests/gis/test_gis_formats_contract.py``.
 """
 
 from __future__ import annotations

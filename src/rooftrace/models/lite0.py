@@ -6,7 +6,7 @@ torchvision, and the two take about 1.9 s before the first tile is read, on ever
 ``python -X importtime``; ``benchmarks/pipeline_speed.py`` reports the whole start-up). This module
 writes the same modules in plain torch, with the same parameter names and the same operations in the
 same order (so a model file's state dict loads strictly, and the outputs are the same:
-``tests/test_predict.py`` compares them with smp's build of the same weights). Training, and any other
+``tests/inference/test_predict.py`` compares them with smp's build of the same weights). Training, and any other
 architecture, still builds through smp (:func:`rooftrace.models.architectures.build_model`).
 
 EfficientNet-Lite0 (timm's ``efficientnet_lite0``): a 3 x 3 stride-2 stem of 32 channels, then seven

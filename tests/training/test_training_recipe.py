@@ -1,0 +1,275 @@
+"""The default recipe's training pieces: panchromatic simulation, balanced sampling, building-focused
+crops, fp32 depthwise convolutions, validation every N epochs, and the GPU sprint's pack and CPU run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from shapely.geometry import box
+
+from rooftrace.config import load_config
+from rooftrace.core.errors import RooftraceError
+from rooftrace.training.augment import Panchromatic, green_red_index, simulate_panchromatic, train_transform
+from rooftrace.training.sampling import TileStats, focus_window, tile_stats, tile_weights
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _garden(seed: int = 0) -> np.ndarray:
+    """A 128 x 128 tile: grey road, a dark green tree crown, a brown roof, a grey roof, with noise."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((128, 128, 3), np.float32)
+    img[:] = (120, 118, 112)  # bare ground / road
+    img[10:50, 10:50] = (45, 70, 40)  # tree crown: dark, green
+    img[70:110, 10:50] = (150, 100, 80)  # brown roof
+    img[70:110, 70:110] = (140, 140, 140)  # grey roof
+    img += rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# --- panchromatic simulation ------------------------------------------------------------------
+
+def test_simulated_panchromatic_makes_trees_bright_where_grayscale_keeps_them_dark():
+    rgb = _garden()
+    gray = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    pan = simulate_panchromatic(rgb)
+    assert pan.dtype == np.uint8 and pan.shape == rgb.shape
+    assert (pan[..., 0] == pan[..., 1]).all() and (pan[..., 1] == pan[..., 2]).all()  # one band, three channels
+    tree, brown, grey = (slice(20, 40), slice(20, 40)), (slice(80, 100), slice(20, 40)), (slice(80, 100), slice(80, 100))
+    # In plain grayscale the tree is the darkest thing, far below the grey roof. In the simulated pan
+    # band (as in a real one) it outshines the brown roof and is about as bright as the grey one.
+    assert gray[tree].mean() < gray[brown].mean() and gray[tree].mean() < 0.6 * gray[grey].mean()
+    assert pan[tree][..., 0].mean() > pan[brown][..., 0].mean() + 20
+    assert pan[tree][..., 0].mean() > 0.85 * pan[grey][..., 0].mean()
+    assert green_red_index(rgb)[tree].mean() > 0.1 > green_red_index(rgb)[grey].mean()
+
+
+def test_panchromatic_transform_draws_its_mixing_per_sample_and_leaves_other_inputs_alone():
+    rgb = _garden()
+    t = Panchromatic(p=1.0)
+    t.set_random_seed(0)
+    a = t(image=rgb)["image"]
+    b = t(image=rgb)["image"]
+    assert not np.array_equal(a, b)  # a new near-infrared share and vegetation brightness each time
+    gray = np.zeros((8, 8), np.uint8)
+    assert t(image=gray)["image"] is gray or np.array_equal(t(image=gray)["image"], gray)
+
+
+def test_pan_in_the_pipeline_only_when_asked(tmp_path):
+    cfg = load_config(REPO / "configs" / "unet-lite0.yaml")
+    assert cfg.augment.pan > 0
+    names = [type(t).__name__ for t in train_transform(cfg.augment).transforms]
+    assert "Panchromatic" in names
+    old = load_config(REPO / "configs" / "unet-lite0.yaml", ["augment.pan=0"])
+    assert "Panchromatic" not in [type(t).__name__ for t in train_transform(old.augment).transforms]
+
+
+# --- sampling ---------------------------------------------------------------------------------
+
+def _stats(n_buildings: int, size: int = 512, area: float = 900.0, veg: float = 0.0) -> TileStats:
+    rng = np.random.default_rng(n_buildings)
+    return TileStats(size=(size, size), centroids=rng.uniform(0, size, (n_buildings, 2)), areas=np.full(n_buildings, area),
+                     vegetation=veg)
+
+
+def test_tile_weights_favour_dense_small_and_vegetated_tiles_and_balance_sources():
+    stats = [_stats(2), _stats(40), _stats(2, area=100.0), _stats(2, veg=0.8), _stats(0)]
+    w = tile_weights(stats, [0, 0, 0, 0, 0], crop=256)
+    assert math.isclose(w.sum(), 1.0)
+    assert w[1] > w[0]  # denser
+    assert w[2] > w[0]  # same count, small buildings
+    assert w[3] > w[0]  # hard negatives (vegetation) around
+    assert w[4] > 0  # an empty tile still gets drawn
+    # Two sources: 40 tiles against 4 alike. Uniform sampling would give the big one 91 % of the
+    # batches; balanced gives it a share by the square root of its weight (about 76 %).
+    many = [_stats(5)] * 40 + [_stats(5)] * 4
+    src = [0] * 40 + [1] * 4
+    w = tile_weights(many, src, crop=256)
+    share = w[:40].sum()
+    assert math.isclose(share, math.sqrt(40) / (math.sqrt(40) + math.sqrt(4)), rel_tol=1e-6)
+    doubled = tile_weights(many, src, crop=256, source_weights=[1.0, 2.0])
+    assert doubled[40:].sum() > w[40:].sum()
+
+
+def test_focus_window_always_holds_the_point_and_stays_inside_the_tile():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        h, w = int(rng.integers(100, 900)), int(rng.integers(100, 900))
+        win = int(rng.integers(32, 400))
+        x, y = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+        y0, x0 = focus_window((x, y), win, (h, w), rng)
+        assert 0 <= y0 <= max(h - win, 0) and 0 <= x0 <= max(w - win, 0)
+        if win <= min(h, w):
+            assert y0 <= y <= y0 + win and x0 <= x <= x0 + win
+
+
+def test_pick_building_prefers_small_buildings():
+    s = TileStats(size=(512, 512), centroids=np.array([[10.0, 10.0], [400.0, 400.0]]), areas=np.array([100.0, 10000.0]), vegetation=0)
+    rng = np.random.default_rng(0)
+    picks = [s.pick_building(rng) for _ in range(2000)]
+    small = sum(p == (10.0, 10.0) for p in picks) / len(picks)
+    assert 0.85 < small < 0.95  # 1/sqrt(100) : 1/sqrt(10000) = 10 : 1
+    assert TileStats(size=(8, 8), centroids=np.zeros((0, 2)), areas=np.zeros(0), vegetation=0).pick_building(rng) is None
+
+
+def test_tile_stats_counts_buildings_and_vegetation_off_them():
+    rgb = _garden()
+    fp = np.zeros((128, 128), np.uint8)
+    fp[70:110, 10:50] = 1
+    fp[70:110, 70:110] = 1
+    s = tile_stats(rgb, fp, [box(10, 70, 50, 110), box(70, 70, 110, 110)])
+    assert s.buildings == 2 and np.allclose(sorted(s.areas), [1600, 1600])
+    assert np.allclose(s.centroids[0], [30, 90])
+    # The tree covers 1,600 of the 16,384 - 3,200 pixels off the buildings.
+    assert 0.08 < s.vegetation < 0.16
+
+
+def test_focused_crops_find_buildings_far_more_often(sample):
+    """On real sample tiles, crops placed by augment.focus hold building pixels more often than random ones."""
+    from rooftrace.labels.records import LoadReport
+    from rooftrace.labels.splits import open_split
+    from rooftrace.training.dataset import TileDataset, select_tiles
+
+    def share(focus: float) -> float:
+        cfg = load_config(REPO / "configs" / "unet-lite0.yaml", [f"data.train={sample / 'train'}", "data.crop_size=64",
+                                                                 f"augment.focus={focus}", "augment.pixel_scale=0"])
+        ds = TileDataset(select_tiles(cfg.data.train, [open_split(s) for s in cfg.data.train]), cfg.data, cfg.augment,
+                         seed=0, max_tiles=12)
+        ds.drop_unreadable(LoadReport("x"))
+        hits = [float(ds[i % len(ds)]["target"][0].sum() > 0) for i in range(120)]
+        return sum(hits) / len(hits)
+
+    assert share(1.0) > share(0.0) + 0.1
+    assert share(1.0) > 0.9
+
+
+# --- fp32 depthwise, fused AdamW, validation every N epochs -----------------------------------
+
+def test_depthwise_in_fp32_keeps_weights_and_results_and_computes_in_fp32():
+    from rooftrace.models.architectures import build_model
+    from rooftrace.models.autocast import depthwise_in_fp32
+
+    cfg = load_config(REPO / "configs" / "unet-lite0.yaml", ["model.encoder_weights=null"])
+    torch.manual_seed(0)
+    a = build_model(cfg.model, 3).eval()
+    b = build_model(cfg.model, 3).eval()
+    b.load_state_dict(a.state_dict())
+    n = depthwise_in_fp32(b)
+    assert n >= 10 and depthwise_in_fp32(b) == 0  # once only
+    assert list(a.state_dict()) == list(b.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(a(x), b(x), atol=1e-5)  # fp32: the same network
+    dw = next(m for m in b.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
+    seen = {}
+    dw.register_forward_hook(lambda m, i, o: seen.__setitem__("dtype", o.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        b(x)
+    assert seen["dtype"] == torch.float32
+
+
+def test_config_checks_the_new_keys():
+    cfg = REPO / "configs" / "unet-lite0.yaml"
+    for bad, match in (("data.sampling=weird", "data.sampling"), ("train.val_every=0", "train.val_every"),
+                       ("augment.pan=1.5", "augment.pan"), ("augment.focus=-0.1", "augment.focus")):
+        with pytest.raises(RooftraceError, match=match):
+            load_config(cfg, [bad])
+
+
+def test_validation_every_second_epoch_with_balanced_sampling_and_fp32_depthwise(tmp_path, sample):
+    """A real three-epoch run of the recipe's options: epochs 1 and 3 are validated (3 is the last), 2 is not."""
+    from rooftrace.training.loop import train
+
+    runs = tmp_path / "runs"
+    cfg = load_config(REPO / "configs" / "unet-lite0.yaml", [
+        f"data.train={sample / 'train'}", f"data.val={sample / 'val'}", f"train.runs_dir={runs}", "model.encoder_weights=null",
+        "data.crop_size=64", "data.batch_size=2", "train.steps_per_epoch=2", "data.workers=0", "train.epochs=3",
+        "train.val_every=2", "data.max_train_tiles=4", "data.max_val_tiles=2", "train.vis_tiles=1"])
+    summary = train(cfg)
+    rows = list(csv.DictReader(open(Path(summary["run_dir"]) / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows[0]["object_f1"] == "nan" and rows[2]["object_f1"] != "nan"
+    assert rows[1]["object_f1"] != "nan"  # epoch 2 of val_every 2
+    assert summary["best_epoch"] in (2, 3)
+    assert (Path(summary["run_dir"]) / "resume.safetensors").exists()
+
+
+# --- the GPU sprint -------------------------------------------------------------------------
+
+def _sprint(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_sprint.py"), *args], capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+
+
+def test_gpu_sprint_packs_every_tile_and_label_within_its_bound_and_trains_on_the_cpu(tmp_path, sample):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((REPO / "configs" / "unet-lite0.yaml").read_text().split("data:")[0] + f"""
+data:
+  train: [{{path: "{sample / 'train'}", weight: 2.0}}]
+  val: ["{sample / 'val'}"]
+  gsd: 0.3
+  sampling: balanced
+  mean: [0.5, 0.5, 0.5]
+  std: [0.5, 0.5, 0.5]
+model: {{arch: unet, encoder: tu-efficientnet_lite0}}
+augment: {{pan: 0.5, gray: 0.1}}
+""")
+    pack = tmp_path / "pack"
+    r = _sprint("pack", "--config", str(cfg), "--out", str(pack), "--max-tiles", "3", "--no-wheels", "--init",
+                str(REPO / "src/rooftrace/models/shipped/rooftrace-unet-lite0.safetensors"))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((pack / "pack.json").read_text())
+    total = sum(f.stat().st_size for f in pack.rglob("*") if f.is_file() and f.name != "pack.json")
+    assert meta["bytes"] == total <= 45 * 2**20
+    # Every tile and every building of the split is carried, at the model's pixel size.
+    from rooftrace.labels.splits import open_split
+
+    for split in ("train", "val"):
+        coco = json.loads((pack / split / f"{split}.json").read_text())
+        src = list(open_split(str(sample / split)))[:3]
+        assert len(coco["images"]) == 3
+        assert len(coco["annotations"]) == sum(len([p for p in img.footprints if not p.is_empty]) for img in src)
+        for img in coco["images"]:
+            assert (pack / split / img["file_name"]).exists() and (pack / split / img["target"]).exists()
+    # Over the bound: refused, named.
+    r = _sprint("pack", "--config", str(cfg), "--out", str(tmp_path / "p2"), "--max-tiles", "3", "--no-wheels", "--max-mib", "1")
+    assert r.returncode != 0 and "over the 1 MiB" in r.stderr
+    # A CPU run of the GPU code with a tiny budget, then its weights as a rooftrace model that loads.
+    out = tmp_path / "sprint"
+    r = _sprint("train", "--pack", str(pack), "--out", str(out), "--device", "cpu", "--max-steps", "1", "--batch", "2", "--crop", "64")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "sprint.json").read_text())
+    assert result["steps"] == 1 and result["train_images_per_s"] > 0 and math.isfinite(result["val_loss"])
+    assert (out / "sprint.safetensors").stat().st_size < 16 * 2**20
+    model_file = tmp_path / "sprint-model.safetensors"
+    r = _sprint("import", "--sprint", str(out), "--pack", str(pack), "--out", str(model_file))
+    assert r.returncode == 0, r.stderr
+    from rooftrace.models.files import load_model
+
+    loaded = load_model(model_file)
+    assert loaded.gsd == 0.3 and loaded.meta["gpu_sprint"]["steps"] == 1
+
+
+def test_gpu_sprint_batches_keep_targets_on_their_pixels(tmp_path):
+    """The batch maker's affine crop moves image and targets together: a white square's target stays on it."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_sprint
+
+    data = torch.zeros(1, 6, gpu_sprint.PIECE, gpu_sprint.PIECE, dtype=torch.uint8)
+    data[0, :, 200:312, 200:312] = 255  # image white and all targets on in the same square
+    aug = {"pixel_scale": 1.0, "pixel_scale_limit": 2.0, "rotate_limit": 12.0, "brightness_contrast": 0, "gamma": 0, "pan": 0,
+           "gray": 0, "blur_noise": 0}
+    x, y = gpu_sprint._batch(data, torch.ones(1, dtype=torch.float64), 16, 128, aug, torch.device("cpu"))
+    img = (x * 0.5 + 0.5)[:, 0]
+    inside = y[:, 0] > 0.5
+    assert inside.any()
+    assert (img[inside] > 0.5).float().mean() > 0.97
+    assert (img[~inside] < 0.5).float().mean() > 0.97
