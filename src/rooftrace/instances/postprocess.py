@@ -21,8 +21,11 @@ those causes:
        pieces of the footprint mask that hold none (each such piece is a building of its own).
     3. Marker-controlled watershed grows the seeds back over the footprint mask, only in the mask
        components that hold two or more seeds (a component with one seed *is* that building, and
-       one with none is a building of its own). Those components are packed into one small mosaic
-       and flooded in one call, so the cost follows the touching buildings, not the tile. No
+       one with none is a building of its own). Within those, a piece of the mask outside the seeds
+       that touches one seed only is that seed's; only the pieces two or more seeds compete for are
+       packed into one small mosaic and flooded in one call, so the cost follows the contested
+       pixels, not the tile (where a tie between seeds of equal value could decide, the whole
+       components are flooded as one mosaic instead: the same regions either way). No
        morphological closing anywhere: it is exactly what fuses neighbours.
     4. Optionally, adjacent regions whose shared frontier shows no contact are merged again: a
        building with a narrow neck loses its seed along the neck, but nothing separates it from
@@ -46,7 +49,7 @@ ground truth has none; filling a courtyard can only raise the IoU with a hole-le
 a building standing inside a courtyard stays a polygon of its own.
 
 Everything is vectorised over pixels (numpy, OpenCV / scipy.ndimage labelling, scikit-image's
-watershed); Python loops run over groups of touching buildings (to pack the mosaic), over buildings
+watershed); Python loops run over contested pieces (to pack the mosaic), over buildings
 in the optional regularisation, and over contours in ``seed``. About 3.5 ms per 512 x 512 tile of
 the sample pack and 7 ms for a tile with 300 buildings, on two CPU cores
 (``benchmarks/postprocess_speed.py``). This module does not import torch.
