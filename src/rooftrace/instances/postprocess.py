@@ -322,8 +322,10 @@ def _markers(p: np.ndarray, mask: np.ndarray, s: PostprocessSettings) -> np.ndar
         if s.min_seed_area > 1:
             extra &= np.bincount(core.ravel(), minlength=n_core + 1) >= s.min_seed_area
         if extra.any():
-            new = _relabel(core, extra)
-            markers = np.where(new > 0, new + n, markers)
+            # Unseeded pieces hold no marker pixel: adding their new ids leaves the seeds as they are.
+            lut = np.zeros(n_core + 1, dtype=np.int32)
+            lut[extra] = np.arange(n + 1, n + 1 + int(extra.sum()), dtype=np.int32)
+            markers += lut[core]
             n += int(extra.sum())
     return markers
 
