@@ -202,7 +202,7 @@ def test_int8_export_runs_and_says_so(sample, model_file, tmp_path, monkeypatch)
 
 
 def test_predict_overlays_are_lossless_pngs():
-    """predict writes overlays at a faster PNG level: the same pixels as prepare.encode_png."""
+    """predict writes overlays uncompressed, for speed: the same pixels as prepare.encode_png."""
     import io
 
     from PIL import Image
