@@ -131,7 +131,8 @@ def _mask_png(instances: np.ndarray, stem: str) -> bytes:
     try:
         from rooftrace.inference.predict import _encode_mask
     except ImportError:  # pragma: no cover - a tree from before the quick PNG writer
-    
+        from rooftrace.imagery.png import encode_instances
+
         return encode_instances(instances, stem)
     return _encode_mask(instances, stem)
 
