@@ -395,7 +395,13 @@ def test_overlay_is_outlines_then_scores_then_legend(size):
     outlines and scores at the tile's bottom edge included (they never spill into the legend)."""
     from shapely.geometry import box
 
-    from rooftrace.imagery.draw import OUTLINE_RGB, add_legend, draw_outlines, draw_scores, render_overlay
+    from rooftrace.imagery.draw import (
+        OUTLINE_RGB,
+        add_legend,
+        draw_outlines,
+        draw_scores,
+        render_overlay,
+    )
 
     h, w = size
     rgb = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
