@@ -78,7 +78,6 @@ def timed(fn, *args, **kwargs) -> tuple[object, float, float]:
 def stages(files: list[Path], runtime, batch_size: int, work: Path) -> dict[str, tuple[float, float]]:
     """Each stage alone over every tile: ``{stage: (wall s, cpu s)}`` per tile."""
     from rooftrace.imagery.draw import render_overlay
-    from rooftrace.imagery.png import encode_instances
     from rooftrace.imagery.read import read_rgb
     from rooftrace.imagery.resample import place_tile, resample_rgb
     from rooftrace.inference.runtime import pad_normalise
@@ -119,13 +118,23 @@ def stages(files: list[Path], runtime, batch_size: int, work: Path) -> dict[str,
     for name, fn in (("write submission.csv", lambda: write_begc_csv(labels, out / "submission.csv", force=True)),
                      ("write predictions.coco.json", lambda: write_coco_results(labels, out / "p.coco.json", force=True)),
                      ("write predictions.geojson", lambda: write_geojson(labels, out / "p.geojson", force=True)),
-                     ("write masks (PNG)", lambda: [(out / f"{f.stem}.m.png").write_bytes(encode_instances(b.instances, f.stem))
+                     ("write masks (PNG)", lambda: [(out / f"{f.stem}.m.png").write_bytes(_mask_png(b.instances, f.stem))
                                                     for f, b in zip(files, found) if b.instances is not None]),
                      ("write overlays (PNG)", lambda: [(out / f"{f.stem}.o.png").write_bytes(_overlay_png(render_overlay(
                          rgb, list(b.footprints), list(b.scores)))) for f, rgb, b in zip(files, rgbs, found)])):
         _, w, c = timed(fn)
         res[name] = (w / n, c / n)
     return res
+
+
+def _mask_png(instances: np.ndarray, stem: str) -> bytes:
+    try:
+        from rooftrace.inference.predict import _encode_mask
+    except ImportError:  # pragma: no cover - a tree from before the quick PNG writer
+        from rooftrace.imagery.png import encode_instances
+
+        return encode_instances(instances, stem)
+    return _encode_mask(instances, stem)
 
 
 def _overlay_png(rgb: np.ndarray) -> bytes:

@@ -202,7 +202,7 @@ def test_int8_export_runs_and_says_so(sample, model_file, tmp_path, monkeypatch)
 
 
 def test_predict_overlays_are_lossless_pngs(sample, model_file, tmp_path, monkeypatch):
-    """predict writes overlays at a faster PNG level: the same pixels as prepare.encode_png. The overlay drawn is
+    """predict writes overlays uncompressed, for speed: the same pixels as prepare.encode_png. The overlay drawn is
     replaced by random pixels, which `rooftrace predict` must write back exactly."""
     import shutil
 

@@ -367,3 +367,76 @@ def test_the_gpu_throughput_script_runs_its_cpu_dry_run(sample):
                        env=env, timeout=600)
     assert p.returncode == 0, p.stderr
     assert "| predict (" in p.stdout and "| predict_scene (" in p.stdout
+
+
+@pytest.mark.parametrize("level", [0, 1, 6])
+def test_quick_png_writer_gives_the_same_pixels(level):
+    """predict's masks and overlays come from a minimal numpy + zlib PNG writer: PIL and OpenCV read back
+    exactly the array written (8-bit RGB and grey, 16-bit grey), as from the PIL writer."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    from rooftrace.imagery.png import encode_instances, encode_png_quick, read_instances
+    from rooftrace.inference.predict import _encode_mask, _encode_overlay
+
+    rng = np.random.default_rng(level)
+    for arr in (rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), rng.integers(0, 256, (5, 9), dtype=np.uint8),
+                rng.integers(0, 65536, (31, 17), dtype=np.uint16), np.zeros((1, 1), np.uint16)):
+        data = encode_png_quick(arr, level)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), arr)
+        back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(back[..., ::-1] if arr.ndim == 3 else back, arr)
+    ids = rng.integers(0, 400, (64, 48)).astype(np.int32)
+    for data in (_encode_mask(ids, "t"), encode_instances(ids, "t", level=level)):
+        with io.BytesIO(data) as f:
+            assert np.array_equal(read_instances(f), ids)
+    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(_encode_overlay(rgb)))), rgb)
+    with pytest.raises(ValueError):
+        encode_png_quick(np.zeros((4, 4), np.float32))
+
+
+def test_normalisation_table_gives_the_formula_exactly():
+    """uint8 pixels are normalised through a table: bit for bit the float32 formula, padded with zeros."""
+    from rooftrace.imagery.normalize import Normalization
+    from rooftrace.inference.runtime import pad_normalise
+
+    norm = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (2, 37, 45, 3), dtype=np.uint8)
+    formula = (batch.astype(np.float32) / 255.0 - np.asarray(norm.mean, np.float32)) / np.asarray(norm.std, np.float32)
+    out = pad_normalise(batch, norm)
+    assert out.shape == (2, 3, 64, 64) and out.dtype == np.float32
+    assert np.array_equal(out[:, :, :37, :45], formula.transpose(0, 3, 1, 2))
+    assert not out[:, :, 37:].any() and not out[:, :, :, 45:].any()
+    assert np.array_equal(norm.apply(batch[0]), formula[0].transpose(2, 0, 1))
+    floats = batch[1].astype(np.float32)  # other dtypes go through the formula
+    assert np.array_equal(norm.apply(floats), formula[1].transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("size", [(100, 120), (512, 512)])
+def test_overlay_is_outlines_then_scores_then_legend(size):
+    """The overlay drawn on one picture has the pixels of the three steps drawn one after the other,
+    outlines and scores at the tile's bottom edge included (they never spill into the legend)."""
+    from shapely.geometry import box
+
+    from rooftrace.imagery.draw import (
+        OUTLINE_RGB,
+        add_legend,
+        draw_outlines,
+        draw_scores,
+        render_overlay,
+    )
+
+    h, w = size
+    rgb = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    fps = [box(0, 0, 10, 10), box(w - 12, h - 8, w, h), box(20, h - 3, 60, h),
+           box(30, 30, 70, 70).difference(box(40, 40, 50, 50))]
+    for scores in ([0.5, 1.0, float("nan"), 0.123], None):
+        pic = draw_outlines(rgb, [(fps, OUTLINE_RGB)])
+        pic = draw_scores(pic, fps, scores, pic.shape[0] / h)
+        note = f"{len(fps)} found" + (", number = score" if scores is not None else "")
+        assert np.array_equal(render_overlay(rgb, fps, scores), add_legend(pic, [("building", OUTLINE_RGB)], note))
+    assert np.array_equal(render_overlay(rgb, []), add_legend(draw_outlines(rgb, [([], OUTLINE_RGB)]), [("building", OUTLINE_RGB)], "0 found"))

@@ -260,6 +260,69 @@ def test_instances_follow_footprint_order() -> None:
     assert np.array_equal(instances_from_probabilities(perfect(fps, (32, 32))), r.instances)
 
 
+def _rough_maps(n: int, seed: int) -> list[np.ndarray]:
+    """Model-like outputs for the flood: blurred touching buildings with noise, and blurred noise; some
+    quantised to a few levels (as a bf16 network's saturated outputs are) so that markers tie."""
+    rng = np.random.default_rng(seed)
+    maps = []
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(24, 96, 2))
+        if i % 2:
+            fps = []
+            for _ in range(int(rng.integers(2, 12))):
+                x, y = rng.integers(0, w - 6), rng.integers(0, h - 6)
+                fps.append(box(x, y, x + rng.integers(4, 24), y + rng.integers(4, 24)))
+            p = blurred([f.intersection(box(0, 0, w, h)) for f in fps], (h, w), float(rng.uniform(0.5, 2.0)))
+            p = np.clip(p + rng.normal(0, 0.15, p.shape), 0, 1)
+        else:
+            p = np.stack([ndimage.gaussian_filter(rng.random((h, w)), float(rng.uniform(0.7, 3))) for _ in range(3)])
+            p = (p - p.min(axis=(1, 2), keepdims=True)) / (np.ptp(p, axis=(1, 2), keepdims=True) + 1e-6)
+        levels = int(rng.choice([0, 4, 16, 64]))
+        if levels:
+            p = np.round(p * levels) / levels
+        maps.append(p.astype(np.float32))
+    return maps
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"surface": "flat"}, {"surface": "distance"}, {"merge_contact": 0.6}, {"min_seed_area": 4},
+    {"footprint_threshold": 0.65, "seed_contact": 0.2, "min_area": 64, "merge_contact": 0.0},
+    {"seed_footprint": 0.5, "seed_boundary": 0.9, "seed_contact": 0.9, "merge_contact": 0.5},
+])
+def test_flooding_contested_pieces_gives_the_mosaic_flood(monkeypatch, options: dict) -> None:
+    """The flood that floods only the pieces two markers compete for (falling back to the mosaic flood
+    of whole components when a tie could decide) gives the same buildings, polygons and scores as
+    the mosaic flood everywhere, the way post-processing flooded before."""
+    import rooftrace.instances.postprocess as pp
+
+    settings = PostprocessSettings(**options)
+    split = PostprocessSettings(**{**options, "split_distance": 1.5})  # the single-channel flood
+    maps = _rough_maps(24, seed=len(str(options)))
+    fast, ties = [], []
+    real_contested = pp._flood_contested
+
+    def counted(*args):
+        got = real_contested(*args)
+        (fast if got is not None else ties).append(1)
+        return got
+
+    def run() -> list:
+        return [(watershed_postprocess(p, settings), watershed_postprocess(p[:1], split)) for p in maps]
+
+    monkeypatch.setattr(pp, "_flood_contested", counted)
+    new = run()
+    monkeypatch.setattr(pp, "_flood_contested", lambda *args: None)  # always the mosaic
+    for pair, ref_pair in zip(new, run()):
+        for got, ref in zip(pair, ref_pair):
+            assert np.array_equal(got.instances, ref.instances)
+            assert got.scores == ref.scores
+            assert [shapely.get_coordinates(f).tolist() for f in got.footprints] == \
+                [shapely.get_coordinates(f).tolist() for f in ref.footprints]
+    if options.get("surface") != "flat":  # flat ties every marker: always the mosaic
+        assert fast
+    assert len(fast) + len(ties) > 0
+
+
 # --- single channel ----------------------------------------------------------------------------
 
 

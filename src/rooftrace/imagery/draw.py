@@ -97,7 +97,13 @@ def draw_scores(pic: np.ndarray, footprints: Sequence[Footprint], scores: Sequen
     if scores is None or not len(footprints):
         return pic
     img = Image.fromarray(np.ascontiguousarray(pic))
-    draw = ImageDraw.Draw(img)
+    _write_scores(ImageDraw.Draw(img), footprints, scores, scale, rgb)
+    return np.asarray(img)
+
+
+def _write_scores(draw: ImageDraw.ImageDraw, footprints: Sequence[Footprint], scores: Sequence[float], scale: float,
+                  rgb: tuple[int, int, int] = SCORE_RGB) -> None:
+    """Write each footprint's score at a point inside it (see :func:`draw_scores`)."""
     font = _font(10 if scale < 2 else 12)
     points = shapely.point_on_surface(np.asarray(list(footprints), dtype=object))
     for pt, s in zip(points, scores):
@@ -106,18 +112,26 @@ def draw_scores(pic: np.ndarray, footprints: Sequence[Footprint], scores: Sequen
         text = f"{s:.2f}".lstrip("0") if 0 <= s < 1 else f"{s:.2f}"
         x, y = pt.x * scale, pt.y * scale
         draw.text((x, y), text, fill=rgb, font=font, anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
-    return np.asarray(img)
 
 
 def add_legend(pic: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, int]]], note: str = "") -> np.ndarray:
     """``pic`` with a dark strip of :data:`LEGEND_HEIGHT` px added below it: a colour swatch and a name
     per entry, then ``note``; no pixel of the picture is covered."""
     h, w = pic.shape[:2]
-    img = Image.new("RGB", (w, h + LEGEND_HEIGHT), (32, 32, 32))
+    img = Image.new("RGB", (w, h + LEGEND_HEIGHT), LEGEND_RGB)
     img.paste(Image.fromarray(np.ascontiguousarray(pic)), (0, 0))
-    draw = ImageDraw.Draw(img)
+    _write_legend(ImageDraw.Draw(img), h, entries, note)
+    return np.asarray(img)
+
+
+#: Colour of the legend strip.
+LEGEND_RGB = (32, 32, 32)
+
+
+def _write_legend(draw: ImageDraw.ImageDraw, top: int, entries: Sequence[tuple[str, tuple[int, int, int]]], note: str) -> None:
+    """Write the legend (a swatch and a name per entry, then ``note``) in the strip that starts at row ``top``."""
     font = _font(11)
-    x, y = 4, h + LEGEND_HEIGHT // 2
+    x, y = 4, top + LEGEND_HEIGHT // 2
     for name, color in entries:
         draw.rectangle((x, y - 4, x + 14, y + 4), outline=color, width=2)
         x += 18
@@ -125,17 +139,34 @@ def add_legend(pic: np.ndarray, entries: Sequence[tuple[str, tuple[int, int, int
         x += int(draw.textlength(name, font=font)) + 10
     if note:
         draw.text((x, y), note, fill=(240, 240, 240), font=font, anchor="lm")
-    return np.asarray(img)
 
 
 def render_overlay(rgb: np.ndarray, footprints: Sequence[Footprint], scores: Sequence[float] | None = None) -> np.ndarray:
     """``rooftrace predict``'s overlay: the tile with each building outlined in yellow, its score written
     inside it (``.87``), and a legend strip below the tile (see :func:`add_legend`).
 
+    The same pixels as :func:`draw_outlines`, then :func:`draw_scores`, then :func:`add_legend`, drawn on
+    one picture instead of three (a third of the time).
+
     Returns:
         ``(H' + LEGEND_HEIGHT, W', 3)`` uint8 (small tiles at twice their size, as :func:`draw_outlines`)."""
-    pic = draw_outlines(rgb, [(footprints, OUTLINE_RGB)])
-    scale = pic.shape[0] / rgb.shape[0]
-    pic = draw_scores(pic, footprints, scores, scale)
+    h, w = rgb.shape[:2]
+    scale = 2 if max(h, w) <= UPSCALE_BELOW else 1
+    tile = Image.fromarray(np.ascontiguousarray(rgb))
+    if scale != 1:
+        tile = tile.resize((w * scale, h * scale), Image.Resampling.NEAREST)
+    width, height = w * scale, h * scale
+    img = Image.new("RGB", (width, height + LEGEND_HEIGHT), LEGEND_RGB)
+    img.paste(tile, (0, 0))
+    draw = ImageDraw.Draw(img)
+    for fp in footprints:
+        for ring in footprint_rings(fp):
+            if len(ring) >= 2:
+                draw.line((ring[:, :2] * scale - 0.5).ravel().tolist(), fill=OUTLINE_RGB, width=1)
+    if scores is not None and len(footprints):
+        _write_scores(draw, footprints, scores, scale)
+    # What was drawn over the tile's bottom edge is not part of the tile: the strip is drawn afresh.
+    draw.rectangle((0, height, width - 1, height + LEGEND_HEIGHT - 1), fill=LEGEND_RGB)
     note = f"{len(footprints)} found" + (", number = score" if scores is not None and len(footprints) else "")
-    return add_legend(pic, [("building", OUTLINE_RGB)], note)
+    _write_legend(draw, height, [("building", OUTLINE_RGB)], note)
+    return np.asarray(img)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -16,6 +17,30 @@ class Normalization:
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 normalised."""
+        out = np.empty((3, *rgb.shape[:2]), dtype=np.float32)
+        self.apply_into(rgb, out)
+        return out
+
+    def apply_into(self, rgb: np.ndarray, out: np.ndarray) -> None:
+        """Write ``rgb`` (``(H, W, 3)``) normalised into ``out`` (``(3, H, W)`` float32, e.g. a view of a batch).
+
+        uint8 pixels go through a table of the 256 values per channel, computed with the same
+        float32 operations as the formula (``(v / 255 - mean) / std``): the same numbers, without
+        the float32 temporaries of the whole tile (a third of the time)."""
+        if rgb.dtype == np.uint8:
+            table = _table(tuple(self.mean), tuple(self.std))
+            for c in range(3):
+                np.take(table[c], rgb[..., c], out=out[c])
+            return
         x = rgb.astype(np.float32) / 255.0
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        out[...] = x.transpose(2, 0, 1)
+
+
+@lru_cache(maxsize=16)
+def _table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``(3, 256)`` float32: the normalised value of every uint8 level per channel."""
+    v = np.arange(256, dtype=np.float32)[:, None] / 255.0
+    t = np.ascontiguousarray(((v - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).T)
+    t.flags.writeable = False
+    return t

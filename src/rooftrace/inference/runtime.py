@@ -73,9 +73,11 @@ def pad_normalise(batch: np.ndarray, norm: Normalization, multiple: int = PAD_MU
         batch = batch[None]
     n, h, w, _ = batch.shape
     hp, wp = padded_size(h, w, multiple)
-    out = np.zeros((n, 3, hp, wp), dtype=np.float32)
+    out = np.empty((n, 3, hp, wp), dtype=np.float32)
+    out[:, :, h:] = 0.0
+    out[:, :, :h, w:] = 0.0
     for i in range(n):
-        out[i, :, :h, :w] = norm.apply(batch[i])
+        norm.apply_into(batch[i], out[i, :, :h, :w])
     return out
 
 

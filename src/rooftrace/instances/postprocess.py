@@ -21,8 +21,11 @@ those causes:
        pieces of the footprint mask that hold none (each such piece is a building of its own).
     3. Marker-controlled watershed grows the seeds back over the footprint mask, only in the mask
        components that hold two or more seeds (a component with one seed *is* that building, and
-       one with none is a building of its own). Those components are packed into one small mosaic
-       and flooded in one call, so the cost follows the touching buildings, not the tile. No
+       one with none is a building of its own). Within those, a piece of the mask outside the seeds
+       that touches one seed only is that seed's; only the pieces two or more seeds compete for are
+       packed into one small mosaic and flooded in one call, so the cost follows the contested
+       pixels, not the tile (where a tie between seeds of equal value could decide, the whole
+       components are flooded as one mosaic instead: the same regions either way). No
        morphological closing anywhere: it is exactly what fuses neighbours.
     4. Optionally, adjacent regions whose shared frontier shows no contact are merged again: a
        building with a narrow neck loses its seed along the neck, but nothing separates it from
@@ -46,7 +49,7 @@ ground truth has none; filling a courtyard can only raise the IoU with a hole-le
 a building standing inside a courtyard stays a polygon of its own.
 
 Everything is vectorised over pixels (numpy, OpenCV / scipy.ndimage labelling, scikit-image's
-watershed); Python loops run over groups of touching buildings (to pack the mosaic), over buildings
+watershed); Python loops run over contested pieces (to pack the mosaic), over buildings
 in the optional regularisation, and over contours in ``seed``. About 3.5 ms per 512 x 512 tile of
 the sample pack and 7 ms for a tile with 300 buildings, on two CPU cores
 (``benchmarks/postprocess_speed.py``). This module does not import torch.
@@ -319,8 +322,10 @@ def _markers(p: np.ndarray, mask: np.ndarray, s: PostprocessSettings) -> np.ndar
         if s.min_seed_area > 1:
             extra &= np.bincount(core.ravel(), minlength=n_core + 1) >= s.min_seed_area
         if extra.any():
-            new = _relabel(core, extra)
-            markers = np.where(new > 0, new + n, markers)
+            # Unseeded pieces hold no marker pixel: adding their new ids leaves the seeds as they are.
+            lut = np.zeros(n_core + 1, dtype=np.int32)
+            lut[extra] = np.arange(n + 1, n + 1 + int(extra.sum()), dtype=np.int32)
+            markers += lut[core]
             n += int(extra.sum())
     return markers
 
@@ -428,16 +433,19 @@ def _grow(
 
     Mask components with no marker become buildings of their own (the last fallback); components
     with one marker are that marker's building as they are; only components with two or more
-    markers are flooded. Those are cut out and packed side by side into one small mosaic (a pixel
-    of background between them), flooded with one watershed call, and pasted back: the cost is
-    that of the touching buildings' pixels, not of the tile, and there is one call whatever their
-    number. Regions are then merged where their frontier lacks contact (``merge_below > 0``),
-    on the same mosaic, since frontiers only exist inside flooded components.
+    markers are flooded, and within them only what a flood can decide (:func:`_flood_contested`):
+    a piece of the mask outside the markers that touches markers of one id only is that id's. The
+    rest, the pieces that touch two or more ids, is flooded with one watershed call on a crop. When
+    the order of that flood could depend on how the watershed's heap breaks a tie, the flooded
+    components are cut out and packed side by side into one small mosaic (a pixel of background
+    between them) and flooded with one call as a whole (:func:`_flood_mosaic`): the same regions
+    either way. Regions are then merged where their frontier lacks contact (``merge_below > 0``).
 
     Args:
         markers: int32 seed ids, 0 elsewhere; each seed 4-connected and inside the mask.
         mask: Building pixels.
-        surface: ``surface(layers_crop, mask_crop)`` gives the landscape to flood on a crop.
+        surface: ``surface(layers_crop, mask_crop)`` gives the landscape to flood on a crop
+            (pixel by pixel: a pixel's value does not depend on the crop).
         layers: ``(K, H, W)`` float32 per-pixel inputs of ``surface``; for the merge its last
             layer is the contact probability.
         merge_below: Contact threshold of the merge; 0 disables it.
@@ -458,8 +466,6 @@ def _grow(
     multi = np.flatnonzero(per_comp >= 2)
     if len(multi) == 0:
         return out
-    from skimage.segmentation import watershed
-
     # Bounding boxes of the flooded components, from their pixels (cheaper than find_objects).
     if flat is None:
         flat = np.flatnonzero(mask)
@@ -476,8 +482,131 @@ def _grow(
     np.minimum.at(c0, k, c)
     np.maximum.at(r1, k, r)
     np.maximum.at(c1, k, c)
-    boxes = [(slice(int(a), int(b) + 1), slice(int(e), int(f) + 1)) for a, b, e, f in zip(r0, r1, c0, c1)]
-    pos, hm, wm = _pack(boxes, mask.shape[1])
+    # The crop that holds every flooded component.
+    crop = (slice(int(r0.min()), int(r1.max()) + 1), slice(int(c0.min()), int(c1.max()) + 1))
+    inside = (per_comp >= 2)[comp[crop]]
+    grown = _flood_contested(markers[crop], inside, surface, layers[:, crop[0], crop[1]])
+    if grown is None:  # a tie the heap would break: flood the components whole, as one mosaic
+        boxes = [(slice(int(a), int(b) + 1), slice(int(e), int(f) + 1)) for a, b, e, f in zip(r0, r1, c0, c1)]
+        _flood_mosaic(out, comp, multi, boxes, markers, surface, layers, merge_below)
+        return out
+    if merge_below > 0:
+        # Frontiers lie inside flooded components, and every component keeps its pixels' raster
+        # order in the crop as in the mosaic: the same sums, so the same merges.
+        grown = _merge_uncontacted(np.where(inside, grown, 0), layers[-1][crop], merge_below)
+    out[crop][inside] = grown[inside]
+    return out
+
+
+def _flood_contested(
+    markers: np.ndarray, inside: np.ndarray, surface: Callable[[np.ndarray, np.ndarray], np.ndarray], layers: np.ndarray
+) -> np.ndarray | None:
+    """The watershed of the markers over ``inside`` (components with two or more markers), flooding
+    only the pieces whose id a flood decides; ``None`` when a tie could decide it.
+
+    Free pixels (inside, not a marker) fall into free pieces (4-connected). scikit-image's
+    watershed gives every free pixel the id of the neighbour it first takes off its heap (ordered
+    by value, then by age: markers 0, every later push one more, a pixel's value at least that of
+    the pixel that reached it), so a free piece that touches markers of one id only gets that id
+    whatever the order: nothing else reaches it. A piece that touches two or more ids (contested)
+    depends only on its own pixels and the markers it touches: each is taken off the heap in the
+    order of (value, age) among them. Two keys are equal only for two markers of equal value; if
+    they carry the same id, either order gives the same ids (what one takes, the other would have
+    taken with the same id and value). So unless a contested piece touches two markers of
+    different ids and exactly equal value (then the heap's tie-breaking, which depends on every
+    element in it, decides; ``None``: the caller floods the mosaic as before), flooding the
+    contested pieces and the markers they touch alone gives the same ids as flooding everything.
+
+    Returns:
+        The ids on ``inside`` (markers, then free pixels), same shape as ``markers``; other pixels
+        are undefined.
+    """
+    h, w = inside.shape
+    w2 = w + 2
+    mk = np.zeros((h + 2, w2), dtype=np.int32)  # a border of background: neighbours need no bounds checks
+    mk[1:-1, 1:-1] = np.where(inside, markers, 0)
+    free = np.zeros((h + 2, w2), dtype=bool)
+    np.logical_and(inside, markers == 0, out=free[1:-1, 1:-1])
+    fi = np.flatnonzero(free)
+    if len(fi) == 0:
+        return mk[1:-1, 1:-1]
+    piece, n_piece = _label(free)
+    pf = piece.ravel()[fi]
+    mkf = mk.ravel()
+    nb = np.concatenate([fi - w2, fi - 1, fi + 1, fi + w2])
+    ids = mkf[nb]
+    touch = ids > 0
+    nb, ids, pieces = nb[touch], ids[touch], np.tile(pf, 4)[touch]
+    lo = np.full(n_piece + 1, np.iinfo(np.int32).max, dtype=np.int32)
+    hi = np.zeros(n_piece + 1, dtype=np.int32)
+    np.minimum.at(lo, pieces, ids)
+    np.maximum.at(hi, pieces, ids)
+    if (hi[1:] == 0).any():  # pragma: no cover - a free piece of a component with markers touches one
+        return None
+    contested = lo != hi
+    contested[0] = False
+    out = mk.copy()
+    out.ravel()[fi] = np.where(contested[pf], 0, lo[pf])
+    if not contested.any():
+        return out[1:-1, 1:-1]
+    sel = contested[pieces]
+    nb, ids, pieces = nb[sel], ids[sel], pieces[sel]
+    # The contested pieces and the markers each touches, each piece in a box of its own (a marker
+    # that touches two pieces is copied into both), packed into one small mosaic.
+    fc = fi[contested[pf]]
+    who = np.concatenate([pf[contested[pf]], pieces])  # the piece of each pixel to copy
+    src = np.concatenate([fc, nb])
+    rr, cc = np.divmod(src, w2)
+    cut = np.flatnonzero(contested)
+    rank = np.zeros(n_piece + 1, dtype=np.int64)
+    rank[cut] = np.arange(len(cut))
+    k = rank[who]
+    top = np.iinfo(np.int64).max
+    y0, x0 = np.full(len(cut), top), np.full(len(cut), top)
+    y1, x1 = np.full(len(cut), -1), np.full(len(cut), -1)
+    np.minimum.at(y0, k, rr)
+    np.minimum.at(x0, k, cc)
+    np.maximum.at(y1, k, rr)
+    np.maximum.at(x1, k, cc)
+    boxes = [(slice(int(a), int(b) + 1), slice(int(e), int(f) + 1)) for a, b, e, f in zip(y0, y1, x0, x1)]
+    pos, hm, wm = _pack(boxes, w2)
+    py, px = np.array([q[0] for q in pos]), np.array([q[1] for q in pos])
+    at = (rr - y0[k] + py[k]) * wm + (cc - x0[k] + px[k])
+    # The landscape at those pixels only (surfaces are pixel by pixel).
+    ru, cu = rr - 1, cc - 1  # unpadded coordinates
+    pts = layers[:, ru, cu][:, None, :]
+    land = np.zeros(hm * wm, dtype=np.float32)
+    land[at] = surface(pts, np.ones((1, len(src)), dtype=bool)).ravel()
+    # Two markers of one piece with equal value and different ids: the heap's tie-breaking decides.
+    value = land[at[len(fc):]]
+    o = np.lexsort((ids, value, pieces))
+    p_o, v_o, i_o = pieces[o], value[o], ids[o]
+    if ((p_o[1:] == p_o[:-1]) & (v_o[1:] == v_o[:-1]) & (i_o[1:] != i_o[:-1])).any():
+        return None
+    from skimage.segmentation import watershed
+
+    m_m = np.zeros(hm * wm, dtype=bool)
+    m_m[at] = True
+    k_m = np.zeros(hm * wm, dtype=np.int32)
+    k_m[at[len(fc):]] = ids
+    flooded = watershed(land.reshape(hm, wm), markers=k_m.reshape(hm, wm), mask=m_m.reshape(hm, wm), connectivity=1)
+    out.ravel()[fc] = flooded.ravel()[at[: len(fc)]]
+    return out[1:-1, 1:-1]
+
+
+def _flood_mosaic(
+    out: np.ndarray, comp: np.ndarray, multi: np.ndarray, boxes: list[tuple[slice, slice]], markers: np.ndarray,
+    surface: Callable[[np.ndarray, np.ndarray], np.ndarray], layers: np.ndarray, merge_below: float,
+) -> None:
+    """Flood the components ``multi`` (with their ``boxes``) whole, writing their ids into ``out``.
+
+    They are cut out and packed side by side into one small mosaic (a pixel of background between
+    them), flooded with one watershed call, merged where their frontier lacks contact
+    (``merge_below > 0``), and pasted back.
+    """
+    from skimage.segmentation import watershed
+
+    pos, hm, wm = _pack(boxes, comp.shape[1])
     lay_m = np.zeros((layers.shape[0], hm, wm), dtype=np.float32)
     k_m = np.zeros((hm, wm), dtype=np.int32)
     m_m = np.zeros((hm, wm), dtype=bool)
@@ -494,7 +623,6 @@ def _grow(
         grown = _merge_uncontacted(grown, lay_m[-1], merge_below)
     for b, sub, (y, x) in zip(boxes, subs, pos):
         out[b][sub] = grown[y : y + b[0].stop - b[0].start, x : x + b[1].stop - b[1].start][sub]
-    return out
 
 
 def _single_channel_instances(mask: np.ndarray, s: PostprocessSettings, flat: np.ndarray) -> np.ndarray:
