@@ -475,13 +475,7 @@ def _grow(
     sel = which >= 0
     r, c = np.divmod(flat[sel], mask.shape[1])
     k = which[sel]
-    big = np.iinfo(np.int64).max
-    r0, c0 = np.full(len(multi), big), np.full(len(multi), big)
-    r1, c1 = np.full(len(multi), -1), np.full(len(multi), -1)
-    np.minimum.at(r0, k, r)
-    np.minimum.at(c0, k, c)
-    np.maximum.at(r1, k, r)
-    np.maximum.at(c1, k, c)
+    r0, r1, c0, c1 = _boxes(k, r, c, len(multi))
     # The crop that holds every flooded component.
     crop = (slice(int(r0.min()), int(r1.max()) + 1), slice(int(c0.min()), int(c1.max()) + 1))
     inside = (per_comp >= 2)[comp[crop]]
@@ -496,6 +490,19 @@ def _grow(
         grown = _merge_uncontacted(np.where(inside, grown, 0), layers[-1][crop], merge_below)
     out[crop][inside] = grown[inside]
     return out
+
+
+def _boxes(k: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """Bounding boxes of ``n`` pixel groups: ``(row min, row max, col min, col max)``, each of length ``n``,
+    of the pixels ``(rows, cols)`` that belong to group ``k``."""
+    top = np.iinfo(np.int64).max
+    r0, c0 = np.full(n, top), np.full(n, top)
+    r1, c1 = np.full(n, -1), np.full(n, -1)
+    np.minimum.at(r0, k, rows)
+    np.minimum.at(c0, k, cols)
+    np.maximum.at(r1, k, rows)
+    np.maximum.at(c1, k, cols)
+    return r0, r1, c0, c1
 
 
 def _flood_contested(
@@ -561,13 +568,7 @@ def _flood_contested(
     rank = np.zeros(n_piece + 1, dtype=np.int64)
     rank[cut] = np.arange(len(cut))
     k = rank[who]
-    top = np.iinfo(np.int64).max
-    y0, x0 = np.full(len(cut), top), np.full(len(cut), top)
-    y1, x1 = np.full(len(cut), -1), np.full(len(cut), -1)
-    np.minimum.at(y0, k, rr)
-    np.minimum.at(x0, k, cc)
-    np.maximum.at(y1, k, rr)
-    np.maximum.at(x1, k, cc)
+    y0, y1, x0, x1 = _boxes(k, rr, cc, len(cut))
     boxes = [(slice(int(a), int(b) + 1), slice(int(e), int(f) + 1)) for a, b, e, f in zip(y0, y1, x0, x1)]
     pos, hm, wm = _pack(boxes, w2)
     py, px = np.array([q[0] for q in pos]), np.array([q[1] for q in pos])
