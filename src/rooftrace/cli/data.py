@@ -224,7 +224,7 @@ def add_prepare_chips(sub: argparse._SubParsersAction) -> None:
         help="chips (fAIr/OAM web-map tiles or georeferenced rasters) + one OSM GeoJSON -> train/val/test splits",
         description="Reads every chip under CHIPS_DIR (georeferenced rasters in any CRS, or PNG/JPEG/WebP named "
         "OAM-<x>-<y>-<z> or laid out <z>/<x>/<y>), reprojects the --labels footprints (GeoJSON or GeoPackage, any CRS) "
-        "into each chip's pixels, optionally resamples chips and labels to --gsd metres a pixel, splits the chips by area "
+        "into each chip's pixels, optionally resamples chips and labels to --model-gsd metres a pixel, splits the chips by area "
         "(whole blocks of neighbouring chips) and writes OUT/train, OUT/val and OUT/test in the BEGC2024 layout "
         "(image/<chip>.png and <split>.json), which rooftrace prepare, train and evaluate take as they are.",
     )

@@ -297,6 +297,8 @@ def prepare_chips(
     chips_dir, labels, out_dir = Path(chips_dir), Path(labels), Path(out_dir)
     if empty not in ("auto", "keep", "skip"):
         raise RooftraceError(f"--empty {empty}: must be auto, keep or skip")
+    if balance not in ("chips", "buildings"):
+        raise RooftraceError(f"--balance {balance!r}: must be 'chips' or 'buildings'")
     model_gsd = gsd_alias(model_gsd, gsd, "model_gsd")
     if model_gsd is not None and not (math.isfinite(model_gsd) and 0.01 <= model_gsd <= 100):
         raise RooftraceError(f"--gsd {model_gsd}: must be a pixel size in metres between 0.01 and 100")
@@ -354,12 +356,12 @@ def prepare_chips(
     # Blocks and splits.
     result.block_scheme = make_blocks(kept, shares, block, block_zoom)
     sizes = Counter(c.block for c in kept)
-    if balance not in ("chips", "buildings"):
-        raise RooftraceError(f"--balance {balance!r}: must be 'chips' or 'buildings'")
-    per_block = Counter()
-    for c in kept:
-        per_block[c.block] += len(c.pieces)
-    where = assign_blocks(dict(sizes), shares, seed=seed, buildings=dict(per_block) if balance == "buildings" else None)
+    buildings = None
+    if balance == "buildings":
+        buildings = Counter()
+        for c in kept:
+            buildings[c.block] += len(c.pieces)
+    where = assign_blocks(dict(sizes), shares, seed=seed, buildings=buildings)
     for c in kept:
         c.split = where[c.block]
 

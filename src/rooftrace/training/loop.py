@@ -430,8 +430,8 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0], "train_loss": train_loss}
                 validated = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
                 row.update(self.validate(epoch) if validated else dict.fromkeys(VAL_FIELDS, math.nan))
-                bad_weight = next((k for m in {id(self.model): self.model, id(self.evaluated): self.evaluated}.values()
-                                   for k, v in m.state_dict().items()
+                weights = (self.model,) if self.ema is None else (self.model, self.ema.module)  # raw and averaged
+                bad_weight = next((k for m in weights for k, v in m.state_dict().items()
                                    if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
                 if not math.isfinite(train_loss) or (validated and not math.isfinite(row["val_loss"])) or bad_weight is not None:
                     self._diverged(epoch, f"its end: training loss {train_loss:.4g}, validation loss {row['val_loss']:.4g}"
