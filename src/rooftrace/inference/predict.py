@@ -322,12 +322,12 @@ class PredictOptions:
 
 
 @_exclusive_out
-def predict_folder(images: str | Path, out_dir: str | Path, model: str | Path, options: PredictOptions | None = None,
+def predict_folder(images: str | Path, out_dir: str | Path, model: str | Path | None = None, options: PredictOptions | None = None,
                    **changes: Any) -> PredictResult:
     """Predict footprints for every tile of ``images`` and write the outputs into ``out_dir``.
 
     Args:
-        model: A ``.safetensors`` model file written by rooftrace, or an ``.onnx`` file written by
+        model: A ``.safetensors`` model file written by rooftrace (``None``: the shipped model), or an ``.onnx`` file written by
             ``rooftrace export`` (run with ONNX Runtime: CUDA when available and ``device`` allows,
             else the CPU).
         options: How to run (:class:`PredictOptions`; default its defaults); ``changes`` change single
@@ -392,7 +392,7 @@ class _FolderRun:
     seconds: float = 0.0
 
     @classmethod
-    def start(cls, images: Path, out_dir: Path, model: str | Path, opts: PredictOptions) -> _FolderRun:
+    def start(cls, images: Path, out_dir: Path, model: str | Path | None, opts: PredictOptions) -> _FolderRun:
         """Stage 1: the folder's checks, the model, and a new run's record (or the unfinished run's tiles)."""
         if images.is_file():
             raise RooftraceError(f"{images}: is a file; predict takes a folder of tiles. For one raster of any size run "
@@ -415,7 +415,7 @@ class _FolderRun:
                 resample_factor(opts.input_gsd, runtime.gsd)  # a --gsd no tile could be resampled from stops before any tile
             except RooftraceError as exc:
                 raise RooftraceError(f"--gsd {opts.input_gsd:g}: {exc}") from None
-        record = run_record(model, used.method, used.settings, opts.tta, opts.precision, images, opts.write_masks,
+        record = run_record(runtime.path, used.method, used.settings, opts.tta, opts.precision, images, opts.write_masks,
                              opts.write_overlays, opts.input_gsd, opts.tms)
         done, changed = _start_or_resume(out_dir, files, record, opts.resume)
         report = LoadReport(path=str(images))

@@ -39,6 +39,7 @@ from rooftrace.inference.tuned import SettingsArg, load_tuned, used_postprocessi
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.models.autocast import autocast, autocast_dtype, normalise_precision
 from rooftrace.models.files import LoadedModel, load_model, shipped_model
+from rooftrace.models.fold import fold_batchnorm
 from rooftrace.models.onnx import (
     OnnxModel,
     is_onnx,
@@ -122,10 +123,12 @@ def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor | np.
 
 
 def load_any(model: str | Path, device: str = "auto", onnx_spinning: bool = True) -> LoadedModel | OnnxModel:
-    """A ``.safetensors`` model on ``device`` (channels_last), or an ``.onnx`` model in ONNX Runtime."""
+    """A ``.safetensors`` model on ``device`` (channels_last, batch norms folded into their convolutions:
+    :func:`rooftrace.models.fold.fold_batchnorm`), or an ``.onnx`` model in ONNX Runtime."""
     if is_onnx(model):
         return load_onnx(model, device=device, spinning=onnx_spinning)
     loaded = load_model(model, device=pick_device(device))
+    fold_batchnorm(loaded.model)  # inference only: the same outputs, without a batch-norm pass
     loaded.model.to(memory_format=torch.channels_last)
     return loaded
 

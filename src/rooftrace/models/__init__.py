@@ -6,5 +6,6 @@
 - :mod:`~rooftrace.models.onnx`: ``load_onnx`` (exported models in ONNX Runtime).
 - :mod:`~rooftrace.models.checkpoints`: ``import_checkpoint`` (``rooftrace import-weights``).
 - :mod:`~rooftrace.models.autocast`: the precision a device runs at.
+- :mod:`~rooftrace.models.fold`: ``fold_batchnorm`` (batch norm folded into convolutions, for inference).
 - ``shipped/``: the default model, its SHA-256 and its tuned settings (package data).
 """

@@ -46,6 +46,9 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.C
 
 
 class DepthwiseSeparable(nn.Module):
+    #: Each convolution and the batch norm after it (:func:`rooftrace.models.fold.fold_batchnorm`).
+    CONV_BN = (("conv_dw", "bn1"), ("conv_pw", "bn2"))
+
     def __init__(self, cin: int, cout: int, k: int, stride: int):
         super().__init__()
         self.conv_dw = _conv(cin, cin, k, stride, groups=cin)
@@ -60,6 +63,8 @@ class DepthwiseSeparable(nn.Module):
 
 
 class InvertedResidual(nn.Module):
+    CONV_BN = (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"))
+
     def __init__(self, cin: int, cout: int, k: int, stride: int, expansion: int):
         super().__init__()
         mid = cin * expansion
@@ -78,6 +83,8 @@ class InvertedResidual(nn.Module):
 
 class Lite0Features(nn.Module):
     """EfficientNet-Lite0's stem and stages; returns the five features the U-Net takes."""
+
+    CONV_BN = (("conv_stem", "bn1"),)
 
     def __init__(self, in_channels: int = 3):
         super().__init__()
