@@ -220,13 +220,16 @@ def test_auto_precision_is_the_faster_one_measured_once_cached_and_reported(samp
     assert real(load_runtime(model_file, device="cpu", precision="fp32").net.model, "bf16", choice.torch.device("cpu")) > 0
     timed: list[str] = []
     monkeypatch.setattr(choice, "_time_forward", lambda model, p, dev: timed.append(p) or {"bf16": 0.3, "fp32": 0.1}[p])
+    monkeypatch.setattr(choice, "_time_onnx", lambda onnx: timed.append("onnx") or 0.2)
     rt = load_runtime(model_file, device="cpu")
-    assert (rt.precision, rt.choice.how, sorted(timed)) == ("fp32", "measured", ["bf16", "fp32"])
-    assert rt.runtime_line == "runtime: fp32 (measured on this machine: fp32 0.100 s, bf16 0.300 s a 512 x 512 tile)"
+    assert (rt.precision, rt.choice.how, sorted(timed)) == ("fp32", "measured", ["bf16", "fp32", "onnx"])
+    assert not rt.is_onnx and rt.choice.engine == "torch"
+    assert rt.runtime_line == "runtime: fp32 (measured on this machine: fp32 0.100 s, onnx 0.200 s, bf16 0.300 s a 512 x 512 tile)"
     assert json.loads((tmp_path / "cache" / "runtime.json").read_text())
+    assert not (tmp_path / "cache" / "onnx").exists()  # the exported graph is kept only when it is the one that runs
     again = load_runtime(model_file, device="cpu")
-    assert (again.precision, again.choice.how, len(timed)) == ("fp32", "cached", 2)
-    assert load_runtime(model_file, device="cpu", precision="bf16").precision == "bf16" and len(timed) == 2
+    assert (again.precision, again.choice.how, len(timed)) == ("fp32", "cached", 3)
+    assert load_runtime(model_file, device="cpu", precision="bf16").precision == "bf16" and len(timed) == 3
     tiles = tmp_path / "tiles"
     tiles.mkdir()
     with rasterio.open(sample / "scenes" / "inria_austin.tif") as src:

@@ -196,8 +196,8 @@ def test_touching_buildings_with_contact_come_out_as_two(surface: str, min_iou: 
 def test_touching_buildings_separate_on_contact_alone_and_on_boundary_alone() -> None:
     a, b = box(10, 10, 30, 30), box(30, 12, 45, 28)
     probs = perfect([a, b], (40, 60))
-    for settings in (PostprocessSettings(seed_boundary=2.0), PostprocessSettings(seed_contact=2.0, merge_contact=0.0)):
-        r = watershed_postprocess(probs, settings)
+    for chosen in (PostprocessSettings(seed_boundary=2.0), PostprocessSettings(seed_contact=2.0, merge_contact=0.0)):
+        r = watershed_postprocess(probs, chosen)
         assert len(r) == 2 and best_iou(a, r.footprints) > 0.9 and best_iou(b, r.footprints) > 0.9
 
 

@@ -40,7 +40,8 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
                    help="post-processing threads (default: 0 on a CPU of up to 4 cores, else half the cores, at most 8)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long runs; ignored for .onnx)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
+                   help="default auto: bf16 on a GPU; on a CPU the fastest of bf16 (where native), fp32 and ONNX Runtime fp32, "
+                        "measured once and cached; or an autocast dtype")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--workers", type=int, default=2, help="tile-reading threads, working ahead of the network (default 2; 0: read in the main thread)")
     add_input_gsd_option(p, "the tiles' pixel size in metres, for tiles that do not say (no GeoTIFF georeference, no tile name); "
@@ -99,7 +100,8 @@ def add_predict_scene(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="autocast dtype (default auto: bf16 on GPUs and on CPUs with native bf16, e.g. AVX512-BF16; else fp32)")
+                   help="default auto: bf16 on a GPU; on a CPU the fastest of bf16 (where native), fp32 and ONNX Runtime fp32, "
+                        "measured once and cached; or an autocast dtype")
     add_input_gsd_option(p, "the scene's pixel size in metres, for a scene without a CRS; overrides its transform's. Scenes are "
                          "read resampled to the model's pixel size when it records one (default: from the scene's transform)")
     add_band_options(p)

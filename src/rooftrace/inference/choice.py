@@ -1,19 +1,31 @@
 """The fastest runtime for ``precision="auto"``, chosen by measurement on the machine it runs on, once.
 
-On a CPU with native bf16 (AVX512-BF16 or AMX) ``auto`` has a choice: bf16 autocast or fp32. Which is faster
-depends on the network as much as on the CPU (a wide network gains about 2x from bf16 here; a narrow one can
-lose, oneDNN's bf16 kernels for few channels being slower than its fp32 ones). So the first run of a network
-on such a CPU times one 512 x 512 forward pass in each (after a warm-up pass each, about 3 s in all) and keeps
-the faster; the choice is cached in the user's cache folder (``$ROOFTRACE_CACHE_DIR``, else
-``$XDG_CACHE_HOME/rooftrace``, else ``~/.cache/rooftrace``; ``runtime.json``), keyed by the network (its
-architecture and weight shapes, not the file), the CPU, the threads, and the torch version, so later runs do
-not measure again. Where there is no choice (a GPU: bf16 always; a CPU without native bf16: fp32; an
-explicit ``precision``; an ``.onnx`` model, which runs in ONNX Runtime) nothing is measured.
+On a CPU ``auto`` chooses among up to three candidates: PyTorch in bf16 autocast (where the CPU has native
+bf16: AVX512-BF16 or AMX), PyTorch in fp32, and ONNX Runtime in fp32 (where onnxruntime is installed, the
+``onnx`` extra). Which is fastest depends on the network as much as on the CPU (a wide network gains about
+2x from bf16 here; a narrow one can lose, oneDNN's bf16 kernels for few channels being slower than its fp32
+ones; on this project's CPU ONNX Runtime ran the shipped network in 0.72-0.89x PyTorch fp32's time, and
+PyTorch bf16 in 0.56-0.61x ONNX Runtime's, two runs of ``benchmarks/runtime_choice.py``). So the first run of a network
+on a CPU times one 512 x 512 forward pass of each candidate (after a warm-up pass each, the network exported
+to ONNX in memory first; for the shipped network the first load took 0.7-0.9 s longer than a cached one, the
+same script) and keeps the fastest. The choice is cached in the user's
+cache folder (``$ROOFTRACE_CACHE_DIR``, else ``$XDG_CACHE_HOME/rooftrace``, else ``~/.cache/rooftrace``;
+``runtime.json``), keyed by the network (its architecture and weight shapes, not the file), the CPU, the
+threads, the torch version and the candidates, so later runs do not measure again. Where there is no choice
+(a GPU: bf16 always; one candidate left; an explicit ``precision``; an ``.onnx`` model, which runs in ONNX
+Runtime) nothing is measured.
 
-``ROOFTRACE_RUNTIME_PROBE=0`` turns the measurement off (``auto`` is then bf16 where the CPU has it, as
-:mod:`rooftrace.models.autocast` decides). ``torch.compile`` is not a candidate: its compilation takes
-longer than most runs (``--compile`` asks for it). The choice and its figures are in
-:attr:`RuntimeChoice.describe`, which ``predict``'s summary and the GIS outputs' provenance carry.
+When ONNX Runtime is chosen, it runs the graph exported from the loaded network (batch norms folded, sigmoid
+included: the same probabilities as PyTorch fp32 up to rounding). The graph is kept in the cache folder too
+(``onnx/<weights hash>.onnx``, keyed by the weights themselves, so another model or retrained weights never
+reuse it) and checked against PyTorch on a small input whenever it is loaded: a graph that disagrees (an
+edited or damaged cache file) is exported again, so the cache cannot change a result.
+
+``ROOFTRACE_RUNTIME_PROBE=0`` turns the measurement off (``auto`` is then bf16 where the CPU has it, else
+fp32, in PyTorch, as :mod:`rooftrace.models.autocast` decides). ``torch.compile`` is not a candidate: its
+compilation takes longer than most runs (``--compile`` asks for it, and keeps the run in PyTorch). The
+choice and its figures are in :attr:`RuntimeChoice.describe`, which ``predict``'s summary and the GIS
+outputs' provenance carry.
 """
 
 from __future__ import annotations
@@ -24,10 +36,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from rooftrace.core.files import atomic_write_text
+from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.core.machine import cpu_name
 from rooftrace.models.autocast import (
     autocast,
@@ -36,29 +49,44 @@ from rooftrace.models.autocast import (
     dtype_name,
 )
 
+if TYPE_CHECKING:
+    from rooftrace.models.files import LoadedModel
+    from rooftrace.models.onnx import OnnxModel
+
 #: Environment variables: the cache folder, and ``0`` to turn the measurement off.
 CACHE_ENV, PROBE_ENV = "ROOFTRACE_CACHE_DIR", "ROOFTRACE_RUNTIME_PROBE"
 CACHE_NAME = "runtime.json"
 #: The input measured: one tile of the size the model card describes.
 PROBE_SHAPE = (1, 3, 512, 512)
+#: The candidate that runs in ONNX Runtime (the others are PyTorch precisions).
+ONNX = "onnx"
+#: Largest difference of probabilities a cached ONNX graph may have from PyTorch fp32 on the check input.
+ONNX_CHECK_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
 class RuntimeChoice:
-    """The precision a run uses and why: ``how`` is ``measured``, ``cached`` or ``fixed`` (no choice to make);
-    ``seconds`` the measured seconds a 512 x 512 forward pass of each candidate (measured or cached)."""
+    """The runtime a run uses and why: ``precision`` (``bf16``, ``fp32``, ...) and ``engine`` (``torch`` or
+    ``onnxruntime``, fp32); ``how`` is ``measured``, ``cached`` or ``fixed`` (no choice to make); ``seconds`` the
+    measured seconds a 512 x 512 forward pass of each candidate (measured or cached)."""
 
     precision: str
     how: str
     seconds: dict[str, float] = field(default_factory=dict)
+    engine: str = "torch"
+
+    @property
+    def name(self) -> str:
+        """``bf16``, ``fp32`` (PyTorch) or ``ONNX Runtime fp32``."""
+        return f"ONNX Runtime {self.precision}" if self.engine == "onnxruntime" else self.precision
 
     def describe(self) -> str:
         """One line: ``runtime: bf16 (measured on this machine: bf16 0.101 s, fp32 0.205 s a 512 x 512 tile)``."""
         if not self.seconds:
-            return f"runtime: {self.precision}"
+            return f"runtime: {self.name}"
         figures = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(self.seconds.items(), key=lambda kv: kv[1]))
         where = "measured on this machine" if self.how == "measured" else "measured before on this machine, cached"
-        return f"runtime: {self.precision} ({where}: {figures} a 512 x 512 tile)"
+        return f"runtime: {self.name} ({where}: {figures} a 512 x 512 tile)"
 
 
 def cache_dir() -> Path:
@@ -77,8 +105,34 @@ def network_key(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def weights_key(model: torch.nn.Module) -> str:
+    """What a network computes: its class, and every parameter's and buffer's name, shape and values."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
 def _machine_key() -> str:
     return f"{cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def candidates(device: torch.device, onnx: bool = True) -> list[str]:
+    """What ``auto`` chooses among on ``device``: bf16 where the CPU has it natively, fp32, and ONNX Runtime
+    where it is installed (and ``onnx``); on a GPU, nothing to choose (bf16)."""
+    if device.type != "cpu":
+        return []
+    found = ["bf16"] if cpu_has_native_bf16() else []
+    found.append("fp32")
+    if onnx:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            found.append(ONNX)
+    return found
 
 
 @torch.inference_mode()
@@ -99,12 +153,86 @@ def _time_forward(model: torch.nn.Module, precision: str, device: torch.device, 
     return min(times)
 
 
-def choose_precision(model: torch.nn.Module, precision: str, device: torch.device) -> RuntimeChoice:
-    """The precision to run ``model`` at (see the module docstring): ``precision`` itself unless it is ``auto``
-    on a CPU with native bf16, where the faster of bf16 and fp32, measured once and cached."""
-    if precision != "auto" or device.type != "cpu" or not cpu_has_native_bf16() or os.environ.get(PROBE_ENV) == "0":
-        return RuntimeChoice(dtype_name(autocast_dtype(precision, device)), "fixed")
-    key = f"{network_key(model)} | {_machine_key()}"
+def _time_onnx(onnx: OnnxModel, repeat: int = 2) -> float:
+    import numpy as np
+
+    x = np.zeros(PROBE_SHAPE, dtype=np.float32)
+    onnx.predict(x)  # warm
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        onnx.predict(x)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+@torch.inference_mode()
+def _agrees(onnx: OnnxModel, model: torch.nn.Module) -> bool:
+    """Whether the ONNX graph gives PyTorch fp32's probabilities on a small fixed input."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((1, 3, 64, 64), generator=g) * 2 - 1
+    ref = torch.sigmoid(model(x)).numpy()
+    try:
+        out = onnx.predict(x.numpy())
+    except Exception:  # noqa: BLE001 - a graph that cannot run on the input does not agree
+        return False
+    return out.shape == ref.shape and float(abs(out - ref).max()) <= ONNX_CHECK_TOLERANCE
+
+
+def _cached_graph(loaded: LoadedModel) -> Path:
+    return cache_dir() / "onnx" / f"{weights_key(loaded.model)}.onnx"
+
+
+def _export(loaded: LoadedModel, spinning: bool) -> tuple[OnnxModel, bytes]:
+    """``loaded``'s network exported to ONNX in memory and opened in ONNX Runtime (checked against PyTorch)."""
+    from rooftrace.models.onnx import onnx_model_like
+    from rooftrace.models.onnx_graph import graph_bytes
+
+    data = graph_bytes(loaded.model)
+    onnx = onnx_model_like(data, loaded, torch.get_num_threads(), spinning)
+    if not _agrees(onnx, loaded.model):  # pragma: no cover - the exporter got this network wrong
+        from rooftrace.core.errors import RooftraceError
+
+        raise RooftraceError(f"{loaded.path}: the network exported to ONNX does not give PyTorch's probabilities; "
+                             "run with --precision fp32 or bf16")
+    return onnx, data
+
+
+def _keep_graph(loaded: LoadedModel, data: bytes) -> None:
+    try:
+        atomic_write_bytes(_cached_graph(loaded), data, force=True)
+    except Exception:  # noqa: BLE001 - a cache that cannot be written is exported again next time, nothing worse
+        pass
+
+
+def onnx_runtime_for(loaded: LoadedModel, spinning: bool = True) -> OnnxModel:
+    """``loaded``'s network in ONNX Runtime: the cached graph when it exists and agrees with PyTorch, else
+    exported again in memory (and cached). The model's metadata and path stay those of its file; ONNX Runtime
+    gets as many threads as PyTorch has."""
+    from rooftrace.models.onnx import onnx_model_like
+
+    path = _cached_graph(loaded)
+    if path.exists():
+        try:
+            cached = onnx_model_like(path.read_bytes(), loaded, torch.get_num_threads(), spinning)
+        except Exception:  # noqa: BLE001 - a damaged cache file is made again
+            cached = None
+        if cached is not None and _agrees(cached, loaded.model):
+            return cached
+    onnx, data = _export(loaded, spinning)
+    _keep_graph(loaded, data)
+    return onnx
+
+
+def choose_runtime(loaded: LoadedModel, precision: str, device: torch.device, onnx: bool = True,
+                   spinning: bool = True) -> tuple[RuntimeChoice, OnnxModel | None]:
+    """How to run ``loaded`` (see the module docstring): ``precision`` itself unless it is ``auto`` on a CPU with
+    more than one candidate, where the fastest of them, measured once and cached. Returns the choice and, when it
+    is ONNX Runtime, the network in ONNX Runtime (else ``None``). ``onnx=False`` keeps the run in PyTorch."""
+    cands = candidates(device, onnx) if precision == "auto" and os.environ.get(PROBE_ENV) != "0" else []
+    if len(cands) < 2:
+        return RuntimeChoice(dtype_name(autocast_dtype(precision, device)), "fixed"), None
+    key = f"{network_key(loaded.model)} | {_machine_key()} | {','.join(cands)}"
     path = cache_dir() / CACHE_NAME
     try:
         cache = json.loads(path.read_text())
@@ -113,13 +241,27 @@ def choose_precision(model: torch.nn.Module, precision: str, device: torch.devic
     except (OSError, ValueError):
         cache = {}
     hit = cache.get(key)
-    if isinstance(hit, dict) and hit.get("precision") in ("bf16", "fp32") and isinstance(hit.get("seconds"), dict):
-        return RuntimeChoice(hit["precision"], "cached", {k: float(v) for k, v in hit["seconds"].items()})
-    seconds = {p: _time_forward(model, p, device) for p in ("bf16", "fp32")}
-    best = min(seconds, key=seconds.__getitem__)
-    cache[key] = {"precision": best, "seconds": seconds}
-    try:
-        atomic_write_text(path, json.dumps(cache, indent=1), force=True)
-    except Exception:  # noqa: BLE001 - a cache that cannot be written is measured again next time, nothing worse
-        pass
-    return RuntimeChoice(best, "measured", seconds)
+    if isinstance(hit, dict) and hit.get("choice") in cands and isinstance(hit.get("seconds"), dict):
+        best, how, seconds = hit["choice"], "cached", {k: float(v) for k, v in hit["seconds"].items()}
+        runner = onnx_runtime_for(loaded, spinning) if best == ONNX else None
+    else:
+        seconds, runner, graph = {}, None, b""
+        for c in cands:
+            if c == ONNX:
+                runner, graph = _export(loaded, spinning)
+                seconds[c] = _time_onnx(runner)
+            else:
+                seconds[c] = _time_forward(loaded.model, c, device)
+        best, how = min(seconds, key=seconds.__getitem__), "measured"
+        if best == ONNX:
+            _keep_graph(loaded, graph)  # the graph is kept only when it is the one that runs
+        else:
+            runner = None
+        cache[key] = {"choice": best, "seconds": seconds}
+        try:
+            atomic_write_text(path, json.dumps(cache, indent=1), force=True)
+        except Exception:  # noqa: BLE001 - a cache that cannot be written is measured again next time, nothing worse
+            pass
+    if best == ONNX:
+        return RuntimeChoice("fp32", how, seconds, engine="onnxruntime"), runner
+    return RuntimeChoice(best, how, seconds), None

@@ -35,7 +35,7 @@ quantised convolutions as ``ConvInteger``, about nine times slower than fp32 on 
 The ONNX is written by PyTorch's TorchScript-based exporter (``dynamo=False``): it needs no other
 package and handles the smp/timm encoders with fully dynamic height and width. PyTorch has
 deprecated it in favour of the ``torch.export``-based exporter (which needs ``onnxscript``); when it
-goes, :func:`_torch_export` is the one place to change.
+goes, :func:`rooftrace.models.onnx_graph.export_graph` is the one place to change.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ from rooftrace.models.onnx import (
     onnx_session,
     require_onnx_module,
 )
+from rooftrace.models.onnx_graph import DEFAULT_OPSET, export_graph, with_sigmoid
 
-DEFAULT_OPSET = 17
 #: Maximum absolute difference of probabilities between ONNX Runtime (fp32) and PyTorch.
 DEFAULT_TOLERANCE = 1e-4
 #: (batch, height, width) of the verification inputs: two shapes, so the dynamic axes are tested.
@@ -189,33 +189,6 @@ def default_calibration_folder(cfg: Config) -> Path | None:
             if folder.is_dir():
                 return folder
     return None
-
-
-def with_sigmoid(model):
-    """``model`` wrapped so that its output (and the exported graph's) is ``sigmoid(logits)``."""
-    import torch
-
-    class WithSigmoid(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(self.net(x))
-
-    return WithSigmoid(model).eval()
-
-
-def _torch_export(net, path: Path, opset: int) -> None:
-    import torch
-
-    dummy = torch.zeros(1, 3, 256, 256)
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(net, (dummy,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-                          do_constant_folding=True)
 
 
 class _Reader:
@@ -344,7 +317,7 @@ def export_onnx(
     with staging as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         try:
-            _torch_export(net, fp32, opset)
+            export_graph(net, fp32, opset)
         except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; say which model failed
             why = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
             if isinstance(why, OSError) and why.errno is not None:  # a full disk while staging: the .onnx meant is named

@@ -404,7 +404,7 @@ class _FolderRun:
         _check_unique_keys(images, files)
         _check_out_dir(out_dir, opts.force, opts.resume)
         runtime = load_runtime(model, device=opts.device, tta=opts.tta, precision=opts.precision,
-                               onnx_spinning=opts.threads == 0 and opts.workers == 0)
+                               onnx_spinning=opts.threads == 0 and opts.workers == 0, onnx_candidate=not opts.compile)
         if opts.compile and isinstance(runtime.net, LoadedModel):
             import torch
 

@@ -33,7 +33,7 @@ import torch
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.windows import Grid, run_windows
-from rooftrace.inference.choice import RuntimeChoice, choose_precision
+from rooftrace.inference.choice import RuntimeChoice, choose_runtime
 from rooftrace.inference.devices import CPU_PIXELS_PER_FORWARD, pick_device
 from rooftrace.inference.tuned import SettingsArg, load_tuned, used_postprocessing
 from rooftrace.instances.postprocess import PostprocessSettings
@@ -154,7 +154,8 @@ class ModelRuntime:
     #: Post-processing ``rooftrace tune`` chose for this model (``None``: the defaults).
     method: str | None = None
     settings: PostprocessSettings | None = None
-    #: How ``precision`` was decided (:func:`rooftrace.inference.choice.choose_precision`; ``None``: ONNX Runtime).
+    #: How the runtime was decided (:func:`rooftrace.inference.choice.choose_runtime`; ``None``: an ``.onnx`` file,
+    #: or a runtime made directly).
     choice: RuntimeChoice | None = None
     norm: Normalization = field(init=False)
 
@@ -184,10 +185,10 @@ class ModelRuntime:
 
     @property
     def runtime_line(self) -> str:
-        """One line on what runs the network: ONNX Runtime, or the precision and how it was chosen."""
-        if self.is_onnx:
-            return "runtime: ONNX Runtime (an .onnx model)"
-        return self.choice.describe() if self.choice is not None else f"runtime: {self.precision}"
+        """One line on what runs the network, and how it was chosen: the precision, or ONNX Runtime."""
+        if self.choice is not None:
+            return self.choice.describe()
+        return "runtime: ONNX Runtime (an .onnx model)" if self.is_onnx else f"runtime: {self.precision}"
 
     def run(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         """Probabilities for a batch already normalised and padded (:func:`pad_normalise`).
@@ -249,17 +250,19 @@ class ModelRuntime:
 
 
 def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, device: str = "auto", tta: bool = False,
-                 precision: str = "auto", onnx_spinning: bool = True) -> ModelRuntime:
+                 precision: str = "auto", onnx_spinning: bool = True, onnx_candidate: bool = True) -> ModelRuntime:
     """Load a ``.safetensors`` or ``.onnx`` model file (default: the shipped model) ready to run.
 
     Args:
         model: A model file, an already loaded model, or ``None`` for the model that ships with rooftrace.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (ONNX models choose their providers from it).
         tta: Average the predictions of the four flips.
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` autocast (PyTorch models only); ``auto`` is the
-            faster of bf16 and fp32 where the CPU has native bf16, measured once on this machine and cached
-            (:mod:`rooftrace.inference.choice`).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` autocast (PyTorch models only); ``auto`` is, on a
+            CPU, the fastest of bf16 (where the CPU has it natively), fp32 and ONNX Runtime fp32 (where
+            onnxruntime is installed), measured once on this machine and cached (:mod:`rooftrace.inference.choice`).
         onnx_spinning: Let ONNX Runtime's threads spin between runs (faster when nothing else runs).
+        onnx_candidate: Whether ``auto`` may choose ONNX Runtime for a ``.safetensors`` model (``False``: PyTorch,
+            as ``--compile`` needs).
     """
     precision = normalise_precision(precision)
     dev = pick_device(device)
@@ -276,9 +279,10 @@ def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, d
         net.model.to(dev).to(memory_format=torch.channels_last)
     method, settings = tuned_postprocessing(net)
     choice = None
-    if isinstance(net, LoadedModel):  # "auto": the faster of bf16 and fp32 on this machine, measured once
-        choice = choose_precision(net.model, precision, dev)
+    if isinstance(net, LoadedModel):  # "auto": the fastest of bf16, fp32 and ONNX Runtime here, measured once
+        choice, in_onnx = choose_runtime(net, precision, dev, onnx=onnx_candidate, spinning=onnx_spinning)
         precision = choice.precision
+        net = in_onnx or net
     return ModelRuntime(net, dev, tta=tta, precision=precision, method=method, settings=settings, choice=choice)
 
 

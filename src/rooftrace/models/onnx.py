@@ -128,6 +128,32 @@ def onnx_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _inference_session(source: str | bytes, path: Path, providers: list, threads: int, spinning: bool) -> Any:
+    """An ONNX Runtime session on ``source`` (a file name or the model's bytes), all graph optimisations on."""
+    ort = require_onnx_module("onnxruntime")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(source, so, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise RooftraceError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+
+
+def onnx_model_like(model_bytes: bytes, like: Any, threads: int = 0, spinning: bool = True) -> OnnxModel:
+    """A PyTorch model exported in memory (``model_bytes``), run on the CPU by ONNX Runtime, with the metadata
+    of the loaded model it was exported from (``like``: a :class:`rooftrace.models.files.LoadedModel`; its
+    ``path`` stays the model file's). Made when ``precision="auto"`` finds ONNX Runtime the fastest
+    (:mod:`rooftrace.inference.choice`)."""
+    sess = _inference_session(model_bytes, Path(like.path), ["CPUExecutionProvider"], threads, spinning)
+    return OnnxModel(sess, like.config, tuple(like.channels), tuple(like.mean), tuple(like.std), like.meta, Path(like.path),
+                     list(sess.get_providers()))
+
+
 def load_onnx(path: str | Path, device: str = "auto", threads: int = 0, spinning: bool = True) -> OnnxModel:
     """Open an exported model for inference.
 
@@ -137,7 +163,7 @@ def load_onnx(path: str | Path, device: str = "auto", threads: int = 0, spinning
         spinning: Let idle intra-op threads spin; turn off when other work (post-processing
             threads) shares the cores.
     """
-    ort = require_onnx_module("onnxruntime")
+    require_onnx_module("onnxruntime")
     path = Path(path)
     meta = read_onnx_metadata(path)
     try:
@@ -145,18 +171,7 @@ def load_onnx(path: str | Path, device: str = "auto", threads: int = 0, spinning
         channels, mean, std = tuple(meta["channels"]), tuple(meta["mean"]), tuple(meta["std"])
     except (KeyError, TypeError) as exc:
         raise RooftraceError(f"{path}: incomplete rooftrace metadata ({exc})") from None
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = onnx_providers(device)
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise RooftraceError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+    sess = _inference_session(str(path), path, onnx_providers(device), threads, spinning)
     shape = sess.get_outputs()[0].shape
     if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != len(channels)):
         raise RooftraceError(f"{path}: the network's output has shape {list(shape)}, but its metadata names "

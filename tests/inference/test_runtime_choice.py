@@ -1,0 +1,92 @@
+"""``precision="auto"`` may choose ONNX Runtime for a ``.safetensors`` model when it measures fastest
+(rooftrace.inference.choice): the same probabilities as PyTorch fp32, the graph cached and checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rooftrace.inference import choice
+from rooftrace.inference.runtime import load_runtime
+from tests.conftest import write_tiny_model
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture()
+def onnx_fastest(tmp_path, monkeypatch):
+    """A CPU without native bf16 where ONNX Runtime times faster than PyTorch fp32; a fresh cache folder."""
+    monkeypatch.setenv("ROOFTRACE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ROOFTRACE_RUNTIME_PROBE", "1")
+    monkeypatch.setattr(choice, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(choice, "_time_forward", lambda model, p, dev: {"fp32": 0.2}[p])
+    monkeypatch.setattr(choice, "_time_onnx", lambda onnx: 0.1)
+    exports = []
+    real = choice._export
+    monkeypatch.setattr(choice, "_export", lambda loaded, spinning: exports.append(loaded.path) or real(loaded, spinning))
+    return tmp_path / "cache", exports
+
+
+def _batch() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (2, 96, 128, 3), dtype=np.uint8)
+
+
+def test_onnx_runtime_chosen_gives_pytorch_fp32s_probabilities_and_says_so(tmp_path, onnx_fastest):
+    cache, exports = onnx_fastest
+    model = write_tiny_model(tmp_path / "m.safetensors")
+    rt = load_runtime(model, device="cpu")
+    assert rt.is_onnx and rt.choice.engine == "onnxruntime" and rt.precision == "fp32" and len(exports) == 1
+    assert rt.runtime_line == "runtime: ONNX Runtime fp32 (measured on this machine: onnx 0.100 s, fp32 0.200 s a 512 x 512 tile)"
+    assert rt.path == model and rt.gsd == load_runtime(model, device="cpu", precision="fp32").gsd  # the file's own facts
+    reference = load_runtime(model, device="cpu", precision="fp32")
+    assert not reference.is_onnx
+    np.testing.assert_allclose(rt.probabilities(_batch()), reference.probabilities(_batch()), atol=1e-4)
+    assert len(list((cache / "onnx").glob("*.onnx"))) == 1
+
+    again = load_runtime(model, device="cpu")  # cached: nothing measured, nothing exported
+    assert again.is_onnx and again.choice.how == "cached" and len(exports) == 1
+    np.testing.assert_allclose(again.probabilities(_batch()), reference.probabilities(_batch()), atol=1e-4)
+
+
+def test_a_cached_graph_that_disagrees_is_exported_again(tmp_path, onnx_fastest):
+    """A cache file edited or left by other weights cannot change a result: it is checked against PyTorch."""
+    cache, exports = onnx_fastest
+    a = write_tiny_model(tmp_path / "a.safetensors")
+    b = write_tiny_model(tmp_path / "b.safetensors", base_channels=4)
+    load_runtime(a, device="cpu")
+    (graph_a,) = (cache / "onnx").glob("*.onnx")
+    rt_b = load_runtime(b, device="cpu")  # other weights: their own graph
+    graphs = sorted((cache / "onnx").glob("*.onnx"))
+    assert len(graphs) == 2 and len(exports) == 2
+    (graph_b,) = [g for g in graphs if g != graph_a]
+    expected = load_runtime(b, device="cpu", precision="fp32").probabilities(_batch())
+    np.testing.assert_allclose(rt_b.probabilities(_batch()), expected, atol=1e-4)
+    for bad in (graph_a.read_bytes(), b"not an onnx graph"):  # a's graph, then garbage, under b's name
+        graph_b.write_bytes(bad)
+        rt = load_runtime(b, device="cpu")
+        np.testing.assert_allclose(rt.probabilities(_batch()), expected, atol=1e-4)
+    assert len(exports) == 4
+
+
+def test_explicit_precision_and_compile_keep_pytorch(tmp_path, onnx_fastest):
+    _, exports = onnx_fastest
+    model = write_tiny_model(tmp_path / "m.safetensors")
+    assert not load_runtime(model, device="cpu", precision="fp32").is_onnx
+    assert not load_runtime(model, device="cpu", onnx_candidate=False).is_onnx  # what predict --compile asks
+    assert exports == []
+
+
+def test_the_choice_of_predict_is_in_its_summary(sample, tmp_path, onnx_fastest):
+    from rooftrace.inference.predict import predict_folder
+
+    model = write_tiny_model(tmp_path / "m.safetensors")
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((sample / "test" / "image").glob("*"))[:2]:
+        (images / p.name).write_bytes(p.read_bytes())
+    auto = predict_folder(images, tmp_path / "auto", model, workers=0, progress=False)
+    assert "runtime: ONNX Runtime fp32 (measured on this machine" in auto.summary()
+    fp32 = predict_folder(images, tmp_path / "fp32", model, workers=0, progress=False, precision="fp32")
+    a = (tmp_path / "auto" / "submission.csv").read_text()
+    assert a == (tmp_path / "fp32" / "submission.csv").read_text() and fp32.labels.n_footprints == auto.labels.n_footprints
