@@ -218,3 +218,25 @@ def test_predict_overlays_are_lossless_pngs(sample, model_file, tmp_path, monkey
                  "--workers", "0"]) == 0
     img = Image.open(tmp_path / "out" / "overlays" / "0000.png")
     assert img.mode == "RGB" and np.array_equal(np.asarray(img), rgb)
+
+
+def test_an_onnx_model_runs_without_importing_torch(sample, onnx_file, tmp_path):
+    """Issue 26: `predict`, `predict-scene` and the API with an .onnx model import neither torch nor the onnx package
+    (its metadata is read through ONNX Runtime), and write what the same run writes in this process."""
+    import subprocess
+    import sys
+
+    images, scene = sample / "test" / "image", sample / "scenes" / "inria_austin.tif"
+    code = ("import sys; from rooftrace.cli import main; "
+            f"a = main(['predict', '--images', {str(images)!r}, '--out', {str(tmp_path / 'p')!r}, '--model', {str(onnx_file)!r}, "
+            "'--workers', '0', '--no-overlays', '--no-masks']); "
+            f"b = main(['predict-scene', {str(scene)!r}, '--out', {str(tmp_path / 's.gpkg')!r}, '--model', {str(onnx_file)!r}]); "
+            f"import numpy, rooftrace; rooftrace.load_model({str(onnx_file)!r}).predict(numpy.zeros((64, 64, 3), numpy.uint8)); "
+            "print(a, b, [m for m in ('torch', 'onnx', 'timm', 'segmentation_models_pytorch') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0 0 []"
+    assert main(["predict", "--images", str(images), "--out", str(tmp_path / "here"), "--model", str(onnx_file),
+                 "--workers", "0", "--no-overlays", "--no-masks"]) == 0
+    assert (tmp_path / "p" / "submission.csv").read_text() == (tmp_path / "here" / "submission.csv").read_text()
+    assert read_labels(tmp_path / "p" / "submission.csv").n_footprints > 0

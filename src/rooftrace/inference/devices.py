@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from rooftrace.core.errors import RooftraceError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Largest number of pixels in one PyTorch forward pass on the CPU (one 512 x 512 tile): measured
 #: with ``benchmarks/model_speed.py``, every shipped architecture runs as fast or faster per tile at
@@ -17,6 +19,8 @@ CPU_PIXELS_PER_FORWARD = 512 * 512
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` is the GPU when there is one; asking for cuda without one, or for a device torch does
     not know (``gpu``), is a clear error."""
+    import torch
+
     from rooftrace.config import check_device
 
     device = check_device(device)
@@ -32,11 +36,13 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def default_threads(device: torch.device) -> int:
+def default_threads(device: torch.device | str) -> int:
     """Post-processing threads: none (in line, after each batch) for inference on a CPU of up to 4
-    cores, where PyTorch's threads already fill the cores and a thread beside them slows inference
-    more than it saves; else half the cores, at most 8."""
+    cores, where the network's threads already fill the cores and a thread beside them slows inference
+    more than it saves; else half the cores, at most 8. ``device``: a torch device, or its type
+    (``"cpu"``, ``"cuda"``)."""
     cores = os.cpu_count() or 2
-    if device.type == "cpu" and cores <= 4:
+    kind = device if isinstance(device, str) else device.type
+    if kind == "cpu" and cores <= 4:
         return 0
     return max(1, min(8, cores // 2))

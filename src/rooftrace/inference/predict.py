@@ -87,7 +87,7 @@ from rooftrace.labels.coco import write_coco_results
 from rooftrace.labels.geojson import write_geojson
 from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key
 from rooftrace.models.autocast import normalise_precision
-from rooftrace.models.files import LoadedModel
+from rooftrace.models.onnx import is_onnx
 
 
 @dataclass
@@ -307,16 +307,22 @@ class PredictOptions:
     tms: bool = False
     gsd: float | None = None
 
-    def checked(self) -> PredictOptions:
+    def checked(self, onnx: bool = False) -> PredictOptions:
         """The options with ``input_gsd`` (or its older name ``gsd``) and ``precision`` normalised and ``threads`` decided.
+        ``onnx``: the model is an ``.onnx`` file (ONNX Runtime checks the device when it opens it; torch is not imported).
 
         Raises:
             RooftraceError: A bad ``workers``, ``input_gsd``, ``precision`` or ``device`` (before anything is read or written).
         """
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise RooftraceError(f"--workers {self.workers}: must be 0 (read tiles in the main thread) or more")
-        dev = pick_device(self.device)  # a device torch does not know is refused before anything is read or written
-        threads = default_threads(dev) if self.threads is None else max(0, int(self.threads))
+        if onnx:
+            from rooftrace.config import check_device
+
+            kind = "cuda" if check_device(self.device).startswith("cuda") else "cpu"
+        else:
+            kind = pick_device(self.device).type  # a device torch does not know is refused before anything is read or written
+        threads = default_threads(kind) if self.threads is None else max(0, int(self.threads))
         input_gsd = check_gsd(gsd_alias(self.input_gsd, self.gsd, "input_gsd"))
         return replace(self, input_gsd=input_gsd, gsd=None, precision=normalise_precision(self.precision), threads=threads)
 
@@ -358,7 +364,7 @@ def predict_folder(images: str | Path, out_dir: str | Path, model: str | Path | 
     end, each to a temporary name and renamed, and then ``.partial`` is removed. A run killed at
     any moment leaves no half-written file, and ``resume=True`` finishes it.
     """
-    opts = replace(options or PredictOptions(), **changes).checked()
+    opts = replace(options or PredictOptions(), **changes).checked(onnx=model is not None and is_onnx(model))
     run = _FolderRun.start(Path(images), Path(out_dir), model, opts)
     run.predict()
     return run.finish()
@@ -405,7 +411,7 @@ class _FolderRun:
         _check_out_dir(out_dir, opts.force, opts.resume)
         runtime = load_runtime(model, device=opts.device, tta=opts.tta, precision=opts.precision,
                                onnx_spinning=opts.threads == 0 and opts.workers == 0, onnx_candidate=not opts.compile)
-        if opts.compile and isinstance(runtime.net, LoadedModel):
+        if opts.compile and not runtime.is_onnx:
             import torch
 
             runtime.net.model = torch.compile(runtime.net.model)

@@ -27,25 +27,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.windows import Grid, run_windows
-from rooftrace.inference.choice import RuntimeChoice, choose_runtime
 from rooftrace.inference.devices import CPU_PIXELS_PER_FORWARD, pick_device
 from rooftrace.inference.tuned import SettingsArg, load_tuned, used_postprocessing
 from rooftrace.instances.postprocess import PostprocessSettings
-from rooftrace.models.autocast import autocast, autocast_dtype, normalise_precision
-from rooftrace.models.files import LoadedModel, load_model, shipped_model
-from rooftrace.models.fold import fold_batchnorm
+from rooftrace.models.autocast import normalise_precision
+from rooftrace.models.metadata import shipped_model
 from rooftrace.models.onnx import (
     OnnxModel,
     is_onnx,
     load_onnx,
     onnx_postprocess_settings,
 )
+
+if TYPE_CHECKING:  # torch is imported where a PyTorch model is run: an .onnx model runs without it
+    import torch
+
+    from rooftrace.inference.choice import RuntimeChoice
+    from rooftrace.models.files import LoadedModel
 
 #: Inputs are zero-padded (bottom, right) to a multiple of this.
 PAD_MULTIPLE = 32
@@ -82,44 +88,66 @@ def pad_normalise(batch: np.ndarray, norm: Normalization, multiple: int = PAD_MU
     return out
 
 
-@torch.inference_mode()
-def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor | np.ndarray, device: torch.device, tta: bool = False,
-                          precision: str = "auto") -> np.ndarray:
+def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor | np.ndarray, device: torch.device | str,
+                          tta: bool = False, precision: str = "auto") -> np.ndarray:
     """Sigmoid probabilities ``(N, C, H, W)`` for a normalised, padded batch; with ``tta`` the mean over
     identity, horizontal, vertical and both flips. ``loaded`` is a PyTorch model
     (:func:`rooftrace.models.files.load_model`) or an exported one (:func:`rooftrace.models.onnx.load_onnx`,
-    run by ONNX Runtime on its own providers; ``device`` and ``precision`` are not used then).
+    run by ONNX Runtime on its own providers, without torch; ``device`` and ``precision`` are not used then).
     ``precision``: see :mod:`rooftrace.models.autocast` (``auto``: bf16 autocast on GPUs and on CPUs with
     native bf16, else fp32)."""
-    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if isinstance(loaded, OnnxModel):
-        onnx = loaded
+        return _onnx_probabilities(loaded, x, tta)
+    return _torch_probabilities(loaded, x, device, tta, precision)
 
-        def run(inp: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(onnx.predict(inp.numpy()))
-    else:
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        amp = autocast_dtype(precision, device)
-        # On the CPU, forward passes of more than about one 512 x 512 tile are slower per tile (the
-        # activations leave the caches), so a batch runs in chunks of at most that many pixels.
-        chunk = x.shape[0] if device.type != "cpu" else max(1, CPU_PIXELS_PER_FORWARD // max(1, x.shape[2] * x.shape[3]))
 
-        def forward(inp: torch.Tensor) -> torch.Tensor:
-            with autocast(device, amp):
-                logits = loaded.model(inp)
-            return torch.sigmoid(logits.float())
-
-        def run(inp: torch.Tensor) -> torch.Tensor:
-            if inp.shape[0] <= chunk:
-                return forward(inp)
-            return torch.cat([forward(inp[i : i + chunk]) for i in range(0, inp.shape[0], chunk)])
-
+def _onnx_probabilities(onnx: OnnxModel, x: Any, tta: bool) -> np.ndarray:
+    x = np.ascontiguousarray(x if isinstance(x, np.ndarray) else x.numpy(), dtype=np.float32)
+    total = onnx.predict(x)
     if not tta:
-        return run(x).cpu().numpy()
-    total = run(x)
-    for dims in ((3,), (2,), (2, 3)):
-        total += run(torch.flip(x, dims)).flip(dims)
-    return (total / 4).cpu().numpy()
+        return total
+    for axes in ((3,), (2,), (2, 3)):
+        total += np.flip(onnx.predict(np.ascontiguousarray(np.flip(x, axes))), axes)
+    return total / 4
+
+
+def _torch_probabilities(loaded: LoadedModel, x: torch.Tensor | np.ndarray, device: torch.device, tta: bool,
+                         precision: str) -> np.ndarray:
+    import torch
+
+    from rooftrace.models.autocast import autocast, autocast_dtype
+
+    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    amp = autocast_dtype(precision, device)
+    # On the CPU, forward passes of more than about one 512 x 512 tile are slower per tile (the
+    # activations leave the caches), so a batch runs in chunks of at most that many pixels.
+    chunk = x.shape[0] if device.type != "cpu" else max(1, CPU_PIXELS_PER_FORWARD // max(1, x.shape[2] * x.shape[3]))
+
+    def forward(inp: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            logits = loaded.model(inp)
+        return torch.sigmoid(logits.float())
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        if inp.shape[0] <= chunk:
+            return forward(inp)
+        return torch.cat([forward(inp[i : i + chunk]) for i in range(0, inp.shape[0], chunk)])
+
+    with torch.inference_mode():
+        if not tta:
+            return run(x).cpu().numpy()
+        total = run(x)
+        for dims in ((3,), (2,), (2, 3)):
+            total += run(torch.flip(x, dims)).flip(dims)
+        return (total / 4).cpu().numpy()
+
+
+def _is_loaded_model(obj: Any) -> bool:
+    """Whether ``obj`` is a :class:`rooftrace.models.files.LoadedModel` (asked without importing torch: when
+    that module was never imported, no such object exists)."""
+    files = sys.modules.get("rooftrace.models.files")
+    return files is not None and isinstance(obj, files.LoadedModel)
 
 
 def load_any(model: str | Path, device: str = "auto", onnx_spinning: bool = True) -> LoadedModel | OnnxModel:
@@ -127,6 +155,11 @@ def load_any(model: str | Path, device: str = "auto", onnx_spinning: bool = True
     :func:`rooftrace.models.fold.fold_batchnorm`), or an ``.onnx`` model in ONNX Runtime."""
     if is_onnx(model):
         return load_onnx(model, device=device, spinning=onnx_spinning)
+    import torch
+
+    from rooftrace.models.files import load_model
+    from rooftrace.models.fold import fold_batchnorm
+
     loaded = load_model(model, device=pick_device(device))
     fold_batchnorm(loaded.model)  # inference only: the same outputs, without a batch-norm pass
     loaded.model.to(memory_format=torch.channels_last)
@@ -148,7 +181,8 @@ class ModelRuntime:
     post-processing it was tuned with. Made by :func:`load_runtime`."""
 
     net: LoadedModel | OnnxModel
-    device: torch.device
+    #: Where a PyTorch network runs; for an ``.onnx`` file, the ``device`` asked for (its providers follow it).
+    device: torch.device | str
     tta: bool = False
     precision: str = "auto"
     #: Post-processing ``rooftrace tune`` chose for this model (``None``: the defaults).
@@ -196,10 +230,13 @@ class ModelRuntime:
         Raises:
             RooftraceError: The network gives another number of channels than its file names.
         """
-        if isinstance(x, np.ndarray):  # zero-copy: the network's input is a tensor whichever way it came
-            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        if self.device.type == "cuda" and not self.is_onnx and not x.is_pinned():
-            x = x.pin_memory()  # then the copy to the GPU does not block
+        if not self.is_onnx:
+            import torch
+
+            if isinstance(x, np.ndarray):  # zero-copy: the network's input is a tensor whichever way it came
+                x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            if self.device.type == "cuda" and not x.is_pinned():  # type: ignore[union-attr]
+                x = x.pin_memory()  # then the copy to the GPU does not block
         out = predict_probabilities(self.net, x, self.device, tta=self.tta, precision=self.precision)
         if out.ndim != 4 or out.shape[1] != self.channels:
             raise RooftraceError(f"{self.path}: the network returned shape {tuple(out.shape)}, but the file names "
@@ -265,25 +302,29 @@ def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, d
             as ``--compile`` needs).
     """
     precision = normalise_precision(precision)
-    dev = pick_device(device)
     if model is None:
         model = shipped_model()
     if isinstance(model, (str, Path)):
         net = load_any(model, device=device, onnx_spinning=onnx_spinning)
-    elif isinstance(model, (LoadedModel, OnnxModel)):
+    elif isinstance(model, OnnxModel) or _is_loaded_model(model):
         net = model
     else:
         raise RooftraceError(f"model {model!r}: expected a .safetensors or .onnx model file")
-    if isinstance(net, LoadedModel):  # "auto" keeps a loaded model where it is
-        dev = next(net.model.parameters()).device if device == "auto" else dev
-        net.model.to(dev).to(memory_format=torch.channels_last)
+    if isinstance(net, OnnxModel):  # ONNX Runtime: its providers follow `device`; torch is not imported
+        method, settings = tuned_postprocessing(net)
+        return ModelRuntime(net, device, tta=tta, precision=precision, method=method, settings=settings)
+    import torch
+
+    from rooftrace.inference.choice import choose_runtime
+
+    dev = pick_device(device)
+    dev = next(net.model.parameters()).device if device == "auto" else dev  # "auto" keeps a loaded model where it is
+    net.model.to(dev).to(memory_format=torch.channels_last)
     method, settings = tuned_postprocessing(net)
-    choice = None
-    if isinstance(net, LoadedModel):  # "auto": the fastest of bf16, fp32 and ONNX Runtime here, measured once
-        choice, in_onnx = choose_runtime(net, precision, dev, onnx=onnx_candidate, spinning=onnx_spinning)
-        precision = choice.precision
-        net = in_onnx or net
-    return ModelRuntime(net, dev, tta=tta, precision=precision, method=method, settings=settings, choice=choice)
+    # "auto": the fastest of bf16, fp32 and ONNX Runtime here, measured once
+    choice, in_onnx = choose_runtime(net, precision, dev, onnx=onnx_candidate, spinning=onnx_spinning)
+    return ModelRuntime(in_onnx or net, dev, tta=tta, precision=choice.precision, method=method, settings=settings,
+                        choice=choice)
 
 
 @dataclass
@@ -323,7 +364,7 @@ def make_runner(model: str | Path | LoadedModel | OnnxModel | ModelRuntime | Mod
     """
     if isinstance(model, ModelRunner):
         return model
-    if model is None or isinstance(model, (str, Path, LoadedModel, OnnxModel)):
+    if model is None or isinstance(model, (str, Path, OnnxModel)) or _is_loaded_model(model):
         model = load_runtime(model, device=device, tta=tta, precision=precision)
     if isinstance(model, ModelRuntime):
         rt = model
@@ -333,6 +374,8 @@ def make_runner(model: str | Path | LoadedModel | OnnxModel | ModelRuntime | Mod
     fn = model
 
     def run_callable(batch: np.ndarray) -> np.ndarray:
+        import torch
+
         if normalization is not None:
             x = torch.from_numpy(np.stack([normalization.apply(b) for b in batch]))
         else:

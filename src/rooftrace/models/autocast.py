@@ -16,11 +16,12 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import ContextManager
-
-import torch
+from typing import TYPE_CHECKING, ContextManager
 
 from rooftrace.core.errors import RooftraceError
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _ALIASES = {"off": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
@@ -28,6 +29,8 @@ _ALIASES = {"off": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles)."""
+    import torch
+
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     for name in checks:
         fn = getattr(torch.cpu, name, None)
@@ -49,6 +52,8 @@ def normalise_precision(precision: str) -> str:
 
 def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; None means plain fp32."""
+    import torch
+
     p = normalise_precision(precision)
     dev = torch.device(device)
     if p == "fp32":
@@ -68,10 +73,14 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> ContextMa
     """``torch.autocast`` for ``dtype`` on ``device``'s type, or a no-op for fp32."""
     if dtype is None:
         return nullcontext()
+    import torch
+
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def dtype_name(dtype: torch.dtype | None) -> str:
+    import torch
+
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
@@ -84,6 +93,8 @@ def depthwise_in_fp32(model: torch.nn.Module) -> int:
     subclass whose forward casts its input to fp32 with autocast off; parameter names, shapes and
     the saved file do not change, so a model trained this way loads as any other.
     """
+    import torch
+
     count = 0
     for module in model.modules():
         if (isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
@@ -101,6 +112,8 @@ _FP32_CLASSES: dict[type, type] = {}
 
 
 def _fp32_class(cls: type) -> type:
+    import torch
+
     if cls not in _FP32_CLASSES:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(device_type=x.device.type, enabled=False):

@@ -11,7 +11,7 @@ import numpy as np
 
 from rooftrace.config import Config, config_from_dict
 from rooftrace.core.errors import RooftraceError
-from rooftrace.models.files import (
+from rooftrace.models.metadata import (
     check_model_meta,
     check_model_path,
     model_gsd,
@@ -141,7 +141,7 @@ def _inference_session(source: str | bytes, path: Path, providers: list, threads
     try:
         return ort.InferenceSession(source, so, providers=providers)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise RooftraceError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from None
+        raise RooftraceError(f"{path}: not a readable ONNX file (ONNX Runtime cannot load it: {str(exc).splitlines()[0]})") from None
 
 
 def onnx_model_like(model_bytes: bytes, like: Any, threads: int = 0, spinning: bool = True) -> OnnxModel:
@@ -155,23 +155,35 @@ def onnx_model_like(model_bytes: bytes, like: Any, threads: int = 0, spinning: b
 
 
 def load_onnx(path: str | Path, device: str = "auto", threads: int = 0, spinning: bool = True) -> OnnxModel:
-    """Open an exported model for inference.
+    """Open an exported model for inference (its metadata read through ONNX Runtime: neither torch nor the
+    ``onnx`` package is imported).
 
     Args:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when this onnxruntime has it).
         threads: Intra-op threads; 0 = ONNX Runtime's default (one per physical core).
         spinning: Let idle intra-op threads spin; turn off when other work (post-processing
             threads) shares the cores.
+
+    Raises:
+        RooftraceError: No such file, a damaged file, or an ONNX file rooftrace did not write.
     """
     require_onnx_module("onnxruntime")
     path = Path(path)
-    meta = read_onnx_metadata(path)
+    if not path.exists():
+        raise RooftraceError(f"{path}: no such model file")
+    check_model_path(path)
+    verify_sidecar(path)
+    sess = _inference_session(str(path), path, onnx_providers(device), threads, spinning)
+    props = sess.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise RooftraceError(f"{path}: no rooftrace metadata; export it with rooftrace export")
+    meta = parse_model_metadata(path, props[METADATA_KEY])
+    check_model_meta(path, meta)
     try:
         cfg = config_from_dict(meta["config"])
         channels, mean, std = tuple(meta["channels"]), tuple(meta["mean"]), tuple(meta["std"])
     except (KeyError, TypeError) as exc:
         raise RooftraceError(f"{path}: incomplete rooftrace metadata ({exc})") from None
-    sess = _inference_session(str(path), path, onnx_providers(device), threads, spinning)
     shape = sess.get_outputs()[0].shape
     if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != len(channels)):
         raise RooftraceError(f"{path}: the network's output has shape {list(shape)}, but its metadata names "
