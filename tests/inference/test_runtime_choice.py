@@ -90,3 +90,22 @@ def test_the_choice_of_predict_is_in_its_summary(sample, tmp_path, onnx_fastest)
     fp32 = predict_folder(images, tmp_path / "fp32", model, workers=0, progress=False, precision="fp32")
     a = (tmp_path / "auto" / "submission.csv").read_text()
     assert a == (tmp_path / "fp32" / "submission.csv").read_text() and fp32.labels.n_footprints == auto.labels.n_footprints
+
+
+def test_the_graph_cache_keeps_the_newest_graphs_only(tmp_path, onnx_fastest):
+    import os
+
+    cache, _ = onnx_fastest
+    (cache / "onnx").mkdir(parents=True)
+    for i in range(choice.MAX_CACHED_GRAPHS + 2):  # older graphs of other models
+        old = cache / "onnx" / f"{i:032x}.onnx"
+        old.write_bytes(b"x")
+        os.utime(old, ns=(10**18 + i, 10**18 + i))
+    model = write_tiny_model(tmp_path / "m.safetensors")
+    assert load_runtime(model, device="cpu").is_onnx
+    from rooftrace.inference.runtime import load_any
+
+    new = f"{choice.weights_key(load_any(model, device='cpu').model)}.onnx"
+    n = choice.MAX_CACHED_GRAPHS
+    newest_old = [f"{i:032x}.onnx" for i in range(n + 2)][-(n - 1):]
+    assert sorted(p.name for p in (cache / "onnx").glob("*.onnx")) == sorted([new, *newest_old])

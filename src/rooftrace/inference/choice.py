@@ -60,6 +60,8 @@ CACHE_NAME = "runtime.json"
 PROBE_SHAPE = (1, 3, 512, 512)
 #: The candidate that runs in ONNX Runtime (the others are PyTorch precisions).
 ONNX = "onnx"
+#: How many exported graphs the cache keeps (the newest).
+MAX_CACHED_GRAPHS = 8
 #: Largest difference of probabilities a cached ONNX graph may have from PyTorch fp32 on the check input.
 ONNX_CHECK_TOLERANCE = 1e-3
 
@@ -199,8 +201,15 @@ def _export(loaded: LoadedModel, spinning: bool) -> tuple[OnnxModel, bytes]:
 
 
 def _keep_graph(loaded: LoadedModel, data: bytes) -> None:
+    """Cache the graph; the cache keeps the :data:`MAX_CACHED_GRAPHS` graphs written last (each is the size of
+    its model's weights in fp32, 21 MB for the shipped one), so many fine-tuned models do not fill the disk."""
+    path = _cached_graph(loaded)
     try:
-        atomic_write_bytes(_cached_graph(loaded), data, force=True)
+        atomic_write_bytes(path, data, force=True)
+        graphs = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in graphs[MAX_CACHED_GRAPHS:]:
+            if old != path:
+                old.unlink(missing_ok=True)
     except Exception:  # noqa: BLE001 - a cache that cannot be written is exported again next time, nothing worse
         pass
 
