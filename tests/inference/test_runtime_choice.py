@@ -109,3 +109,23 @@ def test_the_graph_cache_keeps_the_newest_graphs_only(tmp_path, onnx_fastest):
     n = choice.MAX_CACHED_GRAPHS
     newest_old = [f"{i:032x}.onnx" for i in range(n + 2)][-(n - 1):]
     assert sorted(p.name for p in (cache / "onnx").glob("*.onnx")) == sorted([new, *newest_old])
+
+
+def test_a_network_the_exporter_cannot_take_stays_in_pytorch(tmp_path, onnx_fastest, monkeypatch):
+    """Measuring: the ONNX candidate drops out. Cached as ONNX: the fastest PyTorch candidate runs instead."""
+    from rooftrace.models import onnx_graph
+
+    model = write_tiny_model(tmp_path / "m.safetensors")
+    assert load_runtime(model, device="cpu").is_onnx  # cached: ONNX Runtime was fastest
+    for graph in (tmp_path / "cache" / "onnx").glob("*.onnx"):
+        graph.unlink()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the exporter cannot take this network")
+
+    monkeypatch.setattr(onnx_graph, "export_graph", broken)
+    cached = load_runtime(model, device="cpu")
+    assert not cached.is_onnx and cached.precision == "fp32"
+    monkeypatch.setenv("ROOFTRACE_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    measured = load_runtime(model, device="cpu")
+    assert not measured.is_onnx and measured.choice.how == "measured" and set(measured.choice.seconds) == {"fp32"}

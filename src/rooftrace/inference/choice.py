@@ -15,7 +15,8 @@ threads, the torch version and the candidates, so later runs do not measure agai
 (a GPU: bf16 always; one candidate left; an explicit ``precision``; an ``.onnx`` model, which runs in ONNX
 Runtime) nothing is measured.
 
-When ONNX Runtime is chosen, it runs the graph exported from the loaded network (batch norms folded, sigmoid
+A network the exporter cannot take, or exports wrongly (checked against PyTorch), stays in PyTorch. When ONNX
+Runtime is chosen, it runs the graph exported from the loaded network (batch norms folded, sigmoid
 included: the same probabilities as PyTorch fp32 up to rounding). The graph is kept in the cache folder too
 (``onnx/<weights hash>.onnx``, keyed by the weights themselves, so another model or retrained weights never
 reuse it) and checked against PyTorch on a small input whenever it is loaded: a graph that disagrees (an
@@ -192,11 +193,10 @@ def _export(loaded: LoadedModel, spinning: bool) -> tuple[OnnxModel, bytes]:
 
     data = graph_bytes(loaded.model)
     onnx = onnx_model_like(data, loaded, torch.get_num_threads(), spinning)
-    if not _agrees(onnx, loaded.model):  # pragma: no cover - the exporter got this network wrong
+    if not _agrees(onnx, loaded.model):  # the exporter got this network wrong: the caller keeps PyTorch
         from rooftrace.core.errors import RooftraceError
 
-        raise RooftraceError(f"{loaded.path}: the network exported to ONNX does not give PyTorch's probabilities; "
-                             "run with --precision fp32 or bf16")
+        raise RooftraceError(f"{loaded.path}: the network exported to ONNX does not give PyTorch's probabilities")
     return onnx, data
 
 
@@ -252,13 +252,23 @@ def choose_runtime(loaded: LoadedModel, precision: str, device: torch.device, on
     hit = cache.get(key)
     if isinstance(hit, dict) and hit.get("choice") in cands and isinstance(hit.get("seconds"), dict):
         best, how, seconds = hit["choice"], "cached", {k: float(v) for k, v in hit["seconds"].items()}
-        runner = onnx_runtime_for(loaded, spinning) if best == ONNX else None
+        runner = None
+        if best == ONNX:
+            try:
+                runner = onnx_runtime_for(loaded, spinning)
+            except Exception:  # noqa: BLE001 - the graph cannot be made now: the fastest PyTorch candidate
+                torch_only = {k: v for k, v in seconds.items() if k != ONNX and k in cands}
+                best = min(torch_only, key=torch_only.__getitem__) if torch_only else "fp32"
     else:
         seconds, runner, graph = {}, None, b""
         for c in cands:
             if c == ONNX:
-                runner, graph = _export(loaded, spinning)
-                seconds[c] = _time_onnx(runner)
+                try:
+                    runner, graph = _export(loaded, spinning)
+                    seconds[c] = _time_onnx(runner)
+                except Exception:  # noqa: BLE001 - a network the exporter cannot take (or gets wrong) stays in PyTorch
+                    runner = None
+                    continue
             else:
                 seconds[c] = _time_forward(loaded.model, c, device)
         best, how = min(seconds, key=seconds.__getitem__), "measured"
