@@ -49,3 +49,4 @@ def test_the_training_pipeline_draws_the_same_samples_with_the_quick_fog(monkeyp
     slow = run()
     assert all(np.array_equal(a, b) for a, b in zip(quick, slow))
     assert QuickFog is not A.RandomFog and issubclass(QuickFog, A.RandomFog)
+

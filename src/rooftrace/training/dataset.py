@@ -257,6 +257,23 @@ class TileDataset(Dataset):
         }
 
 
+def same_size_batches(sizes: list[tuple[int, int]], batch_size: int, max_pixels: int | None = None,
+                      multiple: int = 32) -> list[list[int]]:
+    """Indices of images of ``sizes`` grouped into batches of one padded size (each image padded only to a
+    multiple of ``multiple``, as ``predict`` pads a tile), so that no image is run on a canvas another image
+    made larger: its outputs are then those ``predict`` gives it, whatever else is validated with it, and no
+    time goes into padding. Sizes in increasing order, indices in order within a size; at most ``batch_size``
+    images a batch and, with ``max_pixels``, at most that many padded pixels (one image at least)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (h, w) in enumerate(sizes):
+        groups.setdefault((-(-int(h) // multiple) * multiple, -(-int(w) // multiple) * multiple), []).append(i)
+    batches: list[list[int]] = []
+    for (H, W), idx in sorted(groups.items()):
+        per = max(1, batch_size if not max_pixels else min(batch_size, max_pixels // (H * W)))
+        batches += [idx[k : k + per] for k in range(0, len(idx), per)]
+    return batches
+
+
 def collate_pad(batch: list[dict[str, Any]], multiple: int = 32) -> dict[str, Any]:
     """Stack samples, zero-padding each on the bottom and right to a common multiple of 32."""
     h = max(int(s["image"].shape[1]) for s in batch)

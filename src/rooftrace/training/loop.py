@@ -57,7 +57,7 @@ from rooftrace.models.autocast import (
     dtype_name,
 )
 from rooftrace.models.files import save_model
-from rooftrace.training.dataset import TileDataset, collate_pad, select_tiles
+from rooftrace.training.dataset import TileDataset, collate_pad, same_size_batches, select_tiles
 from rooftrace.training.losses import SegmentationLoss
 from rooftrace.training.resume import (
     PENDING,
@@ -74,6 +74,11 @@ VAL_FIELDS = ("val_loss", "pixel_iou", "pixel_f1", "pixel_precision", "pixel_rec
               "object_precision", "object_recall")
 METRIC_FIELDS = ["epoch", "lr", "train_loss", *VAL_FIELDS, "train_images_per_s", "epoch_s"]
 
+
+#: On a CPU, at most this many padded pixels a validation forward pass (one 512 x 512 tile, or more tiles when
+#: smaller): larger passes are slower per pixel there, their activations leaving the caches (the runtime's
+#: rule, ``rooftrace.inference.devices.CPU_PIXELS_PER_FORWARD``).
+VAL_CPU_PIXELS = 512 * 512
 
 @dataclass
 class Env:
@@ -185,6 +190,7 @@ class Trainer:
         self.train_ds = TileDataset(select_tiles(cfg.data.train, self.train_labels), cfg.data, cfg.augment,
                                     seed=cfg.train.seed, max_tiles=cfg.data.max_train_tiles)
         self.val_ds = TileDataset(select_tiles(cfg.data.val, self.val_labels), cfg.data, None, max_tiles=cfg.data.max_val_tiles)
+        self._val_batches: list[list[int]] | None = None  # made at the first validation (same_size_batches)
         # Decode every tile once, before workers fork (with data.cache every worker shares what was
         # decoded). An unreadable tile is left out and named (exit status 1); --strict stops at it.
         for ds, name in ((self.train_ds, "data.train"), (self.val_ds, "data.val")):
@@ -322,12 +328,15 @@ class Trainer:
 
         model = self.evaluated
         model.eval()
-        loader = DataLoader(self.val_ds, batch_size=max(1, self.cfg.data.batch_size // 2), shuffle=False,
-                            num_workers=0, collate_fn=collate_pad)
+        if self._val_batches is None:  # tiles of one padded size a batch, as predict runs them (the tiles are cached)
+            sizes = [self.val_ds.load(i)[0].shape[:2] for i in range(len(self.val_ds))]
+            cpu = self.env.device.type == "cpu"
+            self._val_batches = same_size_batches(sizes, max(1, self.cfg.data.batch_size // 2), VAL_CPU_PIXELS if cpu else None)
+        loader = DataLoader(self.val_ds, batch_sampler=self._val_batches, num_workers=0, collate_fn=collate_pad)
         pred = LabelSet(format="memory")
         gt = LabelSet(format="memory")
         loss_sum, n, tp, fp, fn = 0.0, 0, 0, 0, 0
-        vis: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        vis: list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
         for batch in loader:
             x, y = self._to(batch["image"]), self._to(batch["target"])
             with self._autocast():
@@ -351,15 +360,16 @@ class Trainer:
                 pimg = pred.get_or_add(ref.key)
                 pimg.width, pimg.height = w, h
                 pimg.footprints = postprocess(p).footprints
-                if len(vis) < self.cfg.train.vis_tiles:
-                    vis.append((self.val_ds.load(idx)[0], t, p))
+                if idx < self.cfg.train.vis_tiles:  # the visual check shows the first tiles, whatever the batches
+                    vis.append((idx, (self.val_ds.load(idx)[0], t, p)))
         score = evaluate_labels(gt, pred, iou=0.5, matching="one-to-one", pixel=False)
         iou = tp / max(tp + fp + fn, 1)
         prec, rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
         if self.run_dir is not None:
             from rooftrace.training.figures import visual_check
 
-            atomic_write_bytes(self.run_dir / "visual" / f"epoch-{epoch + 1:03d}.png", visual_check(vis), force=True)
+            atomic_write_bytes(self.run_dir / "visual" / f"epoch-{epoch + 1:03d}.png",
+                               visual_check([v for _, v in sorted(vis, key=lambda iv: iv[0])]), force=True)
         return {
             "val_loss": loss_sum / max(n, 1), "pixel_iou": iou, "pixel_f1": 2 * tp / max(2 * tp + fp + fn, 1),
             "pixel_precision": prec, "pixel_recall": rec, "object_f1": score.f1, "object_f1_pooled": score.f1_pooled,
