@@ -405,20 +405,20 @@ def _component_markers(markers: np.ndarray, comp: np.ndarray, n_comp: int) -> tu
     return per_comp, one
 
 
-def _pack(boxes: list[tuple[slice, slice]], width: int) -> tuple[list[tuple[int, int]], int, int]:
-    """Shelf-pack boxes (with a one-pixel gap) into a mosaic ``width`` wide; positions and size."""
-    sizes = [(b[0].stop - b[0].start + 1, b[1].stop - b[1].start + 1) for b in boxes]
-    width = max(width, max(w for _, w in sizes))
-    pos: list[tuple[int, int]] = [(0, 0)] * len(boxes)
+def _pack(heights: np.ndarray, widths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Shelf-pack boxes of ``heights`` x ``widths`` pixels (with a one-pixel gap) into a mosaic ``width`` wide
+    (at least the widest box), tallest first: each box's top row and left column, and the mosaic's size."""
+    hs, ws = (np.asarray(heights) + 1).tolist(), (np.asarray(widths) + 1).tolist()
+    width = max(width, max(ws))
+    py, px = [0] * len(hs), [0] * len(hs)
     x = y = shelf = 0
-    for i in sorted(range(len(boxes)), key=lambda i: -sizes[i][0]):
-        h, w = sizes[i]
-        if x + w > width:
+    for i in sorted(range(len(hs)), key=lambda i: -hs[i]):
+        if x + ws[i] > width:
             x, y, shelf = 0, y + shelf, 0
-        pos[i] = (y, x)
-        x += w
-        shelf = max(shelf, h)
-    return pos, y + shelf, width
+        py[i], px[i] = y, x
+        x += ws[i]
+        shelf = max(shelf, hs[i])
+    return np.asarray(py, dtype=np.int64), np.asarray(px, dtype=np.int64), y + shelf, width
 
 
 def _grow(
@@ -481,8 +481,7 @@ def _grow(
     inside = (per_comp >= 2)[comp[crop]]
     grown = _flood_contested(markers[crop], inside, surface, layers[:, crop[0], crop[1]])
     if grown is None:  # a tie the heap would break: flood the components whole, as one mosaic
-        boxes = [(slice(int(a), int(b) + 1), slice(int(e), int(f) + 1)) for a, b, e, f in zip(r0, r1, c0, c1)]
-        _flood_mosaic(out, comp, multi, boxes, markers, surface, layers, merge_below)
+        _flood_mosaic(out, comp, multi, (r0, r1, c0, c1), markers, surface, layers, merge_below)
         return out
     if merge_below > 0:
         # Frontiers lie inside flooded components, and every component keeps its pixels' raster
@@ -569,9 +568,7 @@ def _flood_contested(
     rank[cut] = np.arange(len(cut))
     k = rank[who]
     y0, y1, x0, x1 = _boxes(k, rr, cc, len(cut))
-    boxes = [(slice(int(a), int(b) + 1), slice(int(e), int(f) + 1)) for a, b, e, f in zip(y0, y1, x0, x1)]
-    pos, hm, wm = _pack(boxes, w2)
-    py, px = np.array([q[0] for q in pos]), np.array([q[1] for q in pos])
+    py, px, hm, wm = _pack(y1 - y0 + 1, x1 - x0 + 1, w2)
     at = (rr - y0[k] + py[k]) * wm + (cc - x0[k] + px[k])
     # The landscape at those pixels only (surfaces are pixel by pixel).
     ru, cu = rr - 1, cc - 1  # unpadded coordinates
@@ -596,10 +593,11 @@ def _flood_contested(
 
 
 def _flood_mosaic(
-    out: np.ndarray, comp: np.ndarray, multi: np.ndarray, boxes: list[tuple[slice, slice]], markers: np.ndarray,
+    out: np.ndarray, comp: np.ndarray, multi: np.ndarray, extent: tuple[np.ndarray, ...], markers: np.ndarray,
     surface: Callable[[np.ndarray, np.ndarray], np.ndarray], layers: np.ndarray, merge_below: float,
 ) -> None:
-    """Flood the components ``multi`` (with their ``boxes``) whole, writing their ids into ``out``.
+    """Flood the components ``multi`` (their bounding boxes ``extent``, as :func:`_boxes` gives them) whole,
+    writing their ids into ``out``.
 
     They are cut out and packed side by side into one small mosaic (a pixel of background between
     them), flooded with one watershed call, merged where their frontier lacks contact
@@ -607,7 +605,10 @@ def _flood_mosaic(
     """
     from skimage.segmentation import watershed
 
-    pos, hm, wm = _pack(boxes, comp.shape[1])
+    r0, r1, c0, c1 = extent
+    boxes = [(slice(int(a), int(b) + 1), slice(int(e), int(f) + 1)) for a, b, e, f in zip(r0, r1, c0, c1)]
+    py, px, hm, wm = _pack(r1 - r0 + 1, c1 - c0 + 1, comp.shape[1])
+    pos = list(zip(py.tolist(), px.tolist()))
     lay_m = np.zeros((layers.shape[0], hm, wm), dtype=np.float32)
     k_m = np.zeros((hm, wm), dtype=np.int32)
     m_m = np.zeros((hm, wm), dtype=bool)
