@@ -23,12 +23,10 @@ does all three. :class:`ModelRunner` is the batch function a scene runs (a runti
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
