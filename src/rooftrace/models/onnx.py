@@ -46,39 +46,53 @@ def is_onnx(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ONNX_SUFFIX
 
 
-def onnx_session(model_bytes_or_path: bytes | str, threads: int = 0):
-    import onnxruntime as ort
-
+def onnx_session(source: bytes | str, threads: int = 0, providers: list | None = None, spinning: bool = True) -> Any:
+    """An ONNX Runtime session on ``source`` (a file name or the model's bytes), every graph optimisation on;
+    ``providers`` default to the CPU's. ``spinning=False`` stops idle intra-op threads spinning (other work
+    shares the cores). Errors are ONNX Runtime's own (:func:`load_onnx` names the file in them)."""
+    ort = require_onnx_module("onnxruntime")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(model_bytes_or_path, so, providers=["CPUExecutionProvider"])
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(source, so, providers=providers or ["CPUExecutionProvider"])
+
+
+def _check_file(path: Path) -> None:
+    """An exported model's file: it exists, is a non-empty file, and matches its ``.sha256`` when there is one."""
+    if not path.exists():
+        raise RooftraceError(f"{path}: no such model file")
+    check_model_path(path)
+    verify_sidecar(path)
+
+
+def _checked_metadata(path: Path, props: dict[str, str]) -> dict[str, Any]:
+    """The rooftrace metadata among an ONNX file's metadata properties, bounded, parsed and checked."""
+    if METADATA_KEY not in props:
+        raise RooftraceError(f"{path}: no rooftrace metadata; export it with rooftrace export")
+    meta = parse_model_metadata(path, props[METADATA_KEY])
+    check_model_meta(path, meta)
+    return meta
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The rooftrace metadata of an exported model (after checking its ``.sha256`` when present).
+    """The rooftrace metadata of an exported model (after checking its ``.sha256`` when present), read with the
+    ``onnx`` package, without starting a session.
 
     Raises:
         RooftraceError: No such file, a damaged file, or an ONNX file rooftrace did not write.
     """
     onnx = require_onnx_module("onnx")
     path = Path(path)
-    if not path.exists():
-        raise RooftraceError(f"{path}: no such model file")
-    check_model_path(path)
-    verify_sidecar(path)
+    _check_file(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors have no common type
         raise RooftraceError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in props:
-        raise RooftraceError(f"{path}: no rooftrace metadata; export it with rooftrace export")
-    meta = parse_model_metadata(path, props[METADATA_KEY])
-    check_model_meta(path, meta)
-    return meta
+    return _checked_metadata(path, {p.key: p.value for p in proto.metadata_props})
 
 
 @dataclass
@@ -129,17 +143,11 @@ def onnx_providers(device: str = "auto") -> list[str]:
 
 
 def _inference_session(source: str | bytes, path: Path, providers: list, threads: int, spinning: bool) -> Any:
-    """An ONNX Runtime session on ``source`` (a file name or the model's bytes), all graph optimisations on."""
-    ort = require_onnx_module("onnxruntime")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    """:func:`onnx_session`, an error naming ``path`` when ONNX Runtime cannot load the model."""
     try:
-        return ort.InferenceSession(source, so, providers=providers)
+        return onnx_session(source, threads, providers, spinning)
+    except RooftraceError:
+        raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise RooftraceError(f"{path}: not a readable ONNX file (ONNX Runtime cannot load it: {str(exc).splitlines()[0]})") from None
 
@@ -169,16 +177,9 @@ def load_onnx(path: str | Path, device: str = "auto", threads: int = 0, spinning
     """
     require_onnx_module("onnxruntime")
     path = Path(path)
-    if not path.exists():
-        raise RooftraceError(f"{path}: no such model file")
-    check_model_path(path)
-    verify_sidecar(path)
+    _check_file(path)
     sess = _inference_session(str(path), path, onnx_providers(device), threads, spinning)
-    props = sess.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise RooftraceError(f"{path}: no rooftrace metadata; export it with rooftrace export")
-    meta = parse_model_metadata(path, props[METADATA_KEY])
-    check_model_meta(path, meta)
+    meta = _checked_metadata(path, sess.get_modelmeta().custom_metadata_map)
     try:
         cfg = config_from_dict(meta["config"])
         channels, mean, std = tuple(meta["channels"]), tuple(meta["mean"]), tuple(meta["std"])
