@@ -40,7 +40,7 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.core.memory import TILE_BYTES_PER_PIXEL, check_pixels
 from rooftrace.imagery.georef import Georef, locate_image
 from rooftrace.imagery.read import read_rgb, stretch_to_uint8
-from rooftrace.imagery.resample import check_gsd, check_resampled, footprints_to_grid, gsd_alias, place_georef
+from rooftrace.imagery.resample import check_resampled, checked_input_gsd, footprints_to_grid, place_georef
 from rooftrace.inference import card
 from rooftrace.inference.runtime import ModelRuntime, load_runtime, make_runner
 from rooftrace.inference.tuned import SettingsArg, used_postprocessing
@@ -181,7 +181,7 @@ class Model:
                    settings: SettingsArg = None, gsd: float | None = None) -> Footprints:
         """:meth:`predict`'s buildings as :class:`Footprints`: pixel polygons, scores, the instance-id raster and
         the image's georeference; ``.to_geodataframe()`` gives what :meth:`predict` gives."""
-        return self._run([image], input_gsd=gsd_alias(input_gsd, gsd, "input_gsd"), method=method, settings=settings)[0]
+        return self._run([image], input_gsd=checked_input_gsd(input_gsd, gsd), method=method, settings=settings)[0]
 
     def predict_batch(self, images: Iterable[ImageInput], *, input_gsd: float | None = None, method: str | None = None,
                       settings: SettingsArg = None, gsd: float | None = None) -> list[geopandas.GeoDataFrame]:
@@ -193,7 +193,7 @@ class Model:
                 what = f"an array of shape {images.shape}" if isinstance(images, np.ndarray) else "one rasterio dataset"
             raise RooftraceError(f"predict_batch({what}): expected a list of images (or an (N, H, W, 3) array); "
                                  "for one image call predict()")
-        input_gsd = gsd_alias(input_gsd, gsd, "input_gsd")
+        input_gsd = checked_input_gsd(input_gsd, gsd)
         return [f.to_geodataframe() for f in self._run(list(images), input_gsd=input_gsd, method=method, settings=settings)]
 
     def predict_scene(self, raster: str | Path, out: str | Path, **options: Any) -> SceneResult:
@@ -218,10 +218,10 @@ class Model:
         predict`` runs tiles: read ahead in a thread, batched by size, post-processed in line; each result
         with its georeference, pixel size, the post-processing used and the model-card warnings. An image of
         more than :data:`rooftrace.inference.runtime.WINDOWED_ABOVE` pixels (at the model's pixel size) runs as
-        ``predict-scene`` runs a raster instead (:meth:`_run_windowed`), so memory stays flat in its size."""
+        ``predict-scene`` runs a raster instead (:meth:`_run_windowed`), so memory stays flat in its size.
+        ``input_gsd`` is already checked (:func:`checked_input_gsd`)."""
         from rooftrace.inference.engine import TileEngine, prepare_rgb
 
-        input_gsd = check_gsd(input_gsd)
         used = used_postprocessing(self.runtime, method, settings)
         inputs: dict[int, tuple[np.ndarray, Georef | None, str, Any]] = {}
         out: list[Any] = [None] * len(images)

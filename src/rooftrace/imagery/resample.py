@@ -53,6 +53,12 @@ def gsd_alias(value: float | None, gsd: float | None, name: str) -> float | None
     return gsd
 
 
+def checked_input_gsd(input_gsd: float | None, gsd: float | None = None) -> float | None:
+    """The input's pixel size, given as ``input_gsd`` or by its older keyword ``gsd`` (:func:`gsd_alias`), checked
+    (:func:`check_gsd`): what every public function that takes the input's pixel size does first."""
+    return check_gsd(gsd_alias(input_gsd, gsd, "input_gsd"))
+
+
 def resample_factor(input_gsd: float | None, model_gsd: float | None, tolerance: float = GSD_TOLERANCE) -> float:
     """How much to scale an image of pixel size ``input_gsd`` so that its pixels are ``model_gsd``:
     ``input_gsd / model_gsd``, or exactly 1.0 when either is unknown or they differ by at most

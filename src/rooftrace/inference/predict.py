@@ -56,9 +56,8 @@ from rooftrace.imagery.georef import Georef
 from rooftrace.imagery.read import list_images
 from rooftrace.imagery.resample import (
     TilePlace,
-    check_gsd,
+    checked_input_gsd,
     footprints_to_grid,
-    gsd_alias,
     place_tile,
     resample_factor,
 )
@@ -323,7 +322,7 @@ class PredictOptions:
         else:
             kind = pick_device(self.device).type  # a device torch does not know is refused before anything is read or written
         threads = default_threads(kind) if self.threads is None else max(0, int(self.threads))
-        input_gsd = check_gsd(gsd_alias(self.input_gsd, self.gsd, "input_gsd"))
+        input_gsd = checked_input_gsd(self.input_gsd, self.gsd)
         return replace(self, input_gsd=input_gsd, gsd=None, precision=normalise_precision(self.precision), threads=threads)
 
 

@@ -146,11 +146,11 @@ def predict_scenes(
     Raises:
         RooftraceError: No scenes, a bad shard or format, or two scenes with the same file stem.
     """
-    from rooftrace.imagery.resample import check_gsd, gsd_alias
+    from rooftrace.imagery.resample import checked_input_gsd
 
     suffix = by_name(fmt).suffix
-    kwargs["input_gsd"] = gsd_alias(kwargs.get("input_gsd"), kwargs.pop("gsd", None), "input_gsd")  # gsd: its older name
-    check_gsd(kwargs["input_gsd"])  # before any scene: a bad --gsd stops the run, it does not fail every scene
+    # Before any scene: a bad --gsd stops the run, it does not fail every scene (gsd: the older name of input_gsd).
+    kwargs["input_gsd"] = checked_input_gsd(kwargs.get("input_gsd"), kwargs.pop("gsd", None))
     i, n = parse_shard(shard)
     every = list_scenes(scenes)
     check_unique_stems(every)

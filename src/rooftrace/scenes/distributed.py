@@ -260,13 +260,12 @@ def predict_scenes_dask(
         RooftraceError: No scenes, two scenes with one stem, a bad option, no Dask, or a scheduler
             that cannot be reached; with ``--strict``, the first scene that fails.
     """
-    from rooftrace.imagery.resample import check_gsd, gsd_alias
+    from rooftrace.imagery.resample import checked_input_gsd
     from rooftrace.scenes.batch import check_unique_stems, list_scenes
     from rooftrace.scenes.blocks import block_cores
 
     t_start = time.perf_counter()
-    kwargs["input_gsd"] = gsd_alias(kwargs.get("input_gsd"), kwargs.pop("gsd", None), "input_gsd")  # gsd: its older name
-    check_gsd(kwargs["input_gsd"])
+    kwargs["input_gsd"] = checked_input_gsd(kwargs.get("input_gsd"), kwargs.pop("gsd", None))  # gsd: its older name
     for name in ("windows_per_task", "blocks_per_task"):
         if locals()[name] < 1:
             raise RooftraceError(f"{name} {locals()[name]}: must be at least 1")

@@ -330,11 +330,11 @@ def predict_scene(
         RooftraceError: Unreadable scene, a band mapping needed, an output that exists, a bad
             option, or a model whose output is not probabilities.
     """
-    from rooftrace.imagery.resample import check_gsd, gsd_alias
+    from rooftrace.imagery.resample import checked_input_gsd
 
     t0 = time.perf_counter()
     scene, out = Path(scene), Path(out)
-    input_gsd = check_gsd(gsd_alias(input_gsd, gsd, "input_gsd"))
+    input_gsd = checked_input_gsd(input_gsd, gsd)
     check_tiling(tile, overlap)
     # Before anything runs: no output is an input or another output (resolved paths, links followed).
     check_distinct({"scene": scene, "--model": model if isinstance(model, (str, Path)) else None},
