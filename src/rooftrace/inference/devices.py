@@ -10,11 +10,6 @@ from rooftrace.core.errors import RooftraceError
 if TYPE_CHECKING:
     import torch
 
-#: Largest number of pixels in one PyTorch forward pass on the CPU (one 512 x 512 tile): measured
-#: with ``benchmarks/model_speed.py``, every shipped architecture runs as fast or faster per tile at
-#: batch 1 than at batch 4 on 512 x 512 tiles there, EfficientNet-B0 twice as fast as at batch 8.
-CPU_PIXELS_PER_FORWARD = 512 * 512
-
 
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` is the GPU when there is one; asking for cuda without one, or for a device torch does

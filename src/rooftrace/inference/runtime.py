@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.machine import CPU_PIXELS_PER_FORWARD
 from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.windows import Grid, run_windows
-from rooftrace.inference.devices import CPU_PIXELS_PER_FORWARD, pick_device
+from rooftrace.inference.devices import pick_device
 from rooftrace.inference.tuned import SettingsArg, load_tuned, used_postprocessing
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.models.autocast import normalise_precision

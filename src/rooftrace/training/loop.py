@@ -47,6 +47,7 @@ from rooftrace.config import Config, dump_yaml, load_config, resolve_path
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.core.locks import OutputLock
+from rooftrace.core.machine import CPU_PIXELS_PER_FORWARD
 from rooftrace.labels.records import LabelSet, LoadReport
 from rooftrace.labels.splits import open_split
 from rooftrace.models.architectures import build_model, count_parameters
@@ -74,11 +75,6 @@ VAL_FIELDS = ("val_loss", "pixel_iou", "pixel_f1", "pixel_precision", "pixel_rec
               "object_precision", "object_recall")
 METRIC_FIELDS = ["epoch", "lr", "train_loss", *VAL_FIELDS, "train_images_per_s", "epoch_s"]
 
-
-#: On a CPU, at most this many padded pixels a validation forward pass (one 512 x 512 tile, or more tiles when
-#: smaller): larger passes are slower per pixel there, their activations leaving the caches (the runtime's
-#: rule, ``rooftrace.inference.devices.CPU_PIXELS_PER_FORWARD``).
-VAL_CPU_PIXELS = 512 * 512
 
 @dataclass
 class Env:
@@ -331,7 +327,8 @@ class Trainer:
         if self._val_batches is None:  # tiles of one padded size a batch, as predict runs them (the tiles are cached)
             sizes = [self.val_ds.load(i)[0].shape[:2] for i in range(len(self.val_ds))]
             cpu = self.env.device.type == "cpu"
-            self._val_batches = same_size_batches(sizes, max(1, self.cfg.data.batch_size // 2), VAL_CPU_PIXELS if cpu else None)
+            self._val_batches = same_size_batches(sizes, max(1, self.cfg.data.batch_size // 2),
+                                                  CPU_PIXELS_PER_FORWARD if cpu else None)
         loader = DataLoader(self.val_ds, batch_sampler=self._val_batches, num_workers=0, collate_fn=collate_pad)
         pred = LabelSet(format="memory")
         gt = LabelSet(format="memory")
