@@ -29,19 +29,13 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.core.hashing import sha256_file
 from rooftrace.models.architectures import build_model
-from rooftrace.models.metadata import (  # noqa: F401  (read here, and named from here by older imports)
+from rooftrace.models.metadata import (
     FORMAT_VERSION,
-    META_MAX_BYTES,
-    META_MAX_DEPTH,
-    MODEL_GSD_RANGE,
-    NORM_RANGE,
-    SHIPPED_MODEL,
     check_model_meta,
     check_model_path,
-    json_depth,
     model_gsd,
     parse_model_metadata,
-    shipped_model,
+    shipped_model,  # noqa: F401  (callers name it from here, with load_model)
     verify_sidecar,
 )
 
