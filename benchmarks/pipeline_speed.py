@@ -11,6 +11,8 @@ For tiles and for scenes this prints, side by side in one run:
   overlay PNGs);
 * **the reference**: the network alone (the same weights, precision and batch size as the
   pipeline, through ``ModelRuntime.run`` on tiles already in memory, normalised and padded): tiles/s;
+  and, where ``predict`` runs two forward passes at once (``--streams``, the default for a PyTorch
+  network on a CPU), the network alone run that way too: the network's best throughput here;
 * **tiles end to end**: ``rooftrace.inference.predict.predict_folder`` on the same tiles with the
   default outputs (submission, COCO, GeoJSON, masks, overlays), steady state (the model loaded
   and warm; from the first tile read to the last file written): tiles/s and its ratio to the
@@ -24,7 +26,7 @@ so a machine whose speed drifts moves both. The tiles: every tile of the sample 
 val splits resized to 512 x 512 (as ``benchmarks/predict_speed.py`` makes them), ``--repeat`` times
 over. Run from the repository root::
 
-    .venv/bin/python benchmarks/pipeline_speed.py [--repeat 2] [--rounds 3] [--scene-size 2048] [--device cpu]
+    .venv/bin/python benchmarks/pipeline_speed.py [--repeat 2] [--rounds 3] [--scene-size 2048] [--device cpu] [--streams N]
 """
 
 from __future__ import annotations
@@ -158,14 +160,37 @@ def reference(runtime, n: int, batch_size: int, h: int = SIZE, w: int = SIZE) ->
     return time.perf_counter() - t
 
 
+def reference_streams(runtime, n: int, batch_size: int, h: int = SIZE, w: int = SIZE, streams: int | None = None
+                      ) -> tuple[float, int]:
+    """``(seconds, streams)``: the network alone for ``n`` inputs as ``predict`` runs it, in the runtime's
+    default streams (:meth:`ModelRuntime.streams`), each running the forward passes one stream would run;
+    ``streams`` 1 (an older tree, ONNX Runtime, a GPU): the same as :func:`reference`."""
+    if not hasattr(runtime, "streams"):
+        return reference(runtime, n, batch_size, h, w), 1
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = np.random.default_rng(0).standard_normal((batch_size, 3, h, w)).astype(np.float32)
+    with runtime.streams(streams) as k:
+        if k == 1:
+            return reference(runtime, n, batch_size, h, w), 1
+        step = runtime.stream_batch(batch_size, h, w)
+        parts = [min(step, n - i) for i in range(0, n, step)]
+        with ThreadPoolExecutor(k) as pool:
+            list(pool.map(lambda m: runtime.run(x[:m]), [1] * k))  # warm each thread
+            t = time.perf_counter()
+            list(pool.map(lambda m: runtime.run(x[:m]), parts))
+            return time.perf_counter() - t, k
+
+
 def run_tiles(tiles: Path, model: Path | None, work: Path, args: argparse.Namespace) -> dict:
     from rooftrace.inference.predict import predict_folder
 
     out = work / "pipe-out"
     shutil.rmtree(out, ignore_errors=True)
     t, c = time.perf_counter(), time.process_time()
+    extra = {"streams": args.streams} if args.streams is not None else {}  # older trees have no streams
     r = predict_folder(tiles, out, model, batch_size=args.batch_size, device=args.device, force=True, progress=False,
-                       precision=args.precision)
+                       precision=args.precision, **extra)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     n = r.n_images - r.n_skipped
     return {"wall": wall, "cpu": cpu, "steady": r.timings["total"], "n": n, "buildings": r.labels.n_footprints,
@@ -195,7 +220,8 @@ def run_scene(scene: Path, runner, work: Path, args: argparse.Namespace) -> dict
 
     out = work / "scene.gpkg"
     t = time.perf_counter()
-    r = predict_scene(scene, out, runner, force=True, progress=False, batch_size=args.scene_batch_size)
+    extra = {"streams": args.streams} if args.streams is not None else {}
+    r = predict_scene(scene, out, runner, force=True, progress=False, batch_size=args.scene_batch_size, **extra)
     return {"wall": time.perf_counter() - t, "n_windows": r.n_windows, "buildings": r.n_buildings, "mp": r.width * r.height / 1e6,
             "inference": r.seconds_inference, "postprocess": r.seconds_postprocess}
 
@@ -210,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--scene-batch-size", type=int, default=4)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--streams", type=int, default=None, help="predict's --streams (default: its own default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--scene-size", type=int, default=2048, help="side of the scene in pixels (0: no scene)")
     ap.add_argument("--startup-runs", type=int, default=3, help="fresh processes per start-up figure (0: skip)")
@@ -245,9 +272,12 @@ def main(argv: list[str] | None = None) -> int:
             from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, Grid
 
             n_win = Grid.make(args.scene_size, args.scene_size, DEFAULT_TILE, DEFAULT_OVERLAP).n_windows
-        rounds: dict[str, list] = {"reference": [], "tiles": [], "original": [], "scene reference": [], "scene": []}
+        rounds: dict[str, list] = {"reference": [], "reference streams": [], "tiles": [], "original": [], "scene reference": [],
+                                   "scene": []}
         for _ in range(args.rounds):
             rounds["reference"].append(reference(runtime, n, args.batch_size))
+            seconds, figures["streams"] = reference_streams(runtime, n, args.batch_size, streams=args.streams)
+            rounds["reference streams"].append(seconds)
             rounds["tiles"].append(run_tiles(tiles, model, work, args))
             if not args.no_original:
                 from original_loop import run_original_loop
@@ -256,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                 rounds["tiles-whole"] = rounds.get("tiles-whole", []) + [rounds["tiles"][-1]["wall"]]
             if scene:
                 rounds["scene reference"].append(reference(runtime, n_win, args.scene_batch_size, DEFAULT_TILE, DEFAULT_TILE))
+                rounds.setdefault("scene reference streams", []).append(
+                    reference_streams(runtime, n_win, args.scene_batch_size, DEFAULT_TILE, DEFAULT_TILE, streams=args.streams)[0])
                 rounds["scene"].append(run_scene(scene, runner, work, args))
         ref = _median(rounds["reference"])
         tile_runs = sorted(rounds["tiles"], key=lambda r: r["steady"])
@@ -264,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         figures["tiles"] = med
         figures["tiles/s steady"] = n / med["steady"]
         figures["tiles vs reference"] = (n / med["steady"]) / (n / ref)
+        figures["reference streams tiles/s"] = n / _median(rounds["reference streams"])
+        figures["tiles vs reference streams"] = (n / med["steady"]) / figures["reference streams tiles/s"]
         if rounds["original"]:
             figures["original s"] = _median(rounds["original"])
             figures["vs original"] = figures["original s"] / _median(rounds["tiles-whole"])
@@ -274,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             figures["scene reference MP/s"] = sc["mp"] / sref
             figures["scene MP/s"] = sc["mp"] / sc["wall"]
             figures["scene vs reference"] = figures["scene MP/s"] / figures["scene reference MP/s"]
+            figures["scene reference streams MP/s"] = sc["mp"] / _median(rounds["scene reference streams"])
 
         import torch
 
@@ -293,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| run | tiles/s | vs the network alone |")
         print("|---|---|---|")
         print(f"| the network alone (forward, batch {args.batch_size}) | {figures['reference tiles/s']:.2f} | 1.00 |")
-        print(f"| predict, default outputs, steady | {figures['tiles/s steady']:.2f} | {figures['tiles vs reference']:.2f} |")
+        if figures["streams"] > 1:
+            print(f"| the network alone in {figures['streams']} streams, as predict runs it | {figures['reference streams tiles/s']:.2f} | "
+                  f"{figures['reference streams tiles/s'] / figures['reference tiles/s']:.2f} |")
+        print(f"| predict, default outputs, steady | {figures['tiles/s steady']:.2f} | {figures['tiles vs reference']:.2f}"
+              + (f" ({figures['tiles vs reference streams']:.2f} of the network in streams)" if figures["streams"] > 1 else "") + " |")
         if "original s" in figures:
             print(f"| original loop (whole call) | {n / figures['original s']:.2f} | predict (whole call, model load included) "
                   f"is {figures['vs original']:.2f}x the original loop |")
@@ -305,7 +344,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n| scene {args.scene_size} x {args.scene_size} ({sc['n_windows']} windows of {DEFAULT_TILE}) | MP/s | vs the network alone |")
             print("|---|---|---|")
             print(f"| the network alone on the same windows (batch {args.scene_batch_size}) | {figures['scene reference MP/s']:.2f} | 1.00 |")
+            if figures["streams"] > 1:
+                print(f"| the network alone on the same windows in {figures['streams']} streams | "
+                      f"{figures['scene reference streams MP/s']:.2f} | {figures['scene reference streams MP/s'] / figures['scene reference MP/s']:.2f} |")
             print(f"| predict_scene to .gpkg ({sc['buildings']} buildings) | {figures['scene MP/s']:.2f} | {figures['scene vs reference']:.2f} |")
+            print(f"\nscene seconds (median round): inference and stitching {sc['inference']:.2f}, post-processing {sc['postprocess']:.2f}")
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1, default=str))
     finally:

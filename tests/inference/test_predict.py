@@ -91,7 +91,8 @@ def _tiles(folder: Path, n: int, size: int = 256) -> Path:
     return folder
 
 
-def test_a_crashed_predict_writes_no_submission_and_resume_finishes_it(model_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_crashed_predict_writes_no_submission_and_resume_finishes_it(model_file, tmp_path, monkeypatch, streams):
     import rooftrace.inference.predict as pr
 
     images = _tiles(tmp_path / "images", 8)
@@ -107,11 +108,12 @@ def test_a_crashed_predict_writes_no_submission_and_resume_finishes_it(model_fil
 
     monkeypatch.setattr(pr, "_finish_tile", crash_after_three)
     with pytest.raises(RuntimeError, match="simulated"):
-        pr.predict_folder(images, out, model_file, workers=0, threads=0, batch_size=2, progress=False)
+        pr.predict_folder(images, out, model_file, workers=0, threads=0, batch_size=2, progress=False, streams=streams)
     monkeypatch.setattr(pr, "_finish_tile", real)
     assert not (out / "submission.csv").exists() and not list(out.glob("*.tmp*"))
     n_partial = len(list((out / ".partial").glob("0*.json")))
-    assert 2 <= n_partial <= 3  # the tiles finished before the crash (at most its batch is lost)
+    # the tiles finished before the crash: at most its batch is lost, or with two streams the batches in flight
+    assert (2 <= n_partial <= 3) if streams == 1 else (n_partial <= 3)
     # Without --resume the folder is not touched, and the message says what to do.
     assert main(["predict", "--images", str(images), "--out", str(out), "--model", str(model_file), "--workers", "0"]) == 2
     # Other options than the first run's are refused.

@@ -14,6 +14,7 @@ from rooftrace.cli.options import (
     add_band_options,
     add_input_gsd_option,
     add_postprocess_options,
+    add_streams_option,
     default_model,
     parse_settings,
     parse_stretch,
@@ -38,6 +39,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per forward pass (default 8)")
     p.add_argument("--threads", type=int, default=None,
                    help="post-processing threads (default: 0 on a CPU of up to 4 cores, else half the cores, at most 8)")
+    add_streams_option(p, "tiles")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long runs; ignored for .onnx)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="default auto: bf16 on a GPU; on a CPU the fastest of bf16 (where native), fp32 and ONNX Runtime fp32, "
@@ -74,7 +76,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     options = PredictOptions(batch_size=args.batch_size, tta=args.tta, device=args.device, workers=args.workers,
                              method=args.postprocess, settings=parse_settings(args.pp, args.settings),
                              write_masks=not args.no_masks, write_overlays=not args.no_overlays, force=args.force,
-                             threads=args.threads, compile=args.compile, precision=args.precision, resume=args.resume,
+                             threads=args.threads, streams=args.streams, compile=args.compile, precision=args.precision, resume=args.resume,
                              input_gsd=args.input_gsd, tms=args.tms)
     result = predict_folder(images, args.out, default_model(args.model), options)
     print(result.summary())
@@ -97,6 +99,7 @@ def add_predict_scene(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"window size in pixels (default {DEFAULT_TILE})")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"overlap of neighbouring windows in pixels (default {DEFAULT_OVERLAP})")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    add_streams_option(p, "windows")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--tta", action="store_true", help="average over flips (4 passes)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -156,17 +159,22 @@ def _run_predict_scene(args: argparse.Namespace) -> int:
         if args.format is not None and args.format != fmt.name:
             raise RooftraceError(f"--format {args.format}: the output format of one scene is --out's suffix ({args.out.name}); "
                                  "--format is for an output folder")
-        result = predict_scene(one, args.out, default_model(args.model), probabilities=args.probabilities, **common)
+        result = predict_scene(one, args.out, default_model(args.model), probabilities=args.probabilities, streams=args.streams,
+                               **common)
         print(result.summary())
         return 0
     if args.probabilities is not None:
         raise RooftraceError("--probabilities keeps one scene's probabilities: give one scene and --out "
                              f"OUT{formats.FORMATS[formats.DEFAULT_FORMAT].suffix}")
     if args.scheduler is not None or args.dask_workers is not None:
+        if args.streams is not None:
+            raise RooftraceError(f"--streams {args.streams}: runs forward passes at once in one process; on Dask each worker "
+                                 "runs its own (give the workers threads instead)")
         return _run_predict_scene_dask(args, common)
     if args.crs is not None or args.split_above is not None:
         raise RooftraceError("--crs and --split-above go with --scheduler or --dask-workers")
-    done = predict_scenes(args.scenes, args.out, default_model(args.model), shard=args.shard, fmt=args.format or formats.DEFAULT_FORMAT, **common)
+    done = predict_scenes(args.scenes, args.out, default_model(args.model), shard=args.shard, fmt=args.format or formats.DEFAULT_FORMAT,
+                          streams=args.streams, **common)
     return _report_scenes(done)
 
 

@@ -190,6 +190,12 @@ def add_layer_option(p: argparse.ArgumentParser) -> None:
 # model trains at, the target of prepare-chips and finetune, ``--model-gsd``). ``--gsd``, the older name, stays an alias
 # with the meaning it had in each command: the input's in predict and predict-scene, the model's in prepare-chips and
 # finetune.
+def add_streams_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--streams", type=int, default=None, metavar="N",
+                   help=f"forward passes at once, each on its share of the CPU's threads (default: 2 for a PyTorch model on a CPU, "
+                        f"else 1); the same {what}' buildings for any N")
+
+
 def add_input_gsd_option(p: argparse.ArgumentParser, help_text: str) -> None:
     """``--input-gsd METRES``, the input's pixel size (``args.input_gsd``), and ``--gsd``, its alias; ``help_text`` says what it
     does in the command."""

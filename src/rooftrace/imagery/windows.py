@@ -99,7 +99,7 @@ class KeptWindow:
 
 def run_windows(grid: Grid, read: Callable[[Window], tuple[np.ndarray, np.ndarray | None]],
                 run: Callable[[np.ndarray], np.ndarray], batch_size: int,
-                jobs: Sequence[tuple[int, int]] | None = None) -> Iterator[KeptWindow]:
+                jobs: Sequence[tuple[int, int]] | None = None, streams: int = 1) -> Iterator[KeptWindow]:
     """Run ``run`` over the windows of ``grid`` in batches and yield each window's kept part, in job order.
 
     The one window loop of rooftrace: a large tile (:meth:`rooftrace.inference.runtime.ModelRuntime.windowed_probabilities`),
@@ -114,35 +114,62 @@ def run_windows(grid: Grid, read: Callable[[Window], tuple[np.ndarray, np.ndarra
         run: ``(N, th, tw, 3) uint8 -> (N, C, th, tw)`` (any dtype; its result is cropped, not copied).
         batch_size: Windows per call of ``run``.
         jobs: ``(i, j)`` windows to run, in this order (default every window, row by row).
+        streams: Calls of ``run`` at once, each in its own thread (1: in the calling thread, one batch at
+            a time); the caller makes ``run`` fit (:meth:`rooftrace.inference.runtime.ModelRuntime.streams`).
+            Batches are the same and come back in the same order either way.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     jobs = [(i, j) for i in range(len(grid.ys)) for j in range(len(grid.xs))] if jobs is None else list(jobs)
     batches = [jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)]
     if not batches:
         return
     (ky0, ky1), (kx0, kx1) = grid.ky, grid.kx
+    Item = tuple[int, int, np.ndarray, np.ndarray | None]
 
-    def read_batch(batch: list[tuple[int, int]]) -> list[tuple[int, int, np.ndarray, np.ndarray | None]]:
+    def read_batch(batch: list[tuple[int, int]]) -> list[Item]:
         return [(i, j, *read(grid.window(i, j))) for i, j in batch]
+
+    def run_batch(items: list[Item]) -> tuple[list[Item], list[Item], np.ndarray | None]:
+        todo = [it for it in items if it[3] is None or it[3].any()]
+        return items, todo, (run(np.stack([it[2] for it in todo])) if todo else None)
+
+    def kept(items: list[Item], todo: list[Item], out: np.ndarray | None) -> Iterator[KeptWindow]:
+        done = {(it[0], it[1]): n for n, it in enumerate(todo)}
+        for i, j, _, valid in items:
+            rows, cols = slice(int(ky0[i]), int(ky1[i])), slice(int(kx0[j]), int(kx1[j]))
+            n = done.get((i, j))
+            if n is None:
+                yield KeptWindow(i, j, rows, cols, None)
+                continue
+            full = out[n]  # type: ignore[index]
+            if valid is not None:
+                full[:, ~valid] = 0
+            y, x = int(grid.ys[i]), int(grid.xs[j])
+            yield KeptWindow(i, j, rows, cols, full[:, rows.start - y:rows.stop - y, cols.start - x:cols.stop - x])
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rooftrace-read") as pool:
         future = pool.submit(read_batch, batches[0])
-        for k in range(len(batches)):
-            items = future.result()
-            if k + 1 < len(batches):
-                future = pool.submit(read_batch, batches[k + 1])
-            todo = [it for it in items if it[3] is None or it[3].any()]
-            out = run(np.stack([it[2] for it in todo])) if todo else None
-            done = {(it[0], it[1]): n for n, it in enumerate(todo)}
-            for i, j, _, valid in items:
-                rows, cols = slice(int(ky0[i]), int(ky1[i])), slice(int(kx0[j]), int(kx1[j]))
-                n = done.get((i, j))
-                if n is None:
-                    yield KeptWindow(i, j, rows, cols, None)
-                    continue
-                full = out[n]  # type: ignore[index]
-                if valid is not None:
-                    full[:, ~valid] = 0
-                y, x = int(grid.ys[i]), int(grid.xs[j])
-                yield KeptWindow(i, j, rows, cols, full[:, rows.start - y:rows.stop - y, cols.start - x:cols.stop - x])
+        if streams <= 1:
+            for k in range(len(batches)):
+                items = future.result()
+                if k + 1 < len(batches):
+                    future = pool.submit(read_batch, batches[k + 1])
+                yield from kept(*run_batch(items))
+            return
+        with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="rooftrace-net") as nets:
+            running: deque[Future] = deque()
+            try:
+                for k in range(len(batches)):
+                    items = future.result()
+                    if k + 1 < len(batches):
+                        future = pool.submit(read_batch, batches[k + 1])
+                    running.append(nets.submit(run_batch, items))
+                    while len(running) > streams:  # a batch per stream running, one waiting for a free stream
+                        yield from kept(*running.popleft().result())
+                while running:
+                    yield from kept(*running.popleft().result())
+            finally:
+                for f in running:
+                    f.cancel()

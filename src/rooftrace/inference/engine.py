@@ -12,15 +12,18 @@ that overlap.
    ``batch_size`` (an image's probabilities then depend on nothing but the image: the same as at
    batch size 1), and an image of more than :data:`WINDOWED_ABOVE` pixels runs alone, window by window
    (:meth:`ModelRuntime.windowed_probabilities`, the window loop scenes are stitched with);
-3. **forward** (the calling thread): :meth:`ModelRuntime.run`;
-4. **finish** (threads, or in line with ``threads=0``): the caller's function, typically
-   post-processing, tracing and writing per-image files (:mod:`rooftrace.instances.postprocess`:
-   OpenCV, scikit-image, shapely and zlib release the GIL). At most ``max_pending`` images wait to be
-   finished; results come back in the order images finish.
+3. **forward** (:meth:`ModelRuntime.run`): in ``streams`` threads, each running one batch at a time on
+   its share of the CPU's threads (:meth:`ModelRuntime.streams`: 2 on a CPU by default), or in the calling
+   thread with one stream (ONNX Runtime, GPUs);
+4. **finish** (threads, or in line with ``threads=0``: in the stream's thread, after its forward pass): the
+   caller's function, typically post-processing, tracing and writing per-image files
+   (:mod:`rooftrace.instances.postprocess`: OpenCV, scikit-image, shapely and zlib release the GIL). At
+   most ``max_pending`` images wait to be finished; results come back in the order batches ran.
 
-On a CPU of up to 4 cores, where the network already fills every core, finishing runs in line by
-default (a thread beside PyTorch's slows the network more than it saves; ``benchmarks/pipeline_speed.py``
-measures it), and one reader thread reads ahead.
+On a CPU of up to 4 cores, finishing runs in line by default, one reader thread reads ahead, and two
+streams run the network: while one stream post-processes its batch, the other's forward pass has the
+cores to itself, and a forward pass on one thread does not wait on a thread that post-processing has
+taken (with one stream over every core it does: ``benchmarks/pipeline_speed.py`` measures both).
 
 Tile prediction (:func:`rooftrace.inference.predict.predict_folder`) and the Python API
 (:meth:`rooftrace.api.Model.predict_batch`) run images through it; scenes run their windows through
@@ -29,6 +32,7 @@ Tile prediction (:func:`rooftrace.inference.predict.predict_folder`) and the Pyt
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -102,6 +106,24 @@ def prepare_tile(index: int, path: Path, norm: Normalization, *, input_gsd: floa
 
 
 @dataclass
+class _Share:
+    """Image ``k`` of a batch whose forward pass (and finishing, in line) runs in a stream's thread."""
+
+    batch: Future
+    k: int
+
+    def done(self) -> bool:
+        if not self.batch.done():
+            return False
+        job = self.batch.result()[self.k] if self.batch.exception() is None else None
+        return not isinstance(job, Future) or job.done()
+
+    def result(self) -> Any:
+        job = self.batch.result()[self.k]
+        return job.result() if isinstance(job, Future) else job
+
+
+@dataclass
 class TileEngine:
     """A model runtime with how images flow through it (see the module docstring).
 
@@ -110,6 +132,8 @@ class TileEngine:
         batch_size: Images of one padded size per forward pass.
         readers: Reading threads (0: read in the calling thread, one image at a time).
         threads: Finishing threads (0: finish in line, after each batch).
+        streams: Forward passes at once (``None``: the runtime's default; :meth:`ModelRuntime.streams`
+            decides how many it grants). Outputs are the same for any number.
         ahead: Images read ahead of the network (default ``2 * batch_size``).
         timings: Seconds per stage, summed over images: ``read`` and ``read_cpu`` (in the reading
             threads), ``wait`` (the network waiting for an image), ``inference``.
@@ -120,28 +144,55 @@ class TileEngine:
     readers: int = 1
     threads: int = 0
     ahead: int | None = None
+    streams: int | None = None
     timings: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "read_cpu": 0.0, "wait": 0.0, "inference": 0.0})
 
     def run(self, n: int, read: Callable[[int], Prepared], finish: Callable[[np.ndarray, Prepared], Any]
             ) -> Iterator[tuple[Prepared, Any]]:
         """Images ``0 .. n-1``: ``read(i)`` prepares each, ``finish(probs, prepared)`` finishes each
         (``probs``: ``(C, h, w)`` at the size the network saw). Yields ``(prepared, finish's result)`` as
-        images finish, and ``(prepared, None)`` at once for an image that could not be read."""
+        images finish, in the order their batches ran, and ``(prepared, None)`` at once for an image that
+        could not be read.
+
+        While it runs (until the generator is exhausted or closed), torch's thread count may be lowered for
+        the streams (:meth:`ModelRuntime.streams`)."""
+        with self.runtime.streams(self.streams) as streams:
+            yield from self._run(n, read, finish, streams)
+
+    def _run(self, n: int, read: Callable[[int], Prepared], finish: Callable[[np.ndarray, Prepared], Any], streams: int
+             ) -> Iterator[tuple[Prepared, Any]]:
         ahead = max(1, self.ahead or 2 * self.batch_size)
         readers = ThreadPoolExecutor(self.readers, thread_name_prefix="rooftrace-read") if self.readers else None
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rooftrace-post") if self.threads else None
-        max_pending = max(2 * self.batch_size, 4 * max(self.threads, 1))
-        pending: deque[tuple[Prepared, Future | Any]] = deque()
+        nets = ThreadPoolExecutor(streams, thread_name_prefix="rooftrace-net") if streams > 1 else None
+        # in flight: a batch per stream, one more waiting for a stream, and what waits to be finished
+        max_pending = max((streams + 1) * self.batch_size if nets is not None else 2 * self.batch_size, 4 * max(self.threads, 1))
+        pending: deque[tuple[Prepared, Future | _Share | Any]] = deque()
         reads: deque[Future] = deque()
         timings = self.timings
+        lock = threading.Lock()
+
+        def ready(job: Any) -> bool:
+            return not isinstance(job, (Future, _Share)) or job.done()
 
         def settle(limit: int) -> Iterator[tuple[Prepared, Any]]:
-            while pending and (len(pending) > limit or not isinstance(pending[0][1], Future) or pending[0][1].done()):
+            while pending and (len(pending) > limit or ready(pending[0][1])):
                 tile, job = pending.popleft()
-                yield tile, job.result() if isinstance(job, Future) else job
+                yield tile, job.result() if isinstance(job, (Future, _Share)) else job
 
-        def start(tile: Prepared, probs: np.ndarray) -> None:
-            pending.append((tile, pool.submit(finish, probs, tile) if pool is not None else finish(probs, tile)))
+        def begin(tile: Prepared, probs: np.ndarray) -> Future | Any:
+            return pool.submit(finish, probs, tile) if pool is not None else finish(probs, tile)
+
+        def forward(x: np.ndarray) -> np.ndarray:
+            s = time.perf_counter()
+            probs = self.runtime.run(x)
+            with lock:
+                timings["inference"] += time.perf_counter() - s
+            return probs
+
+        def forward_and_finish(x: np.ndarray, tiles: list[Prepared]) -> list[Future | Any]:
+            probs = forward(x)
+            return [begin(t, probs[k, :, : t.size[0], : t.size[1]]) for k, t in enumerate(tiles)]
 
         def run_batch(tiles: list[Prepared]) -> None:
             H = max(t.image.shape[1] for t in tiles)  # type: ignore[union-attr]
@@ -150,12 +201,13 @@ class TileEngine:
             for k, t in enumerate(tiles):
                 x[k, :, : t.image.shape[1], : t.image.shape[2]] = t.image  # type: ignore[union-attr]
                 t.image = None  # the batch holds it now
-            s = time.perf_counter()
-            probs = self.runtime.run(x)
-            timings["inference"] += time.perf_counter() - s
-            for k, t in enumerate(tiles):
-                h, w = t.size
-                start(t, probs[k, :, :h, :w])
+            if nets is None:
+                pending.extend(zip(tiles, forward_and_finish(x, tiles)))
+                return
+            step = self.runtime.stream_batch(len(tiles), H, W)  # the forward passes one stream would run, spread
+            for a in range(0, len(tiles), step):
+                part = nets.submit(forward_and_finish, x[a:a + step], tiles[a:a + step])
+                pending.extend((t, _Share(part, k)) for k, t in enumerate(tiles[a:a + step]))
 
         def next_tile(i: int) -> Prepared:
             if readers is None:
@@ -176,12 +228,14 @@ class TileEngine:
                     yield tile, None
                     continue
                 if tile.large is not None:
-                    s = time.perf_counter()
-                    probs = self.runtime.windowed_probabilities(tile.large)
-                    tile.large = None
-                    timings["inference"] += time.perf_counter() - s
-                    start(tile, probs)
                     yield from settle(0)  # one such image's probabilities in memory at a time
+                    s = time.perf_counter()
+                    probs = self.runtime.windowed_probabilities(tile.large, streams=streams)
+                    tile.large = None
+                    with lock:
+                        timings["inference"] += time.perf_counter() - s
+                    pending.append((tile, begin(tile, probs)))
+                    yield from settle(0)
                     continue
                 shape = tuple(tile.image.shape[1:])  # type: ignore[union-attr]
                 bucket = buckets.setdefault(shape, [])  # type: ignore[arg-type]
@@ -197,5 +251,7 @@ class TileEngine:
                 f.cancel()
             if readers is not None:
                 readers.shutdown(wait=True, cancel_futures=True)
+            if nets is not None:
+                nets.shutdown(wait=True, cancel_futures=True)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)

@@ -29,9 +29,9 @@ overlap: reading threads decode, place, resample, normalise and pad tiles ahead 
 of the same padded size are batched (so a 256 x 256 tile is never padded to a 672 x 672 neighbour's
 size, and a tile's probabilities depend on nothing but the tile: the same as at batch size 1); the
 network runs (on the CPU, one 512 x 512 tile's worth of pixels per forward pass, which is faster per
-tile there than larger batches); each tile is post-processed and its mask and overlay encoded and
-written in finishing threads, or in line on a CPU of up to 4 cores, where inference already fills
-every core (see ``benchmarks/pipeline_speed.py``). This module adds what is particular to a folder:
+tile there than larger batches, and two passes at once, each on half the threads: ``streams``); each
+tile is post-processed and its mask and overlay encoded and written in finishing threads, or in line
+after its pass on a CPU of up to 4 cores (see ``benchmarks/pipeline_speed.py``). This module adds what is particular to a folder:
 the output folder's checks, crash-safe records and resuming, and the output files.
 """
 
@@ -78,7 +78,7 @@ from rooftrace.inference.partial import (
     run_record,
     tile_record,
 )
-from rooftrace.inference.runtime import load_runtime
+from rooftrace.inference.runtime import check_streams, load_runtime
 from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess
 from rooftrace.labels.begc import write_begc_csv
@@ -273,8 +273,11 @@ class PredictOptions:
             ``overlays/<stem>.png`` (the tile with its polygons), the costliest outputs.
         force: Overwrite an output folder that holds files.
         progress: Show a progress bar.
-        threads: Post-processing and writing threads (0: in the main thread, after each batch;
+        threads: Post-processing and writing threads (0: in line, after each forward pass;
             default: 0 for inference on a CPU of up to 4 cores, else half the cores, at most 8).
+        streams: Forward passes at once, each on its share of the CPU's threads (``None``: 2 for a PyTorch
+            model on a CPU, else 1; :meth:`rooftrace.inference.runtime.ModelRuntime.streams`). The outputs are
+            the same for any number.
         compile: ``torch.compile`` the PyTorch model (pays off on long runs on a GPU; the first
             batches of each tile size wait for compilation). Ignored for ONNX models.
         precision: ``auto`` (bf16 autocast on GPUs and on CPUs with native bf16, else fp32),
@@ -299,6 +302,7 @@ class PredictOptions:
     force: bool = False
     progress: bool = True
     threads: int | None = None
+    streams: int | None = None
     compile: bool = False
     precision: str = "auto"
     resume: bool = False
@@ -311,10 +315,11 @@ class PredictOptions:
         ``onnx``: the model is an ``.onnx`` file (ONNX Runtime checks the device when it opens it; torch is not imported).
 
         Raises:
-            RooftraceError: A bad ``workers``, ``input_gsd``, ``precision`` or ``device`` (before anything is read or written).
+            RooftraceError: A bad ``workers``, ``streams``, ``input_gsd``, ``precision`` or ``device`` (before anything is read or written).
         """
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise RooftraceError(f"--workers {self.workers}: must be 0 (read tiles in the main thread) or more")
+        check_streams(self.streams)
         if onnx:
             from rooftrace.config import check_device
 
@@ -453,7 +458,7 @@ class _FolderRun:
     def predict(self) -> None:
         """Stage 2: every tile still to do through the tile engine; each finished tile recorded in ``.partial``."""
         o = self.opts
-        engine = TileEngine(self.runtime, batch_size=o.batch_size, readers=o.workers, threads=o.threads or 0)
+        engine = TileEngine(self.runtime, batch_size=o.batch_size, readers=o.workers, threads=o.threads or 0, streams=o.streams)
         self.t0 = time.perf_counter()
         with tqdm(total=len(self.files), initial=len(self.done), desc="predict", unit="tile", disable=not o.progress,
                   dynamic_ncols=True) as bar:

@@ -24,9 +24,10 @@ does all three. :class:`ModelRunner` is the batch function a scene runs (a runti
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -60,6 +61,9 @@ PAD_MULTIPLE = 32
 WINDOWED_ABOVE = 2048 * 2048
 #: Window size and overlap for such images (the overlap-and-crop rule of :mod:`rooftrace.imagery.windows`).
 WINDOW, WINDOW_OVERLAP = 1024, 128
+
+#: Forward passes a PyTorch network runs at once on a CPU by default (:meth:`ModelRuntime.streams`).
+CPU_STREAMS = 2
 
 #: A model as :func:`rooftrace.scenes.predict.predict_scene` takes it: a model file, a loaded model, or any
 #: callable from an ``(N, 3, H, W)`` tensor (uint8, or normalised float32 when ``normalization`` is given)
@@ -100,6 +104,19 @@ def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor | np.
     return _torch_probabilities(loaded, x, device, tta, precision)
 
 
+def check_streams(n: int | None) -> None:
+    """``--streams``: ``None`` (the default) or a whole number of at least 1."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise RooftraceError(f"--streams {n}: must be 1 or more (forward passes at once)")
+
+
+def cpu_chunk(h: int, w: int) -> int:
+    """Images of ``h x w`` (padded) per forward pass on a CPU: a batch runs in chunks of this many. Forward
+    passes of more than about one 512 x 512 tile are slower per tile there (the activations leave the
+    caches)."""
+    return max(1, CPU_PIXELS_PER_FORWARD // max(1, h * w))
+
+
 def _onnx_probabilities(onnx: OnnxModel, x: Any, tta: bool) -> np.ndarray:
     x = np.ascontiguousarray(x if isinstance(x, np.ndarray) else x.numpy(), dtype=np.float32)
     total = onnx.predict(x)
@@ -119,9 +136,7 @@ def _torch_probabilities(loaded: LoadedModel, x: torch.Tensor | np.ndarray, devi
     x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     amp = autocast_dtype(precision, device)
-    # On the CPU, forward passes of more than about one 512 x 512 tile are slower per tile (the
-    # activations leave the caches), so a batch runs in chunks of at most that many pixels.
-    chunk = x.shape[0] if device.type != "cpu" else max(1, CPU_PIXELS_PER_FORWARD // max(1, x.shape[2] * x.shape[3]))
+    chunk = x.shape[0] if device.type != "cpu" else cpu_chunk(x.shape[2], x.shape[3])
 
     def forward(inp: torch.Tensor) -> torch.Tensor:
         with autocast(device, amp):
@@ -243,6 +258,53 @@ class ModelRuntime:
                                  "one rooftrace wrote, or was edited")
         return out
 
+    def default_streams(self) -> int:
+        """Forward passes to run at once: :data:`CPU_STREAMS` for a PyTorch network on a CPU (never more than
+        torch's threads), else 1 (ONNX Runtime, GPUs)."""
+        if self.is_onnx or getattr(self.device, "type", "cpu") != "cpu":
+            return 1
+        import torch
+
+        return max(1, min(CPU_STREAMS, torch.get_num_threads()))
+
+    def stream_batch(self, batch_size: int, h: int, w: int) -> int:
+        """Images of ``h x w`` (padded) a stream runs at once: the forward pass's own chunk of a batch
+        (:func:`cpu_chunk`), so that the passes are the ones one stream would run, spread over the streams."""
+        return max(1, min(batch_size, cpu_chunk(h, w)))
+
+    @contextmanager
+    def streams(self, n: int | None = None) -> Iterator[int]:
+        """Run ``n`` forward passes at once (``None``: :meth:`default_streams`), each on its share of the CPU's
+        threads; yields how many it granted.
+
+        On a CPU, one PyTorch forward pass spread over every core loses time to its threads waiting for each
+        other, and all of it as soon as post-processing takes one of the cores; one pass per thread loses
+        neither (``benchmarks/pipeline_speed.py``: 1.26x the tiles a second on 2 cores, the same outputs).
+        For ``n`` > 1 torch's intra-op threads are set to its threads // ``n`` for the duration (a setting of
+        the process: other PyTorch work in it runs on fewer threads meanwhile) and restored after. ONNX
+        models and GPUs run one pass at a time (granted: 1).
+
+        Raises:
+            RooftraceError: ``n`` is below 1.
+        """
+        check_streams(n)
+        want = self.default_streams() if n is None else n
+        if want == 1 or self.is_onnx or getattr(self.device, "type", "cpu") != "cpu":
+            yield 1
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        want = min(want, before)
+        if want == 1:
+            yield 1
+            return
+        torch.set_num_threads(before // want)
+        try:
+            yield want
+        finally:
+            torch.set_num_threads(before)
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """``(N, H, W, 3)`` (or one ``(H, W, 3)``) uint8 -> ``(N, C, H, W)`` float32 probabilities:
         normalise, pad, run, crop."""
@@ -251,11 +313,13 @@ class ModelRuntime:
         h, w = batch.shape[1:3]
         return self.run(pad_normalise(batch, self.norm))[:, :, :h, :w]
 
-    def windowed_probabilities(self, rgb: np.ndarray, window: int = WINDOW, overlap: int = WINDOW_OVERLAP) -> np.ndarray:
+    def windowed_probabilities(self, rgb: np.ndarray, window: int = WINDOW, overlap: int = WINDOW_OVERLAP,
+                               streams: int = 1) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> ``(C, H, W)`` float32, window by window: each pixel's probability comes
         from the one window it is most central in (overlap-and-crop, the loop scenes are stitched with:
-        :func:`rooftrace.imagery.windows.run_windows`), so memory is one window's activations plus the
-        output, whatever the image's size."""
+        :func:`rooftrace.imagery.windows.run_windows`), so memory is ``streams`` windows' activations plus
+        the output, whatever the image's size. ``streams``: windows run at once (inside :meth:`streams`,
+        which grants them)."""
         h, w = rgb.shape[:2]
         grid = Grid.make(w, h, window, overlap)
         out: np.ndarray | None = None
@@ -263,7 +327,7 @@ class ModelRuntime:
         def read(win: Any) -> tuple[np.ndarray, None]:
             return rgb[win.row_off:win.row_off + win.height, win.col_off:win.col_off + win.width], None
 
-        for kept in run_windows(grid, read, self.probabilities, batch_size=1):
+        for kept in run_windows(grid, read, self.probabilities, batch_size=1, streams=streams):
             if out is None:
                 out = np.empty((kept.part.shape[0], h, w), dtype=np.float32)  # type: ignore[union-attr]
             out[:, kept.rows, kept.cols] = kept.part
@@ -274,7 +338,8 @@ class ModelRuntime:
         """``(H, W, 3)`` uint8 -> ``(C, H, W)`` float32 for one image of any size: in one pass up to
         :data:`WINDOWED_ABOVE` pixels, window by window above."""
         if rgb.shape[0] * rgb.shape[1] > WINDOWED_ABOVE:
-            return self.windowed_probabilities(rgb)
+            with self.streams() as streams:
+                return self.windowed_probabilities(rgb, streams=streams)
         return self.probabilities(rgb)[0]
 
     def postprocessing(self, method: str | None = None, settings: SettingsArg = None
@@ -342,6 +407,17 @@ class ModelRunner:
     gsd: float | None = None
     #: The model's runtime, when it is a model file (``None`` for a plain callable).
     runtime: ModelRuntime | None = None
+
+    @contextmanager
+    def streams(self, n: int | None = None) -> Iterator[int]:
+        """Windows run at once: the runtime's :meth:`ModelRuntime.streams`; 1 for a plain callable (it may not
+        be safe to call from two threads)."""
+        check_streams(n)
+        if self.runtime is None:
+            yield 1
+            return
+        with self.runtime.streams(n) as granted:
+            yield granted
 
     def postprocessing(self, method: str | None = None, settings: SettingsArg = None
                        ) -> tuple[str, PostprocessSettings | None]:

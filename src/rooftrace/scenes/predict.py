@@ -84,7 +84,7 @@ from rooftrace.gis.writers import (
 from rooftrace.imagery.raster import DEFAULT_STRETCH, GDAL_CACHE_MB, Scene
 from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
 from rooftrace.inference.card import band_warning, gsd_warning, size_warning
-from rooftrace.inference.runtime import ModelRunner, SceneModel, make_runner
+from rooftrace.inference.runtime import ModelRunner, SceneModel, check_streams, make_runner
 from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.instances.postprocess import (
     PostprocessSettings,
@@ -288,6 +288,7 @@ def predict_scene(
     force: bool = False,
     progress: bool = True,
     gsd: float | None = None,
+    streams: int | None = None,
 ) -> SceneResult:
     """Predict the buildings of a georeferenced scene and write them in its CRS.
 
@@ -325,6 +326,8 @@ def predict_scene(
         force: Overwrite ``out`` (and ``probabilities``).
         progress: Show progress bars.
         gsd: The older name of ``input_gsd``, still taken (``predict_scene(..., gsd=0.5)``).
+        streams: Forward passes at once (``None``: 2 for a PyTorch model on a CPU, else 1; see
+            :meth:`rooftrace.inference.runtime.ModelRuntime.streams`). The buildings are the same for any number.
 
     Raises:
         RooftraceError: Unreadable scene, a band mapping needed, an output that exists, a bad
@@ -336,6 +339,7 @@ def predict_scene(
     scene, out = Path(scene), Path(out)
     input_gsd = checked_input_gsd(input_gsd, gsd)
     check_tiling(tile, overlap)
+    check_streams(streams)
     # Before anything runs: no output is an input or another output (resolved paths, links followed).
     check_distinct({"scene": scene, "--model": model if isinstance(model, (str, Path)) else None},
                    {"--out": out, "--probabilities": probabilities})
@@ -357,13 +361,15 @@ def predict_scene(
     with OutputLock(out, what="--out"), OutputLock(probabilities, what="--probabilities") if probabilities else nullcontext():
         _remove_probabilities_temp(prob_path)  # what a killed run of this output left (no live run holds it)
         return _run_scene(scene, out, model, input_gsd, tile, overlap, batch_size, device, tta, precision, bands, stretch, method,
-                          settings, block, margin, max_group, probabilities, normalization, force, progress, prob_path, t0)
+                          settings, block, margin, max_group, probabilities, normalization, force, progress, prob_path, t0,
+                          streams)
 
 
 def _run_scene(scene: Path, out: Path, model: Any, input_gsd: float | None, tile: int, overlap: int, batch_size: int, device: str,
                tta: bool, precision: str, bands: Any, stretch: tuple[float, float], method: str | None,
                settings: PostprocessSettings | None, block: int, margin: int, max_group: int, probabilities: str | Path | None,
-               normalization: Normalization | None, force: bool, progress: bool, prob_path: Path, t0: float) -> SceneResult:
+               normalization: Normalization | None, force: bool, progress: bool, prob_path: Path, t0: float,
+               streams: int | None = None) -> SceneResult:
     """:func:`predict_scene` once its checks have passed and its outputs are locked."""
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), Scene(scene, bands=bands, percentiles=stretch) as sc:
         runner = model if isinstance(model, ModelRunner) else make_runner(model, device=device, tta=tta, normalization=normalization, precision=precision)
@@ -382,7 +388,8 @@ def _run_scene(scene: Path, out: Path, model: Any, input_gsd: float | None, tile
         writer = FeatureWriter(out, sc.crs, sc.transform, force=force, provenance=prov,
                                metres_per_unit=unit_metres(sc.crs, input_gsd, sc.src.transform))
         try:
-            stats = stitch_scene(sc, runner, prob_path, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress)
+            stats = stitch_scene(sc, runner, prob_path, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress,
+                                 streams=streams)
             t1 = time.perf_counter()
             truncated = 0
             for part in postprocess_blocks(prob_path, method=method, settings=settings, block=block, margin=margin,

@@ -22,7 +22,7 @@ from rooftrace.imagery.windows import (
     check_tiling,
     run_windows,
 )
-from rooftrace.inference.runtime import ModelRunner
+from rooftrace.inference.runtime import ModelRunner, padded_size
 
 PROB_BLOCK = 256  # block size of the stitched probability GeoTIFF
 
@@ -90,14 +90,15 @@ def prob_profile(width: int, height: int, channels: int, crs: Any = None, transf
 
 def stitch_windows(grid: Grid, read: Callable, run: Callable[[np.ndarray], np.ndarray], batch_size: int,
                    dst: rasterio.io.DatasetWriter, channels: int, *, jobs: Sequence[tuple[int, int]] | None = None,
-                   bar: Any = None) -> int:
+                   bar: Any = None, streams: int = 1) -> int:
     """Run windows through :func:`rooftrace.imagery.windows.run_windows` and write what each keeps into ``dst``,
     whose first row is the first row the first window keeps; returns the windows skipped (no valid pixel).
 
     The one stitching loop: a scene (:func:`stitch_scene`) runs every window; a Dask task
     (:func:`rooftrace.scenes.tasks.window_task`) a run of them, whose first and last rows of windows may be
     partial (what no window of the run keeps stays 0). One strip of windows is held in memory, and rows are
-    written in whole blocks of the GeoTIFF as soon as they are final.
+    written in whole blocks of the GeoTIFF as soon as they are final. ``streams``: batches run at once
+    (:func:`run_windows`).
     """
     width = grid.width
     strip: np.ndarray | None = None  # the row of windows being stitched
@@ -126,7 +127,7 @@ def stitch_windows(grid: Grid, read: Callable, run: Callable[[np.ndarray], np.nd
             strip = None
             write_rows(final=False)
 
-    for kept in run_windows(grid, read, run, batch_size, jobs=jobs):
+    for kept in run_windows(grid, read, run, batch_size, jobs=jobs, streams=streams):
         if kept.i != strip_i:  # windows come row by row, so strips complete in order
             close_strip()
             strip_i = kept.i
@@ -143,12 +144,15 @@ def stitch_windows(grid: Grid, read: Callable, run: Callable[[np.ndarray], np.nd
 
 
 def stitch_scene(scene: Scene | ArrayScene, runner: ModelRunner, out_path: str | Path, *, tile: int = DEFAULT_TILE,
-                 overlap: int = DEFAULT_OVERLAP, batch_size: int = 4, progress: bool = True) -> StitchStats:
+                 overlap: int = DEFAULT_OVERLAP, batch_size: int = 4, progress: bool = True, streams: int | None = None
+                 ) -> StitchStats:
     """Run the model over every window of ``scene`` and write the stitched probabilities to ``out_path``.
 
     The output is a tiled GeoTIFF with the scene's size, CRS and transform, one uint8 band per
     model channel (probability x 255, rounded), 0 on invalid pixels (:func:`stitch_windows`). ``scene``
     is a raster (:class:`Scene`) or an array (:class:`ArrayScene`: no CRS, the output is in its pixels).
+    ``streams``: batches run at once (``None``: the runtime's default; :meth:`ModelRunner.streams`); the
+    output is the same for any number.
     """
     check_tiling(tile, overlap)
     if batch_size < 1:
@@ -159,9 +163,12 @@ def stitch_scene(scene: Scene | ArrayScene, runner: ModelRunner, out_path: str |
     where = (scene.src.crs, scene.transform) if isinstance(scene, Scene) else (None, None)
     bar = tqdm(total=grid.n_windows, desc=f"predict {scene.path.name}", unit="window", disable=not progress, dynamic_ncols=True)
     try:
-        with rasterio.open(out_path, "w", **prob_profile(scene.width, scene.height, channels, *where)) as dst:
+        with runner.streams(streams) as granted, \
+                rasterio.open(out_path, "w", **prob_profile(scene.width, scene.height, channels, *where)) as dst:
+            if granted > 1 and runner.runtime is not None:  # the forward passes one stream would run, spread
+                batch_size = runner.runtime.stream_batch(batch_size, *padded_size(grid.th, grid.tw))
             skipped = stitch_windows(grid, scene.read, quantised_runner(runner, channels, grid), batch_size, dst, channels,
-                                     bar=bar)
+                                     bar=bar, streams=granted)
     finally:
         bar.close()
     return StitchStats(grid.n_windows, skipped, channels, time.perf_counter() - t0)
