@@ -284,7 +284,7 @@ class Model:
         from rasterio.errors import NotGeoreferencedWarning
 
         from rooftrace.imagery.raster import GDAL_CACHE_MB
-        from rooftrace.scenes.blocks import postprocess_blocks
+        from rooftrace.scenes.blocks import block_threads, postprocess_blocks
         from rooftrace.scenes.stitch import stitch_scene
 
         source = large.source
@@ -296,7 +296,8 @@ class Model:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)  # an array's probabilities are in its pixels
                 prob = Path(tmp) / "probabilities.tif"
                 stitch_scene(source, make_runner(self.runtime), prob, progress=False)
-                for part in postprocess_blocks(prob, method=used.method, settings=used.settings, progress=False):
+                for part in postprocess_blocks(prob, method=used.method, settings=used.settings, progress=False,
+                                               threads=block_threads()):
                     polygons.extend(part.geoms)
                     scores.extend(part.scores.tolist())
         finally:

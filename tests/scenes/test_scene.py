@@ -180,6 +180,23 @@ def test_blocks_give_exactly_the_buildings_of_one_pass_and_f1_1_on_austin(sample
     assert "1.0000 mean over 1 images" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_blocks_in_threads_yield_the_same_buildings_in_the_same_order(austin_oracle, threads):
+    from rooftrace.scenes.blocks import postprocess_blocks
+
+    def run(n: int) -> list:
+        return [(part.geoms, part.scores, part.n_truncated)
+                for part in postprocess_blocks(austin_oracle, block=128, margin=8, progress=False, threads=n)]
+
+    one, many = run(1), run(threads)
+    assert len(one) == len(many) > 10  # many blocks, several with buildings
+    for (g1, s1, t1), (g2, s2, t2) in zip(one, many):
+        assert len(g1) == len(g2) and all(a.equals_exact(b, 0) for a, b in zip(g1, g2))
+        assert np.array_equal(s1, s2) and t1 == t2
+    with pytest.raises(RooftraceError, match="threads 0"):
+        next(postprocess_blocks(austin_oracle, threads=0))
+
+
 # ---------------------------------------------------------------------------------------------
 # Bands and nodata
 

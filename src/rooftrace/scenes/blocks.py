@@ -4,6 +4,10 @@ building decided by exactly one block, so the result equals post-processing the 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -166,9 +170,16 @@ def block_cores(height: int, width: int, block: int) -> list[tuple[int, int]]:
     return [(r, c) for r in range(0, height, block) for c in range(0, width, block)]
 
 
+def block_threads() -> int:
+    """Post-processing threads for a scene's blocks when nothing else runs: the cores, at most 4 (each holds
+    one block with its margin, about 0.3 GB at the default 2,048 px)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def postprocess_blocks(prob_path: str | Path, *, method: str = DEFAULT_METHOD, settings: PostprocessSettings | None = None,
                        block: int = DEFAULT_BLOCK, margin: int = DEFAULT_MARGIN, max_group: int = DEFAULT_MAX_GROUP,
-                       progress: bool = True, cores: Sequence[tuple[int, int]] | None = None) -> Iterator[_BlockOutput]:
+                       progress: bool = True, cores: Sequence[tuple[int, int]] | None = None, threads: int = 1
+                       ) -> Iterator[_BlockOutput]:
     """Post-process a stitched probability GeoTIFF block by block; yields each block's buildings.
 
     Every building of the scene is yielded exactly once (see the module docstring), as a
@@ -176,52 +187,105 @@ def postprocess_blocks(prob_path: str | Path, *, method: str = DEFAULT_METHOD, s
     cores, from :func:`block_cores`) limits the run to those cores: the ownership rule needs
     nothing from the other cores, so disjoint subsets can run in separate processes
     (:mod:`rooftrace.scenes.distributed`) and together give exactly the buildings of one run.
+    ``threads``: blocks post-processed at once (each thread reads the GeoTIFF through its own handle;
+    OpenCV, scikit-image and numpy release the GIL); blocks are yielded in the same order, with the same
+    buildings, for any number (:func:`block_threads` is the default of ``predict-scene`` and the API).
     """
     if block < 64:
         raise RooftraceError(f"--block {block}: must be at least 64 pixels")
     if margin < 2 * _EDGE:
         raise RooftraceError(f"--margin {margin}: must be at least {2 * _EDGE} pixels")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise RooftraceError(f"post-processing threads {threads!r}: must be 1 or more")
     s = settings or PostprocessSettings()
     threshold = s.footprint_threshold
-    reader = _ProbReader(Path(prob_path))
-    H, W = reader.height, reader.width
+    path = Path(prob_path)
+    first = _ProbReader(path)
+    H, W = first.height, first.width
+    readers = [first]
+    local = threading.local()
+    local.reader = first if threads == 1 else None
+    lock = threading.Lock()
+
+    def reader() -> _ProbReader:
+        if getattr(local, "reader", None) is None:  # one handle per thread: a GDAL dataset is not shared across threads
+            local.reader = _ProbReader(path)
+            with lock:
+                readers.append(local.reader)
+        return local.reader
+
+    def one(core: tuple[int, int]) -> _BlockOutput | None:
+        return _block(reader(), core, H, W, block, margin, threshold, method, settings, max_group)
+
     cores = block_cores(H, W, block) if cores is None else [(int(r), int(c)) for r, c in cores]
     bar = tqdm(total=len(cores), desc="post-process", unit="block", disable=not progress, dynamic_ncols=True)
     try:
-        for cr0, cc0 in cores:
-            cr1, cc1 = min(H, cr0 + block), min(W, cc0 + block)
-            r0, c0, r1, c1 = max(0, cr0 - margin), max(0, cc0 - margin), min(H, cr1 + margin), min(W, cc1 + margin)
-            p = reader.read(r0, c0, r1, c1)
-            bar.update(1)
-            if not (p[0] >= threshold).any():
-                continue
-            labels, stats = _groups(p, threshold)
-            n = len(stats) - 1
-            arow, acol = _anchors(labels, stats)
-            owned = (arow + r0 >= cr0) & (arow + r0 < cr1) & (acol + c0 >= cc0) & (acol + c0 < cc1)
-            cut = _cut_any(stats[1:], r0, c0, r1, c1, H, W)
-            take = np.zeros(n + 1, dtype=bool)
-            take[1:] = owned & ~cut
-            geoms_out, scores_out, truncated = [], [], 0
-            if take.any():
-                found = postprocess(p, method=method, settings=settings)
-                geoms = np.asarray(found.footprints, dtype=object)
-                keep = take[_group_of(geoms, labels)]
-                geoms_out.append(_shift(geoms[keep], c0, r0))
-                scores_out.append(np.asarray(found.scores, dtype=np.float64)[keep])
-            seen: set[tuple[int, int]] = set()
-            for g in np.flatnonzero(owned & cut) + 1:  # groups that may go on beyond the window
-                anchor, geoms, scores, cut_off = _resolve_group(
-                    reader, (int(arow[g - 1] + r0), int(acol[g - 1] + c0)), (r0, c0, r1, c1), threshold, method,
-                    settings, max(max_group, r1 - r0, c1 - c0))
-                if not (cr0 <= anchor[0] < cr1 and cc0 <= anchor[1] < cc1) or anchor in seen:
-                    continue  # another block owns it, or it was one of this block's groups already
-                seen.add(anchor)
-                truncated += int(cut_off)
-                geoms_out.append(geoms)
-                scores_out.append(scores)
-            if geoms_out:
-                yield _BlockOutput(np.concatenate(geoms_out), np.concatenate(scores_out), truncated)
+        if threads == 1:
+            for core in cores:
+                out = one(core)
+                bar.update(1)
+                if out is not None:
+                    yield out
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="rooftrace-blocks") as pool:
+            running: deque[Future] = deque()
+            try:
+                for core in cores:
+                    running.append(pool.submit(one, core))
+                    while len(running) > threads:  # a block per thread, in order: memory is ``threads`` blocks
+                        out = running.popleft().result()
+                        bar.update(1)
+                        if out is not None:
+                            yield out
+                while running:
+                    out = running.popleft().result()
+                    bar.update(1)
+                    if out is not None:
+                        yield out
+            finally:
+                for f in running:
+                    f.cancel()
     finally:
         bar.close()
-        reader.close()
+        for r in readers:
+            r.close()
+
+
+def _block(reader: _ProbReader, core: tuple[int, int], H: int, W: int, block: int, margin: int, threshold: float, method: str,
+           settings: PostprocessSettings | None, max_group: int) -> _BlockOutput | None:
+    """One core's buildings (``None``: none): the core with its margin post-processed, each group kept by the
+    block that owns its anchor, and groups cut by the margin grown until whole (:func:`_resolve_group`)."""
+    cr0, cc0 = core
+    cr1, cc1 = min(H, cr0 + block), min(W, cc0 + block)
+    r0, c0, r1, c1 = max(0, cr0 - margin), max(0, cc0 - margin), min(H, cr1 + margin), min(W, cc1 + margin)
+    p = reader.read(r0, c0, r1, c1)
+    if not (p[0] >= threshold).any():
+        return None
+    labels, stats = _groups(p, threshold)
+    n = len(stats) - 1
+    arow, acol = _anchors(labels, stats)
+    owned = (arow + r0 >= cr0) & (arow + r0 < cr1) & (acol + c0 >= cc0) & (acol + c0 < cc1)
+    cut = _cut_any(stats[1:], r0, c0, r1, c1, H, W)
+    take = np.zeros(n + 1, dtype=bool)
+    take[1:] = owned & ~cut
+    geoms_out, scores_out, truncated = [], [], 0
+    if take.any():
+        found = postprocess(p, method=method, settings=settings)
+        geoms = np.asarray(found.footprints, dtype=object)
+        keep = take[_group_of(geoms, labels)]
+        geoms_out.append(_shift(geoms[keep], c0, r0))
+        scores_out.append(np.asarray(found.scores, dtype=np.float64)[keep])
+    seen: set[tuple[int, int]] = set()
+    for g in np.flatnonzero(owned & cut) + 1:  # groups that may go on beyond the window
+        anchor, geoms, scores, cut_off = _resolve_group(
+            reader, (int(arow[g - 1] + r0), int(acol[g - 1] + c0)), (r0, c0, r1, c1), threshold, method,
+            settings, max(max_group, r1 - r0, c1 - c0))
+        if not (cr0 <= anchor[0] < cr1 and cc0 <= anchor[1] < cc1) or anchor in seen:
+            continue  # another block owns it, or it was one of this block's groups already
+        seen.add(anchor)
+        truncated += int(cut_off)
+        geoms_out.append(geoms)
+        scores_out.append(scores)
+    if not geoms_out:
+        return None
+    return _BlockOutput(np.concatenate(geoms_out), np.concatenate(scores_out), truncated)

@@ -93,6 +93,7 @@ from rooftrace.scenes.blocks import (
     DEFAULT_BLOCK,
     DEFAULT_MARGIN,
     DEFAULT_MAX_GROUP,
+    block_threads,
     postprocess_blocks,
 )
 from rooftrace.scenes.stitch import stitch_scene
@@ -393,7 +394,7 @@ def _run_scene(scene: Path, out: Path, model: Any, input_gsd: float | None, tile
             t1 = time.perf_counter()
             truncated = 0
             for part in postprocess_blocks(prob_path, method=method, settings=settings, block=block, margin=margin,
-                                           max_group=max_group, progress=progress):
+                                           max_group=max_group, progress=progress, threads=block_threads()):
                 writer.add(part.geoms, part.scores)
                 truncated += part.n_truncated
             written = writer.close()
