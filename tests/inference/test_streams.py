@@ -211,6 +211,9 @@ def test_predict_options_and_the_command_line_refuse_bad_streams(sample, tmp_pat
 
     with pytest.raises(RooftraceError, match="--streams 0"):
         PredictOptions(streams=0).checked()
+    with pytest.raises(RooftraceError, match="--streams 2 with --compile"):
+        PredictOptions(streams=2, compile=True).checked()
+    assert PredictOptions(streams=1, compile=True).checked().streams == 1
     assert main(["predict", str(sample / "test" / "image"), "--out", str(tmp_path / "o"), "--streams", "0"]) == 2
     assert "--streams 0: must be 1 or more" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

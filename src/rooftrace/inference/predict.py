@@ -276,8 +276,8 @@ class PredictOptions:
         threads: Post-processing and writing threads (0: in line, after each forward pass;
             default: 0 for inference on a CPU of up to 4 cores, else half the cores, at most 8).
         streams: Forward passes at once, each on its share of the CPU's threads (``None``: 2 for a PyTorch
-            model on a CPU, else 1; :meth:`rooftrace.inference.runtime.ModelRuntime.streams`). The outputs are
-            the same for any number.
+            model on a CPU, else 1, and 1 with ``compile``; :meth:`rooftrace.inference.runtime.ModelRuntime.streams`).
+            The outputs are the same for any number.
         compile: ``torch.compile`` the PyTorch model (pays off on long runs on a GPU; the first
             batches of each tile size wait for compilation). Ignored for ONNX models.
         precision: ``auto`` (bf16 autocast on GPUs and on CPUs with native bf16, else fp32),
@@ -320,6 +320,9 @@ class PredictOptions:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise RooftraceError(f"--workers {self.workers}: must be 0 (read tiles in the main thread) or more")
         check_streams(self.streams)
+        if self.compile and self.streams is not None and self.streams > 1:
+            raise RooftraceError(f"--streams {self.streams} with --compile: a compiled model is not safe to call from two "
+                                 "threads at once; drop one of them")
         if onnx:
             from rooftrace.config import check_device
 
@@ -458,7 +461,8 @@ class _FolderRun:
     def predict(self) -> None:
         """Stage 2: every tile still to do through the tile engine; each finished tile recorded in ``.partial``."""
         o = self.opts
-        engine = TileEngine(self.runtime, batch_size=o.batch_size, readers=o.workers, threads=o.threads or 0, streams=o.streams)
+        streams = 1 if o.compile else o.streams  # a compiled model runs in one thread
+        engine = TileEngine(self.runtime, batch_size=o.batch_size, readers=o.workers, threads=o.threads or 0, streams=streams)
         self.t0 = time.perf_counter()
         with tqdm(total=len(self.files), initial=len(self.done), desc="predict", unit="tile", disable=not o.progress,
                   dynamic_ncols=True) as bar:
