@@ -168,13 +168,13 @@ def test_tuned_settings_travel_in_the_onnx_file(sample, model_file, tmp_path):
 
 
 def test_predict_onnx_with_tta_threads_and_workers_writes_what_one_thread_writes(sample, onnx_file, tmp_path):
-    """The pipeline (reading processes, same-size batches, post-processing threads) changes nothing:
-    the same files as everything in line, whatever the batch size."""
+    """The pipeline (reading threads, same-size batches, post-processing threads, two streams) changes nothing:
+    the same files as everything in line in one stream, whatever the batch size."""
     from rooftrace.inference.predict import predict_folder
 
     images = sample / "test" / "image"
     a = predict_folder(images, tmp_path / "a", onnx_file, tta=True, batch_size=3, workers=1, threads=2, progress=False)
-    b = predict_folder(images, tmp_path / "b", onnx_file, tta=True, batch_size=1, workers=0, threads=0, progress=False)
+    b = predict_folder(images, tmp_path / "b", onnx_file, tta=True, batch_size=1, workers=0, threads=0, streams=1, progress=False)
     for name in ("submission.csv", "predictions.geojson", "predictions.coco.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     for sub in ("masks", "overlays"):
@@ -218,6 +218,28 @@ def test_predict_overlays_are_lossless_pngs(sample, model_file, tmp_path, monkey
                  "--workers", "0"]) == 0
     img = Image.open(tmp_path / "out" / "overlays" / "0000.png")
     assert img.mode == "RGB" and np.array_equal(np.asarray(img), rgb)
+
+
+def test_an_onnx_model_on_the_cpu_runs_two_streams_on_sessions_of_one_thread(sample, onnx_file):
+    import os
+
+    from rooftrace.inference.runtime import load_runtime
+
+    rt = load_runtime(onnx_file, device="cpu")
+    first = rt.net.session
+    x = np.random.default_rng(0).standard_normal((2, 3, 256, 256)).astype(np.float32)
+    want = rt.run(x)
+    cores = os.cpu_count() or 1
+    with rt.streams(2) as n:
+        assert n == min(2, cores)
+        if n == 2:
+            assert rt.net.session is not first and rt.net.session is rt.net.on_threads(cores // 2)
+            assert rt.net.session.get_session_options().intra_op_num_threads == cores // 2
+        assert np.array_equal(rt.run(x), want)  # the same outputs, bit for bit
+    assert rt.net.session is first  # restored
+    with rt.streams(1) as n:
+        assert n == 1 and rt.net.session is first
+    assert rt.default_streams() == min(2, cores)
 
 
 def test_an_onnx_model_runs_without_importing_torch(sample, onnx_file, tmp_path):

@@ -192,7 +192,7 @@ def add_layer_option(p: argparse.ArgumentParser) -> None:
 # finetune.
 def add_streams_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--streams", type=int, default=None, metavar="N",
-                   help=f"forward passes at once, each on its share of the CPU's threads (default: 2 for a PyTorch model on a CPU, "
+                   help=f"forward passes at once, each on its share of the CPU's threads (default: 2 on a CPU, "
                         f"else 1); the same {what}' buildings for any N")
 
 

@@ -13,8 +13,8 @@ that overlap.
    batch size 1), and an image of more than :data:`WINDOWED_ABOVE` pixels runs alone, window by window
    (:meth:`ModelRuntime.windowed_probabilities`, the window loop scenes are stitched with);
 3. **forward** (:meth:`ModelRuntime.run`): in ``streams`` threads, each running one batch at a time on
-   its share of the CPU's threads (:meth:`ModelRuntime.streams`: 2 on a CPU by default), or in the calling
-   thread with one stream (ONNX Runtime, GPUs);
+   its share of the CPU's threads (:meth:`ModelRuntime.streams`: 2 on a CPU by default, PyTorch or ONNX
+   Runtime), or in the calling thread with one stream (GPUs);
 4. **finish** (threads, or in line with ``threads=0``: in the stream's thread, after its forward pass): the
    caller's function, typically post-processing, tracing and writing per-image files
    (:mod:`rooftrace.instances.postprocess`: OpenCV, scikit-image, shapely and zlib release the GIL). At

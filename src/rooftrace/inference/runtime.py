@@ -23,6 +23,7 @@ does all three. :class:`ModelRunner` is the batch function a scene runs (a runti
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -258,14 +259,23 @@ class ModelRuntime:
                                  "one rooftrace wrote, or was edited")
         return out
 
-    def default_streams(self) -> int:
-        """Forward passes to run at once: :data:`CPU_STREAMS` for a PyTorch network on a CPU (never more than
-        torch's threads), else 1 (ONNX Runtime, GPUs)."""
-        if self.is_onnx or getattr(self.device, "type", "cpu") != "cpu":
-            return 1
+    def _stream_threads(self) -> int | None:
+        """The threads streams share: torch's for a PyTorch network on a CPU, the CPU's for an ONNX model on the
+        CPU alone; ``None`` where one stream runs (GPUs, ONNX Runtime with a GPU provider)."""
+        if self.is_onnx:
+            net: OnnxModel = self.net  # type: ignore[assignment]
+            return (os.cpu_count() or 1) if net.cpu_only and net.source is not None else None
+        if getattr(self.device, "type", "cpu") != "cpu":
+            return None
         import torch
 
-        return max(1, min(CPU_STREAMS, torch.get_num_threads()))
+        return torch.get_num_threads()
+
+    def default_streams(self) -> int:
+        """Forward passes to run at once: :data:`CPU_STREAMS` on a CPU (PyTorch, or ONNX Runtime on the CPU alone;
+        never more than the threads), else 1 (GPUs)."""
+        threads = self._stream_threads()
+        return 1 if threads is None else max(1, min(CPU_STREAMS, threads))
 
     def stream_batch(self, batch_size: int, h: int, w: int) -> int:
         """Images of ``h x w`` (padded) a stream runs at once: the forward pass's own chunk of a batch
@@ -277,33 +287,42 @@ class ModelRuntime:
         """Run ``n`` forward passes at once (``None``: :meth:`default_streams`), each on its share of the CPU's
         threads; yields how many it granted.
 
-        On a CPU, one PyTorch forward pass spread over every core loses time to its threads waiting for each
-        other, and all of it as soon as post-processing takes one of the cores; one pass per thread loses
-        neither (``benchmarks/pipeline_speed.py``: 1.26x the tiles a second on 2 cores, the same outputs).
-        For ``n`` > 1 torch's intra-op threads are set to its threads // ``n`` for the duration (a setting of
-        the process: other PyTorch work in it runs on fewer threads meanwhile) and restored after. ONNX
-        models and GPUs run one pass at a time (granted: 1).
+        On a CPU, one forward pass spread over every core loses time to its threads waiting for each other,
+        and all of a core's share as soon as post-processing takes that core; one pass per thread loses
+        neither (``benchmarks/pipeline_speed.py``: 1.17x the tiles a second on 2 cores with PyTorch, 1.15-1.21x
+        with ONNX Runtime; the same outputs). For a PyTorch network, torch's intra-op threads are set to its
+        threads // ``n`` for the duration (a setting of the process: other PyTorch work in it runs on fewer
+        threads meanwhile) and restored after; an ONNX model runs on a session of the same graph with that many
+        threads (:meth:`rooftrace.models.onnx.OnnxModel.on_threads`: the same outputs, bit for bit). GPUs run
+        one pass at a time (granted: 1).
 
         Raises:
             RooftraceError: ``n`` is below 1.
         """
         check_streams(n)
         want = self.default_streams() if n is None else n
-        if want == 1 or self.is_onnx or getattr(self.device, "type", "cpu") != "cpu":
+        threads = self._stream_threads()
+        if threads is not None:
+            want = min(want, threads)
+        if want == 1 or threads is None:
             yield 1
+            return
+        if self.is_onnx:
+            net: OnnxModel = self.net  # type: ignore[assignment]
+            before = net.session
+            net.session = net.on_threads(max(1, threads // want))
+            try:
+                yield want
+            finally:
+                net.session = before
             return
         import torch
 
-        before = torch.get_num_threads()
-        want = min(want, before)
-        if want == 1:
-            yield 1
-            return
-        torch.set_num_threads(before // want)
+        torch.set_num_threads(threads // want)
         try:
             yield want
         finally:
-            torch.set_num_threads(before)
+            torch.set_num_threads(threads)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """``(N, H, W, 3)`` (or one ``(H, W, 3)``) uint8 -> ``(N, C, H, W)`` float32 probabilities:

@@ -3,7 +3,7 @@ running a session through onnxruntime, with the same interface as a PyTorch mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,25 @@ class OnnxModel:
     meta: dict[str, Any]
     path: Path
     providers: list[str]
+    #: What the session was opened from (the file's name, or the graph's bytes), to open it again with other
+    #: thread counts (:meth:`on_threads`); ``None``: it cannot be.
+    source: str | bytes | None = None
+    _sessions: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def cpu_only(self) -> bool:
+        """Whether the session runs on the CPU alone (no GPU provider)."""
+        return list(self.providers) == ["CPUExecutionProvider"]
+
+    def on_threads(self, threads: int) -> Any:
+        """A session of the same graph on the CPU with ``threads`` intra-op threads, idle threads not spinning
+        (opened once per count, then kept). Sessions of one graph give the same outputs, bit for bit, whatever
+        their thread count (checked on the shipped network)."""
+        if self.source is None:
+            raise RooftraceError(f"{self.path}: this ONNX model cannot be reopened with other thread counts")
+        if threads not in self._sessions:
+            self._sessions[threads] = _inference_session(self.source, self.path, ["CPUExecutionProvider"], threads, False)
+        return self._sessions[threads]
 
     @property
     def int8(self) -> bool:
@@ -159,7 +178,7 @@ def onnx_model_like(model_bytes: bytes, like: Any, threads: int = 0, spinning: b
     (:mod:`rooftrace.inference.choice`)."""
     sess = _inference_session(model_bytes, Path(like.path), ["CPUExecutionProvider"], threads, spinning)
     return OnnxModel(sess, like.config, tuple(like.channels), tuple(like.mean), tuple(like.std), like.meta, Path(like.path),
-                     list(sess.get_providers()))
+                     list(sess.get_providers()), source=model_bytes)
 
 
 def load_onnx(path: str | Path, device: str = "auto", threads: int = 0, spinning: bool = True) -> OnnxModel:
@@ -189,7 +208,7 @@ def load_onnx(path: str | Path, device: str = "auto", threads: int = 0, spinning
     if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != len(channels)):
         raise RooftraceError(f"{path}: the network's output has shape {list(shape)}, but its metadata names "
                              f"{len(channels)} channels ({', '.join(channels)}); not a model rooftrace exported, or edited")
-    return OnnxModel(sess, cfg, channels, mean, std, meta, path, list(sess.get_providers()))
+    return OnnxModel(sess, cfg, channels, mean, std, meta, path, list(sess.get_providers()), source=str(path))
 
 
 def onnx_postprocess_settings(meta: dict[str, Any]):

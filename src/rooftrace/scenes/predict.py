@@ -327,7 +327,7 @@ def predict_scene(
         force: Overwrite ``out`` (and ``probabilities``).
         progress: Show progress bars.
         gsd: The older name of ``input_gsd``, still taken (``predict_scene(..., gsd=0.5)``).
-        streams: Forward passes at once (``None``: 2 for a PyTorch model on a CPU, else 1; see
+        streams: Forward passes at once (``None``: 2 on a CPU, else 1; see
             :meth:`rooftrace.inference.runtime.ModelRuntime.streams`). The buildings are the same for any number.
 
     Raises:
