@@ -63,7 +63,7 @@ WINDOWED_ABOVE = 2048 * 2048
 #: Window size and overlap for such images (the overlap-and-crop rule of :mod:`rooftrace.imagery.windows`).
 WINDOW, WINDOW_OVERLAP = 1024, 128
 
-#: Forward passes a PyTorch network runs at once on a CPU by default (:meth:`ModelRuntime.streams`).
+#: Forward passes a network runs at once on a CPU by default, PyTorch or ONNX Runtime (:meth:`ModelRuntime.streams`).
 CPU_STREAMS = 2
 
 #: A model as :func:`rooftrace.scenes.predict.predict_scene` takes it: a model file, a loaded model, or any
