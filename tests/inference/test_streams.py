@@ -147,8 +147,11 @@ def test_streams_lower_torch_threads_while_they_run_and_restore_them(tmp_path):
     try:
         torch.set_num_threads(2)
         assert rt.default_streams() == 2
+        x = np.random.default_rng(0).standard_normal((2, 3, 128, 128)).astype(np.float32)
+        two_threads = rt.run(x)
         with rt.streams() as n:
             assert n == 2 and torch.get_num_threads() == 1
+            assert np.abs(rt.run(x) - two_threads).max() < 1e-5  # fp32 sums in another order on one thread
         assert torch.get_num_threads() == 2
         with rt.streams(1) as n:
             assert n == 1 and torch.get_num_threads() == 2

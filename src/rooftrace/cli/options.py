@@ -186,16 +186,18 @@ def add_layer_option(p: argparse.ArgumentParser) -> None:
                    "is an error that lists its layers (default: none; files of one layer are read as they are)")
 
 
+def add_streams_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--streams N``: forward passes at once (``args.streams``; :meth:`rooftrace.inference.runtime.ModelRuntime.streams`);
+    ``what`` names the inputs in its help (``tiles``, ``windows``)."""
+    p.add_argument("--streams", type=int, default=None, metavar="N",
+                   help=f"forward passes at once, each on its share of the CPU's threads (default: 2 on a CPU, "
+                        f"else 1); the same {what}' buildings for any N (fp32: probabilities within 1e-5)")
+
+
 # Two pixel sizes, named apart: the input's (the tiles' or the scene's, ``--input-gsd``) and the model's (the one a
 # model trains at, the target of prepare-chips and finetune, ``--model-gsd``). ``--gsd``, the older name, stays an alias
 # with the meaning it had in each command: the input's in predict and predict-scene, the model's in prepare-chips and
 # finetune.
-def add_streams_option(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--streams", type=int, default=None, metavar="N",
-                   help=f"forward passes at once, each on its share of the CPU's threads (default: 2 on a CPU, "
-                        f"else 1); the same {what}' buildings for any N")
-
-
 def add_input_gsd_option(p: argparse.ArgumentParser, help_text: str) -> None:
     """``--input-gsd METRES``, the input's pixel size (``args.input_gsd``), and ``--gsd``, its alias; ``help_text`` says what it
     does in the command."""

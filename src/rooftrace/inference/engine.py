@@ -133,7 +133,7 @@ class TileEngine:
         readers: Reading threads (0: read in the calling thread, one image at a time).
         threads: Finishing threads (0: finish in line, after each batch).
         streams: Forward passes at once (``None``: the runtime's default; :meth:`ModelRuntime.streams`
-            decides how many it grants). Outputs are the same for any number.
+            decides how many it grants). Outputs are the same for any number (PyTorch fp32: within 1e-5).
         ahead: Images read ahead of the network (default ``2 * batch_size``).
         timings: Seconds per stage, summed over images: ``read`` and ``read_cpu`` (in the reading
             threads), ``wait`` (the network waiting for an image), ``inference``.

@@ -277,7 +277,7 @@ class PredictOptions:
             default: 0 for inference on a CPU of up to 4 cores, else half the cores, at most 8).
         streams: Forward passes at once, each on its share of the CPU's threads (``None``: 2 for a PyTorch
             model on a CPU, else 1, and 1 with ``compile``; :meth:`rooftrace.inference.runtime.ModelRuntime.streams`).
-            The outputs are the same for any number.
+            The outputs are the same for any number (PyTorch fp32: probabilities within 1e-5).
         compile: ``torch.compile`` the PyTorch model (pays off on long runs on a GPU; the first
             batches of each tile size wait for compilation). Ignored for ONNX models.
         precision: ``auto`` (bf16 autocast on GPUs and on CPUs with native bf16, else fp32),

@@ -328,7 +328,8 @@ def predict_scene(
         progress: Show progress bars.
         gsd: The older name of ``input_gsd``, still taken (``predict_scene(..., gsd=0.5)``).
         streams: Forward passes at once (``None``: 2 on a CPU, else 1; see
-            :meth:`rooftrace.inference.runtime.ModelRuntime.streams`). The buildings are the same for any number.
+            :meth:`rooftrace.inference.runtime.ModelRuntime.streams`). The buildings are the same for any number
+            (PyTorch fp32: probabilities within 1e-5, so a pixel at a threshold could differ).
 
     Raises:
         RooftraceError: Unreadable scene, a band mapping needed, an output that exists, a bad

@@ -152,7 +152,7 @@ def stitch_scene(scene: Scene | ArrayScene, runner: ModelRunner, out_path: str |
     model channel (probability x 255, rounded), 0 on invalid pixels (:func:`stitch_windows`). ``scene``
     is a raster (:class:`Scene`) or an array (:class:`ArrayScene`: no CRS, the output is in its pixels).
     ``streams``: batches run at once (``None``: the runtime's default; :meth:`ModelRunner.streams`); the
-    output is the same for any number.
+    output is the same for any number (PyTorch fp32: probabilities within 1e-5; see :meth:`ModelRunner.streams`).
     """
     check_tiling(tile, overlap)
     if batch_size < 1:
