@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -138,6 +138,18 @@ def candidates(device: torch.device, onnx: bool = True) -> list[str]:
     return found
 
 
+def _best_time(once: Callable[[], object], repeat: int = 2) -> float:
+    """The fastest of ``repeat`` timed calls of ``once``, after one warm-up call (oneDNN and ONNX Runtime
+    prepare their kernels on the first pass)."""
+    once()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 @torch.inference_mode()
 def _time_forward(model: torch.nn.Module, precision: str, device: torch.device, repeat: int = 2) -> float:
     x = torch.zeros(PROBE_SHAPE).contiguous(memory_format=torch.channels_last)
@@ -147,26 +159,14 @@ def _time_forward(model: torch.nn.Module, precision: str, device: torch.device, 
         with autocast(device, amp):
             model(x)
 
-    once()  # warm: oneDNN creates its kernels on the first pass
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return _best_time(once, repeat)
 
 
 def _time_onnx(onnx: OnnxModel, repeat: int = 2) -> float:
     import numpy as np
 
     x = np.zeros(PROBE_SHAPE, dtype=np.float32)
-    onnx.predict(x)  # warm
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        onnx.predict(x)
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return _best_time(lambda: onnx.predict(x), repeat)
 
 
 @torch.inference_mode()
