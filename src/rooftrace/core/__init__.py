@@ -8,5 +8,6 @@
 - :mod:`~rooftrace.core.locks`: exclusive outputs (``OutputLock``, ``exclusive``); :mod:`~rooftrace.core.paths`:
   inputs never outputs; :mod:`~rooftrace.core.memory`: the allocation bound.
 - :mod:`~rooftrace.core.hashing`: ``sha256_file``; :mod:`~rooftrace.core.machine`: ``cpu_name``.
+- :mod:`~rooftrace.core.threads`: ``ordered_map`` (work over a few threads, results in order).
 - :mod:`~rooftrace.core.version`: ``__version__``.
 """

@@ -118,8 +118,9 @@ def run_windows(grid: Grid, read: Callable[[Window], tuple[np.ndarray, np.ndarra
             a time); the caller makes ``run`` fit (:meth:`rooftrace.inference.runtime.ModelRuntime.streams`).
             Batches are the same and come back in the same order either way.
     """
-    from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rooftrace.core.threads import ordered_map
 
     jobs = [(i, j) for i in range(len(grid.ys)) for j in range(len(grid.xs))] if jobs is None else list(jobs)
     batches = [jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)]
@@ -150,26 +151,15 @@ def run_windows(grid: Grid, read: Callable[[Window], tuple[np.ndarray, np.ndarra
             yield KeptWindow(i, j, rows, cols, full[:, rows.start - y:rows.stop - y, cols.start - x:cols.stop - x])
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rooftrace-read") as pool:
-        future = pool.submit(read_batch, batches[0])
-        if streams <= 1:
+
+        def read_ahead() -> Iterator[list[Item]]:  # each batch read while the one before it runs
+            future = pool.submit(read_batch, batches[0])
             for k in range(len(batches)):
                 items = future.result()
                 if k + 1 < len(batches):
                     future = pool.submit(read_batch, batches[k + 1])
-                yield from kept(*run_batch(items))
-            return
-        with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="rooftrace-net") as nets:
-            running: deque[Future] = deque()
-            try:
-                for k in range(len(batches)):
-                    items = future.result()
-                    if k + 1 < len(batches):
-                        future = pool.submit(read_batch, batches[k + 1])
-                    running.append(nets.submit(run_batch, items))
-                    while len(running) > streams:  # a batch per stream running, one waiting for a free stream
-                        yield from kept(*running.popleft().result())
-                while running:
-                    yield from kept(*running.popleft().result())
-            finally:
-                for f in running:
-                    f.cancel()
+                yield items
+
+        # streams: a batch per stream running, one waiting for a free stream; 1: in this thread
+        for done in ordered_map(run_batch, read_ahead(), streams, name="rooftrace-net"):
+            yield from kept(*done)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -19,6 +17,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.threads import ordered_map
 from rooftrace.instances.postprocess import (
     DEFAULT_METHOD,
     PostprocessSettings,
@@ -220,31 +219,11 @@ def postprocess_blocks(prob_path: str | Path, *, method: str = DEFAULT_METHOD, s
     cores = block_cores(H, W, block) if cores is None else [(int(r), int(c)) for r, c in cores]
     bar = tqdm(total=len(cores), desc="post-process", unit="block", disable=not progress, dynamic_ncols=True)
     try:
-        if threads == 1:
-            for core in cores:
-                out = one(core)
-                bar.update(1)
-                if out is not None:
-                    yield out
-            return
-        with ThreadPoolExecutor(threads, thread_name_prefix="rooftrace-blocks") as pool:
-            running: deque[Future] = deque()
-            try:
-                for core in cores:
-                    running.append(pool.submit(one, core))
-                    while len(running) > threads:  # a block per thread, in order: memory is ``threads`` blocks
-                        out = running.popleft().result()
-                        bar.update(1)
-                        if out is not None:
-                            yield out
-                while running:
-                    out = running.popleft().result()
-                    bar.update(1)
-                    if out is not None:
-                        yield out
-            finally:
-                for f in running:
-                    f.cancel()
+        # a block per thread, in raster order: memory is about ``threads + 1`` blocks
+        for out in ordered_map(one, cores, threads, name="rooftrace-blocks"):
+            bar.update(1)
+            if out is not None:
+                yield out
     finally:
         bar.close()
         for r in readers:
