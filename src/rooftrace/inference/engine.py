@@ -166,7 +166,7 @@ class TileEngine:
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rooftrace-post") if self.threads else None
         nets = ThreadPoolExecutor(streams, thread_name_prefix="rooftrace-net") if streams > 1 else None
         # in flight: a batch per stream, one more waiting for a stream, and what waits to be finished
-        max_pending = max((streams + 1) * self.batch_size if nets is not None else 2 * self.batch_size, 4 * max(self.threads, 1))
+        max_pending = max((streams + 1) * self.batch_size, 4 * max(self.threads, 1))
         pending: deque[tuple[Prepared, Future | _Share | Any]] = deque()
         reads: deque[Future] = deque()
         timings = self.timings
