@@ -290,11 +290,11 @@ class ModelRuntime:
         On a CPU, one forward pass spread over every core loses time to its threads waiting for each other,
         and all of a core's share as soon as post-processing takes that core; one pass per thread loses
         neither (``benchmarks/pipeline_speed.py``: 1.17x the tiles a second on 2 cores with PyTorch, 1.15-1.21x
-        with ONNX Runtime). The outputs are the same bit for bit in bf16 and ONNX Runtime; PyTorch fp32 sums in
-        another order on fewer threads (probabilities within 1e-5). For a PyTorch network, torch's intra-op threads are set to its
-        threads // ``n`` for the duration (a setting of the process: other PyTorch work in it runs on fewer
-        threads meanwhile) and restored after; an ONNX model runs on a session of the same graph with that many
-        threads (:meth:`rooftrace.models.onnx.OnnxModel.on_threads`: the same outputs, bit for bit). GPUs run
+        with ONNX Runtime). For a PyTorch network, torch's intra-op threads are set to its threads // ``n`` for
+        the duration (a setting of the process: other PyTorch work in it runs on fewer threads meanwhile) and
+        restored after; an ONNX model runs on a session of the same graph with that many threads
+        (:meth:`rooftrace.models.onnx.OnnxModel.on_threads`). The outputs are the same bit for bit in bf16 and
+        ONNX Runtime; PyTorch fp32 sums in another order on fewer threads (probabilities within 1e-5). GPUs run
         one pass at a time (granted: 1).
 
         Raises:
