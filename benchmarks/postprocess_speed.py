@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     inputs: dict[str, list[np.ndarray]] = {}
     if (args.sample / "test" / "test.json").exists():
-        inputs[f"sample ({{n}} tiles)"] = sample_tiles(args.sample)
+        inputs["sample ({n} tiles)"] = sample_tiles(args.sample)
     else:
         print(f"sample pack not found at {args.sample}; synthetic tile only", file=sys.stderr)
     syn, n_syn = synthetic_tile()
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {' '.join([exe, *sys.argv])}")
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}")
     print(f"tiles: {SIZE} x {SIZE}, perfect outputs; {args.repeat} timed calls per tile after one warm-up\n")
-    print(f"| input | method | settings | mean ms/tile | p95 ms/tile | buildings found |")
-    print(f"|---|---|---|---|---|---|")
+    print("| input | method | settings | mean ms/tile | p95 ms/tile | buildings found |")
+    print("|---|---|---|---|---|---|")
     for label, tiles in inputs.items():
         label = label.format(n=len(tiles))
         for method, name, settings in variants:

@@ -22,7 +22,9 @@ Variants (``--variants``; the first is the reference of the ratio column):
   reproduce the uninterrupted one with it); ``dw-fp32`` is the recipe now;
 - ``fp32``: no autocast; ``dw-fp32+fused+bn-frozen``: and the encoder's BatchNorm statistics frozen
   (not in the recipe: it changes what is learnt; measured for the record);
-- ``dw-fp32+fused+b16``: batch 16 instead of 8.
+- ``dw-fp32+fused+b16``: batch 16 instead of 8;
+- ``dw-fp32+freezeN`` (N = 1..5, not in the default list): the recipe with ``train.freeze_encoder: N``, the
+  encoder layers at 1/2 .. 1/2^N of the input's size frozen (``rooftrace.training.freezing``).
 
     .venv/bin/python benchmarks/train_profile.py                 # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/train_profile.py --validation --json out/bench/train-profile.json
@@ -49,7 +51,8 @@ from rooftrace.models.architectures import build_model  # noqa: E402
 from rooftrace.models.autocast import depthwise_in_fp32  # noqa: E402
 from rooftrace.training.losses import SegmentationLoss  # noqa: E402
 
-VARIANTS = ("before", "dw-fp32", "dw-fp32+fused", "fp32", "dw-fp32+fused+bn-frozen", "dw-fp32+fused+b16")
+FROZEN = tuple(f"dw-fp32+freeze{n}" for n in range(1, 6))
+VARIANTS = ("before", "dw-fp32", "dw-fp32+fused", "fp32", "dw-fp32+fused+bn-frozen", "dw-fp32+fused+b16", *FROZEN)
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -75,6 +78,10 @@ class Variant:
         if "dw-fp32" in name:
             depthwise_in_fp32(model)
         self.model = model.to(memory_format=torch.channels_last).train()
+        if "+freeze" in name:  # the model stays in train mode, so the frozen BatchNorms are held once
+            from rooftrace.training.freezing import encoder_layers_up_to, freeze, hold_norms
+
+            hold_norms(freeze(encoder_layers_up_to(self.model, int(name.rsplit("freeze", 1)[1]))))
         if "bn-frozen" in name:
             for m in self.model.encoder.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
@@ -219,7 +226,7 @@ def loop_cost(config: str, steps: int, rounds: int) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(REPO / "configs" / "unet-lite0.yaml"))
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v not in FROZEN], choices=VARIANTS)
     ap.add_argument("--rounds", type=int, default=4, help="rounds of one step a variant, interleaved (default 4)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=200, help="samples timed for the data pipeline (default 200)")

@@ -11,6 +11,7 @@ either tree. Run from the repository root, on an otherwise idle machine::
 
     git worktree add /tmp/before d3b5e82
     .venv/bin/python benchmarks/train_side_by_side.py --a /tmp/before --b . --epochs 2 --pairs 2
+    .venv/bin/python benchmarks/train_side_by_side.py --a /tmp/before --b . --b-set train.freeze_encoder=5
 
 Both trees run with this checkout's ``.venv`` (``PYTHONPATH`` set to each tree's ``src``), and find the
 data through ``ROOFTRACE_SAMPLE_DIR``, ``ROOFTRACE_EXTRA_DIR`` (the defaults: ``../shared/data/...``
@@ -32,12 +33,16 @@ REPO = Path(__file__).resolve().parents[1]
 EPOCH = re.compile(r"epoch (\d+)/(\d+): .*?([\d.]+) s$")
 
 
-def run_tree(tree: Path, work: Path, epochs: int, init_from: Path, env: dict[str, str]) -> tuple[float, int, list[float]]:
-    """``(crops/s, crops, epoch seconds)`` of one ``rooftrace train`` run of ``tree``'s default recipe."""
+def run_tree(tree: Path, work: Path, epochs: int, init_from: Path, env: dict[str, str],
+             sets: list[str] = ()) -> tuple[float, int, list[float]]:
+    """``(crops/s, crops, epoch seconds)`` of one ``rooftrace train`` run of ``tree``'s default recipe, with
+    ``sets`` (``KEY=VALUE``) on top."""
     cfg = (tree / "configs" / "unet-lite0.yaml").resolve()
     run_env = dict(env, PYTHONPATH=str((tree / "src").resolve()))
     cmd = [sys.executable, "-m", "rooftrace", "train", "--config", str(cfg), "--set", "name=side-by-side",
            "--set", f"train.epochs={epochs}", "--set", f"train.init_from={init_from}", "--set", "train.patience=0"]
+    for item in sets:
+        cmd += ["--set", item]
     proc = subprocess.run(cmd, cwd=work, env=run_env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{tree}: rooftrace train failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -61,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=2, help="A B pairs (default 2)")
     ap.add_argument("--init-from", type=Path, default=REPO / "src/rooftrace/models/shipped/rooftrace-unet-lite0.safetensors",
                     help="starting weights of every run (default: this checkout's shipped model)")
+    for name in ("a", "b"):
+        ap.add_argument(f"--{name}-set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"an override of tree {name.upper()}'s recipe, as `rooftrace train --set` takes it (repeatable), "
+                             "e.g. train.freeze_encoder=5")
     args = ap.parse_args(argv)
     shared = REPO.parent / "shared" / "data"
     env = dict(os.environ)
@@ -76,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             (work / "out").mkdir(parents=True)
             (work / "out" / "osm").symlink_to(osm)
         for i in range(args.pairs):
-            for name, tree in (("A", args.a), ("B", args.b)):
-                rate, crops, seconds = run_tree(tree, Path(tmp) / name, args.epochs, args.init_from.resolve(), env)
+            for name, tree, sets in (("A", args.a, args.a_set), ("B", args.b, args.b_set)):
+                rate, crops, seconds = run_tree(tree, Path(tmp) / name, args.epochs, args.init_from.resolve(), env, sets)
                 rates[name].append(rate)
                 print(f"pair {i + 1} {name} ({tree}): {rate:.2f} crops/s ({crops} crops; epochs "
                       f"{', '.join(f'{s:.1f}' for s in seconds)} s)", flush=True)

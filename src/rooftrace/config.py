@@ -170,6 +170,7 @@ class TrainConfig:
     init_from: str = ""  #: start from the weights of this rooftrace model file (fine-tuning); "" = from model.encoder_weights
     val_every: int = 1  #: validate every N epochs (and always after the last); the others only checkpoint
     depthwise_fp32: bool = False  #: compute depthwise convolutions in fp32 under bf16 autocast (faster on CPUs: benchmarks/train_profile.py)
+    freeze_encoder: int = 0  #: keep the encoder layers at 1/2 .. 1/2^N of the input's size as they start (weights and BatchNorm statistics; N >= the encoder's depth: all of it): rooftrace.training.freezing
     ema: float = 0.0  #: decay of an exponential moving average of the weights (BatchNorm statistics included) that is validated and saved; 0 = off
 
 
@@ -230,6 +231,8 @@ class Config:
             raise RooftraceError(f"data.sampling {self.data.sampling!r}: must be uniform or balanced")
         if not 0.0 <= self.train.ema < 1.0:
             raise RooftraceError(f"train.ema {self.train.ema}: must be 0 (off) or a decay in (0, 1), such as 0.998")
+        if self.train.freeze_encoder < 0:
+            raise RooftraceError(f"train.freeze_encoder {self.train.freeze_encoder}: must be 0 (train every layer) or more")
         if self.train.val_every < 1:
             raise RooftraceError(f"train.val_every {self.train.val_every}: must be at least 1")
         for key, v in (("augment.pan", self.augment.pan), ("augment.focus", self.augment.focus)):

@@ -64,6 +64,7 @@ from rooftrace.training.alignment import (
     resolve_model,
 )
 from rooftrace.training.dataset import TileDataset, collate_pad, select_tiles
+from rooftrace.training.freezing import NORM_TYPES, hold_norms
 from rooftrace.training.losses import TolerantLoss
 from rooftrace.training.recipe import Recipe, load_recipe
 
@@ -327,8 +328,7 @@ def finetune(
         plan = _Plan(recipe.steps, recipe.warmup)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: plan.factor(s))
         loss_fn = TolerantLoss(cfg.loss, len(net.channels), recipe.unlabelled_weight, recipe.confident).to(net.device)
-        bn_types = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
-        frozen_bn = [m for m in (encoder.modules() if encoder is not None else []) if isinstance(m, bn_types)] if recipe.freeze_bn else []
+        frozen_bn = [m for m in (encoder.modules() if encoder is not None else []) if isinstance(m, NORM_TYPES)] if recipe.freeze_bn else []
         frozen = bool(enc_params) and recipe.freeze_encoder > 0  # for the first freeze_encoder of the (planned) steps
 
         def set_encoder(trainable: bool) -> None:
@@ -360,8 +360,7 @@ def finetune(
             loader = torch.utils.data.DataLoader(train_ds, batch_size=recipe.batch_size, sampler=sampler, num_workers=0,
                                                  collate_fn=collate_pad)
             model.train()
-            for m in frozen_bn:
-                m.eval()
+            hold_norms(frozen_bn)
             t_chunk = time.monotonic()
             n_chunk, loss_sum = 0, 0.0
             for batch in loader:

@@ -59,6 +59,7 @@ from rooftrace.models.autocast import (
 )
 from rooftrace.models.files import save_model
 from rooftrace.training.dataset import TileDataset, collate_pad, same_size_batches, select_tiles
+from rooftrace.training.freezing import encoder_layers_up_to, freeze, hold_norms
 from rooftrace.training.losses import SegmentationLoss
 from rooftrace.training.resume import (
     PENDING,
@@ -213,6 +214,11 @@ class Trainer:
         if cfg.train.init_from:
             init_weights(model, resolve_path(cfg.train.init_from))
         model = model.to(env.device)
+        # train.freeze_encoder: the first encoder layers keep their weights and BatchNorm statistics.
+        try:
+            self.frozen_norms = freeze(encoder_layers_up_to(model, cfg.train.freeze_encoder))
+        except ValueError as e:
+            raise RooftraceError(f"train.freeze_encoder {cfg.train.freeze_encoder}: {e}") from None
         if cfg.train.depthwise_fp32 and env.amp_dtype is not None:
             depthwise_in_fp32(model)
         if cfg.train.channels_last:
@@ -276,6 +282,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         """Train one epoch; returns (mean loss, images per second)."""
         self.net.train()
+        hold_norms(self.frozen_norms)
         total, n_img, steps = 0.0, 0, 0
         t0 = time.perf_counter()
         bar = tqdm(self._train_loader(epoch), total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
@@ -426,7 +433,11 @@ class Trainer:
         """Train from ``start_epoch`` to the end or to early stopping; returns the final summary."""
         cfg = self.cfg
         if self.env.main:
-            self.log.info(f"run {self.run_dir}: {cfg.model.arch}/{cfg.model.encoder}, {count_parameters(self.model) / 1e6:.2f} M parameters, "
+            total = sum(p.numel() for p in self.model.parameters())
+            trainable = count_parameters(self.model)
+            params = f"{total / 1e6:.2f} M parameters" + (f" ({trainable / 1e6:.2f} M trained, train.freeze_encoder {cfg.train.freeze_encoder})"
+                                                         if trainable < total else "")
+            self.log.info(f"run {self.run_dir}: {cfg.model.arch}/{cfg.model.encoder}, {params}, "
                           f"{len(self.train_ds)} train / {len(self.val_ds)} val tiles, channels {list(cfg.data.channels)}, "
                           f"device {self.env.device}, precision {dtype_name(self.env.amp_dtype)}, world {self.env.world}")
         stop = False
