@@ -24,9 +24,10 @@ _PROBE = 64  #: side of the probe input: 1/32 of it is still 2 x 2, enough to te
 
 
 def encoder_layers_up_to(model: nn.Module, depth: int) -> list[nn.Module]:
-    """The modules of ``model.encoder`` that hold parameters and whose outputs are at 1/2 .. 1/2^``depth`` of the input's size,
-    in the order they run (the input's own size counts as 1/1 and is included: a stem before the first
-    stride). ``depth`` 0 gives none (for any model). Raises ``ValueError`` for a model without an ``encoder``."""
+    """The modules of ``model.encoder`` that hold parameters and whose outputs are at 1/1 .. 1/2^``depth``
+    of the input's size (1/1: a layer before the first stride), in the encoder's module order. A module
+    the probe does not run (timm's unused classifier head) is left out: it gets no gradient anyway.
+    ``depth`` 0 gives none, for any model. Raises ``ValueError`` for a model without an ``encoder``."""
     if depth <= 0:
         return []
     encoder = getattr(model, "encoder", None)
