@@ -109,6 +109,6 @@ def build_model(cfg: ModelConfig, classes: int, inference: bool = False) -> nn.M
     return model
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def count_parameters(model: nn.Module, trainable: bool = True) -> int:
+    """Trainable parameters (``trainable=False``: all of them, frozen ones included)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)

@@ -433,8 +433,7 @@ class Trainer:
         """Train from ``start_epoch`` to the end or to early stopping; returns the final summary."""
         cfg = self.cfg
         if self.env.main:
-            total = sum(p.numel() for p in self.model.parameters())
-            trainable = count_parameters(self.model)
+            total, trainable = count_parameters(self.model, trainable=False), count_parameters(self.model)
             params = f"{total / 1e6:.2f} M parameters" + (f" ({trainable / 1e6:.2f} M trained, train.freeze_encoder {cfg.train.freeze_encoder})"
                                                          if trainable < total else "")
             self.log.info(f"run {self.run_dir}: {cfg.model.arch}/{cfg.model.encoder}, {params}, "
