@@ -37,14 +37,14 @@ def encoder_layers_up_to(model: nn.Module, depth: int) -> list[nn.Module]:
     if first is None:
         raise ValueError(f"{type(encoder).__name__}: no convolution to find the encoder's input channels from")
     # Modules holding parameters of their own (timm's BatchNormAct2d holds its activation as a child).
-    leaves = [m for m in encoder.modules() if any(True for _ in m.parameters(recurse=False))]
+    owners = [m for m in encoder.modules() if any(True for _ in m.parameters(recurse=False))]
     sizes: dict[int, int] = {}
 
     def hook(module: nn.Module, _inputs, output) -> None:
         if isinstance(output, torch.Tensor) and output.ndim == 4 and id(module) not in sizes:
             sizes[id(module)] = int(output.shape[-1])
 
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    handles = [m.register_forward_hook(hook) for m in owners]
     modes = [m.training for m in encoder.modules()]
     p = next(iter(encoder.parameters()))
     try:
@@ -57,7 +57,7 @@ def encoder_layers_up_to(model: nn.Module, depth: int) -> list[nn.Module]:
         for m, mode in zip(encoder.modules(), modes):
             m.training = mode
     smallest = _PROBE >> depth
-    return [m for m in leaves if id(m) in sizes and sizes[id(m)] >= smallest]
+    return [m for m in owners if id(m) in sizes and sizes[id(m)] >= smallest]
 
 
 def freeze(modules: list[nn.Module]) -> list[nn.Module]:
