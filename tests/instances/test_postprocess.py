@@ -77,7 +77,7 @@ def test_settings_round_trip_through_plain_dict() -> None:
 @pytest.mark.parametrize(
     "bad",
     [{"simplify": -1.0}, {"min_area": 2.5}, {"regularise": "yes"}, {"surface": "height"}, {"footprint_threshold": 0.0},
-     {"seed_contact": float("nan")}, {"min_seed_area": True}],
+     {"seed_contact": float("nan")}, {"min_seed_area": True}, {"min_score": 1.5}, {"min_score": -0.1}],
 )
 def test_settings_reject_bad_values(bad: dict) -> None:
     with pytest.raises(RooftraceError):
@@ -222,6 +222,25 @@ def test_min_area_drops_specks() -> None:
     assert [f.area for f in r.footprints] == [100.0]
     r = watershed_postprocess(perfect([speck, house], (30, 30)), PostprocessSettings(min_area=1))
     assert sorted(f.area for f in r.footprints) == [6.0, 100.0]
+
+
+def test_min_score_drops_faint_buildings_and_keeps_small_certain_ones() -> None:
+    """A faint blob (mean footprint probability 0.75) goes at ``min_score`` 0.8, while a small
+    building the model is sure of stays, where ``min_area`` would have to drop it with the blob."""
+    faint, shed, house = box(2, 2, 14, 14), box(20, 2, 26, 8), box(2, 20, 22, 36)  # 144, 36, 320 px
+    probs = perfect([faint, shed, house], (40, 40))
+    probs[0][2:14, 2:14] = 0.75  # the blob's footprint only: its boundary band stays as drawn
+    everything = watershed_postprocess(probs)
+    assert sorted(f.area for f in everything.footprints) == [36.0, 144.0, 320.0]
+    assert sorted(everything.scores) == [0.75, 1.0, 1.0]
+    r = watershed_postprocess(probs, PostprocessSettings(min_score=0.8))
+    assert sorted(f.area for f in r.footprints) == [36.0, 320.0] and min(r.scores) >= 0.8
+    assert all(same_shape(a, b) for a, b in zip(sorted(r.footprints, key=lambda f: f.area), [shed, house]))
+    # The instance map drops the same building and renumbers the rest 1..n.
+    inst = instances_from_probabilities(probs, PostprocessSettings(min_score=0.8))
+    assert sorted(np.unique(inst).tolist()) == [0, 1, 2] and (inst[2:14, 2:14] == 0).all()
+    # At the blob's score exactly, it stays (the filter drops what is below).
+    assert len(watershed_postprocess(probs, PostprocessSettings(min_score=0.75))) == 3
 
 
 def test_narrow_neck_is_merged_back_but_a_shared_edge_is_not() -> None:

@@ -33,7 +33,8 @@ those causes:
     5. Regions are traced on pixel *edges* (:func:`rooftrace.geometry.polygons.instances_to_polygons`, the
        same polygons as GDAL's polygonize through ``rasterio.features.shapes``, twice as fast), so a
        polygon covers exactly its pixels; then optionally simplified (topology-preserving, never
-       invalid) and regularised to right angles, and buildings under ``min_area`` px dropped.
+       invalid) and regularised to right angles, and buildings under ``min_area`` px or with a mean
+       footprint probability under ``min_score`` dropped.
     With ``C = 1`` the seeds are simply the connected components of the thresholded footprint (or,
     optionally, maxima of its distance transform).
 
@@ -114,6 +115,11 @@ class PostprocessSettings:
       models whose spurious seeds split buildings.
     * ``min_area = 8`` px (0.7 m² at 0.3 m): smaller specks are noise; the smallest building of the
       sample pack that covers any pixel centre has 10 px.
+    * ``min_score = 0.0``: every region is kept whatever its confidence (on perfect targets every
+      score is 1). A real model's faint blobs (trees, shadows, a bright road) have a low mean
+      footprint probability where a small building the model is sure of has a high one, so tuning
+      this keeps small, certain buildings that a larger ``min_area`` would drop; as detectors
+      threshold their instances' scores.
     * ``simplify = 0.0``: pixel-edge polygons are exact (pixel IoU 1.0 on the oracle). A 1 px
       tolerance leaves the oracle's object F1 unchanged and costs 0.6-1.6 % pixel IoU: use it to
       shrink submissions or smooth a model's ragged edges.
@@ -136,6 +142,9 @@ class PostprocessSettings:
         min_seed_area: Seeds (4-connected) with fewer pixels are dropped; their pixels are then
             reached by a neighbour's seed or, if none, by the fallbacks.
         min_area: Buildings with fewer pixels than this are dropped (after watershed).
+        min_score: Buildings whose score (mean footprint probability over their pixels, as
+            :attr:`Buildings.scores` reports it) is below this are dropped (after watershed); 0 keeps
+            all. ``watershed`` only: ``seed`` is a fixed recipe.
         simplify: Douglas-Peucker tolerance in px, topology-preserving; 0 = off.
         regularise: Square off outlines: a building whose outline has IoU >= ``rectangularity``
             with its fitted rectangle (minimum rotated rectangle, shrunk evenly to the building's
@@ -162,6 +171,7 @@ class PostprocessSettings:
     seed_contact: float = 0.5
     min_seed_area: int = 1
     min_area: int = 8
+    min_score: float = 0.0
     simplify: float = 0.0
     regularise: bool = False
     rectangularity: float = 0.9
@@ -186,6 +196,8 @@ class PostprocessSettings:
                     raise RooftraceError(f"post-processing setting {f.name} must be true or false, got {value!r}")
         if not 0.0 < self.footprint_threshold <= 1.0:
             raise RooftraceError(f"footprint_threshold must be in (0, 1], got {self.footprint_threshold!r}")
+        if not self.min_score <= 1.0:
+            raise RooftraceError(f"min_score must be in [0, 1] (a mean probability), got {self.min_score!r}")
         if not 0.0 < self.rectangularity <= 1.0:
             raise RooftraceError(f"rectangularity must be in (0, 1], got {self.rectangularity!r}")
         if self.surface not in SURFACES:
@@ -667,11 +679,21 @@ def _instances(p: np.ndarray, s: PostprocessSettings) -> tuple[np.ndarray, np.nd
 def instances_from_probabilities(probs: np.ndarray, settings: PostprocessSettings | None = None) -> np.ndarray:
     """The instance map of a tile (before tracing): int32 ``(H, W)``, ids ``1..n``.
 
-    This is steps 1-4 of ``watershed`` plus the ``min_area`` filter; see the module docstring.
+    This is steps 1-4 of ``watershed`` plus the ``min_area`` and ``min_score`` filters; see the module
+    docstring.
     """
     s = settings or PostprocessSettings()
-    inst, count, _ = _instances(as_probabilities(probs), s)
-    return _relabel(inst, count >= max(1, s.min_area))
+    inst, count, total = _instances(as_probabilities(probs), s)
+    return _relabel(inst, _kept(count, total, s))
+
+
+def _kept(count: np.ndarray, total: np.ndarray, s: PostprocessSettings) -> np.ndarray:
+    """Which ids (index 0: background, never kept) pass the ``min_area`` and ``min_score`` filters."""
+    keep = count >= max(1, s.min_area)
+    if s.min_score > 0:
+        keep &= total >= s.min_score * count
+    keep[0] = False
+    return keep
 
 
 def _tidy(polys: np.ndarray, s: PostprocessSettings) -> np.ndarray:
@@ -699,8 +721,7 @@ def watershed_postprocess(probs: np.ndarray, settings: PostprocessSettings | Non
     s = settings or PostprocessSettings()
     p = as_probabilities(probs)
     inst, count, total = _instances(p, s)
-    keep = count >= max(1, s.min_area)
-    keep[0] = False
+    keep = _kept(count, total, s)
     inst = _relabel(inst, keep)
     ids, polys = instances_to_polygons(inst, holes=s.keep_holes)
     if len(ids) == 0:
