@@ -249,7 +249,7 @@ class Model:
             found = postprocess(probs, method=used.method, settings=used.settings)
             polygons, scores = footprints_to_grid(list(found.footprints), list(found.scores), seen, (H, W))
             return self._result(polygons, scores, (H, W), found.instances if seen == (H, W) else None, georef, where, place,
-                                used, rgb)
+                                used, rgb, found.n_below_score)
 
         if small:
             engine = TileEngine(self.runtime, batch_size=8 if len(small) > 1 else 1)
@@ -258,13 +258,15 @@ class Model:
         return out
 
     def _result(self, polygons: list, scores: Any, size: tuple[int, int], instances: np.ndarray | None, georef: Georef | None,
-                where: str, place: Any, used: Any, rgb: np.ndarray | None) -> Footprints:
-        """One image's :class:`Footprints`, with its model-card warnings (``rgb``: the image, for the colour checks)."""
+                where: str, place: Any, used: Any, rgb: np.ndarray | None, n_below_score: int = 0) -> Footprints:
+        """One image's :class:`Footprints`, with its model-card warnings (``rgb``: the image, for the colour checks;
+        ``n_below_score``: the regions the score filter dropped)."""
         H, W = size
         input_gsd = place.input_gsd if place.gsd_source != "unknown" else None
         areas = [p.area * input_gsd ** 2 for p in polygons] if input_gsd else []
         checks = [card.gsd_warning(input_gsd, self.model_gsd, where),
-                  card.size_warning(areas, where) if self.model_gsd is not None else None]
+                  card.size_warning(areas, where) if self.model_gsd is not None else None,
+                  card.score_warning(len(polygons), n_below_score, used.settings.min_score, where)]
         if rgb is not None:
             checks[:0] = [card.grey_warning(rgb, where), card.contrast_warning(rgb, where)]
         warned = card.emit(checks)
@@ -290,6 +292,7 @@ class Model:
         source = large.source
         polygons: list = []
         scores: list[float] = []
+        below = 0
         try:
             with tempfile.TemporaryDirectory(prefix="rooftrace-") as tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
                     warnings.catch_warnings():
@@ -300,11 +303,12 @@ class Model:
                                                threads=block_threads()):
                     polygons.extend(part.geoms)
                     scores.extend(part.scores.tolist())
+                    below += part.n_below_score
         finally:
             if hasattr(source, "close"):
                 source.close()
         polygons, scores = footprints_to_grid(polygons, scores, (source.height, source.width), large.size)
-        return self._result(polygons, scores, large.size, None, large.georef, large.where, large.place, used, large.rgb)
+        return self._result(polygons, scores, large.size, None, large.georef, large.where, large.place, used, large.rgb, below)
 
 
 @dataclass

@@ -281,3 +281,26 @@ print(len(found), before * 1024, after * 1024)
     n, before, after = (int(v) for v in run.stdout.split()[-3:])
     assert n > 3000, n
     assert after - before < 400 * 2**20, f"peak grew {(after - before) / 2**20:.0f} MB (from {before / 2**20:.0f} MB)"
+
+
+def test_an_image_where_the_score_filter_drops_most_regions_warns_in_the_api(shipped, tiles, monkeypatch):
+    """The API's image result carries the score filter's warning, raised as a ModelCardWarning for notebook users
+    (post-processing counts the regions it dropped; here 200 are added to a real tile's count)."""
+    import dataclasses
+
+    import rooftrace.api as api
+    from rooftrace.inference.card import ModelCardWarning
+
+    path = sorted(tiles.iterdir())[0]
+    real, seen = api.postprocess, {}
+
+    def more_dropped(*a, **k):
+        found = real(*a, **k)
+        seen["below"] = found.n_below_score + 200
+        return dataclasses.replace(found, n_below_score=seen["below"])
+
+    monkeypatch.setattr(api, "postprocess", more_dropped)
+    with pytest.warns(ModelCardWarning, match="score filter"):
+        rich = shipped.footprints(path)
+    line = [w for w in rich.warnings if "score filter" in w]
+    assert len(line) == 1 and f"dropped {seen['below']} of the {seen['below'] + len(rich.polygons)} buildings found" in line[0]

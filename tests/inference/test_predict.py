@@ -449,3 +449,51 @@ def test_overlay_is_outlines_then_scores_then_legend(size):
         note = f"{len(fps)} found" + (", number = score" if scores is not None else "")
         assert np.array_equal(render_overlay(rgb, fps, scores), add_legend(pic, [("building", OUTLINE_RGB)], note))
     assert np.array_equal(render_overlay(rgb, []), add_legend(draw_outlines(rgb, [([], OUTLINE_RGB)]), [("building", OUTLINE_RGB)], "0 found"))
+
+
+def test_a_score_filter_that_drops_most_of_what_was_found_is_a_warning_and_survives_resume(model_file, tmp_path, monkeypatch):
+    """The regions each tile's score filter dropped are summed over the run, kept in ``.partial`` for a resumed
+    run, and most of the regions found dropped is one model-card line naming the count and the way out."""
+    import dataclasses
+
+    import rooftrace.inference.predict as pr
+
+    images = _tiles(tmp_path / "images", 6)
+    real_pp, real_finish, calls = pr.postprocess, pr._finish_tile, {"n": 0}
+    monkeypatch.setattr(pr, "postprocess", lambda *a, **k: dataclasses.replace(real_pp(*a, **k), n_below_score=30))
+
+    def crash_after_two(*a, **k):
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        calls["n"] += 1
+        return real_finish(*a, **k)
+
+    monkeypatch.setattr(pr, "_finish_tile", crash_after_two)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="simulated"):
+        pr.predict_folder(images, out, model_file, workers=0, threads=0, batch_size=1, progress=False, streams=1)
+    monkeypatch.setattr(pr, "_finish_tile", real_finish)
+    records = [json.loads(f.read_text()) for f in (out / ".partial").glob("0*.json")]
+    assert len(records) == 2 and all(r["below_score"] == 30 for r in records)
+    done = pr.predict_folder(images, out, model_file, workers=0, threads=0, batch_size=1, resume=True, progress=False)
+    assert done.n_resumed == 2 and done.n_below_score == 6 * 30  # the resumed tiles' counts came from .partial
+    kept = done.labels.n_footprints
+    line = [n for n in done.notes if "score filter" in n]
+    assert len(line) == 1 and line[0].startswith("warning: outside the model card")
+    assert f"dropped 180 of the {180 + kept} buildings found" in line[0] and "--pp min_score=0.85" in line[0]
+    assert line[0] in done.summary()
+    # A run whose filter dropped nothing says nothing.
+    monkeypatch.setattr(pr, "postprocess", real_pp)
+    quiet = pr.predict_folder(images, tmp_path / "quiet", model_file, workers=0, threads=0, progress=False)
+    assert quiet.n_below_score == 0 and not any("score filter" in n for n in quiet.notes)
+
+
+def test_score_warning_needs_most_of_twenty_or_more_regions_dropped():
+    from rooftrace.inference.card import MIN_REGIONS_FOR_SCORES, UNSURE_SHARE, score_warning
+
+    assert (MIN_REGIONS_FOR_SCORES, UNSURE_SHARE) == (20, 0.6)
+    assert score_warning(8, 12, 0.92, "x.tif") is None  # 60 %: not more than the share
+    assert score_warning(7, 12, 0.92, "x.tif") is None  # 19 regions: too few to say
+    line = score_warning(7, 13, 0.92, "x.tif")
+    assert line is not None and line.startswith("warning: outside the model card") and "x.tif" in line
+    assert "min_score 0.92) dropped 13 of the 20 buildings found (65%" in line

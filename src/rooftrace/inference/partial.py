@@ -36,13 +36,15 @@ def file_stamp(path: Path) -> dict[str, int] | None:
 
 
 def tile_record(w: int, h: int, footprints: list, scores: list, place: TilePlace | None = None,
-                 stamp: dict[str, int] | None = None) -> str:
-    """A finished tile's result (footprints in the tile's own pixels), the pixel size it was predicted
-    at, and the size and modification time its file had when it was read (``stamp``)."""
+                 stamp: dict[str, int] | None = None, below_score: int = 0) -> str:
+    """A finished tile's result (footprints in the tile's own pixels, and how many regions the score filter
+    dropped), the pixel size it was predicted at, and the size and modification time its file had when it was
+    read (``stamp``)."""
     import shapely
 
     wkb = shapely.to_wkb(np.asarray(footprints, dtype=object), hex=True).tolist() if footprints else []
-    rec: dict[str, Any] = {"width": w, "height": h, "wkb": wkb, "scores": [float(v) for v in scores], "file": stamp}
+    rec: dict[str, Any] = {"width": w, "height": h, "wkb": wkb, "scores": [float(v) for v in scores], "file": stamp,
+                           "below_score": int(below_score)}
     if place is not None:
         rec.update(gsd=place.input_gsd, gsd_source=place.gsd_source, own_gsd=place.own_gsd, factor=place.factor)
     return json.dumps(rec)

@@ -61,7 +61,7 @@ from rooftrace.imagery.resample import (
     place_tile,
     resample_factor,
 )
-from rooftrace.inference.card import card_notes
+from rooftrace.inference.card import card_notes, score_warning
 from rooftrace.inference.devices import default_threads, pick_device
 from rooftrace.inference.engine import Prepared, TileEngine, prepare_tile
 from rooftrace.inference.outputs import (
@@ -117,6 +117,9 @@ class PredictResult:
     map_outputs: MapOutputs | None = None
     #: Lines about pixel sizes and coordinates, printed by :meth:`summary`.
     notes: list[str] = field(default_factory=list)
+    #: Regions the score filter (``min_score``) dropped over all tiles; most of the regions found dropped is a
+    #: model-card warning in :attr:`notes`.
+    n_below_score: int = 0
 
     @property
     def gsd_model(self) -> float | None:
@@ -196,15 +199,15 @@ def _resize_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: Path, method: str,
                  settings: PostprocessSettings | None, write_masks: bool, write_overlays: bool,
-                 size: tuple[int, int] | None = None) -> tuple[list, list, tuple[float, ...]]:
+                 size: tuple[int, int] | None = None) -> tuple[list, list, tuple[float, ...], int]:
     """Post-process one tile and write its mask and overlay (runs in a worker thread).
 
     ``probs`` are at the model's pixel size; ``size`` is the tile's own ``(H, W)`` when it was
     resampled, and the footprints and the mask are brought back to it (post-processing itself,
     whose thresholds were tuned at the model's pixel size, runs at the model's).
 
-    Returns the footprints, their scores, and the seconds taken (wall and this thread's CPU time)
-    by post-processing and by writing."""
+    Returns the footprints, their scores, the seconds taken (wall and this thread's CPU time)
+    by post-processing and by writing, and the regions the score filter dropped."""
     from rooftrace.imagery.draw import render_overlay
 
     t0, c0 = time.perf_counter(), time.thread_time()
@@ -220,7 +223,7 @@ def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: 
         atomic_write_bytes(out_dir / "masks" / f"{stem}.png", _encode_mask(instances, stem), force=True)
     if write_overlays and rgb is not None:
         atomic_write_bytes(out_dir / "overlays" / f"{stem}.png", _encode_overlay(render_overlay(rgb, footprints, scores)), force=True)
-    return footprints, scores, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1)
+    return footprints, scores, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1), found.n_below_score
 
 
 #: What ``predict`` writes into ``--out`` (files and folders), none of which may be an input.
@@ -398,6 +401,8 @@ class _FolderRun:
     todo: list[int]
     stamps: dict[int, Any]
     places: dict[int, TilePlace] = field(default_factory=dict)
+    #: Per file index, the regions the score filter dropped (``Buildings.n_below_score``).
+    below_score: dict[int, int] = field(default_factory=dict)
     skipped: int = 0
     timings: dict[str, float] = field(default_factory=lambda: {"postprocess": 0.0, "postprocess_cpu": 0.0, "write": 0.0,
                                                                "write_cpu": 0.0})
@@ -441,6 +446,7 @@ class _FolderRun:
         for n, (w, h, fps, scores, rec) in done.items():
             img = labels[keys[n]]
             img.width, img.height, img.footprints, img.scores = w, h, fps, scores
+            run.below_score[n] = int(rec.get("below_score", 0))
             if "gsd_source" in rec:  # where it lies is read again at the end; the pixel size it was predicted at is kept
                 run.places[n] = TilePlace(None, rec.get("gsd"), rec["gsd_source"], rec.get("own_gsd"), float(rec.get("factor", 1.0)))
         run.stamps = {n: file_stamp(files[n]) for n in run.todo}  # taken before the tile is read
@@ -452,7 +458,7 @@ class _FolderRun:
         return prepare_tile(j, self.files[self.todo[j]], self.runtime.norm, input_gsd=o.input_gsd, model_gsd=self.runtime.gsd, tms=o.tms,
                             keep_rgb=o.write_overlays)
 
-    def finish_tile(self, probs: np.ndarray, tile: Prepared) -> tuple[list, list, tuple[float, ...]]:
+    def finish_tile(self, probs: np.ndarray, tile: Prepared) -> tuple[list, list, tuple[float, ...], int]:
         """The engine's finishing stage: post-process, mask and overlay (:func:`_finish_tile`)."""
         o = self.opts
         return _finish_tile(probs, tile.rgb, self.files[self.todo[tile.index]].stem, self.out_dir, self.used.method,
@@ -476,13 +482,14 @@ class _FolderRun:
         self.timings.update(engine.timings)
         self.seconds = time.perf_counter() - self.t0
 
-    def _record(self, i: int, tile: Prepared, result: tuple[list, list, tuple[float, ...]]) -> None:
+    def _record(self, i: int, tile: Prepared, result: tuple[list, list, tuple[float, ...], int]) -> None:
         self.places[i] = tile.place  # type: ignore[assignment]
-        (H, W), (fps, scores, seconds) = tile.orig, result
+        (H, W), (fps, scores, seconds, below) = tile.orig, result
         img = self.labels[self.keys[i]]
         img.width, img.height, img.footprints, img.scores = W, H, fps, scores
+        self.below_score[i] = below
         atomic_write_text(self.out_dir / PARTIAL / f"{self.files[i].stem}.json",
-                          tile_record(W, H, fps, scores, self.places[i], self.stamps[i]), force=True)
+                          tile_record(W, H, fps, scores, self.places[i], self.stamps[i], below_score=below), force=True)
         for name, value in zip(("postprocess", "postprocess_cpu", "write", "write_cpu"), seconds):
             self.timings[name] += value
 
@@ -502,13 +509,18 @@ class _FolderRun:
         notes.extend(_gsd_notes(tile_gsd, model_gsd, o.input_gsd, self.report, [files[n].name for n in sorted(places)]))
         notes.extend(_coordinate_notes(maps, len(readable)))
         notes.extend(card_notes(self.labels, tile_gsd, model_gsd))
+        below = sum(self.below_score.values())
+        unsure = score_warning(sum(len(self.labels[keys[n]].footprints) for n in readable), below,
+                               self.used.settings.min_score, f"the {len(readable)} tile(s)")
+        if unsure:
+            notes.append(unsure)
         if self.changed:
             notes.insert(0, f"note: {len(self.changed)} tile(s) changed since the unfinished run recorded them (size or "
                             f"modification time) and were predicted again: {', '.join(self.changed[:5])}"
                             f"{' ...' if len(self.changed) > 5 else ''}")
         return PredictResult(self.out_dir, self.labels, len(files), self.skipped, self.seconds, self.report, written,
                              self.timings, n_resumed=len(self.done), model_gsd=model_gsd, tile_gsd=tile_gsd, map_outputs=maps,
-                             notes=notes)
+                             notes=notes, n_below_score=below)
 
 
 def _start_or_resume(out_dir: Path, files: list[Path], record: dict[str, Any], resume: bool

@@ -240,14 +240,34 @@ class Buildings:
         scores: One confidence per footprint: the mean footprint probability over its pixels.
         instances: ``(H, W)`` int32 map with id ``k`` on the pixels of ``footprints[k - 1]`` (before
             simplification), or ``None`` when the method does not make one (``seed``).
+        n_below_score: Regions of at least ``min_area`` px that ``min_score`` dropped: many of them
+            against the buildings kept say the model is unsure of this imagery
+            (:func:`rooftrace.inference.card.score_warning`).
     """
 
     footprints: list[Footprint]
     scores: list[float]
     instances: np.ndarray | None = field(default=None, repr=False)
+    n_below_score: int = 0
+    #: The instance map before the filters, the ids ``min_score`` dropped and the number of ids, for
+    #: :meth:`below_score_pixels`.
+    _below: tuple[np.ndarray, np.ndarray, int] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.footprints)
+
+    def below_score_pixels(self) -> np.ndarray:
+        """``(n_below_score, 2)`` int64 ``(row, col)``: the first pixel (raster order) of each region that
+        ``min_score`` dropped, so that a caller working in overlapping windows counts each region once."""
+        if self._below is None:
+            return np.zeros((0, 2), dtype=np.int64)
+        inst, low, n_ids = self._below
+        lut = np.zeros(n_ids, dtype=bool)
+        lut[low] = True
+        flat = inst.ravel()
+        pix = np.flatnonzero(lut[flat])
+        _, first = np.unique(flat[pix], return_index=True)
+        return np.stack(np.divmod(pix[first], inst.shape[1]), axis=1).astype(np.int64)
 
     def to_image_labels(self, key: ImageKey, width: int | None = None, height: int | None = None, **kw: Any) -> ImageLabels:
         """These buildings as one image of a :class:`~rooftrace.labels.records.LabelSet` (with scores)."""
@@ -684,16 +704,19 @@ def instances_from_probabilities(probs: np.ndarray, settings: PostprocessSetting
     """
     s = settings or PostprocessSettings()
     inst, count, total = _instances(as_probabilities(probs), s)
-    return _relabel(inst, _kept(count, total, s))
+    return _relabel(inst, _kept(count, total, s)[0])
 
 
-def _kept(count: np.ndarray, total: np.ndarray, s: PostprocessSettings) -> np.ndarray:
-    """Which ids (index 0: background, never kept) pass the ``min_area`` and ``min_score`` filters."""
+def _kept(count: np.ndarray, total: np.ndarray, s: PostprocessSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Which ids (index 0: background, never kept) pass the ``min_area`` and ``min_score`` filters, and the ids
+    large enough that ``min_score`` alone dropped."""
     keep = count >= max(1, s.min_area)
-    if s.min_score > 0:
-        keep &= total >= s.min_score * count
     keep[0] = False
-    return keep
+    if s.min_score <= 0:
+        return keep, np.zeros(0, dtype=np.int64)
+    sure = total >= s.min_score * count
+    low = np.flatnonzero(keep & ~sure)
+    return keep & sure, low
 
 
 def _tidy(polys: np.ndarray, s: PostprocessSettings) -> np.ndarray:
@@ -720,15 +743,16 @@ def watershed_postprocess(probs: np.ndarray, settings: PostprocessSettings | Non
     """
     s = settings or PostprocessSettings()
     p = as_probabilities(probs)
-    inst, count, total = _instances(p, s)
-    keep = _kept(count, total, s)
-    inst = _relabel(inst, keep)
+    pre, count, total = _instances(p, s)
+    keep, low = _kept(count, total, s)
+    inst = _relabel(pre, keep)
+    below = {"n_below_score": len(low), "_below": (pre, low, len(count)) if len(low) else None}
     ids, polys = instances_to_polygons(inst, holes=s.keep_holes)
     if len(ids) == 0:
-        return Buildings([], [], inst)
+        return Buildings([], [], inst, **below)
     polys = _tidy(polys, s)
     scores = total[keep] / count[keep]
-    return Buildings(list(polys), [float(v) for v in scores[ids - 1]], inst)
+    return Buildings(list(polys), [float(v) for v in scores[ids - 1]], inst, **below)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,13 +128,16 @@ class _BlockOutput:
     geoms: np.ndarray  # scene pixel coordinates
     scores: np.ndarray
     n_truncated: int = 0
+    #: Regions of this block's groups that the score filter dropped (``Buildings.n_below_score``), each counted once.
+    n_below_score: int = 0
 
 
 def _resolve_group(reader: _ProbReader, seed: tuple[int, int], win: tuple[int, int, int, int], threshold: float,
-                   method: str, settings: PostprocessSettings | None, max_group: int) -> tuple[tuple[int, int], np.ndarray, np.ndarray, bool]:
+                   method: str, settings: PostprocessSettings | None, max_group: int
+                   ) -> tuple[tuple[int, int], np.ndarray, np.ndarray, bool, int]:
     """Grow the window around a group until it is whole, then post-process the group alone.
 
-    Returns ``(anchor, geometries in scene pixels, scores, truncated)``.
+    Returns ``(anchor, geometries in scene pixels, scores, truncated, regions the score filter dropped)``.
     """
     r0, c0, r1, c1 = win
     H, W = reader.height, reader.width
@@ -161,7 +164,7 @@ def _resolve_group(reader: _ProbReader, seed: tuple[int, int], win: tuple[int, i
     sub[0][labels[y:y + h, x:x + w] != g] = 0.0  # the group alone: post-processing is local to it
     found = postprocess(sub, method=method, settings=settings)
     geoms = _shift(np.asarray(found.footprints, dtype=object), c0 + x, r0 + y)
-    return anchor, geoms, np.asarray(found.scores, dtype=np.float64), truncated
+    return anchor, geoms, np.asarray(found.scores, dtype=np.float64), truncated, found.n_below_score
 
 
 def block_cores(height: int, width: int, block: int) -> list[tuple[int, int]]:
@@ -247,24 +250,30 @@ def _block(reader: _ProbReader, core: tuple[int, int], H: int, W: int, block: in
     cut = _cut_any(stats[1:], r0, c0, r1, c1, H, W)
     take = np.zeros(n + 1, dtype=bool)
     take[1:] = owned & ~cut
-    geoms_out, scores_out, truncated = [], [], 0
+    geoms_out, scores_out, truncated, below = [], [], 0, 0
     if take.any():
         found = postprocess(p, method=method, settings=settings)
         geoms = np.asarray(found.footprints, dtype=object)
         keep = take[_group_of(geoms, labels)]
         geoms_out.append(_shift(geoms[keep], c0, r0))
         scores_out.append(np.asarray(found.scores, dtype=np.float64)[keep])
+        if found.n_below_score:  # the dropped regions of the groups this block keeps whole, by a pixel of each
+            at = found.below_score_pixels()
+            below = int(take[labels[at[:, 0], at[:, 1]]].sum())
     seen: set[tuple[int, int]] = set()
     for g in np.flatnonzero(owned & cut) + 1:  # groups that may go on beyond the window
-        anchor, geoms, scores, cut_off = _resolve_group(
+        anchor, geoms, scores, cut_off, group_below = _resolve_group(
             reader, (int(arow[g - 1] + r0), int(acol[g - 1] + c0)), (r0, c0, r1, c1), threshold, method,
             settings, max(max_group, r1 - r0, c1 - c0))
         if not (cr0 <= anchor[0] < cr1 and cc0 <= anchor[1] < cc1) or anchor in seen:
             continue  # another block owns it, or it was one of this block's groups already
         seen.add(anchor)
         truncated += int(cut_off)
+        below += group_below
         geoms_out.append(geoms)
         scores_out.append(scores)
-    if not geoms_out:
+    if not geoms_out and not below:
         return None
-    return _BlockOutput(np.concatenate(geoms_out), np.concatenate(scores_out), truncated)
+    if not geoms_out:
+        return _BlockOutput(np.zeros(0, dtype=object), np.zeros(0, dtype=np.float64), truncated, below)
+    return _BlockOutput(np.concatenate(geoms_out), np.concatenate(scores_out), truncated, below)

@@ -83,7 +83,7 @@ from rooftrace.gis.writers import (
 )
 from rooftrace.imagery.raster import DEFAULT_STRETCH, GDAL_CACHE_MB, Scene
 from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling
-from rooftrace.inference.card import band_warning, gsd_warning, size_warning
+from rooftrace.inference.card import band_warning, gsd_warning, score_warning, size_warning
 from rooftrace.inference.runtime import ModelRunner, SceneModel, check_streams, make_runner
 from rooftrace.inference.tuned import SettingsArg, used_postprocessing
 from rooftrace.instances.postprocess import (
@@ -149,6 +149,8 @@ class SceneResult:
         scale: The factor the scene was resampled by before the model saw it (1.0: not resampled);
             the model then saw ``round(width * scale) x round(height * scale)`` pixels.
         notes: Lines about the pixel size, printed by :meth:`summary`.
+        n_below_score: Regions the score filter (``min_score``) dropped, each counted once; most of the regions
+            found dropped is a model-card warning in :attr:`notes`.
     """
 
     scene: Path
@@ -173,6 +175,7 @@ class SceneResult:
     gsd_model: float | None = None
     scale: float = 1.0
     notes: list[str] = field(default_factory=list)
+    n_below_score: int = 0
 
     @property
     def input_gsd(self) -> float | None:
@@ -393,14 +396,16 @@ def _run_scene(scene: Path, out: Path, model: Any, input_gsd: float | None, tile
             stats = stitch_scene(sc, runner, prob_path, tile=tile, overlap=overlap, batch_size=batch_size, progress=progress,
                                  streams=streams)
             t1 = time.perf_counter()
-            truncated = 0
+            truncated = below = 0
             for part in postprocess_blocks(prob_path, method=method, settings=settings, block=block, margin=margin,
                                            max_group=max_group, progress=progress, threads=block_threads()):
                 writer.add(part.geoms, part.scores)
                 truncated += part.n_truncated
+                below += part.n_below_score
             written = writer.close()
             if runner.gsd is not None:  # a model card's sizes are of a model that knows its pixel size
                 notes.extend(w for w in (size_warning(writer.area_sample, scene.name),) if w)
+            notes.extend(w for w in (score_warning(writer.count, below, settings.min_score, scene.name),) if w)
             t2 = time.perf_counter()
             kept = None
             if probabilities is not None:
@@ -418,7 +423,7 @@ def _run_scene(scene: Path, out: Path, model: Any, input_gsd: float | None, tile
             scene=scene, out=written, model=runner.description, n_buildings=writer.count, width=sc.src.width, height=sc.src.height,
             crs=crs_name(crs) if crs is not None else None, pixel_size=(abs(st.a), abs(st.e)),
             area_km2=scene_area_km2(sc.src.width, sc.src.height, st, crs), bands=sc.plan.describe(),
-            n_windows=stats.n_windows, n_windows_nodata=stats.n_skipped, n_truncated=truncated,
+            n_windows=stats.n_windows, n_windows_nodata=stats.n_skipped, n_truncated=truncated, n_below_score=below,
             seconds_inference=t1 - t0, seconds_postprocess=t2 - t1, seconds=time.perf_counter() - t0, probabilities=kept,
             gsd_input=input_gsd, gsd_source=gsd_source, gsd_model=runner.gsd, scale=factor, notes=notes,
         )

@@ -332,7 +332,7 @@ def blocks_task(plan: ScenePlan, assembled: tuple[str, Any], prob_path: str, cor
         return assembled
     pp = plan.postprocessing
     try:
-        out = [(shapely.to_wkb(part.geoms), part.scores, part.n_truncated)
+        out = [(shapely.to_wkb(part.geoms), part.scores, part.n_truncated, part.n_below_score)
                for part in postprocess_blocks(prob_path, method=pp.method, settings=pp.settings, block=pp.block,
                                               margin=pp.margin, max_group=pp.max_group, progress=False, cores=cores)]
     except RooftraceError as exc:
@@ -348,20 +348,23 @@ def write_task(scene: str, out: str, plan: ScenePlan, assembled: tuple[str, Any]
 
     from rooftrace.gis.provenance import crs_name
     from rooftrace.gis.writers import FeatureWriter, scene_area_km2
+    from rooftrace.inference.card import score_warning
     from rooftrace.scenes.predict import SceneResult
 
     failed = [v for s, v in [assembled, *blocks] if s == "failed"]
     if failed:
         return "failed", failed[0]
     geo, facts = plan.georef, plan.facts
+    min_score = plan.postprocessing.settings.min_score if plan.postprocessing.settings is not None else 0.0
     crs = CRS.from_wkt(geo.crs_wkt) if geo.crs_wkt else None
     writer = FeatureWriter(out, crs, geo.transform, force=True, provenance=geo.provenance, metres_per_unit=geo.unit_metres)
-    truncated = 0
+    truncated = below = 0
     try:
         for _, parts in blocks:
-            for wkb, scores, n_trunc in parts:
+            for wkb, scores, n_trunc, n_below in parts:
                 writer.add(shapely.from_wkb(wkb), scores)
                 truncated += n_trunc
+                below += n_below
         written = writer.close()
     except BaseException:
         writer.abort()
@@ -376,5 +379,7 @@ def write_task(scene: str, out: str, plan: ScenePlan, assembled: tuple[str, Any]
         n_windows=plan.windows.n_windows, n_windows_nodata=int(assembled[1]), n_truncated=truncated,
         seconds_inference=float("nan"), seconds_postprocess=float("nan"), seconds=seconds, gsd_input=facts.input_gsd,
         gsd_source=facts.gsd_source, gsd_model=facts.model_gsd, scale=plan.reading.scale,
-        notes=[*facts.notes, "split across workers: the inference and post-processing times are in the total"],
+        notes=[*facts.notes, *(w for w in (score_warning(writer.count, below, min_score, Path(scene).name),) if w),
+               "split across workers: the inference and post-processing times are in the total"],
+        n_below_score=below,
     )
