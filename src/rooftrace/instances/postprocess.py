@@ -243,31 +243,19 @@ class Buildings:
         n_below_score: Regions of at least ``min_area`` px that ``min_score`` dropped: many of them
             against the buildings kept say the model is unsure of this imagery
             (:func:`rooftrace.inference.card.score_warning`).
+        below_score_at: ``(n_below_score, 2)`` int64 ``(row, col)``: the first pixel (raster order) of each
+            of those regions, so that a caller working in overlapping windows counts each region once.
     """
 
     footprints: list[Footprint]
     scores: list[float]
     instances: np.ndarray | None = field(default=None, repr=False)
     n_below_score: int = 0
-    #: The instance map before the filters, the ids ``min_score`` dropped and the number of ids, for
-    #: :meth:`below_score_pixels`.
-    _below: tuple[np.ndarray, np.ndarray, int] | None = field(default=None, repr=False, compare=False)
+    below_score_at: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.int64), repr=False,
+                                       compare=False)
 
     def __len__(self) -> int:
         return len(self.footprints)
-
-    def below_score_pixels(self) -> np.ndarray:
-        """``(n_below_score, 2)`` int64 ``(row, col)``: the first pixel (raster order) of each region that
-        ``min_score`` dropped, so that a caller working in overlapping windows counts each region once."""
-        if self._below is None:
-            return np.zeros((0, 2), dtype=np.int64)
-        inst, low, n_ids = self._below
-        lut = np.zeros(n_ids, dtype=bool)
-        lut[low] = True
-        flat = inst.ravel()
-        pix = np.flatnonzero(lut[flat])
-        _, first = np.unique(flat[pix], return_index=True)
-        return np.stack(np.divmod(pix[first], inst.shape[1]), axis=1).astype(np.int64)
 
     def to_image_labels(self, key: ImageKey, width: int | None = None, height: int | None = None, **kw: Any) -> ImageLabels:
         """These buildings as one image of a :class:`~rooftrace.labels.records.LabelSet` (with scores)."""
@@ -671,14 +659,15 @@ def _single_channel_instances(mask: np.ndarray, s: PostprocessSettings, flat: np
     return _grow(markers, mask, lambda lay, m: -lay[0], dist[None], flat=flat)
 
 
-def _instances(p: np.ndarray, s: PostprocessSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Instance map before the area filter, and per id its pixel count and footprint sum."""
+def _instances(p: np.ndarray, s: PostprocessSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Instance map before the area filter, per id its pixel count and footprint sum, and the mask's pixels (flat
+    indices, ascending) with their ids."""
     fp = p[0]
     mask = fp >= s.footprint_threshold
     flat = np.flatnonzero(mask)
     if len(flat) == 0:
         z = np.zeros(1)
-        return np.zeros(mask.shape, dtype=np.int32), z, z
+        return np.zeros(mask.shape, dtype=np.int32), z, z, flat, flat
     if p.shape[0] == 1:
         inst = _single_channel_instances(mask, s, flat)
     else:
@@ -693,7 +682,7 @@ def _instances(p: np.ndarray, s: PostprocessSettings) -> tuple[np.ndarray, np.nd
     n = int(inst.max()) + 1
     count = np.bincount(ids, minlength=n).astype(np.float64)
     total = np.bincount(ids, weights=fp.ravel()[flat], minlength=n)
-    return inst, count, total
+    return inst, count, total, flat, ids
 
 
 def instances_from_probabilities(probs: np.ndarray, settings: PostprocessSettings | None = None) -> np.ndarray:
@@ -703,8 +692,20 @@ def instances_from_probabilities(probs: np.ndarray, settings: PostprocessSetting
     docstring.
     """
     s = settings or PostprocessSettings()
-    inst, count, total = _instances(as_probabilities(probs), s)
+    inst, count, total, _, _ = _instances(as_probabilities(probs), s)
     return _relabel(inst, _kept(count, total, s)[0])
+
+
+def _first_pixels(ids: np.ndarray, n_ids: int, flat: np.ndarray, pix_ids: np.ndarray, width: int) -> np.ndarray:
+    """``(len(ids), 2)`` ``(row, col)`` of the first pixel (raster order) of each of ``ids``, from the mask's pixels
+    (``flat``, ascending, and their ids ``pix_ids``): only those regions' pixels are sorted."""
+    if len(ids) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    lut = np.zeros(n_ids, dtype=bool)
+    lut[ids] = True
+    sel = lut[pix_ids]
+    _, first = np.unique(pix_ids[sel], return_index=True)
+    return np.stack(np.divmod(flat[sel][first], width), axis=1).astype(np.int64)
 
 
 def _kept(count: np.ndarray, total: np.ndarray, s: PostprocessSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -743,10 +744,10 @@ def watershed_postprocess(probs: np.ndarray, settings: PostprocessSettings | Non
     """
     s = settings or PostprocessSettings()
     p = as_probabilities(probs)
-    pre, count, total = _instances(p, s)
+    inst, count, total, flat, pix_ids = _instances(p, s)
     keep, low = _kept(count, total, s)
-    inst = _relabel(pre, keep)
-    below = {"n_below_score": len(low), "_below": (pre, low, len(count)) if len(low) else None}
+    below = {"n_below_score": len(low), "below_score_at": _first_pixels(low, len(count), flat, pix_ids, inst.shape[1])}
+    inst = _relabel(inst, keep)
     ids, polys = instances_to_polygons(inst, holes=s.keep_holes)
     if len(ids) == 0:
         return Buildings([], [], inst, **below)

@@ -258,7 +258,7 @@ def _block(reader: _ProbReader, core: tuple[int, int], H: int, W: int, block: in
         geoms_out.append(_shift(geoms[keep], c0, r0))
         scores_out.append(np.asarray(found.scores, dtype=np.float64)[keep])
         if found.n_below_score:  # the dropped regions of the groups this block keeps whole, by a pixel of each
-            at = found.below_score_pixels()
+            at = found.below_score_at
             below = int(take[labels[at[:, 0], at[:, 1]]].sum())
     seen: set[tuple[int, int]] = set()
     for g in np.flatnonzero(owned & cut) + 1:  # groups that may go on beyond the window
