@@ -497,3 +497,32 @@ def test_score_warning_needs_most_of_twenty_or_more_regions_dropped():
     line = score_warning(7, 13, 0.92, "x.tif")
     assert line is not None and line.startswith("warning: outside the model card") and "x.tif" in line
     assert "min_score 0.92) dropped 13 of the 20 buildings found (65%" in line
+
+
+@pytest.mark.parametrize("tuned_with, run_with, said", [
+    (False, True, "tuned without flip TTA, which this run uses"),
+    (True, False, "tuned with flip TTA, which this run does not use"),
+    (False, False, None), (True, True, None), (None, True, None),
+])
+def test_a_run_says_when_its_settings_were_tuned_for_the_other_tta(model_file, tmp_path, tuned_with, run_with, said):
+    """Flip TTA averages four predictions, so settings searched with it (`tune --tta`) fit a run without it less
+    well, and the other way round: the run's post-processing line says so (a settings file without the key says
+    nothing)."""
+    from rooftrace.inference.runtime import load_runtime
+    from rooftrace.inference.tuned import used_postprocessing
+    from rooftrace.instances.postprocess import PostprocessSettings
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(model_file, model)
+    shutil.copy(str(model_file) + ".sha256", str(model) + ".sha256")
+    saved = {"method": "watershed", "settings": {"min_area": 32}}
+    if tuned_with is not None:
+        saved["tta"] = tuned_with
+    (tmp_path / "m.postprocess.json").write_text(json.dumps(saved))
+    line = used_postprocessing(load_runtime(model, device="cpu", tta=run_with, precision="fp32")).describe()
+    assert "min_area=32" in line
+    assert (said in line) if said else ("flip TTA" not in line)
+    # Settings given in full are the user's choice: nothing is said about them.
+    given = used_postprocessing(load_runtime(model, device="cpu", tta=run_with, precision="fp32"),
+                                settings=PostprocessSettings(min_area=33))
+    assert "flip TTA" not in given.describe()

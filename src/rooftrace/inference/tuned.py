@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Union
 
@@ -37,6 +37,17 @@ def load_tuned(model_path: str | Path) -> tuple[str | None, PostprocessSettings 
         raise RooftraceError(f"{p}: not a readable post-processing settings file ({exc})") from None
 
 
+def tuned_tta(model_path: str | Path) -> bool | None:
+    """Whether the settings ``rooftrace tune`` saved beside a model were searched on flip-TTA probabilities
+    (its ``--tta``), or ``None`` when there is no settings file or it does not say."""
+    p = tuned_settings_path(model_path)
+    try:
+        tta = json.loads(p.read_text()).get("tta") if p.exists() else None
+    except (OSError, ValueError, AttributeError):
+        return None  # load_tuned names an unreadable file
+    return tta if isinstance(tta, bool) else None
+
+
 #: What a run is given as post-processing settings: complete settings (used as they are), or a mapping of
 #: the settings to change on top of the model's tuned ones (``--pp key=value``, a partial settings file).
 SettingsArg = Union[PostprocessSettings, Mapping[str, Any], None]
@@ -53,6 +64,9 @@ class Postprocessing:
             model's metadata), ``defaults`` (no tuned settings) or ``given`` (complete settings passed in).
         base_file: The tuned-settings file, when ``base`` is ``tuned`` and the settings came from one.
         changed: The settings the user changed on top of ``base`` (``--pp``, a partial settings file).
+        tta_note: Set when the tuned settings were searched with flip TTA and the run does not use it, or the
+            other way round: flip TTA averages four predictions, so its probabilities are less extreme and
+            thresholds tuned for one fit the other less well.
     """
 
     method: str
@@ -60,6 +74,7 @@ class Postprocessing:
     base: str = "defaults"
     base_file: str | None = None
     changed: dict[str, Any] = field(default_factory=dict)
+    tta_note: str | None = None
 
     def describe(self) -> str:
         """One line: the method, where the settings came from, what was changed, and every value that is
@@ -75,7 +90,8 @@ class Postprocessing:
         default = PostprocessSettings().to_dict()
         values = {k: v for k, v in self.settings.to_dict().items() if v != default[k]}
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()) if values else "all at their defaults"
-        return f"post-processing: {self.method}, {src}: {shown}" + ("; the rest at their defaults" if values else "")
+        line = f"post-processing: {self.method}, {src}: {shown}" + ("; the rest at their defaults" if values else "")
+        return line + (f"; {self.tta_note}" if self.tta_note else "")
 
     def to_json(self) -> dict[str, Any]:
         """What the outputs record beside the full settings."""
@@ -122,4 +138,11 @@ def used_postprocessing(runtime: Any, method: str | None = None, settings: Setti
     if runtime is None:
         return resolve_postprocessing(method, settings, None, None)
     tuned_file = tuned_settings_path(runtime.path) if runtime.settings is not None and tuned_settings_path(runtime.path).exists() else None
-    return resolve_postprocessing(method, settings, runtime.method, runtime.settings, tuned_file)
+    used = resolve_postprocessing(method, settings, runtime.method, runtime.settings, tuned_file)
+    tuned_with = tuned_tta(runtime.path) if used.base == "tuned" and tuned_file is not None else None
+    if tuned_with is None or tuned_with == bool(runtime.tta):
+        return used
+    note = ("its settings were tuned without flip TTA, which this run uses; `rooftrace tune --tta` tunes them for it"
+            if runtime.tta else "its settings were tuned with flip TTA, which this run does not use; run with --tta, or "
+            "`rooftrace tune` without it")
+    return replace(used, tta_note=note)
