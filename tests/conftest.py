@@ -78,3 +78,17 @@ def start_held(code: str, *args: str, timeout: float = 600, **popen) -> subproce
         pytest.fail(f"the child process {'exited with ' + str(proc.returncode) if ready else 'said nothing in ' + str(timeout) + ' s'} "
                     "before reaching the point under test")
     return proc
+
+
+def crash_after(fn, n: int):
+    """``fn`` that runs ``n`` times, then raises ``RuntimeError("simulated crash")`` on every later call: a run
+    that dies part way (tests of ``--resume``)."""
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        if calls["n"] == n:
+            raise RuntimeError("simulated crash")
+        calls["n"] += 1
+        return fn(*args, **kwargs)
+
+    return wrapped

@@ -42,7 +42,7 @@ from rooftrace.imagery.read import read_rgb
 from rooftrace.labels.formats import read_labels
 from rooftrace.labels.geojson import read_geojson
 from rooftrace.labels.records import ImageLabels
-from tests.conftest import REPO, write_tiny_model
+from tests.conftest import REPO, crash_after, write_tiny_model
 
 OSM = REPO.parent / "shared" / "data" / "osm-oam"
 
@@ -490,15 +490,8 @@ def test_a_resumed_run_on_georeferenced_tiles_writes_the_same_map_outputs(two_re
     shutil.copy(b / "tile.tif", images / "b.tif")
     blob_model(monkeypatch)
     ref = pr.predict_folder(images, tmp_path / "ref", gsd_model, workers=0, threads=0, batch_size=1, progress=False)
-    real, calls = pr._finish_tile, {"n": 0}
-
-    def crash_after_one(*args, **kw):
-        if calls["n"] == 1:
-            raise RuntimeError("simulated crash")
-        calls["n"] += 1
-        return real(*args, **kw)
-
-    monkeypatch.setattr(pr, "_finish_tile", crash_after_one)
+    real = pr._finish_tile
+    monkeypatch.setattr(pr, "_finish_tile", crash_after(real, 1))
     with pytest.raises(RuntimeError, match="simulated"):
         pr.predict_folder(images, tmp_path / "out", gsd_model, workers=0, threads=0, batch_size=1, progress=False)
     monkeypatch.setattr(pr, "_finish_tile", real)

@@ -13,7 +13,7 @@ import pytest
 from rooftrace.cli import main
 from rooftrace.core.errors import RooftraceError
 from rooftrace.labels.formats import read_labels
-from tests.conftest import start_held, write_tiny_model
+from tests.conftest import crash_after, start_held, write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,15 +98,8 @@ def test_a_crashed_predict_writes_no_submission_and_resume_finishes_it(model_fil
     images = _tiles(tmp_path / "images", 8)
     ref = pr.predict_folder(images, tmp_path / "ref", model_file, workers=0, threads=0, batch_size=2, progress=False)
     out = tmp_path / "out"
-    real, calls = pr._finish_tile, {"n": 0}
-
-    def crash_after_three(*a, **k):
-        if calls["n"] == 3:
-            raise RuntimeError("simulated crash")
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(pr, "_finish_tile", crash_after_three)
+    real = pr._finish_tile
+    monkeypatch.setattr(pr, "_finish_tile", crash_after(real, 3))
     with pytest.raises(RuntimeError, match="simulated"):
         pr.predict_folder(images, out, model_file, workers=0, threads=0, batch_size=2, progress=False, streams=streams)
     monkeypatch.setattr(pr, "_finish_tile", real)
@@ -459,16 +452,9 @@ def test_a_score_filter_that_drops_most_of_what_was_found_is_a_warning_and_survi
     import rooftrace.inference.predict as pr
 
     images = _tiles(tmp_path / "images", 6)
-    real_pp, real_finish, calls = pr.postprocess, pr._finish_tile, {"n": 0}
+    real_pp, real_finish = pr.postprocess, pr._finish_tile
     monkeypatch.setattr(pr, "postprocess", lambda *a, **k: dataclasses.replace(real_pp(*a, **k), n_below_score=30))
-
-    def crash_after_two(*a, **k):
-        if calls["n"] == 2:
-            raise RuntimeError("simulated crash")
-        calls["n"] += 1
-        return real_finish(*a, **k)
-
-    monkeypatch.setattr(pr, "_finish_tile", crash_after_two)
+    monkeypatch.setattr(pr, "_finish_tile", crash_after(real_finish, 2))
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="simulated"):
         pr.predict_folder(images, out, model_file, workers=0, threads=0, batch_size=1, progress=False, streams=1)
