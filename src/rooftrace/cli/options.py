@@ -108,8 +108,9 @@ def parse_settings(items: list[str], path: Path | None) -> dict | None:
 #: The fields of :class:`rooftrace.instances.postprocess.PostprocessSettings` and their defaults, for the
 #: help (the parser imports no post-processing library; tests/inference/test_predict.py checks the copy).
 PP_DEFAULTS = (("footprint_threshold", 0.5), ("seed_footprint", 0.7), ("seed_boundary", 0.5), ("seed_contact", 0.5),
-               ("min_seed_area", 1), ("min_area", 8), ("min_score", 0.0), ("simplify", 0.0), ("regularise", False), ("rectangularity", 0.9),
-               ("merge_contact", 0.3), ("surface", "probability"), ("split_distance", 0.0), ("keep_holes", False))
+               ("min_seed_area", 1), ("min_area", 8), ("min_score", 0.0), ("simplify", 0.0), ("regularise", False),
+               ("rectangularity", 0.9), ("merge_contact", 0.3), ("surface", "probability"), ("split_distance", 0.0),
+               ("keep_holes", False))
 
 
 def add_postprocess_options(p: argparse.ArgumentParser, default_method: str | None) -> None:
