@@ -63,6 +63,9 @@ def test_tune_saves_settings_that_predict_picks_up(sample, model_file, tmp_path,
     assert main(["tune", "--model", str(model), "--split", str(sample / "val")]) == 0
     saved = json.loads((tmp_path / "m.postprocess.json").read_text())
     assert saved["method"] == "watershed" and saved["object_f1"] >= saved["object_f1_defaults"]
+    # What the search traded: pooled precision and recall, tuned and at the defaults, saved and printed.
+    assert all(0.0 <= saved[k] <= 1.0 for k in ("precision", "recall", "precision_defaults", "recall_defaults"))
+    assert f"precision {saved['precision_defaults']:.3f} -> {saved['precision']:.3f}" in capsys.readouterr().out
     assert main(["tune", "--model", str(model), "--split", str(sample / "val")]) == 2  # no silent replacement
     # predict uses the tuned settings: make them extreme and see their effect.
     saved["settings"]["min_area"] = 10**6

@@ -21,7 +21,7 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, probe_writable
 from rooftrace.core.locks import OutputLock
 from rooftrace.core.paths import check_distinct
-from rooftrace.evaluation.tuning import search_settings
+from rooftrace.evaluation.tuning import score_settings, search_settings
 from rooftrace.imagery.read import read_rgb
 from rooftrace.imagery.resample import (
     footprints_to_grid,
@@ -44,10 +44,18 @@ class TuneResult:
     f1_default: float
     trials: int
     path: Path | None
+    #: Precision and recall (pooled over the split's buildings) with the tuned settings and with the defaults:
+    #: what the search traded for its F1 (a score filter buys precision with recall).
+    precision: float = float("nan")
+    recall: float = float("nan")
+    precision_default: float = float("nan")
+    recall_default: float = float("nan")
 
     def summary(self) -> str:
         changed = {k: v for k, v in self.settings.to_dict().items() if PostprocessSettings().to_dict().get(k) != v}
-        return (f"object F1 {self.f1:.4f} with tuned settings (defaults: {self.f1_default:.4f}) after {self.trials} trials\n"
+        return (f"object F1 {self.f1:.4f} with tuned settings (defaults: {self.f1_default:.4f}) after {self.trials} trials; "
+                f"precision {self.precision_default:.3f} -> {self.precision:.3f}, recall {self.recall_default:.3f} -> "
+                f"{self.recall:.3f}\n"
                 f"changed from the defaults: {json.dumps(changed) if changed else 'nothing'}"
                 + (f"\nsaved to {self.path}" if self.path else ""))
 
@@ -98,9 +106,12 @@ def _tune(model: Path, split: str | Path, method: str, tta: bool, device: str, p
     if not probs:
         raise RooftraceError(f"{split}: no readable tiles to tune on")
     best, best_f1, f1_default, trials = search_settings(probs, gt, method, rounds)
+    tuned, default = score_settings(probs, gt, method, best), score_settings(probs, gt, method, PostprocessSettings())
     path = None
     if out is not None:
         payload = {"method": method, "settings": best.to_dict(), "object_f1": best_f1, "object_f1_defaults": f1_default,
-                   "split": str(split), "tta": tta, "trials": trials}
+                   "precision": tuned.precision, "recall": tuned.recall, "precision_defaults": default.precision,
+                   "recall_defaults": default.recall, "split": str(split), "tta": tta, "trials": trials}
         path = atomic_write_text(out, json.dumps(payload, indent=2), force=True)
-    return TuneResult(method, best, best_f1, f1_default, trials, path)
+    return TuneResult(method, best, best_f1, f1_default, trials, path, tuned.precision, tuned.recall, default.precision,
+                      default.recall)
