@@ -42,9 +42,9 @@ def test_the_search_finds_the_score_filter_where_no_area_filter_can_help() -> No
     # No area filter alone removes them: the blob is larger than every building, the shed smaller.
     for area in SEARCH_SPACE["min_area"]:
         assert score_settings(probs, gt, "watershed", PostprocessSettings(min_area=area)).f1 < 0.9
-    best, f1, f1_default, trials = search_settings(probs, gt, "watershed")
-    assert f1_default == default.f1 and trials > len(SEARCH_SPACE)
-    assert f1 == 1.0 and best.min_score > 0.87  # above every blob pixel's 0.83-0.87, below the buildings' 1.0
+    best, found, at_defaults, trials = search_settings(probs, gt, "watershed")
+    assert at_defaults.f1 == default.f1 and trials > len(SEARCH_SPACE)
+    assert found.f1 == 1.0 and best.min_score > 0.87  # above every blob pixel's 0.83-0.87, below the buildings' 1.0
 
 
 def test_the_seed_recipe_searches_only_its_threshold() -> None:
@@ -56,6 +56,6 @@ def test_the_seed_recipe_searches_only_its_threshold() -> None:
 def test_a_footprint_only_model_searches_the_score_filter_too() -> None:
     probs, gt = _tiles()
     one = [p[:1] for p in probs]
-    best, f1, _, _ = search_settings(one, gt, "watershed")
+    best, found, _, _ = search_settings(one, gt, "watershed")
     # Without boundary or contact the touching-free buildings are still found; the blob goes by its score.
-    assert f1 == 1.0 and best.min_score > 0.87
+    assert found.f1 == 1.0 and best.min_score > 0.87

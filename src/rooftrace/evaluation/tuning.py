@@ -45,8 +45,9 @@ def score_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str, setti
 
 
 def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "watershed",
-                    rounds: int = 3) -> tuple[PostprocessSettings, float, float, int]:
-    """The settings that maximise mean object F1 on ``gt``: ``(settings, f1, f1 with the defaults, trials)``."""
+                    rounds: int = 3) -> tuple[PostprocessSettings, Score, Score, int]:
+    """The settings that maximise mean object F1 on ``gt``: ``(settings, their score, the defaults' score, trials)``
+    (each :class:`~rooftrace.evaluation.metrics.Score` with its precision and recall)."""
     if method == "seed":  # a fixed recipe: its threshold is the one setting it reads
         space = {k: v for k, v in SEARCH_SPACE.items() if k == "footprint_threshold"}
     elif probs[0].shape[0] == 1:  # a footprint-only model: no seeds from boundary or contact
@@ -54,7 +55,7 @@ def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "wa
     else:
         space = SEARCH_SPACE
     best = PostprocessSettings()
-    f1_default = best_f1 = score_settings(probs, gt, method, best).f1
+    default = best_score = score_settings(probs, gt, method, best)
     trials = 1
     for _ in range(rounds):
         improved = False
@@ -63,13 +64,12 @@ def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "wa
                 cand = replace(best, **{key: v})
                 if cand == best:
                     continue
-                f1 = score_settings(probs, gt, method, cand).f1
+                score = score_settings(probs, gt, method, cand)
                 trials += 1
-                if f1 > best_f1 + 1e-9:
-                    best, best_f1, improved = cand, f1, True
+                if score.f1 > best_score.f1 + 1e-9:
+                    best, best_score, improved = cand, score, True
         if not improved:
             break
-    return best, best_f1, f1_default, trials
-
+    return best, best_score, default, trials
 
 __all__ = ["SEARCH_SPACE", "score_settings", "search_settings"]

@@ -21,7 +21,7 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, probe_writable
 from rooftrace.core.locks import OutputLock
 from rooftrace.core.paths import check_distinct
-from rooftrace.evaluation.tuning import score_settings, search_settings
+from rooftrace.evaluation.tuning import search_settings
 from rooftrace.imagery.read import read_rgb
 from rooftrace.imagery.resample import (
     footprints_to_grid,
@@ -105,13 +105,12 @@ def _tune(model: Path, split: str | Path, method: str, tta: bool, device: str, p
         g.width, g.height, g.source = w, h, img.source
     if not probs:
         raise RooftraceError(f"{split}: no readable tiles to tune on")
-    best, best_f1, f1_default, trials = search_settings(probs, gt, method, rounds)
-    tuned, default = score_settings(probs, gt, method, best), score_settings(probs, gt, method, PostprocessSettings())
+    best, tuned, default, trials = search_settings(probs, gt, method, rounds)
     path = None
     if out is not None:
-        payload = {"method": method, "settings": best.to_dict(), "object_f1": best_f1, "object_f1_defaults": f1_default,
+        payload = {"method": method, "settings": best.to_dict(), "object_f1": tuned.f1, "object_f1_defaults": default.f1,
                    "precision": tuned.precision, "recall": tuned.recall, "precision_defaults": default.precision,
                    "recall_defaults": default.recall, "split": str(split), "tta": tta, "trials": trials}
         path = atomic_write_text(out, json.dumps(payload, indent=2), force=True)
-    return TuneResult(method, best, best_f1, f1_default, trials, path, tuned.precision, tuned.recall, default.precision,
+    return TuneResult(method, best, tuned.f1, default.f1, trials, path, tuned.precision, tuned.recall, default.precision,
                       default.recall)

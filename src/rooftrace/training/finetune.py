@@ -209,8 +209,8 @@ class _Plan:
 
 
 def _tune(probs: SplitProbs, method: str) -> tuple[PostprocessSettings, float]:
-    settings, f1, _, _ = search_settings(probs.probs, probs.labels, method, rounds=2)
-    return settings, f1
+    settings, score, _, _ = search_settings(probs.probs, probs.labels, method, rounds=2)
+    return settings, score.f1
 
 
 def finetune(
