@@ -138,6 +138,7 @@ class LossConfig:
     focal: float = 0.0
     focal_gamma: float = 2.0
     channel_weights: tuple[float, ...] = (1.0, 0.5, 0.5)
+    distill: float = 0.0  #: weight of the teachers' soft targets (train.teachers) against the labels' (0 = off): rooftrace.training.distill
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class TrainConfig:
     val_every: int = 1  #: validate every N epochs (and always after the last); the others only checkpoint
     depthwise_fp32: bool = False  #: compute depthwise convolutions in fp32 under bf16 autocast (faster on CPUs: benchmarks/train_profile.py)
     freeze_encoder: int = 0  #: keep the encoder layers at 1/2 .. 1/2^N of the input's size as they start (weights and BatchNorm statistics; N >= the encoder's depth: all of it): rooftrace.training.freezing
+    teachers: tuple[str, ...] = ()  #: rooftrace model files whose mean probabilities are a second, soft target (loss.distill): rooftrace.training.distill
     ema: float = 0.0  #: decay of an exponential moving average of the weights (BatchNorm statistics included) that is validated and saved; 0 = off
 
 
@@ -231,6 +233,11 @@ class Config:
             raise RooftraceError(f"data.sampling {self.data.sampling!r}: must be uniform or balanced")
         if not 0.0 <= self.train.ema < 1.0:
             raise RooftraceError(f"train.ema {self.train.ema}: must be 0 (off) or a decay in (0, 1), such as 0.998")
+        if not 0.0 <= self.loss.distill < 1.0:
+            raise RooftraceError(f"loss.distill {self.loss.distill}: must be 0 (off) or a weight in (0, 1), such as 0.5")
+        if bool(self.train.teachers) != (self.loss.distill > 0):
+            raise RooftraceError(f"train.teachers ({len(self.train.teachers)} files) and loss.distill ({self.loss.distill}) go "
+                                 "together: give teacher model files and a distillation weight above 0, or neither")
         if self.train.freeze_encoder < 0:
             raise RooftraceError(f"train.freeze_encoder {self.train.freeze_encoder}: must be 0 (train every layer) or more")
         if self.train.val_every < 1:

@@ -191,6 +191,8 @@ def _train_config(start: Config, recipe: Recipe, train_dir: Path, val_dir: Path,
     data["train"].update(init_from=str(init_from), seed=seed, steps_per_epoch=recipe.eval_every, compile=False,
                          epochs=max(1, math.ceil(recipe.steps / recipe.eval_every)))
     data["model"].update(encoder_weights=None, encoder_weights_sha256=None)
+    data["train"].update(teachers=[])  # finetune does not distil: a distilled start model's teachers are not its own
+    data["loss"].update(distill=0.0)
     return config_from_dict(data)
 
 

@@ -60,6 +60,7 @@ from rooftrace.models.autocast import (
 from rooftrace.models.files import save_model
 from rooftrace.training.dataset import TileDataset, collate_pad, same_size_batches, select_tiles
 from rooftrace.training.freezing import encoder_layers_up_to, freeze, hold_norms
+from rooftrace.training.distill import Teachers, distilled_loss
 from rooftrace.training.losses import SegmentationLoss
 from rooftrace.training.resume import (
     PENDING,
@@ -225,6 +226,11 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.net = model
+        # train.teachers: models whose mean probabilities are a second, soft target (loss.distill).
+        self.teachers = (Teachers([resolve_path(p) for p in cfg.train.teachers], cfg.data.channels, cfg.data.mean, cfg.data.std,
+                                  env.device, depthwise_fp32=cfg.train.depthwise_fp32 and env.amp_dtype is not None,
+                                  channels_last=cfg.train.channels_last)
+                         if cfg.train.teachers else None)
         # The moving average of the weights (train.ema): updated after every step, validated and saved in
         # place of the raw weights; BatchNorm statistics are averaged too.
         self.ema = (torch.optim.swa_utils.AveragedModel(
@@ -293,7 +299,8 @@ class Trainer:
             x, y = self._to(batch["image"]), self._to(batch["target"])
             with self._autocast():
                 logits = self.net(x)
-            loss = self.loss_fn(logits.float(), y)
+                soft = self.teachers(x) if self.teachers is not None else None
+            loss = distilled_loss(self.loss_fn, logits.float(), y, soft, self.cfg.loss.distill)
             bad = not bool(torch.isfinite(loss.detach()))
             if self.env.world > 1:  # every process stops together, or the others would wait for it forever
                 flag = torch.tensor([float(bad)], device=self.env.device if self.env.device.type == "cuda" else "cpu")
