@@ -349,7 +349,7 @@ def test_the_command_line_starts_without_the_heavy_libraries():
     from rooftrace.evaluation.metrics import MATCHING_MODES
     from rooftrace.imagery.windows import DEFAULT_OVERLAP, DEFAULT_TILE
     from rooftrace.instances.postprocess import POSTPROCESSORS
-    from rooftrace.scenes.blocks import DEFAULT_BLOCK, DEFAULT_MARGIN
+    from rooftrace.scenes.blocks import DEFAULT_BLOCK, DEFAULT_MARGIN, MIN_AUTO_BLOCK
 
     assert options.MATCHING_MODES == MATCHING_MODES and options.POSTPROCESS_METHODS == tuple(sorted(POSTPROCESSORS))
     from dataclasses import fields
@@ -357,8 +357,8 @@ def test_the_command_line_starts_without_the_heavy_libraries():
     from rooftrace.instances.postprocess import PostprocessSettings
 
     assert options.PP_DEFAULTS == tuple((f.name, f.default) for f in fields(PostprocessSettings))
-    assert (options.DEFAULT_TILE, options.DEFAULT_OVERLAP, options.DEFAULT_BLOCK, options.DEFAULT_MARGIN) == (
-        DEFAULT_TILE, DEFAULT_OVERLAP, DEFAULT_BLOCK, DEFAULT_MARGIN)
+    assert (options.DEFAULT_TILE, options.DEFAULT_OVERLAP, options.DEFAULT_BLOCK, options.DEFAULT_MARGIN,
+            options.MIN_AUTO_BLOCK) == (DEFAULT_TILE, DEFAULT_OVERLAP, DEFAULT_BLOCK, DEFAULT_MARGIN, MIN_AUTO_BLOCK)
 
 
 def test_the_gpu_throughput_script_runs_its_cpu_dry_run(sample):

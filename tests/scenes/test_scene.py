@@ -197,6 +197,29 @@ def test_blocks_in_threads_yield_the_same_buildings_in_the_same_order(austin_ora
         next(postprocess_blocks(austin_oracle, threads=0))
 
 
+def test_the_default_block_is_cut_so_that_every_thread_has_one_and_the_buildings_stay(austin_oracle):
+    from rooftrace.scenes.blocks import DEFAULT_BLOCK, MIN_AUTO_BLOCK, block_size, postprocess_blocks
+
+    assert block_size(20_000, 20_000, 4) == DEFAULT_BLOCK  # plenty of blocks: the default
+    assert block_size(2048, 2048, 1) == DEFAULT_BLOCK
+    assert block_size(2048, 2048, 2) == block_size(2048, 2048, 4) == 1024  # 4 cores of 1,024
+    assert block_size(2048, 2048, 8) == MIN_AUTO_BLOCK  # 16 cores
+    assert block_size(300, 300, 4) == MIN_AUTO_BLOCK  # never below
+    assert block_size(2048, 2048, 4, block=256) == 256  # a block given is kept
+
+    def buildings(threads: int) -> tuple[int, set]:
+        parts = list(postprocess_blocks(austin_oracle, progress=False, threads=threads))
+        geoms = [g for part in parts for g in part.geoms]
+        return len(parts), as_set(np.asarray(geoms, dtype=object))
+
+    with rasterio.open(austin_oracle) as src:
+        assert max(src.height, src.width) <= DEFAULT_BLOCK  # one default block
+    n_one, one = buildings(1)
+    n_two, two = buildings(2)
+    assert n_one == 1 and n_two > 1 and len(one) == 134
+    assert one == two
+
+
 # ---------------------------------------------------------------------------------------------
 # Bands and nodata
 

@@ -11,6 +11,7 @@ from rooftrace.cli.options import (
     DEFAULT_MARGIN,
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
+    MIN_AUTO_BLOCK,
     add_band_options,
     add_input_gsd_option,
     add_postprocess_options,
@@ -109,7 +110,9 @@ def add_predict_scene(sub: argparse._SubParsersAction) -> None:
                          "read resampled to the model's pixel size when it records one (default: from the scene's transform)")
     add_band_options(p)
     add_postprocess_options(p, None)
-    p.add_argument("--block", type=int, default=DEFAULT_BLOCK, help=f"post-processing block in pixels (default {DEFAULT_BLOCK})")
+    p.add_argument("--block", type=int, default=None, help=f"post-processing block in pixels (default {DEFAULT_BLOCK}, halved down "
+                   f"to {MIN_AUTO_BLOCK} on a scene of fewer blocks than post-processing threads; the buildings are the same "
+                   "for any block)")
     p.add_argument("--margin", type=int, default=DEFAULT_MARGIN, help=f"pixels read around each block (default {DEFAULT_MARGIN})")
     p.add_argument("--probabilities", type=Path, default=None, help="also keep the stitched probabilities as a GeoTIFF (one scene; default: not kept)")
     p.add_argument("--format", choices=formats.names(), default=None,

@@ -19,8 +19,8 @@ MATCHING_MODES = ("one-to-one", "any", "spacenet")
 POSTPROCESS_METHODS = ("seed", "watershed")
 #: :data:`rooftrace.imagery.windows.DEFAULT_TILE` and ``DEFAULT_OVERLAP``.
 DEFAULT_TILE, DEFAULT_OVERLAP = 512, 64
-#: :data:`rooftrace.scenes.blocks.DEFAULT_BLOCK` and ``DEFAULT_MARGIN``.
-DEFAULT_BLOCK, DEFAULT_MARGIN = 2048, 128
+#: :data:`rooftrace.scenes.blocks.DEFAULT_BLOCK`, ``DEFAULT_MARGIN`` and ``MIN_AUTO_BLOCK``.
+DEFAULT_BLOCK, DEFAULT_MARGIN, MIN_AUTO_BLOCK = 2048, 128, 512
 
 
 # The label formats are the registry's (:data:`rooftrace.labels.formats.LABEL_FORMATS`), and importing it imports

@@ -172,6 +172,26 @@ def block_cores(height: int, width: int, block: int) -> list[tuple[int, int]]:
     return [(r, c) for r in range(0, height, block) for c in range(0, width, block)]
 
 
+#: The smallest core the default block is cut to so that each post-processing thread has one (pixels a side).
+MIN_AUTO_BLOCK = 512
+
+
+def block_size(height: int, width: int, threads: int, block: int | None = None) -> int:
+    """The post-processing core size of a ``height x width`` map: ``block`` when given; else
+    :data:`DEFAULT_BLOCK`, halved while the map has fewer cores than ``threads`` (not below
+    :data:`MIN_AUTO_BLOCK`), so that a scene of one or two default blocks keeps every thread busy.
+
+    The buildings do not depend on the core size (each is decided by the one core that holds its anchor),
+    only the order in which blocks yield them; smaller cores also hold less in memory.
+    """
+    if block is not None:
+        return block
+    size = DEFAULT_BLOCK
+    while size // 2 >= MIN_AUTO_BLOCK and len(block_cores(height, width, size)) < threads:
+        size //= 2
+    return size
+
+
 def block_threads() -> int:
     """Post-processing threads for a scene's blocks when nothing else runs: the cores, at most 4 (each holds
     one block with its margin, about 0.3 GB at the default 2,048 px)."""
@@ -179,7 +199,7 @@ def block_threads() -> int:
 
 
 def postprocess_blocks(prob_path: str | Path, *, method: str = DEFAULT_METHOD, settings: PostprocessSettings | None = None,
-                       block: int = DEFAULT_BLOCK, margin: int = DEFAULT_MARGIN, max_group: int = DEFAULT_MAX_GROUP,
+                       block: int | None = None, margin: int = DEFAULT_MARGIN, max_group: int = DEFAULT_MAX_GROUP,
                        progress: bool = True, cores: Sequence[tuple[int, int]] | None = None, threads: int = 1
                        ) -> Iterator[_BlockOutput]:
     """Post-process a stitched probability GeoTIFF block by block; yields each block's buildings.
@@ -192,8 +212,9 @@ def postprocess_blocks(prob_path: str | Path, *, method: str = DEFAULT_METHOD, s
     ``threads``: blocks post-processed at once (each thread reads the GeoTIFF through its own handle;
     OpenCV, scikit-image and numpy release the GIL); blocks are yielded in the same order, with the same
     buildings, for any number (:func:`block_threads` is the default of ``predict-scene`` and the API).
+    ``block``: the core size (``None``: :func:`block_size`'s, from the map's size and ``threads``).
     """
-    if block < 64:
+    if block is not None and block < 64:
         raise RooftraceError(f"--block {block}: must be at least 64 pixels")
     if margin < 2 * _EDGE:
         raise RooftraceError(f"--margin {margin}: must be at least {2 * _EDGE} pixels")
@@ -204,6 +225,7 @@ def postprocess_blocks(prob_path: str | Path, *, method: str = DEFAULT_METHOD, s
     path = Path(prob_path)
     first = _ProbReader(path)
     H, W = first.height, first.width
+    block = block_size(H, W, threads, block)
     readers = [first]
     local = threading.local()
     local.reader = first if threads == 1 else None

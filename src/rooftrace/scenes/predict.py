@@ -90,7 +90,6 @@ from rooftrace.instances.postprocess import (
     PostprocessSettings,
 )
 from rooftrace.scenes.blocks import (
-    DEFAULT_BLOCK,
     DEFAULT_MARGIN,
     DEFAULT_MAX_GROUP,
     block_threads,
@@ -283,7 +282,7 @@ def predict_scene(
     stretch: tuple[float, float] = DEFAULT_STRETCH,
     method: str | None = None,
     settings: SettingsArg = None,
-    block: int = DEFAULT_BLOCK,
+    block: int | None = None,
     margin: int = DEFAULT_MARGIN,
     max_group: int = DEFAULT_MAX_GROUP,
     probabilities: str | Path | None = None,
@@ -322,7 +321,8 @@ def predict_scene(
         method, settings: Post-processing; default what ``rooftrace tune`` saved beside the
             model, else ``watershed`` with default settings. ``settings`` as a mapping (what ``--pp``
             gives) changes only the settings it names, on top of those; the summary says what was used.
-        block, margin, max_group: Post-processing block geometry (module docstring).
+        block, margin, max_group: Post-processing block geometry (module docstring); ``block`` ``None``: 2,048 px,
+            smaller on a scene of fewer blocks than post-processing threads (:func:`rooftrace.scenes.blocks.block_size`).
         probabilities: Also keep the stitched probabilities here (a GeoTIFF, uint8 x 255).
         normalization: For callables: give them normalised float input instead of uint8.
         work_dir: Where the temporary probability GeoTIFF goes (default beside ``out``, as
@@ -372,7 +372,7 @@ def predict_scene(
 
 def _run_scene(scene: Path, out: Path, model: Any, input_gsd: float | None, tile: int, overlap: int, batch_size: int, device: str,
                tta: bool, precision: str, bands: Any, stretch: tuple[float, float], method: str | None,
-               settings: PostprocessSettings | None, block: int, margin: int, max_group: int, probabilities: str | Path | None,
+               settings: PostprocessSettings | None, block: int | None, margin: int, max_group: int, probabilities: str | Path | None,
                normalization: Normalization | None, force: bool, progress: bool, prob_path: Path, t0: float,
                streams: int | None = None) -> SceneResult:
     """:func:`predict_scene` once its checks have passed and its outputs are locked."""
