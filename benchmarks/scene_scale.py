@@ -159,6 +159,8 @@ def scale(opts: argparse.Namespace) -> None:
                 model = str(model_file(work, name))
             args = dict(scene=str(scene), out=str(work / f"out_{name}_{size}.gpkg"), model=model, tile=opts.tile,
                         overlap=opts.overlap, batch_size=opts.batch_size, device="cpu", work_dir=str(work))
+            if opts.block:
+                args["block"] = opts.block
             res, wall, rss = run_child(args)
             res_truncated = res["n_truncated"]
             rows.append(dict(size=size, model=name, km2=res["area_km2"], windows=res["n_windows"], buildings=res["n_buildings"],
@@ -227,6 +229,7 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--block", type=int, default=None, help="post-processing core size (default: predict_scene's)")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "rooftrace-scene-scale"), help="folder for the generated rasters")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.add_argument("--oracle-f1", action="store_true", help="measure the seam check on inria_austin instead")
