@@ -198,7 +198,7 @@ def test_blocks_in_threads_yield_the_same_buildings_in_the_same_order(austin_ora
 
 
 def test_the_default_block_is_cut_so_that_every_thread_has_one_and_the_buildings_stay(austin_oracle):
-    from rooftrace.scenes.blocks import DEFAULT_BLOCK, MIN_AUTO_BLOCK, block_size, postprocess_blocks
+    from rooftrace.scenes.blocks import DEFAULT_BLOCK, MIN_AUTO_BLOCK, block_cores, block_size, postprocess_blocks
 
     assert block_size(20_000, 20_000, 4) == DEFAULT_BLOCK  # plenty of blocks: the default
     assert block_size(2048, 2048, 1) == DEFAULT_BLOCK
@@ -218,6 +218,11 @@ def test_the_default_block_is_cut_so_that_every_thread_has_one_and_the_buildings
     n_two, two = buildings(2)
     assert n_one == 1 and n_two > 1 and len(one) == 134
     assert one == two
+    # Cores cut by a caller at the default size keep it: the one core holds every building, in two threads too.
+    with rasterio.open(austin_oracle) as src:
+        cores = block_cores(src.height, src.width, DEFAULT_BLOCK)
+    given = [g for part in postprocess_blocks(austin_oracle, progress=False, threads=2, cores=cores) for g in part.geoms]
+    assert as_set(np.asarray(given, dtype=object)) == one
 
 
 # ---------------------------------------------------------------------------------------------

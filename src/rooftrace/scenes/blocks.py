@@ -212,7 +212,8 @@ def postprocess_blocks(prob_path: str | Path, *, method: str = DEFAULT_METHOD, s
     ``threads``: blocks post-processed at once (each thread reads the GeoTIFF through its own handle;
     OpenCV, scikit-image and numpy release the GIL); blocks are yielded in the same order, with the same
     buildings, for any number (:func:`block_threads` is the default of ``predict-scene`` and the API).
-    ``block``: the core size (``None``: :func:`block_size`'s, from the map's size and ``threads``).
+    ``block``: the core size (``None``: :func:`block_size`'s, from the map's size and ``threads``; with ``cores``
+    given, :data:`DEFAULT_BLOCK`).
     """
     if block is not None and block < 64:
         raise RooftraceError(f"--block {block}: must be at least 64 pixels")
@@ -225,7 +226,8 @@ def postprocess_blocks(prob_path: str | Path, *, method: str = DEFAULT_METHOD, s
     path = Path(prob_path)
     first = _ProbReader(path)
     H, W = first.height, first.width
-    block = block_size(H, W, threads, block)
+    # Cores given were cut by their caller (``block_cores``): a block not given is then the default, never resized.
+    block = block_size(H, W, threads, block) if cores is None else (block or DEFAULT_BLOCK)
     readers = [first]
     local = threading.local()
     local.reader = first if threads == 1 else None

@@ -59,8 +59,8 @@ from rooftrace.models.autocast import (
 )
 from rooftrace.models.files import save_model
 from rooftrace.training.dataset import TileDataset, collate_pad, same_size_batches, select_tiles
-from rooftrace.training.freezing import encoder_layers_up_to, freeze, hold_norms
 from rooftrace.training.distill import Teachers, distilled_loss
+from rooftrace.training.freezing import encoder_layers_up_to, freeze, hold_norms
 from rooftrace.training.losses import SegmentationLoss
 from rooftrace.training.resume import (
     PENDING,
