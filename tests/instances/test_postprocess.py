@@ -303,43 +303,109 @@ def _rough_maps(n: int, seed: int) -> list[np.ndarray]:
     return maps
 
 
+def _reference_grow(markers, mask, surface, layers, merge_below=0.0, flat=None):
+    """What ``_grow`` must give, written plainly: the whole tile flooded from its markers with a heap of
+    Python tuples in the order the module documents. A pixel's key is ``(value, 0, raster position)``
+    for a marker and ``(value, 1, 0)`` for any other; a pixel is reached at the greater of its own
+    key and the key its neighbour was reached at, and taken off the heap by that, then by age
+    (markers 0, each push one more; neighbours in turn up, left, right, down, as scikit-image visits
+    them), taking the id of the pixel it was reached from. Components without a marker are
+    buildings of their own, numbered after the markers in raster order; the merge is the module's
+    own on the flooded components."""
+    import heapq
+
+    import rooftrace.instances.postprocess as pp
+
+    h, w = mask.shape
+    land = surface(layers, mask)
+    out = np.where(mask, markers, 0).astype(np.int32)
+    heap = [((float(land[r, c]), 0, r * w + c), 0, r, c) for r, c in zip(*np.nonzero(out))]
+    heapq.heapify(heap)
+    age = 0
+    while heap:
+        key, _, r, c = heapq.heappop(heap)
+        for dr, dc in ((-1, 0), (0, -1), (0, 1), (1, 0)):
+            y, x = r + dr, c + dc
+            if 0 <= y < h and 0 <= x < w and mask[y, x] and not out[y, x]:
+                age += 1
+                out[y, x] = out[r, c]
+                heapq.heappush(heap, (max((float(land[y, x]), 1, 0), key), age, y, x))
+    comp, n_comp = ndimage.label(mask, structure=ndimage.generate_binary_structure(2, 1))
+    per_comp = np.bincount(comp[markers > 0], minlength=n_comp + 1)
+    flooded = (per_comp >= 2)[comp] & mask
+    if merge_below > 0:
+        merged = pp._merge_uncontacted(np.where(flooded, out, 0), layers[-1], merge_below)
+        out = np.where(flooded, merged, out)
+    lone = np.flatnonzero(per_comp[1:] == 0) + 1
+    lut = np.zeros(n_comp + 1, dtype=np.int32)
+    lut[lone] = int(markers.max()) + 1 + np.arange(len(lone), dtype=np.int32)
+    return np.where(mask & (out == 0), lut[comp], out).astype(np.int32)
+
+
 @pytest.mark.parametrize("options", [
     {}, {"surface": "flat"}, {"surface": "distance"}, {"merge_contact": 0.6}, {"min_seed_area": 4},
     {"footprint_threshold": 0.65, "seed_contact": 0.2, "min_area": 64, "merge_contact": 0.0},
     {"seed_footprint": 0.5, "seed_boundary": 0.9, "seed_contact": 0.9, "merge_contact": 0.5},
 ])
-def test_flooding_contested_pieces_gives_the_mosaic_flood(monkeypatch, options: dict) -> None:
-    """The flood that floods only the pieces two markers compete for (falling back to the mosaic flood
-    of whole components when a tie could decide) gives the same buildings, polygons and scores as
-    the mosaic flood everywhere, the way post-processing flooded before."""
+def test_the_flood_of_contested_pieces_is_the_documented_flood_of_the_whole_tile(monkeypatch, options: dict) -> None:
+    """Flooding only the pieces two markers compete for, packed into a mosaic, gives the same buildings,
+    polygons and scores as a plain heap flood of the whole tile in the documented order, on model-like
+    outputs quantised so that markers of equal value tie (as a bf16 network's do), on every surface,
+    and for the single-channel distance split."""
     import rooftrace.instances.postprocess as pp
 
     settings = PostprocessSettings(**options)
     split = PostprocessSettings(**{**options, "split_distance": 1.5})  # the single-channel flood
     maps = _rough_maps(24, seed=len(str(options)))
-    fast, ties = [], []
-    real_contested = pp._flood_contested
-
-    def counted(*args):
-        got = real_contested(*args)
-        (fast if got is not None else ties).append(1)
-        return got
+    floods = []
+    real = pp._flood_contested
+    monkeypatch.setattr(pp, "_flood_contested", lambda *a: floods.append(1) or real(*a))
 
     def run() -> list:
         return [(watershed_postprocess(p, settings), watershed_postprocess(p[:1], split)) for p in maps]
 
-    monkeypatch.setattr(pp, "_flood_contested", counted)
     new = run()
-    monkeypatch.setattr(pp, "_flood_contested", lambda *args: None)  # always the mosaic
+    assert floods  # the contested flood ran
+    monkeypatch.setattr(pp, "_grow", _reference_grow)
     for pair, ref_pair in zip(new, run()):
         for got, ref in zip(pair, ref_pair):
             assert np.array_equal(got.instances, ref.instances)
             assert got.scores == ref.scores
             assert [shapely.get_coordinates(f).tolist() for f in got.footprints] == \
                 [shapely.get_coordinates(f).tolist() for f in ref.footprints]
-    if options.get("surface") != "flat":  # flat ties every marker: always the mosaic
-        assert fast
-    assert len(fast) + len(ties) > 0
+
+
+def test_tied_seeds_give_the_same_buildings_wherever_the_tile_lies() -> None:
+    """With every seed of equal value (a flat surface, and saturated bf16-like outputs), the buildings do
+    not depend on where the tile lies in a larger raster or on what else that raster holds: the flood's
+    order is the pixels', not the heap's."""
+    maps = [m for m in _rough_maps(16, seed=7)]
+    for options in ({"surface": "flat"}, {}):
+        s = PostprocessSettings(**options)
+        for p in maps:
+            h, w = p.shape[1:]
+            alone = watershed_postprocess(p, s)
+            for dy, dx, other in ((3, 5, None), (0, 40, maps[0]), (37, 0, maps[3])):
+                big = np.zeros((3, h + dy + 100, w + dx + 100), dtype=np.float32)
+                big[:, dy:dy + h, dx:dx + w] = p
+                if other is not None:  # more buildings below and right of the tile, never touching it
+                    oh, ow = other.shape[1:]
+                    big[:, h + dy + 2:h + dy + 2 + min(oh, 98), w + dx + 2:w + dx + 2 + min(ow, 98)] = other[:, :98, :98]
+                found = watershed_postprocess(big, s)
+                inside = [f for f in found.footprints if f.bounds[2] <= dx + w and f.bounds[3] <= dy + h]
+                moved = [affinity.translate(f, dx, dy) for f in alone.footprints]
+                assert sorted(f.wkb for f in inside) == sorted(f.wkb for f in moved)
+
+
+def test_flood_keys_order_seeds_by_value_then_position_and_leave_other_ties_to_age() -> None:
+    from rooftrace.instances.postprocess import _flood_keys
+
+    values = np.array([0.5, 0.5, 0.5, 0.2, 0.5, 0.9], dtype=np.float32)
+    seed = np.array([True, True, False, False, False, True])
+    order = np.array([40, 7, 0, 3, 9, 1])
+    k = _flood_keys(values, seed, order)
+    assert k[3] < k[1] < k[0] < k[2] == k[4] < k[5]  # by value; seeds at 0.5 by position, before the rest
+    assert k.dtype == np.float64
 
 
 # --- single channel ----------------------------------------------------------------------------

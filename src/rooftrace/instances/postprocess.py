@@ -24,9 +24,9 @@ those causes:
        one with none is a building of its own). Within those, a piece of the mask outside the seeds
        that touches one seed only is that seed's; only the pieces two or more seeds compete for are
        packed into one small mosaic and flooded in one call, so the cost follows the contested
-       pixels, not the tile (where a tie between seeds of equal value could decide, the whole
-       components are flooded as one mosaic instead: the same regions either way). No
-       morphological closing anywhere: it is exactly what fuses neighbours.
+       pixels, not the tile. Pixels are flooded by value; seeds of equal value in raster order
+       (:func:`_flood_keys`), so the regions do not depend on how a tile or scene is cut or packed.
+       No morphological closing anywhere: it is exactly what fuses neighbours.
     4. Optionally, adjacent regions whose shared frontier shows no contact are merged again: a
        building with a narrow neck loses its seed along the neck, but nothing separates it from
        itself in the contact channel.
@@ -455,11 +455,10 @@ def _grow(
     with one marker are that marker's building as they are; only components with two or more
     markers are flooded, and within them only what a flood can decide (:func:`_flood_contested`):
     a piece of the mask outside the markers that touches markers of one id only is that id's. The
-    rest, the pieces that touch two or more ids, is flooded with one watershed call on a crop. When
-    the order of that flood could depend on how the watershed's heap breaks a tie, the flooded
-    components are cut out and packed side by side into one small mosaic (a pixel of background
-    between them) and flooded with one call as a whole (:func:`_flood_mosaic`): the same regions
-    either way. Regions are then merged where their frontier lacks contact (``merge_below > 0``).
+    rest, the pieces that touch two or more ids, is packed into one small mosaic with the markers
+    they touch and flooded with one watershed call, in the order of :func:`_flood_keys`: the same
+    regions as flooding the whole components. Regions are then merged where their frontier lacks
+    contact (``merge_below > 0``).
 
     Args:
         markers: int32 seed ids, 0 elsewhere; each seed 4-connected and inside the mask.
@@ -500,12 +499,9 @@ def _grow(
     crop = (slice(int(r0.min()), int(r1.max()) + 1), slice(int(c0.min()), int(c1.max()) + 1))
     inside = (per_comp >= 2)[comp[crop]]
     grown = _flood_contested(markers[crop], inside, surface, layers[:, crop[0], crop[1]])
-    if grown is None:  # a tie the heap would break: flood the components whole, as one mosaic
-        _flood_mosaic(out, comp, multi, (r0, r1, c0, c1), markers, surface, layers, merge_below)
-        return out
     if merge_below > 0:
-        # Frontiers lie inside flooded components, and every component keeps its pixels' raster
-        # order in the crop as in the mosaic: the same sums, so the same merges.
+        # Frontiers lie inside flooded components, each keeping its pixels' raster order in the
+        # crop: the same sums, so the same merges as each component alone.
         grown = _merge_uncontacted(np.where(inside, grown, 0), layers[-1][crop], merge_below)
     out[crop][inside] = grown[inside]
     return out
@@ -524,24 +520,53 @@ def _boxes(k: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[n
     return r0, r1, c0, c1
 
 
+def _flood_keys(values: np.ndarray, seed: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The landscape a flood takes its pixels in, with every tie between seeds broken: float64 keys.
+
+    scikit-image's watershed takes pixels off a heap by value, then by age (every seed pixel 0, each
+    later push one more); a pixel pushed from another is given the greater of its own value and that
+    pixel's, and takes its id. Seeds of equal value therefore tie, and which the heap takes first
+    depends on everything else in it, so on how the image is laid out (a crop, a mosaic, a block of
+    a scene). These keys remove that: they order ``(value, 0, order)`` for a seed pixel and
+    ``(value, 1)`` for any other. The values' order is kept; at equal value seeds come before
+    other pixels, as their age 0 put them; seeds of equal value come in ``order`` (a pixel's raster
+    position in the tile); other pixels of equal value share a key, so their age still decides. The
+    flood is then a function of the pixels alone, whatever the layout.
+
+    Args:
+        values: The landscape at the pixels to flood (1-D, any real dtype, finite).
+        seed: Which of them are seed (marker) pixels.
+        order: Each pixel's raster position in the tile (read for seed pixels only).
+    """
+    _, rank = np.unique(np.asarray(values), return_inverse=True)  # the values' order, ties kept
+    last = int(order[seed].max()) + 1 if seed.any() else 0  # a key between seeds and other pixels
+    if (int(rank.max(initial=0)) + 1) * (last + 1) < 2**53:  # one integer key, exact in float64
+        return (rank.astype(np.int64) * (last + 1) + np.where(seed, order, last)).astype(np.float64)
+    o = np.lexsort((np.where(seed, order, last), rank))  # pragma: no cover - beyond any tile or block
+    key = np.stack([rank[o], np.where(seed, order, last)[o]])
+    step = np.ones(len(o), dtype=np.int64)
+    step[1:] = (key[:, 1:] != key[:, :-1]).any(axis=0)
+    keys = np.empty(len(o), dtype=np.float64)
+    keys[o] = np.cumsum(step)
+    return keys
+
+
 def _flood_contested(
     markers: np.ndarray, inside: np.ndarray, surface: Callable[[np.ndarray, np.ndarray], np.ndarray], layers: np.ndarray
-) -> np.ndarray | None:
+) -> np.ndarray:
     """The watershed of the markers over ``inside`` (components with two or more markers), flooding
-    only the pieces whose id a flood decides; ``None`` when a tie could decide it.
+    only the pieces whose id a flood decides.
 
-    Free pixels (inside, not a marker) fall into free pieces (4-connected). scikit-image's
-    watershed gives every free pixel the id of the neighbour it first takes off its heap (ordered
-    by value, then by age: markers 0, every later push one more, a pixel's value at least that of
-    the pixel that reached it), so a free piece that touches markers of one id only gets that id
-    whatever the order: nothing else reaches it. A piece that touches two or more ids (contested)
-    depends only on its own pixels and the markers it touches: each is taken off the heap in the
-    order of (value, age) among them. Two keys are equal only for two markers of equal value; if
-    they carry the same id, either order gives the same ids (what one takes, the other would have
-    taken with the same id and value). So unless a contested piece touches two markers of
-    different ids and exactly equal value (then the heap's tie-breaking, which depends on every
-    element in it, decides; ``None``: the caller floods the mosaic as before), flooding the
-    contested pieces and the markers they touch alone gives the same ids as flooding everything.
+    Free pixels (inside, not a marker) fall into free pieces (4-connected). The flood takes pixels
+    in the order of :func:`_flood_keys` (by value, at equal value markers first, in raster order;
+    a pixel reached at no less than the pixel it was reached from; then in the order they were
+    reached) and gives every free pixel the id of the neighbour it was reached from first. A free
+    piece that touches markers of one id only gets that id whatever the order: nothing else reaches
+    it. A piece that touches two or more ids (contested) depends only on its own pixels and the
+    markers it touches: every path into it runs from one of those markers through the piece, and
+    the keys order its pixels without regard to anything else on the heap. So flooding the
+    contested pieces and the markers they touch alone, packed into one small mosaic, gives the same
+    ids as flooding the whole components.
 
     Returns:
         The ids on ``inside`` (markers, then free pixels), same shape as ``markers``; other pixels
@@ -567,8 +592,6 @@ def _flood_contested(
     hi = np.zeros(n_piece + 1, dtype=np.int32)
     np.minimum.at(lo, pieces, ids)
     np.maximum.at(hi, pieces, ids)
-    if (hi[1:] == 0).any():  # pragma: no cover - a free piece of a component with markers touches one
-        return None
     contested = lo != hi
     contested[0] = False
     out = mk.copy()
@@ -590,17 +613,14 @@ def _flood_contested(
     y0, y1, x0, x1 = _boxes(k, rr, cc, len(cut))
     py, px, hm, wm = _pack(y1 - y0 + 1, x1 - x0 + 1, w2)
     at = (rr - y0[k] + py[k]) * wm + (cc - x0[k] + px[k])
-    # The landscape at those pixels only (surfaces are pixel by pixel).
+    # The landscape at those pixels only (surfaces are pixel by pixel), as flood keys.
     ru, cu = rr - 1, cc - 1  # unpadded coordinates
     pts = layers[:, ru, cu][:, None, :]
-    land = np.zeros(hm * wm, dtype=np.float32)
-    land[at] = surface(pts, np.ones((1, len(src)), dtype=bool)).ravel()
-    # Two markers of one piece with equal value and different ids: the heap's tie-breaking decides.
-    value = land[at[len(fc):]]
-    o = np.lexsort((ids, value, pieces))
-    p_o, v_o, i_o = pieces[o], value[o], ids[o]
-    if ((p_o[1:] == p_o[:-1]) & (v_o[1:] == v_o[:-1]) & (i_o[1:] != i_o[:-1])).any():
-        return None
+    values = surface(pts, np.ones((1, len(src)), dtype=bool)).ravel()
+    seed = np.zeros(len(src), dtype=bool)
+    seed[len(fc):] = True
+    land = np.zeros(hm * wm, dtype=np.float64)
+    land[at] = _flood_keys(values, seed, src)
     from skimage.segmentation import watershed
 
     m_m = np.zeros(hm * wm, dtype=bool)
@@ -610,41 +630,6 @@ def _flood_contested(
     flooded = watershed(land.reshape(hm, wm), markers=k_m.reshape(hm, wm), mask=m_m.reshape(hm, wm), connectivity=1)
     out.ravel()[fc] = flooded.ravel()[at[: len(fc)]]
     return out[1:-1, 1:-1]
-
-
-def _flood_mosaic(
-    out: np.ndarray, comp: np.ndarray, multi: np.ndarray, extent: tuple[np.ndarray, ...], markers: np.ndarray,
-    surface: Callable[[np.ndarray, np.ndarray], np.ndarray], layers: np.ndarray, merge_below: float,
-) -> None:
-    """Flood the components ``multi`` (their bounding boxes ``extent``, as :func:`_boxes` gives them) whole,
-    writing their ids into ``out``.
-
-    They are cut out and packed side by side into one small mosaic (a pixel of background between
-    them), flooded with one watershed call, merged where their frontier lacks contact
-    (``merge_below > 0``), and pasted back.
-    """
-    from skimage.segmentation import watershed
-
-    r0, r1, c0, c1 = extent
-    boxes = [(slice(int(a), int(b) + 1), slice(int(e), int(f) + 1)) for a, b, e, f in zip(r0, r1, c0, c1)]
-    py, px, hm, wm = _pack(r1 - r0 + 1, c1 - c0 + 1, comp.shape[1])
-    pos = list(zip(py.tolist(), px.tolist()))
-    lay_m = np.zeros((layers.shape[0], hm, wm), dtype=np.float32)
-    k_m = np.zeros((hm, wm), dtype=np.int32)
-    m_m = np.zeros((hm, wm), dtype=bool)
-    subs = []
-    for cid, b, (y, x) in zip(multi, boxes, pos):
-        win = (slice(y, y + b[0].stop - b[0].start), slice(x, x + b[1].stop - b[1].start))
-        sub = comp[b] == cid
-        subs.append(sub)
-        m_m[win] = sub
-        k_m[win] = np.where(sub, markers[b], 0)
-        lay_m[:, win[0], win[1]] = layers[:, b[0], b[1]]
-    grown = watershed(surface(lay_m, m_m), markers=k_m, mask=m_m, connectivity=1)
-    if merge_below > 0:
-        grown = _merge_uncontacted(grown, lay_m[-1], merge_below)
-    for b, sub, (y, x) in zip(boxes, subs, pos):
-        out[b][sub] = grown[y : y + b[0].stop - b[0].start, x : x + b[1].stop - b[1].start][sub]
 
 
 def _single_channel_instances(mask: np.ndarray, s: PostprocessSettings, flat: np.ndarray) -> np.ndarray:
