@@ -2,9 +2,11 @@
 Runtime fp32, on the shipped network (or ``--model``) as the runtime loads it (batch norms folded), one 512 x 512
 tile a forward pass (as the runtime runs CPU batches), interleaved round by round; then what ``auto`` chooses on
 this machine and on one without native bf16, each in a fresh cache folder, and how long the first (measuring)
-and the second (cached) load take. Run from the repository root::
+and the second (cached) load take. With ``--compile``, also PyTorch bf16 through ``torch.compile`` (not a
+candidate of ``auto``; ``predict --compile`` asks for it), with how long its first call took, compiling
+into an empty inductor cache. Run from the repository root::
 
-    .venv/bin/python benchmarks/runtime_choice.py [--rounds 8]
+    .venv/bin/python benchmarks/runtime_choice.py [--rounds 8] [--compile]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--compile", action="store_true", help="also PyTorch bf16 through torch.compile")
     args = ap.parse_args(argv)
     os.environ[choice.PROBE_ENV] = "1"
     scratch = tempfile.TemporaryDirectory()  # nothing of this script is left in the user's cache folder
@@ -41,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     onnx = choice.onnx_runtime_for(fp32.net)
     x = np.zeros((1, 3, 512, 512), dtype=np.float32)
     runs = {"PyTorch bf16": lambda: bf16.run(x), "PyTorch fp32": lambda: fp32.run(x), "ONNX Runtime fp32": lambda: onnx.predict(x)}
+    if args.compile:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(scratch.name, "inductor")  # compiled from nothing
+        compiled = load_runtime(args.model, device="cpu", precision="bf16")
+        compiled.net.model = torch.compile(compiled.net.model)
+        t = time.perf_counter()
+        same = np.array_equal(compiled.run(x), bf16.run(x))
+        print(f"torch.compile: first call {time.perf_counter() - t:.1f} s (compiling); probabilities equal to eager bf16: {same}")
+        runs["PyTorch bf16, torch.compile"] = lambda: compiled.run(x)
     times: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds + 1):
         for name, fn in runs.items():

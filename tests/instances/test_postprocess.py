@@ -303,6 +303,36 @@ def _rough_maps(n: int, seed: int) -> list[np.ndarray]:
     return maps
 
 
+def _reference_merge(inst: np.ndarray, contact: np.ndarray, threshold: float) -> np.ndarray:
+    """The merge as documented, pair by pair: every two edge-adjacent pixels of different regions (rows of
+    horizontal pairs in raster order, then vertical ones) add the mean of their two contact values to
+    their regions' frontier; regions whose frontier's mean is below ``threshold`` are one, with the
+    smallest id of the group."""
+    h, w = inst.shape
+    sums: dict[tuple[int, int], list] = {}
+    pairs = [((r, c), (r, c + 1)) for r in range(h) for c in range(w - 1)]
+    pairs += [((r, c), (r + 1, c)) for r in range(h - 1) for c in range(w)]
+    for p, q in pairs:
+        a, b = int(inst[p]), int(inst[q])
+        if a and b and a != b:
+            key = (min(a, b), max(a, b))
+            acc = sums.setdefault(key, [0.0, 0])
+            acc[0] += float((contact[p] + contact[q]) * np.float32(0.5))
+            acc[1] += 1
+    parent = list(range(int(inst.max()) + 1))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for (a, b), (total, count) in sums.items():
+        if total / count < threshold:
+            ra, rb = root(a), root(b)
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.vectorize(root, otypes=[np.int32])(inst) if inst.size else inst
+
+
 def _reference_grow(markers, mask, surface, layers, merge_below=0.0, flat=None):
     """What ``_grow`` must give, written plainly: the whole tile flooded from its markers with a heap of
     Python tuples in the order the module documents. A pixel's key is ``(value, 0, raster position)``
@@ -313,8 +343,6 @@ def _reference_grow(markers, mask, surface, layers, merge_below=0.0, flat=None):
     buildings of their own, numbered after the markers in raster order; the merge is the module's
     own on the flooded components."""
     import heapq
-
-    import rooftrace.instances.postprocess as pp
 
     h, w = mask.shape
     land = surface(layers, mask)
@@ -334,8 +362,7 @@ def _reference_grow(markers, mask, surface, layers, merge_below=0.0, flat=None):
     per_comp = np.bincount(comp[markers > 0], minlength=n_comp + 1)
     flooded = (per_comp >= 2)[comp] & mask
     if merge_below > 0:
-        merged = pp._merge_uncontacted(np.where(flooded, out, 0), layers[-1], merge_below)
-        out = np.where(flooded, merged, out)
+        out = np.where(flooded, _reference_merge(np.where(flooded, out, 0), layers[-1], merge_below), out)
     lone = np.flatnonzero(per_comp[1:] == 0) + 1
     lut = np.zeros(n_comp + 1, dtype=np.int32)
     lut[lone] = int(markers.max()) + 1 + np.arange(len(lone), dtype=np.int32)

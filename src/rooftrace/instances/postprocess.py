@@ -51,9 +51,10 @@ a building standing inside a courtyard stays a polygon of its own.
 
 Everything is vectorised over pixels (numpy, OpenCV / scipy.ndimage labelling, scikit-image's
 watershed); Python loops run over contested pieces (to pack the mosaic), over buildings
-in the optional regularisation, and over contours in ``seed``. About 3.5 ms per 512 x 512 tile of
-the sample pack and 7 ms for a tile with 300 buildings, on two CPU cores
-(``benchmarks/postprocess_speed.py``). This module does not import torch.
+in the optional regularisation, and over contours in ``seed``. About 3.6 ms per 512 x 512 tile of
+the sample pack's perfect targets and 11 ms for a synthetic tile of 319 buildings, on two CPU cores
+(``benchmarks/postprocess_speed.py``); 8.2-8.5 ms on the shipped model's outputs for the sample's 39
+val and test tiles with its tuned settings. This module does not import torch.
 """
 
 from __future__ import annotations
@@ -381,14 +382,17 @@ def _merge_uncontacted(inst: np.ndarray, contact: np.ndarray, threshold: float) 
     grouped with ``np.unique``, and merged regions found as connected components of a sparse graph.
     Each merged group takes the smallest id of its members.
     """
-    a = np.concatenate([inst[:, :-1].ravel(), inst[:-1, :].ravel()])
-    b = np.concatenate([inst[:, 1:].ravel(), inst[1:, :].ravel()])
-    sel = np.flatnonzero((a != b) & (a > 0) & (b > 0))
-    if len(sel) == 0:
+    w = inst.shape[1]
+    left, right, up, down = inst[:, :-1], inst[:, 1:], inst[:-1, :], inst[1:, :]
+    across = np.flatnonzero((left != right) & (left > 0) & (right > 0))  # in the (H, W - 1) raster
+    along = np.flatnonzero((up != down) & (up > 0) & (down > 0))  # in the (H - 1, W) raster: a flat index
+    if len(across) == 0 and len(along) == 0:
         return inst
-    ca = np.concatenate([contact[:, :-1].ravel(), contact[:-1, :].ravel()])[sel]
-    cb = np.concatenate([contact[:, 1:].ravel(), contact[1:, :].ravel()])[sel]
-    a, b = a[sel].astype(np.int64), b[sel].astype(np.int64)
+    first = np.concatenate([across + across // max(w - 1, 1), along])  # the pairs' first pixels, flat; horizontal, then vertical
+    second = first + np.concatenate([np.ones(len(across), dtype=np.int64), np.full(len(along), w, dtype=np.int64)])
+    flat, cflat = inst.ravel(), contact.ravel()
+    ca, cb = cflat[first], cflat[second]
+    a, b = flat[first].astype(np.int64), flat[second].astype(np.int64)
     n = int(inst.max()) + 1
     key = np.minimum(a, b) * n + np.maximum(a, b)
     uniq, inv = np.unique(key, return_inverse=True)
