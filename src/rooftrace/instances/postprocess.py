@@ -53,8 +53,8 @@ Everything is vectorised over pixels (numpy, OpenCV / scipy.ndimage labelling, s
 watershed); Python loops run over contested pieces (to pack the mosaic), over buildings
 in the optional regularisation, and over contours in ``seed``. About 3.6 ms per 512 x 512 tile of
 the sample pack's perfect targets and 11 ms for a synthetic tile of 319 buildings, on two CPU cores
-(``benchmarks/postprocess_speed.py``); 8.2-8.5 ms on the shipped model's outputs for the sample's 39
-val and test tiles with its tuned settings. This module does not import torch.
+(``benchmarks/postprocess_speed.py``); 10.3-10.8 ms on the shipped model's outputs for the sample's 39
+val and test tiles with its tuned settings (``--model shipped``). This module does not import torch.
 """
 
 from __future__ import annotations
