@@ -406,7 +406,7 @@ def test_tied_seeds_give_the_same_buildings_wherever_the_tile_lies() -> None:
     """With every seed of equal value (a flat surface, and saturated bf16-like outputs), the buildings do
     not depend on where the tile lies in a larger raster or on what else that raster holds: the flood's
     order is the pixels', not the heap's."""
-    maps = [m for m in _rough_maps(16, seed=7)]
+    maps = _rough_maps(16, seed=7)
     for options in ({"surface": "flat"}, {}):
         s = PostprocessSettings(**options)
         for p in maps:
