@@ -66,7 +66,9 @@ def onnx_file(model_file, tmp_path_factory) -> Path:
 
 
 def _batch(norm: Normalization, *paths: Path) -> np.ndarray:
-    return np.concatenate([pad_normalise(read_rgb(p), norm) for p in paths]).astype(np.float32)
+    """A contiguous NCHW batch (``pad_normalise`` gives channels-last views; the head's scale above is fitted on
+    this layout's fp32 outputs, which differ from channels-last ones in their last bits)."""
+    return np.ascontiguousarray(np.concatenate([pad_normalise(read_rgb(p), norm) for p in paths]), dtype=np.float32)
 
 
 def test_round_trip_on_real_tiles_with_two_shapes(sample, model_file, onnx_file):

@@ -419,6 +419,16 @@ def test_normalisation_table_gives_the_formula_exactly():
     assert np.array_equal(norm.apply(batch[0]), formula[0].transpose(2, 0, 1))
     floats = batch[1].astype(np.float32)  # other dtypes go through the formula
     assert np.array_equal(norm.apply(floats), formula[1].transpose(2, 0, 1))
+    # The batch lies channels-last, the layout the network runs in: PyTorch takes it without a copy.
+    import torch
+
+    from rooftrace.inference.runtime import as_tensor
+
+    assert out.transpose(0, 2, 3, 1).flags.c_contiguous
+    t = as_tensor(out)
+    assert t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() == out.ctypes.data
+    sliced = as_tensor(out[1:])  # a stream's share of a batch
+    assert sliced.is_contiguous(memory_format=torch.channels_last) and torch.equal(sliced, torch.from_numpy(np.ascontiguousarray(out[1:])))
 
 
 @pytest.mark.parametrize("size", [(100, 120), (512, 512)])
@@ -515,3 +525,40 @@ def test_a_run_says_when_its_settings_were_tuned_for_the_other_tta(model_file, t
     given = used_postprocessing(load_runtime(model, device="cpu", tta=run_with, precision="fp32"),
                                 settings=PostprocessSettings(min_area=33))
     assert "flip TTA" not in given.describe()
+
+
+def test_a_run_uses_the_settings_file_as_it_was_read_when_the_model_loaded(model_file, tmp_path):
+    """The settings and the flip-TTA flag come from one reading of the file: a `tune` that rewrites it after
+    the model loaded changes neither the settings this run uses nor what it says about them."""
+    from rooftrace.inference.runtime import load_runtime
+    from rooftrace.inference.tuned import used_postprocessing
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(model_file, model)
+    shutil.copy(str(model_file) + ".sha256", str(model) + ".sha256")
+    settings_file = tmp_path / "m.postprocess.json"
+    settings_file.write_text(json.dumps({"method": "watershed", "settings": {"min_area": 32}, "tta": False}))
+    runtime = load_runtime(model, device="cpu", tta=True, precision="fp32")
+    settings_file.write_text(json.dumps({"method": "seed", "settings": {"min_area": 48}, "tta": True}))
+    used = used_postprocessing(runtime)
+    assert (used.method, used.settings.min_area, used.base_file) == ("watershed", 32, "m.postprocess.json")
+    assert "tuned without flip TTA" in used.describe()
+    settings_file.unlink()  # gone after loading: the run still says where its settings came from
+    assert used_postprocessing(runtime).base_file == "m.postprocess.json"
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{\"method\": \"watershed\"}", "not json", None])
+def test_a_settings_file_that_cannot_be_read_is_named(model_file, tmp_path, content):
+    from rooftrace.core.errors import RooftraceError
+    from rooftrace.inference.runtime import load_runtime
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(model_file, model)
+    shutil.copy(str(model_file) + ".sha256", str(model) + ".sha256")
+    target = tmp_path / "m.postprocess.json"
+    if content is None:
+        target.mkdir()  # a folder where the file should be
+    else:
+        target.write_text(content)
+    with pytest.raises(RooftraceError, match="m.postprocess.json"):
+        load_runtime(model, device="cpu", precision="fp32")

@@ -433,6 +433,8 @@ def test_flood_keys_order_seeds_by_value_then_position_and_leave_other_ties_to_a
     k = _flood_keys(values, seed, order)
     assert k[3] < k[1] < k[0] < k[2] == k[4] < k[5]  # by value; seeds at 0.5 by position, before the rest
     assert k.dtype == np.float64
+    # Only the seeds' order counts, not how far apart they lie: raster positions of a huge scene give the same keys.
+    assert np.array_equal(_flood_keys(values, seed, order * 2**40 + 5), k)
 
 
 # --- single channel ----------------------------------------------------------------------------

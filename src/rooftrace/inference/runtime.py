@@ -37,7 +37,7 @@ from rooftrace.core.machine import CPU_PIXELS_PER_FORWARD
 from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.windows import Grid, run_windows
 from rooftrace.inference.devices import pick_device
-from rooftrace.inference.tuned import SettingsArg, load_tuned, used_postprocessing
+from rooftrace.inference.tuned import SettingsArg, TunedFile, tuned_postprocessing, used_postprocessing
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.models.autocast import normalise_precision
 from rooftrace.models.metadata import shipped_model
@@ -45,7 +45,6 @@ from rooftrace.models.onnx import (
     OnnxModel,
     is_onnx,
     load_onnx,
-    onnx_postprocess_settings,
 )
 
 if TYPE_CHECKING:  # torch is imported where a PyTorch model is run: an .onnx model runs without it
@@ -79,17 +78,31 @@ def padded_size(h: int, w: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]
 
 def pad_normalise(batch: np.ndarray, norm: Normalization, multiple: int = PAD_MULTIPLE) -> np.ndarray:
     """``(N, H, W, 3)`` (or one ``(H, W, 3)``) uint8 -> ``(N, 3, H', W')`` float32: normalised with
-    ``norm`` and zero-padded on the bottom and right to a multiple of ``multiple``."""
+    ``norm`` and zero-padded on the bottom and right to a multiple of ``multiple``.
+
+    The array lies channels-last in memory (a transposed view of an ``(N, H', W', 3)`` array), the layout
+    the network runs in: PyTorch takes it without a copy, and ONNX Runtime's callers make it contiguous."""
     if batch.ndim == 3:
         batch = batch[None]
     n, h, w, _ = batch.shape
     hp, wp = padded_size(h, w, multiple)
-    out = np.empty((n, 3, hp, wp), dtype=np.float32)
-    out[:, :, h:] = 0.0
-    out[:, :, :h, w:] = 0.0
+    out = np.empty((n, hp, wp, 3), dtype=np.float32)
+    out[:, h:] = 0.0
+    out[:, :h, w:] = 0.0
+    nchw = out.transpose(0, 3, 1, 2)
     for i in range(n):
-        norm.apply_into(batch[i], out[i, :, :h, :w])
-    return out
+        norm.apply_into(np.ascontiguousarray(batch[i]), nchw[i, :, :h, :w])
+    return nchw
+
+
+def as_tensor(x: np.ndarray) -> torch.Tensor:
+    """A float32 array as a tensor, without a copy where it can: a channels-last view
+    (:func:`pad_normalise`) stays channels-last."""
+    import torch
+
+    if x.dtype == np.float32 and all(s >= 0 for s in x.strides) and x.flags.aligned:
+        return torch.from_numpy(x)
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 def predict_probabilities(loaded: LoadedModel | OnnxModel, x: torch.Tensor | np.ndarray, device: torch.device | str,
@@ -134,7 +147,7 @@ def _torch_probabilities(loaded: LoadedModel, x: torch.Tensor | np.ndarray, devi
 
     from rooftrace.models.autocast import autocast, autocast_dtype
 
-    x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    x = x if isinstance(x, torch.Tensor) else as_tensor(x)
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     amp = autocast_dtype(precision, device)
     chunk = x.shape[0] if device.type != "cpu" else cpu_chunk(x.shape[2], x.shape[3])
@@ -181,15 +194,6 @@ def load_any(model: str | Path, device: str = "auto", onnx_spinning: bool = True
     return loaded
 
 
-def tuned_postprocessing(loaded: LoadedModel | OnnxModel) -> tuple[str | None, PostprocessSettings | None]:
-    """The post-processing settings ``rooftrace tune`` saved beside the model file, else those an
-    exported model carries in its metadata, else ``(None, None)``."""
-    method, settings = load_tuned(loaded.path)
-    if settings is None and isinstance(loaded, OnnxModel):
-        method, settings = onnx_postprocess_settings(loaded.meta)
-    return method, settings
-
-
 @dataclass
 class ModelRuntime:
     """A loaded model (PyTorch or ONNX) with how to run it: device, flip TTA and precision, and the
@@ -200,9 +204,8 @@ class ModelRuntime:
     device: torch.device | str
     tta: bool = False
     precision: str = "auto"
-    #: Post-processing ``rooftrace tune`` chose for this model (``None``: the defaults).
-    method: str | None = None
-    settings: PostprocessSettings | None = None
+    #: Post-processing ``rooftrace tune`` chose for this model, as read when it was loaded (``None``: the defaults).
+    tuned: TunedFile | None = None
     #: How the runtime was decided (:func:`rooftrace.inference.choice.choose_runtime`; ``None``: an ``.onnx`` file,
     #: or a runtime made directly).
     choice: RuntimeChoice | None = None
@@ -214,6 +217,16 @@ class ModelRuntime:
     @property
     def path(self) -> Path:
         return self.net.path
+
+    @property
+    def method(self) -> str | None:
+        """The post-processing method ``rooftrace tune`` chose for this model (``None``: the default)."""
+        return self.tuned.method if self.tuned is not None else None
+
+    @property
+    def settings(self) -> PostprocessSettings | None:
+        """The post-processing settings ``rooftrace tune`` chose for this model (``None``: the defaults)."""
+        return self.tuned.settings if self.tuned is not None else None
 
     @property
     def gsd(self) -> float | None:
@@ -246,10 +259,8 @@ class ModelRuntime:
             RooftraceError: The network gives another number of channels than its file names.
         """
         if not self.is_onnx:
-            import torch
-
             if isinstance(x, np.ndarray):  # zero-copy: the network's input is a tensor whichever way it came
-                x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                x = as_tensor(x)
             if self.device.type == "cuda" and not x.is_pinned():  # type: ignore[union-attr]
                 x = x.pin_memory()  # then the copy to the GPU does not block
         out = predict_probabilities(self.net, x, self.device, tta=self.tta, precision=self.precision)
@@ -395,8 +406,7 @@ def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, d
     else:
         raise RooftraceError(f"model {model!r}: expected a .safetensors or .onnx model file")
     if isinstance(net, OnnxModel):  # ONNX Runtime: its providers follow `device`; torch is not imported
-        method, settings = tuned_postprocessing(net)
-        return ModelRuntime(net, device, tta=tta, precision=precision, method=method, settings=settings)
+        return ModelRuntime(net, device, tta=tta, precision=precision, tuned=tuned_postprocessing(net))
     import torch
 
     from rooftrace.inference.choice import choose_runtime
@@ -404,10 +414,10 @@ def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, d
     dev = pick_device(device)
     dev = next(net.model.parameters()).device if device == "auto" else dev  # "auto" keeps a loaded model where it is
     net.model.to(dev).to(memory_format=torch.channels_last)
-    method, settings = tuned_postprocessing(net)
+    tuned = tuned_postprocessing(net)
     # "auto": the fastest of bf16, fp32 and ONNX Runtime here, measured once
     choice, in_onnx = choose_runtime(net, precision, dev, onnx=onnx_candidate, spinning=onnx_spinning)
-    return ModelRuntime(in_onnx or net, dev, tta=tta, precision=choice.precision, method=method, settings=settings,
+    return ModelRuntime(in_onnx or net, dev, tta=tta, precision=choice.precision, tuned=tuned,
                         choice=choice)
 
 

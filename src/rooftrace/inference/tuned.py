@@ -10,9 +10,7 @@ from typing import Any, Mapping, Union
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.instances.postprocess import PostprocessSettings
-from rooftrace.models.onnx import (
-    is_onnx,
-)
+from rooftrace.models.onnx import OnnxModel, is_onnx, onnx_postprocess_settings
 
 POSTPROCESS_SUFFIX = ".postprocess.json"
 
@@ -25,27 +23,61 @@ def tuned_settings_path(model_path: str | Path) -> Path:
     return p.with_name(name + POSTPROCESS_SUFFIX)
 
 
-def load_tuned(model_path: str | Path) -> tuple[str | None, PostprocessSettings | None]:
-    """``(method, settings)`` saved beside a model by ``rooftrace tune``, or ``(None, None)``."""
+@dataclass(frozen=True)
+class TunedFile:
+    """What ``rooftrace tune`` saved beside a model, read once when the model is loaded, so that a run uses
+    one reading of the file even if a ``tune`` rewrites it meanwhile.
+
+    Attributes:
+        method: ``watershed`` or ``seed`` (``None``: the file does not say).
+        settings: The settings in full.
+        file: The file's name (``None``: the settings came from an exported model's metadata).
+        tta: Whether they were searched on flip-TTA probabilities (``None``: the file does not say).
+    """
+
+    method: str | None
+    settings: PostprocessSettings
+    file: str | None = None
+    tta: bool | None = None
+
+
+def read_tuned(model_path: str | Path) -> TunedFile | None:
+    """The settings file ``rooftrace tune`` saved beside a model, read once, or ``None`` when there is none.
+
+    Raises:
+        RooftraceError: The file exists but is not a settings file (it is named).
+    """
     p = tuned_settings_path(model_path)
-    if not p.exists():
-        return None, None
     try:
-        data = json.loads(p.read_text())
-        return data.get("method"), PostprocessSettings.from_dict(data["settings"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        text = p.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RooftraceError(f"{p}: cannot read the post-processing settings ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text)
+        tta = data.get("tta")
+        return TunedFile(data.get("method"), PostprocessSettings.from_dict(data["settings"]), p.name,
+                         tta if isinstance(tta, bool) else None)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RooftraceError(f"{p}: not a readable post-processing settings file ({exc})") from None
 
 
-def tuned_tta(model_path: str | Path) -> bool | None:
-    """Whether the settings ``rooftrace tune`` saved beside a model were searched on flip-TTA probabilities
-    (its ``--tta``), or ``None`` when there is no settings file or it does not say."""
-    p = tuned_settings_path(model_path)
-    try:
-        tta = json.loads(p.read_text()).get("tta") if p.exists() else None
-    except (OSError, ValueError, AttributeError):
-        return None  # load_tuned names an unreadable file
-    return tta if isinstance(tta, bool) else None
+def load_tuned(model_path: str | Path) -> tuple[str | None, PostprocessSettings | None]:
+    """``(method, settings)`` saved beside a model by ``rooftrace tune``, or ``(None, None)``."""
+    tuned = read_tuned(model_path)
+    return (tuned.method, tuned.settings) if tuned is not None else (None, None)
+
+
+def tuned_postprocessing(loaded: Any) -> TunedFile | None:
+    """The post-processing settings ``rooftrace tune`` saved beside a loaded model's file (read once), else those
+    an exported model (:class:`rooftrace.models.onnx.OnnxModel`) carries in its metadata, else ``None``."""
+    tuned = read_tuned(loaded.path)
+    if tuned is None and isinstance(loaded, OnnxModel):
+        method, settings = onnx_postprocess_settings(loaded.meta)
+        if settings is not None:
+            tuned = TunedFile(method, settings)
+    return tuned
 
 
 #: What a run is given as post-processing settings: complete settings (used as they are), or a mapping of
@@ -134,12 +166,13 @@ def resolve_postprocessing(method: str | None, settings: SettingsArg, tuned_meth
 
 def used_postprocessing(runtime: Any, method: str | None = None, settings: SettingsArg = None) -> Postprocessing:
     """:func:`resolve_postprocessing` for a :class:`rooftrace.inference.runtime.ModelRuntime` (or ``None``: no
-    tuned settings)."""
+    tuned settings), from the settings file as the runtime read it when the model was loaded."""
     if runtime is None:
         return resolve_postprocessing(method, settings, None, None)
-    tuned_file = tuned_settings_path(runtime.path) if runtime.settings is not None and tuned_settings_path(runtime.path).exists() else None
-    used = resolve_postprocessing(method, settings, runtime.method, runtime.settings, tuned_file)
-    tuned_with = tuned_tta(runtime.path) if used.base == "tuned" and tuned_file is not None else None
+    tuned: TunedFile | None = runtime.tuned
+    used = resolve_postprocessing(method, settings, tuned.method if tuned else None, tuned.settings if tuned else None,
+                                  tuned.file if tuned else None)
+    tuned_with = tuned.tta if tuned is not None and used.base == "tuned" and tuned.file is not None else None
     if tuned_with is None or tuned_with == bool(runtime.tta):
         return used
     note = ("its settings were tuned without flip TTA, which this run uses; `rooftrace tune --tta` tunes them for it"

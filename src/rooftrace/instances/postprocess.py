@@ -543,16 +543,14 @@ def _flood_keys(values: np.ndarray, seed: np.ndarray, order: np.ndarray) -> np.n
         order: Each pixel's raster position in the tile (read for seed pixels only).
     """
     _, rank = np.unique(np.asarray(values), return_inverse=True)  # the values' order, ties kept
-    last = int(order[seed].max()) + 1 if seed.any() else 0  # a key between seeds and other pixels
-    if (int(rank.max(initial=0)) + 1) * (last + 1) < 2**53:  # one integer key, exact in float64
-        return (rank.astype(np.int64) * (last + 1) + np.where(seed, order, last)).astype(np.float64)
-    o = np.lexsort((np.where(seed, order, last), rank))  # pragma: no cover - beyond any tile or block
-    key = np.stack([rank[o], np.where(seed, order, last)[o]])
-    step = np.ones(len(o), dtype=np.int64)
-    step[1:] = (key[:, 1:] != key[:, :-1]).any(axis=0)
-    keys = np.empty(len(o), dtype=np.float64)
-    keys[o] = np.cumsum(step)
-    return keys
+    n_seeds = int(np.count_nonzero(seed))
+    tie = np.full(rank.shape, n_seeds, dtype=np.int64)  # other pixels: after every seed of their value
+    tie[seed] = np.argsort(np.argsort(order[seed], kind="stable"), kind="stable")  # seeds: their raster order, dense
+    # One integer key, exact in float64: at most n * (n + 1) for n pixels, so below 2**53 for any flood under
+    # 94 million pixels (a tile, or a scene's block, is a few million at most).
+    if (int(rank.max(initial=0)) + 1) * (n_seeds + 1) >= 2**53:
+        raise ValueError(f"a flood of {rank.size} pixels is beyond what exact float64 keys can order")
+    return (rank.astype(np.int64) * (n_seeds + 1) + tie).astype(np.float64)
 
 
 def _flood_contested(
