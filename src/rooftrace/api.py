@@ -241,7 +241,7 @@ class Model:
             place = place_georef(georef, input_gsd, self.model_gsd, where)
             check_resampled(where, rgb.shape[1], rgb.shape[0], place.factor)  # refused before it is resized
             inputs[k] = (rgb, georef, where, place)
-            return prepare_rgb(k, rgb, place, self.runtime.norm)
+            return prepare_rgb(k, rgb, place)
 
         def finish(probs: np.ndarray, tile: Any) -> Footprints:
             (H, W), seen = tile.orig, tile.size

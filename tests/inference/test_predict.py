@@ -431,6 +431,27 @@ def test_normalisation_table_gives_the_formula_exactly():
     assert sliced.is_contiguous(memory_format=torch.channels_last) and torch.equal(sliced, torch.from_numpy(np.ascontiguousarray(out[1:])))
 
 
+
+def test_the_engine_normalises_each_image_into_its_batch_as_pad_normalise_does(model_file):
+    """Images of different sizes that pad to one size share a batch; each is normalised straight into it, with
+    zeros around it: the probabilities are the ones the image gets alone through `pad_normalise`."""
+    from rooftrace.imagery.resample import TilePlace
+    from rooftrace.inference.engine import TileEngine, prepare_rgb
+    from rooftrace.inference.runtime import load_runtime
+
+    runtime = load_runtime(model_file, device="cpu", precision="fp32")
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in ((50, 60, 3), (64, 64, 3), (33, 64, 3), (64, 40, 3))]
+    place = TilePlace(None, None, "unknown", None, 1.0)
+    engine = TileEngine(runtime, batch_size=4, readers=1, streams=1)
+    got = {t.index: probs for t, probs in engine.run(len(images), lambda i: prepare_rgb(i, images[i], place),
+                                                        lambda probs, tile: probs.copy())}
+    assert engine.timings["inference"] > 0 and len(got) == 4
+    for i, img in enumerate(images):
+        alone = runtime.probabilities(img)[0]
+        assert got[i].shape == alone.shape == (runtime.channels, *img.shape[:2])
+        np.testing.assert_allclose(got[i], alone, atol=1e-5)
+
 @pytest.mark.parametrize("size", [(100, 120), (512, 512)])
 def test_overlay_is_outlines_then_scores_then_legend(size):
     """The overlay drawn on one picture has the pixels of the three steps drawn one after the other,

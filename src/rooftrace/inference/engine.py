@@ -5,7 +5,8 @@ that overlap.
 
 1. **read** (threads, :func:`prepare_tile` or any function the caller gives): decode the image, decide
    its pixel size and resample it (:func:`rooftrace.imagery.resample.place_tile`, the one pixel-size
-   rule), normalise and pad it to a multiple of 32. Decoding (OpenCV, GDAL, Pillow) and numpy release
+   rule); it is normalised and padded to a multiple of 32 when its batch is made, straight into the batch,
+   channels-last (:meth:`rooftrace.imagery.normalize.Normalization.apply_into`). Decoding (OpenCV, GDAL, Pillow) and numpy release
    the GIL, so the readers run beside the network; at most ``ahead`` images are read ahead of it (a
    bounded queue: memory stays flat whatever the number of images);
 2. **batch** (the calling thread): images of the same padded size are grouped into batches of
@@ -44,10 +45,9 @@ import numpy as np
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.memory import TILE_BYTES_PER_PIXEL
-from rooftrace.imagery.normalize import Normalization
 from rooftrace.imagery.read import read_rgb
 from rooftrace.imagery.resample import TilePlace, check_resampled, place_tile, resample_rgb
-from rooftrace.inference.runtime import WINDOWED_ABOVE, ModelRuntime, pad_normalise
+from rooftrace.inference.runtime import WINDOWED_ABOVE, ModelRuntime, padded_size
 
 
 @dataclass
@@ -56,7 +56,9 @@ class Prepared:
 
     Attributes:
         index: Its position in the caller's list.
-        image: ``(3, H', W')`` float32, normalised and zero-padded to a multiple of 32; ``None`` for a
+        image: What the network sees: ``(h, w, 3)`` uint8 pixels, normalised straight into their batch with the
+            runtime's normalisation and zero-padded to a multiple of 32 there (what :func:`prepare_rgb` gives); or
+            ``(3, H', W')`` float32 already normalised and padded (a caller's own ``read``). ``None`` for a
             large image (see ``large``) or an error.
         large: The resampled ``(h, w, 3)`` uint8 image when it has more than :data:`WINDOWED_ABOVE` pixels
             (run window by window).
@@ -79,18 +81,19 @@ class Prepared:
     seconds: tuple[float, float] = (0.0, 0.0)
 
 
-def prepare_rgb(index: int, rgb: np.ndarray, place: TilePlace, norm: Normalization, keep_rgb: bool = False) -> Prepared:
-    """An image already decoded, resampled by ``place.factor`` and normalised (or kept whole when large)."""
+def prepare_rgb(index: int, rgb: np.ndarray, place: TilePlace, keep_rgb: bool = False) -> Prepared:
+    """An image already decoded, resampled by ``place.factor`` (normalised later, into its batch; kept whole when
+    large)."""
     H, W = rgb.shape[:2]
     seen = resample_rgb(rgb, place.factor)
     h, w = seen.shape[:2]
     kept = rgb if keep_rgb else None
     if h * w > WINDOWED_ABOVE:
         return Prepared(index, large=seen, size=(h, w), orig=(H, W), place=place, rgb=kept)
-    return Prepared(index, image=pad_normalise(seen, norm)[0], size=(h, w), orig=(H, W), place=place, rgb=kept)
+    return Prepared(index, image=np.ascontiguousarray(seen), size=(h, w), orig=(H, W), place=place, rgb=kept)
 
 
-def prepare_tile(index: int, path: Path, norm: Normalization, *, input_gsd: float | None = None, model_gsd: float | None = None,
+def prepare_tile(index: int, path: Path, *, input_gsd: float | None = None, model_gsd: float | None = None,
                  tms: bool = False, keep_rgb: bool = False) -> Prepared:
     """Read one tile file, place it (:func:`place_tile`: a wrong pixel size is an error too) and prepare it."""
     t, c = time.perf_counter(), time.thread_time()
@@ -100,9 +103,15 @@ def prepare_tile(index: int, path: Path, norm: Normalization, *, input_gsd: floa
         check_resampled(path, rgb.shape[1], rgb.shape[0], place.factor)
     except RooftraceError as exc:
         return Prepared(index, error=str(exc))
-    out = prepare_rgb(index, rgb, place, norm, keep_rgb)
+    out = prepare_rgb(index, rgb, place, keep_rgb)
     out.seconds = (time.perf_counter() - t, time.thread_time() - c)
     return out
+
+
+def _padded(tile: Prepared) -> tuple[int, int]:
+    """The padded size a prepared image runs at: its batch's key."""
+    img = tile.image
+    return padded_size(*img.shape[:2]) if img.dtype == np.uint8 else (img.shape[1], img.shape[2])  # type: ignore[union-attr]
 
 
 @dataclass
@@ -195,11 +204,14 @@ class TileEngine:
             return [begin(t, probs[k, :, : t.size[0], : t.size[1]]) for k, t in enumerate(tiles)]
 
         def run_batch(tiles: list[Prepared]) -> None:
-            H = max(t.image.shape[1] for t in tiles)  # type: ignore[union-attr]
-            W = max(t.image.shape[2] for t in tiles)  # type: ignore[union-attr]
+            H, W = max(_padded(t)[0] for t in tiles), max(_padded(t)[1] for t in tiles)
             x = np.zeros((len(tiles), H, W, 3), dtype=np.float32).transpose(0, 3, 1, 2)  # channels-last, as pad_normalise
             for k, t in enumerate(tiles):
-                x[k, :, : t.image.shape[1], : t.image.shape[2]] = t.image  # type: ignore[union-attr]
+                img = t.image
+                if img.dtype == np.uint8:  # type: ignore[union-attr]  # pixels: normalised into the batch, zeros around
+                    self.runtime.norm.apply_into(img, x[k, :, : img.shape[0], : img.shape[1]])  # type: ignore[union-attr]
+                else:
+                    x[k, :, : img.shape[1], : img.shape[2]] = img  # type: ignore[union-attr,index]
                 t.image = None  # the batch holds it now
             if nets is None:
                 pending.extend(zip(tiles, forward_and_finish(x, tiles)))
@@ -237,7 +249,7 @@ class TileEngine:
                     pending.append((tile, begin(tile, probs)))
                     yield from settle(0)
                     continue
-                shape = tuple(tile.image.shape[1:])  # type: ignore[union-attr]
+                shape = _padded(tile)
                 bucket = buckets.setdefault(shape, [])  # type: ignore[arg-type]
                 bucket.append(tile)
                 if len(bucket) >= self.batch_size:

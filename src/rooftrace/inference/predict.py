@@ -455,7 +455,7 @@ class _FolderRun:
     def read(self, j: int) -> Prepared:
         """The engine's reading stage for its image ``j``."""
         o = self.opts
-        return prepare_tile(j, self.files[self.todo[j]], self.runtime.norm, input_gsd=o.input_gsd, model_gsd=self.runtime.gsd, tms=o.tms,
+        return prepare_tile(j, self.files[self.todo[j]], input_gsd=o.input_gsd, model_gsd=self.runtime.gsd, tms=o.tms,
                             keep_rgb=o.write_overlays)
 
     def finish_tile(self, probs: np.ndarray, tile: Prepared) -> tuple[list, list, tuple[float, ...], int]:
