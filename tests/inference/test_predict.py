@@ -214,11 +214,11 @@ def test_auto_precision_is_the_faster_one_measured_once_cached_and_reported(samp
     monkeypatch.setenv("ROOFTRACE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ROOFTRACE_RUNTIME_PROBE", "1")
     monkeypatch.setattr(choice, "cpu_has_native_bf16", lambda: True)
-    real = choice._time_forward
-    assert real(load_runtime(model_file, device="cpu", precision="fp32").net.model, "bf16", choice.torch.device("cpu")) > 0
+    net = load_runtime(model_file, device="cpu", precision="fp32").net.model
+    assert choice._time_calls({"bf16": choice._forward_call(net, "bf16", choice.torch.device("cpu"))}, rounds=1)["bf16"] > 0
     timed: list[str] = []
-    monkeypatch.setattr(choice, "_time_forward", lambda model, p, dev: timed.append(p) or {"bf16": 0.3, "fp32": 0.1}[p])
-    monkeypatch.setattr(choice, "_time_onnx", lambda onnx: timed.append("onnx") or 0.2)
+    monkeypatch.setattr(choice, "_time_calls", lambda calls, rounds=3: timed.extend(calls) or {
+        c: {"bf16": 0.3, "fp32": 0.1, "onnx": 0.2}[c] for c in calls})
     rt = load_runtime(model_file, device="cpu")
     assert (rt.precision, rt.choice.how, sorted(timed)) == ("fp32", "measured", ["bf16", "fp32", "onnx"])
     assert not rt.is_onnx and rt.choice.engine == "torch"

@@ -19,8 +19,7 @@ def onnx_fastest(tmp_path, monkeypatch):
     monkeypatch.setenv("ROOFTRACE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ROOFTRACE_RUNTIME_PROBE", "1")
     monkeypatch.setattr(choice, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(choice, "_time_forward", lambda model, p, dev: {"fp32": 0.2}[p])
-    monkeypatch.setattr(choice, "_time_onnx", lambda onnx: 0.1)
+    monkeypatch.setattr(choice, "_time_calls", lambda calls, rounds=3: {c: {"fp32": 0.2, "onnx": 0.1}[c] for c in calls})
     exports = []
     real = choice._export
     monkeypatch.setattr(choice, "_export", lambda loaded, spinning: exports.append(loaded.path) or real(loaded, spinning))
@@ -129,3 +128,30 @@ def test_a_network_the_exporter_cannot_take_stays_in_pytorch(tmp_path, onnx_fast
     monkeypatch.setenv("ROOFTRACE_CACHE_DIR", str(tmp_path / "fresh-cache"))
     measured = load_runtime(model, device="cpu")
     assert not measured.is_onnx and measured.choice.how == "measured" and set(measured.choice.seconds) == {"fp32"}
+
+
+def test_the_probe_times_each_candidate_after_a_warm_up_and_keeps_its_fastest_pass(monkeypatch):
+    """Each candidate in turn: one warm-up call, then its timed passes, the fastest kept (not interleaved with the
+    others: threads that spin after one runtime's pass would slow the next runtime's)."""
+    order: list[str] = []
+    clock = iter([0.0, 5.0, 5.0, 5.1, 5.1, 5.3, 6.0, 6.5, 6.5, 6.6, 6.6, 6.9])  # a: 5.0, 0.1, 0.2; b: 0.5, 0.1, 0.3
+    monkeypatch.setattr(choice.time, "perf_counter", lambda: next(clock))
+    best = choice._time_calls({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=3)
+    assert order == ["a"] * 4 + ["b"] * 4
+    assert best == pytest.approx({"a": 0.1, "b": 0.1})
+
+
+def test_a_choice_measured_under_load_is_measured_again_once_the_machine_is_quieter(tmp_path, onnx_fastest, monkeypatch):
+    """A choice measured while other work held the CPU (a load average of a runnable thread a core or more) is kept
+    while the machine stays that busy, and measured again by the first run that finds it quieter."""
+    measured: list[int] = []
+    monkeypatch.setattr(choice, "_time_calls", lambda calls, rounds=3: measured.append(1) or {
+        c: {"fp32": 0.2, "onnx": 0.1}[c] for c in calls})
+    cores = choice.os.cpu_count() or 1
+    model = write_tiny_model(tmp_path / "m.safetensors")
+    monkeypatch.setattr(choice, "_load", lambda: cores + 1.0)
+    assert load_runtime(model, device="cpu").choice.how == "measured" and len(measured) == 1
+    assert load_runtime(model, device="cpu").choice.how == "cached" and len(measured) == 1  # still busy: kept
+    monkeypatch.setattr(choice, "_load", lambda: cores / 4)
+    assert load_runtime(model, device="cpu").choice.how == "measured" and len(measured) == 2  # quieter: again
+    assert load_runtime(model, device="cpu").choice.how == "cached" and len(measured) == 2  # measured quiet: kept

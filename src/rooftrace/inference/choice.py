@@ -8,10 +8,13 @@ ones; on this project's CPU ONNX Runtime ran the shipped network in 0.72-0.89x P
 PyTorch bf16 in 0.56-0.61x ONNX Runtime's, two runs of ``benchmarks/runtime_choice.py``). So the first run of a network
 on a CPU times one 512 x 512 forward pass of each candidate (after a warm-up pass each, the network exported
 to ONNX in memory first; for the shipped network the first load took 0.7-0.9 s longer than a cached one, the
-same script) and keeps the fastest. The choice is cached in the user's
+same script; each candidate's fastest of :data:`PROBE_ROUNDS` passes, one candidate after another) and keeps the
+fastest. The choice is cached in the user's
 cache folder (``$ROOFTRACE_CACHE_DIR``, else ``$XDG_CACHE_HOME/rooftrace``, else ``~/.cache/rooftrace``;
 ``runtime.json``), keyed by the network (its architecture and weight shapes, not the file), the CPU, the
-threads, the torch version and the candidates, so later runs do not measure again. Where there is no choice
+threads, the torch version and the candidates, so later runs do not measure again, with the load average it
+was measured at: a choice measured while other work held the CPU (a load average of at least one runnable
+thread a core) is measured again by the first run that finds the machine quieter. Where there is no choice
 (a GPU: bf16 always; one candidate left; an explicit ``precision``; an ``.onnx`` model, which runs in ONNX
 Runtime) nothing is measured.
 
@@ -140,35 +143,59 @@ def candidates(device: torch.device, onnx: bool = True) -> list[str]:
     return found
 
 
-def _best_time(once: Callable[[], object], repeat: int = 2) -> float:
-    """The fastest of ``repeat`` timed calls of ``once``, after one warm-up call (oneDNN and ONNX Runtime
-    prepare their kernels on the first pass)."""
-    once()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
+#: Timed passes of each candidate in the probe (after a warm-up pass); each keeps its fastest. The candidates are
+#: timed one after another, not in interleaved rounds: ONNX Runtime's and OpenMP's threads keep spinning for a while
+#: after a pass, and on session 6's machine that slowed the next candidate's pass from 77 to 125 ms.
+PROBE_ROUNDS = 3
+
+
+def _load() -> float:
+    """The machine's one-minute load average (0 where the system does not say)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def _busy(load: float) -> bool:
+    """Whether other work held the CPU: a load average of at least one runnable thread per core."""
+    return load >= (os.cpu_count() or 1)
+
+
+def _time_calls(calls: dict[str, Callable[[], object]], rounds: int = PROBE_ROUNDS) -> dict[str, float]:
+    """Seconds of one call of each candidate: the fastest of ``rounds`` calls, after one warm-up call (oneDNN and
+    ONNX Runtime prepare their kernels on the first pass); the candidates one after another."""
+    best = {}
+    for name, once in calls.items():
         once()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            once()
+            times.append(time.perf_counter() - t)
+        best[name] = min(times)
+    return best
 
 
-@torch.inference_mode()
-def _time_forward(model: torch.nn.Module, precision: str, device: torch.device, repeat: int = 2) -> float:
+def _forward_call(model: torch.nn.Module, precision: str, device: torch.device) -> Callable[[], object]:
+    """One forward pass of the probe tile in ``precision``."""
     x = torch.zeros(PROBE_SHAPE).contiguous(memory_format=torch.channels_last)
     amp = autocast_dtype(precision, device)
 
+    @torch.inference_mode()
     def once() -> None:
         with autocast(device, amp):
             model(x)
 
-    return _best_time(once, repeat)
+    return once
 
 
-def _time_onnx(onnx: OnnxModel, repeat: int = 2) -> float:
+def _onnx_call(onnx: OnnxModel) -> Callable[[], object]:
+    """One pass of the probe tile in ONNX Runtime."""
     import numpy as np
 
     x = np.zeros(PROBE_SHAPE, dtype=np.float32)
-    return _best_time(lambda: onnx.predict(x), repeat)
+    return lambda: onnx.predict(x)
 
 
 @torch.inference_mode()
@@ -252,6 +279,8 @@ def choose_runtime(loaded: LoadedModel, precision: str, device: torch.device, on
     except (OSError, ValueError):
         cache = {}
     hit = cache.get(key)
+    if isinstance(hit, dict) and _busy(float(hit.get("load") or 0.0)) and not _busy(_load()):
+        hit = None  # measured while other work held the CPU, which it no longer does: measured again
     if isinstance(hit, dict) and hit.get("choice") in cands and isinstance(hit.get("seconds"), dict):
         best, how, seconds = hit["choice"], "cached", {k: float(v) for k, v in hit["seconds"].items()}
         runner = None
@@ -262,23 +291,25 @@ def choose_runtime(loaded: LoadedModel, precision: str, device: torch.device, on
                 torch_only = {k: v for k, v in seconds.items() if k != ONNX and k in cands}
                 best = min(torch_only, key=torch_only.__getitem__) if torch_only else "fp32"
     else:
-        seconds, runner, graph = {}, None, b""
+        calls, runner, graph = {}, None, b""
         for c in cands:
             if c == ONNX:
                 try:
                     runner, graph = _export(loaded, spinning)
-                    seconds[c] = _time_onnx(runner)
+                    calls[c] = _onnx_call(runner)
                 except Exception:  # noqa: BLE001 - a network the exporter cannot take (or gets wrong) stays in PyTorch
                     runner = None
                     continue
             else:
-                seconds[c] = _time_forward(loaded.model, c, device)
+                calls[c] = _forward_call(loaded.model, c, device)
+        load = _load()
+        seconds = _time_calls(calls)
         best, how = min(seconds, key=seconds.__getitem__), "measured"
         if best == ONNX:
             _keep_graph(loaded, graph)  # the graph is kept only when it is the one that runs
         else:
             runner = None
-        cache[key] = {"choice": best, "seconds": seconds}
+        cache[key] = {"choice": best, "seconds": seconds, "load": round(max(load, _load()), 2)}
         try:
             atomic_write_text(path, json.dumps(cache, indent=1), force=True)
         except Exception:  # noqa: BLE001 - a cache that cannot be written is measured again next time, nothing worse
