@@ -451,6 +451,10 @@ def test_the_engine_normalises_each_image_into_its_batch_as_pad_normalise_does(m
         alone = runtime.probabilities(img)[0]
         assert got[i].shape == alone.shape == (runtime.channels, *img.shape[:2])
         np.testing.assert_allclose(got[i], alone, atol=1e-5)
+    # The network runs channels-last; its probabilities come back as planes (NCHW), as post-processing reads them.
+    from rooftrace.inference.runtime import pad_normalise
+
+    assert runtime.run(pad_normalise(images[1], runtime.norm)).flags.c_contiguous
 
 @pytest.mark.parametrize("size", [(100, 120), (512, 512)])
 def test_overlay_is_outlines_then_scores_then_legend(size):
