@@ -416,6 +416,9 @@ def test_normalisation_table_gives_the_formula_exactly():
     assert out.shape == (2, 3, 64, 64) and out.dtype == np.float32
     assert np.array_equal(out[:, :, :37, :45], formula.transpose(0, 3, 1, 2))
     assert not out[:, :, 37:].any() and not out[:, :, :, 45:].any()
+    mixed = pad_normalise([batch[0], np.ascontiguousarray(batch[1, :30, :20])], norm)  # sizes that pad to one size
+    assert mixed.shape == (2, 3, 64, 64) and np.array_equal(mixed[0], out[0])
+    assert np.array_equal(mixed[1, :, :30, :20], out[1, :, :30, :20]) and not mixed[1, :, 30:].any() and not mixed[1, :, :, 20:].any()
     assert np.array_equal(norm.apply(batch[0]), formula[0].transpose(2, 0, 1))
     floats = batch[1].astype(np.float32)  # other dtypes go through the formula
     assert np.array_equal(norm.apply(floats), formula[1].transpose(2, 0, 1))

@@ -6,7 +6,7 @@ that overlap.
 1. **read** (threads, :func:`prepare_tile` or any function the caller gives): decode the image, decide
    its pixel size and resample it (:func:`rooftrace.imagery.resample.place_tile`, the one pixel-size
    rule); it is normalised and padded to a multiple of 32 when its batch is made, straight into the batch,
-   channels-last (:meth:`rooftrace.imagery.normalize.Normalization.apply_into`). Decoding (OpenCV, GDAL, Pillow) and numpy release
+   channels-last (:func:`rooftrace.inference.runtime.pad_normalise`). Decoding (OpenCV, GDAL, Pillow) and numpy release
    the GIL, so the readers run beside the network; at most ``ahead`` images are read ahead of it (a
    bounded queue: memory stays flat whatever the number of images);
 2. **batch** (the calling thread): images of the same padded size are grouped into batches of
@@ -47,7 +47,7 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.core.memory import TILE_BYTES_PER_PIXEL
 from rooftrace.imagery.read import read_rgb
 from rooftrace.imagery.resample import TilePlace, check_resampled, place_tile, resample_rgb
-from rooftrace.inference.runtime import WINDOWED_ABOVE, ModelRuntime, padded_size
+from rooftrace.inference.runtime import WINDOWED_ABOVE, ModelRuntime, pad_normalise, padded_size
 
 
 @dataclass
@@ -205,13 +205,14 @@ class TileEngine:
 
         def run_batch(tiles: list[Prepared]) -> None:
             H, W = max(_padded(t)[0] for t in tiles), max(_padded(t)[1] for t in tiles)
-            x = np.zeros((len(tiles), H, W, 3), dtype=np.float32).transpose(0, 3, 1, 2)  # channels-last, as pad_normalise
-            for k, t in enumerate(tiles):
-                img = t.image
-                if img.dtype == np.uint8:  # type: ignore[union-attr]  # pixels: normalised into the batch, zeros around
-                    self.runtime.norm.apply_into(img, x[k, :, : img.shape[0], : img.shape[1]])  # type: ignore[union-attr]
-                else:
-                    x[k, :, : img.shape[1], : img.shape[2]] = img  # type: ignore[union-attr,index]
+            images: list[np.ndarray] = [t.image for t in tiles]  # type: ignore[misc]
+            if all(img.dtype == np.uint8 for img in images):  # pixels: normalised straight into the batch
+                x = pad_normalise(images, self.runtime.norm)
+            else:  # already normalised and padded (a caller's own read)
+                x = np.zeros((len(tiles), 3, H, W), dtype=np.float32)
+                for k, img in enumerate(images):
+                    x[k, :, : img.shape[1], : img.shape[2]] = img
+            for t in tiles:
                 t.image = None  # the batch holds it now
             if nets is None:
                 pending.extend(zip(tiles, forward_and_finish(x, tiles)))

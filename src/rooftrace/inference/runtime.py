@@ -28,7 +28,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -76,22 +76,18 @@ def padded_size(h: int, w: int, multiple: int = PAD_MULTIPLE) -> tuple[int, int]
     return -(-h // multiple) * multiple, -(-w // multiple) * multiple
 
 
-def pad_normalise(batch: np.ndarray, norm: Normalization, multiple: int = PAD_MULTIPLE) -> np.ndarray:
-    """``(N, H, W, 3)`` (or one ``(H, W, 3)``) uint8 -> ``(N, 3, H', W')`` float32: normalised with
-    ``norm`` and zero-padded on the bottom and right to a multiple of ``multiple``.
+def pad_normalise(batch: np.ndarray | Sequence[np.ndarray], norm: Normalization, multiple: int = PAD_MULTIPLE) -> np.ndarray:
+    """``(N, H, W, 3)`` (or one ``(H, W, 3)``, or a list of ``(h, w, 3)`` of any sizes) uint8 -> ``(N, 3, H', W')``
+    float32: each image normalised with ``norm`` and zero-padded on the bottom and right to ``H' x W'``, the
+    largest image's size rounded up to a multiple of ``multiple``.
 
     The array lies channels-last in memory (a transposed view of an ``(N, H', W', 3)`` array), the layout
     the network runs in: PyTorch takes it without a copy, and ONNX Runtime's callers make it contiguous."""
-    if batch.ndim == 3:
-        batch = batch[None]
-    n, h, w, _ = batch.shape
-    hp, wp = padded_size(h, w, multiple)
-    out = np.empty((n, hp, wp, 3), dtype=np.float32)
-    out[:, h:] = 0.0
-    out[:, :h, w:] = 0.0
-    nchw = out.transpose(0, 3, 1, 2)
-    for i in range(n):
-        norm.apply_into(np.ascontiguousarray(batch[i]), nchw[i, :, :h, :w])
+    images = [batch] if isinstance(batch, np.ndarray) and batch.ndim == 3 else list(batch)
+    hp, wp = padded_size(max(im.shape[0] for im in images), max(im.shape[1] for im in images), multiple)
+    nchw = np.zeros((len(images), hp, wp, 3), dtype=np.float32).transpose(0, 3, 1, 2)
+    for i, im in enumerate(images):
+        norm.apply_into(np.ascontiguousarray(im), nchw[i, :, : im.shape[0], : im.shape[1]])
     return nchw
 
 
