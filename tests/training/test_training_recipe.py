@@ -151,6 +151,39 @@ def test_focused_crops_find_buildings_far_more_often(sample):
     assert share(1.0) > 0.9
 
 
+def test_a_tile_drawn_twice_in_an_epoch_is_two_samples_and_the_epoch_is_reproducible(sample):
+    """Sampling with replacement draws a tile several times an epoch: each draw is a crop and augmentation of its own
+    (seeded by the draw, :class:`Draws`), while the same draw of the same epoch is the same sample again."""
+    from rooftrace.labels.records import LoadReport
+    from rooftrace.labels.splits import open_split
+    from rooftrace.training.dataset import Draws, TileDataset, collate_pad, select_tiles
+
+    cfg = load_config(REPO / "configs" / "unet-lite0.yaml", [f"data.train={sample / 'train'}", "data.crop_size=64"])
+    ds = TileDataset(select_tiles(cfg.data.train, [open_split(s) for s in cfg.data.train]), cfg.data, cfg.augment,
+                     seed=0, max_tiles=3)
+    ds.drop_unreadable(LoadReport("x"))
+    ds.epoch = 4
+
+    def epoch_batches() -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(11)
+        sampler = Draws(torch.utils.data.RandomSampler(ds, replacement=True, num_samples=24, generator=g))
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler, collate_fn=collate_pad)
+        return [b["image"] for b in loader]
+
+    keys = list(Draws(torch.utils.data.RandomSampler(ds, replacement=True, num_samples=24,
+                                                     generator=torch.Generator().manual_seed(11))))
+    assert [d for d, _ in keys] == list(range(24)) and len({i for _, i in keys}) < 24  # tiles repeat
+    images = [ds[k]["image"] for k in keys]
+    distinct = {tuple(im.flatten()[::97].tolist()) for im in images}
+    assert len(distinct) == len(keys)  # every draw its own sample, repeated tiles included
+    first = next(k for k in keys if sum(1 for _, i in keys if i == k[1]) > 1)
+    assert torch.equal(ds[first]["image"], images[keys.index(first)])  # the same draw: the same sample
+    # Plain indices (validation, scripts) keep one sample per tile and epoch, as before.
+    assert torch.equal(ds[first[1]]["image"], ds[first[1]]["image"])
+    a, b = epoch_batches(), epoch_batches()
+    assert len(a) == 6 and all(torch.equal(x, y) for x, y in zip(a, b))  # reproducible, batch for batch
+
+
 # --- fp32 depthwise, fused AdamW, validation every N epochs -----------------------------------
 
 def test_depthwise_in_fp32_keeps_weights_and_results_and_computes_in_fp32():

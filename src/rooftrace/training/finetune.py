@@ -63,7 +63,7 @@ from rooftrace.training.alignment import (
     load_network,
     resolve_model,
 )
-from rooftrace.training.dataset import TileDataset, collate_pad, select_tiles
+from rooftrace.training.dataset import Draws, TileDataset, collate_pad, select_tiles
 from rooftrace.training.freezing import NORM_TYPES, hold_norms
 from rooftrace.training.losses import TolerantLoss
 from rooftrace.training.recipe import Recipe, load_recipe
@@ -357,8 +357,8 @@ def finetune(
                                  f"model's scores took {time.monotonic() - t_start:.0f} s); give more minutes")
         while step < plan.total:
             train_ds.epoch = epoch
-            sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=recipe.eval_every * recipe.batch_size,
-                                                     generator=g)
+            sampler = Draws(torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=recipe.eval_every * recipe.batch_size,
+                                                           generator=g))
             loader = torch.utils.data.DataLoader(train_ds, batch_size=recipe.batch_size, sampler=sampler, num_workers=0,
                                                  collate_fn=collate_pad)
             model.train()

@@ -58,7 +58,7 @@ from rooftrace.models.autocast import (
     dtype_name,
 )
 from rooftrace.models.files import save_model
-from rooftrace.training.dataset import TileDataset, collate_pad, same_size_batches, select_tiles
+from rooftrace.training.dataset import Draws, TileDataset, collate_pad, same_size_batches, select_tiles
 from rooftrace.training.distill import Teachers, distilled_loss
 from rooftrace.training.freezing import encoder_layers_up_to, freeze, hold_norms
 from rooftrace.training.losses import SegmentationLoss
@@ -273,6 +273,7 @@ class Trainer:
                 sampler = WeightedRandomSampler(self.weights.tolist(), num_samples=n, replacement=True, generator=g)
             else:
                 sampler = RandomSampler(self.train_ds, replacement=n > len(self.train_ds), num_samples=n, generator=g)
+            sampler = Draws(sampler)  # a tile drawn twice in an epoch: two crops and augmentations
         return DataLoader(self.train_ds, batch_size=self.cfg.data.batch_size, sampler=sampler, num_workers=self.cfg.data.workers,
                           pin_memory=self.env.device.type == "cuda", drop_last=False, collate_fn=collate_pad)
 
