@@ -204,11 +204,11 @@ class TileEngine:
             return [begin(t, probs[k, :, : t.size[0], : t.size[1]]) for k, t in enumerate(tiles)]
 
         def run_batch(tiles: list[Prepared]) -> None:
-            H, W = max(_padded(t)[0] for t in tiles), max(_padded(t)[1] for t in tiles)
             images: list[np.ndarray] = [t.image for t in tiles]  # type: ignore[misc]
             if all(img.dtype == np.uint8 for img in images):  # pixels: normalised straight into the batch
                 x = pad_normalise(images, self.runtime.norm)
             else:  # already normalised and padded (a caller's own read)
+                H, W = max(img.shape[1] for img in images), max(img.shape[2] for img in images)
                 x = np.zeros((len(tiles), 3, H, W), dtype=np.float32)
                 for k, img in enumerate(images):
                     x[k, :, : img.shape[1], : img.shape[2]] = img
@@ -217,7 +217,7 @@ class TileEngine:
             if nets is None:
                 pending.extend(zip(tiles, forward_and_finish(x, tiles)))
                 return
-            step = self.runtime.stream_batch(len(tiles), H, W)  # the forward passes one stream would run, spread
+            step = self.runtime.stream_batch(len(tiles), *x.shape[2:])  # the forward passes one stream would run, spread
             for a in range(0, len(tiles), step):
                 part = nets.submit(forward_and_finish, x[a:a + step], tiles[a:a + step])
                 pending.extend((t, _Share(part, k)) for k, t in enumerate(tiles[a:a + step]))

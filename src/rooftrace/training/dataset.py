@@ -8,7 +8,8 @@ applies albumentations for training, or gives whole tiles for validation (padded
 by :func:`collate_pad`, on the bottom and right so pixel coordinates do not move).
 
 Every sample's augmentation is seeded from ``(seed, epoch, draw)``, where the draw is the sample's position in
-the epoch (:class:`Draws`), so a run gives the same batches whatever the number of workers, a resumed run gives
+the epoch (:class:`Draws`; several processes' ``DistributedSampler`` draws each tile once an epoch, seeded by
+``(seed, epoch, index)``), so a run gives the same batches whatever the number of workers, a resumed run gives
 the batches the uninterrupted run would have, and a tile drawn several times in one epoch (sampling with
 replacement) is a crop and an augmentation of its own each time.
 """
@@ -123,7 +124,7 @@ class Draws(Sampler):
     """A sampler of tile indices, numbered: yields ``(draw, index)``, each draw's position in the epoch with the
     tile it drew, for :meth:`TileDataset.__getitem__` to seed the sample's crop and augmentation by the draw.
 
-    Training draws tiles with replacement (the balanced sampler of a 226-tile recipe draws 1,200 a epoch, its
+    Training draws tiles with replacement (the balanced sampler of a 226-tile recipe draws 1,200 an epoch, its
     most weighted tile about 20 times). Seeded by the tile alone, every draw of a tile in an epoch was the same
     crop with the same augmentation: 209 distinct samples among 1,200 in an epoch of the default recipe, until
     session 7 (2026-12-06)."""
