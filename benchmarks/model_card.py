@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         model = args.out / name / source.name
         model.parent.mkdir(parents=True, exist_ok=True)
         for src in (source, Path(str(source) + ".sha256"), tuned_settings_path(source)):
-            if src.exists():
-                shutil.copy(src, model.parent / src.name.replace(source.stem, model.stem, 1))
+            dst = model.parent / src.name.replace(source.stem, model.stem, 1)
+            if src.exists() and not (dst.exists() and dst.samefile(src)):  # a model already in OUT/NAME/
+                shutil.copy(src, dst)
         tuned = tuned_settings_path(model)
         if args.no_tune:
             tuned.unlink(missing_ok=True)
