@@ -7,8 +7,8 @@ rasterises its targets (:func:`make_targets`), then cuts random crops at a rando
 applies albumentations for training, or gives whole tiles for validation (padded to a multiple of 32
 by :func:`collate_pad`, on the bottom and right so pixel coordinates do not move).
 
-Every sample's augmentation is seeded from ``(seed, epoch, draw)``, where the draw is the sample's position in
-the epoch (:class:`Draws`; several processes' ``DistributedSampler`` draws each tile once an epoch, seeded by
+Every sample's augmentation is seeded from ``(seed, epoch, draw, tile)``, where the draw is the sample's position
+in the epoch (:class:`Draws`; several processes' ``DistributedSampler`` draws each tile once an epoch, seeded by
 ``(seed, epoch, index)``), so a run gives the same batches whatever the number of workers, a resumed run gives
 the batches the uninterrupted run would have, and a tile drawn several times in one epoch (sampling with
 replacement) is a crop and an augmentation of its own each time.
