@@ -59,3 +59,48 @@ def test_a_footprint_only_model_searches_the_score_filter_too() -> None:
     best, found, _, _ = search_settings(one, gt, "watershed")
     # Without boundary or contact the touching-free buildings are still found; the blob goes by its score.
     assert found.f1 == 1.0 and best.min_score > 0.87
+
+
+class _Landscape:
+    """A scoring stand-in for :func:`score_settings` with two peaks: a local one that the search reaches from
+    the defaults one setting at a time (``footprint_threshold`` 0.7, then ``min_area`` 16), and a higher one
+    (``footprint_threshold`` 0.4 with ``min_area`` 64) that no single step from the local peak approaches,
+    so only a search started near it finds it. It counts how often each setting is scored."""
+
+    def __init__(self) -> None:
+        self.calls: dict[PostprocessSettings, int] = {}
+
+    def __call__(self, probs, gt, method, settings):  # noqa: ANN001 (score_settings' signature)
+        self.calls[settings] = self.calls.get(settings, 0) + 1
+        t, a = settings.footprint_threshold, settings.min_area
+        if a == 64:
+            f1 = 0.9 - abs(t - 0.4)  # the high ridge; at t = 0.7 it is 0.6, below the local peak's 0.7
+        else:
+            f1 = 0.5 + 0.2 * (1 - abs(t - 0.7) / 0.4) + (0.01 if a == 16 else 0.0) - (0.05 if a > 16 else 0.0)
+        return type("S", (), {"f1": f1})()
+
+
+def test_the_search_keeps_the_best_of_every_start_and_scores_no_setting_twice(monkeypatch) -> None:
+    import rooftrace.evaluation.tuning as tuning_mod
+
+    probs, gt = _tiles()
+    land = _Landscape()
+    monkeypatch.setattr(tuning_mod, "score_settings", land)
+    alone, alone_score, _, alone_trials = search_settings(probs, gt, "watershed")
+    assert (alone.footprint_threshold, alone.min_area) == (0.7, 16) and abs(alone_score.f1 - 0.71) < 1e-9
+    assert alone_trials == len(land.calls) and max(land.calls.values()) == 1
+
+    land.calls.clear()
+    near = PostprocessSettings(footprint_threshold=0.5, min_area=64)
+    best, found, at_defaults, trials = search_settings(probs, gt, "watershed", starts=[None, PostprocessSettings(), near])
+    assert (best.footprint_threshold, best.min_area) == (0.4, 64) and abs(found.f1 - 0.9) < 1e-9
+    assert abs(at_defaults.f1 - land(probs, gt, "watershed", PostprocessSettings()).f1) < 1e-9
+    land.calls[PostprocessSettings()] -= 1  # the check above
+    # Every setting scored once, whatever the starts share; the defaults given again are not a second start.
+    assert trials == len(land.calls) and max(land.calls.values()) == 1 and trials > alone_trials
+
+    # A start below the defaults' peak does not win over it: the best of the starts is kept.
+    land.calls.clear()
+    worse = PostprocessSettings(footprint_threshold=0.3, min_area=128)
+    kept, kept_score, _, _ = search_settings(probs, gt, "watershed", starts=[worse])
+    assert kept_score.f1 >= alone_score.f1 - 1e-9

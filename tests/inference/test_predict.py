@@ -73,6 +73,13 @@ def test_tune_saves_settings_that_predict_picks_up(sample, model_file, tmp_path,
     out = tmp_path / "p"
     assert main(["predict", "--images", str(sample / "test" / "image"), "--out", str(out), "--model", str(model), "--workers", "0"]) == 0
     assert read_labels(out / "submission.csv").n_footprints == 0
+    # The search climbs from the defaults and the shipped model's settings, and on a retune also from the settings
+    # already beside the model: a retune finds at least what the first search found.
+    assert saved["starts"] == 2
+    assert main(["tune", "--model", str(model), "--split", str(sample / "val"), "--force"]) == 0
+    again = json.loads((tmp_path / "m.postprocess.json").read_text())
+    assert again["starts"] == 3 and again["object_f1"] >= saved["object_f1"] - 1e-12
+    assert "from 3 starts" in capsys.readouterr().out
 
 
 def test_predict_refuses_pickle_models(sample, tmp_path, capsys):

@@ -2,7 +2,8 @@
 needs no model, shared with ``rooftrace finetune`` (which holds its network's probabilities itself).
 
 A coordinate search tries each setting's candidate values in turn (:data:`SEARCH_SPACE`), keeping whatever
-raises the mean object F1 (one-to-one, IoU 0.5), for a few rounds until nothing improves. Post-processing
+raises the mean object F1 (one-to-one, IoU 0.5), for a few rounds until nothing improves; it runs from the
+defaults and from settings tuned before (the model's own, the shipped model's), and the best wins. Post-processing
 takes a few milliseconds a tile, so hundreds of trials cost seconds.
 
 This module does not import torch.
@@ -44,32 +45,51 @@ def score_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str, setti
     return evaluate_labels(gt, pred, pixel=False)
 
 
-def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "watershed",
-                    rounds: int = 3) -> tuple[PostprocessSettings, Score, Score, int]:
+def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "watershed", rounds: int = 3,
+                    starts: Sequence[PostprocessSettings | None] = ()) -> tuple[PostprocessSettings, Score, Score, int]:
     """The settings that maximise mean object F1 on ``gt``: ``(settings, their score, the defaults' score, trials)``
-    (each :class:`~rooftrace.evaluation.metrics.Score` with its precision and recall)."""
+    (each :class:`~rooftrace.evaluation.metrics.Score` with its precision and recall).
+
+    A coordinate search runs from the defaults, then from each of ``starts`` (settings tuned before: the
+    model's own, the shipped model's; ``None`` entries and repeats are skipped), and the best setting any of
+    them reaches wins; ties keep the earlier. One start is not enough: the search is local, and on the
+    shipped model's validation split it climbed from the defaults to 0.5879 while its own tuned settings,
+    searched from, reach 0.6043. No setting is scored twice (``trials`` counts the distinct ones), so a
+    start that walks into ground already covered costs little."""
     if method == "seed":  # a fixed recipe: its threshold is the one setting it reads
         space = {k: v for k, v in SEARCH_SPACE.items() if k == "footprint_threshold"}
     elif probs[0].shape[0] == 1:  # a footprint-only model: no seeds from boundary or contact
         space = {k: v for k, v in SEARCH_SPACE.items() if k in ("footprint_threshold", "min_area", "min_score")}
     else:
         space = SEARCH_SPACE
-    best = PostprocessSettings()
-    default = best_score = score_settings(probs, gt, method, best)
-    trials = 1
-    for _ in range(rounds):
-        improved = False
-        for key, values in space.items():
-            for v in values:
-                cand = replace(best, **{key: v})
-                if cand == best:
-                    continue
-                score = score_settings(probs, gt, method, cand)
-                trials += 1
-                if score.f1 > best_score.f1 + 1e-9:
-                    best, best_score, improved = cand, score, True
-        if not improved:
-            break
-    return best, best_score, default, trials
+    seen: dict[PostprocessSettings, Score] = {}
+
+    def scored(settings: PostprocessSettings) -> Score:
+        if settings not in seen:
+            seen[settings] = score_settings(probs, gt, method, settings)
+        return seen[settings]
+
+    default = scored(PostprocessSettings())
+    best, best_score = PostprocessSettings(), default
+    origins = [PostprocessSettings()] + [s for s in starts if s is not None]
+    for i, origin in enumerate(origins):
+        if origin in origins[:i]:
+            continue
+        here, here_score = origin, scored(origin)
+        for _ in range(rounds):
+            improved = False
+            for key, values in space.items():
+                for v in values:
+                    cand = replace(here, **{key: v})
+                    if cand == here:
+                        continue
+                    score = scored(cand)
+                    if score.f1 > here_score.f1 + 1e-9:
+                        here, here_score, improved = cand, score, True
+            if not improved:
+                break
+        if here_score.f1 > best_score.f1 + 1e-9:
+            best, best_score = here, here_score
+    return best, best_score, default, len(seen)
 
 __all__ = ["SEARCH_SPACE", "score_settings", "search_settings"]

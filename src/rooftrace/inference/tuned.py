@@ -3,64 +3,19 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-from rooftrace.core.errors import RooftraceError
 from rooftrace.instances.postprocess import PostprocessSettings
-from rooftrace.models.onnx import OnnxModel, is_onnx, onnx_postprocess_settings
-
-POSTPROCESS_SUFFIX = ".postprocess.json"
-
-
-def tuned_settings_path(model_path: str | Path) -> Path:
-    """Where ``rooftrace tune`` saves post-processing settings for a model: beside it (for an exported
-    ``m.onnx``, the same file as for ``m.safetensors``)."""
-    p = Path(model_path)
-    name = p.name.removesuffix(".onnx") if is_onnx(p) else p.name.removesuffix(".safetensors")
-    return p.with_name(name + POSTPROCESS_SUFFIX)
-
-
-@dataclass(frozen=True)
-class TunedFile:
-    """What ``rooftrace tune`` saved beside a model, read once when the model is loaded, so that a run uses
-    one reading of the file even if a ``tune`` rewrites it meanwhile.
-
-    Attributes:
-        method: ``watershed`` or ``seed`` (``None``: the file does not say).
-        settings: The settings in full.
-        file: The file's name (``None``: the settings came from an exported model's metadata).
-        tta: Whether they were searched on flip-TTA probabilities (``None``: the file does not say).
-    """
-
-    method: str | None
-    settings: PostprocessSettings
-    file: str | None = None
-    tta: bool | None = None
-
-
-def read_tuned(model_path: str | Path) -> TunedFile | None:
-    """The settings file ``rooftrace tune`` saved beside a model, read once, or ``None`` when there is none.
-
-    Raises:
-        RooftraceError: The file exists but is not a settings file (it is named).
-    """
-    p = tuned_settings_path(model_path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise RooftraceError(f"{p}: cannot read the post-processing settings ({exc.strerror or exc})") from None
-    try:
-        data = json.loads(text)
-        tta = data.get("tta")
-        return TunedFile(data.get("method"), PostprocessSettings.from_dict(data["settings"]), p.name,
-                         tta if isinstance(tta, bool) else None)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise RooftraceError(f"{p}: not a readable post-processing settings file ({exc})") from None
+from rooftrace.models.onnx import OnnxModel, onnx_postprocess_settings
+from rooftrace.models.tuned_file import (  # noqa: F401  (re-exported: the settings file is read there)
+    POSTPROCESS_SUFFIX,
+    TunedFile,
+    read_tuned,
+    search_starts,
+    tuned_settings_path,
+)
 
 
 def load_tuned(model_path: str | Path) -> tuple[str | None, PostprocessSettings | None]:

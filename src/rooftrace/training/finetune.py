@@ -55,6 +55,7 @@ from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.labels.splits import open_split
 from rooftrace.models.autocast import autocast, depthwise_in_fp32
 from rooftrace.models.files import save_model
+from rooftrace.models.tuned_file import search_starts, tuned_settings_path
 from rooftrace.training.alignment import (
     DEFAULT_GSD,
     Alignment,
@@ -68,15 +69,8 @@ from rooftrace.training.freezing import NORM_TYPES, hold_norms
 from rooftrace.training.losses import TolerantLoss
 from rooftrace.training.recipe import Recipe, load_recipe
 
-#: Tuned post-processing settings beside a model: ``<name>.postprocess.json`` (as ``rooftrace tune`` writes them).
-POSTPROCESS_SUFFIX = ".postprocess.json"
 #: The exit status of ``rooftrace finetune`` when the adapted model is not better and is not kept.
 NOT_BETTER = 3
-
-
-def tuned_path(model: Path) -> Path:
-    """``<name>.postprocess.json`` beside ``<name>.safetensors``."""
-    return model.with_name(model.name.removesuffix(".safetensors") + POSTPROCESS_SUFFIX)
 
 
 # ------------------------------------------------------------------------------------------ the result
@@ -210,8 +204,8 @@ class _Plan:
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _tune(probs: SplitProbs, method: str) -> tuple[PostprocessSettings, float]:
-    settings, score, _, _ = search_settings(probs.probs, probs.labels, method, rounds=2)
+def _tune(probs: SplitProbs, method: str, starts: list[PostprocessSettings]) -> tuple[PostprocessSettings, float]:
+    settings, score, _, _ = search_settings(probs.probs, probs.labels, method, rounds=2, starts=starts)
     return settings, score.f1
 
 
@@ -275,13 +269,13 @@ def finetune(
     out = Path(out)
     if out.suffix.lower() != ".safetensors":
         raise RooftraceError(f"--out {out}: a rooftrace model file ends in .safetensors")
-    for p in (out, tuned_path(out)):
+    for p in (out, tuned_settings_path(out)):
         if p.exists() and not force:
             raise RooftraceError(f"{p}: already exists; pass --force to overwrite it, or choose another --out")
     if not out.parent.is_dir():
         raise RooftraceError(f"--out {out}: its folder {out.parent} does not exist")
     check_distinct({"CHIPS_DIR": chips_dir, "--labels": labels, "--model": None if model in (None, "shipped") else model},
-                   {"--out": out, "its tuned settings": tuned_path(out)})
+                   {"--out": out, "its tuned settings": tuned_settings_path(out)})
     probe_writable(out.parent, out, "; nothing was adapted")
     # One run at a time writes a model file: a second finetune to the same --out stops here, before any work.
     with OutputLock(out, what="--out"):
@@ -306,7 +300,7 @@ def finetune(
         if not any(img.footprints for img in tuning.labels):
             raise RooftraceError(f"{labels}: the tuning blocks hold no labelled building; give more chips or another --seed")
         t_tune = time.perf_counter()
-        start_settings, start_tuning_f1 = _tune(tuning, method)
+        start_settings, start_tuning_f1 = _tune(tuning, method, search_starts(start_path, method))
         tune_s = time.perf_counter() - t_tune
         start_side = Side.of(score_settings(card.probs, card.labels, method, start_settings), start_tuning_f1, start_settings)
         log(f"start: tuned F1 {start_tuning_f1:.4f} on the tuning blocks, {start_side.f1:.4f} on the {card_split} blocks")
@@ -433,14 +427,14 @@ def finetune(
         save_model(adapted_path, model, cfg, extra=extra)
         tuning_a = tuning.again(net)
         card_a = tuning_a if card_split == "val" else card.again(net)
-        a_settings, a_tuning_f1 = _tune(tuning_a, method)
+        a_settings, a_tuning_f1 = _tune(tuning_a, method, [start_settings, *search_starts(start_path, method)])
         adapted_side = Side.of(score_settings(card_a.probs, card_a.labels, method, a_settings), a_tuning_f1, a_settings)
-        _write_settings(tuned_path(adapted_path), method, a_settings, a_tuning_f1, run / "chips" / "val", force=True)
+        _write_settings(tuned_settings_path(adapted_path), method, a_settings, a_tuning_f1, run / "chips" / "val", force=True)
         result = FinetuneResult(run, None, str(start_path), start_side, adapted_side, card_split, len(card.probs), step, best_step,
                                 stopped, time.monotonic() - t_start, float(minutes), al, recipe, history)
         if result.better or keep_worse:
             save_model(out, model, cfg, extra=extra, force=force)  # one that appeared meanwhile is not overwritten either
-            _write_settings(tuned_path(out), method, a_settings, a_tuning_f1, run / "chips" / "val", force=force)
+            _write_settings(tuned_settings_path(out), method, a_settings, a_tuning_f1, run / "chips" / "val", force=force)
             result.out, result.kept_worse = out, not result.better
         result.seconds = time.monotonic() - t_start
         _write_run_files(result, train_s)

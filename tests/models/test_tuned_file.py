@@ -1,0 +1,40 @@
+"""Tests of rooftrace.models.tuned_file: the settings beside a model file, and where a new search starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rooftrace.core.errors import RooftraceError
+from rooftrace.instances.postprocess import PostprocessSettings
+from rooftrace.models.metadata import shipped_model
+from rooftrace.models.tuned_file import read_tuned, search_starts, tuned_settings_path
+
+
+def _write(model: Path, method: str, **settings) -> PostprocessSettings:
+    s = PostprocessSettings(**settings)
+    tuned_settings_path(model).write_text(json.dumps({"method": method, "settings": s.to_dict()}))
+    return s
+
+
+def test_a_search_starts_from_the_models_own_settings_then_the_shipped_models(tmp_path: Path) -> None:
+    shipped = read_tuned(shipped_model())
+    assert shipped is not None  # the package carries the shipped model's tuned settings
+    model = tmp_path / "m.safetensors"
+    own = _write(model, "watershed", footprint_threshold=0.35, min_area=32)
+    assert search_starts(model, "watershed") == [own, shipped.settings]
+    # Settings tuned for another method are no start for this one; no model file: the shipped model's alone.
+    assert shipped.method == "watershed" and search_starts(model, "seed") == []
+    assert search_starts(None, "watershed") == [shipped.settings]
+    # The shipped model's own file is one start, not two.
+    assert search_starts(shipped_model(), "watershed") == [shipped.settings]
+
+
+def test_an_unreadable_settings_file_is_no_start_but_still_an_error_to_read(tmp_path: Path) -> None:
+    model = tmp_path / "m.safetensors"
+    tuned_settings_path(model).write_text("{not json")
+    with pytest.raises(RooftraceError, match=r"m\.postprocess\.json"):
+        read_tuned(model)
+    assert search_starts(model, "watershed") == search_starts(None, "watershed")
