@@ -70,12 +70,12 @@ def search_starts(model_path: str | Path | None, method: str) -> list[Postproces
     ``--force`` starts where the last one ended), then the shipped model's (models trained or fine-tuned from
     it tend to land near them). A settings file that cannot be read is no start (``tune --force`` replaces
     it), nor is an installation without the shipped model; a file for another method is skipped."""
-    starts = []
+    paths = [Path(model_path)] if model_path is not None else []
     try:
-        paths = [Path(model_path)] if model_path is not None else []
         paths.append(shipped_model())
-    except RooftraceError:
+    except RooftraceError:  # an installation without the shipped model
         pass
+    starts: list[PostprocessSettings] = []
     for path in paths:
         try:
             tuned = read_tuned(path)

@@ -300,7 +300,8 @@ def finetune(
         if not any(img.footprints for img in tuning.labels):
             raise RooftraceError(f"{labels}: the tuning blocks hold no labelled building; give more chips or another --seed")
         t_tune = time.perf_counter()
-        start_settings, start_tuning_f1 = _tune(tuning, method, search_starts(start_path, method))
+        starts = search_starts(start_path, method)  # read once: both models' searches start from the same settings
+        start_settings, start_tuning_f1 = _tune(tuning, method, starts)
         tune_s = time.perf_counter() - t_tune
         start_side = Side.of(score_settings(card.probs, card.labels, method, start_settings), start_tuning_f1, start_settings)
         log(f"start: tuned F1 {start_tuning_f1:.4f} on the tuning blocks, {start_side.f1:.4f} on the {card_split} blocks")
@@ -427,7 +428,7 @@ def finetune(
         save_model(adapted_path, model, cfg, extra=extra)
         tuning_a = tuning.again(net)
         card_a = tuning_a if card_split == "val" else card.again(net)
-        a_settings, a_tuning_f1 = _tune(tuning_a, method, [start_settings, *search_starts(start_path, method)])
+        a_settings, a_tuning_f1 = _tune(tuning_a, method, [start_settings, *starts])
         adapted_side = Side.of(score_settings(card_a.probs, card_a.labels, method, a_settings), a_tuning_f1, a_settings)
         _write_settings(tuned_settings_path(adapted_path), method, a_settings, a_tuning_f1, run / "chips" / "val", force=True)
         result = FinetuneResult(run, None, str(start_path), start_side, adapted_side, card_split, len(card.probs), step, best_step,
