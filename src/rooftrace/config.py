@@ -173,6 +173,8 @@ class TrainConfig:
     depthwise_fp32: bool = False  #: compute depthwise convolutions in fp32 under bf16 autocast (faster on CPUs: benchmarks/train_profile.py)
     freeze_encoder: int = 0  #: keep the encoder layers at 1/2 .. 1/2^N of the input's size as they start (weights and BatchNorm statistics; N >= the encoder's depth: all of it): rooftrace.training.freezing
     teachers: tuple[str, ...] = ()  #: rooftrace model files whose mean probabilities are a second, soft target (loss.distill): rooftrace.training.distill
+    val_settings: str = "start"  #: post-processing settings validation starts from: start (beside init_from, else the shipped model's) | defaults | a model or .postprocess.json file: rooftrace.models.tuned_file.validation_start
+    val_search: int = 1  #: rounds of the settings search from val_settings at each validation (0 = score them as they are); object_f1 is the best found
     ema: float = 0.0  #: decay of an exponential moving average of the weights (BatchNorm statistics included) that is validated and saved; 0 = off
 
 
@@ -211,7 +213,7 @@ class Config:
         if not 0.0 < self.optim.pct_start < 1.0:
             raise RooftraceError(f"optim.pct_start {self.optim.pct_start}: must be between 0 and 1")
         for key, v in (("data.workers", self.data.workers), ("train.steps_per_epoch", self.train.steps_per_epoch),
-                       ("train.patience", self.train.patience), ("train.vis_tiles", self.train.vis_tiles),
+                       ("train.patience", self.train.patience), ("train.val_search", self.train.val_search), ("train.vis_tiles", self.train.vis_tiles),
                        ("data.max_train_tiles", self.data.max_train_tiles), ("data.max_val_tiles", self.data.max_val_tiles),
                        ("data.boundary_width", self.data.boundary_width), ("data.contact_width", self.data.contact_width),
                        ("optim.weight_decay", self.optim.weight_decay), ("optim.grad_clip", self.optim.grad_clip),

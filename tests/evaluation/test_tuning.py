@@ -7,7 +7,10 @@ known without running the code under test.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
 from shapely.geometry import box
 
 from rooftrace.evaluation.tuning import SEARCH_SPACE, score_settings, search_settings
@@ -104,3 +107,22 @@ def test_the_search_keeps_the_best_of_every_start_and_scores_no_setting_twice(mo
     worse = PostprocessSettings(footprint_threshold=0.3, min_area=128)
     kept, kept_score, _, _ = search_settings(probs, gt, "watershed", starts=[worse])
     assert kept_score.f1 >= alone_score.f1 - 1e-9
+
+
+def test_a_search_from_its_starts_only_does_not_climb_from_the_defaults(monkeypatch) -> None:
+    import rooftrace.evaluation.tuning as tuning_mod
+
+    probs, gt = _tiles()
+    land = _Landscape()
+    monkeypatch.setattr(tuning_mod, "score_settings", land)
+    near = PostprocessSettings(footprint_threshold=0.5, min_area=64)
+    best, found, at_defaults, trials = search_settings(probs, gt, "watershed", starts=[near], from_defaults=False)
+    assert (best.footprint_threshold, best.min_area) == (0.4, 64) and abs(found.f1 - 0.9) < 1e-9
+    assert PostprocessSettings() in land.calls  # the defaults scored once, for the third element ...
+    # ... but not climbed from: no setting one step from the defaults (and away from the start) was scored.
+    assert replace(PostprocessSettings(), seed_contact=0.1) not in land.calls
+    # Zero rounds: the start scored as it is; no start at all is a mistake.
+    kept, kept_score, _, trials0 = search_settings(probs, gt, "watershed", rounds=0, starts=[near], from_defaults=False)
+    assert kept == near and trials0 == 2
+    with pytest.raises(ValueError, match="at least one start"):
+        search_settings(probs, gt, "watershed", from_defaults=False)

@@ -48,11 +48,21 @@ def read_tuned(model_path: str | Path) -> TunedFile | None:
     Raises:
         RooftraceError: The file exists but is not a settings file (it is named).
     """
-    p = tuned_settings_path(model_path)
+    return read_settings_file(tuned_settings_path(model_path), missing_ok=True)
+
+
+def read_settings_file(p: Path, missing_ok: bool = False) -> TunedFile | None:
+    """A ``.postprocess.json`` settings file read by its own path (``None`` when it is missing and ``missing_ok``).
+
+    Raises:
+        RooftraceError: The file cannot be read or is not a settings file (it is named).
+    """
     try:
         text = p.read_text()
     except FileNotFoundError:
-        return None
+        if missing_ok:
+            return None
+        raise RooftraceError(f"{p}: no such post-processing settings file") from None
     except OSError as exc:
         raise RooftraceError(f"{p}: cannot read the post-processing settings ({exc.strerror or exc})") from None
     try:
@@ -84,3 +94,54 @@ def search_starts(model_path: str | Path | None, method: str) -> list[Postproces
         if tuned is not None and (tuned.method or method) == method and tuned.settings not in starts:
             starts.append(tuned.settings)
     return starts
+
+
+def validation_start(spec: str, init_from: str | Path | None) -> tuple[PostprocessSettings, str]:
+    """The ``watershed`` settings a training run's validation starts from (``train.val_settings``), and where
+    they came from, in words.
+
+    ``start``: the settings saved beside ``init_from`` (the model the run continues), else the shipped
+    model's (a model trained with the default recipe lands near them), else the defaults. ``defaults``: the
+    defaults. Anything else is a path: a ``.postprocess.json`` file, or a model file whose settings file is
+    beside it. Tuned validation F1 is what decides which file ships, and its climb from the start model's
+    settings follows it far better than the F1 at the defaults does (MODEL_CARD.md, session 10).
+
+    Raises:
+        RooftraceError: The path names no settings, or settings for another method (``seed``).
+    """
+    if spec == "defaults":
+        return PostprocessSettings(), "the default settings"
+    if spec == "start":
+        for path in ([Path(init_from)] if init_from else []):
+            tuned = _readable(path)
+            if tuned is not None and (tuned.method or "watershed") == "watershed":
+                return tuned.settings, f"the settings beside train.init_from ({tuned_settings_path(path)})"
+        starts = search_starts(None, "watershed")
+        if starts:
+            return starts[0], "the shipped model's tuned settings"
+        return PostprocessSettings(), "the default settings (neither train.init_from nor the shipped model has tuned ones)"
+    path = Path(spec).expanduser()
+    source = path if path.name.endswith(POSTPROCESS_SUFFIX) else tuned_settings_path(path)
+    if path.name.endswith(POSTPROCESS_SUFFIX):
+        tuned = read_settings_file(path)
+    else:
+        if not path.is_file():
+            raise RooftraceError(f"train.val_settings {spec}: no such file (give start, defaults, a model file or a "
+                                 f"{POSTPROCESS_SUFFIX} file)")
+        tuned = read_tuned(path)
+        if tuned is None:
+            raise RooftraceError(f"train.val_settings {spec}: the model has no tuned settings beside it "
+                                 f"({tuned_settings_path(path).name}); run rooftrace tune on it, or give start or defaults")
+    assert tuned is not None
+    if (tuned.method or "watershed") != "watershed":
+        raise RooftraceError(f"train.val_settings {spec}: settings for the {tuned.method} method; "
+                             "validation post-processes with watershed")
+    return tuned.settings, f"the settings in {source}"
+
+
+def _readable(path: Path) -> TunedFile | None:
+    """The settings beside ``path``, or ``None`` when there are none or they cannot be read."""
+    try:
+        return read_tuned(path)
+    except RooftraceError:
+        return None

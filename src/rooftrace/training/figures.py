@@ -57,7 +57,10 @@ def plot_curves(history: Sequence[dict[str, Any]]) -> bytes:
     axes[0].plot(ep, [h["val_loss"] for h in history], "o-", label="val loss")
     axes[0].set_xlabel("epoch"); axes[0].legend(); axes[0].grid(alpha=0.3)
     axes[1].plot(ep, [h["pixel_iou"] for h in history], "o-", label="pixel IoU")
-    axes[1].plot(ep, [h["object_f1"] for h in history], "o-", label="object F1 (IoU 0.5)")
+    axes[1].plot(ep, [h["object_f1"] for h in history], "o-", label="object F1 (IoU 0.5), settings searched")
+    if any("object_f1_defaults" in h for h in history):  # runs begun before validation searched have none
+        axes[1].plot(ep, [h.get("object_f1_defaults", float("nan")) for h in history], "o--",
+                     label="object F1 at the default settings")
     axes[1].set_xlabel("epoch"); axes[1].set_ylim(0, 1); axes[1].legend(); axes[1].grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

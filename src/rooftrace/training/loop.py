@@ -49,6 +49,7 @@ from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.core.locks import OutputLock
 from rooftrace.core.machine import CPU_PIXELS_PER_FORWARD
 from rooftrace.labels.records import LabelSet, LoadReport
+from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.labels.splits import open_split
 from rooftrace.models.architectures import build_model, count_parameters
 from rooftrace.models.autocast import (
@@ -71,10 +72,13 @@ from rooftrace.training.resume import (
     save_resume_state,
 )
 from rooftrace.training.sampling import tile_weights
+from rooftrace.training.validation import search_validation, validation_settings
 
 #: What :meth:`Trainer.validate` measures (NaN in the rows of epochs that ``train.val_every`` skips).
+#: ``object_f1`` and the pooled F1, precision and recall are at the settings the validation's search found
+#: (``train.val_settings``, ``train.val_search``); ``object_f1_defaults`` is the mean F1 at the default settings.
 VAL_FIELDS = ("val_loss", "pixel_iou", "pixel_f1", "pixel_precision", "pixel_recall", "object_f1", "object_f1_pooled",
-              "object_precision", "object_recall")
+              "object_precision", "object_recall", "object_f1_defaults")
 METRIC_FIELDS = ["epoch", "lr", "train_loss", *VAL_FIELDS, "train_images_per_s", "epoch_s"]
 
 
@@ -227,6 +231,10 @@ class Trainer:
         self.model = model
         self.net = model
         # train.teachers: models whose mean probabilities are a second, soft target (loss.distill).
+        # train.val_settings / val_search: the post-processing settings each validation climbs from.
+        self.val_start, self.val_start_from = validation_settings(cfg)
+        self.val_rounds = cfg.train.val_search
+        self.val_found = self.val_start  # the settings the last validation found
         self.teachers = (Teachers([resolve_path(p) for p in cfg.train.teachers], cfg.data.channels, cfg.data.mean, cfg.data.std,
                                   env.device, depthwise_fp32=cfg.train.depthwise_fp32 and env.amp_dtype is not None,
                                   channels_last=cfg.train.channels_last)
@@ -256,6 +264,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_f1 = -1.0
         self.best_epoch = -1
+        self.best_settings: PostprocessSettings | None = None
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
 
@@ -334,9 +343,6 @@ class Trainer:
     @torch.inference_mode()
     def validate(self, epoch: int) -> dict[str, float]:
         """Loss, pixel metrics and object-wise F1 (one-to-one, IoU 0.5) on the validation tiles."""
-        from rooftrace.evaluation.metrics import evaluate_labels
-        from rooftrace.instances.postprocess import postprocess
-
         model = self.evaluated
         model.eval()
         if self._val_batches is None:  # tiles of one padded size a batch, as predict runs them (the tiles are cached)
@@ -345,8 +351,8 @@ class Trainer:
             self._val_batches = same_size_batches(sizes, max(1, self.cfg.data.batch_size // 2),
                                                   CPU_PIXELS_PER_FORWARD if cpu else None)
         loader = DataLoader(self.val_ds, batch_sampler=self._val_batches, num_workers=0, collate_fn=collate_pad)
-        pred = LabelSet(format="memory")
         gt = LabelSet(format="memory")
+        probs_kept: list[np.ndarray] = []  # each tile's probabilities, in gt's order, for the settings search
         loss_sum, n, tp, fp, fn = 0.0, 0, 0, 0, 0
         vis: list[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
         for batch in loader:
@@ -369,12 +375,10 @@ class Trainer:
                 ref = self.val_ds.items[idx]
                 gimg = gt.get_or_add(ref.key)
                 gimg.footprints, gimg.width, gimg.height, gimg.source = self.val_ds.footprints(idx, (h, w)), w, h, ref.image.source
-                pimg = pred.get_or_add(ref.key)
-                pimg.width, pimg.height = w, h
-                pimg.footprints = postprocess(p).footprints
+                probs_kept.append(p.astype(np.float16))  # half the memory; the search reads them back as float32
                 if idx < self.cfg.train.vis_tiles:  # the visual check shows the first tiles, whatever the batches
                     vis.append((idx, (self.val_ds.load(idx)[0], t, p)))
-        score = evaluate_labels(gt, pred, iou=0.5, matching="one-to-one", pixel=False)
+        self.val_found, score, at_defaults = search_validation(probs_kept, gt, self.val_start, self.val_rounds)
         iou = tp / max(tp + fp + fn, 1)
         prec, rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
         if self.run_dir is not None:
@@ -385,7 +389,7 @@ class Trainer:
         return {
             "val_loss": loss_sum / max(n, 1), "pixel_iou": iou, "pixel_f1": 2 * tp / max(2 * tp + fp + fn, 1),
             "pixel_precision": prec, "pixel_recall": rec, "object_f1": score.f1, "object_f1_pooled": score.f1_pooled,
-            "object_precision": score.precision, "object_recall": score.recall,
+            "object_precision": score.precision, "object_recall": score.recall, "object_f1_defaults": at_defaults.f1,
         }
 
     @property
@@ -426,7 +430,7 @@ class Trainer:
         w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
         w.writeheader()
         for r in self.history:
-            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRIC_FIELDS})
+            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in METRIC_FIELDS})
         atomic_write_text(run / "metrics.csv", buf.getvalue(), force=True)
         from rooftrace.training.figures import plot_curves
 
@@ -447,6 +451,10 @@ class Trainer:
             self.log.info(f"run {self.run_dir}: {cfg.model.arch}/{cfg.model.encoder}, {params}, "
                           f"{len(self.train_ds)} train / {len(self.val_ds)} val tiles, channels {list(cfg.data.channels)}, "
                           f"device {self.env.device}, precision {dtype_name(self.env.amp_dtype)}, world {self.env.world}")
+            search = (f"{self.val_rounds} round(s) of the settings search from them" if self.val_rounds
+                      else "scored at them as they are")
+            self.log.info(f"validation: object F1 after post-processing with {self.val_start_from}, {search} "
+                          "(train.val_settings, train.val_search); the F1 at the default settings is logged beside it")
         stop = False
         for epoch in range(self.start_epoch, cfg.train.epochs):
             t0 = time.perf_counter()
@@ -466,11 +474,13 @@ class Trainer:
                 improved = validated and row["object_f1"] > self.best_f1
                 if improved:
                     self.best_f1, self.best_epoch, self.bad_epochs = row["object_f1"], epoch + 1, 0
+                    self.best_settings = self.val_found
                 elif validated:
                     self.bad_epochs += 1
                 self._write_epoch_files(epoch, row, improved)
                 scores = (f"val loss {row['val_loss']:.4f}, pixel IoU {row['pixel_iou']:.4f}, "
-                          f"object F1 {row['object_f1']:.4f}{' (best)' if improved else ''}" if validated
+                          f"object F1 {row['object_f1']:.4f}{' (best)' if improved else ''} "
+                          f"({row['object_f1_defaults']:.4f} at the default settings)" if validated
                           else f"not validated (train.val_every {cfg.train.val_every})")
                 self.log.info(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {train_loss:.4f}, {scores}, "
                               f"{rate:.1f} img/s, {row['epoch_s']:.1f} s")
@@ -487,7 +497,18 @@ class Trainer:
                    "epochs_run": len(self.history)}
         if self.env.main:
             self.log.info(f"done: best object F1 {self.best_f1:.4f} at epoch {self.best_epoch}; {self.run_dir}")
+            if self.best_settings is not None:
+                changed = {k: v for k, v in self.best_settings.to_dict().items() if v != PostprocessSettings().to_dict()[k]}
+                self.log.info(f"the best epoch's validation settings (not saved; rooftrace tune searches further): {changed or 'the defaults'}")
         return summary
+
+
+def validate_as_begun(trainer: Trainer) -> None:
+    """A resumed run begun before validation searched its settings (its history has no ``object_f1_defaults``)
+    goes on as it began, at the default settings with no search, so that its best epoch is chosen on one measure."""
+    if any("object_f1_defaults" not in r for r in trainer.history):
+        trainer.val_start, trainer.val_rounds = PostprocessSettings(), 0
+        trainer.val_start_from = "the default settings (the run began before validation searched them)"
 
 
 def _adamw(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
@@ -568,6 +589,7 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str,
             trainer.start_epoch = int(info["epoch"])
             trainer.best_f1, trainer.best_epoch, trainer.bad_epochs = info["best_f1"], info["best_epoch"], info["bad_epochs"]
             trainer.history = list(info["history"])
+            validate_as_begun(trainer)
         if env.main:
             note = recover_epoch_files(run_dir, None if info is None else trainer.start_epoch)
             if note:
