@@ -4,7 +4,8 @@ For each ``NAME=MODEL[:METHOD][@tta]`` (a rooftrace ``.safetensors`` model, e.g.
 ``best.safetensors``; the post-processing method, default ``watershed``; ``@tta`` for flip TTA):
 
 1. ``rooftrace tune --model MODEL --split VAL`` on a copy of the model in ``OUT/NAME/``, unless tuned
-   settings for that method lie beside the model already (the shipped model's are used as they are).
+   settings for that method lie beside the model already (the shipped model's are used as they are; those a
+   training run saved beside its ``best.safetensors`` are searched further, from where they are).
    VAL is every validation part of ``configs/unet-lite0.yaml`` resampled to the model's pixel size
    (``benchmarks/_splits.merged_split``), or the sample pack's val split for a model that records none.
 2. For every evaluation set: ``rooftrace predict`` (tiles) or ``rooftrace predict-scene`` (scenes),
@@ -43,6 +44,7 @@ from _splits import merged_split, subset_split
 from rooftrace.cli import main as rooftrace
 from rooftrace.config import SplitSpec, load_config, resolve_path
 from rooftrace.inference.tuned import tuned_settings_path
+from rooftrace.models.tuned_file import written_by_training
 from rooftrace.models.files import read_model_file
 
 SETS = ("sample-test", "austin", "atlanta", "banepa", "kampala", "dubai", "rio")
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         tuned = tuned_settings_path(model)
         if args.no_tune:
             tuned.unlink(missing_ok=True)
-        elif not (tuned.exists() and json.loads(tuned.read_text()).get("method") == method):
+        elif not (tuned.exists() and json.loads(tuned.read_text()).get("method") == method
+                  and not written_by_training(tuned)):  # a run's one-round search is searched further
             run(["tune", "--model", str(model), "--split", str(validation_split(model, args.sample, args.out)),
                  "--postprocess", method, "--precision", args.precision, "--force"])
         row = results.setdefault(name, {})

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from rooftrace.cli import main
 from rooftrace.config import load_config
 from rooftrace.evaluation.tuning import score_settings
 from rooftrace.instances.postprocess import PostprocessSettings
+from rooftrace.models.tuned_file import read_tuned
 from rooftrace.training.validation import search_validation
 from tests.evaluation.test_tuning import _tiles
 from tests.training.test_train import REPO, _overrides
@@ -31,7 +34,8 @@ def test_the_search_climbs_from_its_start_on_probabilities_kept_in_half_precisio
         search_validation(half[:2], gt, PostprocessSettings(), rounds=1)
 
 
-def test_a_run_logs_where_validation_starts_and_keeps_the_f1_at_the_defaults_beside(mini_split, tmp_path) -> None:
+def test_a_run_validates_from_its_start_and_saves_the_settings_found_beside_its_best_weights(mini_split, tmp_path,
+                                                                                              capsys) -> None:
     from rooftrace.training.loop import train
 
     sets = _overrides(mini_split, tmp_path / "runs", "train.epochs=1", "model.base_channels=16",
@@ -42,7 +46,20 @@ def test_a_run_logs_where_validation_starts_and_keeps_the_f1_at_the_defaults_bes
     assert float(row["object_f1"]) >= float(row["object_f1_defaults"]) >= 0.0
     log = (run / "train.log").read_text()
     assert "post-processing with the default settings, 1 round(s) of the settings search" in log
-    assert "at the default settings)" in log and "the best epoch's validation settings" in log
+    assert "at the default settings)" in log and "the best epoch's validation settings, saved beside it" in log
+    # The settings found are saved beside the best weights, where predict reads tuned settings.
+    saved = json.loads((run / "best.postprocess.json").read_text())
+    assert saved["by"] == "rooftrace train" and saved["epoch"] == 1 and saved["method"] == "watershed"
+    assert saved["object_f1"] == pytest.approx(float(row["object_f1"]), abs=1e-5)
+    tuned = read_tuned(run / "best.safetensors")
+    assert tuned is not None and tuned.settings == PostprocessSettings.from_dict(saved["settings"])
+    # tune does not replace them silently; with --force it searches further from them and writes its own.
+    args = ["tune", "--model", str(run / "best.safetensors"), "--split", str(mini_split / "val"), "--device", "cpu"]
+    assert main(args) == 2
+    assert "the settings rooftrace train's validation found" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    retuned = json.loads((run / "best.postprocess.json").read_text())
+    assert "by" not in retuned and retuned["split"] == str(mini_split / "val")
 
 
 def test_a_resumed_run_begun_before_the_search_goes_on_at_the_defaults() -> None:

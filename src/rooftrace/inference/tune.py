@@ -31,6 +31,7 @@ from rooftrace.imagery.resample import (
 )
 from rooftrace.inference.runtime import load_runtime
 from rooftrace.inference.tuned import search_starts, tuned_settings_path
+from rooftrace.models.tuned_file import written_by_training
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.labels.records import LabelSet
 from rooftrace.labels.splits import open_split
@@ -75,6 +76,9 @@ def tune(model: str | Path, split: str | Path, *, method: str = "watershed", tta
     if out.is_dir():
         raise RooftraceError(f"{out}: a folder where the tuned settings go (beside the model); move it away; nothing was tuned")
     if out.exists() and not force:
+        if written_by_training(out):
+            raise RooftraceError(f"{out}: already exists, the settings rooftrace train's validation found for this file; "
+                                 "pass --force to search further from them and replace them")
         raise RooftraceError(f"{out}: already exists; pass --force to replace the tuned settings")
     probe_writable(out.parent, out, "; nothing was tuned")  # before the model runs: not after minutes of search
     # One tune at a time writes a model's settings: a second stops here, before its search.

@@ -14,6 +14,9 @@ from rooftrace.models.metadata import shipped_model
 from rooftrace.models.onnx import is_onnx
 
 POSTPROCESS_SUFFIX = ".postprocess.json"
+#: What ``by`` says in the settings file a training run saves beside its ``best.safetensors`` (the settings its
+#: validation found, :mod:`rooftrace.training.validation`); ``rooftrace tune``'s files say nothing.
+WRITTEN_BY_TRAINING = "rooftrace train"
 
 
 def tuned_settings_path(model_path: str | Path) -> Path:
@@ -72,6 +75,14 @@ def read_settings_file(p: Path, missing_ok: bool = False) -> TunedFile | None:
                          tta if isinstance(tta, bool) else None)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RooftraceError(f"{p}: not a readable post-processing settings file ({exc})") from None
+
+
+def written_by_training(path: Path) -> bool:
+    """Whether the settings file ``path`` is one a training run saved beside its best weights."""
+    try:
+        return json.loads(path.read_text()).get("by") == WRITTEN_BY_TRAINING
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def search_starts(model_path: str | Path | None, method: str) -> list[PostprocessSettings]:

@@ -4,7 +4,8 @@
 
 - ``config.yaml`` (the resolved config), ``train.log`` (the progress lines), ``metrics.csv`` (one row
   per epoch), ``curves.png``, ``visual/epoch-NNN.png`` (image | ground truth | prediction for a few
-  validation tiles), ``best.safetensors`` (best object F1), ``last.safetensors`` and
+  validation tiles), ``best.safetensors`` (best object F1) with ``best.postprocess.json`` (the post-processing
+  settings its validation found, :mod:`rooftrace.training.validation`), ``last.safetensors`` and
   ``resume.safetensors`` (optimizer, scheduler, grad scaler, epoch, RNG states).
 
 Every file is written atomically, and an epoch's files are one commit: they wait in ``.epoch-pending/``
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -59,6 +61,7 @@ from rooftrace.models.autocast import (
     dtype_name,
 )
 from rooftrace.models.files import save_model
+from rooftrace.models.tuned_file import POSTPROCESS_SUFFIX
 from rooftrace.training.dataset import Draws, TileDataset, collate_pad, same_size_batches, select_tiles
 from rooftrace.training.distill import Teachers, distilled_loss
 from rooftrace.training.freezing import encoder_layers_up_to, freeze, hold_norms
@@ -72,7 +75,7 @@ from rooftrace.training.resume import (
     save_resume_state,
 )
 from rooftrace.training.sampling import tile_weights
-from rooftrace.training.validation import search_validation, validation_settings
+from rooftrace.training.validation import search_validation, validation_record, validation_settings
 
 #: What :meth:`Trainer.validate` measures (NaN in the rows of epochs that ``train.val_every`` skips).
 #: ``object_f1`` and the pooled F1, precision and recall are at the settings the validation's search found
@@ -426,6 +429,11 @@ class Trainer:
         save_model(run / "last.safetensors", self.evaluated, self.cfg, extra=extra)
         if improved:
             save_model(run / "best.safetensors", self.evaluated, self.cfg, extra=extra)
+            # The settings this validation found go beside the best weights, so that predict uses them at once
+            # (rooftrace tune --force searches further from them).
+            atomic_write_text(run / ("best" + POSTPROCESS_SUFFIX),
+                              json.dumps(validation_record(self.val_found, row, epoch + 1, self.val_start_from, self.val_rounds,
+                                                           [spec.path for spec in self.cfg.data.val]), indent=2), force=True)
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
         w.writeheader()
@@ -499,7 +507,8 @@ class Trainer:
             self.log.info(f"done: best object F1 {self.best_f1:.4f} at epoch {self.best_epoch}; {self.run_dir}")
             if self.best_settings is not None:
                 changed = {k: v for k, v in self.best_settings.to_dict().items() if v != PostprocessSettings().to_dict()[k]}
-                self.log.info(f"the best epoch's validation settings (not saved; rooftrace tune searches further): {changed or 'the defaults'}")
+                self.log.info(f"the best epoch's validation settings, saved beside it as best{POSTPROCESS_SUFFIX} for predict "
+                              f"(rooftrace tune --force searches further from them): {changed or 'the defaults'}")
         return summary
 
 
