@@ -115,7 +115,7 @@ def validation_start(spec: str, init_from: str | Path | None) -> tuple[Postproce
     model's (a model trained with the default recipe lands near them), else the defaults. ``defaults``: the
     defaults. Anything else is a path: a ``.postprocess.json`` file, or a model file whose settings file is
     beside it. Tuned validation F1 is what decides which file ships, and its climb from the start model's
-    settings follows it far better than the F1 at the defaults does (MODEL_CARD.md, session 10).
+    settings follows it better than the F1 at the defaults does (MODEL_CARD.md, session 10).
 
     Raises:
         RooftraceError: The path names no settings, or settings for another method (``seed``).

@@ -2,10 +2,10 @@
 
 The figure that decides which model file ships is its F1 on the validation split once ``rooftrace tune`` has
 searched its post-processing settings. A run's F1 at the default settings follows that figure poorly: over
-thirteen model files of the default recipe (MODEL_CARD.md, session 10) its rank agreement with the tuned F1 was
-0.04 (Spearman), so the epoch a run kept as its best was close to a guess; at the shipped model's settings it
-was 0.59. One round of the same coordinate search from those settings gave 0.95, at most 0.010 (on average
-0.002) below the full search, for about 40 post-processing passes over the tiles. So each validation keeps every
+twelve model files of the default recipe its rank agreement with the tuned F1 was 0.41 (Spearman;
+``benchmarks/validation_proxy.py``, MODEL_CARD.md, session 10), against 0.66 after one round of the same
+coordinate search from the shipped model's settings, which lands 0.004 below the full search on average (at most
+0.012) for about 40 post-processing passes over the tiles instead of about 190. So each validation keeps every
 tile's probabilities, climbs from :func:`rooftrace.models.tuned_file.validation_start`'s settings, and reports the
 best F1 it found as ``object_f1`` (which picks ``best.safetensors`` and drives early stopping), with the F1 at the
 default settings beside it.
