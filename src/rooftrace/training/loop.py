@@ -50,8 +50,8 @@ from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.core.locks import OutputLock
 from rooftrace.core.machine import CPU_PIXELS_PER_FORWARD
-from rooftrace.labels.records import LabelSet, LoadReport
 from rooftrace.instances.postprocess import PostprocessSettings
+from rooftrace.labels.records import LabelSet, LoadReport
 from rooftrace.labels.splits import open_split
 from rooftrace.models.architectures import build_model, count_parameters
 from rooftrace.models.autocast import (
@@ -233,11 +233,11 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.net = model
-        # train.teachers: models whose mean probabilities are a second, soft target (loss.distill).
         # train.val_settings / val_search: the post-processing settings each validation climbs from.
         self.val_start, self.val_start_from = validation_settings(cfg)
         self.val_rounds = cfg.train.val_search
         self.val_found = self.val_start  # the settings the last validation found
+        # train.teachers: models whose mean probabilities are a second, soft target (loss.distill).
         self.teachers = (Teachers([resolve_path(p) for p in cfg.train.teachers], cfg.data.channels, cfg.data.mean, cfg.data.std,
                                   env.device, depthwise_fp32=cfg.train.depthwise_fp32 and env.amp_dtype is not None,
                                   channels_last=cfg.train.channels_last)
