@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from rooftrace.cli import main
-from rooftrace.config import load_config
 from rooftrace.evaluation.tuning import score_settings
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.models.tuned_file import read_tuned
@@ -36,11 +34,12 @@ def test_the_search_climbs_from_its_start_on_probabilities_kept_in_half_precisio
 
 def test_a_run_validates_from_its_start_and_saves_the_settings_found_beside_its_best_weights(mini_split, tmp_path,
                                                                                               capsys) -> None:
-    from rooftrace.training.loop import train
-
     sets = _overrides(mini_split, tmp_path / "runs", "train.epochs=1", "model.base_channels=16",
                       "train.val_settings=defaults", "train.val_search=1")
-    run = Path(train(load_config(REPO / "configs" / "baseline-unet.yaml", sets))["run_dir"])
+    assert main(["train", "--config", str(REPO / "configs" / "baseline-unet.yaml"), *[a for s in sets for a in ("--set", s)]]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    out = capsys.readouterr().out
+    assert f"run folder {run}" in out and f"predict uses {run / 'best.safetensors'} with the settings" in out
     (row,) = list(csv.DictReader((run / "metrics.csv").open()))
     # Climbed from the defaults, the F1 it keeps is never below theirs.
     assert float(row["object_f1"]) >= float(row["object_f1_defaults"]) >= 0.0

@@ -50,7 +50,12 @@ def _run_train(args: argparse.Namespace) -> int:
             raise RooftraceError("pass --config configs/NAME.yaml (or --resume RUN_DIR)")
         summary = train(load_config(args.config, args.overrides))
     if summary.get("run_dir") not in (None, "None"):
-        print(f"best object F1 {summary['best_object_f1']:.4f} at epoch {summary['best_epoch']}; run folder {summary['run_dir']}")
+        print(f"best object F1 {summary['best_object_f1']:.4f} at epoch {summary['best_epoch']} (post-processing searched on "
+              f"validation); run folder {summary['run_dir']}")
+        best = Path(summary["run_dir"]) / "best.safetensors"
+        if best.exists():
+            print(f"predict uses {best} with the settings its validation found beside it (best.postprocess.json); "
+                  f"rooftrace tune --model {best} --split VAL --force searches them further")
     return 0
 
 
