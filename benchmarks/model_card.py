@@ -44,7 +44,7 @@ from _splits import merged_split, subset_split
 from rooftrace.cli import main as rooftrace
 from rooftrace.config import SplitSpec, load_config, resolve_path
 from rooftrace.inference.tuned import tuned_settings_path
-from rooftrace.models.tuned_file import written_by_training
+from rooftrace.models.tuned_file import WRITTEN_BY_TRAINING, read_tuned
 from rooftrace.models.files import read_model_file
 
 SETS = ("sample-test", "austin", "atlanta", "banepa", "kampala", "dubai", "rio")
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         tuned = tuned_settings_path(model)
         if args.no_tune:
             tuned.unlink(missing_ok=True)
-        elif not (tuned.exists() and json.loads(tuned.read_text()).get("method") == method
-                  and not written_by_training(tuned)):  # a run's one-round search is searched further
+        elif not ((kept := read_tuned(model)) is not None and kept.method == method
+                  and kept.by != WRITTEN_BY_TRAINING):  # a run's one-round search is searched further
             run(["tune", "--model", str(model), "--split", str(validation_split(model, args.sample, args.out)),
                  "--postprocess", method, "--precision", args.precision, "--force"])
         row = results.setdefault(name, {})

@@ -10,7 +10,7 @@ import pytest
 from rooftrace.core.errors import RooftraceError
 from rooftrace.instances.postprocess import PostprocessSettings
 from rooftrace.models.metadata import shipped_model
-from rooftrace.models.tuned_file import read_tuned, search_starts, tuned_settings_path
+from rooftrace.models.tuned_file import read_tuned, search_starts, tuned_settings_path, written_by_training
 
 
 def _write(model: Path, method: str, **settings) -> PostprocessSettings:
@@ -25,6 +25,7 @@ def test_a_search_starts_from_the_models_own_settings_then_the_shipped_models(tm
     model = tmp_path / "m.safetensors"
     own = _write(model, "watershed", footprint_threshold=0.35, min_area=32)
     assert search_starts(model, "watershed") == [own, shipped.settings]
+    assert read_tuned(model).by is None and not written_by_training(tuned_settings_path(model))  # tune's, not a run's
     # Settings tuned for another method are no start for this one; no model file: the shipped model's alone.
     assert shipped.method == "watershed" and search_starts(model, "seed") == []
     assert search_starts(None, "watershed") == [shipped.settings]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.instances.postprocess import PostprocessSettings
@@ -37,12 +38,15 @@ class TunedFile:
         settings: The settings in full.
         file: The file's name (``None``: the settings came from an exported model's metadata).
         tta: Whether they were searched on flip-TTA probabilities (``None``: the file does not say).
+        by: Who wrote the file when not ``rooftrace tune``: :data:`WRITTEN_BY_TRAINING` for the settings a
+            training run's validation found (``None``: the file does not say).
     """
 
     method: str | None
     settings: PostprocessSettings
     file: str | None = None
     tta: bool | None = None
+    by: str | None = None
 
 
 def read_tuned(model_path: str | Path) -> TunedFile | None:
@@ -70,9 +74,9 @@ def read_settings_file(p: Path, missing_ok: bool = False) -> TunedFile | None:
         raise RooftraceError(f"{p}: cannot read the post-processing settings ({exc.strerror or exc})") from None
     try:
         data = json.loads(text)
-        tta = data.get("tta")
+        tta, by = data.get("tta"), data.get("by")
         return TunedFile(data.get("method"), PostprocessSettings.from_dict(data["settings"]), p.name,
-                         tta if isinstance(tta, bool) else None)
+                         tta if isinstance(tta, bool) else None, by if isinstance(by, str) else None)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RooftraceError(f"{p}: not a readable post-processing settings file ({exc})") from None
 
@@ -80,30 +84,39 @@ def read_settings_file(p: Path, missing_ok: bool = False) -> TunedFile | None:
 def written_by_training(path: Path) -> bool:
     """Whether the settings file ``path`` is one a training run saved beside its best weights."""
     try:
-        return json.loads(path.read_text()).get("by") == WRITTEN_BY_TRAINING
-    except (OSError, ValueError, AttributeError):
+        tuned = read_settings_file(path, missing_ok=True)
+    except RooftraceError:
         return False
+    return tuned is not None and tuned.by == WRITTEN_BY_TRAINING
+
+
+def _tuned_beside(model_path: str | Path | None, method: str) -> Iterator[tuple[Path, PostprocessSettings]]:
+    """``(model file, its settings)`` for ``model_path``, then for the shipped model, where the settings beside
+    the file are readable and for ``method``. A settings file that cannot be read is passed over (``tune
+    --force`` replaces it), as is an installation without the shipped model."""
+    paths = [Path(model_path)] if model_path is not None else []
+    try:
+        paths.append(shipped_model())
+    except RooftraceError:  # an installation without the shipped model
+        pass
+    for path in paths:
+        try:
+            tuned = read_tuned(path)
+        except RooftraceError:
+            continue
+        if tuned is not None and (tuned.method or method) == method:
+            yield path, tuned.settings
 
 
 def search_starts(model_path: str | Path | None, method: str) -> list[PostprocessSettings]:
     """Settings tuned before for ``method`` that a new search on ``model_path`` also starts from
     (:func:`rooftrace.evaluation.tuning.search_settings`): those saved beside the model (a retune with
     ``--force`` starts where the last one ended), then the shipped model's (models trained or fine-tuned from
-    it tend to land near them). A settings file that cannot be read is no start (``tune --force`` replaces
-    it), nor is an installation without the shipped model; a file for another method is skipped."""
-    paths = [Path(model_path)] if model_path is not None else []
-    try:
-        paths.append(shipped_model())
-    except RooftraceError:  # an installation without the shipped model
-        pass
+    it tend to land near them), each once (:func:`_tuned_beside` says which files count)."""
     starts: list[PostprocessSettings] = []
-    for path in paths:
-        try:
-            tuned = read_tuned(path)
-        except RooftraceError:
-            continue
-        if tuned is not None and (tuned.method or method) == method and tuned.settings not in starts:
-            starts.append(tuned.settings)
+    for _, settings in _tuned_beside(model_path, method):
+        if settings not in starts:
+            starts.append(settings)
     return starts
 
 
@@ -123,19 +136,18 @@ def validation_start(spec: str, init_from: str | Path | None) -> tuple[Postproce
     if spec == "defaults":
         return PostprocessSettings(), "the default settings"
     if spec == "start":
-        for path in ([Path(init_from)] if init_from else []):
-            tuned = _readable(path)
-            if tuned is not None and (tuned.method or "watershed") == "watershed":
-                return tuned.settings, f"the settings beside train.init_from ({tuned_settings_path(path)})"
-        starts = search_starts(None, "watershed")
-        if starts:
-            return starts[0], "the shipped model's tuned settings"
-        return PostprocessSettings(), "the default settings (neither train.init_from nor the shipped model has tuned ones)"
+        first = next(_tuned_beside(init_from or None, "watershed"), None)
+        if first is None:
+            return PostprocessSettings(), "the default settings (neither train.init_from nor the shipped model has tuned ones)"
+        path, settings = first
+        if init_from and path == Path(init_from):
+            return settings, f"the settings beside train.init_from ({tuned_settings_path(path)})"
+        return settings, "the shipped model's tuned settings"
     path = Path(spec).expanduser()
-    source = path if path.name.endswith(POSTPROCESS_SUFFIX) else tuned_settings_path(path)
     if path.name.endswith(POSTPROCESS_SUFFIX):
-        tuned = read_settings_file(path)
+        source, tuned = path, read_settings_file(path)
     else:
+        source = tuned_settings_path(path)
         if not path.is_file():
             raise RooftraceError(f"train.val_settings {spec}: no such file (give start, defaults, a model file or a "
                                  f"{POSTPROCESS_SUFFIX} file)")
@@ -148,11 +160,3 @@ def validation_start(spec: str, init_from: str | Path | None) -> tuple[Postproce
         raise RooftraceError(f"train.val_settings {spec}: settings for the {tuned.method} method; "
                              "validation post-processes with watershed")
     return tuned.settings, f"the settings in {source}"
-
-
-def _readable(path: Path) -> TunedFile | None:
-    """The settings beside ``path``, or ``None`` when there are none or they cannot be read."""
-    try:
-        return read_tuned(path)
-    except RooftraceError:
-        return None
