@@ -15,15 +15,12 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_SAMPLE, cpu_name  # noqa: E402
+from _common import DEFAULT_SAMPLE, cpu_name, interleaved_times, val_tiles_512  # noqa: E402
 
 from rooftrace.models.files import load_model, shipped_model  # noqa: E402
 from rooftrace.models.fold import fold_batchnorm  # noqa: E402
@@ -42,12 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     n_folded = fold_batchnorm(nets["folded"])
     print(f"{loaded.path.name}: {n_folded} batch norms folded; {cpu_name()}, {torch.get_num_threads()} threads")
 
-    files = sorted((args.sample / "val" / "image").glob("*"))[: args.tiles]
-    tiles = np.stack([cv2.resize(cv2.imread(str(p), cv2.IMREAD_COLOR)[:, :, ::-1], (512, 512), interpolation=cv2.INTER_AREA)
-                      for p in files])
-    mean, std = np.asarray(loaded.mean, np.float32), np.asarray(loaded.std, np.float32)
-    x = torch.from_numpy(((tiles / 255.0 - mean) / std).astype(np.float32)).permute(0, 3, 1, 2)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x, files = val_tiles_512(args.sample, args.tiles, loaded.mean, loaded.std)
 
     def probs(net: torch.nn.Module, bf16: bool) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -64,16 +56,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {'bf16' if bf16 else 'fp32'} | {d.abs().max().item():.2e} | {d.abs().mean().item():.2e} | {flips:.4%} |")
 
     one = x[:1].contiguous(memory_format=torch.channels_last)
-    times: dict[tuple[str, bool], list[float]] = {(n, b): [] for b in (True, False) for n in nets}
-    with torch.inference_mode():
-        for r in range(args.rounds + 1):
-            for (name, bf16), ts in times.items():
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    nets[name](one)  # warm: oneDNN's kernels for this network and precision
-                    t = time.perf_counter()
-                    nets[name](one)
-                    if r:
-                        ts.append(time.perf_counter() - t)
+
+    def forward(name: str, bf16: bool):
+        def run() -> None:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                nets[name](one)
+        return run
+
+    times = interleaved_times({(n, b): forward(n, b) for b in (True, False) for n in nets}, args.rounds)
     print(f"\none 512 x 512 tile a forward pass, median of {args.rounds} interleaved rounds:")
     print("| precision | unfolded ms | folded ms | folded vs unfolded |")
     print("|---|---|---|---|")

@@ -170,6 +170,7 @@ class TrainConfig:
     steps_per_epoch: int = 0  #: 0 = one pass over the training tiles
     init_from: str = ""  #: start from the weights of this rooftrace model file (fine-tuning); "" = from model.encoder_weights
     val_every: int = 1  #: validate every N epochs (and always after the last); the others only checkpoint
+    transposed_upsampling: bool = True  #: each U-Net decoder block's upsampling and first convolution as one transposed convolution (the same function, faster: rooftrace.models.upsample_conv)
     depthwise_fp32: bool = False  #: compute depthwise convolutions in fp32 under bf16 autocast (faster on CPUs: benchmarks/train_profile.py)
     freeze_encoder: int = 0  #: keep the encoder layers at 1/2 .. 1/2^N of the input's size as they start (weights and BatchNorm statistics; N >= the encoder's depth: all of it): rooftrace.training.freezing
     teachers: tuple[str, ...] = ()  #: rooftrace model files whose mean probabilities are a second, soft target (loss.distill): rooftrace.training.distill

@@ -73,7 +73,7 @@ class _Landscape:
     def __init__(self) -> None:
         self.calls: dict[PostprocessSettings, int] = {}
 
-    def __call__(self, probs, gt, method, settings):  # noqa: ANN001 (score_settings' signature)
+    def __call__(self, probs, gt, method, settings, threads=None):  # noqa: ANN001 (score_settings' signature)
         self.calls[settings] = self.calls.get(settings, 0) + 1
         t, a = settings.footprint_threshold, settings.min_area
         if a == 64:
@@ -126,3 +126,19 @@ def test_a_search_from_its_starts_only_does_not_climb_from_the_defaults(monkeypa
     assert kept == near and trials0 == 2
     with pytest.raises(ValueError, match="at least one start"):
         search_settings(probs, gt, "watershed", from_defaults=False)
+
+
+def test_scores_and_the_search_are_the_same_on_any_number_of_threads() -> None:
+    """Each trial post-processes the images in threads; the images keep their order, so a tile's buildings are
+    scored against its own labels whatever the thread count."""
+    probs, gt = _tiles()
+    probs = probs + [probs[0][:, ::-1, :].copy()]  # a fourth tile whose buildings are not where tile 0's are
+    img = gt.get_or_add("tile3")
+    img.footprints = [box(4, 64 - 20, 24, 64 - 4), box(40, 64 - 11, 45, 64 - 6), box(6, 64 - 58, 26, 64 - 36)]
+    img.width, img.height = SHAPE[1], SHAPE[0]
+    settings = PostprocessSettings(min_score=0.9)
+    one = score_settings(probs, gt, "watershed", settings, threads=1)
+    assert one.f1 == 1.0  # so tile 3 is scored against its own, flipped, labels
+    for threads in (2, 3, 8):
+        assert score_settings(probs, gt, "watershed", settings, threads=threads) == one
+    assert search_settings(probs, gt, "watershed", threads=1) == search_settings(probs, gt, "watershed", threads=2)

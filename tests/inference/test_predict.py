@@ -317,7 +317,8 @@ def test_a_4000_px_tile_is_predicted_with_memory_flat_in_its_size(tmp_path):
 
 def test_the_shipped_network_built_in_plain_torch_gives_smps_outputs():
     """models/lite0.py rebuilds the shipped U-Net (EfficientNet-Lite0) without smp, timm and torchvision:
-    the same state dict loads strictly and the outputs are identical, in fp32 and bf16 autocast."""
+    the same state dict loads strictly and the outputs are identical, in fp32 and bf16 autocast, with the decoder
+    as written and with its upsampling turned into transposed convolutions."""
     import dataclasses
 
     import torch
@@ -325,6 +326,7 @@ def test_the_shipped_network_built_in_plain_torch_gives_smps_outputs():
     from rooftrace.models.architectures import build_model
     from rooftrace.models.files import load_model, read_model_file, shipped_model
     from rooftrace.models.lite0 import UnetLite0
+    from rooftrace.models.upsample_conv import use_transposed_upsampling
 
     loaded = load_model(shipped_model())
     assert isinstance(loaded.model, UnetLite0)
@@ -334,11 +336,24 @@ def test_the_shipped_network_built_in_plain_torch_gives_smps_outputs():
     ref.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
     torch.manual_seed(0)
     x = torch.randn(2, 3, 96, 160)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    # As written (upsample, concatenate, convolve), as load_model gives it: identical to smp's build.
+    assert not any(block.upsample_transposed for block in loaded.model.decoder.blocks)
     with torch.inference_mode():
-        assert torch.equal(loaded.model(x), ref(x))
-        x = x.contiguous(memory_format=torch.channels_last)
+        plain = loaded.model(x)
+        assert torch.equal(plain, ref(x))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert torch.equal(loaded.model(x), ref(x))
+            assert torch.equal(loaded.model(xl), ref(xl))
+    # The default, through one transposed convolution per block (models/upsample_conv.py): identical to smp's
+    # build with the same change, and to the plain network up to fp32 rounding.
+    assert use_transposed_upsampling(loaded.model) == 5 and use_transposed_upsampling(ref) == 5
+    with torch.inference_mode():
+        fast = loaded.model(x)
+        assert torch.equal(fast, ref(x))
+        assert not torch.equal(fast, plain)  # the other path did run
+        assert torch.allclose(fast, plain, atol=2e-4, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(loaded.model(xl), ref(xl))
 
 
 def test_the_command_line_starts_without_the_heavy_libraries():

@@ -11,11 +11,13 @@ This module does not import torch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
 
+from rooftrace.core.threads import ordered_map
 from rooftrace.evaluation.metrics import Score, evaluate_labels
 from rooftrace.instances.postprocess import PostprocessSettings, postprocess
 from rooftrace.labels.records import LabelSet
@@ -34,20 +36,33 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
 }
 
 
-def score_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str, settings: PostprocessSettings) -> Score:
+def search_threads() -> int:
+    """Threads that post-process a trial's images at once: the cores, at most 4 (post-processing releases the
+    GIL in OpenCV and scikit-image; ``benchmarks/search_speed.py``)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def score_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str, settings: PostprocessSettings,
+                   threads: int | None = None) -> Score:
     """Post-process each image's probabilities (``probs[i]`` belongs to the i-th image of ``gt``) and score
-    the buildings against ``gt`` (object F1, one-to-one, IoU 0.5)."""
+    the buildings against ``gt`` (object F1, one-to-one, IoU 0.5). The images are post-processed in
+    ``threads`` threads (None: :func:`search_threads`); the score does not depend on how many."""
     pred = LabelSet()
-    for p, img in zip(probs, gt):
+
+    def footprints(p: np.ndarray) -> list:
+        return postprocess(p, method=method, settings=settings).footprints
+
+    found = ordered_map(footprints, probs, search_threads() if threads is None else threads, name="rooftrace-search")
+    for fp, img in zip(found, gt):
         pimg = pred.get_or_add(img.key)
-        pimg.footprints = postprocess(p, method=method, settings=settings).footprints
+        pimg.footprints = fp
         pimg.width, pimg.height = img.width, img.height
     return evaluate_labels(gt, pred, pixel=False)
 
 
 def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "watershed", rounds: int = 3,
                     starts: Sequence[PostprocessSettings | None] = (), from_defaults: bool = True,
-                    ) -> tuple[PostprocessSettings, Score, Score, int]:
+                    threads: int | None = None) -> tuple[PostprocessSettings, Score, Score, int]:
     """The settings that maximise mean object F1 on ``gt``: ``(settings, their score, the defaults' score, trials)``
     (each :class:`~rooftrace.evaluation.metrics.Score` with its precision and recall).
 
@@ -60,7 +75,8 @@ def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "wa
 
     With ``from_defaults=False`` the search climbs from ``starts`` only (the defaults are still scored once, for
     the third element): what a training run's validation does, one round from the start model's settings
-    (``train.val_search``), at about a third of the cost of a full search."""
+    (``train.val_search``), at about a third of the cost of a full search. Each trial post-processes the
+    images in ``threads`` threads (:func:`score_settings`)."""
     if method == "seed":  # a fixed recipe: its threshold is the one setting it reads
         space = {k: v for k, v in SEARCH_SPACE.items() if k == "footprint_threshold"}
     elif probs[0].shape[0] == 1:  # a footprint-only model: no seeds from boundary or contact
@@ -71,7 +87,7 @@ def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "wa
 
     def scored(settings: PostprocessSettings) -> Score:
         if settings not in seen:
-            seen[settings] = score_settings(probs, gt, method, settings)
+            seen[settings] = score_settings(probs, gt, method, settings, threads)
         return seen[settings]
 
     default = scored(PostprocessSettings())
@@ -99,4 +115,4 @@ def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "wa
             best, best_score = here, here_score
     return best, best_score, default, len(seen)
 
-__all__ = ["SEARCH_SPACE", "score_settings", "search_settings"]
+__all__ = ["SEARCH_SPACE", "score_settings", "search_settings", "search_threads"]

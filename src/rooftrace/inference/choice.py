@@ -70,6 +70,9 @@ ONNX = "onnx"
 MAX_CACHED_GRAPHS = 8
 #: Largest difference of probabilities a cached ONNX graph may have from PyTorch fp32 on the check input.
 ONNX_CHECK_TOLERANCE = 1e-3
+#: Part of the cache key: raised when rooftrace's own code changes how fast the candidates run (2: the decoder's
+#: upsampling as transposed convolutions, ``models/upsample_conv.py``), so timings cached before are measured again.
+RUNTIME_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,7 @@ def choose_runtime(loaded: LoadedModel, precision: str, device: torch.device, on
     cands = candidates(device, onnx) if precision == "auto" and os.environ.get(PROBE_ENV) != "0" else []
     if len(cands) < 2:
         return RuntimeChoice(dtype_name(autocast_dtype(precision, device)), "fixed"), None
-    key = f"{network_key(loaded.model)} | {_machine_key()} | {','.join(cands)}"
+    key = f"{network_key(loaded.model)} | {_machine_key()} | {','.join(cands)} | r{RUNTIME_REVISION}"
     path = cache_dir() / CACHE_NAME
     try:
         cache = json.loads(path.read_text())

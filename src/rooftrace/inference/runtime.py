@@ -178,16 +178,19 @@ def _is_loaded_model(obj: Any) -> bool:
 
 def load_any(model: str | Path, device: str = "auto", onnx_spinning: bool = True) -> LoadedModel | OnnxModel:
     """A ``.safetensors`` model on ``device`` (channels_last, batch norms folded into their convolutions:
-    :func:`rooftrace.models.fold.fold_batchnorm`), or an ``.onnx`` model in ONNX Runtime."""
+    :func:`rooftrace.models.fold.fold_batchnorm`, the decoder's upsampling as transposed convolutions:
+    :func:`rooftrace.models.upsample_conv.use_transposed_upsampling`), or an ``.onnx`` model in ONNX Runtime."""
     if is_onnx(model):
         return load_onnx(model, device=device, spinning=onnx_spinning)
     import torch
 
     from rooftrace.models.files import load_model
     from rooftrace.models.fold import fold_batchnorm
+    from rooftrace.models.upsample_conv import use_transposed_upsampling
 
     loaded = load_model(model, device=pick_device(device))
     fold_batchnorm(loaded.model)  # inference only: the same outputs, without a batch-norm pass
+    use_transposed_upsampling(loaded.model)  # the same function, without the decoder's upsampled tensors
     loaded.model.to(memory_format=torch.channels_last)
     return loaded
 
@@ -302,9 +305,10 @@ class ModelRuntime:
         with ONNX Runtime). For a PyTorch network, torch's intra-op threads are set to its threads // ``n`` for
         the duration (a setting of the process: other PyTorch work in it runs on fewer threads meanwhile) and
         restored after; an ONNX model runs on a session of the same graph with that many threads
-        (:meth:`rooftrace.models.onnx.OnnxModel.on_threads`). The outputs are the same bit for bit in bf16 and
-        ONNX Runtime; PyTorch fp32 sums in another order on fewer threads (probabilities within 1e-5). GPUs run
-        one pass at a time (granted: 1).
+        (:meth:`rooftrace.models.onnx.OnnxModel.on_threads`). The outputs are the same bit for bit in ONNX Runtime.
+        PyTorch sums in another order on fewer threads: in fp32 everywhere (probabilities within 1e-5), in bf16 in
+        the decoder's transposed convolutions at some sizes (:mod:`rooftrace.models.upsample_conv`; 0.005 on a
+        650 x 650 px tile, one pixel of one building in 54). GPUs run one pass at a time (granted: 1).
 
         Raises:
             RooftraceError: ``n`` is below 1.

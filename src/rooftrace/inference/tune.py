@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
@@ -29,7 +31,7 @@ from rooftrace.imagery.resample import (
     place_tile,
     resample_rgb,
 )
-from rooftrace.inference.runtime import load_runtime
+from rooftrace.inference.runtime import ModelRuntime, load_runtime
 from rooftrace.inference.tuned import search_starts, tuned_settings_path
 from rooftrace.models.tuned_file import written_by_training
 from rooftrace.instances.postprocess import PostprocessSettings
@@ -94,23 +96,7 @@ def _tune(model: Path, split: str | Path, method: str, tta: bool, device: str, p
         raise RooftraceError(f"{split}: its labels hold no buildings, so every setting that finds nothing would score "
                              "F1 1.0; tune on a split with labelled buildings (the validation split)")
     runtime = load_runtime(model, device=device, tta=tta, precision=precision)
-    loaded = runtime.net
-    gt, probs = LabelSet(), []
-    for img in tqdm(list(labels), desc="tune: predict", disable=not progress, leave=False):
-        path = labels.image_path(img)
-        if path is None or not path.exists():
-            continue
-        rgb = read_rgb(path)
-        h0, w0 = rgb.shape[:2]
-        # Thresholds are in the model's pixels (min_area): tiles are resampled to the model's pixel
-        # size by predict's rule (the split's recorded pixel size standing for --gsd), labels scaled with them.
-        factor = place_tile(path, w0, h0, input_gsd=img.gsd or None, model_gsd=loaded.gsd).factor if loaded.gsd else 1.0
-        rgb = resample_rgb(rgb, factor)
-        h, w = rgb.shape[:2]
-        probs.append(runtime.probabilities(rgb)[0])
-        g = gt.get_or_add(img.key)
-        g.footprints = footprints_to_grid(img.footprints, [0.0] * len(img.footprints), (h0, w0), (h, w))[0]
-        g.width, g.height, g.source = w, h, img.source
+    gt, probs = split_probabilities(runtime, labels, progress)
     if not probs:
         raise RooftraceError(f"{split}: no readable tiles to tune on")
     starts = search_starts(model, method)
@@ -124,3 +110,26 @@ def _tune(model: Path, split: str | Path, method: str, tta: bool, device: str, p
         path = atomic_write_text(out, json.dumps(payload, indent=2), force=True)
     return TuneResult(method, best, tuned.f1, default.f1, trials, path, tuned.precision, tuned.recall, default.precision,
                       default.recall, n_starts)
+
+
+def split_probabilities(runtime: ModelRuntime, labels: LabelSet, progress: bool = False) -> tuple[LabelSet, list[np.ndarray]]:
+    """``runtime``'s probabilities for each readable image of the split ``labels`` (``(C, h, w)`` float32), and the
+    labels on the same grid: each tile resampled to the model's pixel size by predict's rule (the split's
+    recorded pixel size standing for ``--gsd``), its buildings scaled with it, since thresholds such as
+    ``min_area`` are in the model's pixels. Images whose file is missing are left out of both."""
+    loaded = runtime.net
+    gt, probs = LabelSet(), []
+    for img in tqdm(list(labels), desc="tune: predict", disable=not progress, leave=False):
+        path = labels.image_path(img)
+        if path is None or not path.exists():
+            continue
+        rgb = read_rgb(path)
+        h0, w0 = rgb.shape[:2]
+        factor = place_tile(path, w0, h0, input_gsd=img.gsd or None, model_gsd=loaded.gsd).factor if loaded.gsd else 1.0
+        rgb = resample_rgb(rgb, factor)
+        h, w = rgb.shape[:2]
+        probs.append(runtime.probabilities(rgb)[0])
+        g = gt.get_or_add(img.key)
+        g.footprints = footprints_to_grid(img.footprints, [0.0] * len(img.footprints), (h0, w0), (h, w))[0]
+        g.width, g.height, g.source = w, h, img.source
+    return gt, probs

@@ -95,29 +95,24 @@ def depthwise_in_fp32(model: torch.nn.Module) -> int:
     """
     import torch
 
+    from rooftrace.models.swap import swap_forward
+
     count = 0
     for module in model.modules():
-        if (isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
-                and not isinstance(module, _FP32Depthwise)):
-            module.__class__ = _fp32_class(type(module))
-            count += 1
+        if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            count += swap_forward(module, _FP32Depthwise, _fp32_forward)
     return count
 
 
 class _FP32Depthwise:
-    """Marker base of the fp32 depthwise classes made by :func:`_fp32_class`."""
+    """Marker base of the fp32 depthwise classes (:func:`depthwise_in_fp32`)."""
 
 
-_FP32_CLASSES: dict[type, type] = {}
-
-
-def _fp32_class(cls: type) -> type:
+def _fp32_forward(cls: type):
     import torch
 
-    if cls not in _FP32_CLASSES:
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                return cls.forward(self, x.float())
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return cls.forward(self, x.float())
 
-        _FP32_CLASSES[cls] = type(f"FP32{cls.__name__}", (_FP32Depthwise, cls), {"forward": forward})
-    return _FP32_CLASSES[cls]
+    return forward

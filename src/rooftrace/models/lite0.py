@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rooftrace.models.upsample_conv import decoder_block_forward
+
 #: ``(block type, repeats, kernel, stride, expansion, channels)`` per stage of efficientnet_lite0.
 STAGES = (("ds", 1, 3, 1, 1, 16), ("ir", 2, 3, 2, 6, 24), ("ir", 2, 5, 2, 6, 40), ("ir", 3, 3, 2, 6, 80),
           ("ir", 3, 5, 1, 6, 112), ("ir", 4, 5, 2, 6, 192), ("ir", 1, 3, 1, 6, 320))
@@ -125,8 +127,15 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.conv1 = _conv_bn_relu(cin + skip, cout)
         self.conv2 = _conv_bn_relu(cout, cout)
+        #: conv1 through :func:`rooftrace.models.upsample_conv.decoder_block_forward` (set by its
+        #: ``use_transposed_upsampling``, as the runtime and training do); off, the block runs as written
+        self.upsample_transposed = False
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], skip: torch.Tensor | None) -> torch.Tensor:
+        if self.upsample_transposed:  # the same convolution without the upsampled tensor (rooftrace.models.upsample_conv)
+            y = decoder_block_forward(self, x, size, skip)
+            if y is not None:
+                return self.conv2(y)
         x = F.interpolate(x, size=size, mode="nearest")
         if skip is not None:
             x = torch.cat([x, skip], dim=1)

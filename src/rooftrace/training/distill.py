@@ -38,6 +38,7 @@ class Teachers:
         from rooftrace.models.autocast import depthwise_in_fp32
         from rooftrace.models.files import load_model
         from rooftrace.models.fold import fold_batchnorm
+        from rooftrace.models.upsample_conv import use_transposed_upsampling
 
         if not paths:
             raise ValueError("Teachers: no teacher model files")
@@ -54,6 +55,7 @@ class Teachers:
                                      "data.std); nothing was trained")
             net = loaded.model.eval()
             fold_batchnorm(net)
+            use_transposed_upsampling(net)
             if depthwise_fp32:
                 depthwise_in_fp32(net)
             if channels_last:

@@ -56,6 +56,7 @@ from rooftrace.labels.splits import open_split
 from rooftrace.models.autocast import autocast, depthwise_in_fp32
 from rooftrace.models.files import save_model
 from rooftrace.models.tuned_file import search_starts, tuned_settings_path
+from rooftrace.models.upsample_conv import use_transposed_upsampling
 from rooftrace.training.alignment import (
     DEFAULT_GSD,
     Alignment,
@@ -314,6 +315,7 @@ def finetune(
         model = net.model
         if net.amp == torch.bfloat16 and net.device.type == "cpu":
             depthwise_in_fp32(model)  # faster on CPUs, as the shipped model's recipe trains (train.depthwise_fp32)
+        use_transposed_upsampling(model)  # the same function and gradients, faster (train.transposed_upsampling)
         encoder = getattr(model, "encoder", None)
         enc_params = list(encoder.parameters()) if encoder is not None else []
         enc_ids = {id(p) for p in enc_params}

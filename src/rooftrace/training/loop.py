@@ -62,6 +62,7 @@ from rooftrace.models.autocast import (
 )
 from rooftrace.models.files import save_model
 from rooftrace.models.tuned_file import POSTPROCESS_SUFFIX
+from rooftrace.models.upsample_conv import use_transposed_upsampling
 from rooftrace.training.dataset import Draws, TileDataset, collate_pad, same_size_batches, select_tiles
 from rooftrace.training.distill import Teachers, distilled_loss
 from rooftrace.training.freezing import encoder_layers_up_to, freeze, hold_norms
@@ -229,6 +230,8 @@ class Trainer:
             raise RooftraceError(f"train.freeze_encoder {cfg.train.freeze_encoder}: {e}") from None
         if cfg.train.depthwise_fp32 and env.amp_dtype is not None:
             depthwise_in_fp32(model)
+        if cfg.train.transposed_upsampling:
+            use_transposed_upsampling(model)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
