@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_name  # noqa: E402
+from _common import cpu_name, interleaved_times  # noqa: E402
 
 from rooftrace.inference import choice  # noqa: E402
 from rooftrace.inference.runtime import load_runtime  # noqa: E402
@@ -52,14 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         same = np.array_equal(compiled.run(x), bf16.run(x))
         print(f"torch.compile: first call {time.perf_counter() - t:.1f} s (compiling); probabilities equal to eager bf16: {same}")
         runs["PyTorch bf16, torch.compile"] = lambda: compiled.run(x)
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(args.rounds + 1):
-        for name, fn in runs.items():
-            fn()
-            t = time.perf_counter()
-            fn()
-            if r:
-                times[name].append(time.perf_counter() - t)
+    times = interleaved_times(runs, args.rounds)
     fastest = min(statistics.median(v) for v in times.values())
     print(f"\none 512 x 512 tile a forward pass, median of {args.rounds} interleaved rounds:")
     print("| runtime | ms a tile | against the fastest |")

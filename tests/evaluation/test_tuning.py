@@ -73,7 +73,7 @@ class _Landscape:
     def __init__(self) -> None:
         self.calls: dict[PostprocessSettings, int] = {}
 
-    def __call__(self, probs, gt, method, settings, threads=None):  # noqa: ANN001 (score_settings' signature)
+    def __call__(self, probs, gt, method, settings, threads=None, candidates=None):  # noqa: ANN001 (score_settings' signature)
         self.calls[settings] = self.calls.get(settings, 0) + 1
         t, a = settings.footprint_threshold, settings.min_area
         if a == 64:
@@ -142,3 +142,20 @@ def test_scores_and_the_search_are_the_same_on_any_number_of_threads() -> None:
     for threads in (2, 3, 8):
         assert score_settings(probs, gt, "watershed", settings, threads=threads) == one
     assert search_settings(probs, gt, "watershed", threads=1) == search_settings(probs, gt, "watershed", threads=2)
+
+
+def test_scores_from_kept_candidates_are_the_scores_of_post_processing_again() -> None:
+    """score_settings with a candidates dict reuses watershed's regions for settings that differ only in
+    min_area (from the search's smallest up) and min_score: the same scores, and at most CANDIDATE_SETS sets kept."""
+    from rooftrace.evaluation.tuning import CANDIDATE_MIN_AREA, CANDIDATE_SETS
+
+    probs, gt = _tiles()
+    kept: dict = {}
+    for threshold in (0.4, 0.5, 0.6):
+        for min_area in (1, 16, 32):
+            for min_score in (0.0, 0.9):
+                s = PostprocessSettings(footprint_threshold=threshold, min_area=min_area, min_score=min_score)
+                assert score_settings(probs, gt, "watershed", s, candidates=kept) == score_settings(probs, gt, "watershed", s)
+                assert len(kept) <= CANDIDATE_SETS
+    # Kept at the search's smallest min_area; a smaller one (1, above) is post-processed as it is.
+    assert kept and all(k.min_area == CANDIDATE_MIN_AREA and k.min_score == 0.0 for k in kept)

@@ -104,7 +104,7 @@ def test_the_graph_cache_keeps_the_newest_graphs_only(tmp_path, onnx_fastest):
     assert load_runtime(model, device="cpu").is_onnx
     from rooftrace.inference.runtime import load_any
 
-    new = f"{choice.weights_key(load_any(model, device='cpu').model)}.onnx"
+    new = f"{choice.weights_key(load_any(model, device='cpu').model)}-r{choice.RUNTIME_REVISION}.onnx"
     n = choice.MAX_CACHED_GRAPHS
     newest_old = [f"{i:032x}.onnx" for i in range(n + 2)][-(n - 1):]
     assert sorted(p.name for p in (cache / "onnx").glob("*.onnx")) == sorted([new, *newest_old])

@@ -590,3 +590,24 @@ def test_regularise_squares_off_an_l_shape() -> None:
     reg = regularise_polygon(traced, rectangularity=0.9)
     assert reg.is_valid and len(reg.exterior.coords) == 7  # six right-angled corners
     assert iou(reg, staircase) > 0.85
+
+
+@pytest.mark.parametrize("tidy", [dict(), dict(simplify=1.0, regularise=True), dict(keep_holes=True)])
+def test_candidates_filtered_give_watersheds_buildings(tidy) -> None:
+    """A search's shortcut (watershed_candidates, then the filters): the same polygons, in the same order, as
+    post-processing with each min_area and min_score, on rough model-like maps and on blurred touching buildings."""
+    from rooftrace.instances.postprocess import watershed_candidates
+
+    maps = _rough_maps(12, seed=11)
+    maps.append(blurred([box(4, 4, 30, 22), box(30, 4, 50, 22), box(8, 30, 11, 33)], (64, 64), 1.2))
+    checked = 0
+    for p in maps:
+        cands = watershed_candidates(p, PostprocessSettings(**tidy, min_area=4, min_score=0.3))  # its min_score unused
+        for min_area in (4, 8, 64):
+            for min_score in (0.0, 0.5, 0.9):
+                s = PostprocessSettings(**tidy, min_area=min_area, min_score=min_score)
+                want = watershed_postprocess(p, s).footprints
+                got = cands.footprints(s)
+                assert len(got) == len(want) and all(a.equals_exact(b, 0) for a, b in zip(got, want))
+                checked += len(want)
+    assert checked > 100  # the maps hold buildings that the filters keep and drop

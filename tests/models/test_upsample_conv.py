@@ -117,3 +117,16 @@ def test_the_runtime_loads_the_shipped_network_with_transposed_blocks_and_load_m
 
     assert not any(b.upsample_transposed for b in load_model(shipped_model()).model.decoder.blocks)
     assert all(b.upsample_transposed for b in load_any(shipped_model(), device="cpu").model.decoder.blocks)
+
+
+def test_an_onnx_graph_is_exported_from_the_decoder_as_written():
+    """ONNX Runtime runs the plain decoder faster than transposed convolutions, so the graph of a network the
+    runtime loaded is exported as written, and the network keeps its transposed blocks after."""
+    from rooftrace.inference.runtime import load_any
+    from rooftrace.models.files import shipped_model
+    from rooftrace.models.onnx_graph import graph_bytes
+
+    net = load_any(shipped_model(), device="cpu").model
+    graph = graph_bytes(net)
+    assert b"Conv" in graph and b"ConvTranspose" not in graph and b"Resize" in graph
+    assert all(b.upsample_transposed for b in net.decoder.blocks)

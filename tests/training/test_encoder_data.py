@@ -193,10 +193,10 @@ def test_tune_works_at_the_model_pixel_size(split_with_groups, tmp_path, monkeyp
         seen_inputs.append(tuple(x.shape[2:]))
         return real_predict(loaded, x, *a, **k)
 
-    def score(probs, gt, method, s, threads=None):
+    def score(probs, gt, method, s, threads=None, candidates=None):
         if not seen_gt:
             seen_gt.extend((img.width, img.height, sum(fp.area for fp in img.footprints)) for img in gt)
-        return real_score(probs, gt, method, s, threads)
+        return real_score(probs, gt, method, s, threads, candidates)
 
     monkeypatch.setattr(runtime_mod, "predict_probabilities", predict)
     monkeypatch.setattr(tuning_mod, "score_settings", score)

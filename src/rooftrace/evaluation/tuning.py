@@ -19,7 +19,7 @@ import numpy as np
 
 from rooftrace.core.threads import ordered_map
 from rooftrace.evaluation.metrics import Score, evaluate_labels
-from rooftrace.instances.postprocess import PostprocessSettings, postprocess
+from rooftrace.instances.postprocess import PostprocessSettings, postprocess, watershed_candidates
 from rooftrace.labels.records import LabelSet
 
 #: Candidate values per setting (the search starts from the defaults). The ranges reach past where
@@ -36,6 +36,13 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
 }
 
 
+#: Sets of a split's candidate regions :func:`score_settings` keeps at once (the newest); a coordinate search
+#: tries the filters right after the setting they filter, so the newest is the one reused.
+CANDIDATE_SETS = 2
+#: The ``min_area`` candidates are kept at: the search's smallest (specks below it are not traced for nothing).
+CANDIDATE_MIN_AREA = min(SEARCH_SPACE["min_area"])
+
+
 def search_threads() -> int:
     """Threads that post-process a trial's images at once: the cores, at most 4 (post-processing releases the
     GIL in OpenCV and scikit-image; ``benchmarks/search_speed.py``)."""
@@ -43,16 +50,30 @@ def search_threads() -> int:
 
 
 def score_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str, settings: PostprocessSettings,
-                   threads: int | None = None) -> Score:
+                   threads: int | None = None, candidates: dict | None = None) -> Score:
     """Post-process each image's probabilities (``probs[i]`` belongs to the i-th image of ``gt``) and score
     the buildings against ``gt`` (object F1, one-to-one, IoU 0.5). The images are post-processed in
-    ``threads`` threads (None: :func:`search_threads`); the score does not depend on how many."""
+    ``threads`` threads (None: :func:`search_threads`); the score does not depend on how many.
+
+    ``candidates``: a dict kept across calls on the same ``probs`` (a search's), where ``watershed``'s regions
+    before its ``min_area`` and ``min_score`` filters are kept per setting of the others
+    (:func:`rooftrace.instances.postprocess.watershed_candidates`), so that settings differing only in those
+    filters are scored without post-processing again (the :data:`CANDIDATE_SETS` newest sets are kept). The
+    buildings are the same (tested)."""
     pred = LabelSet()
-
-    def footprints(p: np.ndarray) -> list:
-        return postprocess(p, method=method, settings=settings).footprints
-
-    found = ordered_map(footprints, probs, search_threads() if threads is None else threads, name="rooftrace-search")
+    workers = search_threads() if threads is None else threads
+    if candidates is not None and method == "watershed" and settings.min_area >= CANDIDATE_MIN_AREA:
+        key = replace(settings, min_area=CANDIDATE_MIN_AREA, min_score=0.0)
+        if key in candidates:
+            candidates[key] = candidates.pop(key)  # the newest
+        else:
+            candidates[key] = list(ordered_map(lambda p: watershed_candidates(p, key), probs, workers, name="rooftrace-search"))
+            while len(candidates) > CANDIDATE_SETS:  # memory bounded on a large split: the oldest go
+                candidates.pop(next(iter(candidates)))
+        found = (c.footprints(settings) for c in candidates[key])
+    else:
+        found = ordered_map(lambda p: postprocess(p, method=method, settings=settings).footprints, probs, workers,
+                            name="rooftrace-search")
     for fp, img in zip(found, gt):
         pimg = pred.get_or_add(img.key)
         pimg.footprints = fp
@@ -84,10 +105,11 @@ def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "wa
     else:
         space = SEARCH_SPACE
     seen: dict[PostprocessSettings, Score] = {}
+    candidates: dict = {}  # watershed's regions before its filters, per setting of the rest (score_settings)
 
     def scored(settings: PostprocessSettings) -> Score:
         if settings not in seen:
-            seen[settings] = score_settings(probs, gt, method, settings, threads)
+            seen[settings] = score_settings(probs, gt, method, settings, threads, candidates)
         return seen[settings]
 
     default = scored(PostprocessSettings())

@@ -215,7 +215,7 @@ def _agrees(onnx: OnnxModel, model: torch.nn.Module) -> bool:
 
 
 def _cached_graph(loaded: LoadedModel) -> Path:
-    return cache_dir() / "onnx" / f"{weights_key(loaded.model)}.onnx"
+    return cache_dir() / "onnx" / f"{weights_key(loaded.model)}-r{RUNTIME_REVISION}.onnx"
 
 
 def _export(loaded: LoadedModel, spinning: bool) -> tuple[OnnxModel, bytes]:

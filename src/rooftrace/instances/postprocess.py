@@ -60,7 +60,7 @@ val and test tiles with its tuned settings (``--model shipped``). This module do
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -743,6 +743,44 @@ def watershed_postprocess(probs: np.ndarray, settings: PostprocessSettings | Non
     return Buildings(list(polys), [float(v) for v in scores[ids - 1]], inst, **below)
 
 
+@dataclass
+class Candidates:
+    """A tile's buildings before the ``min_area`` and ``min_score`` filters (:func:`watershed_candidates`), so that
+    a settings search tries those two filters without post-processing the tile again.
+
+    Attributes:
+        polygons: The traced and tidied outline of each region, in id order.
+        ids: For each polygon, its region's id (an index into ``count`` and ``total``).
+        count: Pixels of each region id (index 0: background).
+        total: Sum of the footprint probability over each region's pixels.
+    """
+
+    polygons: list[Footprint]
+    ids: np.ndarray
+    count: np.ndarray = field(repr=False)
+    total: np.ndarray = field(repr=False)
+
+    def footprints(self, settings: PostprocessSettings) -> list[Footprint]:
+        """The buildings ``watershed`` with ``settings`` finds: the polygons whose region passes its filters
+        (the same polygons in the same order: each region is traced and tidied on its own). ``settings`` must
+        differ from the candidates' only in ``min_area`` (not below theirs) and ``min_score``."""
+        keep = _kept(self.count, self.total, settings)[0]
+        return [poly for poly, i in zip(self.polygons, self.ids) if keep[i]]
+
+
+def watershed_candidates(probs: np.ndarray, settings: PostprocessSettings | None = None) -> Candidates:
+    """The regions ``watershed`` finds with ``settings`` that pass its ``min_area`` (its ``min_score`` is not
+    applied here), traced and tidied; :meth:`Candidates.footprints` applies the filters of any settings that
+    differ only in those two, with a ``min_area`` at least this one."""
+    s = settings or PostprocessSettings()
+    inst, count, total, _, _ = _instances(as_probabilities(probs), s)
+    regions = _kept(count, total, replace(s, min_score=0.0))[0]
+    ids, polys = instances_to_polygons(_relabel(inst, regions), holes=s.keep_holes)
+    if len(ids) == 0:
+        return Candidates([], np.zeros(0, dtype=np.int64), count, total)
+    return Candidates(list(_tidy(polys, s)), np.flatnonzero(regions)[ids - 1], count, total)
+
+
 # ---------------------------------------------------------------------------------------------
 # seed: the original recipe
 
@@ -852,7 +890,7 @@ def postprocess(probs: np.ndarray, method: str = DEFAULT_METHOD, settings: Postp
 
 
 __all__ = [
-    "Buildings", "DEFAULT_METHOD", "METHOD_CHANNELS", "POSTPROCESSORS", "PostprocessSettings", "SURFACES",
-    "as_probabilities", "instances_from_probabilities", "postprocess", "seed_postprocess",
-    "watershed_postprocess",
+    "Buildings", "Candidates", "DEFAULT_METHOD", "METHOD_CHANNELS", "POSTPROCESSORS",
+    "PostprocessSettings", "SURFACES", "as_probabilities", "instances_from_probabilities", "postprocess",
+    "seed_postprocess", "watershed_candidates", "watershed_postprocess",
 ]
