@@ -24,6 +24,7 @@ saved file does not change. ``load_model`` gives the network as written.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -143,11 +144,18 @@ def use_transposed_upsampling(model: nn.Module) -> int:
         if getattr(module, "upsample_transposed", None) is False and supports(module.conv1[0]):
             module.upsample_transposed = True
             count += 1
-        elif (type(module).__name__ == "UnetDecoderBlock"
+        elif (type(module).__name__ == "UnetDecoderBlock" and _smp_signature(type(module))
                 and isinstance(getattr(module.attention1, "attention", None), nn.Identity)
                 and supports(module.conv1[0])):
             count += swap_forward(module, _TransposedBlock, _transposed_forward)
     return count
+
+
+def _smp_signature(cls: type) -> bool:
+    """Whether ``cls.forward`` takes what segmentation-models-pytorch 0.5+ passes a decoder block (the feature
+    map, the target size, the skip), the signature :func:`_transposed_forward` replaces; older blocks run as written."""
+    params = list(inspect.signature(cls.forward).parameters)
+    return params[1:] == ["feature_map", "target_height", "target_width", "skip_connection"]
 
 
 class _TransposedBlock:
