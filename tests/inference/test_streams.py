@@ -1,5 +1,6 @@
 """Forward passes in streams (``--streams``): two at once, each on its share of the CPU's threads, with the
-same outputs as one at a time, for tiles (the tile engine), windows (the one window loop) and scenes."""
+same outputs as one at a time, for tiles (the tile engine), windows (the one window loop) and scenes (the
+same buildings where a kernel sums in another order on fewer threads: see the predict test)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rooftrace.models.upsample_conv import (
+    as_written,
     decoder_block_forward,
     transposed_weight,
     upsampled_conv,
@@ -67,6 +68,7 @@ def test_the_cached_kernel_follows_a_changed_weight():
     torch.manual_seed(2)
     block = nn.Module()
     block.conv1 = nn.Sequential(nn.Conv2d(4, 3, 3, padding=1), nn.ReLU())
+    block.upsample_transposed = True
     x = torch.randn(1, 4, 4, 4)
     with torch.no_grad():
         first = decoder_block_forward(block, x, (8, 8), None)
@@ -77,10 +79,13 @@ def test_the_cached_kernel_follows_a_changed_weight():
         assert not torch.allclose(first, second)
 
 
-def test_sizes_other_than_double_and_other_convolutions_run_as_written():
+def test_blocks_switched_off_other_sizes_and_other_convolutions_run_as_written():
     block = nn.Module()
     block.conv1 = nn.Sequential(nn.Conv2d(4, 3, 3, padding=1))
     x = torch.randn(1, 4, 5, 5)
+    assert decoder_block_forward(block, x, (10, 10), None) is None  # no switch: as written
+    block.upsample_transposed = True
+    assert decoder_block_forward(block, x, (10, 10), None) is not None  # the switch on, and it applies
     assert decoder_block_forward(block, x, (9, 10), None) is None  # not 2x: the caller upsamples
     assert decoder_block_forward(block, x, (10, 10), None, mode="bilinear") is None
     block.conv1 = nn.Sequential(nn.Conv2d(4, 3, 3, padding=2, dilation=2))
@@ -107,6 +112,12 @@ def test_an_smp_unet_trains_the_same_through_transposed_blocks():
     yb.square().mean().backward()
     for (name, pa), pb in zip(plain.named_parameters(), fast.parameters()):
         assert torch.allclose(pa.grad, pb.grad, atol=1e-9), name
+    # as_written turns the swapped blocks off too (what an ONNX graph is exported from), and back on after.
+    with torch.no_grad():
+        with as_written(fast):
+            assert torch.equal(fast(x), plain(x))
+        assert all(b.upsample_transposed for b in fast.decoder.blocks)
+        assert not torch.equal(fast(x), plain(x))
     scse = smp.Unet("resnet18", encoder_weights=None, classes=1, decoder_attention_type="scse")
     assert use_transposed_upsampling(scse) == 0
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError

@@ -132,10 +132,9 @@ class DecoderBlock(nn.Module):
         self.upsample_transposed = False
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], skip: torch.Tensor | None) -> torch.Tensor:
-        if self.upsample_transposed:  # the same convolution without the upsampled tensor (rooftrace.models.upsample_conv)
-            y = decoder_block_forward(self, x, size, skip)
-            if y is not None:
-                return self.conv2(y)
+        y = decoder_block_forward(self, x, size, skip)  # None unless upsample_transposed (rooftrace.models.upsample_conv)
+        if y is not None:
+            return self.conv2(y)
         x = F.interpolate(x, size=size, mode="nearest")
         if skip is not None:
             x = torch.cat([x, skip], dim=1)

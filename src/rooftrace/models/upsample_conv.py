@@ -104,11 +104,13 @@ def supports(conv: nn.Module) -> bool:
 def decoder_block_forward(block: nn.Module, x: torch.Tensor, size: tuple[int, int], skip: torch.Tensor | None,
                           mode: str = "nearest") -> torch.Tensor | None:
     """The first convolution of a U-Net decoder block (``block.conv1``: a 3 x 3 convolution, then its
-    batch norm and activation) on ``upsample(x) ++ skip``, through :func:`upsampled_conv`; None where that
-    does not apply (another resize than nearest 2x, another convolution), so the caller runs the block as
-    written."""
+    batch norm and activation) on ``upsample(x) ++ skip``, through :func:`upsampled_conv`; None where the block's
+    ``upsample_transposed`` switch is off (:func:`use_transposed_upsampling` turns it on, :func:`as_written` off
+    for a while) or where it does not apply (another resize than nearest 2x, another convolution), so the caller
+    runs the block as written."""
     conv = block.conv1[0]
-    if mode != "nearest" or not doubles(x, size) or not supports(conv):
+    if (not getattr(block, "upsample_transposed", False) or mode != "nearest" or not doubles(x, size)
+            or not supports(conv)):
         return None
     cache = block.__dict__.setdefault("_transposed_cache", _Cached())
     y = upsampled_conv(conv, x, skip, cache)
@@ -119,8 +121,8 @@ def decoder_block_forward(block: nn.Module, x: torch.Tensor, size: tuple[int, in
 
 @contextmanager
 def as_written(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` with its :class:`rooftrace.models.lite0.DecoderBlock` blocks upsampling as written for the
-    duration, then as they were: what an ONNX graph is exported from, since ONNX Runtime runs the plain
+    """``model`` with its decoder blocks upsampling as written for the duration (each switch
+    :func:`use_transposed_upsampling` turned on, off), then as they were: what an ONNX graph is exported from, since ONNX Runtime runs the plain
     decoder faster than its transposed convolutions (on this project's CPU a 512 x 512 tile took 137 against
     172 ms, the same probabilities within 2e-7; a one-off script over ``models.onnx_graph.graph_bytes``)."""
     blocks = [m for m in model.modules() if getattr(m, "upsample_transposed", None) is True]
@@ -135,19 +137,20 @@ def as_written(model: nn.Module) -> Iterator[nn.Module]:
 
 def use_transposed_upsampling(model: nn.Module) -> int:
     """Run the first convolution of each U-Net decoder block of ``model`` through :func:`upsampled_conv`,
-    in place; returns how many blocks changed. The blocks are :class:`rooftrace.models.lite0.DecoderBlock`
-    (its ``upsample_transposed`` flag is set) and segmentation-models-pytorch's ``UnetDecoderBlock`` (its class is
-    swapped). Parameter names, shapes and the saved file do not change; a block with attention, or a resize
-    other than nearest 2x, runs as written."""
+    in place; returns how many blocks changed. Each block has one switch, ``upsample_transposed``, that
+    :func:`decoder_block_forward` reads: :class:`rooftrace.models.lite0.DecoderBlock` has it (off), and
+    segmentation-models-pytorch's ``UnetDecoderBlock`` gets it when its class is swapped for one whose forward
+    goes through :func:`decoder_block_forward`. Parameter names, shapes and the saved file do not change; a
+    block with attention, or a resize other than nearest 2x, runs as written."""
     count = 0
     for module in model.modules():
+        if (not hasattr(module, "upsample_transposed") and type(module).__name__ == "UnetDecoderBlock"
+                and _smp_signature(type(module)) and isinstance(getattr(module.attention1, "attention", None), nn.Identity)):
+            swap_forward(module, _TransposedBlock, _transposed_forward)
+            module.upsample_transposed = False
         if getattr(module, "upsample_transposed", None) is False and supports(module.conv1[0]):
             module.upsample_transposed = True
             count += 1
-        elif (type(module).__name__ == "UnetDecoderBlock" and _smp_signature(type(module))
-                and isinstance(getattr(module.attention1, "attention", None), nn.Identity)
-                and supports(module.conv1[0])):
-            count += swap_forward(module, _TransposedBlock, _transposed_forward)
     return count
 
 
