@@ -411,3 +411,13 @@ def test_many_tiles_1000_by_200(mode: str) -> None:
     s = evaluate_labels(gt, pred, matching=mode, pixel=mode == "one-to-one")
     assert (s.tp, s.fp, s.fn) == (tp, fp, fn)
     assert math.isclose(s.f1, 2 * tp / (2 * tp + fp + fn))
+
+
+@pytest.mark.parametrize("mode", MATCHING_MODES)
+def test_images_matched_in_threads_score_as_in_one(sample_test: LabelSet, mode: str) -> None:
+    """evaluate_labels(threads=N) matches images in N threads: the same score, image by image and per source."""
+    pred = _perturbed(sample_test)[0]
+    one = evaluate_labels(sample_test, pred, matching=mode)
+    assert 0 < one.f1 < 1  # something to get wrong
+    for threads in (2, 3):
+        assert evaluate_labels(sample_test, pred, matching=mode, threads=threads) == one

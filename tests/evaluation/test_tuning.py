@@ -73,7 +73,7 @@ class _Landscape:
     def __init__(self) -> None:
         self.calls: dict[PostprocessSettings, int] = {}
 
-    def __call__(self, probs, gt, method, settings, threads=None, candidates=None):  # noqa: ANN001 (score_settings' signature)
+    def __call__(self, probs, gt, method, settings, threads=None, memo=None):  # noqa: ANN001 (score_settings' signature)
         self.calls[settings] = self.calls.get(settings, 0) + 1
         t, a = settings.footprint_threshold, settings.min_area
         if a == 64:
@@ -145,17 +145,41 @@ def test_scores_and_the_search_are_the_same_on_any_number_of_threads() -> None:
 
 
 def test_scores_from_kept_candidates_are_the_scores_of_post_processing_again() -> None:
-    """score_settings with a candidates dict reuses watershed's regions for settings that differ only in
+    """score_settings with a search's memo reuses watershed's regions for settings that differ only in
     min_area (from the search's smallest up) and min_score: the same scores, and at most CANDIDATE_SETS sets kept."""
-    from rooftrace.evaluation.tuning import CANDIDATE_MIN_AREA, CANDIDATE_SETS
+    from rooftrace.evaluation.tuning import CANDIDATE_MIN_AREA, CANDIDATE_SETS, SearchMemo
 
     probs, gt = _tiles()
-    kept: dict = {}
+    memo = SearchMemo()
     for threshold in (0.4, 0.5, 0.6):
         for min_area in (1, 16, 32):
             for min_score in (0.0, 0.9):
                 s = PostprocessSettings(footprint_threshold=threshold, min_area=min_area, min_score=min_score)
-                assert score_settings(probs, gt, "watershed", s, candidates=kept) == score_settings(probs, gt, "watershed", s)
-                assert len(kept) <= CANDIDATE_SETS
+                assert score_settings(probs, gt, "watershed", s, memo=memo) == score_settings(probs, gt, "watershed", s)
+                assert len(memo.sets) <= CANDIDATE_SETS
     # Kept at the search's smallest min_area; a smaller one (1, above) is post-processed as it is.
-    assert kept and all(k.min_area == CANDIDATE_MIN_AREA and k.min_score == 0.0 for k in kept)
+    assert memo.sets and all(k.min_area == CANDIDATE_MIN_AREA and k.min_score == 0.0 for k in memo.sets)
+
+
+def test_a_map_found_again_is_not_traced_again(monkeypatch) -> None:
+    """An image whose instance map a later trial finds again (here: settings scored, pushed out of the kept sets,
+    then scored again) keeps its candidates: nothing is traced, the score is the same; other maps are traced."""
+    import rooftrace.instances.postprocess as pp
+    from rooftrace.evaluation.tuning import MAP_MEMO, SearchMemo
+
+    probs, gt = _tiles()
+    traced = []
+    real = pp.instances_to_polygons
+    monkeypatch.setattr(pp, "instances_to_polygons", lambda *a, **k: traced.append(1) or real(*a, **k))
+    memo = SearchMemo()
+    first = PostprocessSettings(footprint_threshold=0.5)
+    score = score_settings(probs, gt, "watershed", first, memo=memo)
+    assert len(traced) == len(probs)
+    for t in (0.3, 0.7):  # other masks: other maps, traced
+        score_settings(probs, gt, "watershed", PostprocessSettings(footprint_threshold=t), memo=memo)
+    assert all(k.footprint_threshold != 0.5 for k in memo.sets)  # pushed out of the kept sets
+    n = len(traced)
+    assert n == 3 * len(probs)
+    assert score_settings(probs, gt, "watershed", first, memo=memo) == score
+    assert len(traced) == n  # every map known: none traced again
+    assert all(len(m) <= MAP_MEMO for m in memo.maps)

@@ -333,7 +333,7 @@ def _reference_merge(inst: np.ndarray, contact: np.ndarray, threshold: float) ->
     return np.vectorize(root, otypes=[np.int32])(inst) if inst.size else inst
 
 
-def _reference_grow(markers, mask, surface, layers, merge_below=0.0, flat=None):
+def _reference_grow(markers, mask, surface, layers, flat, merge_below=0.0):
     """What ``_grow`` must give, written plainly: the whole tile flooded from its markers with a heap of
     Python tuples in the order the module documents. A pixel's key is ``(value, 0, raster position)``
     for a marker and ``(value, 1, 0)`` for any other; a pixel is reached at the greater of its own
@@ -611,3 +611,68 @@ def test_candidates_filtered_give_watersheds_buildings(tidy) -> None:
                 assert len(got) == len(want) and all(a.equals_exact(b, 0) for a, b in zip(got, want))
                 checked += len(want)
     assert checked > 100  # the maps hold buildings that the filters keep and drop
+
+
+# --- the flood's helpers -------------------------------------------------------------------------
+
+
+def test_float32_order_keeps_the_order_and_the_ties_of_float32_values() -> None:
+    from rooftrace.instances.postprocess import _float32_order
+
+    rng = np.random.default_rng(3)
+    v = np.concatenate([rng.normal(0, 3, 500), [0.0, -0.0, 1.0, 1.0, -2.5, -2.5, 3e38, -3e38, 1e-45, -1e-45]]).astype(np.float32)
+    k = _float32_order(v)
+    order = np.argsort(v, kind="stable")
+    assert np.all(np.diff(k[order]) >= 0)  # the values' order
+    assert np.array_equal(np.diff(k[order]) == 0, np.diff(v[order]) == 0)  # equal keys exactly where values are equal
+    assert k[500] == k[501]  # 0.0 and -0.0
+
+
+def test_smallest_linked_is_each_node_s_group_minimum() -> None:
+    from rooftrace.instances.postprocess import _smallest_linked
+
+    rng = np.random.default_rng(5)
+    for n, m in ((1, 0), (6, 3), (40, 25), (300, 120)):
+        a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+        parent = list(range(n))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                i = parent[i]
+            return i
+
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = root(x), root(y)
+            parent[max(rx, ry)] = min(rx, ry)
+        assert _smallest_linked(n, a, b).tolist() == [root(i) for i in range(n)]
+    chain = np.arange(99)  # a path 99 - 98 - ... - 0, given from its far end: labels must travel its length
+    assert _smallest_linked(100, chain[::-1] + 1, chain[::-1]).tolist() == [0] * 100
+
+
+def test_merge_lookup_covers_regions_that_touch_no_other() -> None:
+    from rooftrace.instances.postprocess import _merge_uncontacted
+
+    inst = np.zeros((6, 9), dtype=np.int32)
+    inst[1:4, 1:3], inst[1:4, 3:5], inst[1:4, 6:8] = 1, 2, 3  # 1 and 2 touch; 3, the largest id, touches none
+    lut = _merge_uncontacted(inst, np.zeros(inst.shape, dtype=np.float32), 0.5, 4)
+    assert lut is not None and lut.tolist() == [0, 1, 1, 3]
+    assert _merge_uncontacted(inst, np.ones(inst.shape, dtype=np.float32), 0.5, 4) is None  # full contact: none merged
+
+
+def test_pack_places_boxes_apart_in_a_mosaic_no_larger_than_one_row_width() -> None:
+    from rooftrace.instances.postprocess import _pack, _shelf
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        k = int(rng.integers(1, 12))
+        hs, ws = rng.integers(1, 120, k), rng.integers(1, 200, k)
+        py, px, hm, wm = _pack(hs, ws, 300)
+        canvas = np.zeros((hm, wm), dtype=np.int32)
+        for i in range(k):  # each box with its one-pixel gap, inside the mosaic, overlapping no other
+            assert py[i] + hs[i] + 1 <= hm and px[i] + ws[i] + 1 <= wm
+            canvas[py[i]:py[i] + hs[i] + 1, px[i]:px[i] + ws[i] + 1] += 1
+        assert canvas.max() == 1
+        h1, w1 = (hs + 1).tolist(), (ws + 1).tolist()
+        order = sorted(range(k), key=lambda i: -h1[i])
+        at_width = max(300, max(w1))
+        assert hm * wm <= _shelf(h1, w1, order, at_width)[2] * at_width  # never larger than at the given width

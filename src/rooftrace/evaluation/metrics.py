@@ -63,6 +63,7 @@ from scipy.sparse.csgraph import connected_components, maximum_bipartite_matchin
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.memory import check_pixels
+from rooftrace.core.threads import ordered_map
 from rooftrace.geometry.shapes import Footprint, footprints_bounds
 from rooftrace.labels.records import ImageKey, ImageLabels, LabelSet
 from rooftrace.prepare.targets import rasterize_footprints
@@ -513,7 +514,8 @@ def _coordinate_frame(gt: LabelSet, pred: LabelSet) -> str | None:
     return gt.crs
 
 
-def evaluate_labels(gt: LabelSet, pred: LabelSet, iou: float = 0.5, matching: str = "one-to-one", pixel: bool = True) -> Score:
+def evaluate_labels(gt: LabelSet, pred: LabelSet, iou: float = 0.5, matching: str = "one-to-one", pixel: bool = True,
+                    threads: int = 1) -> Score:
     """Score predictions against ground truth, image by image, as BEGC2024 does.
 
     Every image in either set is scored: an image only in the predictions has all its footprints
@@ -533,6 +535,8 @@ def evaluate_labels(gt: LabelSet, pred: LabelSet, iou: float = 0.5, matching: st
         iou: IoU threshold in (0, 1].
         matching: One of :data:`MATCHING_MODES`; see the module docstring.
         pixel: Whether to compute pixel figures (the costliest part).
+        threads: Images matched at once (shapely's intersections release the GIL); the score is the same for any
+            number.
 
     Raises:
         ValueError: Unknown matching mode or threshold outside (0, 1].
@@ -567,18 +571,23 @@ def evaluate_labels(gt: LabelSet, pred: LabelSet, iou: float = 0.5, matching: st
     images: list[ImageScore] = []
     matched_pred: list[int] = []
     pixels: list[tuple[int, int, int]] = []
-    for key in keys:
+
+    def one(key: ImageKey) -> tuple[_Match, tuple[int, int, int] | None]:
         g, p = gt.images.get(key), pred.images.get(key)
         m = _match(
             _as_array(g.footprints if g is not None else []), _as_array(p.footprints if p is not None else []),
             iou, matching, area_filter=crs is None,
         )
+        return m, (_pixel_counts(g, p) if do_pixel else None)
+
+    for key, (m, px) in zip(keys, ordered_map(one, keys, threads, name="rooftrace-evaluate")):
+        g, p = gt.images.get(key), pred.images.get(key)
         f1, precision, recall = _figures(m.tp, m.matched_pred, m.n_gt, m.n_pred)
         source = g.source if g is not None else (p.source if p is not None else None)
         images.append(ImageScore(key, m.tp, m.fp, m.fn, f1, precision, recall, source, m.n_gt, m.n_pred))
         matched_pred.append(m.matched_pred)
-        if do_pixel:
-            pixels.append(_pixel_counts(g, p))
+        if px is not None:
+            pixels.append(px)
     score = _aggregate(images, matched_pred, pixels if do_pixel else None, iou, matching, notes)
     if any(s.source is not None for s in images):
         groups: dict[str, list[int]] = {}

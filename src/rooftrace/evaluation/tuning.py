@@ -12,14 +12,14 @@ This module does not import torch.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 
 from rooftrace.core.threads import ordered_map
 from rooftrace.evaluation.metrics import Score, evaluate_labels
-from rooftrace.instances.postprocess import PostprocessSettings, postprocess, watershed_candidates
+from rooftrace.instances.postprocess import Candidates, PostprocessSettings, postprocess, watershed_candidates
 from rooftrace.labels.records import LabelSet
 
 #: Candidate values per setting (the search starts from the defaults). The ranges reach past where
@@ -41,6 +41,23 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
 CANDIDATE_SETS = 2
 #: The ``min_area`` candidates are kept at: the search's smallest (specks below it are not traced for nothing).
 CANDIDATE_MIN_AREA = min(SEARCH_SPACE["min_area"])
+#: Instance maps per image whose candidates a search keeps (the newest), so that a trial that leaves an image's
+#: map as an earlier trial found it does not trace it again (:func:`rooftrace.instances.postprocess.watershed_candidates`).
+MAP_MEMO = 8
+
+
+@dataclass
+class SearchMemo:
+    """What a settings search keeps between its trials on one set of probabilities (:func:`score_settings`).
+
+    Attributes:
+        sets: ``watershed``'s candidate regions of every image, per setting of the others than ``min_area`` and
+            ``min_score`` (the :data:`CANDIDATE_SETS` newest).
+        maps: Per image, the candidates of the instance maps found in it (the :data:`MAP_MEMO` newest).
+    """
+
+    sets: dict[PostprocessSettings, list[Candidates]] = field(default_factory=dict)
+    maps: list[dict] = field(default_factory=list)
 
 
 def search_threads() -> int:
@@ -50,27 +67,38 @@ def search_threads() -> int:
 
 
 def score_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str, settings: PostprocessSettings,
-                   threads: int | None = None, candidates: dict | None = None) -> Score:
+                   threads: int | None = None, memo: SearchMemo | None = None) -> Score:
     """Post-process each image's probabilities (``probs[i]`` belongs to the i-th image of ``gt``) and score
     the buildings against ``gt`` (object F1, one-to-one, IoU 0.5). The images are post-processed in
     ``threads`` threads (None: :func:`search_threads`); the score does not depend on how many.
 
-    ``candidates``: a dict kept across calls on the same ``probs`` (a search's), where ``watershed``'s regions
-    before its ``min_area`` and ``min_score`` filters are kept per setting of the others
+    ``memo``: kept across calls on the same ``probs`` (a search's). ``watershed``'s regions before its ``min_area``
+    and ``min_score`` filters are kept per setting of the others
     (:func:`rooftrace.instances.postprocess.watershed_candidates`), so that settings differing only in those
-    filters are scored without post-processing again (the :data:`CANDIDATE_SETS` newest sets are kept). The
-    buildings are the same (tested)."""
+    filters are scored without post-processing again (the :data:`CANDIDATE_SETS` newest sets are kept); and an
+    image whose instance map a trial finds as an earlier one did is not traced again. The buildings are the same
+    (tested)."""
     pred = LabelSet()
     workers = search_threads() if threads is None else threads
-    if candidates is not None and method == "watershed" and settings.min_area >= CANDIDATE_MIN_AREA:
+    if memo is not None and method == "watershed" and settings.min_area >= CANDIDATE_MIN_AREA:
         key = replace(settings, min_area=CANDIDATE_MIN_AREA, min_score=0.0)
-        if key in candidates:
-            candidates[key] = candidates.pop(key)  # the newest
+        if key in memo.sets:
+            memo.sets[key] = memo.sets.pop(key)  # the newest
         else:
-            candidates[key] = list(ordered_map(lambda p: watershed_candidates(p, key), probs, workers, name="rooftrace-search"))
-            while len(candidates) > CANDIDATE_SETS:  # memory bounded on a large split: the oldest go
-                candidates.pop(next(iter(candidates)))
-        found = (c.footprints(settings) for c in candidates[key])
+            if len(memo.maps) != len(probs):
+                memo.maps = [{} for _ in probs]
+
+            def candidates(i: int) -> Candidates:
+                known = memo.maps[i]
+                found = watershed_candidates(probs[i], key, known)
+                while len(known) > MAP_MEMO:  # the oldest go
+                    known.pop(next(iter(known)))
+                return found
+
+            memo.sets[key] = list(ordered_map(candidates, range(len(probs)), workers, name="rooftrace-search"))
+            while len(memo.sets) > CANDIDATE_SETS:  # memory bounded on a large split: the oldest go
+                memo.sets.pop(next(iter(memo.sets)))
+        found = (c.footprints(settings) for c in memo.sets[key])
     else:
         found = ordered_map(lambda p: postprocess(p, method=method, settings=settings).footprints, probs, workers,
                             name="rooftrace-search")
@@ -78,7 +106,7 @@ def score_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str, setti
         pimg = pred.get_or_add(img.key)
         pimg.footprints = fp
         pimg.width, pimg.height = img.width, img.height
-    return evaluate_labels(gt, pred, pixel=False)
+    return evaluate_labels(gt, pred, pixel=False, threads=workers)
 
 
 def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "watershed", rounds: int = 3,
@@ -105,11 +133,11 @@ def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "wa
     else:
         space = SEARCH_SPACE
     seen: dict[PostprocessSettings, Score] = {}
-    candidates: dict = {}  # watershed's regions before its filters, per setting of the rest (score_settings)
+    memo = SearchMemo()  # watershed's regions and traced maps, kept between trials (score_settings)
 
     def scored(settings: PostprocessSettings) -> Score:
         if settings not in seen:
-            seen[settings] = score_settings(probs, gt, method, settings, threads, candidates)
+            seen[settings] = score_settings(probs, gt, method, settings, threads, memo)
         return seen[settings]
 
     default = scored(PostprocessSettings())
@@ -137,4 +165,4 @@ def search_settings(probs: Sequence[np.ndarray], gt: LabelSet, method: str = "wa
             best, best_score = here, here_score
     return best, best_score, default, len(seen)
 
-__all__ = ["SEARCH_SPACE", "score_settings", "search_settings", "search_threads"]
+__all__ = ["SEARCH_SPACE", "SearchMemo", "score_settings", "search_settings", "search_threads"]

@@ -177,21 +177,16 @@ def _is_loaded_model(obj: Any) -> bool:
 
 
 def load_any(model: str | Path, device: str = "auto", onnx_spinning: bool = True) -> LoadedModel | OnnxModel:
-    """A ``.safetensors`` model on ``device`` (channels_last, batch norms folded into their convolutions:
-    :func:`rooftrace.models.fold.fold_batchnorm`, the decoder's upsampling as transposed convolutions:
-    :func:`rooftrace.models.upsample_conv.use_transposed_upsampling`), or an ``.onnx`` model in ONNX Runtime."""
+    """A ``.safetensors`` model on ``device`` in :func:`rooftrace.models.inference_form.inference_form` (channels_last,
+    batch norms folded into their convolutions, the decoder's upsampling as transposed convolutions), or an ``.onnx``
+    model in ONNX Runtime."""
     if is_onnx(model):
         return load_onnx(model, device=device, spinning=onnx_spinning)
-    import torch
-
     from rooftrace.models.files import load_model
-    from rooftrace.models.fold import fold_batchnorm
-    from rooftrace.models.upsample_conv import use_transposed_upsampling
+    from rooftrace.models.inference_form import inference_form
 
     loaded = load_model(model, device=pick_device(device))
-    fold_batchnorm(loaded.model)  # inference only: the same outputs, without a batch-norm pass
-    use_transposed_upsampling(loaded.model)  # the same function, without the decoder's upsampled tensors
-    loaded.model.to(memory_format=torch.channels_last)
+    inference_form(loaded.model)  # folded, transposed upsampling, channels-last: as teachers and validation run it
     return loaded
 
 

@@ -37,8 +37,7 @@ class Teachers:
                  device: torch.device, depthwise_fp32: bool = False, channels_last: bool = False):
         from rooftrace.models.autocast import depthwise_in_fp32
         from rooftrace.models.files import load_model
-        from rooftrace.models.fold import fold_batchnorm
-        from rooftrace.models.upsample_conv import use_transposed_upsampling
+        from rooftrace.models.inference_form import inference_form
 
         if not paths:
             raise ValueError("Teachers: no teacher model files")
@@ -53,15 +52,11 @@ class Teachers:
                 raise RooftraceError(f"train.teachers {path}: it expects inputs normalised with mean {list(loaded.mean)}, std "
                                      f"{list(loaded.std)}, this run gives mean {list(mean)}, std {list(std)} (data.mean, "
                                      "data.std); nothing was trained")
-            net = loaded.model.eval()
-            fold_batchnorm(net)
-            use_transposed_upsampling(net)
+            net = inference_form(loaded.model)  # folded, transposed upsampling: as the runtime runs it
             if depthwise_fp32:
                 depthwise_in_fp32(net)
-            if channels_last:
-                net = net.to(memory_format=torch.channels_last)
-            for p in net.parameters():
-                p.requires_grad_(False)
+            if not channels_last:  # the student's memory format (the runtime's is channels-last)
+                net = net.to(memory_format=torch.contiguous_format)
             self.models.append(net)
 
     def __len__(self) -> int:

@@ -61,6 +61,7 @@ from rooftrace.models.autocast import (
     dtype_name,
 )
 from rooftrace.models.files import save_model
+from rooftrace.models.inference_form import inference_copy
 from rooftrace.models.tuned_file import POSTPROCESS_SUFFIX
 from rooftrace.models.upsample_conv import use_transposed_upsampling
 from rooftrace.training.dataset import Draws, TileDataset, collate_pad, same_size_batches, select_tiles
@@ -351,6 +352,10 @@ class Trainer:
         """Loss, pixel metrics and object-wise F1 (one-to-one, IoU 0.5) on the validation tiles."""
         model = self.evaluated
         model.eval()
+        # The network as predict and tune run the file this epoch would save (folded, channels-last, depthwise
+        # convolutions in the autocast dtype), not as it trains: the F1 that picks the best epoch is computed from the
+        # probabilities those commands compute (models.inference_form).
+        net = inference_copy(model, self.cfg.model, self.channels)
         if self._val_batches is None:  # tiles of one padded size a batch, as predict runs them (the tiles are cached)
             sizes = [self.val_ds.load(i)[0].shape[:2] for i in range(len(self.val_ds))]
             cpu = self.env.device.type == "cpu"
@@ -364,7 +369,7 @@ class Trainer:
         for batch in loader:
             x, y = self._to(batch["image"]), self._to(batch["target"])
             with self._autocast():
-                logits = model(x)
+                logits = net(x.contiguous(memory_format=torch.channels_last))
             logits = logits.float()
             if not bool(torch.isfinite(logits).all()):
                 self._diverged(epoch, "validation: the network's outputs are not finite")
