@@ -385,8 +385,8 @@ def test_the_flood_of_contested_pieces_is_the_documented_flood_of_the_whole_tile
     split = PostprocessSettings(**{**options, "split_distance": 1.5})  # the single-channel flood
     maps = _rough_maps(24, seed=len(str(options)))
     floods = []
-    real = pp._flood_contested
-    monkeypatch.setattr(pp, "_flood_contested", lambda *a: floods.append(1) or real(*a))
+    real = pp.flood_contested
+    monkeypatch.setattr(pp, "flood_contested", lambda *a: floods.append(1) or real(*a))
 
     def run() -> list:
         return [(watershed_postprocess(p, settings), watershed_postprocess(p[:1], split)) for p in maps]
@@ -425,7 +425,7 @@ def test_tied_seeds_give_the_same_buildings_wherever_the_tile_lies() -> None:
 
 
 def test_flood_keys_order_seeds_by_value_then_position_and_leave_other_ties_to_age() -> None:
-    from rooftrace.instances.postprocess import _flood_keys
+    from rooftrace.instances.flood import flood_keys as _flood_keys
 
     values = np.array([0.5, 0.5, 0.5, 0.2, 0.5, 0.9], dtype=np.float32)
     seed = np.array([True, True, False, False, False, True])
@@ -617,7 +617,7 @@ def test_candidates_filtered_give_watersheds_buildings(tidy) -> None:
 
 
 def test_float32_order_keeps_the_order_and_the_ties_of_float32_values() -> None:
-    from rooftrace.instances.postprocess import _float32_order
+    from rooftrace.instances.flood import float32_order as _float32_order
 
     rng = np.random.default_rng(3)
     v = np.concatenate([rng.normal(0, 3, 500), [0.0, -0.0, 1.0, 1.0, -2.5, -2.5, 3e38, -3e38, 1e-45, -1e-45]]).astype(np.float32)
@@ -660,7 +660,8 @@ def test_merge_lookup_covers_regions_that_touch_no_other() -> None:
 
 
 def test_pack_places_boxes_apart_in_a_mosaic_no_larger_than_one_row_width() -> None:
-    from rooftrace.instances.postprocess import _pack, _shelf
+    from rooftrace.instances.flood import pack_boxes as _pack
+    from rooftrace.instances.flood import shelf_pack as _shelf
 
     rng = np.random.default_rng(7)
     for _ in range(20):

@@ -25,7 +25,7 @@ those causes:
        that touches one seed only is that seed's; only the pieces two or more seeds compete for are
        packed into one small mosaic and flooded in one call, so the cost follows the contested
        pixels, not the tile. Pixels are flooded by value; seeds of equal value in raster order
-       (:func:`_flood_keys`), so the regions do not depend on how a tile or scene is cut or packed.
+       (:func:`rooftrace.instances.flood.flood_keys`), so the regions do not depend on how a tile or scene is cut or packed.
        No morphological closing anywhere: it is exactly what fuses neighbours.
     4. Optionally, adjacent regions whose shared frontier shows no contact are merged again: a
        building with a narrow neck loses its seed along the neck, but nothing separates it from
@@ -76,17 +76,13 @@ from rooftrace.geometry.polygons import (
     simplify_polygons,
 )
 from rooftrace.geometry.shapes import Footprint, clean_footprint
+from rooftrace.instances.flood import boxes, flood_contested, label4
 from rooftrace.labels.records import ImageKey, ImageLabels
 
-try:  # OpenCV: faster connected components, and the contours of the original recipe (``seed``)
+try:  # OpenCV: the contours of the original recipe (``seed``)
     import cv2 as _cv2
 except ImportError:  # pragma: no cover - scipy does the labelling without it
     _cv2 = None
-
-#: 4-connectivity: pixels that share an edge. Every labelling here uses it, so that each region is
-#: one polygon when traced on pixel edges (8-connected pixels touch at a corner only, which a
-#: polygon cannot express as one ring).
-_FOUR = ndimage.generate_binary_structure(2, 1)
 
 #: How far outside [0, 1] a probability may stray (rounding noise) before input is refused.
 _SLACK = 1e-4
@@ -299,20 +295,6 @@ def as_probabilities(probs: np.ndarray) -> np.ndarray:
 # watershed
 
 
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected components as an int32 map (ids in raster order of first pixel) and their number.
-
-    OpenCV's labelling is about 3.5 times faster than scipy's on a 512 x 512 tile and gives the
-    same ids; scipy is the fallback when OpenCV is not installed.
-    """
-    m = np.ascontiguousarray(mask, dtype=bool)
-    if _cv2 is not None and m.ndim == 2 and m.size:
-        n, lab = _cv2.connectedComponents(m.view(np.uint8), connectivity=4, ltype=_cv2.CV_32S)
-        return lab, int(n) - 1
-    lab, n = ndimage.label(m, structure=_FOUR)
-    return lab.astype(np.int32, copy=False), int(n)
-
-
 def _relabel(inst: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Renumber the ids of ``inst`` where ``keep[id]`` as 1..n in id order; others become 0."""
     keep = keep.copy()
@@ -328,7 +310,7 @@ def _markers(p: np.ndarray, mask: np.ndarray, s: PostprocessSettings, flat: np.n
     fp, bd, ct = p[0], p[1], p[2]
     sure = mask & (fp >= s.seed_footprint)
     no_contact = ct < s.seed_contact
-    markers, n = _label(sure & no_contact & (bd < s.seed_boundary))
+    markers, n = label4(sure & no_contact & (bd < s.seed_boundary))
     if n and s.min_seed_area > 1:
         big = np.bincount(markers.ravel()[flat], minlength=n + 1) >= s.min_seed_area
         markers = _relabel(markers, big)
@@ -336,7 +318,7 @@ def _markers(p: np.ndarray, mask: np.ndarray, s: PostprocessSettings, flat: np.n
     # Fallback 1: a building narrower than twice the boundary band has no strict seed; the
     # part of it away from any neighbour (no contact) is its seed, unless that part already holds
     # a strict seed (then it is a bigger building's interior plus its band).
-    core, n_core = _label(mask & no_contact)
+    core, n_core = label4(mask & no_contact)
     if n_core:
         core_at = core.ravel()[flat]  # the pieces lie inside the mask: their ids at its pixels are all of them
         marks_at = markers.ravel()[flat]
@@ -446,38 +428,6 @@ def _component_markers(marks_at: np.ndarray, comp_at: np.ndarray, n_mark: int, n
     return per_comp, one
 
 
-def _shelf(hs: list[int], ws: list[int], order: list[int], width: int) -> tuple[list[int], list[int], int]:
-    """Shelf-pack boxes of ``hs`` x ``ws`` (gaps included) in ``order`` into a mosaic ``width`` wide: each box's top row
-    and left column, and the mosaic's height."""
-    py, px = [0] * len(hs), [0] * len(hs)
-    x = y = shelf = 0
-    for i in order:
-        if x + ws[i] > width:
-            x, y, shelf = 0, y + shelf, 0
-        py[i], px[i] = y, x
-        x += ws[i]
-        shelf = max(shelf, hs[i])
-    return py, px, y + shelf
-
-
-def _pack(heights: np.ndarray, widths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Shelf-pack boxes of ``heights`` x ``widths`` pixels (with a one-pixel gap) into a small mosaic, tallest first:
-    each box's top row and left column, and the mosaic's size. The mosaic is the smallest of a few widths (``width``,
-    the widest box, and 1 to 2 times the side of a square of the boxes' area): a flood's cost grows with its image's
-    pixels, masked or not (on the shipped model's outputs the mosaics are 29 % smaller than at ``width`` alone)."""
-    hs, ws = (np.asarray(heights) + 1).tolist(), (np.asarray(widths) + 1).tolist()
-    order = sorted(range(len(hs)), key=lambda i: -hs[i])
-    widest = max(ws)
-    side = math.sqrt(sum(h * w for h, w in zip(hs, ws)))
-    best: tuple[int, list[int], list[int], int, int] | None = None
-    for wd in sorted({max(widest, width), widest, *(max(widest, int(side * f)) for f in (1.0, 1.25, 1.5, 2.0))}):
-        py, px, hm = _shelf(hs, ws, order, wd)
-        if best is None or hm * wd < best[0]:
-            best = (hm * wd, py, px, hm, wd)
-    _, py, px, hm, wd = best  # type: ignore[misc]
-    return np.asarray(py, dtype=np.int64), np.asarray(px, dtype=np.int64), hm, wd
-
-
 def _grow(
     markers: np.ndarray,
     mask: np.ndarray,
@@ -490,10 +440,10 @@ def _grow(
 
     Mask components with no marker become buildings of their own (the last fallback); components
     with one marker are that marker's building as they are; only components with two or more
-    markers are flooded, and within them only what a flood can decide (:func:`_flood_contested`):
+    markers are flooded, and within them only what a flood can decide (:func:`~rooftrace.instances.flood.flood_contested`):
     a piece of the mask outside the markers that touches markers of one id only is that id's. The
     rest, the pieces that touch two or more ids, is packed into one small mosaic with the markers
-    they touch and flooded with one watershed call, in the order of :func:`_flood_keys`: the same
+    they touch and flooded with one watershed call, in the order of :func:`~rooftrace.instances.flood.flood_keys`: the same
     regions as flooding the whole components. Regions are then merged where their frontier lacks
     contact (``merge_below > 0``). Every step past the labelling reads and writes the mask's pixels
     only (``flat``), not the whole tile.
@@ -508,7 +458,7 @@ def _grow(
         flat: ``np.flatnonzero(mask)``.
         merge_below: Contact threshold of the merge; 0 disables it.
     """
-    comp, n_comp = _label(mask)
+    comp, n_comp = label4(mask)
     if n_comp == 0:
         return comp
     comp_at, marks_at = comp.ravel()[flat], markers.ravel()[flat]
@@ -532,14 +482,14 @@ def _grow(
     which = rank[comp_at]
     sel = which >= 0
     r, c = np.divmod(flat[sel], mask.shape[1])
-    r0, r1, c0, c1 = _boxes(which[sel], r, c, len(multi))
+    r0, r1, c0, c1 = boxes(which[sel], r, c, len(multi))
     # The crop that holds every flooded component, and their pixels in it (flat, ascending: the crop's raster
     # order is the tile's).
     top, left = int(r0.min()), int(c0.min())
     crop = (slice(top, int(r1.max()) + 1), slice(left, int(c1.max()) + 1))
     width = crop[1].stop - left
     inside = (r - top) * width + (c - left)
-    grown = _flood_contested(markers[crop], inside, surface, layers[:, crop[0], crop[1]])
+    grown = flood_contested(markers[crop], inside, surface, layers[:, crop[0], crop[1]])
     if merge_below > 0:
         # Frontiers lie inside flooded components, each keeping its pixels' raster order in the
         # crop: the same sums, so the same merges as each component alone.
@@ -553,156 +503,15 @@ def _grow(
     return out
 
 
-def _boxes(k: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-    """Bounding boxes of ``n`` pixel groups: ``(row min, row max, col min, col max)``, each of length ``n``,
-    of the pixels ``(rows, cols)`` that belong to group ``k``."""
-    top = np.iinfo(np.int64).max
-    r0, c0 = np.full(n, top), np.full(n, top)
-    r1, c1 = np.full(n, -1), np.full(n, -1)
-    np.minimum.at(r0, k, rows)
-    np.minimum.at(c0, k, cols)
-    np.maximum.at(r1, k, rows)
-    np.maximum.at(c1, k, cols)
-    return r0, r1, c0, c1
-
-
-def _float32_order(values: np.ndarray) -> np.ndarray:
-    """int64 keys in the order of float32 ``values`` (finite), equal where the values are equal: the bits of each
-    value as an unsigned integer, the negative ones reflected below the positive ones (IEEE 754 orders
-    non-negative floats as their bits). ``-0.0`` is made ``0.0`` first, so the two zeros share a key."""
-    bits = (values.astype(np.float32) + np.float32(0.0)).view(np.uint32).astype(np.int64)
-    return np.where(bits >= 2**31, 2**32 - 1 - bits, bits + 2**31)
-
-
-def _flood_keys(values: np.ndarray, seed: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """The landscape a flood takes its pixels in, with every tie between seeds broken: float64 keys.
-
-    scikit-image's watershed takes pixels off a heap by value, then by age (every seed pixel 0, each
-    later push one more); a pixel pushed from another is given the greater of its own value and that
-    pixel's, and takes its id. Seeds of equal value therefore tie, and which the heap takes first
-    depends on everything else in it, so on how the image is laid out (a crop, a mosaic, a block of
-    a scene). These keys remove that: they order ``(value, 0, order)`` for a seed pixel and
-    ``(value, 1)`` for any other. The values' order is kept; at equal value seeds come before
-    other pixels, as their age 0 put them; seeds of equal value come in ``order`` (a pixel's raster
-    position in the tile); other pixels of equal value share a key, so their age still decides. The
-    flood is then a function of the pixels alone, whatever the layout.
-
-    Args:
-        values: The landscape at the pixels to flood (1-D, any real dtype, finite).
-        seed: Which of them are seed (marker) pixels.
-        order: Each pixel's raster position in the tile (read for seed pixels only).
-    """
-    values = np.asarray(values)
-    n_seeds = int(np.count_nonzero(seed))
-    rank = None
-    if values.dtype == np.float32 and 2**32 * (n_seeds + 1) < 2**53:
-        rank = _float32_order(values)  # the values' order, ties kept, without a sort
-    if rank is None:
-        _, rank = np.unique(values, return_inverse=True)  # dense: at most the pixels' number
-    tie = np.full(rank.shape, n_seeds, dtype=np.int64)  # other pixels: after every seed of their value
-    by_order = np.argsort(order[seed], kind="stable")
-    dense = np.empty(n_seeds, dtype=np.int64)
-    dense[by_order] = np.arange(n_seeds)  # seeds: their raster order, dense (the inverse of the sorting permutation)
-    tie[seed] = dense
-    # One integer key, exact in float64: below 2**32 * (n + 1) with n seed pixels from float32 values' bits (fewer
-    # than 2 million seed pixels), else at most n * (n + 1) for n pixels, so below 2**53 for any flood under
-    # 94 million pixels (a tile, or a scene's block, is a few million at most).
-    if (int(rank.max(initial=0)) + 1) * (n_seeds + 1) >= 2**53:
-        raise ValueError(f"a flood of {rank.size} pixels is beyond what exact float64 keys can order")
-    return (rank.astype(np.int64) * (n_seeds + 1) + tie).astype(np.float64)
-
-
-def _flood_contested(
-    markers: np.ndarray, inside: np.ndarray, surface: Callable[[np.ndarray, np.ndarray], np.ndarray], layers: np.ndarray
-) -> np.ndarray:
-    """The watershed of the markers over the pixels ``inside`` (flat indices of ``markers``' raster, ascending:
-    the components with two or more markers), flooding only the pieces whose id a flood decides.
-
-    Free pixels (inside, not a marker) fall into free pieces (4-connected). The flood takes pixels
-    in the order of :func:`_flood_keys` (by value, at equal value markers first, in raster order;
-    a pixel reached at no less than the pixel it was reached from; then in the order they were
-    reached) and gives every free pixel the id of the neighbour it was reached from first. A free
-    piece that touches markers of one id only gets that id whatever the order: nothing else reaches
-    it. A piece that touches two or more ids (contested) depends only on its own pixels and the
-    markers it touches: every path into it runs from one of those markers through the piece, and
-    the keys order its pixels without regard to anything else on the heap. So flooding the
-    contested pieces and the markers they touch alone, packed into one small mosaic, gives the same
-    ids as flooding the whole components.
-
-    Returns:
-        The id of each pixel of ``inside`` (its marker's, or the one the flood gave it).
-    """
-    h, w = markers.shape
-    w2 = w + 2
-    at_pad = inside + (inside // w) * 2 + (w2 + 1)  # in a raster with a border of background: no bounds checks
-    ids_in = markers.ravel()[inside]
-    mk = np.zeros((h + 2) * w2, dtype=np.int32)
-    mk[at_pad] = ids_in
-    is_free = ids_in == 0
-    fi = at_pad[is_free]
-    if len(fi) == 0:
-        return ids_in
-    free = np.zeros((h + 2, w2), dtype=bool)
-    free.ravel()[fi] = True
-    piece, n_piece = _label(free)
-    pf = piece.ravel()[fi]
-    nb = np.concatenate([fi - w2, fi - 1, fi + 1, fi + w2])
-    ids = mk[nb]
-    touch = ids > 0
-    nb, ids, pieces = nb[touch], ids[touch], np.tile(pf, 4)[touch]
-    lo = np.full(n_piece + 1, np.iinfo(np.int32).max, dtype=np.int32)
-    hi = np.zeros(n_piece + 1, dtype=np.int32)
-    np.minimum.at(lo, pieces, ids)
-    np.maximum.at(hi, pieces, ids)
-    contested = lo != hi
-    contested[0] = False
-    in_contest = contested[pf]
-    free_ids = np.where(in_contest, 0, lo[pf])
-    if in_contest.any():
-        sel = contested[pieces]
-        nb, ids, pieces = nb[sel], ids[sel], pieces[sel]
-        # The contested pieces and the markers each touches, each piece in a box of its own (a marker
-        # that touches two pieces is copied into both), packed into one small mosaic.
-        fc = fi[in_contest]
-        who = np.concatenate([pf[in_contest], pieces])  # the piece of each pixel to copy
-        src = np.concatenate([fc, nb])
-        rr, cc = np.divmod(src, w2)
-        cut = np.flatnonzero(contested)
-        rank = np.zeros(n_piece + 1, dtype=np.int64)
-        rank[cut] = np.arange(len(cut))
-        k = rank[who]
-        y0, y1, x0, x1 = _boxes(k, rr, cc, len(cut))
-        py, px, hm, wm = _pack(y1 - y0 + 1, x1 - x0 + 1, w2)
-        at = (rr - y0[k] + py[k]) * wm + (cc - x0[k] + px[k])
-        # The landscape at those pixels only (surfaces are pixel by pixel), as flood keys.
-        ru, cu = rr - 1, cc - 1  # unpadded coordinates
-        pts = layers[:, ru, cu][:, None, :]
-        values = surface(pts, np.ones((1, len(src)), dtype=bool)).ravel()
-        seed = np.zeros(len(src), dtype=bool)
-        seed[len(fc):] = True
-        land = np.zeros(hm * wm, dtype=np.float64)
-        land[at] = _flood_keys(values, seed, src)
-        from skimage.segmentation import watershed
-
-        m_m = np.zeros(hm * wm, dtype=bool)
-        m_m[at] = True
-        k_m = np.zeros(hm * wm, dtype=np.int32)
-        k_m[at[len(fc):]] = ids
-        flooded = watershed(land.reshape(hm, wm), markers=k_m.reshape(hm, wm), mask=m_m.reshape(hm, wm), connectivity=1)
-        free_ids[in_contest] = flooded.ravel()[at[: len(fc)]]
-    ids_in[is_free] = free_ids
-    return ids_in
-
-
 def _single_channel_instances(mask: np.ndarray, s: PostprocessSettings, flat: np.ndarray) -> np.ndarray:
     """Instances of a footprint-only output: components, or a distance-transform watershed."""
     if s.split_distance <= 0:
-        return _label(mask)[0]
+        return label4(mask)[0]
     from skimage.morphology import h_maxima
 
     dist = ndimage.distance_transform_edt(mask).astype(np.float32)
     peaks = h_maxima(dist, s.split_distance).astype(bool) & mask
-    markers = _label(peaks)[0]
+    markers = label4(peaks)[0]
     return _grow(markers, mask, lambda lay, m: -lay[0], dist[None], flat)
 
 

@@ -10,5 +10,6 @@
 - :mod:`~rooftrace.models.checkpoints`: ``import_checkpoint`` (``rooftrace import-weights``).
 - :mod:`~rooftrace.models.autocast`: the precision a device runs at.
 - :mod:`~rooftrace.models.fold`: ``fold_batchnorm`` (batch norm folded into convolutions, for inference).
+- :mod:`~rooftrace.models.inference_form`: ``inference_form``, ``inference_copy`` (a network as every inference path runs it).
 - ``shipped/``: the default model, its SHA-256 and its tuned settings (package data).
 """
