@@ -79,11 +79,6 @@ from rooftrace.geometry.shapes import Footprint, clean_footprint
 from rooftrace.instances.flood import boxes, flood_contested, label4
 from rooftrace.labels.records import ImageKey, ImageLabels
 
-try:  # OpenCV: the contours of the original recipe (``seed``)
-    import cv2 as _cv2
-except ImportError:  # pragma: no cover - scipy does the labelling without it
-    _cv2 = None
-
 #: How far outside [0, 1] a probability may stray (rounding noise) before input is refused.
 _SLACK = 1e-4
 
