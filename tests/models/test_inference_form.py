@@ -69,3 +69,16 @@ def test_the_copy_is_the_weights_of_the_moment(tmp_path) -> None:
     with torch.inference_mode():
         assert torch.equal(copy(x), before)
         assert not torch.equal(inference_copy(model, cfg.model, len(cfg.data.channels))(x), before)
+
+
+def test_weights_that_do_not_fit_the_named_architecture_are_refused_by_file(tmp_path) -> None:
+    """A model file whose config names another architecture than its weights' (network_from_state, which load_model
+    and inference_copy share): a RooftraceError naming the file, not torch's error."""
+    from rooftrace.core.errors import RooftraceError
+    from rooftrace.models.files import load_model
+
+    small = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=4"])
+    wide = load_config(REPO / "configs" / "baseline-unet.yaml", ["model.base_channels=8"])
+    path = save_model(tmp_path / "mislabelled.safetensors", build_model(small.model, len(small.data.channels)), wide)
+    with pytest.raises(RooftraceError, match=r"mislabelled\.safetensors: weights do not fit the architecture it names"):
+        load_model(path)

@@ -572,16 +572,15 @@ def evaluate_labels(gt: LabelSet, pred: LabelSet, iou: float = 0.5, matching: st
     matched_pred: list[int] = []
     pixels: list[tuple[int, int, int]] = []
 
-    def one(key: ImageKey) -> tuple[_Match, tuple[int, int, int] | None]:
+    def one(key: ImageKey) -> tuple[ImageLabels | None, ImageLabels | None, _Match, tuple[int, int, int] | None]:
         g, p = gt.images.get(key), pred.images.get(key)
         m = _match(
             _as_array(g.footprints if g is not None else []), _as_array(p.footprints if p is not None else []),
             iou, matching, area_filter=crs is None,
         )
-        return m, (_pixel_counts(g, p) if do_pixel else None)
+        return g, p, m, (_pixel_counts(g, p) if do_pixel else None)
 
-    for key, (m, px) in zip(keys, ordered_map(one, keys, threads, name="rooftrace-evaluate")):
-        g, p = gt.images.get(key), pred.images.get(key)
+    for key, (g, p, m, px) in zip(keys, ordered_map(one, keys, threads, name="rooftrace-evaluate")):
         f1, precision, recall = _figures(m.tp, m.matched_pred, m.n_gt, m.n_pred)
         source = g.source if g is not None else (p.source if p is not None else None)
         images.append(ImageScore(key, m.tp, m.fp, m.fn, f1, precision, recall, source, m.n_gt, m.n_pred))

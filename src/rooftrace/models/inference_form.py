@@ -11,26 +11,24 @@ those of the network as it trains (batch norms apart, depthwise convolutions in 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from rooftrace.config import ModelConfig
-from rooftrace.models.architectures import build_model
-from rooftrace.models.files import unwrap
+from rooftrace.models.files import network_from_state, unwrap
 from rooftrace.models.fold import fold_batchnorm
 from rooftrace.models.upsample_conv import use_transposed_upsampling
 
 
-def inference_form(model: torch.nn.Module) -> torch.nn.Module:
+def inference_form(model: torch.nn.Module, channels_last: bool = True) -> torch.nn.Module:
     """``model`` (in eval mode, its weights final) in place as inference runs it: batch norms folded, transposed
-    upsampling, channels-last; returned. Its parameters no longer need gradients."""
+    upsampling, channels-last (``channels_last=False``: as it is, for a caller that feeds it planes); returned. Its
+    parameters no longer need gradients."""
     model.eval()
     fold_batchnorm(model)  # the same outputs, without a batch-norm pass
     use_transposed_upsampling(model)  # the same function, without the decoder's upsampled tensors
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 @torch.no_grad()
@@ -40,12 +38,8 @@ def inference_copy(model: torch.nn.Module, cfg: ModelConfig, classes: int) -> to
     :func:`inference_form`, on the same device: the network ``predict`` would run from the file a run saves now."""
     source = unwrap(model)
     with torch.inference_mode(False):  # normal tensors, whatever the caller's mode (the kept kernels track versions)
-        net = build_model(replace(cfg, encoder_weights=None), classes=classes, inference=True)
-        state = {k: v.detach().float().clone() if v.is_floating_point() else v.detach().clone()
-                 for k, v in source.state_dict().items()}
-        net.load_state_dict(state, strict=True)
-        device = next(source.parameters()).device
-        return inference_form(net.to(device))
+        net = network_from_state(cfg, classes, source.state_dict())  # the weights copied in, not shared
+        return inference_form(net.to(next(source.parameters()).device))
 
 
 __all__ = ["inference_copy", "inference_form"]

@@ -52,11 +52,9 @@ class Teachers:
                 raise RooftraceError(f"train.teachers {path}: it expects inputs normalised with mean {list(loaded.mean)}, std "
                                      f"{list(loaded.std)}, this run gives mean {list(mean)}, std {list(std)} (data.mean, "
                                      "data.std); nothing was trained")
-            net = inference_form(loaded.model)  # folded, transposed upsampling: as the runtime runs it
+            net = inference_form(loaded.model, channels_last)  # as the runtime runs it, in the student's memory format
             if depthwise_fp32:
                 depthwise_in_fp32(net)
-            if not channels_last:  # the student's memory format (the runtime's is channels-last)
-                net = net.to(memory_format=torch.contiguous_format)
             self.models.append(net)
 
     def __len__(self) -> int:

@@ -350,12 +350,10 @@ class Trainer:
     @torch.inference_mode()
     def validate(self, epoch: int) -> dict[str, float]:
         """Loss, pixel metrics and object-wise F1 (one-to-one, IoU 0.5) on the validation tiles."""
-        model = self.evaluated
-        model.eval()
         # The network as predict and tune run the file this epoch would save (folded, channels-last, depthwise
         # convolutions in the autocast dtype), not as it trains: the F1 that picks the best epoch is computed from the
         # probabilities those commands compute (models.inference_form).
-        net = inference_copy(model, self.cfg.model, self.channels)
+        net = inference_copy(self.evaluated, self.cfg.model, self.channels)
         if self._val_batches is None:  # tiles of one padded size a batch, as predict runs them (the tiles are cached)
             sizes = [self.val_ds.load(i)[0].shape[:2] for i in range(len(self.val_ds))]
             cpu = self.env.device.type == "cpu"
