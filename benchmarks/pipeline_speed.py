@@ -71,6 +71,12 @@ def startup(runs: int, tile_dir: Path, work: Path) -> dict[str, float]:
     return {k: _median(v) for k, v in out.items()}
 
 
+def _by_round(what: str, ratios: list[float]) -> str:
+    """A table row: each round's ratio against the network timed just before and after it, and their median."""
+    return (f"| {what}, each round against the network timed just before and after it | | median {_median(ratios):.2f} "
+            f"({', '.join(f'{r:.2f}' for r in ratios)}) |")
+
+
 def timed(fn, *args, **kwargs) -> tuple[object, float, float]:
     t, c = time.perf_counter(), time.process_time()
     result = fn(*args, **kwargs)
@@ -279,12 +285,13 @@ def main(argv: list[str] | None = None) -> int:
 
             n_win = Grid.make(args.scene_size, args.scene_size, DEFAULT_TILE, DEFAULT_OVERLAP).n_windows
         rounds: dict[str, list] = {"reference": [], "reference streams": [], "tiles": [], "original": [], "scene reference": [],
-                                   "scene": []}
+                                   "scene": [], "reference after": [], "scene reference after": []}
         for _ in range(args.rounds):
             rounds["reference"].append(reference(runtime, n, args.batch_size))
             seconds, figures["streams"] = reference_streams(runtime, n, args.batch_size, streams=args.streams)
             rounds["reference streams"].append(seconds)
             rounds["tiles"].append(run_tiles(tiles, model, work, args))
+            rounds["reference after"].append(reference(runtime, n, args.batch_size))
             if not args.no_original:
                 from original_loop import run_original_loop
 
@@ -295,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 rounds.setdefault("scene reference streams", []).append(
                     reference_streams(runtime, n_win, args.scene_batch_size, DEFAULT_TILE, DEFAULT_TILE, streams=args.streams)[0])
                 rounds["scene"].append(run_scene(scene, runner, work, args))
+                rounds["scene reference after"].append(reference(runtime, n_win, args.scene_batch_size, DEFAULT_TILE, DEFAULT_TILE))
         ref = _median(rounds["reference"])
         tile_runs = sorted(rounds["tiles"], key=lambda r: r["steady"])
         med = tile_runs[len(tile_runs) // 2]
@@ -302,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         figures["tiles"] = med
         figures["tiles/s steady"] = n / med["steady"]
         figures["tiles vs reference"] = (n / med["steady"]) / (n / ref)
+        # each round's predict against the network timed just before and just after it: the machine's own speed
+        # drifts by several per cent from minute to minute here, more than the figure's margin
+        figures["tiles vs reference, by round"] = [(b + a) / 2 / r["steady"] for r, b, a in
+                                                   zip(rounds["tiles"], rounds["reference"], rounds["reference after"])]
         figures["reference streams tiles/s"] = n / _median(rounds["reference streams"])
         figures["tiles vs reference streams"] = (n / med["steady"]) / figures["reference streams tiles/s"]
         if rounds["original"]:
@@ -314,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             figures["scene reference MP/s"] = sc["mp"] / sref
             figures["scene MP/s"] = sc["mp"] / sc["wall"]
             figures["scene vs reference"] = figures["scene MP/s"] / figures["scene reference MP/s"]
+            figures["scene vs reference, by round"] = [(b + a) / 2 / r["wall"] for r, b, a in
+                                                       zip(rounds["scene"], rounds["scene reference"], rounds["scene reference after"])]
             figures["scene reference streams MP/s"] = sc["mp"] / _median(rounds["scene reference streams"])
 
         import torch
@@ -339,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{figures['reference streams tiles/s'] / figures['reference tiles/s']:.2f} |")
         print(f"| predict, default outputs, steady | {figures['tiles/s steady']:.2f} | {figures['tiles vs reference']:.2f}"
               + (f" ({figures['tiles vs reference streams']:.2f} of the network in streams)" if figures["streams"] > 1 else "") + " |")
+        print(_by_round("predict", figures["tiles vs reference, by round"]))
         if "original s" in figures:
             print(f"| original loop (whole call) | {n / figures['original s']:.2f} | predict (whole call, model load included) "
                   f"is {figures['vs original']:.2f}x the original loop |")
@@ -354,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| the network alone on the same windows in {figures['streams']} streams | "
                       f"{figures['scene reference streams MP/s']:.2f} | {figures['scene reference streams MP/s'] / figures['scene reference MP/s']:.2f} |")
             print(f"| predict_scene to .gpkg ({sc['buildings']} buildings) | {figures['scene MP/s']:.2f} | {figures['scene vs reference']:.2f} |")
+            print(_by_round("predict_scene", figures["scene vs reference, by round"]))
             print(f"\nscene seconds (median round): inference and stitching {sc['inference']:.2f}, post-processing {sc['postprocess']:.2f}")
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1, default=str))

@@ -256,6 +256,20 @@ def test_geojson_pixel_and_map_round_trips(tmp_path):
     assert read_geojson(p).crs == "EPSG:32614"
 
 
+@pytest.mark.parametrize("geom", [
+    box(1, 2, 5, 7),
+    Polygon([(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (4, 2), (4, 4), (2, 4)], [(6, 6), (8, 6), (8, 8)]]),
+    shapely.MultiPolygon([box(0, 0, 1, 1), Polygon([(3, 3), (9, 3), (9, 9), (3, 9)], [[(4, 4), (5, 4), (5, 5)]])]),
+    Polygon(),
+    Polygon([(0, 0, 1), (1, 0, 2), (1, 1, 3)]),
+    shapely.Point(1.5, 2.25),
+])
+def test_geojson_geometry_writes_what_shapely_mapping_writes(geom):
+    from rooftrace.geometry.shapes import geojson_geometry
+
+    assert json.dumps(geojson_geometry(geom)) == json.dumps(shapely.geometry.mapping(geom))
+
+
 def test_geojson_in_degrees_keeps_its_precision(tmp_path):
     poly = box(-97.7431, 30.2672, -97.7430, 30.2673)  # about 10 m in Austin, in degrees
     ls = LabelSet(crs="EPSG:4326")

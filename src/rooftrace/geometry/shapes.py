@@ -12,12 +12,12 @@ This module does not import torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import shapely
 from affine import Affine
-from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 
 #: The areal geometry of one building: a Polygon (possibly with holes) or, for labels that come
@@ -187,6 +187,28 @@ def polygon_from_rings(rings: Sequence[Sequence[tuple[float, float]]]) -> tuple[
 def exterior_rings(footprint: Footprint) -> list[np.ndarray]:
     """The exterior ring of each part, as ``(n, 2)`` arrays without the closing point."""
     return [np.asarray(p.exterior.coords)[:-1] for p in shapely.get_parts(footprint)]
+
+
+def geojson_geometry(geom: BaseGeometry) -> dict[str, Any]:
+    """A geometry as a GeoJSON object, the JSON that ``shapely.geometry.mapping`` gives, at a fraction of its cost
+    for the polygons rooftrace writes: one ``get_coordinates`` per polygon, where ``mapping`` iterates every point
+    in Python (a tenth of a writer's time on outlines of about 120 points). Lists where ``mapping`` gives tuples
+    (JSON has only arrays); other kinds and 3-D geometries go through ``mapping``."""
+    kind = geom.geom_type
+    if kind == "Polygon" and not geom.has_z:
+        return {"type": "Polygon", "coordinates": _polygon_rings(geom)}
+    if kind == "MultiPolygon" and not geom.has_z:
+        return {"type": "MultiPolygon", "coordinates": [_polygon_rings(p) for p in shapely.get_parts(geom)]}
+    return mapping(geom)
+
+
+def _polygon_rings(polygon: Polygon) -> list[list[list[float]]]:
+    """A polygon's rings (exterior, then holes) as lists of ``[x, y]``."""
+    xy = shapely.get_coordinates(polygon).tolist()
+    if not shapely.get_num_interior_rings(polygon):
+        return [xy] if xy else []
+    ends = np.cumsum(shapely.get_num_coordinates(shapely.get_rings(polygon))).tolist()
+    return [xy[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 def pixel_to_map(geom: BaseGeometry, transform: Affine) -> BaseGeometry:

@@ -28,12 +28,12 @@ import shapely
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 from rasterio.errors import NotGeoreferencedWarning
-from shapely.geometry import mapping, shape
+from shapely.geometry import shape
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, read_json
 from rooftrace.geometry.areas import area_m2
-from rooftrace.geometry.shapes import map_to_pixel, pixel_to_map
+from rooftrace.geometry.shapes import geojson_geometry, map_to_pixel, pixel_to_map
 from rooftrace.labels.begc import sort_keys
 from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key
 from rooftrace.labels.registry import LabelFormat, Probe
@@ -368,7 +368,7 @@ def write_geojson(
                 props = {"score": round(float(s), 4), "area_m2": round(float(areas[n]), 3) if np.isfinite(areas[n]) else None}
             else:
                 props = _props(img, s)
-            features.append({"type": "Feature", "properties": props, "geometry": mapping(geom)})
+            features.append({"type": "Feature", "properties": props, "geometry": geojson_geometry(geom)})
     data: dict[str, Any] = {"type": "FeatureCollection"}
     if not in_map:
         data["name"] = PIXEL_LAYER_NAME
