@@ -131,7 +131,7 @@ def test_a_crashed_predict_writes_no_submission_and_resume_finishes_it(model_fil
 
 def test_a_killed_predict_process_resumes_to_the_same_submission(model_file, tmp_path):
     """SIGKILL in the middle of a real `rooftrace predict` process, then `--resume`. The process is held right after
-    its fifth tile's record is written, and killed there."""
+    its fifth tile's record is written (by the run's write thread), and killed there."""
     import signal
     import subprocess
     import sys
@@ -145,9 +145,9 @@ def test_a_killed_predict_process_resumes_to_the_same_submission(model_file, tmp
     hold_after_five_records = """
         import sys
         from pathlib import Path
-        import rooftrace.inference.predict as predict
+        import rooftrace.core.files as files
         from rooftrace.cli import main
-        write, records = predict.atomic_write_text, []
+        write, records = files.atomic_write_bytes, []
         def write_then_hold(path, *a, **k):
             done = write(path, *a, **k)
             if Path(path).parent.name == ".partial" and Path(path).name != "run.json":
@@ -155,7 +155,7 @@ def test_a_killed_predict_process_resumes_to_the_same_submission(model_file, tmp
                 if len(records) == 5:
                     held()
             return done
-        predict.atomic_write_text = write_then_hold
+        files.atomic_write_bytes = write_then_hold
         sys.exit(main(sys.argv[1:]))
     """
     proc = start_held(hold_after_five_records, *args, "--out", str(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -76,6 +76,76 @@ def atomic_write_bytes(path: str | Path, data: bytes, force: bool = False) -> Pa
     return path
 
 
+class WriteQueue:
+    """Files written atomically (:func:`atomic_write_bytes`, overwriting) by one background thread, in the order
+    they were put, so that whoever produces them does not wait on the disk (an ``fsync`` a file: on a network
+    share, milliseconds each).
+
+    At most ``pending`` puts wait at once: :meth:`put` waits for the oldest beyond that, so memory stays
+    bounded when the disk is slower than the producer. A write's error (a full disk) is raised by the next
+    :meth:`put` or by :meth:`close`; the files put before it are written. Leaving the context manager writes
+    what was put (even on an error or an interrupt, so every finished result is kept) and stops the thread.
+
+    Attributes:
+        seconds, cpu: Wall and CPU seconds the thread spent writing.
+    """
+
+    def __init__(self, pending: int = 32):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rooftrace-write")
+        self._jobs: list[Any] = []
+        self._pending = max(1, pending)
+        self.seconds = 0.0
+        self.cpu = 0.0
+
+    def put(self, files: list[tuple[Path, bytes | str]]) -> None:
+        """Write ``(path, bytes or text)`` pairs, in this order, after everything put before."""
+        self._reap(self._pending - 1)
+        self._jobs.append(self._pool.submit(self._write, files))
+
+    def _write(self, files: list[tuple[Path, bytes | str]]) -> None:
+        import time
+
+        t, c = time.perf_counter(), time.thread_time()
+        try:
+            for path, data in files:
+                atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data, force=True)
+        finally:
+            self.seconds += time.perf_counter() - t
+            self.cpu += time.thread_time() - c
+
+    def _reap(self, keep: int) -> None:
+        """Wait until at most ``keep`` puts are unwritten; raise the first error among those written."""
+        done = 0
+        while done < len(self._jobs) and (len(self._jobs) - done > keep or self._jobs[done].done()):
+            job = self._jobs[done]
+            done += 1
+            if job.exception() is not None:
+                del self._jobs[:done]
+                raise job.exception()
+        del self._jobs[:done]
+
+    def close(self) -> None:
+        """Write everything put; raise the first error."""
+        try:
+            self._reap(0)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> WriteQueue:
+        return self
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        if kind is None:
+            self.close()
+            return
+        try:  # already failing: write what was put, and keep the error that stopped the run
+            self.close()
+        except Exception:  # noqa: BLE001 - the first error is the one raised
+            pass
+
+
 def probe_writable(folder: str | Path, meant: str | Path, nothing: str = "") -> None:
     """Make ``folder`` (and its parents) if missing and check that a file can be created in it, before any
     work: a run that cannot write its output stops at once, not after all its work.

@@ -17,8 +17,9 @@ that overlap.
    its share of the CPU's threads (:meth:`ModelRuntime.streams`: 2 on a CPU by default, PyTorch or ONNX
    Runtime), or in the calling thread with one stream (GPUs);
 4. **finish** (threads, or in line with ``threads=0``: in the stream's thread, after its forward pass): the
-   caller's function, typically post-processing, tracing and writing per-image files
-   (:mod:`rooftrace.instances.postprocess`: OpenCV, scikit-image, shapely and zlib release the GIL). At
+   caller's function, typically post-processing, tracing and encoding per-image files (which ``predict`` writes
+   in a thread of their own: :class:`rooftrace.core.files.WriteQueue`) (:mod:`rooftrace.instances.postprocess`:
+   OpenCV, scikit-image, shapely and zlib release the GIL). At
    most ``max_pending`` images wait to be finished; results come back in the order batches ran.
 
 On a CPU of up to 4 cores, finishing runs in line by default, one reader thread reads ahead, and two

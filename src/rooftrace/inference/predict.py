@@ -49,7 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
-from rooftrace.core.files import atomic_write_bytes, atomic_write_text
+from rooftrace.core.files import WriteQueue, atomic_write_text
 from rooftrace.core.locks import FOLDER_LOCK
 from rooftrace.gis.provenance import make_provenance
 from rooftrace.imagery.georef import Georef
@@ -199,15 +199,16 @@ def _resize_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: Path, method: str,
                  settings: PostprocessSettings | None, write_masks: bool, write_overlays: bool,
-                 size: tuple[int, int] | None = None) -> tuple[list, list, tuple[float, ...], int]:
-    """Post-process one tile and write its mask and overlay (runs in a worker thread).
+                 size: tuple[int, int] | None = None) -> tuple[list, list, tuple[float, ...], int, list[tuple[Path, bytes]]]:
+    """Post-process one tile and encode its mask and overlay (runs in a worker thread).
 
     ``probs`` are at the model's pixel size; ``size`` is the tile's own ``(H, W)`` when it was
     resampled, and the footprints and the mask are brought back to it (post-processing itself,
     whose thresholds were tuned at the model's pixel size, runs at the model's).
 
     Returns the footprints, their scores, the seconds taken (wall and this thread's CPU time)
-    by post-processing and by writing, and the regions the score filter dropped."""
+    by post-processing and by encoding the files, the regions the score filter dropped, and the files to write
+    (``(path, bytes)``: written by the run's :class:`~rooftrace.core.files.WriteQueue`, off the network's threads)."""
     from rooftrace.imagery.draw import render_overlay
 
     t0, c0 = time.perf_counter(), time.thread_time()
@@ -219,11 +220,13 @@ def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: 
         if instances is not None:
             instances = _resize_nearest(instances, tuple(size))  # type: ignore[arg-type]
     t1, c1 = time.perf_counter(), time.thread_time()
+    files: list[tuple[Path, bytes]] = []
     if write_masks and instances is not None:
-        atomic_write_bytes(out_dir / "masks" / f"{stem}.png", _encode_mask(instances, stem), force=True)
+        files.append((out_dir / "masks" / f"{stem}.png", _encode_mask(instances, stem)))
     if write_overlays and rgb is not None:
-        atomic_write_bytes(out_dir / "overlays" / f"{stem}.png", _encode_overlay(render_overlay(rgb, footprints, scores)), force=True)
-    return footprints, scores, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1), found.n_below_score
+        files.append((out_dir / "overlays" / f"{stem}.png", _encode_overlay(render_overlay(rgb, footprints, scores))))
+    return (footprints, scores, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1), found.n_below_score,
+            files)
 
 
 #: What ``predict`` writes into ``--out`` (files and folders), none of which may be an input.
@@ -370,7 +373,7 @@ def predict_folder(images: str | Path, out_dir: str | Path, model: str | Path | 
     pixels and says so in its top-level ``"rooftrace"`` member.
 
     Crash safety: each finished tile's result is written to ``out_dir/.partial/<stem>.json``
-    (atomically) as it finishes; the submission, GeoJSON and COCO files are written once at the
+    (atomically, after its mask and overlay, by the run's write thread) as it finishes; the submission, GeoJSON and COCO files are written once at the
     end, each to a temporary name and renamed, and then ``.partial`` is removed. A run killed at
     any moment leaves no half-written file, and ``resume=True`` finishes it.
     """
@@ -458,7 +461,7 @@ class _FolderRun:
         return prepare_tile(j, self.files[self.todo[j]], input_gsd=o.input_gsd, model_gsd=self.runtime.gsd, tms=o.tms,
                             keep_rgb=o.write_overlays)
 
-    def finish_tile(self, probs: np.ndarray, tile: Prepared) -> tuple[list, list, tuple[float, ...], int]:
+    def finish_tile(self, probs: np.ndarray, tile: Prepared) -> tuple[list, list, tuple[float, ...], int, list]:
         """The engine's finishing stage: post-process, mask and overlay (:func:`_finish_tile`)."""
         o = self.opts
         return _finish_tile(probs, tile.rgb, self.files[self.todo[tile.index]].stem, self.out_dir, self.used.method,
@@ -470,26 +473,30 @@ class _FolderRun:
         streams = 1 if o.compile else o.streams  # a compiled model runs in one thread
         engine = TileEngine(self.runtime, batch_size=o.batch_size, readers=o.workers, threads=o.threads or 0, streams=streams)
         self.t0 = time.perf_counter()
+        # Each tile's mask, overlay and record go to disk in a thread of their own, in that order (a record names a
+        # finished tile, so its files are written before it), while the network runs on.
         with tqdm(total=len(self.files), initial=len(self.done), desc="predict", unit="tile", disable=not o.progress,
-                  dynamic_ncols=True) as bar:
+                  dynamic_ncols=True) as bar, WriteQueue() as writes:
             for tile, result in engine.run(len(self.todo), self.read, self.finish_tile):
                 bar.update(1)
                 if result is None:
                     self.report.skip(tile.error)  # type: ignore[arg-type]
                     self.skipped += 1
                     continue
-                self._record(self.todo[tile.index], tile, result)
+                self._record(self.todo[tile.index], tile, result, writes)
+            writes.close()
         self.timings.update(engine.timings)
+        self.timings["disk"], self.timings["disk_cpu"] = writes.seconds, writes.cpu
         self.seconds = time.perf_counter() - self.t0
 
-    def _record(self, i: int, tile: Prepared, result: tuple[list, list, tuple[float, ...], int]) -> None:
+    def _record(self, i: int, tile: Prepared, result: tuple[list, list, tuple[float, ...], int, list], writes: WriteQueue) -> None:
         self.places[i] = tile.place  # type: ignore[assignment]
-        (H, W), (fps, scores, seconds, below) = tile.orig, result
+        (H, W), (fps, scores, seconds, below, files) = tile.orig, result
         img = self.labels[self.keys[i]]
         img.width, img.height, img.footprints, img.scores = W, H, fps, scores
         self.below_score[i] = below
-        atomic_write_text(self.out_dir / PARTIAL / f"{self.files[i].stem}.json",
-                          tile_record(W, H, fps, scores, self.places[i], self.stamps[i], below_score=below), force=True)
+        record = tile_record(W, H, fps, scores, self.places[i], self.stamps[i], below_score=below)
+        writes.put([*files, (self.out_dir / PARTIAL / f"{self.files[i].stem}.json", record)])
         for name, value in zip(("postprocess", "postprocess_cpu", "write", "write_cpu"), seconds):
             self.timings[name] += value
 
