@@ -49,6 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rooftrace.core.errors import RooftraceError
+from rooftrace.core.collector import collector_paused, heap_frozen
 from rooftrace.core.files import WriteQueue, atomic_write_text
 from rooftrace.core.locks import FOLDER_LOCK
 from rooftrace.gis.provenance import make_provenance
@@ -379,8 +380,9 @@ def predict_folder(images: str | Path, out_dir: str | Path, model: str | Path | 
     """
     opts = replace(options or PredictOptions(), **changes).checked(onnx=model is not None and is_onnx(model))
     run = _FolderRun.start(Path(images), Path(out_dir), model, opts)
-    run.predict()
-    return run.finish()
+    with heap_frozen():  # the collector walks what the run makes, not the model and every module
+        run.predict()
+        return run.finish()
 
 
 @dataclass
@@ -504,9 +506,10 @@ class _FolderRun:
         """Stage 3: the output files (then ``.partial`` goes) and the summary's notes."""
         files, keys, places, o = self.files, self.keys, self.places, self.opts
         readable = [n for n in range(len(files)) if n in self.done or n in places]
-        maps, written = _write_outputs(self.labels, files, keys, readable, places, self.done, self.out_dir, self.images,
-                                       self.model, self.used.method, self.used.settings, o.tms, self.used.to_json(),
-                                       self.runtime.runtime_line)
+        with collector_paused():  # a burst of small lists (every building's coordinates), freed together
+            maps, written = _write_outputs(self.labels, files, keys, readable, places, self.done, self.out_dir, self.images,
+                                           self.model, self.used.method, self.used.settings, o.tms, self.used.to_json(),
+                                           self.runtime.runtime_line)
         self.timings["outputs"] = time.perf_counter() - self.t0 - self.seconds
         self.timings["total"] = time.perf_counter() - self.t0
         model_gsd = self.runtime.gsd
