@@ -22,7 +22,10 @@ For tiles and for scenes this prints, side by side in one run:
   ``predict_scene`` to a GeoPackage, megapixels/s against the network alone on the same windows.
 
 Rounds alternate the reference and the pipelines (``--rounds``), and the median round is shown,
-so a machine whose speed drifts moves both. The tiles: every tile of the sample pack's test and
+so a machine whose speed drifts moves both. Within each round the network alone is also timed again
+just after ``predict`` and after ``predict_scene``, and each round's ratio against the mean of the two
+timings around it is printed with their median: this machine's speed drifts by several per cent from
+minute to minute, more than the margin of the ratio asked for. The tiles: every tile of the sample pack's test and
 val splits resized to 512 x 512 (as ``benchmarks/predict_speed.py`` makes them), ``--repeat`` times
 over. Run from the repository root::
 

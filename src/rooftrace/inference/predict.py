@@ -374,8 +374,9 @@ def predict_folder(images: str | Path, out_dir: str | Path, model: str | Path | 
     pixels and says so in its top-level ``"rooftrace"`` member.
 
     Crash safety: each finished tile's result is written to ``out_dir/.partial/<stem>.json``
-    (atomically, after its mask and overlay, by the run's write thread) as it finishes; the submission, GeoJSON and COCO files are written once at the
-    end, each to a temporary name and renamed, and then ``.partial`` is removed. A run killed at
+    (atomically, after its mask and overlay, by the run's write thread) as it finishes; the submission,
+    GeoJSON and COCO files are written once at the end, each to a temporary name and renamed, and then
+    ``.partial`` is removed. A run killed at
     any moment leaves no half-written file, and ``resume=True`` finishes it.
     """
     opts = replace(options or PredictOptions(), **changes).checked(onnx=model is not None and is_onnx(model))
