@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SAMPLE = Path(os.environ.get("ROOFTRACE_SAMPLE_DIR", HERE.parent.parent / "shared" / "data" / "buildings-sample"))
+sys.path.insert(0, str(HERE))
+from _common import DEFAULT_SAMPLE  # noqa: E402
 
 CHILD = """
 import json, os, shutil, sys, time
@@ -51,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2, help="copies of the tile set (default 2: 78 tiles)")
     ap.add_argument("--sample", type=Path, default=DEFAULT_SAMPLE)
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(HERE))
     from predict_speed import make_tiles
 
     rows: dict[tuple[float, str], list[float]] = {}

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ class WriteQueue:
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rooftrace-write")
-        self._jobs: list[Any] = []
+        self._jobs: deque[Any] = deque()
         self._pending = max(1, pending)
         self.seconds = 0.0
         self.cpu = 0.0
@@ -110,21 +111,16 @@ class WriteQueue:
         t, c = time.perf_counter(), time.thread_time()
         try:
             for path, data in files:
-                atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data, force=True)
+                (atomic_write_text if isinstance(data, str) else atomic_write_bytes)(path, data, force=True)
         finally:
             self.seconds += time.perf_counter() - t
             self.cpu += time.thread_time() - c
 
     def _reap(self, keep: int) -> None:
-        """Wait until at most ``keep`` puts are unwritten; raise the first error among those written."""
-        done = 0
-        while done < len(self._jobs) and (len(self._jobs) - done > keep or self._jobs[done].done()):
-            job = self._jobs[done]
-            done += 1
-            if job.exception() is not None:
-                del self._jobs[:done]
-                raise job.exception()
-        del self._jobs[:done]
+        """Wait until at most ``keep`` puts are unwritten; raise the first error among those written (as
+        :func:`rooftrace.core.threads.ordered_map` takes its results)."""
+        while self._jobs and (len(self._jobs) > keep or self._jobs[0].done()):
+            self._jobs.popleft().result()
 
     def close(self) -> None:
         """Write everything put; raise the first error."""
@@ -137,13 +133,11 @@ class WriteQueue:
         return self
 
     def __exit__(self, kind: Any, *exc: Any) -> None:
-        if kind is None:
+        try:
             self.close()
-            return
-        try:  # already failing: write what was put, and keep the error that stopped the run
-            self.close()
-        except Exception:  # noqa: BLE001 - the first error is the one raised
-            pass
+        except Exception:
+            if kind is None:
+                raise  # already failing: what was put is written, and the error that stopped the run is kept
 
 
 def probe_writable(folder: str | Path, meant: str | Path, nothing: str = "") -> None:

@@ -487,7 +487,6 @@ class _FolderRun:
                     self.skipped += 1
                     continue
                 self._record(self.todo[tile.index], tile, result, writes)
-            writes.close()
         self.timings.update(engine.timings)
         self.timings["disk"], self.timings["disk_cpu"] = writes.seconds, writes.cpu
         self.seconds = time.perf_counter() - self.t0
