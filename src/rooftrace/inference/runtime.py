@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from rooftrace.core.allocator import ready_allocator
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.machine import CPU_PIXELS_PER_FORWARD
 from rooftrace.imagery.normalize import Normalization
@@ -394,6 +395,7 @@ def load_runtime(model: str | Path | LoadedModel | OnnxModel | None = None, *, d
             as ``--compile`` needs).
     """
     precision = normalise_precision(precision)
+    ready_allocator()  # large arrays reuse freed memory (rooftrace.core.allocator)
     if model is None:
         model = shipped_model()
     if isinstance(model, (str, Path)):
