@@ -115,6 +115,18 @@ def test_coordinates_are_never_evaluated_as_code():
         parse_coordinates("__import__('os').system('true')")
 
 
+@pytest.mark.parametrize("cell", ["{[1, 2]: [[(0.5, 0), (0.5, 0.5), (0, 0.5), (0, 0)]]}", "{[(0, 0), (1, 0), (1, 1)]}"])
+def test_a_literal_python_cannot_build_is_bad_coordinates_not_a_crash(cell, tmp_path):
+    # found by test_properties' hypothesis search: ast.literal_eval raised TypeError (a list as a dict key or in a set)
+    with pytest.raises(ValueError, match="not a list of rings"):
+        parse_coordinates(cell)
+    p = tmp_path / "x.csv"
+    p.write_text(f'ImageID,Coordinates\n1,"{cell}"\n')
+    ls = read_begc_csv(p)  # the row is skipped and reported, the file still read
+    assert ls.n_footprints == 0 and sum(ls.report.counts.values()) >= 1
+    assert any("not a list of rings" in m for m in ls.report.messages), ls.report.messages
+
+
 ring_pts = st.lists(st.tuples(st.integers(-50, 600), st.integers(-50, 600)), min_size=3, max_size=12)
 
 

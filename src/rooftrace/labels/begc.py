@@ -51,7 +51,7 @@ def parse_coordinates(text: str) -> list[list[tuple[float, float]]]:
         return []
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: a list as a dict key or in a set
         raise ValueError("Coordinates is not a list of rings like [[(x, y), (x, y), ...], ...]") from None
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"Coordinates is a {type(value).__name__}, not a list of rings")
