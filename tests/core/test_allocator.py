@@ -32,7 +32,7 @@ import json, resource, numpy as np
 from numpy._core import multiarray
 from rooftrace.core.allocator import ready_allocator
 words = ready_allocator() if READY else None
-np.ones(16 * 1024**2, np.float32); 
+np.ones(16 * 1024**2, np.float32)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 a = np.ones(16 * 1024**2, np.float32); del a
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before

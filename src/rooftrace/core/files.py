@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,6 @@ class WriteQueue:
         self._jobs.append(self._pool.submit(self._write, files))
 
     def _write(self, files: list[tuple[Path, bytes | str]]) -> None:
-        import time
-
         t, c = time.perf_counter(), time.thread_time()
         try:
             for path, data in files:

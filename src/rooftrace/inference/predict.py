@@ -43,7 +43,7 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -198,18 +198,28 @@ def _resize_nearest(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return ids[rows[:, None], cols[None, :]]
 
 
+class _FinishedTile(NamedTuple):
+    """What :func:`_finish_tile` gives the run for one tile."""
+
+    footprints: list
+    scores: list
+    #: Wall and this thread's CPU seconds of post-processing, then of encoding the files.
+    seconds: tuple[float, float, float, float]
+    #: Regions the score filter dropped.
+    below_score: int
+    #: ``(path, bytes)`` to write, in order: written by the run's :class:`~rooftrace.core.files.WriteQueue`,
+    #: off the network's threads.
+    files: list[tuple[Path, bytes]]
+
+
 def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: Path, method: str,
                  settings: PostprocessSettings | None, write_masks: bool, write_overlays: bool,
-                 size: tuple[int, int] | None = None) -> tuple[list, list, tuple[float, ...], int, list[tuple[Path, bytes]]]:
+                 size: tuple[int, int] | None = None) -> _FinishedTile:
     """Post-process one tile and encode its mask and overlay (runs in a worker thread).
 
     ``probs`` are at the model's pixel size; ``size`` is the tile's own ``(H, W)`` when it was
     resampled, and the footprints and the mask are brought back to it (post-processing itself,
-    whose thresholds were tuned at the model's pixel size, runs at the model's).
-
-    Returns the footprints, their scores, the seconds taken (wall and this thread's CPU time)
-    by post-processing and by encoding the files, the regions the score filter dropped, and the files to write
-    (``(path, bytes)``: written by the run's :class:`~rooftrace.core.files.WriteQueue`, off the network's threads)."""
+    whose thresholds were tuned at the model's pixel size, runs at the model's)."""
     from rooftrace.imagery.draw import render_overlay
 
     t0, c0 = time.perf_counter(), time.thread_time()
@@ -226,8 +236,8 @@ def _finish_tile(probs: np.ndarray, rgb: np.ndarray | None, stem: str, out_dir: 
         files.append((out_dir / "masks" / f"{stem}.png", _encode_mask(instances, stem)))
     if write_overlays and rgb is not None:
         files.append((out_dir / "overlays" / f"{stem}.png", _encode_overlay(render_overlay(rgb, footprints, scores))))
-    return (footprints, scores, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1), found.n_below_score,
-            files)
+    return _FinishedTile(footprints, scores, (t1 - t0, c1 - c0, time.perf_counter() - t1, time.thread_time() - c1),
+                         found.n_below_score, files)
 
 
 #: What ``predict`` writes into ``--out`` (files and folders), none of which may be an input.
@@ -464,7 +474,7 @@ class _FolderRun:
         return prepare_tile(j, self.files[self.todo[j]], input_gsd=o.input_gsd, model_gsd=self.runtime.gsd, tms=o.tms,
                             keep_rgb=o.write_overlays)
 
-    def finish_tile(self, probs: np.ndarray, tile: Prepared) -> tuple[list, list, tuple[float, ...], int, list]:
+    def finish_tile(self, probs: np.ndarray, tile: Prepared) -> _FinishedTile:
         """The engine's finishing stage: post-process, mask and overlay (:func:`_finish_tile`)."""
         o = self.opts
         return _finish_tile(probs, tile.rgb, self.files[self.todo[tile.index]].stem, self.out_dir, self.used.method,
@@ -491,7 +501,7 @@ class _FolderRun:
         self.timings["disk"], self.timings["disk_cpu"] = writes.seconds, writes.cpu
         self.seconds = time.perf_counter() - self.t0
 
-    def _record(self, i: int, tile: Prepared, result: tuple[list, list, tuple[float, ...], int, list], writes: WriteQueue) -> None:
+    def _record(self, i: int, tile: Prepared, result: _FinishedTile, writes: WriteQueue) -> None:
         self.places[i] = tile.place  # type: ignore[assignment]
         (H, W), (fps, scores, seconds, below, files) = tile.orig, result
         img = self.labels[self.keys[i]]
