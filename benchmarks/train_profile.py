@@ -16,15 +16,25 @@ For the default recipe's network (``configs/unet-lite0.yaml``) it measures, in o
 
 Variants (``--variants``; the first is the reference of the ratio column):
 
-- ``before``: bf16 autocast, channels_last, AdamW ``foreach`` (the recipe until this change);
-- ``dw-fp32``: the depthwise convolutions computed in fp32 (``train.depthwise_fp32``), the rest bf16;
+- ``before``: bf16 autocast, channels_last, AdamW ``foreach`` (the recipe until issue 21);
+- ``dw-fp32-all``: every depthwise convolution computed in fp32 (``train.depthwise_fp32: all``), the rest
+  bf16 (the recipe from issue 21 until session 15);
+- ``dw-fp32``: only the depthwise convolutions that bf16 trains slower here computed in fp32, those larger
+  than 3 x 3 or strided (``train.depthwise_fp32: slow``: the recipe now);
 - ``dw-fp32+fused``: and fused AdamW (``optim.fused``; off in the recipe, as a resumed run did not
-  reproduce the uninterrupted one with it); ``dw-fp32`` is the recipe now;
+  reproduce the uninterrupted one with it);
 - ``fp32``: no autocast; ``dw-fp32+fused+bn-frozen``: and the encoder's BatchNorm statistics frozen
   (not in the recipe: it changes what is learnt; measured for the record);
 - ``dw-fp32+fused+b16``: batch 16 instead of 8;
 - ``dw-fp32+freezeN`` (N = 1..5, not in the default list): the recipe with ``train.freeze_encoder: N``, the
   encoder layers at 1/2 .. 1/2^N of the input's size frozen (``rooftrace.training.freezing``).
+
+Every variant but ``before`` computes each decoder block's upsampling and first convolution as one
+transposed convolution, as the recipe does (``train.transposed_upsampling``). Each variant's first step is
+also compared with an fp32 step from the same weights on the same batch (the cosine of all gradients
+together, and their relative error): a faster step must compute the same gradients to bf16's precision.
+``--layers`` times every depthwise convolution of the network alone, forward and backward from a bf16 input
+as in the network, computed in bf16 and computed in fp32: the measurement behind ``slow``.
 
     .venv/bin/python benchmarks/train_profile.py                 # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/train_profile.py --validation --json out/bench/train-profile.json
@@ -48,11 +58,12 @@ from _common import REPO, cpu_name  # noqa: E402
 
 from rooftrace.config import load_config  # noqa: E402
 from rooftrace.models.architectures import build_model  # noqa: E402
-from rooftrace.models.autocast import depthwise_in_fp32  # noqa: E402
+from rooftrace.models.autocast import bf16_depthwise_is_slow, depthwise_in_fp32  # noqa: E402
+from rooftrace.models.upsample_conv import use_transposed_upsampling  # noqa: E402
 from rooftrace.training.losses import SegmentationLoss  # noqa: E402
 
 FROZEN = tuple(f"dw-fp32+freeze{n}" for n in range(1, 6))
-VARIANTS = ("before", "dw-fp32", "dw-fp32+fused", "fp32", "dw-fp32+fused+bn-frozen", "dw-fp32+fused+b16", *FROZEN)
+VARIANTS = ("before", "dw-fp32-all", "dw-fp32", "dw-fp32+fused", "fp32", "dw-fp32+fused+bn-frozen", "dw-fp32+fused+b16", *FROZEN)
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -76,7 +87,9 @@ class Variant:
         self.amp = name != "fp32"
         model = build_model(cfg.model, len(cfg.data.channels))
         if "dw-fp32" in name:
-            depthwise_in_fp32(model)
+            depthwise_in_fp32(model, "all" if name.startswith("dw-fp32-all") else "slow")
+        if name != "before" and cfg.train.transposed_upsampling:
+            use_transposed_upsampling(model)
         self.model = model.to(memory_format=torch.channels_last).train()
         if "+freeze" in name:  # the model stays in train mode, so the frozen BatchNorms are held once
             from rooftrace.training.freezing import encoder_layers_up_to, freeze, hold_norms
@@ -93,6 +106,17 @@ class Variant:
         self.x = torch.randn(self.batch, 3, size, size, generator=g).contiguous(memory_format=torch.channels_last)
         self.y = (torch.rand(self.batch, len(cfg.data.channels), size, size, generator=g) > 0.7).float()
         self.times: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+
+    def gradients(self) -> torch.Tensor:
+        """One forward and backward on the variant's batch, without an optimizer step: all gradients, flat, fp64."""
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.model(self.x)
+        self.loss_fn(logits.float(), self.y).backward()
+        grads = [p.grad.double().flatten() if p.grad is not None else torch.zeros(p.numel(), dtype=torch.float64)
+                 for p in self.model.parameters()]
+        self.opt.zero_grad(set_to_none=True)
+        return torch.cat(grads)
 
     def step(self, record: bool = True) -> None:
         t0 = time.perf_counter()
@@ -134,6 +158,58 @@ def step_flops(cfg, size: int) -> float:
     for h in handles:
         h.remove()
     return 3.0 * total[0]
+
+
+def gradient_agreement(variants: list[Variant], cfg, batch: int, size: int) -> dict[str, tuple[float, float]]:
+    """Each variant's first gradients against an fp32 step's from the same weights and batch (every variant is
+    built from seed 0): (cosine, relative error ``|g - g32| / |g32|``). Variants of another batch size are left out."""
+    g32 = Variant("fp32", cfg, batch, size).gradients()
+    out = {}
+    for v in variants:
+        if v.batch != batch:
+            continue
+        g = v.gradients()
+        out[v.name] = (float(torch.nn.functional.cosine_similarity(g, g32, dim=0)), float((g - g32).norm() / g32.norm()))
+    return out
+
+
+def depthwise_layers(cfg, batch: int, size: int, rounds: int = 5) -> list[dict]:
+    """Every depthwise convolution of the recipe's network alone: forward and backward (input and weight
+    gradients) from a bf16 channels-last input of the size it sees in the network, computed in bf16 under
+    autocast and computed in fp32 (input cast, as ``depthwise_in_fp32`` does); medians in ms."""
+    model = build_model(cfg.model, len(cfg.data.channels))
+    shapes: dict[str, tuple] = {}
+    convs = {n: m for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(i[0].shape))) for n, m in convs.items()]
+    with torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    rows = []
+    for name, conv in convs.items():
+        conv.train()
+        x = torch.randn(batch, *shapes[name][1:]).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+
+        def run(fp32: bool) -> float:
+            times = []
+            for i in range(rounds + 2):
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    if fp32:
+                        with torch.autocast("cpu", enabled=False):
+                            y = torch.nn.Conv2d.forward(conv, x.float())
+                    else:
+                        y = torch.nn.Conv2d.forward(conv, x)
+                torch.autograd.grad(y, (x, conv.weight), torch.ones_like(y))
+                if i >= 2:
+                    times.append(time.perf_counter() - t)
+            return statistics.median(times) * 1e3
+
+        rows.append({"layer": name.split("model.", 1)[-1], "channels": conv.in_channels, "size": shapes[name][2],
+                     "kernel": conv.kernel_size[0], "stride": conv.stride[0], "bf16_ms": run(False), "fp32_ms": run(True),
+                     "slow": bf16_depthwise_is_slow(conv)})
+    return rows
 
 
 def data_cost(cfg, n: int) -> dict:
@@ -234,6 +310,7 @@ def main() -> int:
     ap.add_argument("--loop", type=int, default=0, metavar="STEPS",
                     help="also run the whole loop of the recipe before and now, STEPS steps an epoch (e.g. 40)")
     ap.add_argument("--loop-rounds", type=int, default=3)
+    ap.add_argument("--layers", action="store_true", help="also time each depthwise convolution in bf16 and in fp32")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
     os.environ.setdefault("ROOFTRACE_EXTRA_DIR", str(REPO.parent / "shared" / "data" / "buildings-extra"))
@@ -247,6 +324,7 @@ def main() -> int:
     flops = step_flops(cfg, size)
     print(f"network: {flops / 1e9:.2f} GFLOP per crop and step (3x the forward's convolutions, groups counted)")
     variants = [Variant(v, cfg, batch, size) for v in args.variants]
+    agreement = gradient_agreement(variants, cfg, batch, size)
     for v in variants:
         v.step(record=False)
         v.step(record=False)
@@ -255,17 +333,34 @@ def main() -> int:
             v.step()
     rows = [v.summary(flops) for v in variants]
     ref = rows[0]["crops_per_s"]
-    print(f"\n| variant | batch | forward s | backward s | optimizer s | step s | crops/s | vs {rows[0]['variant']} | GFLOP/s | of bf16 matmul |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        r["grad_cosine"], r["grad_rel_error"] = agreement.get(r["variant"], (float("nan"), float("nan")))
+    print(f"\n| variant | batch | forward s | backward s | optimizer s | step s | crops/s | vs {rows[0]['variant']} | GFLOP/s | of bf16 matmul "
+          "| gradients against fp32: cosine, relative error |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['batch']} | {r['forward_s']:.3f} | {r['backward_s']:.3f} | {r['optimizer_s']:.3f} | {r['step_s']:.3f} "
-              f"| {r['crops_per_s']:.1f} | {r['crops_per_s'] / ref:.2f}x | {r['gflops']:.0f} | {r['gflops'] / limit['bf16']:.0%} |")
+              f"| {r['crops_per_s']:.1f} | {r['crops_per_s'] / ref:.2f}x | {r['gflops']:.0f} | {r['gflops'] / limit['bf16']:.0%} "
+              f"| {r['grad_cosine']:.4f}, {r['grad_rel_error']:.3f} |")
+    if args.layers:
+        layers = depthwise_layers(cfg, batch, size)
+        out_layers = layers
+        print("\n| depthwise layer | channels | input size | kernel | stride | bf16 ms | fp32 ms | fp32 / bf16 | in fp32 under `slow` |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in layers:
+            print(f"| {r['layer']} | {r['channels']} | {r['size']} | {r['kernel']} | {r['stride']} | {r['bf16_ms']:.1f} | {r['fp32_ms']:.1f} "
+                  f"| {r['fp32_ms'] / r['bf16_ms']:.2f} | {'yes' if r['slow'] else 'no'} |")
+        print(f"sum: bf16 {sum(r['bf16_ms'] for r in layers):.1f} ms, fp32 {sum(r['fp32_ms'] for r in layers):.1f} ms, "
+              f"`slow` {sum(r['fp32_ms'] if r['slow'] else r['bf16_ms'] for r in layers):.1f} ms, the faster of each "
+              f"{sum(min(r['fp32_ms'], r['bf16_ms']) for r in layers):.1f} ms")
+    else:
+        out_layers = None
     data = data_cost(cfg, args.samples)
     torch.set_num_threads(args.threads)
     best = max(rows, key=lambda r: r["crops_per_s"])
     print(f"\ndata: {data['sample_s'] * 1e3:.1f} ms a sample on one core ({data['tiles']} cached tiles, the recipe's sampling "
           f"and augmentation) = {data['sample_s'] * best['crops_per_s']:.0%} of a core at the fastest variant's rate")
-    out = {"matmul_gflops": limit, "flops_per_crop": flops, "variants": rows, "data": data}
+    out = {"matmul_gflops": limit, "flops_per_crop": flops, "variants": rows, "data": data, "depthwise_layers": out_layers}
     if args.validation:
         val = validation_cost(cfg)
         out["validation"] = val

@@ -171,7 +171,7 @@ class TrainConfig:
     init_from: str = ""  #: start from the weights of this rooftrace model file (fine-tuning); "" = from model.encoder_weights
     val_every: int = 1  #: validate every N epochs (and always after the last); the others only checkpoint
     transposed_upsampling: bool = True  #: each U-Net decoder block's upsampling and first convolution as one transposed convolution (the same function, faster: rooftrace.models.upsample_conv)
-    depthwise_fp32: bool = False  #: compute depthwise convolutions in fp32 under bf16 autocast (faster on CPUs: benchmarks/train_profile.py)
+    depthwise_fp32: bool | str = False  #: depthwise convolutions computed in fp32 under bf16 autocast: slow (those bf16 trains slower on CPUs: larger than 3 x 3 or strided) | all (= true) | false: rooftrace.models.autocast.depthwise_in_fp32, benchmarks/train_profile.py
     freeze_encoder: int = 0  #: keep the encoder layers at 1/2 .. 1/2^N of the input's size as they start (weights and BatchNorm statistics; N >= the encoder's depth: all of it): rooftrace.training.freezing
     teachers: tuple[str, ...] = ()  #: rooftrace model files whose mean probabilities are a second, soft target (loss.distill): rooftrace.training.distill
     val_settings: str = "start"  #: post-processing settings validation starts from: start (beside init_from, else the shipped model's) | defaults | a model or .postprocess.json file: rooftrace.models.tuned_file.validation_start
@@ -254,6 +254,9 @@ class Config:
                     raise RooftraceError(f"{key} {spec.path}: weight {spec.weight} must be greater than 0")
         if not 1.0 <= self.augment.pixel_scale_limit <= 8.0:
             raise RooftraceError(f"augment.pixel_scale_limit {self.augment.pixel_scale_limit}: must be between 1 and 8")
+        from rooftrace.models.autocast import depthwise_mode  # torch-free
+
+        depthwise_mode(self.train.depthwise_fp32)  # a clear error for anything but slow, all, true or false
         if self.train.amp not in ("auto", "bf16", "fp16", "off", "fp32"):
             raise RooftraceError(f"train.amp {self.train.amp!r}: must be one of auto, bf16, fp16, off")
         return self

@@ -209,6 +209,49 @@ def test_depthwise_in_fp32_keeps_weights_and_results_and_computes_in_fp32():
     assert seen["dtype"] == torch.float32
 
 
+def test_only_the_depthwise_convolutions_slow_in_bf16_go_to_fp32_under_slow():
+    """``slow`` swaps exactly the depthwise convolutions larger than 3 x 3 or strided; the 3 x 3 ones of stride 1
+    stay in autocast's bf16, and the network computes the same function in fp32."""
+    from rooftrace.models.architectures import build_model
+    from rooftrace.models.autocast import _FP32Depthwise, bf16_depthwise_is_slow, depthwise_in_fp32
+
+    cfg = load_config(REPO / "configs" / "unet-lite0.yaml", ["model.encoder_weights=null"])
+    torch.manual_seed(0)
+    a = build_model(cfg.model, 3).eval()
+    b = build_model(cfg.model, 3).eval()
+    b.load_state_dict(a.state_dict())
+    dws = [m for m in b.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels]
+    slow = [m for m in dws if max(m.kernel_size) > 3 or max(m.stride) > 1]
+    assert 0 < len(slow) < len(dws)  # Lite0 has both kinds
+    assert depthwise_in_fp32(b, "slow") == len(slow) and depthwise_in_fp32(b, "slow") == 0
+    assert [isinstance(m, _FP32Depthwise) for m in dws] == [bf16_depthwise_is_slow(m) for m in dws]
+    assert [bf16_depthwise_is_slow(m) for m in dws] == [m in slow for m in dws]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(a(x), b(x), atol=1e-5)
+    seen = {}
+    for m in dws:
+        m.register_forward_hook(lambda m, i, o: seen.__setitem__(m, o.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        b(x)
+    assert [seen[m] for m in dws] == [torch.float32 if m in slow else torch.bfloat16 for m in dws]
+    # "all" then swaps the rest, as true did before "slow" existed
+    assert depthwise_in_fp32(b, "all") == len(dws) - len(slow)
+    with pytest.raises(ValueError, match="which"):
+        depthwise_in_fp32(b, "some")
+
+
+def test_depthwise_fp32_setting_keeps_true_as_all_and_refuses_other_words():
+    from rooftrace.models.autocast import depthwise_mode
+
+    assert (depthwise_mode(True), depthwise_mode(False), depthwise_mode("slow"), depthwise_mode("ALL")) == ("all", "none", "slow", "all")
+    cfg = REPO / "configs" / "unet-lite0.yaml"
+    assert load_config(cfg).train.depthwise_fp32 == "slow"  # the recipe
+    assert load_config(cfg, ["train.depthwise_fp32=true"]).train.depthwise_fp32 is True
+    with pytest.raises(RooftraceError, match="train.depthwise_fp32 'fast'"):
+        load_config(cfg, ["train.depthwise_fp32=fast"])
+
+
 def test_config_checks_the_new_keys():
     cfg = REPO / "configs" / "unet-lite0.yaml"
     for bad, match in (("data.sampling=weird", "data.sampling"), ("train.val_every=0", "train.val_every"),

@@ -84,23 +84,56 @@ def dtype_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-def depthwise_in_fp32(model: torch.nn.Module) -> int:
-    """Make every depthwise convolution of ``model`` compute in fp32 under autocast; returns how many.
+DEPTHWISE_FP32 = ("slow", "all")
 
-    On CPUs, oneDNN's bf16 depthwise convolution backward (above all the 5 x 5 kernels of
-    EfficientNet's later stages) is several times slower than its fp32 one, while dense convolutions
-    gain from bf16 (``benchmarks/train_profile.py`` measures both). Each depthwise ``Conv2d`` gets a
-    subclass whose forward casts its input to fp32 with autocast off; parameter names, shapes and
-    the saved file do not change, so a model trained this way loads as any other.
+
+def depthwise_mode(value: bool | str) -> str:
+    """``train.depthwise_fp32`` as one of ``none``, ``slow`` or ``all`` (``true`` = ``all``, ``false`` = ``none``).
+
+    ``true`` kept its meaning from before ``slow`` existed (every depthwise convolution), so that a run's saved
+    configuration trains as it did when it is resumed or repeated."""
+    if value is True:
+        return "all"
+    if value is False:
+        return "none"
+    v = str(value).lower()
+    if v not in (*DEPTHWISE_FP32, "none"):
+        raise RooftraceError(f"train.depthwise_fp32 {value!r}: must be slow (the 5 x 5 and strided depthwise convolutions), "
+                             "all, true (= all) or false")
+    return v
+
+
+def bf16_depthwise_is_slow(conv: torch.nn.Conv2d) -> bool:
+    """Whether oneDNN's bf16 kernels for this depthwise convolution train slower than its fp32 ones on a CPU.
+
+    Measured per layer of the default network (forward and backward, 8 x 256 x 256 crops, 2 threads:
+    ``benchmarks/train_profile.py --variants dw-fp32-all dw-fp32``): every kernel larger than 3 x 3 and every
+    strided one is slower in bf16 (5 x 5 by 2-10x, above all the weight gradient), while the 3 x 3 ones of
+    stride 1 are 1.7-6x faster in bf16 than computed in fp32 with their input and gradient cast."""
+    return max(conv.kernel_size) > 3 or max(conv.stride) > 1
+
+
+def depthwise_in_fp32(model: torch.nn.Module, which: str = "all") -> int:
+    """Make depthwise convolutions of ``model`` compute in fp32 under autocast; returns how many.
+
+    ``which``: ``all`` of them, or the ``slow`` ones (:func:`bf16_depthwise_is_slow`: larger than 3 x 3 or
+    strided), the others left to autocast's bf16. On CPUs, oneDNN's bf16 depthwise convolution backward
+    (above all the 5 x 5 kernels of EfficientNet's later stages) is several times slower than its fp32 one,
+    while dense convolutions gain from bf16 (``benchmarks/train_profile.py`` measures both). Each chosen
+    depthwise ``Conv2d`` gets a subclass whose forward casts its input to fp32 with autocast off; parameter
+    names, shapes and the saved file do not change, so a model trained this way loads as any other.
     """
     import torch
 
     from rooftrace.models.swap import swap_forward
 
+    if which not in DEPTHWISE_FP32:
+        raise ValueError(f"depthwise_in_fp32: which={which!r}, must be one of {DEPTHWISE_FP32}")
     count = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
-            count += swap_forward(module, _FP32Depthwise, _fp32_forward)
+            if which == "all" or bf16_depthwise_is_slow(module):
+                count += swap_forward(module, _FP32Depthwise, _fp32_forward)
     return count
 
 

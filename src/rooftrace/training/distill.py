@@ -34,7 +34,7 @@ class Teachers:
     """The teacher models of a run, callable on a batch: their mean sigmoid probabilities, ``(N, C, H, W)`` float32."""
 
     def __init__(self, paths: Sequence[str | Path], channels: Sequence[str], mean: Sequence[float], std: Sequence[float],
-                 device: torch.device, depthwise_fp32: bool = False, channels_last: bool = False):
+                 device: torch.device, depthwise_fp32: str = "none", channels_last: bool = False):
         from rooftrace.models.autocast import depthwise_in_fp32
         from rooftrace.models.files import load_model
         from rooftrace.models.inference_form import inference_form
@@ -53,8 +53,8 @@ class Teachers:
                                      f"{list(loaded.std)}, this run gives mean {list(mean)}, std {list(std)} (data.mean, "
                                      "data.std); nothing was trained")
             net = inference_form(loaded.model, channels_last)  # as the runtime runs it, in the student's memory format
-            if depthwise_fp32:
-                depthwise_in_fp32(net)
+            if depthwise_fp32 != "none":  # slow or all (train.depthwise_fp32)
+                depthwise_in_fp32(net, depthwise_fp32)
             self.models.append(net)
 
     def __len__(self) -> int:

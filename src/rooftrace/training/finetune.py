@@ -314,7 +314,7 @@ def finetune(
         train_ds = TileDataset(select_tiles(cfg.data.train, [open_split(cfg.data.train[0].path)]), cfg.data, cfg.augment, seed=seed)
         model = net.model
         if net.amp == torch.bfloat16 and net.device.type == "cpu":
-            depthwise_in_fp32(model)  # faster on CPUs, as the shipped model's recipe trains (train.depthwise_fp32)
+            depthwise_in_fp32(model, "slow")  # faster on CPUs, as the shipped model's recipe trains (train.depthwise_fp32)
         use_transposed_upsampling(model)  # the same function and gradients, faster (train.transposed_upsampling)
         encoder = getattr(model, "encoder", None)
         enc_params = list(encoder.parameters()) if encoder is not None else []

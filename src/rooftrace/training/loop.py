@@ -58,6 +58,7 @@ from rooftrace.models.autocast import (
     autocast,
     autocast_dtype,
     depthwise_in_fp32,
+    depthwise_mode,
     dtype_name,
 )
 from rooftrace.models.files import save_model
@@ -229,8 +230,9 @@ class Trainer:
             self.frozen_norms = freeze(encoder_layers_up_to(model, cfg.train.freeze_encoder))
         except ValueError as e:
             raise RooftraceError(f"train.freeze_encoder {cfg.train.freeze_encoder}: {e}") from None
-        if cfg.train.depthwise_fp32 and env.amp_dtype is not None:
-            depthwise_in_fp32(model)
+        depthwise = depthwise_mode(cfg.train.depthwise_fp32) if env.amp_dtype is not None else "none"
+        if depthwise != "none":
+            depthwise_in_fp32(model, depthwise)
         if cfg.train.transposed_upsampling:
             use_transposed_upsampling(model)
         if cfg.train.channels_last:
@@ -243,7 +245,7 @@ class Trainer:
         self.val_found = self.val_start  # the settings the last validation found
         # train.teachers: models whose mean probabilities are a second, soft target (loss.distill).
         self.teachers = (Teachers([resolve_path(p) for p in cfg.train.teachers], cfg.data.channels, cfg.data.mean, cfg.data.std,
-                                  env.device, depthwise_fp32=cfg.train.depthwise_fp32 and env.amp_dtype is not None,
+                                  env.device, depthwise_fp32=depthwise,
                                   channels_last=cfg.train.channels_last)
                          if cfg.train.teachers else None)
         # The moving average of the weights (train.ema): updated after every step, validated and saved in
