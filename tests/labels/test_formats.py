@@ -276,10 +276,40 @@ def test_geojson_pixel_and_map_round_trips(tmp_path):
     Polygon([(0, 0, 1), (1, 0, 2), (1, 1, 3)]),
     shapely.Point(1.5, 2.25),
 ])
-def test_geojson_geometry_writes_what_shapely_mapping_writes(geom):
-    from rooftrace.geometry.shapes import geojson_geometry
+def test_geojson_texts_write_what_shapely_mapping_writes(geom):
+    from rooftrace.geometry.shapes import geojson_features, geojson_texts
 
-    assert json.dumps(geojson_geometry(geom)) == json.dumps(shapely.geometry.mapping(geom))
+    (text,) = geojson_texts([geom])
+    assert json.loads(text) == json.loads(json.dumps(shapely.geometry.mapping(geom)))  # lists for tuples, number for number
+    (feature,) = geojson_features([geom], [{"score": 0.5}])
+    assert json.loads(feature) == {"type": "Feature", "properties": {"score": 0.5}, "geometry": json.loads(text)}
+
+
+def test_geojson_texts_keep_every_double_and_write_none_as_null():
+    from rooftrace.geometry.shapes import geojson_features, geojson_texts
+
+    rng = np.random.default_rng(0)
+    for scale in (1e-9, 1.0, 1e3, 1e7):
+        xy = rng.random((400, 2)) * scale
+        polys = shapely.polygons(np.stack([xy[0::4], xy[1::4], xy[2::4], xy[3::4], xy[0::4]], axis=1))
+        back = np.array([json.loads(t)["coordinates"][0] for t in geojson_texts(polys)])
+        assert (back == shapely.get_coordinates(polys).reshape(len(polys), 5, 2)).all()  # exact, not close
+    assert geojson_texts([None, box(0, 0, 1, 1)])[0] == "null" and geojson_texts([]) == []
+    assert json.loads(geojson_features([None], ['{"a": 1}'])[0]) == {"type": "Feature", "properties": {"a": 1}, "geometry": None}
+
+
+def test_written_geojson_holds_what_json_dumps_of_the_collection_held(tmp_path):
+    """The collection as the writer built it before its features came from GEOS's writer: the same members in the
+    same order, each feature's properties and geometry (``mapping``'s) equal."""
+    a = Polygon([(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (4, 2), (4, 4), (2, 4)]])
+    ls = _set({"t1": [a, box(20, 20, 23.5, 24.25)], "t2": []})
+    ls["t1"].scores = [0.91234, 0.5]
+    data = json.loads((write_geojson(ls, tmp_path / "p.geojson")).read_text())
+    assert list(data) == ["type", "name", "rooftrace", "features"]
+    feats = [f for f in data["features"] if f["geometry"] is not None]
+    assert [f["geometry"] for f in feats] == [json.loads(json.dumps(shapely.geometry.mapping(g))) for g in ls["t1"].footprints]
+    assert [f["properties"]["score"] for f in feats] == [0.9123, 0.5]
+    assert [f["properties"]["image_id"] for f in data["features"]] == ["t1", "t1", "t2"]  # t2 listed without buildings
 
 
 def test_geojson_in_degrees_keeps_its_precision(tmp_path):

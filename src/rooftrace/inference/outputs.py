@@ -15,6 +15,7 @@ import numpy as np
 
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, write_error_reason
+from rooftrace.geometry.shapes import geojson_features
 from rooftrace.gis.provenance import crs_label
 from rooftrace.gis.writers import LONLAT_DECIMALS
 from rooftrace.imagery.georef import Georef
@@ -131,10 +132,8 @@ def write_map_outputs(labels: LabelSet, georefs: dict[ImageKey, Georef], out_dir
 
     # GeoJSON (RFC 7946): lon/lat, right-hand rule, no crs member.
     g_ll = shapely.orient_polygons(shapely.transform(g_ll, lambda xy: np.round(xy, LONLAT_DECIMALS)), exterior_cw=False)
-    texts = shapely.to_geojson(g_ll).tolist() if len(g_ll) else []
-    feats = [f'{{"type": "Feature", "properties": {{"image_id": {json.dumps(k)}, "file_name": {json.dumps(n)}, '
-             f'"score": {sc}, "area_m2": {a}}}, "geometry": {t}}}'
-             for k, n, sc, a, t in zip(keys_out, names, scores.tolist(), areas.tolist(), texts)]
+    feats = geojson_features(g_ll, [f'{{"image_id": {json.dumps(k)}, "file_name": {json.dumps(n)}, "score": {sc}, "area_m2": {a}}}'
+                                    for k, n, sc, a in zip(keys_out, names, scores.tolist(), areas.tolist())])
     head = geojson_head("predictions", with_crs(provenance, WGS84),
                         {"coordinates": "EPSG:4326", "note": "longitude, latitude (RFC 7946); image_id names the tile"})
     text = head + ",\n".join(feats) + "\n]}\n"

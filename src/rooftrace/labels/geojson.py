@@ -33,7 +33,7 @@ from shapely.geometry import shape
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_text, read_json
 from rooftrace.geometry.areas import area_m2
-from rooftrace.geometry.shapes import geojson_geometry, map_to_pixel, pixel_to_map
+from rooftrace.geometry.shapes import geojson_features, map_to_pixel, pixel_to_map
 from rooftrace.labels.begc import sort_keys
 from rooftrace.labels.records import ImageKey, LabelSet, LoadReport, image_key
 from rooftrace.labels.registry import LabelFormat, Probe
@@ -355,7 +355,7 @@ def write_geojson(
         img = ls.images[key]
         scores = img.scores or [1.0] * len(img.footprints)
         if not img.footprints and not in_map:
-            features.append({"type": "Feature", "properties": _props(img, None), "geometry": None})
+            features.extend(geojson_features([None], [_props(img, None)]))
         geoms = [pixel_to_map(fp, transform) if transform is not None else fp for fp in img.footprints]
         if decimals is not None and geoms:
             arr = np.asarray(geoms, dtype=object)
@@ -363,20 +363,21 @@ def write_geojson(
             if not (np.round(xy, decimals) == xy).all():  # pixel-edge outlines are on the grid already
                 geoms = list(shapely.set_precision(arr, 10.0**-decimals))
         areas = area_m2(np.asarray(geoms, dtype=object), crs) if in_map and geoms else []
-        for n, (geom, s) in enumerate(zip(geoms, scores)):
+        props = []
+        for n, s in enumerate(scores[:len(geoms)]):
             if in_map:  # ground square metres (null when the CRS is unknown), as every map output of rooftrace
-                props = {"score": round(float(s), 4), "area_m2": round(float(areas[n]), 3) if np.isfinite(areas[n]) else None}
+                props.append({"score": round(float(s), 4), "area_m2": round(float(areas[n]), 3) if np.isfinite(areas[n]) else None})
             else:
-                props = _props(img, s)
-            features.append({"type": "Feature", "properties": props, "geometry": geojson_geometry(geom)})
+                props.append(_props(img, s))
+        features.extend(geojson_features(geoms, props))
     data: dict[str, Any] = {"type": "FeatureCollection"}
     if not in_map:
         data["name"] = PIXEL_LAYER_NAME
         data["rooftrace"] = PIXEL_MARKER
     elif crs is not None:
         data["crs"] = {"type": "name", "properties": {"name": CRS.from_user_input(crs).to_string()}}
-    data["features"] = features
-    return atomic_write_text(path, json.dumps(data), force=force)
+    text = json.dumps(data)[:-1] + ', "features": [' + ", ".join(features) + "]}"  # the collection's members, then its features
+    return atomic_write_text(path, text, force=force)
 
 
 def _props(img, score) -> dict:
