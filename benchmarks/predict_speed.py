@@ -106,7 +106,7 @@ def run_predict(images: Path, model: Path, out: Path, args: argparse.Namespace, 
     return {"wall": wall, "steady": t["total"], "n": n, "buildings": r.labels.n_footprints,
             "pp_ms": t["postprocess_cpu"] / n * 1e3, "pp_wall_ms": t["postprocess"] / n * 1e3,
             "pp_share": t["postprocess_cpu"] / wall, "pp_cpu_share": t["postprocess_cpu"] / cpu,
-            "out_share": (t["postprocess_cpu"] + t["write_cpu"]) / wall}
+            "out_share": (t["postprocess_cpu"] + t.get("encode_cpu", t.get("write_cpu", 0.0))) / wall}  # "write" before session 15
 
 
 def run_original(images: Path, model: Path, out: Path, args: argparse.Namespace) -> dict:

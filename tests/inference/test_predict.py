@@ -101,6 +101,18 @@ def _tiles(folder: Path, n: int, size: int = 256) -> Path:
     return folder
 
 
+def test_predict_timings_name_each_stage(model_file, tmp_path):
+    """The stages a run reports: encoding the PNGs (``encode``, once called ``write``) apart from writing them (``disk``)."""
+    import rooftrace.inference.predict as pr
+
+    r = pr.predict_folder(_tiles(tmp_path / "images", 3), tmp_path / "out", model_file, workers=0, threads=0, batch_size=2,
+                          progress=False, write_masks=True, write_overlays=True)
+    t = r.timings
+    assert {"read", "wait", "inference", "postprocess", "postprocess_cpu", "encode", "encode_cpu", "disk", "disk_cpu",
+            "outputs", "total"} <= set(t) and "write" not in t
+    assert t["encode"] > 0 and t["disk"] > 0 and t["inference"] > 0
+
+
 @pytest.mark.parametrize("streams", [1, 2])
 def test_a_crashed_predict_writes_no_submission_and_resume_finishes_it(model_file, tmp_path, monkeypatch, streams):
     import rooftrace.inference.predict as pr

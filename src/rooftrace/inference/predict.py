@@ -101,10 +101,12 @@ class PredictResult:
     seconds: float
     report: LoadReport
     files: list[Path] = field(default_factory=list)
-    #: Seconds per stage, summed over tiles: ``wait`` (main thread waiting for tiles), ``inference``,
-    #: ``postprocess`` and ``write`` (masks and overlays; summed over the post-processing threads,
-    #: which run alongside inference; ``*_cpu``: the same in those threads' CPU time, which does not
-    #: count time the thread waited for a core), ``outputs`` (submission, GeoJSON, COCO), ``total``.
+    #: Seconds per stage, summed over tiles: ``read`` (reading threads), ``wait`` (main thread waiting for
+    #: tiles), ``inference``, ``postprocess`` and ``encode`` (each tile's mask and overlay made into PNG bytes;
+    #: summed over the post-processing threads, which run alongside inference), ``disk`` (those files and each
+    #: tile's ``.partial`` record written and made durable, in the writing thread); ``*_cpu``: the same in those
+    #: threads' CPU time, which does not count time a thread waited for a core; ``outputs`` (submission, GeoJSON,
+    #: COCO, the map files), ``total``. (``encode`` was called ``write`` until session 15.)
     timings: dict[str, float] = field(default_factory=dict)
     #: Tiles an earlier, unfinished run had done (``resume=True``), taken from ``.partial``.
     n_resumed: int = 0
@@ -420,8 +422,8 @@ class _FolderRun:
     #: Per file index, the regions the score filter dropped (``Buildings.n_below_score``).
     below_score: dict[int, int] = field(default_factory=dict)
     skipped: int = 0
-    timings: dict[str, float] = field(default_factory=lambda: {"postprocess": 0.0, "postprocess_cpu": 0.0, "write": 0.0,
-                                                               "write_cpu": 0.0})
+    timings: dict[str, float] = field(default_factory=lambda: {"postprocess": 0.0, "postprocess_cpu": 0.0, "encode": 0.0,
+                                                               "encode_cpu": 0.0})
     t0: float = 0.0
     seconds: float = 0.0
 
@@ -509,7 +511,7 @@ class _FolderRun:
         self.below_score[i] = below
         record = tile_record(W, H, fps, scores, self.places[i], self.stamps[i], below_score=below)
         writes.put([*files, (self.out_dir / PARTIAL / f"{self.files[i].stem}.json", record)])
-        for name, value in zip(("postprocess", "postprocess_cpu", "write", "write_cpu"), seconds):
+        for name, value in zip(("postprocess", "postprocess_cpu", "encode", "encode_cpu"), seconds):
             self.timings[name] += value
 
     def finish(self) -> PredictResult:
