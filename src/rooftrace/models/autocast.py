@@ -107,9 +107,9 @@ def bf16_depthwise_is_slow(conv: torch.nn.Conv2d) -> bool:
     """Whether oneDNN's bf16 kernels for this depthwise convolution train slower than its fp32 ones on a CPU.
 
     Measured per layer of the default network (forward and backward, 8 x 256 x 256 crops, 2 threads:
-    ``benchmarks/train_profile.py --variants dw-fp32-all dw-fp32``): every kernel larger than 3 x 3 and every
-    strided one is slower in bf16 (5 x 5 by 2-10x, above all the weight gradient), while the 3 x 3 ones of
-    stride 1 are 1.7-6x faster in bf16 than computed in fp32 with their input and gradient cast."""
+    ``benchmarks/train_profile.py --layers``, session 15): every kernel larger than 3 x 3 and every strided one
+    is slower in bf16 (5 x 5 by 2.2-8.3x, strided 3 x 3 by 2.3-7.7x), while the 3 x 3 ones of stride 1 are
+    1.3-1.9x faster in bf16 than computed in fp32 with their input cast."""
     return max(conv.kernel_size) > 3 or max(conv.stride) > 1
 
 
