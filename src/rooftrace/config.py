@@ -254,8 +254,6 @@ class Config:
                     raise RooftraceError(f"{key} {spec.path}: weight {spec.weight} must be greater than 0")
         if not 1.0 <= self.augment.pixel_scale_limit <= 8.0:
             raise RooftraceError(f"augment.pixel_scale_limit {self.augment.pixel_scale_limit}: must be between 1 and 8")
-        from rooftrace.models.autocast import depthwise_mode  # torch-free
-
         depthwise_mode(self.train.depthwise_fp32)  # a clear error for anything but slow, all, true or false
         if self.train.amp not in ("auto", "bf16", "fp16", "off", "fp32"):
             raise RooftraceError(f"train.amp {self.train.amp!r}: must be one of auto, bf16, fp16, off")
@@ -264,6 +262,22 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, not tuples) for YAML and JSON."""
         return _plain(dataclasses.asdict(self))
+
+
+def depthwise_mode(value: bool | str) -> str:
+    """``train.depthwise_fp32`` as one of ``none``, ``slow`` or ``all`` (``true`` = ``all``, ``false`` = ``none``).
+
+    ``true`` kept its meaning from before ``slow`` existed (every depthwise convolution), so that a run's saved
+    configuration trains as it did when it is resumed or repeated."""
+    if value is True:
+        return "all"
+    if value is False:
+        return "none"
+    v = str(value).lower()
+    if v not in ("slow", "all", "none"):
+        raise RooftraceError(f"train.depthwise_fp32 {value!r}: must be slow (the 5 x 5 and strided depthwise convolutions), "
+                             "all, true (= all) or false")
+    return v
 
 
 def _numbers(v: Any, key: str = "") -> typing.Iterator[tuple[str, float]]:

@@ -242,7 +242,7 @@ def test_only_the_depthwise_convolutions_slow_in_bf16_go_to_fp32_under_slow():
 
 
 def test_depthwise_fp32_setting_keeps_true_as_all_and_refuses_other_words():
-    from rooftrace.models.autocast import depthwise_mode
+    from rooftrace.config import depthwise_mode
 
     assert (depthwise_mode(True), depthwise_mode(False), depthwise_mode("slow"), depthwise_mode("ALL")) == ("all", "none", "slow", "all")
     cfg = REPO / "configs" / "unet-lite0.yaml"

@@ -84,23 +84,7 @@ def dtype_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-DEPTHWISE_FP32 = ("slow", "all")
-
-
-def depthwise_mode(value: bool | str) -> str:
-    """``train.depthwise_fp32`` as one of ``none``, ``slow`` or ``all`` (``true`` = ``all``, ``false`` = ``none``).
-
-    ``true`` kept its meaning from before ``slow`` existed (every depthwise convolution), so that a run's saved
-    configuration trains as it did when it is resumed or repeated."""
-    if value is True:
-        return "all"
-    if value is False:
-        return "none"
-    v = str(value).lower()
-    if v not in (*DEPTHWISE_FP32, "none"):
-        raise RooftraceError(f"train.depthwise_fp32 {value!r}: must be slow (the 5 x 5 and strided depthwise convolutions), "
-                             "all, true (= all) or false")
-    return v
+DEPTHWISE_FP32 = ("slow", "all")  #: what depthwise_in_fp32 can swap (``train.depthwise_fp32``: rooftrace.config.depthwise_mode)
 
 
 def bf16_depthwise_is_slow(conv: torch.nn.Conv2d) -> bool:

@@ -45,7 +45,7 @@ from torch.utils.data import (
 )
 from tqdm import tqdm
 
-from rooftrace.config import Config, dump_yaml, load_config, resolve_path
+from rooftrace.config import Config, depthwise_mode, dump_yaml, load_config, resolve_path
 from rooftrace.core.errors import RooftraceError
 from rooftrace.core.files import atomic_write_bytes, atomic_write_text
 from rooftrace.core.locks import OutputLock
@@ -58,7 +58,6 @@ from rooftrace.models.autocast import (
     autocast,
     autocast_dtype,
     depthwise_in_fp32,
-    depthwise_mode,
     dtype_name,
 )
 from rooftrace.models.files import save_model
