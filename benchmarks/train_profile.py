@@ -342,9 +342,8 @@ def main() -> int:
         print(f"| {r['variant']} | {r['batch']} | {r['forward_s']:.3f} | {r['backward_s']:.3f} | {r['optimizer_s']:.3f} | {r['step_s']:.3f} "
               f"| {r['crops_per_s']:.1f} | {r['crops_per_s'] / ref:.2f}x | {r['gflops']:.0f} | {r['gflops'] / limit['bf16']:.0%} "
               f"| {r['grad_cosine']:.4f}, {r['grad_rel_error']:.3f} |")
-    if args.layers:
-        layers = depthwise_layers(cfg, batch, size)
-        out_layers = layers
+    layers = depthwise_layers(cfg, batch, size) if args.layers else None
+    if layers:
         print("\n| depthwise layer | channels | input size | kernel | stride | bf16 ms | fp32 ms | fp32 / bf16 | in fp32 under `slow` |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in layers:
@@ -353,14 +352,12 @@ def main() -> int:
         print(f"sum: bf16 {sum(r['bf16_ms'] for r in layers):.1f} ms, fp32 {sum(r['fp32_ms'] for r in layers):.1f} ms, "
               f"`slow` {sum(r['fp32_ms'] if r['slow'] else r['bf16_ms'] for r in layers):.1f} ms, the faster of each "
               f"{sum(min(r['fp32_ms'], r['bf16_ms']) for r in layers):.1f} ms")
-    else:
-        out_layers = None
     data = data_cost(cfg, args.samples)
     torch.set_num_threads(args.threads)
     best = max(rows, key=lambda r: r["crops_per_s"])
     print(f"\ndata: {data['sample_s'] * 1e3:.1f} ms a sample on one core ({data['tiles']} cached tiles, the recipe's sampling "
           f"and augmentation) = {data['sample_s'] * best['crops_per_s']:.0%} of a core at the fastest variant's rate")
-    out = {"matmul_gflops": limit, "flops_per_crop": flops, "variants": rows, "data": data, "depthwise_layers": out_layers}
+    out = {"matmul_gflops": limit, "flops_per_crop": flops, "variants": rows, "data": data, "depthwise_layers": layers}
     if args.validation:
         val = validation_cost(cfg)
         out["validation"] = val

@@ -264,6 +264,11 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
 
+#: What ``train.depthwise_fp32`` may say (true and false read as all and none): which depthwise convolutions
+#: :func:`rooftrace.models.autocast.depthwise_in_fp32` computes in fp32.
+DEPTHWISE_FP32_MODES = ("none", "slow", "all")
+
+
 def depthwise_mode(value: bool | str) -> str:
     """``train.depthwise_fp32`` as one of ``none``, ``slow`` or ``all`` (``true`` = ``all``, ``false`` = ``none``).
 
@@ -274,7 +279,7 @@ def depthwise_mode(value: bool | str) -> str:
     if value is False:
         return "none"
     v = str(value).lower()
-    if v not in ("slow", "all", "none"):
+    if v not in DEPTHWISE_FP32_MODES:
         raise RooftraceError(f"train.depthwise_fp32 {value!r}: must be slow (the 5 x 5 and strided depthwise convolutions), "
                              "all, true (= all) or false")
     return v

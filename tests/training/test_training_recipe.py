@@ -223,6 +223,7 @@ def test_only_the_depthwise_convolutions_slow_in_bf16_go_to_fp32_under_slow():
     dws = [m for m in b.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels]
     slow = [m for m in dws if max(m.kernel_size) > 3 or max(m.stride) > 1]
     assert 0 < len(slow) < len(dws)  # Lite0 has both kinds
+    assert depthwise_in_fp32(b, "none") == 0 and not any(isinstance(m, _FP32Depthwise) for m in dws)
     assert depthwise_in_fp32(b, "slow") == len(slow) and depthwise_in_fp32(b, "slow") == 0
     assert [isinstance(m, _FP32Depthwise) for m in dws] == [bf16_depthwise_is_slow(m) for m in dws]
     assert [bf16_depthwise_is_slow(m) for m in dws] == [m in slow for m in dws]

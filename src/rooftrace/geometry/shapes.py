@@ -196,7 +196,7 @@ def geojson_texts(geoms: Sequence[BaseGeometry | None] | np.ndarray) -> list[str
     lists and ``json.dumps``-ing them, on the 180 outlines of the sample's test split (18,364 points). The same
     JSON as ``mapping`` gives, number for number (GEOS writes each double's shortest round-trip form), without
     spaces; an empty geometry goes through ``mapping`` (GEOS writes an empty polygon as ``[[]]``, GeoJSON's is ``[]``)."""
-    arr = np.asarray(geoms, dtype=object) if not isinstance(geoms, np.ndarray) else geoms
+    arr = np.asarray(geoms, dtype=object)
     if len(arr) == 0:
         return []
     texts = shapely.to_geojson(arr).tolist()

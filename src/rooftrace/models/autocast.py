@@ -18,6 +18,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, ContextManager
 
+from rooftrace.config import DEPTHWISE_FP32_MODES
 from rooftrace.core.errors import RooftraceError
 
 if TYPE_CHECKING:
@@ -84,9 +85,6 @@ def dtype_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-DEPTHWISE_FP32 = ("slow", "all")  #: what depthwise_in_fp32 can swap (``train.depthwise_fp32``: rooftrace.config.depthwise_mode)
-
-
 def bf16_depthwise_is_slow(conv: torch.nn.Conv2d) -> bool:
     """Whether oneDNN's bf16 kernels for this depthwise convolution train slower than its fp32 ones on a CPU.
 
@@ -100,8 +98,9 @@ def bf16_depthwise_is_slow(conv: torch.nn.Conv2d) -> bool:
 def depthwise_in_fp32(model: torch.nn.Module, which: str = "all") -> int:
     """Make depthwise convolutions of ``model`` compute in fp32 under autocast; returns how many.
 
-    ``which``: ``all`` of them, or the ``slow`` ones (:func:`bf16_depthwise_is_slow`: larger than 3 x 3 or
-    strided), the others left to autocast's bf16. On CPUs, oneDNN's bf16 depthwise convolution backward
+    ``which`` (:data:`rooftrace.config.DEPTHWISE_FP32_MODES`, what ``train.depthwise_fp32`` reads as): ``all`` of
+    them, the ``slow`` ones (:func:`bf16_depthwise_is_slow`: larger than 3 x 3 or strided), the others left to
+    autocast's bf16, or ``none``. On CPUs, oneDNN's bf16 depthwise convolution backward
     (above all the 5 x 5 kernels of EfficientNet's later stages) is several times slower than its fp32 one,
     while dense convolutions gain from bf16 (``benchmarks/train_profile.py`` measures both). Each chosen
     depthwise ``Conv2d`` gets a subclass whose forward casts its input to fp32 with autocast off; parameter
@@ -111,12 +110,12 @@ def depthwise_in_fp32(model: torch.nn.Module, which: str = "all") -> int:
 
     from rooftrace.models.swap import swap_forward
 
-    if which not in DEPTHWISE_FP32:
-        raise ValueError(f"depthwise_in_fp32: which={which!r}, must be one of {DEPTHWISE_FP32}")
+    if which not in DEPTHWISE_FP32_MODES:
+        raise ValueError(f"depthwise_in_fp32: which={which!r}, must be one of {DEPTHWISE_FP32_MODES}")
     count = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
-            if which == "all" or bf16_depthwise_is_slow(module):
+            if which == "all" or (which == "slow" and bf16_depthwise_is_slow(module)):
                 count += swap_forward(module, _FP32Depthwise, _fp32_forward)
     return count
 

@@ -53,8 +53,7 @@ class Teachers:
                                      f"{list(loaded.std)}, this run gives mean {list(mean)}, std {list(std)} (data.mean, "
                                      "data.std); nothing was trained")
             net = inference_form(loaded.model, channels_last)  # as the runtime runs it, in the student's memory format
-            if depthwise_fp32 != "none":  # slow or all (train.depthwise_fp32)
-                depthwise_in_fp32(net, depthwise_fp32)
+            depthwise_in_fp32(net, depthwise_fp32)  # none, slow or all (train.depthwise_fp32)
             self.models.append(net)
 
     def __len__(self) -> int:

@@ -230,8 +230,7 @@ class Trainer:
         except ValueError as e:
             raise RooftraceError(f"train.freeze_encoder {cfg.train.freeze_encoder}: {e}") from None
         depthwise = depthwise_mode(cfg.train.depthwise_fp32) if env.amp_dtype is not None else "none"
-        if depthwise != "none":
-            depthwise_in_fp32(model, depthwise)
+        depthwise_in_fp32(model, depthwise)
         if cfg.train.transposed_upsampling:
             use_transposed_upsampling(model)
         if cfg.train.channels_last:
