@@ -4,9 +4,12 @@ When a session's device ``status`` says a GPU is lent, three steps turn its minu
 
 1. ``pack`` (here, on the CPU, with rooftrace): every training and validation tile of the recipe
    (``configs/unet-lite0.yaml``), already resampled to the model's pixel size, as JPEG, its target
-   channels as PNG and its buildings as COCO JSON per split, the sampling weight of each tile
-   (``rooftrace.training.sampling``) and the starting weights (fp16), in at most ``--max-mib`` MiB.
-   The wheels the GPU machine lacks (segmentation-models-pytorch, shapely) go to ``.whl/``.
+   channels as PNG and its buildings as gzipped COCO JSON per split, the sampling weight of each tile
+   (``rooftrace.training.sampling``) and the starting weights, in at most ``--max-mib`` MiB. Starting
+   weights that git tracks (the shipped model, by default) travel with the working tree, so the pack names
+   them by path and SHA-256 instead of copying them; others are copied in (fp16). The wheels the GPU
+   machine lacks (segmentation-models-pytorch, shapely) go to ``.whl/``. The recipe's data packs into
+   43 MiB (the pack, 2.3 MiB of wheels and the 13 MiB working tree: 58 MiB of a device call's 64).
 2. ``train`` (there): the whole pack on the GPU as uint8, batches cut there too (one affine
    ``grid_sample`` a batch does crop, pixel scale, rotation and flips; colour, grayscale, simulated
    panchromatic and noise are tensor operations), bf16 autocast, channels_last, fused AdamW, a
@@ -16,8 +19,8 @@ When a session's device ``status`` says a GPU is lent, three steps turn its minu
 3. ``import`` (here): the weights as a rooftrace model file with the recipe's config, to be scored by
    ``benchmarks/model_card.py`` and shipped only if validation prefers it.
 
-``device-command`` prints the one ``run`` call for step 2. ``train --device cpu --max-steps 2`` runs
-the same code on the CPU (the tests do, on a tiny pack).
+``device-command`` prints the one ``run`` call for step 2, after checking that what it carries fits.
+``train --device cpu --max-steps 2`` runs the same code on the CPU (the tests do, on a tiny pack).
 
     .venv/bin/python benchmarks/gpu_sprint.py pack --out out/sprint      # writes out/sprint and .whl/
     .venv/bin/python benchmarks/gpu_sprint.py device-command               # the command and carry list
@@ -27,6 +30,7 @@ the same code on the CPU (the tests do, on a tiny pack).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -103,22 +107,75 @@ def pack(config: str, out: Path, init: str | None, max_mib: float, max_tiles: in
                                         "segmentation": [ring.round(2).ravel().tolist()], "area": float(shapely.area(part)),
                                         "bbox": [x0, y0, x1 - x0, y1 - y0]})
         coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "building"}]}
-        text = json.dumps(coco)
-        (folder / f"{split}.json").write_text(text)
-        total += len(text)
+        # gzip: the labels traced on pixel edges (Dubai, Rio) are 11 MB as text and 1.8 MB compressed
+        data = gzip.compress(json.dumps(coco).encode(), mtime=0)
+        (folder / f"{split}.json.gz").write_bytes(data)
+        total += len(data)
         summary["splits"][split] = {"tiles": len(images), "buildings": len(annotations)}
     if init:
-        tensors, _ = read_model_file(Path(init))
-        save_file({k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in tensors.items()},
-                  str(out / "init.safetensors"))
-        total += (out / "init.safetensors").stat().st_size
-        summary["init"] = str(init)
+        read_model_file(Path(init))  # a rooftrace model file, its hash checked, before anything relies on it
+        in_repo = _travels(Path(init))
+        if in_repo is not None:  # it goes to the GPU machine with the working tree: named, not copied
+            summary["init"] = {"repo_path": in_repo, "sha256": _sha256(Path(init))}
+        else:
+            tensors, _ = read_model_file(Path(init))
+            save_file({k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in tensors.items()},
+                      str(out / "init.safetensors"))
+            total += (out / "init.safetensors").stat().st_size
+            summary["init"] = {"file": "init.safetensors", "from": str(init)}
     summary["bytes"] = total
     (out / "pack.json").write_text(json.dumps(summary, indent=2))
     if total > max_mib * 2**20:
         raise RooftraceError(f"{out}: the pack is {total / 2**20:.1f} MiB, over the {max_mib:g} MiB it may take "
                              f"(lower --quality or --max-tiles)")
     return summary
+
+
+def _travels(path: Path) -> str | None:
+    """``path`` relative to the repository when git tracks it (it then travels to the GPU machine with the
+    working tree), else ``None``."""
+    try:
+        rel = path.resolve().relative_to(REPO)
+    except ValueError:
+        return None
+    r = subprocess.run(["git", "-C", str(REPO), "ls-files", "--error-unmatch", str(rel)], capture_output=True)
+    return rel.as_posix() if r.returncode == 0 else None
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _init_tensors(pack_dir: Path, meta: dict) -> dict | None:
+    """The pack's starting weights as float tensors (``None``: the config's encoder from ImageNet)."""
+    from safetensors.torch import load_file
+
+    init = meta.get("init")
+    if isinstance(init, dict) and "repo_path" in init:
+        from rooftrace.models.files import read_model_file
+
+        path = REPO / init["repo_path"]
+        if not path.exists() or _sha256(path) != init["sha256"]:
+            raise SystemExit(f"{path}: the starting weights the pack names are missing or changed since it was packed")
+        tensors, _ = read_model_file(path)
+        return {k: v.float() for k, v in tensors.items()}
+    if (pack_dir / "init.safetensors").exists():
+        return {k: v.float() for k, v in load_file(str(pack_dir / "init.safetensors")).items()}
+    return None
+
+
+def carried_bytes(pack_dir: Path, wheels: Path) -> dict[str, int]:
+    """What one device call carries: the tracked working tree, the pack and the wheels (bytes each)."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout.split(b"\0")
+    tree = sum((REPO / f.decode()).stat().st_size for f in files if f and (REPO / f.decode()).is_file())
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.exists() else 0  # noqa: E731
+    return {"tree": tree, "pack": size(pack_dir), "wheels": size(wheels)}
+
+
+#: What a device call may carry in all (the device README: the working tree, carried paths included).
+CARRY_LIMIT = 64 * 2**20
 
 
 def fetch_wheels(dest: Path) -> None:
@@ -139,7 +196,7 @@ def _load_pack(root: Path, split: str):
     import torch
     from PIL import Image
 
-    coco = json.loads((root / split / f"{split}.json").read_text())
+    coco = json.loads(gzip.decompress((root / split / f"{split}.json.gz").read_bytes()))
     pieces, weights = [], []
     for img in coco["images"]:
         rgb = np.asarray(Image.open(root / split / img["file_name"]).convert("RGB"))
@@ -222,7 +279,7 @@ def train(pack_dir: Path, out: Path, minutes: float, device: str, batch: int, lr
     import dataclasses
 
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from rooftrace.config import config_from_dict
     from rooftrace.models.architectures import build_model
@@ -234,8 +291,9 @@ def train(pack_dir: Path, out: Path, minutes: float, device: str, batch: int, lr
     cfg = config_from_dict(meta["config"])
     dev = torch.device(device)
     model = build_model(dataclasses.replace(cfg.model, encoder_weights=None), CHANNELS)
-    if (pack_dir / "init.safetensors").exists():
-        model.load_state_dict({k: v.float() for k, v in load_file(str(pack_dir / "init.safetensors")).items()}, strict=True)
+    init = _init_tensors(pack_dir, meta)
+    if init is not None:
+        model.load_state_dict(init, strict=True)
     model = model.to(dev).to(memory_format=torch.channels_last).train()
     net = torch.compile(model) if compile_model else model
     loss_fn = SegmentationLoss(cfg.loss, CHANNELS).to(dev)
@@ -271,7 +329,7 @@ def train(pack_dir: Path, out: Path, minutes: float, device: str, batch: int, lr
         steps += 1
         seen += batch
         if steps % 20 == 0 or max_steps:
-            losses.append((steps, float(loss)))
+            losses.append((steps, float(loss.detach())))
         if steps == 10:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
@@ -383,6 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "import":
         print(import_weights(Path(args.sprint), Path(args.out), Path(args.pack), args.force))
     else:
+        sizes = carried_bytes(REPO / "out" / "sprint", REPO / ".whl")
+        if not sizes["pack"] or not sizes["wheels"]:
+            raise SystemExit("out/sprint or .whl/ is missing or empty: run `gpu_sprint.py pack` first")
+        total = sum(sizes.values())
+        print("carried: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items()) + f"; {total / 2**20:.1f} MiB in all")
+        if total > CARRY_LIMIT:
+            raise SystemExit(f"{total / 2**20:.1f} MiB would travel, over the device call's {CARRY_LIMIT / 2**20:g} MiB: "
+                             "pack again with a lower --max-mib or --quality")
         print(f"run(command={device_command(args.minutes)!r}, carry=['out/sprint', '.whl'], timeout_s={int(args.minutes * 60 + 240)})")
     return 0
 

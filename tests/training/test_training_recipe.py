@@ -4,6 +4,7 @@ crops, fp32 depthwise convolutions, validation every N epochs, and the GPU sprin
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 import subprocess
@@ -310,15 +311,18 @@ augment: {{pan: 0.5, gray: 0.1}}
     from rooftrace.labels.splits import open_split
 
     for split in ("train", "val"):
-        coco = json.loads((pack / split / f"{split}.json").read_text())
+        coco = json.loads(gzip.decompress((pack / split / f"{split}.json.gz").read_bytes()))
         src = list(open_split(str(sample / split)))[:3]
         assert len(coco["images"]) == 3
         assert len(coco["annotations"]) == sum(len([p for p in img.footprints if not p.is_empty]) for img in src)
         for img in coco["images"]:
             assert (pack / split / img["file_name"]).exists() and (pack / split / img["target"]).exists()
+    # The shipped file travels with the working tree: named with its hash, not copied into the pack.
+    assert meta["init"]["repo_path"] == "src/rooftrace/models/shipped/rooftrace-unet-lite0.safetensors"
+    assert not (pack / "init.safetensors").exists()
     # Over the bound: refused, named.
-    r = _sprint("pack", "--config", str(cfg), "--out", str(tmp_path / "p2"), "--max-tiles", "3", "--no-wheels", "--max-mib", "1")
-    assert r.returncode != 0 and "over the 1 MiB" in r.stderr
+    r = _sprint("pack", "--config", str(cfg), "--out", str(tmp_path / "p2"), "--max-tiles", "3", "--no-wheels", "--max-mib", "0.05")
+    assert r.returncode != 0 and "over the 0.05 MiB" in r.stderr
     # A CPU run of the GPU code with a tiny budget, then its weights as a rooftrace model that loads.
     out = tmp_path / "sprint"
     r = _sprint("train", "--pack", str(pack), "--out", str(out), "--device", "cpu", "--max-steps", "1", "--batch", "2", "--crop", "64")
@@ -333,6 +337,71 @@ augment: {{pan: 0.5, gray: 0.1}}
 
     loaded = load_model(model_file)
     assert loaded.gsd == 0.3 and loaded.meta["gpu_sprint"]["steps"] == 1
+
+
+def test_gpu_sprint_starting_weights_outside_the_repository_are_packed_and_a_changed_named_file_is_refused(tmp_path, sample):
+    """Weights the working tree does not carry go into the pack (fp16, as the file holds them); weights it carries
+    are named by path and SHA-256, and ``train`` refuses them when the file there is not the one packed."""
+    import shutil
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_sprint
+
+    shipped = REPO / "src/rooftrace/models/shipped/rooftrace-unet-lite0.safetensors"
+    outside = tmp_path / "start.safetensors"
+    shutil.copy(shipped, outside)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""name: t
+data: {{train: ["{sample / 'train'}"], val: ["{sample / 'val'}"], gsd: 0.3, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}}
+model: {{arch: unet, encoder: tu-efficientnet_lite0}}
+""")
+    pack = tmp_path / "pack"
+    r = _sprint("pack", "--config", str(cfg), "--out", str(pack), "--max-tiles", "1", "--no-wheels", "--init", str(outside))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((pack / "pack.json").read_text())
+    assert meta["init"]["file"] == "init.safetensors"
+    packed = gpu_sprint._init_tensors(pack, meta)
+    from rooftrace.models.files import read_model_file
+
+    tensors, _ = read_model_file(shipped)
+    assert packed.keys() == tensors.keys()
+    assert all(torch.equal(packed[k], tensors[k].half().float()) for k in tensors)
+    # Named in the repository: the same tensors; a file changed since packing is refused by name.
+    named = {"init": {"repo_path": "src/rooftrace/models/shipped/rooftrace-unet-lite0.safetensors",
+                      "sha256": gpu_sprint._sha256(shipped)}}
+    assert all(torch.equal(gpu_sprint._init_tensors(tmp_path, named)[k], v.float()) for k, v in tensors.items())
+    named["init"]["sha256"] = "0" * 64
+    with pytest.raises(SystemExit, match="changed since it was packed"):
+        gpu_sprint._init_tensors(tmp_path, named)
+
+
+def test_gpu_sprint_pack_of_the_recipes_data_fits_what_a_device_call_carries(tmp_path):
+    """The whole recipe's sample and buildings-extra data (the largest part of the pack: Dubai's tiles) packs within
+    the default bound, so that the pack, the wheels and the working tree travel in one device call's 64 MiB."""
+    import os
+
+    import yaml
+
+    extra = Path(os.environ.get("ROOFTRACE_EXTRA_DIR", REPO.parent / "shared" / "data" / "buildings-extra"))
+    if not (extra / "train").is_dir():
+        pytest.skip(f"{extra}: buildings-extra is not here")
+    recipe = yaml.safe_load((REPO / "configs" / "unet-lite0.yaml").read_text())
+    for split in ("train", "val"):  # the osm-oam splits are made by `make osm-splits`, which tests do not run
+        recipe["data"][split] = [e for e in recipe["data"][split] if "out/osm" not in str(e)]
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    pack = tmp_path / "pack"
+    r = _sprint("pack", "--config", str(cfg), "--out", str(pack), "--no-wheels")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((pack / "pack.json").read_text())
+    assert meta["splits"]["train"]["tiles"] >= 100 and meta["splits"]["train"]["buildings"] >= 3000
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_sprint
+
+    sizes = gpu_sprint.carried_bytes(pack, tmp_path / "no-wheels")
+    assert sizes["pack"] == meta["bytes"] + (pack / "pack.json").stat().st_size <= 45 * 2**20
+    # the working tree and about 3 MiB of wheels (smp, shapely) beside it stay within the device call's limit
+    assert sizes["tree"] + sizes["pack"] + 3 * 2**20 <= gpu_sprint.CARRY_LIMIT
 
 
 def test_gpu_sprint_batches_keep_targets_on_their_pixels(tmp_path):
