@@ -15,9 +15,19 @@ measuring, not to setting up. In one process it prints:
   against the network alone on the same windows.
 
 ``--dry-run`` runs the same code on the CPU, tiny (a few tiles, a 1,024-pixel scene, batch 2), so the
-script is checked where no GPU is lent (``tests/inference/test_predict.py`` runs it so). On the GPU::
+script is checked where no GPU is lent (``tests/inference/test_predict.py`` runs it so, without the packages
+the GPU machine lacks and the wheels below do not bring).
 
-    python benchmarks/gpu_throughput.py --tiles 2048 --batch-size 64 --readers 8 --threads 12 --scene-size 8192
+The GPU machine has PyTorch, timm, OpenCV, scikit-image and Pillow, but not rasterio, pyproj, shapely or
+affine, and not the sample pack. ``--pack`` (here) copies the sample tiles and the Austin scene the run
+reads into ``out/gpu-throughput`` and those wheels, for its Python 3.12, into ``.whl-predict/``; checks that
+they and the working tree fit one device call (64 MiB: rasterio 1.3.11, whose wheel is 21 MB where 1.4's
+is 36 MB); and prints the one ``run`` call. pyogrio (a 33 MB wheel) does not fit beside them, so the scene
+is written as GeoJSON, which rooftrace writes without it::
+
+    .venv/bin/python benchmarks/gpu_throughput.py --pack      # here; prints the device call
+    # there, what it prints runs:
+    python3 benchmarks/gpu_throughput.py --sample out/gpu-throughput --tiles 2048 --batch-size 64 --readers 8 --threads 12 --scene-size 8192
 """
 
 from __future__ import annotations
@@ -53,6 +63,49 @@ def network_alone(runtime, n: int, batch: int, size: int = 512) -> float:
     return n / (time.perf_counter() - t)
 
 
+#: The wheels the GPU machine lacks for ``predict`` and ``predict_scene`` (its image lists what it has:
+#: the device README's KINDS.md); rasterio's other needs (attrs, certifi, click, numpy, pyparsing, setuptools) are there.
+WHEELS = ("rasterio==1.3.11", "snuggs==1.4.7", "affine", "cligj", "click-plugins", "pyproj", "shapely")
+PACK = Path(__file__).resolve().parents[1] / "out" / "gpu-throughput"
+WHEEL_DIR = Path(__file__).resolve().parents[1] / ".whl-predict"
+
+
+def pack(sample: Path, out: Path = PACK, wheels: Path | None = WHEEL_DIR) -> dict[str, int]:
+    """Copy what the GPU run reads (the sample's test and val tiles, the Austin scene) to ``out`` and fetch the
+    wheels into ``wheels`` (``None``: not); returns the bytes carried, and raises if over a device call's limit."""
+    import importlib.metadata
+    import subprocess
+
+    from gpu_sprint import CARRY_LIMIT, carried_bytes
+
+    if out.exists():
+        shutil.rmtree(out)
+    for split in ("test", "val"):
+        shutil.copytree(sample / split / "image", out / split / "image")
+    (out / "scenes").mkdir(parents=True)
+    shutil.copy2(sample / "scenes" / "inria_austin.tif", out / "scenes" / "inria_austin.tif")
+    if wheels is not None:
+        if wheels.exists():
+            shutil.rmtree(wheels)  # one version of each: two stop the install there
+        names = [w if "==" in w else f"{w}=={importlib.metadata.version(w)}" for w in WHEELS]
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+                        "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+                        "--platform", "manylinux2014_x86_64", "-d", str(wheels), *names], check=True)
+    sizes = carried_bytes(out, wheels or out / "no-wheels")
+    total = sum(sizes.values())
+    if total > CARRY_LIMIT:
+        raise SystemExit(f"{total / 2**20:.1f} MiB would travel ({', '.join(f'{k} {v / 2**20:.1f} MiB' for k, v in sizes.items())}), "
+                         f"over the device call's {CARRY_LIMIT / 2**20:g} MiB")
+    return sizes
+
+
+def device_command(extra: str = "--tiles 2048 --batch-size 64 --readers 8 --threads 12 --scene-size 8192") -> str:
+    rel_pack, rel_wheels = PACK.relative_to(PACK.parents[1]).as_posix(), WHEEL_DIR.name
+    return (f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site {rel_wheels}/*.whl "
+            "&& export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 && nvidia-smi -L && "
+            f"python3 benchmarks/gpu_throughput.py --sample {rel_pack} {extra} 2>&1 | tail -40")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="model file (default: the shipped model)")
@@ -65,7 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scene-size", type=int, default=8192)
     ap.add_argument("--overlays", action="store_true", help="also write masks and overlays")
     ap.add_argument("--dry-run", action="store_true", help="tiny, on the CPU: checks the script where no GPU is lent")
+    ap.add_argument("--pack", action="store_true", help="here: copy the data and fetch the wheels the GPU run needs, "
+                    "check they fit a device call, print the call")
     args = ap.parse_args(argv)
+    if args.pack:
+        sizes = pack(args.sample)
+        print("carried: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items())
+              + f"; {sum(sizes.values()) / 2**20:.1f} MiB in all")
+        print(f"run(command={device_command()!r}, carry=['{PACK.relative_to(PACK.parents[1]).as_posix()}', '{WHEEL_DIR.name}'], "
+              "timeout_s=600)")
+        return 0
     if args.dry_run:
         args.tiles, args.batch_size, args.readers, args.threads, args.scene_size = 4, 2, 1, 0, 1024
         device = "cpu"
@@ -120,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         n_win = Grid.make(args.scene_size, args.scene_size, DEFAULT_TILE, DEFAULT_OVERLAP).n_windows
         sref = network_alone(runtime, n_win, args.batch_size) * args.scene_size ** 2 / 1e6 / n_win
         t = time.perf_counter()
-        s = predict_scene(scene, work / "scene.gpkg", runner, batch_size=args.batch_size, force=True, progress=False)
+        # GeoJSON: the GPU machine has no pyogrio, whose wheel does not fit beside rasterio's in one device call
+        s = predict_scene(scene, work / "scene.geojson", runner, batch_size=args.batch_size, force=True, progress=False)
         mps = args.scene_size ** 2 / 1e6 / (time.perf_counter() - t)
         print(f"\n| scene {args.scene_size} x {args.scene_size} ({n_win} windows) | MP/s | vs the network alone |")
         print("|---|---|---|")

@@ -156,3 +156,30 @@ def test_the_registry_refuses_a_name_or_suffix_taken_and_lists_its_formats_for_m
     assert formats.formats_text() == ".gpkg (GeoPackage), .fgb (FlatGeobuf), .parquet (GeoParquet) or .geojson (longitude/latitude)"
     assert formats.out_names() == "OUT.gpkg, OUT.fgb, OUT.parquet or OUT.geojson"
     assert formats.lonlat_format() is formats.by_name("geojson")
+
+
+def test_geojson_is_written_and_its_errors_named_without_pyogrio(tmp_path, monkeypatch):
+    """GeoJSON is written by rooftrace itself, so a machine without pyogrio (the lent GPU's image) writes it, and a
+    write error still names the output meant (pyogrio's own errors are caught only for the formats GDAL writes)."""
+    import json
+    import sys
+
+    for name in ("pyogrio", "pyogrio.errors", "pyogrio.raw"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing it now raises ImportError
+    out = write(tmp_path / "scene.geojson")
+    data = json.loads(out.read_text())
+    assert len(data["features"]) == len(PIXEL_GEOMS)
+    w = FeatureWriter(tmp_path / "full.geojson", UTM18, TRANSFORM, provenance=make_provenance(source="scene.tif", crs=UTM18))
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    w._json = FullDisk()
+    with pytest.raises(RooftraceError) as exc:
+        w.add(PIXEL_GEOMS, SCORES)
+    assert "No space left on device" in one_line_naming(exc, tmp_path / "full.geojson")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.geojson"]  # the temporary file removed

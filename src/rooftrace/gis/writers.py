@@ -309,15 +309,17 @@ class FeatureWriter:
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """An error while writing (a full disk) names the output meant, not the temporary file."""
-        import pyogrio.errors
+        errors: tuple[type[BaseException], ...] = (OSError, RuntimeError, ValueError)  # pyarrow's ArrowIOError is an OSError
+        if self.format.write not in ("geojson", "parquet"):  # written through GDAL: its "Write failed" is a DataSourceError
+            import pyogrio.errors  # only here: GeoJSON and GeoParquet are written without pyogrio
 
+            errors += (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, pyogrio.errors.FieldError)
         try:
             yield
         except RooftraceError:
             self.abort()
             raise
-        except (OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, pyogrio.errors.FieldError,
-                RuntimeError, ValueError) as exc:  # pyarrow's ArrowIOError is an OSError; GDAL's "Write failed" a DataSourceError
+        except errors as exc:
             self.abort()
             raise RooftraceError(f"{self.path}: cannot write it ({self._why(exc)})") from None
 
