@@ -138,7 +138,10 @@ def _travels(path: Path) -> str | None:
         rel = path.resolve().relative_to(REPO)
     except ValueError:
         return None
-    r = subprocess.run(["git", "-C", str(REPO), "ls-files", "--error-unmatch", str(rel)], capture_output=True)
+    try:
+        r = subprocess.run(["git", "-C", str(REPO), "ls-files", "--error-unmatch", str(rel)], capture_output=True)
+    except OSError:  # no git here: copy it, as for any file the working tree may not carry
+        return None
     return rel.as_posix() if r.returncode == 0 else None
 
 

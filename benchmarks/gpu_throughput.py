@@ -66,27 +66,30 @@ def network_alone(runtime, n: int, batch: int, size: int = 512) -> float:
 #: The wheels the GPU machine lacks for ``predict`` and ``predict_scene`` (its image lists what it has:
 #: the device README's KINDS.md); rasterio's other needs (attrs, certifi, click, numpy, pyparsing, setuptools) are there.
 WHEELS = ("rasterio==1.3.11", "snuggs==1.4.7", "affine", "cligj", "click-plugins", "pyproj", "shapely")
-PACK = Path(__file__).resolve().parents[1] / "out" / "gpu-throughput"
-WHEEL_DIR = Path(__file__).resolve().parents[1] / ".whl-predict"
+REPO = Path(__file__).resolve().parents[1]
+#: Where ``--pack`` writes, relative to the repository (what the device call carries).
+PACK, WHEEL_DIR = "out/gpu-throughput", ".whl-predict"
 
 
-def pack(sample: Path, out: Path = PACK, wheels: Path | None = WHEEL_DIR) -> dict[str, int]:
+def pack(sample: Path, out: Path = REPO / PACK, wheels: Path | None = REPO / WHEEL_DIR, force: bool = False) -> dict[str, int]:
     """Copy what the GPU run reads (the sample's test and val tiles, the Austin scene) to ``out`` and fetch the
-    wheels into ``wheels`` (``None``: not); returns the bytes carried, and raises if over a device call's limit."""
+    wheels into ``wheels`` (``None``: not); returns the bytes carried, and raises if over a device call's limit.
+    Folders already there are replaced only with ``force``."""
     import importlib.metadata
     import subprocess
 
     from gpu_sprint import CARRY_LIMIT, carried_bytes
 
-    if out.exists():
-        shutil.rmtree(out)
+    for folder in (out, wheels):
+        if folder is not None and folder.exists() and any(folder.iterdir()):
+            if not force:
+                raise SystemExit(f"{folder}: exists and is not empty (use --force to replace it)")
+            shutil.rmtree(folder)  # the wheels too: one version of each, as two stop the install there
     for split in ("test", "val"):
         shutil.copytree(sample / split / "image", out / split / "image")
     (out / "scenes").mkdir(parents=True)
     shutil.copy2(sample / "scenes" / "inria_austin.tif", out / "scenes" / "inria_austin.tif")
     if wheels is not None:
-        if wheels.exists():
-            shutil.rmtree(wheels)  # one version of each: two stop the install there
         names = [w if "==" in w else f"{w}=={importlib.metadata.version(w)}" for w in WHEELS]
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
                         "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
@@ -100,10 +103,9 @@ def pack(sample: Path, out: Path = PACK, wheels: Path | None = WHEEL_DIR) -> dic
 
 
 def device_command(extra: str = "--tiles 2048 --batch-size 64 --readers 8 --threads 12 --scene-size 8192") -> str:
-    rel_pack, rel_wheels = PACK.relative_to(PACK.parents[1]).as_posix(), WHEEL_DIR.name
-    return (f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site {rel_wheels}/*.whl "
+    return (f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site {WHEEL_DIR}/*.whl "
             "&& export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 && nvidia-smi -L && "
-            f"python3 benchmarks/gpu_throughput.py --sample {rel_pack} {extra} 2>&1 | tail -40")
+            f"python3 benchmarks/gpu_throughput.py --sample {PACK} {extra} 2>&1 | tail -40")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="tiny, on the CPU: checks the script where no GPU is lent")
     ap.add_argument("--pack", action="store_true", help="here: copy the data and fetch the wheels the GPU run needs, "
                     "check they fit a device call, print the call")
+    ap.add_argument("--force", action="store_true", help="with --pack: replace the folders it writes")
     args = ap.parse_args(argv)
     if args.pack:
-        sizes = pack(args.sample)
+        sizes = pack(args.sample, force=args.force)
         print("carried: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items())
               + f"; {sum(sizes.values()) / 2**20:.1f} MiB in all")
-        print(f"run(command={device_command()!r}, carry=['{PACK.relative_to(PACK.parents[1]).as_posix()}', '{WHEEL_DIR.name}'], "
-              "timeout_s=600)")
+        print(f"run(command={device_command()!r}, carry=['{PACK}', '{WHEEL_DIR}'], timeout_s=600)")
         return 0
     if args.dry_run:
         args.tiles, args.batch_size, args.readers, args.threads, args.scene_size = 4, 2, 1, 0, 1024

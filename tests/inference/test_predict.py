@@ -411,6 +411,8 @@ def test_the_gpu_throughput_script_runs_its_cpu_dry_run_without_what_the_gpu_mac
     sizes = gpu_throughput.pack(sample, data, wheels=None)
     assert sorted(p.name for p in (data / "scenes").iterdir()) == ["inria_austin.tif"]
     assert len(list((data / "test" / "image").iterdir())) == len(list((sample / "test" / "image").iterdir()))
+    with pytest.raises(SystemExit, match="exists and is not empty"):  # replaced only with --force
+        gpu_throughput.pack(sample, data, wheels=None)
     # rasterio 1.3.11, pyproj, shapely and the rest: 34 MB of wheels beside the pack and the working tree
     assert sizes["tree"] + sizes["pack"] + 34 * 2**20 <= gpu_sprint.CARRY_LIMIT
     blocked = ("import runpy, sys\n"
