@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -249,3 +250,32 @@ def test_no_module_reaches_into_another_modules_private_names():
                     and private(node.attr):
                 found.append(f"{path.relative_to(src)}:{node.lineno} reads {node.value.id}.{node.attr}")
     assert not found, "\n".join(found)
+
+
+def _flags_in(source: str) -> tuple[set[str], list[re.Pattern]]:
+    """The option strings a script's or the CLI's source declares, and f-string templates (``f"--{name}-set"``) as patterns."""
+    flags = set(re.findall(r"""["'](--[a-z][\w-]*)["']""", source))
+    templates = [re.compile("^" + re.sub(r"\\\{[^}]*\\\}", r"\\w+", re.escape(t)) + "$")
+                 for t in re.findall(r"""f["'](--[^"']*\{[^"']*)["']""", source)]
+    return flags, templates
+
+
+def test_every_command_the_documents_give_names_a_real_script_and_real_options():
+    """Each ``benchmarks/NAME.py --option`` and ``rooftrace COMMAND --option`` in README, MODEL_CARD, TESTING and
+    DESIGN names a script that exists and options its source declares, so that a figure's command can be run again."""
+    cli_flags, cli_templates = _flags_in("".join(p.read_text() for p in (REPO / "src" / "rooftrace" / "cli").glob("*.py")))
+    wrong = []
+    for doc in ("README.md", "MODEL_CARD.md", "TESTING.md", "DESIGN.md"):
+        for line in (REPO / doc).read_text().splitlines():
+            for m in re.finditer(r"benchmarks/(\w+)\.py((?:[ \t]+[^\s`|\"']+)*)", line):  # up to a quoted command
+                script = REPO / "benchmarks" / f"{m.group(1)}.py"
+                if not script.exists():
+                    wrong.append(f"{doc}: benchmarks/{m.group(1)}.py does not exist")
+                    continue
+                flags, templates = _flags_in(script.read_text())
+                wrong += [f"{doc}: benchmarks/{m.group(1)}.py has no {f}" for f in re.findall(r"(?<![\w/-])(--[a-z][\w-]*)", m.group(2))
+                          if f not in flags and not any(t.match(f) for t in templates)]
+            for m in re.finditer(r"rooftrace ([a-z][\w-]*)((?:[ \t]+[^\s`|]+)*)", line):
+                wrong += [f"{doc}: rooftrace {m.group(1)} has no {f}" for f in re.findall(r"(?<![\w/-])(--[a-z][\w-]*)", m.group(2))
+                          if f not in cli_flags and not any(t.match(f) for t in cli_templates)]
+    assert not wrong, "\n".join(sorted(set(wrong)))
