@@ -217,8 +217,18 @@ def _load_pack(root: Path, split: str):
     return data, torch.tensor(weights, dtype=torch.float64)
 
 
-def _batch(data, weights, n: int, crop: int, aug: dict, device):
-    """``n`` augmented crops from the uint8 pieces on ``device``: (images normalised, targets 0/1)."""
+def _normalise(img, mean, std):
+    """Images in [0, 1] as the model expects them: ``(img - mean) / std`` per channel (the config's, as training does)."""
+    import torch
+
+    m = torch.as_tensor(mean, dtype=img.dtype, device=img.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=img.dtype, device=img.device).view(1, -1, 1, 1)
+    return ((img - m) / s).contiguous(memory_format=torch.channels_last)
+
+
+def _batch(data, weights, n: int, crop: int, aug: dict, device, norm_mean=(0.5, 0.5, 0.5), norm_std=(0.5, 0.5, 0.5)):
+    """``n`` augmented crops from the uint8 pieces on ``device``: (images normalised by ``norm_mean`` and ``norm_std``,
+    targets 0/1)."""
     import torch
     import torch.nn.functional as F
 
@@ -273,7 +283,7 @@ def _batch(data, weights, n: int, crop: int, aug: dict, device):
         img[gray] = g[:, None].expand(-1, 3, -1, -1)
     noise = (r(n, 1, 1, 1) < aug["blur_noise"] / 2) * (0.02 + r(n, 1, 1, 1) * 0.06)
     img = (img + torch.randn_like(img) * noise).clamp(0, 1)
-    return ((img - 0.5) / 0.5).contiguous(memory_format=torch.channels_last), tgt
+    return _normalise(img, norm_mean, norm_std), tgt
 
 
 def train(pack_dir: Path, out: Path, minutes: float, device: str, batch: int, lr: float, crop: int, max_steps: int = 0,
@@ -321,7 +331,7 @@ def train(pack_dir: Path, out: Path, minutes: float, device: str, batch: int, lr
         cur = lr / 10 + (lr - lr / 10) * frac / w if frac < w else lr / 1000 + (lr - lr / 1000) * 0.5 * (1 + math.cos(math.pi * (frac - w) / (1 - w)))
         for g in opt.param_groups:
             g["lr"] = cur
-        x, y = _batch(data, weights, batch, crop, aug, dev)
+        x, y = _batch(data, weights, batch, crop, aug, dev, cfg.data.mean, cfg.data.std)
         with torch.autocast(**amp):
             logits = net(x)
         loss = loss_fn(logits.float(), y)
@@ -348,7 +358,7 @@ def train(pack_dir: Path, out: Path, minutes: float, device: str, batch: int, lr
     with torch.inference_mode():
         for s in range(0, val.shape[0], 16):
             v = val[s:s + 16].to(dev).float()
-            xi = ((v[:, :3] / 255.0 - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
+            xi = _normalise(v[:, :3] / 255.0, cfg.data.mean, cfg.data.std)
             yi = (v[:, 3:] > 127.5).float()
             with torch.autocast(**amp):
                 lo = model(xi)

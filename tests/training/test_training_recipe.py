@@ -429,3 +429,9 @@ def test_gpu_sprint_batches_keep_targets_on_their_pixels(tmp_path):
     assert inside.any()
     assert (img[inside] > 0.5).float().mean() > 0.97
     assert (img[~inside] < 0.5).float().mean() > 0.97
+    # The config's normalisation, not a fixed one: ImageNet's mean and std give ImageNet-normalised inputs.
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    grey = torch.full((1, 6, gpu_sprint.PIECE, gpu_sprint.PIECE), 102, dtype=torch.uint8)  # 0.4 everywhere
+    x, _ = gpu_sprint._batch(grey, torch.ones(1, dtype=torch.float64), 4, 128, aug, torch.device("cpu"), mean, std)
+    for c in range(3):
+        assert torch.allclose(x[:, c], torch.full_like(x[:, c], (0.4 - mean[c]) / std[c]), atol=1e-3), c
