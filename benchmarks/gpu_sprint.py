@@ -200,7 +200,7 @@ def _load_pack(root: Path, split: str):
     from PIL import Image
 
     coco = json.loads(gzip.decompress((root / split / f"{split}.json.gz").read_bytes()))
-    pieces, weights = [], []
+    pieces, weights, sizes = [], [], []
     for img in coco["images"]:
         rgb = np.asarray(Image.open(root / split / img["file_name"]).convert("RGB"))
         tgt = np.asarray(Image.open(root / split / img["target"]).convert("RGB"))
@@ -213,8 +213,9 @@ def _load_pack(root: Path, split: str):
             piece[:part.shape[0], :part.shape[1]] = part
             pieces.append(piece)
             weights.append(img["weight"] * part.shape[0] * part.shape[1] / (h * w))
+            sizes.append(part.shape[:2])
     data = torch.from_numpy(np.stack(pieces)).permute(0, 3, 1, 2).contiguous()
-    return data, torch.tensor(weights, dtype=torch.float64)
+    return data, torch.tensor(weights, dtype=torch.float64), torch.tensor(sizes, dtype=torch.float32)
 
 
 def _normalise(img, mean, std):
@@ -226,9 +227,11 @@ def _normalise(img, mean, std):
     return ((img - m) / s).contiguous(memory_format=torch.channels_last)
 
 
-def _batch(data, weights, n: int, crop: int, aug: dict, device, norm_mean=(0.5, 0.5, 0.5), norm_std=(0.5, 0.5, 0.5)):
+def _batch(data, weights, n: int, crop: int, aug: dict, device, norm_mean=(0.5, 0.5, 0.5), norm_std=(0.5, 0.5, 0.5),
+           sizes=None):
     """``n`` augmented crops from the uint8 pieces on ``device``: (images normalised by ``norm_mean`` and ``norm_std``,
-    targets 0/1)."""
+    targets 0/1). ``sizes``: each piece's tile content ``(h, w)`` from its top-left corner (the rest is padding); each
+    window is placed within it, as the CPU recipe places its crops within the tile (``None``: the whole piece)."""
     import torch
     import torch.nn.functional as F
 
@@ -243,8 +246,12 @@ def _batch(data, weights, n: int, crop: int, aug: dict, device, norm_mean=(0.5, 
     angle = torch.where(r(n) < 0.5, (r(n) * 2 - 1) * math.radians(aug["rotate_limit"]), torch.zeros(n, device=device))
     angle = angle + (torch.randint(0, 4, (n,), device=device) * (math.pi / 2))
     half = crop / PIECE / scale  # half-size of the window in normalised coordinates (the piece spans -1..1)
-    cx = (r(n) * 2 - 1) * (1 - half).clamp(min=0)
-    cy = (r(n) * 2 - 1) * (1 - half).clamp(min=0)
+    content = (torch.full((n, 2), float(PIECE), device=device) if sizes is None else sizes.to(device).index_select(0, idx))
+    # The centre's range that keeps the window inside the content (the piece spans -1..1; the content from -1 to
+    # -1 + 2 h / PIECE); where the content is smaller than the window, the range that keeps the content inside it.
+    lo, hi = -1 + half[:, None], -1 + 2 * content / PIECE - half[:, None]
+    lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    cy, cx = (lo + (hi - lo) * r(n, 2)).unbind(1)
     fx = torch.where(r(n) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) * half, torch.sin(angle) * half
     theta = torch.stack([torch.stack([cos * fx, -sin, cx], 1), torch.stack([sin * fx, cos, cy], 1)], 1)
@@ -312,9 +319,9 @@ def train(pack_dir: Path, out: Path, minutes: float, device: str, batch: int, lr
     loss_fn = SegmentationLoss(cfg.loss, CHANNELS).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr / 10, weight_decay=cfg.optim.weight_decay,
                             fused=dev.type in ("cuda", "cpu"))
-    data, weights = _load_pack(pack_dir, "train")
-    data = data.to(dev)
-    val, _ = _load_pack(pack_dir, "val")
+    data, weights, sizes = _load_pack(pack_dir, "train")
+    data, sizes = data.to(dev), sizes.to(dev)
+    val, _, _ = _load_pack(pack_dir, "val")
     aug = dataclasses.asdict(cfg.augment)
     amp = dict(device_type=dev.type, dtype=torch.bfloat16)
     budget = minutes * 60 - (time.perf_counter() - t_start) - 45  # leave time for validation and saving
@@ -331,7 +338,7 @@ def train(pack_dir: Path, out: Path, minutes: float, device: str, batch: int, lr
         cur = lr / 10 + (lr - lr / 10) * frac / w if frac < w else lr / 1000 + (lr - lr / 1000) * 0.5 * (1 + math.cos(math.pi * (frac - w) / (1 - w)))
         for g in opt.param_groups:
             g["lr"] = cur
-        x, y = _batch(data, weights, batch, crop, aug, dev, cfg.data.mean, cfg.data.std)
+        x, y = _batch(data, weights, batch, crop, aug, dev, cfg.data.mean, cfg.data.std, sizes)
         with torch.autocast(**amp):
             logits = net(x)
         loss = loss_fn(logits.float(), y)

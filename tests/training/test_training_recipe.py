@@ -435,3 +435,25 @@ def test_gpu_sprint_batches_keep_targets_on_their_pixels(tmp_path):
     x, _ = gpu_sprint._batch(grey, torch.ones(1, dtype=torch.float64), 4, 128, aug, torch.device("cpu"), mean, std)
     for c in range(3):
         assert torch.allclose(x[:, c], torch.full_like(x[:, c], (0.4 - mean[c]) / std[c]), atol=1e-3), c
+
+
+def test_gpu_sprint_windows_fall_on_the_tile_not_on_the_padding_of_its_piece():
+    """A tile smaller than a piece (the sample pack's 300 x 300 px) fills only its top-left corner; the crops are cut
+    from it, as the CPU recipe cuts them from the tile, not from the padding (where they had fallen mostly before)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_sprint
+
+    data = torch.zeros(2, 6, gpu_sprint.PIECE, gpu_sprint.PIECE, dtype=torch.uint8)
+    data[:, :3, :300, :300] = 255  # piece 0: a 300 x 300 tile
+    sizes = torch.tensor([[300.0, 300.0], [100.0, 120.0]])  # piece 1: content 100 x 120, smaller than a crop
+    data[1] = 0
+    data[1, :3, :100, :120] = 255
+    aug = {"pixel_scale": 0.0, "pixel_scale_limit": 2.0, "rotate_limit": 0.0, "brightness_contrast": 0, "gamma": 0, "pan": 0,
+           "gray": 0, "blur_noise": 0}
+    torch.manual_seed(0)
+    x, _ = gpu_sprint._batch(data[:1], torch.ones(1, dtype=torch.float64), 32, 256, aug, torch.device("cpu"), sizes=sizes[:1])
+    white = (x * 0.5 + 0.5)[:, 0] > 0.5
+    assert bool(white.all())  # every crop inside the tile
+    x, _ = gpu_sprint._batch(data[1:], torch.ones(1, dtype=torch.float64), 32, 256, aug, torch.device("cpu"), sizes=sizes[1:])
+    white = ((x * 0.5 + 0.5)[:, 0] > 0.5).sum((1, 2))
+    assert bool(((white - 100 * 120).abs() <= 240).all())  # the whole small tile in every crop (up to its edge pixels)
