@@ -11,7 +11,8 @@ When a session's device ``status`` says a GPU is lent, three steps turn its minu
    machine lacks (segmentation-models-pytorch, shapely) go to ``.whl/``. The recipe's data packs into
    43 MiB (the pack, 2.3 MiB of wheels and the 13 MiB working tree: 58 MiB of a device call's 64).
 2. ``train`` (there): the whole pack on the GPU as uint8, batches cut there too (one affine
-   ``grid_sample`` a batch does crop, pixel scale, rotation and flips; colour, grayscale, simulated
+   ``grid_sample`` a batch does crop, pixel scale, rotation and flips, each window placed within its tile,
+   not on the padding of its 512 px piece; colour, grayscale, simulated
    panchromatic and noise are tensor operations), bf16 autocast, channels_last, fused AdamW, a
    one-cycle schedule stretched over the time budget (``--minutes``), then one validation pass (loss and
    pixel IoU). It writes ``sprint.safetensors`` (fp16, under 16 MiB) and ``sprint.json`` (images/s,
