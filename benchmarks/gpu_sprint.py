@@ -13,7 +13,8 @@ When a session's device ``status`` says a GPU is lent, three steps turn its minu
 2. ``train`` (there): the whole pack on the GPU as uint8, batches cut there too (one affine
    ``grid_sample`` a batch does crop, pixel scale, rotation and flips, each window placed within its tile,
    not on the padding of its 512 px piece; colour, grayscale, simulated
-   panchromatic and noise are tensor operations), bf16 autocast, channels_last, fused AdamW, a
+   panchromatic and noise are tensor operations; no crops centred on buildings, the recipe's
+   ``augment.focus``, and no haze), bf16 autocast, channels_last, fused AdamW, a
    one-cycle schedule stretched over the time budget (``--minutes``), then one validation pass (loss and
    pixel IoU). It writes ``sprint.safetensors`` (fp16, under 16 MiB) and ``sprint.json`` (images/s,
    steps, losses). No CPU data pipeline, so 16 cores never bound it.
@@ -114,12 +115,11 @@ def pack(config: str, out: Path, init: str | None, max_mib: float, max_tiles: in
         total += len(data)
         summary["splits"][split] = {"tiles": len(images), "buildings": len(annotations)}
     if init:
-        read_model_file(Path(init))  # a rooftrace model file, its hash checked, before anything relies on it
+        tensors, _ = read_model_file(Path(init))  # a rooftrace model file, its hash checked, before anything relies on it
         in_repo = _travels(Path(init))
         if in_repo is not None:  # it goes to the GPU machine with the working tree: named, not copied
             summary["init"] = {"repo_path": in_repo, "sha256": _sha256(Path(init))}
         else:
-            tensors, _ = read_model_file(Path(init))
             save_file({k: v.half().contiguous() if v.is_floating_point() else v.contiguous() for k, v in tensors.items()},
                       str(out / "init.safetensors"))
             total += (out / "init.safetensors").stat().st_size
@@ -171,8 +171,10 @@ def _init_tensors(pack_dir: Path, meta: dict) -> dict | None:
 
 
 def carried_bytes(pack_dir: Path, wheels: Path) -> dict[str, int]:
-    """What one device call carries: the tracked working tree, the pack and the wheels (bytes each)."""
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True).stdout.split(b"\0")
+    """What one device call carries: the working tree (tracked files and untracked ones git does not ignore, as the
+    device README counts it), the pack and the wheels (bytes each)."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           capture_output=True, check=True).stdout.split(b"\0")
     tree = sum((REPO / f.decode()).stat().st_size for f in files if f and (REPO / f.decode()).is_file())
     size = lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.exists() else 0  # noqa: E731
     return {"tree": tree, "pack": size(pack_dir), "wheels": size(wheels)}
