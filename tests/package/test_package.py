@@ -267,7 +267,7 @@ def test_every_command_the_documents_give_names_a_real_script_and_real_options()
     wrong = []
     for doc in ("README.md", "MODEL_CARD.md", "TESTING.md", "DESIGN.md"):
         for line in (REPO / doc).read_text().splitlines():
-            for m in re.finditer(r"benchmarks/(\w+)\.py((?:[ \t]+[^\s`|\"']+)*)", line):  # up to a quoted command
+            for m in re.finditer(r"benchmarks/([a-z0-9_]+)\.py((?:[ \t]+[^\s`|\"']+)*)", line):  # lower case: NAME.py is a placeholder; up to a quoted command
                 script = REPO / "benchmarks" / f"{m.group(1)}.py"
                 if not script.exists():
                     wrong.append(f"{doc}: benchmarks/{m.group(1)}.py does not exist")
