@@ -184,11 +184,12 @@ def carried_bytes(pack_dir: Path, wheels: Path) -> dict[str, int]:
 CARRY_LIMIT = 64 * 2**20
 
 
-def fetch_wheels(dest: Path) -> None:
-    """The wheels the GPU machine lacks, for its Python 3.12 (from PyPI, as the device README says)."""
-    import shapely
+def fetch_wheels(dest: Path, wheels: tuple[str, ...] = WHEELS) -> None:
+    """The wheels the GPU machine lacks, for its Python 3.12 (from PyPI, as the device README says); a name without
+    ``==`` is pinned to the version installed here."""
+    import importlib.metadata
 
-    names = [w if "==" in w else f"{w}=={shapely.__version__}" for w in WHEELS]
+    names = [w if "==" in w else f"{w}=={importlib.metadata.version(w)}" for w in wheels]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
                     "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
                     "--platform", "manylinux2014_x86_64", "-d", str(dest), *names], check=True)
@@ -413,10 +414,16 @@ def import_weights(sprint: Path, out: Path, pack_dir: Path | None = None, force:
     return out
 
 
+def install_wheels_command(wheel_dir: str) -> str:
+    """The start of a device call: the carried wheels installed (as the device README says), rooftrace's ``src`` on
+    the path, the GPU named."""
+    return (f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site {wheel_dir}/*.whl "
+            "&& export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 && nvidia-smi -L && ")
+
+
 def device_command(minutes: float) -> str:
-    return ("python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl "
-            "&& export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 && nvidia-smi -L && "
-            f"python3 benchmarks/gpu_sprint.py train --pack out/sprint --out $OUT --minutes {minutes:g} 2>&1 | tail -40")
+    return install_wheels_command(".whl") + (
+        f"python3 benchmarks/gpu_sprint.py train --pack out/sprint --out $OUT --minutes {minutes:g} 2>&1 | tail -40")
 
 
 def main(argv: list[str] | None = None) -> int:

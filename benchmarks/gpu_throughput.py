@@ -75,10 +75,7 @@ def pack(sample: Path, out: Path = REPO / PACK, wheels: Path | None = REPO / WHE
     """Copy what the GPU run reads (the sample's test and val tiles, the Austin scene) to ``out`` and fetch the
     wheels into ``wheels`` (``None``: not); returns the bytes carried, and raises if over a device call's limit.
     Folders already there are replaced only with ``force``."""
-    import importlib.metadata
-    import subprocess
-
-    from gpu_sprint import CARRY_LIMIT, carried_bytes
+    from gpu_sprint import CARRY_LIMIT, carried_bytes, fetch_wheels
 
     for folder in (out, wheels):
         if folder is not None and folder.exists() and any(folder.iterdir()):
@@ -90,10 +87,7 @@ def pack(sample: Path, out: Path = REPO / PACK, wheels: Path | None = REPO / WHE
     (out / "scenes").mkdir(parents=True)
     shutil.copy2(sample / "scenes" / "inria_austin.tif", out / "scenes" / "inria_austin.tif")
     if wheels is not None:
-        names = [w if "==" in w else f"{w}=={importlib.metadata.version(w)}" for w in WHEELS]
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-                        "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-                        "--platform", "manylinux2014_x86_64", "-d", str(wheels), *names], check=True)
+        fetch_wheels(wheels, WHEELS)
     sizes = carried_bytes(out, wheels or out / "no-wheels")
     total = sum(sizes.values())
     if total > CARRY_LIMIT:
@@ -103,9 +97,9 @@ def pack(sample: Path, out: Path = REPO / PACK, wheels: Path | None = REPO / WHE
 
 
 def device_command(extra: str = "--tiles 2048 --batch-size 64 --readers 8 --threads 12 --scene-size 8192") -> str:
-    return (f"python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site {WHEEL_DIR}/*.whl "
-            "&& export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 && nvidia-smi -L && "
-            f"python3 benchmarks/gpu_throughput.py --sample {PACK} {extra} 2>&1 | tail -40")
+    from gpu_sprint import install_wheels_command
+
+    return install_wheels_command(WHEEL_DIR) + f"python3 benchmarks/gpu_throughput.py --sample {PACK} {extra} 2>&1 | tail -40"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,7 +58,7 @@ from _common import REPO, cpu_name  # noqa: E402
 
 from rooftrace.config import load_config  # noqa: E402
 from rooftrace.models.architectures import build_model  # noqa: E402
-from rooftrace.models.autocast import bf16_depthwise_is_slow, depthwise_in_fp32  # noqa: E402
+from rooftrace.models.autocast import bf16_depthwise_is_slow, depthwise_in_fp32, is_depthwise  # noqa: E402
 from rooftrace.models.upsample_conv import use_transposed_upsampling  # noqa: E402
 from rooftrace.training.losses import SegmentationLoss  # noqa: E402
 
@@ -179,8 +179,7 @@ def depthwise_layers(cfg, batch: int, size: int, rounds: int = 5) -> list[dict]:
     autocast and computed in fp32 (input cast, as ``depthwise_in_fp32`` does); medians in ms."""
     model = build_model(cfg.model, len(cfg.data.channels))
     shapes: dict[str, tuple] = {}
-    convs = {n: m for n, m in model.named_modules()
-             if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels}
+    convs = {n: m for n, m in model.named_modules() if is_depthwise(m)}
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(i[0].shape))) for n, m in convs.items()]
     with torch.no_grad():
         model(torch.randn(1, 3, size, size))

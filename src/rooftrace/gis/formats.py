@@ -51,6 +51,11 @@ class OutputFormat:
         return self.write != "ogr-staged"
 
     @property
+    def through_ogr(self) -> bool:
+        """Whether it is written through GDAL's OGR (pyogrio); GeoJSON and GeoParquet are written without it."""
+        return self.write in ("ogr", "ogr-staged")
+
+    @property
     def keeps_crs(self) -> bool:
         """Whether the features are written in the scene's own CRS (a scene without one: CRS left unknown)."""
         return not self.lonlat

@@ -310,8 +310,8 @@ class FeatureWriter:
     def _writing(self) -> Iterator[None]:
         """An error while writing (a full disk) names the output meant, not the temporary file."""
         errors: tuple[type[BaseException], ...] = (OSError, RuntimeError, ValueError)  # pyarrow's ArrowIOError is an OSError
-        if self.format.write not in ("geojson", "parquet"):  # written through GDAL: its "Write failed" is a DataSourceError
-            import pyogrio.errors  # only here: GeoJSON and GeoParquet are written without pyogrio
+        if self.format.through_ogr:  # GDAL's "Write failed" is a DataSourceError; pyogrio imported only for these formats
+            import pyogrio.errors
 
             errors += (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, pyogrio.errors.FieldError)
         try:

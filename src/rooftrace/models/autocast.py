@@ -85,6 +85,13 @@ def dtype_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
+def is_depthwise(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a depthwise convolution: a ``Conv2d`` with one group per input channel."""
+    import torch
+
+    return isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
 def bf16_depthwise_is_slow(conv: torch.nn.Conv2d) -> bool:
     """Whether oneDNN's bf16 kernels for this depthwise convolution train slower than its fp32 ones on a CPU.
 
@@ -106,17 +113,14 @@ def depthwise_in_fp32(model: torch.nn.Module, which: str = "all") -> int:
     depthwise ``Conv2d`` gets a subclass whose forward casts its input to fp32 with autocast off; parameter
     names, shapes and the saved file do not change, so a model trained this way loads as any other.
     """
-    import torch
-
     from rooftrace.models.swap import swap_forward
 
     if which not in DEPTHWISE_FP32_MODES:
         raise ValueError(f"depthwise_in_fp32: which={which!r}, must be one of {DEPTHWISE_FP32_MODES}")
     count = 0
     for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
-            if which == "all" or (which == "slow" and bf16_depthwise_is_slow(module)):
-                count += swap_forward(module, _FP32Depthwise, _fp32_forward)
+        if is_depthwise(module) and (which == "all" or (which == "slow" and bf16_depthwise_is_slow(module))):
+            count += swap_forward(module, _FP32Depthwise, _fp32_forward)
     return count
 
 
